@@ -1,0 +1,1 @@
+//! Attribute macros for the kopf SDK (under construction).

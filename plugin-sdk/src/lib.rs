@@ -1,0 +1,1 @@
+//! The kopf plugin SDK (under construction).
