@@ -1,0 +1,1 @@
+//! Log setup: formats, levels and the object prefix.

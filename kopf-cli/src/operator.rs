@@ -1,0 +1,1 @@
+//! The operator: the reactor that watches resources and runs handlers.

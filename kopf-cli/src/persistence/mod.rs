@@ -1,0 +1,1 @@
+//! Storage formats compatible with Python Kopf: annotation keys, progress records, diff-bases.

@@ -1,0 +1,1 @@
+//! Plain data structures: field paths, diffs, patches, resource references.
