@@ -1,0 +1,55 @@
+//! The cluster connection: kubeconfig, in-cluster service account, or `KUBECONFIG`.
+
+use http::{HeaderName, HeaderValue, header::USER_AGENT};
+use kube::{Client, Config};
+
+/// Failure to set up the cluster connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Neither a kubeconfig nor an in-cluster environment was usable.
+    #[error("cannot find cluster credentials (kubeconfig, KUBECONFIG or in-cluster service account): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// The kubeconfig file given explicitly could not be read.
+    #[error("cannot read the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The client could not be built from the configuration.
+    #[error("cannot build the API client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// The `User-Agent` of every request kopf makes, so API servers (and the emulator's
+/// counters) can tell kopf's traffic apart.
+pub fn user_agent() -> String {
+    format!("kopf/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Infers the configuration the way kubectl does (`KUBECONFIG`, `~/.kube/config`, then
+/// the in-cluster service account), or reads the given kubeconfig file.
+pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<Config, ConnectionError> {
+    match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ConnectionError::Kubeconfig { path: path.display().to_string(), source }
+            })?;
+            Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|source| {
+                ConnectionError::Kubeconfig { path: path.display().to_string(), source }
+            })
+        }
+        None => Config::infer().await.map_err(ConnectionError::Infer),
+    }
+}
+
+/// Builds a client from a configuration, with kopf's user agent.
+pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
+    if let Ok(value) = HeaderValue::from_str(&user_agent()) {
+        config.headers.retain(|(name, _)| name != USER_AGENT);
+        config.headers.push((HeaderName::from(USER_AGENT), value));
+    }
+    Client::try_from(config).map_err(ConnectionError::Client)
+}

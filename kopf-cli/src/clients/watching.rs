@@ -1,0 +1,303 @@
+//! Continuous list+watch of one resource in one namespace (or cluster-wide).
+//!
+//! Kopf's semantics (`kopf/_cogs/clients/watching.py`): list first and yield each object
+//! as a pseudo-event of type `None`, then watch from the listing's resourceVersion with
+//! bookmarks; `410 Gone` means re-list; a silent stream is reconnected after an
+//! inactivity timeout. Differences: the listing is paginated (bounded memory on large
+//! clusters), and list boundaries are reported so that the consumer can treat objects
+//! that vanished during a re-list as deleted.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::{
+    Client,
+    api::{ListParams, WatchEvent, WatchParams},
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, urls::ResourcePath};
+
+/// The raw event type, as in the watch protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// The object was created (or first seen by this watch).
+    Added,
+    /// The object was changed.
+    Modified,
+    /// The object was deleted; the body is its last state.
+    Deleted,
+}
+
+impl EventType {
+    /// The name as in the watch protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One item of a continuous watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchItem {
+    /// A (re-)listing begins: objects not listed before [`WatchItem::ListDone`] are gone.
+    ListStarted,
+    /// An object from the listing (Kopf's raw event type `None`).
+    Listed(Value),
+    /// The listing is complete; watch events follow.
+    ListDone,
+    /// A watch event.
+    Event(EventType, Value),
+}
+
+/// Settings of a continuous watch (Kopf's `settings.watching` and `networking`).
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// `timeoutSeconds` for the server; `None` lets the server decide.
+    pub server_timeout: Option<u32>,
+    /// Reconnect when nothing (not even a bookmark) arrives for this long.
+    pub inactivity_timeout: Duration,
+    /// Pause between consecutive watch requests.
+    pub reconnect_backoff: Duration,
+    /// Pauses after consecutive errors; the last one repeats.
+    pub error_backoffs: Vec<Duration>,
+    /// Objects per page of the listing.
+    pub page_size: u32,
+    /// A label selector applied server-side, if any.
+    pub label_selector: Option<String>,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            server_timeout: None,
+            inactivity_timeout: Duration::from_secs(70),
+            reconnect_backoff: Duration::from_millis(100),
+            error_backoffs: [1, 1, 2, 3, 5, 8, 13, 21].into_iter().map(Duration::from_secs).collect(),
+            page_size: 500,
+            label_selector: None,
+        }
+    }
+}
+
+/// Why a watch loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEnd {
+    /// The stop token was cancelled (pause or exit).
+    Stopped,
+    /// The consumer dropped its receiver.
+    ConsumerGone,
+}
+
+/// A consecutive-error counter giving the next backoff delay.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: usize,
+}
+
+impl Backoff {
+    fn next(&mut self, delays: &[Duration]) -> Duration {
+        let delay = delays
+            .get(self.failures)
+            .or_else(|| delays.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1));
+        self.failures += 1;
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Lists and watches `path` in `namespace` (or cluster-wide) until `stop` is cancelled
+/// or `sink` is closed, sending every item to `sink`. Never returns an error: failures
+/// are logged and retried with backoff, and `410 Gone` leads to a re-list.
+pub async fn watch_continuously(
+    client: Client,
+    path: ResourcePath,
+    namespace: Option<String>,
+    settings: WatchSettings,
+    sink: mpsc::Sender<WatchItem>,
+    stop: CancellationToken,
+) -> WatchEnd {
+    let url = path.collection(namespace.as_deref());
+    let mut backoff = Backoff::default();
+    let mut resource_version: Option<String> = None;
+    loop {
+        let step = async {
+            match resource_version.take() {
+                None => list_all(&client, &url, &settings, &sink).await.map(Some),
+                Some(rv) => watch_once(&client, &url, &settings, rv, &sink).await,
+            }
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return WatchEnd::Stopped,
+            outcome = step => outcome,
+        };
+        let pause = match outcome {
+            Ok(Some(rv)) => {
+                backoff.reset();
+                resource_version = Some(rv);
+                settings.reconnect_backoff
+            }
+            Ok(None) => {
+                // 410 Gone or a lost position: re-list from scratch at once.
+                backoff.reset();
+                Duration::ZERO
+            }
+            Err(StepError::ConsumerGone) => return WatchEnd::ConsumerGone,
+            Err(StepError::Api { error, resume }) => {
+                let delay = backoff.next(&settings.error_backoffs);
+                if error.is_permission() {
+                    tracing::error!(%url, "no permission to list/watch ({error}); retrying in {delay:?}");
+                } else {
+                    tracing::warn!(%url, "watching failed ({error}); retrying in {delay:?}");
+                }
+                resource_version = resume;
+                delay
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = stop.cancelled() => return WatchEnd::Stopped,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum StepError {
+    ConsumerGone,
+    /// An API failure; `resume` is the position to resume watching from (if still valid).
+    Api { error: ApiError, resume: Option<String> },
+}
+
+async fn send(sink: &mpsc::Sender<WatchItem>, item: WatchItem) -> Result<(), StepError> {
+    sink.send(item).await.map_err(|_| StepError::ConsumerGone)
+}
+
+/// Lists every object page by page; returns the listing's resourceVersion.
+async fn list_all(
+    client: &Client,
+    url: &str,
+    settings: &WatchSettings,
+    sink: &mpsc::Sender<WatchItem>,
+) -> Result<String, StepError> {
+    let api_err = |error: ApiError| StepError::Api { error, resume: None };
+    send(sink, WatchItem::ListStarted).await?;
+    let mut continue_token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().limit(settings.page_size);
+        if let Some(selector) = &settings.label_selector {
+            params = params.labels(selector);
+        }
+        if let Some(token) = &continue_token {
+            params = params.continue_token(token);
+        }
+        let request = kube::core::Request::new(url)
+            .list(&params)
+            .map_err(|e| api_err(ApiError::Request(e.to_string())))?;
+        let mut page: Value = client.request(request).await.map_err(|e| api_err(e.into()))?;
+        let items = match page.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => return Err(api_err(ApiError::Unexpected(format!("{url}: items is not a list")))),
+        };
+        let metadata = page.get("metadata");
+        let text = |key: &str| {
+            metadata
+                .and_then(|m| m.get(key))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let (rv, next) = (text("resourceVersion"), text("continue"));
+        for item in items {
+            send(sink, WatchItem::Listed(item)).await?;
+        }
+        match next {
+            Some(token) => continue_token = Some(token),
+            None => {
+                send(sink, WatchItem::ListDone).await?;
+                return rv.ok_or_else(|| api_err(ApiError::Unexpected(format!("{url}: no resourceVersion"))));
+            }
+        }
+    }
+}
+
+/// Watches from `rv` until the stream ends; returns the position to resume from, or
+/// `None` when a re-list is needed (410 Gone).
+async fn watch_once(
+    client: &Client,
+    url: &str,
+    settings: &WatchSettings,
+    rv: String,
+    sink: &mpsc::Sender<WatchItem>,
+) -> Result<Option<String>, StepError> {
+    let mut params = WatchParams::default(); // bookmarks are on by default
+    params.timeout = settings.server_timeout;
+    if let Some(selector) = &settings.label_selector {
+        params = params.labels(selector);
+    }
+    let request = match kube::core::Request::new(url).watch(&params, &rv) {
+        Ok(request) => request,
+        Err(e) => return Err(StepError::Api { error: ApiError::Request(e.to_string()), resume: Some(rv) }),
+    };
+    let stream = match client.request_events::<Value>(request).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            let error = ApiError::from(error);
+            if error.is_gone() {
+                return Ok(None);
+            }
+            return Err(StepError::Api { error, resume: Some(rv) });
+        }
+    };
+    let mut stream = std::pin::pin!(stream);
+    let mut position = rv;
+    loop {
+        let next = match tokio::time::timeout(settings.inactivity_timeout, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                tracing::debug!(%url, "the watch stream is silent; reconnecting");
+                return Ok(Some(position));
+            }
+        };
+        let event = match next {
+            None => return Ok(Some(position)),
+            Some(Ok(event)) => event,
+            Some(Err(error)) => {
+                return Err(StepError::Api { error: error.into(), resume: Some(position) });
+            }
+        };
+        let (kind, object) = match event {
+            WatchEvent::Added(object) => (EventType::Added, object),
+            WatchEvent::Modified(object) => (EventType::Modified, object),
+            WatchEvent::Deleted(object) => (EventType::Deleted, object),
+            WatchEvent::Bookmark(bookmark) => {
+                position = bookmark.metadata.resource_version;
+                continue;
+            }
+            WatchEvent::Error(status) if status.code == 410 => {
+                tracing::debug!(%url, "the watch position expired (410); re-listing");
+                return Ok(None);
+            }
+            WatchEvent::Error(status) => {
+                let error = ApiError::Status { code: status.code, reason: status.reason, message: status.message };
+                return Err(StepError::Api { error, resume: Some(position) });
+            }
+        };
+        if let Some(rv) = object.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            position = rv.to_owned();
+        }
+        send(sink, WatchItem::Event(kind, object)).await?;
+    }
+}
