@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod clients;
 pub mod commands;
 pub mod intents;
 pub mod logging;
