@@ -14,4 +14,5 @@ pub mod logging;
 pub mod operator;
 pub mod persistence;
 pub mod plugin;
+pub mod reactor;
 pub mod structs;

@@ -1,0 +1,3 @@
+//! The reactor: from watch streams to per-object processing.
+
+pub mod queueing;

@@ -1,0 +1,367 @@
+//! Multiplexing one watch stream into per-object workers.
+//!
+//! As in Kopf (`kopf/_core/reactor/queueing.py`): events are keyed by the object's
+//! uid, each object gets one worker task (serial per object, parallel across objects),
+//! and a worker exits after an idle timeout. Differences: a worker with a scheduled
+//! retry stays alive and wakes itself up in memory (Kopf writes a `touch-dummy`
+//! annotation to provoke an event); objects that vanished during a re-list get a
+//! synthetic `DELETED` event; and the number of workers processing at once is bounded
+//! by a semaphore shared by all watchers.
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
+
+use crate::clients::watching::{EventType, WatchItem};
+
+/// One raw event of one object, as Kopf's handlers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    /// `None` for objects from a listing; else the watch event type.
+    pub event_type: Option<EventType>,
+    /// The object body.
+    pub body: Value,
+}
+
+impl RawEvent {
+    /// Whether this event says the object is gone.
+    pub fn is_deletion(&self) -> bool {
+        self.event_type == Some(EventType::Deleted)
+    }
+}
+
+/// Why a worker runs its processor now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// New events arrived.
+    Events,
+    /// A scheduled time came (a delayed retry, a timer).
+    Scheduled,
+    /// The operator is stopping: the last chance to flush.
+    Stopping,
+}
+
+/// What the per-object processing decides after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// Run again at this time even if no event comes (delayed handlers).
+    pub wake_at: Option<Instant>,
+    /// Keep the worker (and its memory) alive although idle (daemons, timers).
+    pub keep_alive: bool,
+}
+
+/// The per-object logic a worker drives. One processor serves all objects of a watch.
+pub trait ObjectProcessor: Send + Sync + 'static {
+    /// Per-object memory kept by the worker between runs.
+    type Memory: Default + Send + 'static;
+
+    /// Processes `events` (in arrival order; empty on a scheduled wake-up) of one object.
+    fn process(
+        &self,
+        memory: &mut Self::Memory,
+        events: Vec<RawEvent>,
+        wakeup: Wakeup,
+    ) -> impl Future<Output = Verdict> + Send;
+}
+
+/// Queueing settings (Kopf's `settings.queueing`).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// An idle worker exits after this long.
+    pub idle_timeout: Duration,
+    /// How long workers may take to finish after the stream stops.
+    pub exit_timeout: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(5),
+            exit_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The identity of an object within one watch stream.
+fn object_key(body: &Value) -> Option<String> {
+    let text = |p: &str| body.pointer(p).and_then(Value::as_str);
+    if let Some(uid) = text("/metadata/uid").filter(|u| !u.is_empty()) {
+        return Some(uid.to_owned());
+    }
+    // Kopf's fallback for objects without a uid.
+    let name = text("/metadata/name")?;
+    Some(format!(
+        "{}//{}//{}//{}//{}",
+        text("/kind").unwrap_or_default(),
+        text("/apiVersion").unwrap_or_default(),
+        name,
+        text("/metadata/namespace").unwrap_or_default(),
+        text("/metadata/creationTimestamp").unwrap_or_default()
+    ))
+}
+
+struct Entry {
+    sender: mpsc::UnboundedSender<RawEvent>,
+    /// A minimal body to build a synthetic deletion from, should the object vanish.
+    stub: Value,
+}
+
+/// Consumes a watch stream and dispatches its events to per-object workers until the
+/// stream ends. Then lets the workers finish (bounded by `exit_timeout`).
+pub async fn multiplex<P: ObjectProcessor>(
+    mut items: mpsc::Receiver<WatchItem>,
+    processor: Arc<P>,
+    settings: QueueSettings,
+    limit: Arc<Semaphore>,
+) {
+    let mut entries: HashMap<String, Entry> = HashMap::new();
+    let mut workers: JoinSet<(String, mpsc::UnboundedReceiver<RawEvent>)> = JoinSet::new();
+    let mut listed: Option<std::collections::HashSet<String>> = None;
+    loop {
+        tokio::select! {
+            item = items.recv() => {
+                let Some(item) = item else { break };
+                match item {
+                    WatchItem::ListStarted => listed = Some(Default::default()),
+                    WatchItem::ListDone => {
+                        // Objects we knew but the fresh listing lacks were deleted meanwhile.
+                        if let Some(seen) = listed.take() {
+                            let gone: Vec<String> = entries.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                            for key in gone {
+                                if let Some(entry) = entries.get(&key) {
+                                    let event = RawEvent { event_type: Some(EventType::Deleted), body: entry.stub.clone() };
+                                    dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
+                                }
+                            }
+                        }
+                    }
+                    WatchItem::Listed(body) => {
+                        if let Some(key) = object_key(&body) {
+                            if let Some(seen) = listed.as_mut() {
+                                seen.insert(key.clone());
+                            }
+                            let event = RawEvent { event_type: None, body };
+                            dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
+                        }
+                    }
+                    WatchItem::Event(kind, body) => {
+                        if let Some(key) = object_key(&body) {
+                            let event = RawEvent { event_type: Some(kind), body };
+                            dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
+                        }
+                    }
+                }
+            }
+            Some(done) = workers.join_next(), if !workers.is_empty() => {
+                if let Ok((key, receiver)) = done {
+                    if receiver.is_empty() {
+                        // The worker ended; a later event for the object starts a new one.
+                        entries.remove(&key);
+                    } else {
+                        // Events arrived while it was exiting: serve them with a new worker.
+                        let worker = worker(key, receiver, processor.clone(), settings.clone(), limit.clone());
+                        workers.spawn(worker);
+                    }
+                }
+            }
+        }
+    }
+    // The stream is over (pause or exit): close the queues and let workers finish.
+    entries.clear();
+    let drain = async { while workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
+        workers.abort_all();
+    }
+}
+
+fn dispatch<P: ObjectProcessor>(
+    entries: &mut HashMap<String, Entry>,
+    workers: &mut JoinSet<(String, mpsc::UnboundedReceiver<RawEvent>)>,
+    processor: &Arc<P>,
+    settings: &QueueSettings,
+    limit: &Arc<Semaphore>,
+    key: String,
+    event: RawEvent,
+) {
+    let stub = stub_of(&event.body);
+    if let Some(entry) = entries.get_mut(&key) {
+        entry.stub = stub;
+        match entry.sender.send(event) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(event)) => {
+                // The worker exited just now; start a new one with this event.
+                entries.remove(&key);
+                return dispatch(entries, workers, processor, settings, limit, key, event);
+            }
+        }
+    }
+    let (sender, receiver) = mpsc::unbounded_channel();
+    // Cannot fail: the receiver is alive.
+    let _ = sender.send(event);
+    entries.insert(key.clone(), Entry { sender, stub });
+    let worker = worker(key, receiver, processor.clone(), settings.clone(), limit.clone());
+    workers.spawn(worker);
+}
+
+/// Keeps only what a synthetic deletion event needs.
+fn stub_of(body: &Value) -> Value {
+    let mut stub = serde_json::Map::new();
+    for key in ["apiVersion", "kind"] {
+        if let Some(v) = body.get(key) {
+            stub.insert(key.into(), v.clone());
+        }
+    }
+    let mut meta = serde_json::Map::new();
+    for key in ["name", "namespace", "uid", "resourceVersion"] {
+        if let Some(v) = body.pointer(&format!("/metadata/{key}")) {
+            meta.insert(key.into(), v.clone());
+        }
+    }
+    stub.insert("metadata".into(), Value::Object(meta));
+    Value::Object(stub)
+}
+
+async fn worker<P: ObjectProcessor>(
+    key: String,
+    mut receiver: mpsc::UnboundedReceiver<RawEvent>,
+    processor: Arc<P>,
+    settings: QueueSettings,
+    limit: Arc<Semaphore>,
+) -> (String, mpsc::UnboundedReceiver<RawEvent>) {
+    let mut memory = P::Memory::default();
+    let mut verdict = Verdict::default();
+    loop {
+        let idle_deadline = Instant::now() + settings.idle_timeout;
+        let (mut events, wakeup) = tokio::select! {
+            biased;
+            event = receiver.recv() => match event {
+                Some(event) => (vec![event], Wakeup::Events),
+                None => {
+                    // The stream stopped: flush once, then exit.
+                    let _permit = limit.acquire().await;
+                    processor.process(&mut memory, Vec::new(), Wakeup::Stopping).await;
+                    return (key, receiver);
+                }
+            },
+            _ = sleep_until_opt(verdict.wake_at) => (Vec::new(), Wakeup::Scheduled),
+            _ = tokio::time::sleep_until(idle_deadline), if verdict.wake_at.is_none() && !verdict.keep_alive => {
+                // Idle: hand the queue back; the multiplexer forgets the object, or
+                // restarts the worker if an event slipped in meanwhile.
+                return (key, receiver);
+            }
+        };
+        // Take everything queued meanwhile: the processor sees all events, in order.
+        while let Ok(event) = receiver.try_recv() {
+            events.push(event);
+        }
+        let deleted = events.last().is_some_and(RawEvent::is_deletion);
+        let Ok(_permit) = limit.acquire().await else {
+            return (key, receiver);
+        };
+        verdict = processor.process(&mut memory, events, wakeup).await;
+        if deleted && !verdict.keep_alive {
+            return (key, receiver);
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<(String, Option<EventType>, Wakeup)>>,
+    }
+
+    impl ObjectProcessor for Recorder {
+        type Memory = ();
+        async fn process(&self, _memory: &mut (), events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
+            let mut seen = self.seen.lock();
+            for event in events {
+                let name = event
+                    .body
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                seen.push((name, event.event_type, wakeup));
+            }
+            Verdict::default()
+        }
+    }
+
+    fn obj(name: &str) -> Value {
+        json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "namespace": "ns"}})
+    }
+
+    #[tokio::test]
+    async fn vanished_objects_get_a_synthetic_deletion_after_a_relist() {
+        let (tx, rx) = mpsc::channel(16);
+        let recorder = Arc::new(Recorder::default());
+        let task = tokio::spawn(multiplex(
+            rx,
+            recorder.clone(),
+            QueueSettings::default(),
+            Arc::new(Semaphore::new(4)),
+        ));
+        for item in [
+            WatchItem::ListStarted,
+            WatchItem::Listed(obj("a")),
+            WatchItem::Listed(obj("b")),
+            WatchItem::ListDone,
+            WatchItem::ListStarted,
+            WatchItem::Listed(obj("a")),
+            WatchItem::ListDone,
+        ] {
+            tx.send(item).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let done = recorder
+                .seen
+                .lock()
+                .iter()
+                .any(|(n, t, _)| n == "b" && *t == Some(EventType::Deleted));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no synthetic deletion: {:?}",
+                recorder.seen.lock()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(tx);
+        task.await.unwrap();
+        let seen = recorder.seen.lock();
+        assert!(
+            !seen
+                .iter()
+                .any(|(n, t, _)| n == "a" && *t == Some(EventType::Deleted))
+        );
+    }
+
+    #[test]
+    fn keys_fall_back_to_names_without_uid() {
+        assert_eq!(object_key(&obj("a")).as_deref(), Some("uid-a"));
+        let key = object_key(&json!({"kind": "K", "apiVersion": "v1", "metadata": {"name": "x"}})).unwrap();
+        assert_eq!(key, "K//v1//x////");
+        assert_eq!(object_key(&json!({})), None);
+    }
+}
