@@ -1,1 +1,309 @@
-//! Command-line definitions (clap).
+//! Command-line definitions (clap) and the options the engine consumes.
+//!
+//! Every `kopf run` option has a `KOPF_RUN_*` environment variable, as Python Kopf's
+//! `auto_envvar_prefix='KOPF'` gives (`KOPF_RUN_PEERING`, `KOPF_RUN_NAMESPACE`, ...).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::logging::{LogConfig, LogFormat, Verbosity};
+
+/// Exit codes, shown at the end of `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  graceful stop (SIGINT/SIGTERM)
+  1  runtime failure, including any plugin that cannot be loaded
+  2  usage error (unknown or conflicting options)";
+
+/// The `kopf` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kopf",
+    version,
+    about = "Run Kopf-style Kubernetes operators whose handlers live in Rust plugins.",
+    after_help = EXIT_CODES_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the plugins and run the operator until SIGINT/SIGTERM.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Load the plugins and show their handlers.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Inspect(InspectArgs),
+    /// Show the kopf version, the plugin ABI revision and build information.
+    Version,
+}
+
+/// `kopf run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Plugin files (`.so` cdylibs built with the kopf SDK).
+    #[arg(value_name = "PLUGIN")]
+    pub plugins: Vec<PathBuf>,
+
+    /// Log kopf's debug messages.
+    #[arg(short = 'v', long, env = "KOPF_RUN_VERBOSE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verbose: bool,
+    /// Log everything, including dependencies' trace messages.
+    #[arg(short = 'd', long, env = "KOPF_RUN_DEBUG", value_parser = clap::builder::FalseyValueParser::new())]
+    pub debug: bool,
+    /// Log warnings and errors only.
+    #[arg(short = 'q', long, env = "KOPF_RUN_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
+    pub quiet: bool,
+    /// The log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Full, env = "KOPF_RUN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// The JSON key for the object reference in `--log-format=json`.
+    #[arg(long, default_value = "object", env = "KOPF_RUN_LOG_REFKEY")]
+    pub log_refkey: String,
+    /// Prefix messages about objects with `[namespace/name]` (default: on, except for JSON).
+    #[arg(long, overrides_with = "no_log_prefix")]
+    pub log_prefix: bool,
+    /// Do not prefix messages with the object's `[namespace/name]`.
+    #[arg(long, overrides_with = "log_prefix")]
+    pub no_log_prefix: bool,
+
+    /// Serve these namespaces: repeatable; globs (`*`, `?`), `!` negation, comma-separated parts.
+    #[arg(
+        short = 'n',
+        long = "namespace",
+        value_name = "PATTERN",
+        env = "KOPF_RUN_NAMESPACE",
+        value_parser = parse_namespace_pattern
+    )]
+    pub namespaces: Vec<String>,
+    /// Serve the whole cluster (cluster-wide watches).
+    #[arg(
+        short = 'A',
+        long,
+        conflicts_with = "namespaces",
+        env = "KOPF_RUN_ALL_NAMESPACES",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub all_namespaces: bool,
+
+    /// Disable peering: run as the only operator.
+    #[arg(long, env = "KOPF_RUN_STANDALONE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub standalone: bool,
+    /// The peering object's name; makes peering mandatory.
+    #[arg(short = 'P', long, value_name = "NAME", env = "KOPF_RUN_PEERING")]
+    pub peering: Option<String>,
+    /// The peering priority of this operator.
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "INT",
+        default_value_t = 0,
+        env = "KOPF_RUN_PRIORITY",
+        allow_negative_numbers = true
+    )]
+    pub priority: i64,
+    /// Development mode: peering priority 666.
+    #[arg(long, env = "KOPF_RUN_DEV", value_parser = clap::builder::FalseyValueParser::new())]
+    pub dev: bool,
+    /// Serve the liveness probe at this URL (`http://host:port/path`).
+    #[arg(short = 'L', long, value_name = "URL", env = "KOPF_RUN_LIVENESS", value_parser = parse_liveness_url)]
+    pub liveness: Option<String>,
+}
+
+/// `kopf inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Plugin files to inspect.
+    #[arg(value_name = "PLUGIN", required = true)]
+    pub plugins: Vec<PathBuf>,
+    /// Print the plugins' combined descriptions as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Log kopf's debug messages.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Log everything and show full error details.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+}
+
+/// The priority `--dev` sets.
+pub const DEV_PRIORITY: i64 = 666;
+
+/// What `kopf run` asks of the engine: a plain struct, independent of clap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// The plugin files, in command-line order.
+    pub plugins: Vec<PathBuf>,
+    /// Namespace patterns as given (each may hold comma-separated parts, globs and `!`).
+    /// Empty together with `clusterwide == false` means Kopf's default (cluster-wide with
+    /// a warning).
+    pub namespaces: Vec<String>,
+    /// `-A/--all-namespaces`.
+    pub clusterwide: bool,
+    /// `--standalone`: no peering.
+    pub standalone: bool,
+    /// `-P/--peering`: the peering name (mandatory peering).
+    pub peering_name: Option<String>,
+    /// `-p/--priority` or 666 for `--dev`.
+    pub priority: i64,
+    /// `-L/--liveness`: the probe endpoint URL.
+    pub liveness_endpoint: Option<String>,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+impl RunArgs {
+    /// The logging settings of these arguments.
+    pub fn log_config(&self) -> LogConfig {
+        let verbosity = if self.debug {
+            Verbosity::Debug
+        } else if self.verbose {
+            Verbosity::Verbose
+        } else if self.quiet {
+            Verbosity::Quiet
+        } else {
+            Verbosity::Normal
+        };
+        let prefix = if self.log_prefix {
+            Some(true)
+        } else if self.no_log_prefix {
+            Some(false)
+        } else {
+            None
+        };
+        LogConfig {
+            format: self.log_format,
+            verbosity,
+            refkey: self.log_refkey.clone(),
+            prefix,
+        }
+    }
+
+    /// Converts the parsed arguments into engine options.
+    pub fn to_options(&self) -> RunOptions {
+        RunOptions {
+            plugins: self.plugins.clone(),
+            namespaces: self.namespaces.clone(),
+            clusterwide: self.all_namespaces,
+            standalone: self.standalone,
+            peering_name: self.peering.clone(),
+            priority: if self.dev { DEV_PRIORITY } else { self.priority },
+            liveness_endpoint: self.liveness.clone(),
+            log: self.log_config(),
+        }
+    }
+}
+
+/// Validates the syntax of a `-n` value: comma-separated parts, each an optional `!`
+/// and a namespace name that may contain the globs `*`, `?` and `[...]`.
+pub fn parse_namespace_pattern(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("a namespace pattern must not be empty".to_owned());
+    }
+    for part in value.split(',') {
+        let part = part.trim();
+        let name = part.strip_prefix('!').unwrap_or(part);
+        if name.is_empty() {
+            return Err(format!("empty namespace pattern part in {value:?}"));
+        }
+        if let Some(bad) = name.chars().find(|c| {
+            !(c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, '-' | '.' | '*' | '?' | '[' | ']' | '!'))
+        }) {
+            return Err(format!(
+                "invalid character {bad:?} in namespace pattern {part:?} \
+                 (namespaces are lowercase letters, digits and '-'; globs: * ? [...]; negation: a leading !)"
+            ));
+        }
+        if name.matches('[').count() != name.matches(']').count() {
+            return Err(format!("unbalanced brackets in namespace pattern {part:?}"));
+        }
+    }
+    Ok(value.to_owned())
+}
+
+/// Validates a liveness endpoint: an `http://host:port/path` URL.
+pub fn parse_liveness_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("invalid URL {value:?}: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "only http:// liveness endpoints are supported, got {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("the liveness URL {value:?} has no host"));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn namespace_patterns() {
+        assert!(parse_namespace_pattern("default").is_ok());
+        assert!(parse_namespace_pattern("ns-*,!ns-secret,dev?").is_ok());
+        assert!(parse_namespace_pattern("").is_err());
+        assert!(parse_namespace_pattern("a,,b").is_err());
+        assert!(parse_namespace_pattern("Bad").is_err());
+        assert!(parse_namespace_pattern("!").is_err());
+        assert!(parse_namespace_pattern("ns[ab").is_err());
+    }
+
+    #[test]
+    fn liveness_urls() {
+        assert!(parse_liveness_url("http://0.0.0.0:8080/healthz").is_ok());
+        assert!(parse_liveness_url("https://x/healthz").is_err());
+        assert!(parse_liveness_url("not a url").is_err());
+    }
+
+    #[test]
+    fn run_options_from_args() {
+        let cli = Cli::try_parse_from([
+            "kopf",
+            "run",
+            "a.so",
+            "-n",
+            "x",
+            "-n",
+            "y,!z",
+            "--dev",
+            "-P",
+            "peer",
+            "--no-log-prefix",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let opts = args.to_options();
+        assert_eq!(opts.plugins, vec![PathBuf::from("a.so")]);
+        assert_eq!(opts.namespaces, vec!["x".to_owned(), "y,!z".to_owned()]);
+        assert_eq!(opts.priority, DEV_PRIORITY);
+        assert_eq!(opts.peering_name.as_deref(), Some("peer"));
+        assert_eq!(opts.log.prefix, Some(false));
+        assert!(!opts.clusterwide);
+    }
+
+    #[test]
+    fn all_namespaces_conflicts_with_namespace() {
+        let err = Cli::try_parse_from(["kopf", "run", "-A", "-n", "x"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,1 +1,82 @@
-fn main() {}
+//! The `kopf` binary.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use kopf_cli::cli::{Cli, Command};
+use kopf_cli::commands;
+use kopf_cli::logging::{self, LogConfig, Verbosity};
+use kopf_cli::plugin::{PluginError, PluginSet};
+
+fn main() -> ExitCode {
+    // Usage errors exit with 2 inside `parse` (and --help/--version with 0).
+    let cli = Cli::parse();
+    let debug = match &cli.command {
+        Command::Run(args) => args.debug,
+        Command::Inspect(args) => args.debug,
+        Command::Version => false,
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err, debug);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error: one line normally; the chain and any detail with `--debug`.
+fn report(err: &anyhow::Error, debug: bool) {
+    let line = err
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("kopf: error: {line}");
+    if debug {
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        if let Some(detail) = err.downcast_ref::<PluginError>().and_then(PluginError::detail) {
+            eprintln!("kopf: error detail:\n{detail}");
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Version => {
+            print!("{}", commands::version::version_text());
+            Ok(())
+        }
+        Command::Inspect(args) => {
+            let verbosity = if args.debug {
+                Verbosity::Debug
+            } else if args.verbose {
+                Verbosity::Verbose
+            } else {
+                Verbosity::Quiet
+            };
+            logging::init(&LogConfig {
+                verbosity,
+                ..LogConfig::default()
+            })?;
+            let plugins = PluginSet::load(&args.plugins)?;
+            if args.json {
+                println!("{}", commands::inspect::to_json(&plugins)?);
+            } else {
+                print!("{}", commands::inspect::to_table(&plugins));
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            let options = args.to_options();
+            logging::init(&options.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(commands::run::run(options))
+        }
+    }
+}

@@ -1,1 +1,554 @@
-//! The host side of the plugin ABI: loading, describing, invoking.
+//! The host side of the plugin ABI: loading plugins, calling their handlers, and the
+//! callbacks they call back into.
+//!
+//! ```text
+//! PluginSet::load(paths) ─► for each path: open (file, dlopen, revision, layout)
+//!                                        ─► describe (JSON) ─► init(HostTable)
+//!                         ─► duplicate-id check across all plugins
+//! PluginSet::handlers()  ─► HandlerRef (spec + its plugin)
+//! PluginSet::invoke / invoke_blocking / invoke_submitted ─► Outcome
+//! ```
+
+mod host;
+mod loader;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use abi_stable::std_types::{RStr, RString};
+use kopf_abi::protocol::{
+    HandlerKind, HandlerSpec, InitConfig, Invocation, Outcome, PluginDescription, ResourceSelector,
+};
+use kopf_abi::{Failure, PluginModuleRef};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use host::HostContext;
+pub use host::{CallerInfo, HostServices, NoServices};
+
+/// Everything that can go wrong while loading plugins or calling them.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin file does not exist.
+    #[error("plugin file not found: {path}")]
+    NotFound {
+        /// The path as given.
+        path: String,
+    },
+    /// The file exists but the dynamic loader refused it.
+    #[error("{path} is not a shared library: {reason}")]
+    NotALibrary {
+        /// The path as given.
+        path: String,
+        /// The loader's reason.
+        reason: String,
+    },
+    /// A shared library without the kopf ABI symbols.
+    #[error("{path} is not a kopf plugin (no kopf ABI symbols; was it built with the kopf SDK as a cdylib?)")]
+    NotAPlugin {
+        /// The path as given.
+        path: String,
+    },
+    /// A plugin built for another ABI revision.
+    #[error(
+        "{path} was built for kopf ABI revision {found}, but this kopf supports revision {expected}; \
+         rebuild the plugin against a matching kopf SDK"
+    )]
+    RevisionMismatch {
+        /// The path as given.
+        path: String,
+        /// The plugin's revision.
+        found: u32,
+        /// The host's revision.
+        expected: u32,
+    },
+    /// abi_stable's layout or version check failed.
+    #[error(
+        "{path} has an incompatible kopf ABI layout (built with a different kopf-abi version?): {summary}"
+    )]
+    Layout {
+        /// The path as given.
+        path: String,
+        /// A one-line summary of the mismatch.
+        summary: String,
+        /// abi_stable's full report (hundreds of lines); shown with `--debug`.
+        detail: String,
+    },
+    /// A plugin's `describe` or `init` failed, or returned something unreadable.
+    #[error("{path}: {step} failed: {message}")]
+    Handshake {
+        /// The path as given.
+        path: String,
+        /// `describe` or `init`.
+        step: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Two handlers with the same id for the same resources.
+    #[error("duplicate {kind} handler id {id:?} for {selector}: declared in {first} and in {second}")]
+    DuplicateHandler {
+        /// The handler kind.
+        kind: HandlerKind,
+        /// The handler id.
+        id: String,
+        /// The rendered selector.
+        selector: String,
+        /// The first plugin path.
+        first: String,
+        /// The second plugin path (the same as `first` for a duplicate inside one plugin).
+        second: String,
+    },
+    /// The invocation could not be serialised.
+    #[error("cannot encode the invocation of handler {handler:?}: {source}")]
+    Encode {
+        /// The handler id.
+        handler: String,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// The plugin answered a call with a failure.
+    #[error("handler {handler:?} of plugin {plugin}: {failure}")]
+    Call {
+        /// The plugin name.
+        plugin: String,
+        /// The handler id.
+        handler: String,
+        /// The plugin's failure.
+        failure: Failure,
+    },
+    /// The plugin's answer is not a valid outcome document.
+    #[error("handler {handler:?} of plugin {plugin} returned an invalid outcome: {source}")]
+    BadOutcome {
+        /// The plugin name.
+        plugin: String,
+        /// The handler id.
+        handler: String,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// A submitted call was lost: the plugin never completed it, or the worker died.
+    #[error("handler {handler:?} of plugin {plugin}: {reason}")]
+    Lost {
+        /// The plugin name.
+        plugin: String,
+        /// The handler id.
+        handler: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl PluginError {
+    /// Extra detail beyond the one-line message (abi_stable's layout dump), if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Layout { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// The plugin's failure, for [`PluginError::Call`].
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Self::Call { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// One loaded, initialised plugin.
+pub struct Plugin {
+    index: usize,
+    path: PathBuf,
+    module: PluginModuleRef,
+    description: PluginDescription,
+    context: Arc<HostContext>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("index", &self.index)
+            .field("path", &self.path)
+            .field("name", &self.description.plugin.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The position of this plugin in its set's load order.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The file the plugin was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the plugin declared.
+    pub fn description(&self) -> &PluginDescription {
+        &self.description
+    }
+
+    /// The plugin crate's name, or the file name when the plugin did not say.
+    pub fn name(&self) -> String {
+        if self.description.plugin.name.is_empty() {
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            self.description.plugin.name.clone()
+        }
+    }
+
+    /// Calls the plugin's generic `control` entry (`method`, JSON in, JSON out). Blocking.
+    pub fn control(&self, method: &str, payload: &str) -> Result<String, Failure> {
+        (self.module.control())(RStr::from_str(method), RStr::from_str(payload))
+            .into_result()
+            .map(RString::into_string)
+    }
+
+    /// Runs a handler with a raw JSON payload; returns the raw JSON outcome. Blocking.
+    fn invoke_raw(&self, handler: &str, payload: &str) -> Result<String, Failure> {
+        (self.module.invoke())(RStr::from_str(handler), RStr::from_str(payload))
+            .into_result()
+            .map(RString::into_string)
+    }
+}
+
+/// A handler together with the plugin that declared it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HandlerRef {
+    plugin: Arc<Plugin>,
+    spec: Arc<HandlerSpec>,
+}
+
+impl HandlerRef {
+    /// The handler's declaration.
+    pub fn spec(&self) -> &HandlerSpec {
+        &self.spec
+    }
+
+    /// The handler id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// The handler kind.
+    pub fn kind(&self) -> HandlerKind {
+        self.spec.kind
+    }
+
+    /// The plugin that declared it.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    fn call_error(&self, failure: Failure) -> PluginError {
+        PluginError::Call {
+            plugin: self.plugin.name(),
+            handler: self.spec.id.clone(),
+            failure,
+        }
+    }
+
+    fn encode(&self, inv: &Invocation) -> Result<String, PluginError> {
+        serde_json::to_string(inv).map_err(|source| PluginError::Encode {
+            handler: self.spec.id.clone(),
+            source,
+        })
+    }
+
+    fn decode(&self, json: &str) -> Result<Outcome, PluginError> {
+        serde_json::from_str(json).map_err(|source| PluginError::BadOutcome {
+            plugin: self.plugin.name(),
+            handler: self.spec.id.clone(),
+            source,
+        })
+    }
+
+    /// Runs the handler on the calling thread and waits for its outcome.
+    pub fn invoke_blocking(&self, inv: &Invocation) -> Result<Outcome, PluginError> {
+        let payload = self.encode(inv)?;
+        let answer = self
+            .plugin
+            .invoke_raw(&self.spec.id, &payload)
+            .map_err(|f| self.call_error(f))?;
+        self.decode(&answer)
+    }
+}
+
+/// A process-wide source of call ids for submitted calls.
+static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Removes a pending submitted call and cancels it in the plugin if the waiting future
+/// is dropped before the outcome arrives.
+struct PendingGuard<'a> {
+    handler: &'a HandlerRef,
+    call_id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let ctx = &self.handler.plugin.context;
+            if ctx.pending.lock().remove(&self.call_id).is_some() {
+                (self.handler.plugin.module.cancel())(self.call_id);
+            }
+        }
+    }
+}
+
+/// All loaded plugins, with their handlers in load order.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSet {
+    plugins: Vec<Arc<Plugin>>,
+    handlers: Vec<HandlerRef>,
+}
+
+impl PluginSet {
+    /// Loads and initialises every plugin in order; fails on the first broken plugin
+    /// or on duplicate handler ids. Host calls answer "unsupported" until
+    /// [`PluginSet::set_services`] is called.
+    pub fn load<P: AsRef<Path>>(paths: &[P]) -> Result<Self, PluginError> {
+        Self::load_with_services(paths, Arc::new(NoServices))
+    }
+
+    /// Like [`PluginSet::load`], with host services available from `init` onwards.
+    pub fn load_with_services<P: AsRef<Path>>(
+        paths: &[P],
+        services: Arc<dyn HostServices>,
+    ) -> Result<Self, PluginError> {
+        let mut set = PluginSet::default();
+        // (kind, selector, id) -> the path that declared it first.
+        let mut seen: HashMap<(HandlerKind, Option<ResourceSelector>, String), String> = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let plugin = Arc::new(load_one(index, path.as_ref(), services.clone())?);
+            let shown = plugin.path.display().to_string();
+            let mut own: HashMap<(HandlerKind, Option<ResourceSelector>, String), ()> = HashMap::new();
+            for spec in &plugin.description.handlers {
+                let key = (spec.kind, spec.selector.clone(), spec.id.clone());
+                let duplicate = |first: String| PluginError::DuplicateHandler {
+                    kind: spec.kind,
+                    id: spec.id.clone(),
+                    selector: render_selector(spec.selector.as_ref()),
+                    first,
+                    second: shown.clone(),
+                };
+                if own.insert(key.clone(), ()).is_some() {
+                    return Err(duplicate(shown.clone()));
+                }
+                if let Some(first) = seen.get(&key) {
+                    return Err(duplicate(first.clone()));
+                }
+                seen.insert(key, shown.clone());
+                set.handlers.push(HandlerRef {
+                    plugin: plugin.clone(),
+                    spec: Arc::new(spec.clone()),
+                });
+            }
+            tracing::debug!(
+                target: "kopf.plugin",
+                "loaded plugin {} {} from {} ({} handlers)",
+                plugin.name(),
+                plugin.description.plugin.version,
+                shown,
+                plugin.description.handlers.len()
+            );
+            set.plugins.push(plugin);
+        }
+        Ok(set)
+    }
+
+    /// The loaded plugins, in load order.
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    /// Every declared handler with its plugin, in load and declaration order.
+    pub fn handlers(&self) -> &[HandlerRef] {
+        &self.handlers
+    }
+
+    /// True when no plugin was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Installs the services that answer the plugins' [`kopf_abi::HostTable::call`]s.
+    pub fn set_services(&self, services: Arc<dyn HostServices>) {
+        for plugin in &self.plugins {
+            *plugin.context.services.write() = services.clone();
+        }
+    }
+
+    /// Runs a handler on the calling thread (blocking until the plugin returns).
+    pub fn invoke_blocking(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
+        handler.invoke_blocking(inv)
+    }
+
+    /// Runs a handler's blocking `invoke` on tokio's blocking pool.
+    pub async fn invoke(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
+        let payload = handler.encode(inv)?;
+        let h = handler.clone();
+        let answer = tokio::task::spawn_blocking(move || h.plugin.invoke_raw(&h.spec.id, &payload))
+            .await
+            .map_err(|e| PluginError::Lost {
+                plugin: handler.plugin.name(),
+                handler: handler.spec.id.clone(),
+                reason: format!("the blocking worker failed: {e}"),
+            })?
+            .map_err(|f| handler.call_error(f))?;
+        handler.decode(&answer)
+    }
+
+    /// Starts a handler with the plugin's non-blocking `submit` and awaits the outcome
+    /// delivered through `complete`. When `cancel` fires, the plugin is asked to cancel
+    /// the call and the outcome it then reports (often [`kopf_abi::FailureKind::CANCELLED`]) is
+    /// returned. Dropping the future also cancels the call in the plugin.
+    ///
+    /// The invocation's `call_id` is set to the id of this call.
+    pub async fn invoke_submitted(
+        &self,
+        handler: &HandlerRef,
+        inv: &Invocation,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, PluginError> {
+        let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
+        let mut inv = inv.clone();
+        inv.call_id = Some(call_id);
+        let payload = handler.encode(&inv)?;
+        let plugin = &handler.plugin;
+
+        let (tx, mut rx) = oneshot::channel();
+        plugin.context.pending.lock().insert(call_id, tx);
+        let mut guard = PendingGuard {
+            handler,
+            call_id,
+            armed: true,
+        };
+
+        let started = (plugin.module.submit())(
+            call_id,
+            RStr::from_str(&handler.spec.id),
+            RStr::from_str(&payload),
+        );
+        if let Err(failure) = started.into_result() {
+            guard.armed = false;
+            plugin.context.pending.lock().remove(&call_id);
+            return Err(handler.call_error(failure));
+        }
+
+        let completion = tokio::select! {
+            done = &mut rx => done,
+            () = cancel.cancelled() => {
+                (plugin.module.cancel())(call_id);
+                rx.await
+            }
+        };
+        guard.armed = false;
+        let answer = completion
+            .map_err(|_| PluginError::Lost {
+                plugin: plugin.name(),
+                handler: handler.spec.id.clone(),
+                reason: format!("submitted call {call_id} was dropped without completion"),
+            })?
+            .map_err(|f| handler.call_error(f))?;
+        handler.decode(&answer)
+    }
+}
+
+/// Loads one plugin: open, describe, init.
+fn load_one(index: usize, path: &Path, services: Arc<dyn HostServices>) -> Result<Plugin, PluginError> {
+    let module = loader::open(path)?;
+    let shown = path.display().to_string();
+    let handshake = |step: &'static str, message: String| PluginError::Handshake {
+        path: shown.clone(),
+        step,
+        message,
+    };
+
+    let described = (module.describe())()
+        .into_result()
+        .map_err(|f| handshake("describe", f.to_string()))?;
+    let description: PluginDescription = serde_json::from_str(described.as_str()).map_err(|e| {
+        handshake(
+            "describe",
+            format!("the plugin description is not valid JSON: {e}"),
+        )
+    })?;
+
+    let name = if description.plugin.name.is_empty() {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        description.plugin.name.clone()
+    };
+    let (context_id, context) = host::register(CallerInfo {
+        index,
+        path: shown.clone(),
+        name,
+    });
+    *context.services.write() = services;
+
+    let config = InitConfig {
+        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+        max_log_level: max_log_level(),
+        extra: Default::default(),
+    };
+    let config = serde_json::to_string(&config).map_err(|e| handshake("init", e.to_string()))?;
+    (module.init())(host::host_table(context_id), RStr::from_str(&config))
+        .into_result()
+        .map_err(|f| handshake("init", f.to_string()))?;
+
+    Ok(Plugin {
+        index,
+        path: path.to_path_buf(),
+        module,
+        description,
+        context,
+    })
+}
+
+/// The most verbose level the host's subscriber will print, as a [`kopf_abi::LogLevel`] value.
+fn max_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => kopf_abi::LogLevel::ERROR.0,
+        LevelFilter::WARN => kopf_abi::LogLevel::WARN.0,
+        LevelFilter::INFO => kopf_abi::LogLevel::INFO.0,
+        LevelFilter::DEBUG => kopf_abi::LogLevel::DEBUG.0,
+        _ => kopf_abi::LogLevel::TRACE.0,
+    }
+}
+
+/// Renders a selector the way Kopf prints resources: `kopfexamples.v1.kopf.dev`,
+/// `pods`, `EVERYTHING`; `-` for activities (no selector).
+pub fn render_selector(selector: Option<&ResourceSelector>) -> String {
+    let Some(s) = selector else { return "-".to_owned() };
+    if s.everything {
+        return "EVERYTHING".to_owned();
+    }
+    let name = [&s.plural, &s.kind, &s.singular, &s.shortcut, &s.any_name]
+        .into_iter()
+        .flatten()
+        .next()
+        .cloned()
+        .or_else(|| s.category.as_ref().map(|c| format!("category={c}")))
+        .unwrap_or_else(|| "?".to_owned());
+    let mut parts = vec![name];
+    if let Some(v) = s.version.as_deref().filter(|v| !v.is_empty()) {
+        parts.push(v.to_owned());
+    }
+    if let Some(g) = s.group.as_deref().filter(|g| !g.is_empty()) {
+        parts.push(g.to_owned());
+    }
+    parts.join(".")
+}

@@ -1,0 +1,150 @@
+//! Opening a plugin file, step by step, with one clear error per failure mode.
+#![allow(unsafe_code)] // Loading native code is inherently unsafe; every block says why.
+
+use std::path::Path;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use kopf_abi::{ABI_REVISION, PluginModuleRef, REVISION_SYMBOL};
+
+use super::PluginError;
+
+/// Opens `path`, checks the revision symbol and the abi_stable layout, and returns the
+/// root module. The libraries are leaked: plugins are never unloaded.
+pub(crate) fn open(path: &Path) -> Result<PluginModuleRef, PluginError> {
+    let shown = path.display().to_string();
+
+    // (1) The file must exist.
+    if !path.exists() {
+        return Err(PluginError::NotFound { path: shown });
+    }
+    if path.is_dir() {
+        return Err(PluginError::NotALibrary {
+            path: shown,
+            reason: "it is a directory".to_owned(),
+        });
+    }
+
+    // (2) It must be a loadable shared library.
+    // SAFETY: loading a library runs its initialisers. That is the point of a plugin:
+    // the user asked us to run this code.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| PluginError::NotALibrary {
+        path: shown.clone(),
+        reason: dl_reason(&e.to_string(), path),
+    })?;
+
+    // (3) It must export the plain revision static.
+    let symbol = format!("{REVISION_SYMBOL}\0");
+    // SAFETY: the symbol is declared by the ABI as a `u32` static; we only take its address.
+    let revision_ptr: Option<*const u32> = unsafe { lib.get::<*const u32>(symbol.as_bytes()) }
+        .ok()
+        .map(|sym| *sym);
+    let Some(revision_ptr) = revision_ptr.filter(|p| !p.is_null()) else {
+        return Err(PluginError::NotAPlugin { path: shown });
+    };
+    // SAFETY: a non-null address of the exported `u32` static, alive while `lib` is loaded
+    // (and `lib` is leaked below, so forever).
+    let revision = unsafe { revision_ptr.read_unaligned() };
+    // Keep the library mapped for the life of the process.
+    std::mem::forget(lib);
+
+    // (4) The revision must match ours.
+    if revision != ABI_REVISION {
+        return Err(PluginError::RevisionMismatch {
+            path: shown,
+            found: revision,
+            expected: ABI_REVISION,
+        });
+    }
+
+    // (5) The abi_stable header and layout check, without the per-type module cache.
+    let header = lib_header_from_path(path).map_err(|e| library_error(&shown, e))?;
+    header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(|e| library_error(&shown, e))
+}
+
+/// Shortens a `dlopen` error: drop the repeated path prefix.
+fn dl_reason(text: &str, path: &Path) -> String {
+    let p = path.display().to_string();
+    let trimmed = text.trim();
+    let trimmed = trimmed.strip_prefix(&format!("{p}: ")).unwrap_or(trimmed);
+    // dlopen's messages sometimes repeat the path later in the text.
+    trimmed.replace(&format!("{p}: "), "").trim().to_owned()
+}
+
+/// Maps an abi_stable error to a one-line [`PluginError`], keeping the full text as detail.
+fn library_error(path: &str, err: LibraryError) -> PluginError {
+    let detail = err.to_string();
+    match &err {
+        LibraryError::GetSymbolError { .. } => PluginError::NotAPlugin {
+            path: path.to_owned(),
+        },
+        LibraryError::OpenError { err, .. } => PluginError::NotALibrary {
+            path: path.to_owned(),
+            reason: err.to_string().trim().to_owned(),
+        },
+        LibraryError::AbiInstability(_)
+        | LibraryError::InvalidAbiHeader(_)
+        | LibraryError::InvalidCAbi { .. } => PluginError::Layout {
+            path: path.to_owned(),
+            summary: summarize_abi_dump(&detail),
+            detail,
+        },
+        LibraryError::IncompatibleVersionNumber { .. } | LibraryError::ParseVersionError(_) => {
+            PluginError::Layout {
+                path: path.to_owned(),
+                summary: summarize_abi_dump(&detail),
+                detail,
+            }
+        }
+        _ => PluginError::Layout {
+            path: path.to_owned(),
+            summary: summarize_abi_dump(&detail),
+            detail,
+        },
+    }
+}
+
+/// Extracts a one-line summary from abi_stable's multi-hundred-line layout dump.
+///
+/// The dump ends with blocks like `Error:mismatched type\nExpected:\n    u64\nFound:\n    u32`;
+/// we keep the last error name and its expected/found values.
+pub(crate) fn summarize_abi_dump(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let Some(err_idx) = lines.iter().rposition(|l| l.starts_with("Error:")) else {
+        // No recognisable structure: the last few meaningful lines, joined.
+        let tail: Vec<&str> = lines.iter().rev().take(3).rev().copied().collect();
+        return squeeze(&tail.join(" / "));
+    };
+    let mut parts = vec![lines[err_idx].trim_start_matches("Error:").trim().to_owned()];
+    let mut i = err_idx + 1;
+    while i < lines.len() {
+        let line = lines[i];
+        if let Some(label) = ["Expected:", "Found:"].into_iter().find(|p| line.starts_with(p)) {
+            let inline = line[label.len()..].trim();
+            let value = if inline.is_empty() {
+                lines.get(i + 1).copied().unwrap_or("").to_owned()
+            } else {
+                inline.to_owned()
+            };
+            if inline.is_empty() {
+                i += 1;
+            }
+            parts.push(format!("{label} {}", squeeze(&value)));
+        }
+        i += 1;
+    }
+    squeeze(&parts.join(" / "))
+}
+
+/// Collapses whitespace and bounds the length of a summary line.
+fn squeeze(text: &str) -> String {
+    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    const MAX: usize = 300;
+    if one.chars().count() > MAX {
+        let cut: String = one.chars().take(MAX).collect();
+        format!("{cut}...")
+    } else {
+        one
+    }
+}
