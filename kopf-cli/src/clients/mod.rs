@@ -7,6 +7,7 @@ pub mod connection;
 pub mod errors;
 pub mod events;
 pub mod patching;
+pub mod scanning;
 pub mod urls;
 pub mod watching;
 
