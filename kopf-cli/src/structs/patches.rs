@@ -1,0 +1,427 @@
+//! The patch accumulated during one processing cycle of an object, as Kopf's `Patch`:
+//! a JSON merge-patch (RFC 7386) plus body transformations ("fns") that are sent as a
+//! JSON-patch (RFC 6902) guarded by a `resourceVersion` test (Kopf ≥ 1.44).
+//!
+//! On the wire this becomes at most three requests (see [`Patch::requests`]):
+//! a merge-patch of the body, a merge-patch of `/status` (only for resources with a status
+//! subresource), and a JSON-patch with the finalizer operations.
+
+use serde_json::{Map, Value, json};
+
+use super::dicts::{self, DictsError};
+
+/// A body transformation applied through JSON-patch. Only the finalizer operations exist:
+/// handlers contribute merge-patches only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatchFn {
+    /// Add the finalizer to `metadata.finalizers` unless it is there (Kopf's `block_deletion`).
+    AddFinalizer(String),
+    /// Remove every occurrence of the finalizer (Kopf's `allow_deletion`).
+    RemoveFinalizer(String),
+}
+
+/// The accumulated patch of one processing cycle.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patch {
+    merge: Map<String, Value>,
+    fns: Vec<PatchFn>,
+}
+
+/// The merge-patch requests a [`Patch`] splits into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MergeRequests {
+    /// The merge-patch for the object itself (`application/merge-patch+json`).
+    pub body: Option<Value>,
+    /// The merge-patch `{"status": ...}` for the `/status` subresource.
+    pub status: Option<Value>,
+}
+
+impl Patch {
+    /// An empty patch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A patch with this merge-patch content (non-objects give an empty merge part).
+    pub fn from_merge(value: Value) -> Self {
+        match value {
+            Value::Object(merge) => Self { merge, fns: Vec::new() },
+            _ => Self::default(),
+        }
+    }
+
+    /// Nothing to send: no merge-patch keys and no transformations (Kopf's `bool(patch)`).
+    pub fn is_empty(&self) -> bool {
+        self.merge.is_empty() && self.fns.is_empty()
+    }
+
+    /// The merge-patch part.
+    pub fn merge(&self) -> &Map<String, Value> {
+        &self.merge
+    }
+
+    /// The merge-patch part, mutable.
+    pub fn merge_mut(&mut self) -> &mut Map<String, Value> {
+        &mut self.merge
+    }
+
+    /// The merge-patch part as a JSON value (cloned).
+    pub fn merge_value(&self) -> Value {
+        Value::Object(self.merge.clone())
+    }
+
+    /// The pending transformations.
+    pub fn fns(&self) -> &[PatchFn] {
+        &self.fns
+    }
+
+    /// Add a transformation.
+    pub fn push_fn(&mut self, f: PatchFn) {
+        self.fns.push(f);
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        self.merge.clear();
+        self.fns.clear();
+    }
+
+    /// Take only the transformations out (what remains after the merge-patches were sent).
+    pub fn take_fns(&mut self) -> Vec<PatchFn> {
+        std::mem::take(&mut self.fns)
+    }
+
+    /// Resolve a field of the merge-patch.
+    pub fn get<S: AsRef<str>>(&self, path: &[S]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        dicts::resolve(self.merge.get(first.as_ref())?, rest)
+    }
+
+    /// Set a field of the merge-patch (`null` deletes it on the server).
+    pub fn set<S: AsRef<str>>(&mut self, path: &[S], value: Value) -> Result<(), DictsError> {
+        let Some((first, rest)) = path.split_first() else {
+            return Err(DictsError::RootPath);
+        };
+        if rest.is_empty() {
+            self.merge.insert(first.as_ref().to_owned(), value);
+            return Ok(());
+        }
+        let child = self
+            .merge
+            .entry(first.as_ref().to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        dicts::ensure(child, rest, value)
+    }
+
+    /// Remove a field from the merge-patch itself (not from the object), pruning empty parents.
+    pub fn unset<S: AsRef<str>>(&mut self, path: &[S]) -> Result<(), DictsError> {
+        let mut root = Value::Object(std::mem::take(&mut self.merge));
+        let result = dicts::remove(&mut root, path);
+        if let Value::Object(map) = root {
+            self.merge = map;
+        }
+        result
+    }
+
+    /// An annotation in the merge-patch: `Some(None)` when it is set to `null` (deletion).
+    pub fn annotation(&self, key: &str) -> Option<Option<&str>> {
+        self.get(&["metadata", "annotations", key]).map(Value::as_str)
+    }
+
+    /// Set an annotation (`None` deletes it on the server).
+    pub fn set_annotation(&mut self, key: &str, value: Option<&str>) -> Result<(), DictsError> {
+        let value = value.map_or(Value::Null, |v| Value::String(v.to_owned()));
+        self.set(&["metadata", "annotations", key], value)
+    }
+
+    /// Overlay another merge-patch (e.g. one returned by a handler) on top of this one:
+    /// objects merge recursively, everything else (incl. `null` and lists) replaces.
+    pub fn merge_from(&mut self, other: &Value) {
+        if let Value::Object(src) = other {
+            overlay(&mut self.merge, src);
+        }
+    }
+
+    /// Overlay another accumulated patch, including its transformations.
+    pub fn extend(&mut self, other: &Patch) {
+        overlay(&mut self.merge, &other.merge);
+        self.fns.extend(other.fns.iter().cloned());
+    }
+
+    /// Deliver a handler's result into `status.<handler_id>` (Kopf's `deliver_results`):
+    /// an object result is shallow-merged into what the patch already has there; anything
+    /// else replaces it. `null` results are not delivered.
+    pub fn deliver_result(&mut self, handler_id: &str, result: &Value) {
+        if result.is_null() {
+            return;
+        }
+        let status = self
+            .merge
+            .entry("status".to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !status.is_object() {
+            *status = Value::Object(Map::new());
+        }
+        let Some(status) = status.as_object_mut() else { return };
+        match result {
+            Value::Object(fields) => {
+                let slot = status
+                    .entry(handler_id.to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Some(slot) = slot.as_object_mut() {
+                    for (k, v) in fields {
+                        slot.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            other => {
+                status.insert(handler_id.to_owned(), other.clone());
+            }
+        }
+    }
+
+    /// Split the merge-patch into the body and status requests, as Kopf's `patch_obj`:
+    /// with a status subresource, `status` goes separately as `{"status": ...}`.
+    /// Empty parts produce no request.
+    pub fn requests(&self, status_subresource: bool) -> MergeRequests {
+        let (body, status) = if status_subresource {
+            let body: Map<String, Value> =
+                self.merge.iter().filter(|(k, _)| *k != "status").map(|(k, v)| (k.clone(), v.clone())).collect();
+            (body, self.merge.get("status").cloned())
+        } else {
+            (self.merge.clone(), None)
+        };
+        MergeRequests {
+            body: (!body.is_empty()).then_some(Value::Object(body)),
+            status: status
+                .filter(|s| !s.as_object().is_some_and(Map::is_empty))
+                .map(|s| json!({ "status": s })),
+        }
+    }
+
+    /// The JSON-patch operations of the transformations relative to `base` (the freshest
+    /// known body), without the `test` operation. Empty if the transformations change nothing.
+    pub fn json_ops(&self, base: &Value) -> Vec<Value> {
+        let mut ops = Vec::new();
+        let mut state = Finalizers::of(base);
+        for f in &self.fns {
+            match f {
+                PatchFn::AddFinalizer(name) => add_finalizer_ops(&mut ops, &mut state, name),
+                PatchFn::RemoveFinalizer(name) => remove_finalizer_ops(&mut ops, &mut state, name),
+            }
+        }
+        ops
+    }
+
+    /// The JSON-patch requests: `(body_ops, status_ops)`, each prefixed with Kopf's
+    /// `{"op":"test","path":"/metadata/resourceVersion","value":<rv of base>}`; `None` when
+    /// there is nothing to send. Status ops exist only with a status subresource.
+    pub fn json_requests(&self, base: &Value, status_subresource: bool) -> (Option<Vec<Value>>, Option<Vec<Value>>) {
+        let ops = self.json_ops(base);
+        let (status_ops, body_ops): (Vec<Value>, Vec<Value>) = ops.into_iter().partition(|op| {
+            status_subresource
+                && op["path"].as_str().is_some_and(|p| p == "/status" || p.starts_with("/status/"))
+        });
+        let rv = dicts::resolve(base, &["metadata", "resourceVersion"]).cloned().unwrap_or(Value::Null);
+        let wrap = |ops: Vec<Value>| {
+            (!ops.is_empty()).then(|| {
+                let mut all = Vec::with_capacity(ops.len() + 1);
+                all.push(test_rv_op(rv.clone()));
+                all.extend(ops);
+                all
+            })
+        };
+        (wrap(body_ops), wrap(status_ops))
+    }
+
+    /// Apply the merge-patch and the transformations to a body in memory (Kopf's
+    /// `_apply_patch` semantics: `null` removes, pruning parents that become empty).
+    pub fn apply_to(&self, body: &mut Value) -> Result<(), DictsError> {
+        let mut path = Vec::new();
+        apply_merge(body, &mut path, &self.merge)?;
+        for f in &self.fns {
+            match f {
+                PatchFn::AddFinalizer(name) => block_deletion(body, name),
+                PatchFn::RemoveFinalizer(name) => allow_deletion(body, name),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `test` op guarding JSON-patches with the resource version they were computed for.
+pub fn test_rv_op(resource_version: Value) -> Value {
+    json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})
+}
+
+fn overlay(dst: &mut Map<String, Value>, src: &Map<String, Value>) {
+    for (k, v) in src {
+        match (dst.get_mut(k), v) {
+            (Some(Value::Object(d)), Value::Object(s)) => overlay(d, s),
+            _ => {
+                dst.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn apply_merge(body: &mut Value, path: &mut Vec<String>, patch: &Map<String, Value>) -> Result<(), DictsError> {
+    for (k, v) in patch {
+        path.push(k.clone());
+        match v {
+            Value::Null => dicts::remove(body, path)?,
+            Value::Object(sub) => apply_merge(body, path, sub)?,
+            other => dicts::ensure(body, path, other.clone())?,
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+/// Whether the object is being deleted (`metadata.deletionTimestamp` is set and not null).
+pub fn is_deletion_ongoing(body: &Value) -> bool {
+    dicts::resolve(body, &["metadata", "deletionTimestamp"]).is_some_and(|v| !v.is_null())
+}
+
+/// Whether the finalizer is in `metadata.finalizers`.
+pub fn is_deletion_blocked(body: &Value, finalizer: &str) -> bool {
+    dicts::resolve(body, &["metadata", "finalizers"])
+        .and_then(Value::as_array)
+        .is_some_and(|l| l.iter().any(|f| f.as_str() == Some(finalizer)))
+}
+
+/// Add the finalizer in memory (Kopf's `block_deletion`).
+pub fn block_deletion(body: &mut Value, finalizer: &str) {
+    if is_deletion_blocked(body, finalizer) || !body.is_object() {
+        return;
+    }
+    let Some(root) = body.as_object_mut() else { return };
+    let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else { return };
+    let list = meta.entry("finalizers").or_insert_with(|| Value::Array(Vec::new()));
+    if !list.is_array() {
+        *list = Value::Array(Vec::new());
+    }
+    if let Some(list) = list.as_array_mut() {
+        list.push(Value::String(finalizer.to_owned()));
+    }
+}
+
+/// Remove the finalizer in memory (Kopf's `allow_deletion`), dropping an emptied list.
+pub fn allow_deletion(body: &mut Value, finalizer: &str) {
+    let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    if let Some(list) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
+        list.retain(|f| f.as_str() != Some(finalizer));
+        if list.is_empty() {
+            dicts::shift_remove(meta, "finalizers");
+        }
+    }
+}
+
+/// The finalizers as the JSON-patch generator tracks them while applying transformations.
+#[derive(Debug)]
+enum Finalizers {
+    /// No `metadata` at all.
+    NoMetadata,
+    /// `metadata` exists, `finalizers` does not.
+    Absent,
+    /// `finalizers` exists but is not a list (e.g. `null`).
+    NotAList,
+    /// The list.
+    List(Vec<Value>),
+}
+
+impl Finalizers {
+    fn of(base: &Value) -> Self {
+        match base.get("metadata") {
+            None => Self::NoMetadata,
+            Some(meta) => match meta.get("finalizers") {
+                None => Self::Absent,
+                Some(Value::Array(items)) => Self::List(items.clone()),
+                Some(_) => Self::NotAList,
+            },
+        }
+    }
+}
+
+fn add_finalizer_ops(ops: &mut Vec<Value>, state: &mut Finalizers, name: &str) {
+    let op = match state {
+        Finalizers::List(items) if items.iter().any(|f| f.as_str() == Some(name)) => return,
+        Finalizers::List(items) => {
+            let path = format!("/metadata/finalizers/{}", items.len());
+            items.push(Value::String(name.to_owned()));
+            ops.push(json!({"op": "add", "path": path, "value": name}));
+            return;
+        }
+        Finalizers::NoMetadata => json!({"op": "add", "path": "/metadata", "value": {"finalizers": [name]}}),
+        Finalizers::Absent => json!({"op": "add", "path": "/metadata/finalizers", "value": [name]}),
+        Finalizers::NotAList => json!({"op": "replace", "path": "/metadata/finalizers", "value": [name]}),
+    };
+    ops.push(op);
+    *state = Finalizers::List(vec![Value::String(name.to_owned())]);
+}
+
+fn remove_finalizer_ops(ops: &mut Vec<Value>, state: &mut Finalizers, name: &str) {
+    let Finalizers::List(items) = state else { return };
+    let remaining: Vec<Value> = items.iter().filter(|f| f.as_str() != Some(name)).cloned().collect();
+    if remaining.is_empty() {
+        // An emptied list (or an already empty one) is removed as a whole, as in Kopf.
+        ops.push(json!({"op": "remove", "path": "/metadata/finalizers"}));
+        *state = Finalizers::Absent;
+        return;
+    }
+    let mut removed = 0;
+    for (index, f) in items.iter().enumerate() {
+        if f.as_str() == Some(name) {
+            ops.push(json!({"op": "remove", "path": format!("/metadata/finalizers/{}", index - removed)}));
+            removed += 1;
+        }
+    }
+    *items = remaining;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_into_requests() {
+        let mut p = Patch::new();
+        p.set(&["metadata", "annotations", "a"], json!("b")).unwrap();
+        p.deliver_result("h1", &json!({"x": 1}));
+        p.deliver_result("h1", &json!({"y": 2}));
+        let r = p.requests(true);
+        assert_eq!(r.body, Some(json!({"metadata": {"annotations": {"a": "b"}}})));
+        assert_eq!(r.status, Some(json!({"status": {"h1": {"x": 1, "y": 2}}})));
+        let r = p.requests(false);
+        assert!(r.status.is_none());
+        assert_eq!(r.body.unwrap()["status"]["h1"]["y"], json!(2));
+    }
+
+    #[test]
+    fn finalizer_json_patch_has_a_test_op() {
+        let body = json!({"metadata": {"resourceVersion": "7", "finalizers": ["other"]}});
+        let mut p = Patch::new();
+        p.push_fn(PatchFn::AddFinalizer("f".into()));
+        let (ops, status) = p.json_requests(&body, true);
+        assert_eq!(
+            ops,
+            Some(vec![
+                json!({"op": "test", "path": "/metadata/resourceVersion", "value": "7"}),
+                json!({"op": "add", "path": "/metadata/finalizers/1", "value": "f"}),
+            ])
+        );
+        assert!(status.is_none());
+        assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn merge_from_overlays() {
+        let mut p = Patch::from_merge(json!({"spec": {"a": 1, "b": {"c": 1}}}));
+        p.merge_from(&json!({"spec": {"b": {"d": null}, "l": [1]}}));
+        assert_eq!(p.merge_value(), json!({"spec": {"a": 1, "b": {"c": 1, "d": null}, "l": [1]}}));
+    }
+}
