@@ -1,3 +1,4 @@
 //! The reactor: from watch streams to per-object processing.
 
+pub mod orchestration;
 pub mod queueing;
