@@ -1,6 +1,6 @@
 //! The cluster connection: kubeconfig, in-cluster service account, or `KUBECONFIG`.
 
-use http::{HeaderName, HeaderValue, header::USER_AGENT};
+use http::{HeaderValue, header::USER_AGENT};
 use kube::{Client, Config};
 
 /// Failure to set up the cluster connection.
@@ -49,7 +49,7 @@ pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<Config,
 pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
     if let Ok(value) = HeaderValue::from_str(&user_agent()) {
         config.headers.retain(|(name, _)| name != USER_AGENT);
-        config.headers.push((HeaderName::from(USER_AGENT), value));
+        config.headers.push((USER_AGENT, value));
     }
     Client::try_from(config).map_err(ConnectionError::Client)
 }

@@ -242,8 +242,8 @@ async fn watch_once(
     rv: String,
     sink: &mpsc::Sender<WatchItem>,
 ) -> Result<Option<String>, StepError> {
-    let mut params = WatchParams::default(); // bookmarks are on by default
-    params.timeout = settings.server_timeout;
+    // Bookmarks are on by default.
+    let mut params = WatchParams { timeout: settings.server_timeout, ..WatchParams::default() };
     if let Some(selector) = &settings.label_selector {
         params = params.labels(selector);
     }
