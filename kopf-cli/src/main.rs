@@ -48,10 +48,7 @@ fn report(err: &anyhow::Error, debug: bool) {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Version => {
-            print!("{}", commands::version::version_text());
-            Ok(())
-        }
+        Command::Version => write_stdout(&commands::version::version_text()),
         Command::Inspect(args) => {
             let verbosity = if args.debug {
                 Verbosity::Debug
@@ -65,12 +62,12 @@ fn dispatch(cli: Cli) -> Result<()> {
                 ..LogConfig::default()
             })?;
             let plugins = PluginSet::load(&args.plugins)?;
-            if args.json {
-                println!("{}", commands::inspect::to_json(&plugins)?);
+            let text = if args.json {
+                commands::inspect::to_json(&plugins)? + "\n"
             } else {
-                print!("{}", commands::inspect::to_table(&plugins));
-            }
-            Ok(())
+                commands::inspect::to_table(&plugins)
+            };
+            write_stdout(&text)
         }
         Command::Run(args) => {
             let options = args.to_options();
@@ -78,5 +75,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(commands::run::run(options))
         }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`kopf inspect ... | head`) is not an error.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }

@@ -29,7 +29,7 @@ pub(crate) fn open(path: &Path) -> Result<PluginModuleRef, PluginError> {
     // the user asked us to run this code.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| PluginError::NotALibrary {
         path: shown.clone(),
-        reason: dl_reason(&e.to_string(), path),
+        reason: dl_reason(&error_text(&e), path),
     })?;
 
     // (3) It must export the plain revision static.
@@ -61,6 +61,19 @@ pub(crate) fn open(path: &Path) -> Result<PluginModuleRef, PluginError> {
     header
         .init_root_module::<PluginModuleRef>()
         .map_err(|e| library_error(&shown, e))
+}
+
+/// An error with its sources: libloading's own text is just "dlopen failed".
+fn error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text.strip_prefix("dlopen failed: ")
+        .map(str::to_owned)
+        .unwrap_or(text)
 }
 
 /// Shortens a `dlopen` error: drop the repeated path prefix.
