@@ -15,4 +15,5 @@ pub mod operator;
 pub mod persistence;
 pub mod plugin;
 pub mod reactor;
+pub mod settings;
 pub mod structs;
