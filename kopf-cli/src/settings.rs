@@ -142,7 +142,9 @@ impl Default for QueueingSettings {
             worker_limit: None,
             idle_timeout: 5.0,
             exit_timeout: 2.0,
-            error_delays: vec![1., 1., 2., 3., 5., 8., 13., 21., 34., 55., 89., 144., 233., 377., 610.],
+            error_delays: vec![
+                1., 1., 2., 3., 5., 8., 13., 21., 34., 55., 89., 144., 233., 377., 610.,
+            ],
         }
     }
 }
@@ -167,7 +169,10 @@ pub struct ExecutionSettings {
 
 impl Default for ExecutionSettings {
     fn default() -> Self {
-        Self { default_backoff: 60.0, max_workers: None }
+        Self {
+            default_backoff: 60.0,
+            max_workers: None,
+        }
     }
 }
 
@@ -185,7 +190,11 @@ pub struct BackgroundSettings {
 
 impl Default for BackgroundSettings {
     fn default() -> Self {
-        Self { cancellation_polling: 60.0, instant_exit_timeout: None, instant_exit_zero_time_cycles: 10 }
+        Self {
+            cancellation_polling: 60.0,
+            instant_exit_timeout: None,
+            instant_exit_zero_time_cycles: 10,
+        }
     }
 }
 
@@ -265,7 +274,8 @@ mod tests {
     #[test]
     fn partial_json_keeps_the_other_defaults() {
         let s: OperatorSettings =
-            serde_json::from_str(r#"{"posting": {"enabled": false}, "queueing": {"worker_limit": 3}}"#).unwrap();
+            serde_json::from_str(r#"{"posting": {"enabled": false}, "queueing": {"worker_limit": 3}}"#)
+                .unwrap();
         assert!(!s.posting.enabled);
         assert_eq!(s.posting.reporting_component, "kopf");
         assert_eq!(s.queueing.worker_limit, Some(3));

@@ -34,12 +34,17 @@ pub fn user_agent() -> String {
 pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<Config, ConnectionError> {
     match kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                ConnectionError::Kubeconfig { path: path.display().to_string(), source }
-            })?;
-            Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|source| {
-                ConnectionError::Kubeconfig { path: path.display().to_string(), source }
-            })
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|source| ConnectionError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| ConnectionError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })
         }
         None => Config::infer().await.map_err(ConnectionError::Infer),
     }

@@ -26,7 +26,12 @@ pub struct InvolvedObject {
 impl InvolvedObject {
     /// Takes the reference from an object's body.
     pub fn from_body(body: &Value) -> Self {
-        let text = |pointer: &str| body.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let text = |pointer: &str| {
+            body.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         Self {
             api_version: text("/apiVersion"),
             kind: text("/kind"),
@@ -50,7 +55,11 @@ pub struct Reporter {
 
 impl Default for Reporter {
     fn default() -> Self {
-        Self { component: "kopf".into(), instance: "dev".into(), name_prefix: "kopf-event-".into() }
+        Self {
+            component: "kopf".into(),
+            instance: "dev".into(),
+            name_prefix: "kopf-event-".into(),
+        }
     }
 }
 
@@ -70,11 +79,21 @@ pub fn truncate_message(message: &str) -> String {
 }
 
 /// Builds the Event body as Kopf posts it.
-pub fn build_event(object: &InvolvedObject, reporter: &Reporter, event_type: &str, reason: &str, message: &str) -> Value {
+pub fn build_event(
+    object: &InvolvedObject,
+    reporter: &Reporter,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+) -> Value {
     let now = jiff::Timestamp::now();
     let seconds = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let micros = now.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string();
-    let namespace = if object.namespace.is_empty() { "default" } else { &object.namespace };
+    let namespace = if object.namespace.is_empty() {
+        "default"
+    } else {
+        &object.namespace
+    };
     let mut involved = json!({
         "apiVersion": object.api_version,
         "kind": object.kind,
@@ -104,8 +123,16 @@ pub fn build_event(object: &InvolvedObject, reporter: &Reporter, event_type: &st
 
 /// Posts an Event built by [`build_event`].
 pub async fn post_event(client: &Client, event: &Value) -> Result<Value, ApiError> {
-    let namespace = event.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
-    let events = ResourcePath { group: String::new(), version: "v1".into(), plural: "events".into(), namespaced: true };
+    let namespace = event
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let events = ResourcePath {
+        group: String::new(),
+        version: "v1".into(),
+        plural: "events".into(),
+        namespaced: true,
+    };
     patching::create(client, &events.collection(Some(namespace)), event).await
 }
 
@@ -126,7 +153,13 @@ mod tests {
     fn events_reference_the_object() {
         let body = json!({"apiVersion": "kopf.dev/v1", "kind": "KopfExample",
             "metadata": {"name": "x", "namespace": "ns", "uid": "u1"}});
-        let event = build_event(&InvolvedObject::from_body(&body), &Reporter::default(), "Normal", "Done", "ok");
+        let event = build_event(
+            &InvolvedObject::from_body(&body),
+            &Reporter::default(),
+            "Normal",
+            "Done",
+            "ok",
+        );
         assert_eq!(event["involvedObject"]["uid"], "u1");
         assert_eq!(event["metadata"]["namespace"], "ns");
         assert_eq!(event["metadata"]["generateName"], "kopf-event-");

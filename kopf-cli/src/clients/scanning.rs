@@ -79,13 +79,22 @@ pub async fn scan(client: &Client, groups: &GroupFilter) -> Result<Vec<Discovere
     if groups != &GroupFilter::Only(BTreeSet::from([String::new()])) {
         let apis = get_json(client, "/apis").await?;
         for group in apis.get("groups").and_then(Value::as_array).into_iter().flatten() {
-            let Some(name) = group.get("name").and_then(Value::as_str) else { continue };
+            let Some(name) = group.get("name").and_then(Value::as_str) else {
+                continue;
+            };
             if !groups.wants(name) {
                 continue;
             }
             let preferred = group.pointer("/preferredVersion/version").and_then(Value::as_str);
-            for version in group.get("versions").and_then(Value::as_array).into_iter().flatten() {
-                let Some(version) = version.get("version").and_then(Value::as_str) else { continue };
+            for version in group
+                .get("versions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(version) = version.get("version").and_then(Value::as_str) else {
+                    continue;
+                };
                 let list = match get_json(client, &format!("/apis/{name}/{version}")).await {
                     Ok(list) => list,
                     // A group-version may vanish between the two requests (CRD deletion).
@@ -102,7 +111,13 @@ pub async fn scan(client: &Client, groups: &GroupFilter) -> Result<Vec<Discovere
 fn string_list(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -115,14 +130,24 @@ pub fn parse_resource_list(
     preferred: bool,
     found: &mut Vec<DiscoveredResource>,
 ) {
-    let entries = list.get("resources").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let entries = list
+        .get("resources")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let start = found.len();
     for entry in entries {
-        let Some(name) = entry.get("name").and_then(Value::as_str) else { continue };
+        let Some(name) = entry.get("name").and_then(Value::as_str) else {
+            continue;
+        };
         if name.contains('/') {
             continue;
         }
-        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = entry
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let singular = entry
             .get("singularName")
             .and_then(Value::as_str)
@@ -144,8 +169,12 @@ pub fn parse_resource_list(
         });
     }
     for entry in entries {
-        let Some(name) = entry.get("name").and_then(Value::as_str) else { continue };
-        let Some((main, sub)) = name.split_once('/') else { continue };
+        let Some(name) = entry.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some((main, sub)) = name.split_once('/') else {
+            continue;
+        };
         if let Some(resource) = found[start..].iter_mut().find(|r| r.plural == main) {
             resource.subresources.push(sub.to_owned());
         }

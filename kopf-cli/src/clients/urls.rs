@@ -16,7 +16,11 @@ pub struct ResourcePath {
 impl ResourcePath {
     /// `group/version`, or just `version` for the core group.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// The collection URL: cluster-wide when `namespace` is `None` (or the resource is
@@ -48,15 +52,29 @@ mod tests {
     use super::*;
 
     fn res(group: &str, namespaced: bool) -> ResourcePath {
-        ResourcePath { group: group.into(), version: "v1".into(), plural: "things".into(), namespaced }
+        ResourcePath {
+            group: group.into(),
+            version: "v1".into(),
+            plural: "things".into(),
+            namespaced,
+        }
     }
 
     #[test]
     fn core_and_group_paths() {
-        assert_eq!(res("", true).collection(Some("ns")), "/api/v1/namespaces/ns/things");
+        assert_eq!(
+            res("", true).collection(Some("ns")),
+            "/api/v1/namespaces/ns/things"
+        );
         assert_eq!(res("", true).collection(None), "/api/v1/things");
-        assert_eq!(res("kopf.dev", true).object(Some("ns"), "x", Some("status")), "/apis/kopf.dev/v1/namespaces/ns/things/x/status");
-        assert_eq!(res("kopf.dev", false).collection(Some("ns")), "/apis/kopf.dev/v1/things");
+        assert_eq!(
+            res("kopf.dev", true).object(Some("ns"), "x", Some("status")),
+            "/apis/kopf.dev/v1/namespaces/ns/things/x/status"
+        );
+        assert_eq!(
+            res("kopf.dev", false).collection(Some("ns")),
+            "/apis/kopf.dev/v1/things"
+        );
         assert_eq!(res("kopf.dev", false).api_version(), "kopf.dev/v1");
         assert_eq!(res("", false).api_version(), "v1");
     }

@@ -78,7 +78,10 @@ impl Default for WatchSettings {
             server_timeout: None,
             inactivity_timeout: Duration::from_secs(70),
             reconnect_backoff: Duration::from_millis(100),
-            error_backoffs: [1, 1, 2, 3, 5, 8, 13, 21].into_iter().map(Duration::from_secs).collect(),
+            error_backoffs: [1, 1, 2, 3, 5, 8, 13, 21]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
             page_size: 500,
             label_selector: None,
         }
@@ -177,7 +180,10 @@ pub async fn watch_continuously(
 enum StepError {
     ConsumerGone,
     /// An API failure; `resume` is the position to resume watching from (if still valid).
-    Api { error: ApiError, resume: Option<String> },
+    Api {
+        error: ApiError,
+        resume: Option<String>,
+    },
 }
 
 async fn send(sink: &mpsc::Sender<WatchItem>, item: WatchItem) -> Result<(), StepError> {
@@ -209,7 +215,11 @@ async fn list_all(
         let items = match page.get_mut("items").map(Value::take) {
             Some(Value::Array(items)) => items,
             Some(Value::Null) | None => Vec::new(),
-            Some(_) => return Err(api_err(ApiError::Unexpected(format!("{url}: items is not a list")))),
+            Some(_) => {
+                return Err(api_err(ApiError::Unexpected(format!(
+                    "{url}: items is not a list"
+                ))));
+            }
         };
         let metadata = page.get("metadata");
         let text = |key: &str| {
@@ -243,13 +253,21 @@ async fn watch_once(
     sink: &mpsc::Sender<WatchItem>,
 ) -> Result<Option<String>, StepError> {
     // Bookmarks are on by default.
-    let mut params = WatchParams { timeout: settings.server_timeout, ..WatchParams::default() };
+    let mut params = WatchParams {
+        timeout: settings.server_timeout,
+        ..WatchParams::default()
+    };
     if let Some(selector) = &settings.label_selector {
         params = params.labels(selector);
     }
     let request = match kube::core::Request::new(url).watch(&params, &rv) {
         Ok(request) => request,
-        Err(e) => return Err(StepError::Api { error: ApiError::Request(e.to_string()), resume: Some(rv) }),
+        Err(e) => {
+            return Err(StepError::Api {
+                error: ApiError::Request(e.to_string()),
+                resume: Some(rv),
+            });
+        }
     };
     let stream = match client.request_events::<Value>(request).await {
         Ok(stream) => stream,
@@ -258,7 +276,10 @@ async fn watch_once(
             if error.is_gone() {
                 return Ok(None);
             }
-            return Err(StepError::Api { error, resume: Some(rv) });
+            return Err(StepError::Api {
+                error,
+                resume: Some(rv),
+            });
         }
     };
     let mut stream = std::pin::pin!(stream);
@@ -275,7 +296,10 @@ async fn watch_once(
             None => return Ok(Some(position)),
             Some(Ok(event)) => event,
             Some(Err(error)) => {
-                return Err(StepError::Api { error: error.into(), resume: Some(position) });
+                return Err(StepError::Api {
+                    error: error.into(),
+                    resume: Some(position),
+                });
             }
         };
         let (kind, object) = match event {
@@ -291,11 +315,21 @@ async fn watch_once(
                 return Ok(None);
             }
             WatchEvent::Error(status) => {
-                let error = ApiError::Status { code: status.code, reason: status.reason, message: status.message };
-                return Err(StepError::Api { error, resume: Some(position) });
+                let error = ApiError::Status {
+                    code: status.code,
+                    reason: status.reason,
+                    message: status.message,
+                };
+                return Err(StepError::Api {
+                    error,
+                    resume: Some(position),
+                });
             }
         };
-        if let Some(rv) = object.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        if let Some(rv) = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
             position = rv.to_owned();
         }
         send(sink, WatchItem::Event(kind, object)).await?;

@@ -1,4 +1,5 @@
 //! The reactor: from watch streams to per-object processing.
 
+pub mod execution;
 pub mod orchestration;
 pub mod queueing;

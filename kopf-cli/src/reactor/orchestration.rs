@@ -48,7 +48,12 @@ pub struct Orchestrator<P: ObjectProcessor> {
 impl<P: ObjectProcessor> Orchestrator<P> {
     /// An orchestrator with no streams yet; `worker_limit` bounds concurrent processing
     /// across all streams (Kopf's `settings.queueing.worker_limit`, unbounded if `None`).
-    pub fn new(client: Client, watch: WatchSettings, queue: QueueSettings, worker_limit: Option<usize>) -> Self {
+    pub fn new(
+        client: Client,
+        watch: WatchSettings,
+        queue: QueueSettings,
+        worker_limit: Option<usize>,
+    ) -> Self {
         let permits = worker_limit.unwrap_or(Semaphore::MAX_PERMITS);
         Self {
             client,
@@ -73,8 +78,14 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         let stop = CancellationToken::new();
         let (sink, items) = mpsc::channel::<WatchItem>(256);
         let (path, namespace) = key.clone();
-        let watcher =
-            watch_continuously(self.client.clone(), path, namespace, self.watch.clone(), sink, stop.clone());
+        let watcher = watch_continuously(
+            self.client.clone(),
+            path,
+            namespace,
+            self.watch.clone(),
+            sink,
+            stop.clone(),
+        );
         let queue = self.queue.clone();
         let limit = self.limit.clone();
         let task = tokio::spawn(async move {
@@ -107,7 +118,10 @@ impl<P: ObjectProcessor> Orchestrator<P> {
 }
 
 fn describe((path, namespace): &StreamKey) -> String {
-    let scope = namespace.as_deref().map(|ns| format!(" in {ns:?}")).unwrap_or_else(|| " cluster-wide".into());
+    let scope = namespace
+        .as_deref()
+        .map(|ns| format!(" in {ns:?}"))
+        .unwrap_or_else(|| " cluster-wide".into());
     format!("{}.{}.{}{scope}", path.plural, path.version, path.group)
 }
 
@@ -130,7 +144,11 @@ pub fn wanted_streams(
                 keys.extend(names.iter().map(|ns| (path.clone(), Some(ns.clone()))));
             }
             NamespaceScope::Patterns(_) => {
-                keys.extend(matching_namespaces.iter().map(|ns| (path.clone(), Some(ns.clone()))));
+                keys.extend(
+                    matching_namespaces
+                        .iter()
+                        .map(|ns| (path.clone(), Some(ns.clone()))),
+                );
             }
         }
     }
@@ -147,7 +165,12 @@ mod tests {
     use super::*;
 
     fn path(plural: &str, namespaced: bool) -> ResourcePath {
-        ResourcePath { group: "kopf.dev".into(), version: "v1".into(), plural: plural.into(), namespaced }
+        ResourcePath {
+            group: "kopf.dev".into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            namespaced,
+        }
     }
 
     #[test]
@@ -159,7 +182,10 @@ mod tests {
         assert!(keys.contains(&(path("clusterthings", false), None)));
         assert!(keys.contains(&(path("things", true), Some("b".into()))));
         let all = wanted_streams(&resources, &NamespaceScope::Clusterwide, &BTreeSet::new());
-        assert_eq!(all, vec![(path("things", true), None), (path("clusterthings", false), None)]);
+        assert_eq!(
+            all,
+            vec![(path("things", true), None), (path("clusterthings", false), None)]
+        );
         let live = BTreeSet::from(["x".to_owned()]);
         let patterns = wanted_streams(&resources, &NamespaceScope::Patterns(vec!["x*".into()]), &live);
         assert_eq!(patterns[0], (path("things", true), Some("x".into())));
