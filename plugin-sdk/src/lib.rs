@@ -1,1 +1,270 @@
-//! The kopf plugin SDK (under construction).
+//! # kopf: Kubernetes operator handlers in Rust, Kopf-style
+//!
+//! Write handlers as plain functions with attributes, build your crate as a `cdylib`,
+//! and run it with the `kopf` binary (`kopf run target/debug/libmy_operator.so`).
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! kopf = "0.1"
+//! serde_json = "1"
+//! ```
+//!
+//! ```no_run
+//! use serde_json::{Value, json};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Spec {
+//!     field: String,
+//! }
+//!
+//! /// Runs once per new object; the result lands in `status.create_fn`.
+//! #[kopf::on::create("kopf.dev", "v1", "kopfexamples", retries = 3, backoff = 5.0)]
+//! fn create_fn(ctx: &kopf::Context) -> kopf::Result<Value> {
+//!     let spec: Spec = ctx.spec_as()?;
+//!     tracing::info!("creating with field={}", spec.field); // logged as [ns/name]
+//!     ctx.info("Created", "the object was seen");           // a Kubernetes Event
+//!     ctx.patch().status()["seen"] = json!(true);           // a merge patch
+//!     if spec.field.is_empty() {
+//!         return Err(kopf::TemporaryError::new("field not set yet").delay(10.0).into());
+//!     }
+//!     Ok(json!({"message": format!("hello {}", spec.field)}))
+//! }
+//!
+//! /// Async handlers run on the plugin's own tokio runtime.
+//! #[kopf::on::update("kopfexamples", field = "spec.field", old = kopf::PRESENT)]
+//! async fn field_changed(ctx: &kopf::Context) -> kopf::Result<()> {
+//!     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//!     ctx.logger().info(format_args!("{:?} -> {:?}", ctx.old(), ctx.new()));
+//!     Ok(())
+//! }
+//!
+//! #[kopf::timer("kopfexamples", interval = 60.0, labels = {"app": "demo", "tier": kopf::PRESENT})]
+//! fn tick(ctx: &kopf::Context) {
+//!     tracing::debug!("tick for {}", ctx.object_ref());
+//! }
+//!
+//! #[kopf::on::startup]
+//! fn started() -> kopf::Result<()> {
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! That is the whole plugin: with the default `export` feature the SDK exports the ABI's
+//! root module itself, so no other line is needed.
+//!
+//! ## Handler functions
+//!
+//! * **Parameters**: none, or one `ctx: &kopf::Context` (shared reference, for sync and
+//!   async handlers alike). The context gives Kopf's kwargs as methods: [`Context::body`],
+//!   [`Context::spec`], [`Context::meta`], [`Context::status`], [`Context::name`],
+//!   [`Context::namespace`], [`Context::uid`], [`Context::labels`],
+//!   [`Context::annotations`], [`Context::patch`], [`Context::logger`],
+//!   [`Context::retry`], [`Context::started`], [`Context::runtime`], [`Context::diff`],
+//!   [`Context::old`], [`Context::new`], [`Context::reason`], [`Context::param`],
+//!   [`Context::spec_as`], [`Context::stopped`], [`Context::index`], webhook details
+//!   ([`Context::operation`], [`Context::dryrun`], [`Context::userinfo`],
+//!   [`Context::headers`], [`Context::add_warning`]...), and events
+//!   ([`Context::info`], [`Context::warn`], [`Context::exception`]).
+//! * **Return types**: `Result<T, E>` with `T: Serialize` (`()`, `serde_json::Value` or your
+//!   own struct; `null` means "no result") and `E: Into<kopf::Error>` (any
+//!   `std::error::Error`, or [`TemporaryError`], [`PermanentError`], [`AdmissionError`]);
+//!   or any plain `T: Serialize`, or nothing. A return type is treated as a `Result` when
+//!   its last path segment is named `Result`.
+//! * **sync or async**: sync handlers run on the host's calling thread; `async fn` handlers
+//!   run on the plugin's own multi-thread tokio runtime (a plugin's tokio is separate from
+//!   the host's).
+//! * **Panics** never cross into the host: a panicking handler yields an arbitrary error
+//!   with `panicked: true`, treated per the `errors` mode.
+//!
+//! ## The attributes
+//!
+//! `kopf::on::{resume, create, update, delete, field, event, startup, cleanup, login,
+//! probe, validate, mutate, timer, daemon, index}`, plus `kopf::timer`, `kopf::daemon` and
+//! `kopf::index` as in Kopf. Arguments mirror Kopf's decorators:
+//!
+//! * positional resource selector, by Kopf's rules (see [`parse_selector`]):
+//!   `("kopf.dev", "v1", "kopfexamples")`, `("kopf.dev/v1", "kopfexamples")`,
+//!   `("v1", "pods")`, `("kopf.dev", "kopfexamples")`, `("kopfexamples.kopf.dev")`,
+//!   `("kopfexamples.v1.kopf.dev")`, `("kopfexamples")`, `(kopf::EVERYTHING)`; or keywords
+//!   `group =`, `version =`, `kind =`, `plural =`, `singular =`, `shortcut =`, `category =`;
+//! * `id = "..."` (default: the function's name; field handlers get `/spec.field` appended),
+//!   `param = <any Serialize>`, `errors = kopf::Errors::Permanent`, `timeout = 60.0`,
+//!   `retries = 3`, `backoff = 1.0`;
+//! * filters: `labels = {"app": "x", "env": kopf::PRESENT, "old": kopf::ABSENT, "tier":
+//!   tier_fn}`, `annotations = {...}`, `field = "spec.x"`, `value = ...`, `old = ...`,
+//!   `new = ...`, `when = when_fn`. Callbacks are functions `fn(Option<&str>, &Context) ->
+//!   bool` (labels, annotations), `fn(Option<&serde_json::Value>, &Context) -> bool`
+//!   (value, old, new) or `fn(&Context) -> bool` (when); the host asks the plugin to
+//!   evaluate them;
+//! * kind-specific: `optional` (delete), `deleted` (resume), `interval`, `idle`, `sharp`,
+//!   `initial_delay` (timer), `initial_delay`, `cancellation_backoff`,
+//!   `cancellation_timeout`, `cancellation_polling` (daemon), `operations = ["CREATE"]`,
+//!   `subresource`, `persistent`, `side_effects`, `ignore_failures` (validate, mutate).
+//!
+//! Options that Kopf does not accept for a handler kind are compile errors.
+//!
+//! ## Without macros
+//!
+//! [`HandlerBuilder`] and [`Registry`] do the same by hand; register such handlers in a
+//! plugin with [`setup!`].
+//!
+//! ## Logging
+//!
+//! `tracing` events inside handlers reach the host's log with the object's
+//! `[namespace/name]` prefix; [`Context::logger`] does the same explicitly.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+extern crate self as kopf;
+
+mod context;
+mod error;
+mod export;
+mod handler;
+mod host;
+mod logging;
+mod runtime;
+mod selector;
+
+pub use context::{Context, DaemonStopped, DiffItem, DiffOperation, IndexRef, Patch, PatchGuard, StopState};
+pub use error::{
+    AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
+    SdkError, TemporaryError,
+};
+pub use export::plugin_module;
+pub use handler::{
+    Handler, HandlerBuilder, HandlerResult, IntoMetaFilter, IntoValueFilter, MetaCallback, MetaFilter,
+    Registry, ValueCallback, ValueFilter, WhenCallback, handlers, to_result_value,
+};
+pub use host::{call as host_call, is_initialised};
+pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
+pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
+pub use runtime::runtime;
+pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
+
+pub use kopf_abi;
+pub use kopf_macros::{daemon, index, timer};
+pub use serde_json;
+pub use tokio;
+pub use tracing;
+
+/// The SDK's version, reported in the plugin description.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The handler attributes, named after Kopf's `kopf.on.*` decorators.
+pub mod on {
+    pub use kopf_macros::{
+        cleanup, create, daemon, delete, event, field, index, login, mutate, probe, resume, startup, timer,
+        update, validate,
+    };
+}
+
+/// Registers a setup function `fn(&mut kopf::Registry) -> Result<(), kopf::SdkError>` that
+/// adds handlers built by hand with [`HandlerBuilder`]; it runs when the plugin is first
+/// described, after the attribute-declared handlers are collected.
+///
+/// ```
+/// fn setup(registry: &mut kopf::Registry) -> Result<(), kopf::SdkError> {
+///     let h = kopf::HandlerBuilder::new(kopf::HandlerKind::Probe, "healthy")
+///         .sync_fn(|_: &kopf::Context| -> kopf::Result<_> { Ok(true) })
+///         .build()?;
+///     registry.add(h)?;
+///     Ok(())
+/// }
+/// kopf::setup!(setup);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! setup {
+    ($f:path) => {
+        $crate::__private::inventory::submit! {
+            $crate::__private::Setup {
+                plugin: $crate::__private::PluginMeta {
+                    name: ::core::env!("CARGO_PKG_NAME"),
+                    version: ::core::env!("CARGO_PKG_VERSION"),
+                },
+                file: ::core::file!(),
+                line: ::core::line!(),
+                setup: $f,
+            }
+        }
+    };
+}
+
+/// Exports the plugin's root module by hand. Needed only when the SDK's default `export`
+/// feature is off (and then the plugin crate must depend on `abi_stable` too); with the
+/// feature on it expands to nothing.
+#[cfg(feature = "export")]
+#[macro_export]
+macro_rules! plugin {
+    () => {};
+}
+
+/// Exports the plugin's root module by hand. Needed only when the SDK's default `export`
+/// feature is off (and then the plugin crate must depend on `abi_stable` too); with the
+/// feature on it expands to nothing.
+#[cfg(not(feature = "export"))]
+#[macro_export]
+macro_rules! plugin {
+    () => {
+        $crate::kopf_abi::export_plugin_module!($crate::plugin_module());
+    };
+}
+
+/// Support code for the macros; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+
+    use crate::{Error, HandlerBuilder, Registry, SdkError};
+
+    /// The crate a registration came from.
+    #[derive(Debug, Clone, Copy)]
+    pub struct PluginMeta {
+        /// `CARGO_PKG_NAME`.
+        pub name: &'static str,
+        /// `CARGO_PKG_VERSION`.
+        pub version: &'static str,
+    }
+
+    /// One attribute-declared handler.
+    pub struct Registration {
+        /// The declaring crate.
+        pub plugin: PluginMeta,
+        /// Source file, for ordering.
+        pub file: &'static str,
+        /// Source line, for ordering.
+        pub line: u32,
+        /// Builds the handler.
+        pub build: fn() -> HandlerBuilder,
+    }
+
+    /// One [`crate::setup!`] function.
+    pub struct Setup {
+        /// The declaring crate.
+        pub plugin: PluginMeta,
+        /// Source file, for ordering.
+        pub file: &'static str,
+        /// Source line, for ordering.
+        pub line: u32,
+        /// Adds handlers.
+        pub setup: fn(&mut Registry) -> Result<(), SdkError>,
+    }
+
+    inventory::collect!(Registration);
+    inventory::collect!(Setup);
+
+    /// Converts a handler's `Result` return value.
+    pub fn result_outcome<T: serde::Serialize, E: Into<Error>>(r: Result<T, E>) -> Result<T, Error> {
+        r.map_err(Into::into)
+    }
+
+    /// Converts a handler's plain return value.
+    pub fn value_outcome<T: serde::Serialize>(v: T) -> Result<T, Error> {
+        Ok(v)
+    }
+}

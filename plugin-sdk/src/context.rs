@@ -1,0 +1,703 @@
+//! The typed handler context: Kopf's handler kwargs as methods.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::{Deref, DerefMut, Index, IndexMut};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kopf_abi::protocol::{self, AdmissionInfo, Invocation, Purpose, ResourceInfo, host_methods};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::error::HostCallError;
+use crate::host;
+use crate::logging::ObjectLogger;
+
+static NULL: Value = Value::Null;
+
+/// Everything a handler gets: the object, the cause, and ways to act (patch, events,
+/// logs). Handlers take it by shared reference, `ctx: &kopf::Context`.
+///
+/// Cloning is cheap and clones share the patch and the admission warnings.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handler_id: String,
+    invocation: Invocation,
+    patch: Mutex<Patch>,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("handler_id", &self.inner.handler_id)
+            .field("object", &self.object_ref())
+            .field("reason", &self.reason())
+            .finish()
+    }
+}
+
+/// One change of a diff: Kopf's `DiffItem`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffItem {
+    /// `add`, `change` or `remove`.
+    pub operation: DiffOperation,
+    /// The path of the changed field, e.g. `["spec", "field"]`.
+    pub field: Vec<String>,
+    /// The old value (`None` when added).
+    pub old: Option<Value>,
+    /// The new value (`None` when removed).
+    pub new: Option<Value>,
+}
+
+/// The operation of a [`DiffItem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiffOperation {
+    /// The field was added.
+    Add,
+    /// The field changed.
+    Change,
+    /// The field was removed.
+    Remove,
+}
+
+impl Context {
+    /// A context for this handler id and invocation (used by the runner and by tests).
+    pub fn from_invocation(handler_id: impl Into<String>, invocation: Invocation) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                handler_id: handler_id.into(),
+                invocation,
+                patch: Mutex::new(Patch::new()),
+                warnings: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The raw invocation the host sent.
+    pub fn invocation(&self) -> &Invocation {
+        &self.inner.invocation
+    }
+
+    /// The id of the handler being called.
+    pub fn handler_id(&self) -> &str {
+        &self.inner.handler_id
+    }
+
+    /// Whether the host asked to run the handler or to evaluate its filters.
+    pub fn purpose(&self) -> Purpose {
+        self.inner.invocation.purpose
+    }
+
+    // --- The object ---------------------------------------------------------------------
+
+    /// The whole object body (`Null` for activities).
+    pub fn body(&self) -> &Value {
+        self.inner.invocation.body.as_ref().unwrap_or(&NULL)
+    }
+
+    /// `body.spec` (`Null` if absent).
+    pub fn spec(&self) -> &Value {
+        self.body().get("spec").unwrap_or(&NULL)
+    }
+
+    /// `body.metadata` (`Null` if absent).
+    pub fn meta(&self) -> &Value {
+        self.body().get("metadata").unwrap_or(&NULL)
+    }
+
+    /// `body.status` (`Null` if absent).
+    pub fn status(&self) -> &Value {
+        self.body().get("status").unwrap_or(&NULL)
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> Option<&str> {
+        self.meta().get("name").and_then(Value::as_str)
+    }
+
+    /// `metadata.namespace` (`None` for cluster-scoped objects).
+    pub fn namespace(&self) -> Option<&str> {
+        self.meta().get("namespace").and_then(Value::as_str)
+    }
+
+    /// `metadata.uid`.
+    pub fn uid(&self) -> Option<&str> {
+        self.meta().get("uid").and_then(Value::as_str)
+    }
+
+    /// `metadata.labels` (empty if absent).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        string_map(self.meta().get("labels"))
+    }
+
+    /// `metadata.annotations` (empty if absent).
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        string_map(self.meta().get("annotations"))
+    }
+
+    /// The value at a dotted path of the body, e.g. `"spec.field"`.
+    pub fn field(&self, path: &str) -> Option<&Value> {
+        resolve_path(self.body(), path)
+    }
+
+    /// Deserialises `body.spec` into your own type (a serde struct, or the spec type of a
+    /// kube `CustomResource`).
+    pub fn spec_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self.spec())
+    }
+
+    /// Deserialises `body.status` into your own type.
+    pub fn status_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self.status())
+    }
+
+    /// Deserialises the whole body (e.g. into a kube `CustomResource` type).
+    pub fn body_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self.body())
+    }
+
+    /// `namespace/name` (or `name` for cluster-scoped objects), empty for none.
+    pub fn object_ref(&self) -> String {
+        match (self.namespace(), self.name()) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            (None, Some(n)) => n.to_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// The served resource, as discovered by the host.
+    pub fn resource(&self) -> Option<&ResourceInfo> {
+        self.inner.invocation.resource.as_ref()
+    }
+
+    // --- The cause -----------------------------------------------------------------------
+
+    /// `create`, `update`, `delete` or `resume` (changing handlers).
+    pub fn reason(&self) -> Option<&str> {
+        self.inner.invocation.reason.as_deref()
+    }
+
+    /// The raw watch event type of event handlers (`ADDED`, `MODIFIED`, `DELETED`; `None` for
+    /// a listing).
+    pub fn event_type(&self) -> Option<&str> {
+        self.inner.invocation.event_type.as_deref()
+    }
+
+    /// The diff, parsed from Kopf's `[operation, [path...], old, new]` tuples.
+    pub fn diff(&self) -> Vec<DiffItem> {
+        let Some(Value::Array(items)) = &self.inner.invocation.diff else {
+            return Vec::new();
+        };
+        items.iter().filter_map(parse_diff_item).collect()
+    }
+
+    /// The old essence or field value.
+    pub fn old(&self) -> Option<&Value> {
+        self.inner.invocation.old.as_ref()
+    }
+
+    /// The new essence or field value (Kopf's `new` kwarg).
+    #[allow(clippy::new_ret_no_self, clippy::wrong_self_convention)]
+    pub fn new(&self) -> Option<&Value> {
+        self.inner.invocation.new.as_ref()
+    }
+
+    /// 0-based attempt number.
+    pub fn retry(&self) -> u32 {
+        self.inner.invocation.retry
+    }
+
+    /// RFC 3339 time of the first attempt.
+    pub fn started(&self) -> Option<&str> {
+        self.inner.invocation.started.as_deref()
+    }
+
+    /// Time since the first attempt.
+    pub fn runtime(&self) -> Duration {
+        Duration::try_from_secs_f64(self.inner.invocation.runtime).unwrap_or_default()
+    }
+
+    /// The handler's `param` option.
+    pub fn param(&self) -> Option<&Value> {
+        self.inner.invocation.param.as_ref()
+    }
+
+    /// Deserialises the handler's `param` option.
+    pub fn param_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self.param().unwrap_or(&NULL))
+    }
+
+    /// Activities: `startup`, `cleanup`, `authentication` or `probe`.
+    pub fn activity(&self) -> Option<&str> {
+        self.inner.invocation.activity.as_deref()
+    }
+
+    /// Operator settings (activities).
+    pub fn settings(&self) -> Option<&Value> {
+        self.inner.invocation.settings.as_ref()
+    }
+
+    /// A kind-specific extra value of the invocation.
+    pub fn extra(&self, key: &str) -> Option<&Value> {
+        self.inner.invocation.extra.get(key)
+    }
+
+    // --- Webhooks --------------------------------------------------------------------------
+
+    /// The admission request details (webhook handlers).
+    pub fn admission(&self) -> Option<&AdmissionInfo> {
+        self.inner.invocation.admission.as_ref()
+    }
+
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT` (webhooks).
+    pub fn operation(&self) -> Option<&str> {
+        self.admission().map(|a| a.operation.as_str())
+    }
+
+    /// The subresource of the admission request, if any.
+    pub fn subresource(&self) -> Option<&str> {
+        self.admission().and_then(|a| a.subresource.as_deref())
+    }
+
+    /// Whether the admission request is a dry run.
+    pub fn dryrun(&self) -> bool {
+        self.admission().is_some_and(|a| a.dryrun)
+    }
+
+    /// The requesting user of the admission request.
+    pub fn userinfo(&self) -> &Value {
+        self.admission().map_or(&NULL, |a| &a.userinfo)
+    }
+
+    /// The HTTP headers of the admission request.
+    pub fn headers(&self) -> BTreeMap<String, String> {
+        self.admission().map(|a| a.headers.clone()).unwrap_or_default()
+    }
+
+    /// The client certificate of the admission request.
+    pub fn sslpeer(&self) -> &Value {
+        self.admission().map_or(&NULL, |a| &a.sslpeer)
+    }
+
+    /// Adds an admission warning (returned to the API client).
+    pub fn add_warning(&self, warning: impl Into<String>) {
+        lock(&self.inner.warnings).push(warning.into());
+    }
+
+    /// The admission warnings added so far.
+    pub fn warnings(&self) -> Vec<String> {
+        lock(&self.inner.warnings).clone()
+    }
+
+    // --- Acting ----------------------------------------------------------------------------
+
+    /// The merge patch to apply to the object after the handler (Kopf's `patch`):
+    /// `ctx.patch().status()["x"] = json!(1)` or `ctx.patch().set("spec.field", "v")`.
+    ///
+    /// Returns a lock guard: do not hold it across an `.await`.
+    pub fn patch(&self) -> PatchGuard<'_> {
+        PatchGuard(lock(&self.inner.patch))
+    }
+
+    /// The logger of this object: lines carry the `[namespace/name]` prefix.
+    pub fn logger(&self) -> ObjectLogger {
+        ObjectLogger::new(self.object_ref())
+    }
+
+    /// Posts a `Normal` Kubernetes Event about the object (`kopf.info`).
+    pub fn info(&self, reason: &str, message: impl fmt::Display) {
+        self.event("Normal", reason, message);
+    }
+
+    /// Posts a `Warning` Kubernetes Event about the object (`kopf.warn`).
+    pub fn warn(&self, reason: &str, message: impl fmt::Display) {
+        self.event("Warning", reason, message);
+    }
+
+    /// Posts an `Error` Kubernetes Event about the object (`kopf.exception`).
+    pub fn exception(&self, reason: &str, message: impl fmt::Display) {
+        self.event("Error", reason, message);
+    }
+
+    /// Posts a Kubernetes Event of any type about the object (`kopf.event`). Failures are
+    /// logged at debug level and otherwise ignored, as in Kopf.
+    pub fn event(&self, event_type: &str, reason: &str, message: impl fmt::Display) {
+        let payload = json!({
+            "object": self.object_reference(),
+            "type": event_type,
+            "reason": reason,
+            "message": message.to_string(),
+        });
+        if let Err(e) = host::call::<_, Value>(host_methods::EVENT_POST, 1, &payload) {
+            self.logger().debug(format_args!("Failed to post an event: {e}"));
+        }
+    }
+
+    /// The Kubernetes object reference of the object (apiVersion, kind, name, uid, namespace).
+    pub fn object_reference(&self) -> Value {
+        let body = self.body();
+        let mut r = Map::new();
+        for (key, value) in [
+            ("apiVersion", body.get("apiVersion")),
+            ("kind", body.get("kind")),
+            ("name", self.meta().get("name")),
+            ("uid", self.meta().get("uid")),
+            ("namespace", self.meta().get("namespace")),
+        ] {
+            if let Some(v) = value {
+                r.insert(key.to_owned(), v.clone());
+            }
+        }
+        Value::Object(r)
+    }
+
+    /// The stop flag of a daemon or timer (Kopf's `stopped` kwarg).
+    pub fn stopped(&self) -> DaemonStopped {
+        DaemonStopped {
+            call_id: self.inner.invocation.call_id,
+        }
+    }
+
+    /// An index declared with `#[kopf::index]`, looked up through the host.
+    pub fn index(&self, name: &str) -> IndexRef {
+        IndexRef {
+            name: name.to_owned(),
+        }
+    }
+
+    pub(crate) fn take_patch(&self) -> Patch {
+        std::mem::take(&mut *lock(&self.inner.patch))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    let Some(Value::Object(m)) = v else {
+        return BTreeMap::new();
+    };
+    m.iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect()
+}
+
+/// Resolves a dotted path (`spec.field`) inside a JSON value.
+pub(crate) fn resolve_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .try_fold(root, |v, key| v.get(key))
+}
+
+fn parse_diff_item(v: &Value) -> Option<DiffItem> {
+    let items = v.as_array()?;
+    let operation = match items.first()?.as_str()? {
+        "add" => DiffOperation::Add,
+        "change" => DiffOperation::Change,
+        "remove" => DiffOperation::Remove,
+        _ => return None,
+    };
+    let field = items
+        .get(1)?
+        .as_array()?
+        .iter()
+        .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+        .collect();
+    let opt = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+    Some(DiffItem {
+        operation,
+        field,
+        old: opt(items.get(2)),
+        new: opt(items.get(3)),
+    })
+}
+
+/// A JSON merge patch for the handled object (Kopf's `patch`).
+///
+/// Index it like a JSON value (`patch["metadata"]["labels"]["x"] = json!("y")`), or use the
+/// helpers. Setting a key to `null` removes it from the object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patch(Value);
+
+impl Patch {
+    /// An empty patch.
+    pub fn new() -> Self {
+        Self(Value::Object(Map::new()))
+    }
+
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            Value::Object(m) => m.is_empty(),
+            Value::Null => true,
+            _ => false,
+        }
+    }
+
+    /// The `spec` part, created on first use.
+    pub fn spec(&mut self) -> &mut Value {
+        &mut self.0["spec"]
+    }
+
+    /// The `status` part, created on first use.
+    pub fn status(&mut self) -> &mut Value {
+        &mut self.0["status"]
+    }
+
+    /// The `metadata` part, created on first use.
+    pub fn meta(&mut self) -> &mut Value {
+        &mut self.0["metadata"]
+    }
+
+    /// Sets the value at a dotted path, e.g. `set("spec.field", "value")`.
+    pub fn set(&mut self, path: &str, value: impl Into<Value>) -> &mut Self {
+        let mut cur = &mut self.0;
+        for key in path.split('.').filter(|k| !k.is_empty()) {
+            if !cur.is_object() {
+                *cur = Value::Object(Map::new());
+            }
+            cur = &mut cur[key];
+        }
+        *cur = value.into();
+        self
+    }
+
+    /// Removes the value at a dotted path (merge-patch `null`).
+    pub fn remove(&mut self, path: &str) -> &mut Self {
+        self.set(path, Value::Null)
+    }
+
+    /// The patch as JSON.
+    pub fn as_value(&self) -> &Value {
+        &self.0
+    }
+
+    /// The patch as JSON, by value.
+    pub fn into_value(self) -> Value {
+        self.0
+    }
+}
+
+impl Index<&str> for Patch {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        &self.0[key]
+    }
+}
+
+impl IndexMut<&str> for Patch {
+    fn index_mut(&mut self, key: &str) -> &mut Value {
+        &mut self.0[key]
+    }
+}
+
+/// Exclusive access to the context's [`Patch`]; see [`Context::patch`].
+pub struct PatchGuard<'a>(MutexGuard<'a, Patch>);
+
+impl Deref for PatchGuard<'_> {
+    type Target = Patch;
+
+    fn deref(&self) -> &Patch {
+        &self.0
+    }
+}
+
+impl DerefMut for PatchGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Patch {
+        &mut self.0
+    }
+}
+
+/// Why a daemon was asked to stop, and whether it was.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct StopState {
+    /// Whether the daemon was asked to stop.
+    #[serde(default)]
+    pub stopped: bool,
+    /// Kopf's `DaemonStoppingReason`, as text.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The stop flag of a daemon or timer (Kopf's `stopped`); asks the host.
+///
+/// Until the host implements the daemon methods, [`DaemonStopped::is_set`] answers `false`
+/// and the waits simply sleep for their timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonStopped {
+    call_id: Option<u64>,
+}
+
+/// Sleep used by [`DaemonStopped::wait`] when the host cannot wait and no timeout is given.
+const UNSUPPORTED_WAIT: Duration = Duration::from_secs(1);
+
+impl DaemonStopped {
+    /// Whether the daemon was asked to stop. `false` when the host cannot tell.
+    pub fn is_set(&self) -> bool {
+        self.state().is_ok_and(|s| s.stopped)
+    }
+
+    /// The full stop state from the host.
+    pub fn state(&self) -> Result<StopState, HostCallError> {
+        let Some(call_id) = self.call_id else {
+            return Ok(StopState::default());
+        };
+        host::call(host_methods::DAEMON_STOPPED, 1, &json!({ "call_id": call_id }))
+    }
+
+    /// Blocks until the daemon is asked to stop or `timeout` passes; returns whether it was
+    /// asked to stop. `None` waits without limit (or one second if the host cannot wait).
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let answer = self.call_id.map(|call_id| {
+            host::call::<_, StopState>(
+                host_methods::DAEMON_WAIT,
+                1,
+                &json!({ "call_id": call_id, "timeout": timeout.map(|t| t.as_secs_f64()) }),
+            )
+        });
+        match answer {
+            Some(Ok(state)) => state.stopped,
+            _ => {
+                std::thread::sleep(timeout.unwrap_or(UNSUPPORTED_WAIT));
+                false
+            }
+        }
+    }
+
+    /// The async form of [`DaemonStopped::wait`]; the blocking host call runs on the
+    /// plugin runtime's blocking pool.
+    pub async fn wait_async(&self, timeout: Option<Duration>) -> bool {
+        let this = *self;
+        tokio::task::spawn_blocking(move || this.wait(timeout))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A named index, looked up through the host (`index.get`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRef {
+    name: String,
+}
+
+impl IndexRef {
+    /// The index name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The values stored under `key` (the host's JSON answer).
+    pub fn get(&self, key: impl Serialize) -> Result<Value, HostCallError> {
+        let key = serde_json::to_value(key).map_err(|e| HostCallError::BadJson {
+            method: host_methods::INDEX_GET.to_owned(),
+            message: e.to_string(),
+        })?;
+        host::call(
+            host_methods::INDEX_GET,
+            1,
+            &json!({ "index": self.name, "key": key }),
+        )
+    }
+}
+
+/// Builds the JSON outcome pieces from a finished context.
+pub(crate) fn finish(ctx: &Context, outcome: &mut protocol::Outcome) {
+    let patch = ctx.take_patch();
+    if !patch.is_empty() {
+        outcome.patch = Some(patch.into_value());
+    }
+    outcome.warnings = ctx.warnings();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context::from_invocation(
+            "h",
+            Invocation {
+                body: Some(json!({
+                    "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+                    "metadata": {"name": "n", "namespace": "ns", "uid": "u",
+                                 "labels": {"app": "x"}, "annotations": {}},
+                    "spec": {"field": "value", "items": ["a"]},
+                })),
+                diff: Some(json!([
+                    ["change", ["spec", "field"], "old", "new"],
+                    ["add", ["spec", "x"], null, 1]
+                ])),
+                runtime: 1.5,
+                param: Some(json!({"k": 1})),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn accessors() {
+        let c = ctx();
+        assert_eq!(c.name(), Some("n"));
+        assert_eq!(c.namespace(), Some("ns"));
+        assert_eq!(c.uid(), Some("u"));
+        assert_eq!(c.object_ref(), "ns/n");
+        assert_eq!(c.labels().get("app").map(String::as_str), Some("x"));
+        assert!(c.annotations().is_empty());
+        assert_eq!(c.field("spec.field"), Some(&json!("value")));
+        assert_eq!(c.status(), &Value::Null);
+        assert_eq!(c.runtime(), Duration::from_millis(1500));
+        let diff = c.diff();
+        assert_eq!(diff.len(), 2);
+        assert_eq!(diff[0].operation, DiffOperation::Change);
+        assert_eq!(diff[0].field, vec!["spec", "field"]);
+        assert_eq!(diff[1].old, None);
+        assert_eq!(c.object_reference()["kind"], "KopfExample");
+
+        #[derive(serde::Deserialize)]
+        struct Spec {
+            field: String,
+            items: Vec<String>,
+        }
+        let spec: Spec = c.spec_as().unwrap();
+        assert_eq!(spec.field, "value");
+        assert_eq!(spec.items, vec!["a"]);
+        #[derive(serde::Deserialize)]
+        struct P {
+            k: u32,
+        }
+        assert_eq!(c.param_as::<P>().unwrap().k, 1);
+    }
+
+    #[test]
+    fn patch_building() {
+        let c = ctx();
+        c.patch().status()["x"] = json!(1);
+        c.patch().set("spec.field", "v").remove("metadata.labels.app");
+        c.patch()["metadata"]["annotations"]["a"] = json!("b");
+        let p = c.take_patch().into_value();
+        assert_eq!(
+            p,
+            json!({"status": {"x": 1}, "spec": {"field": "v"},
+                   "metadata": {"labels": {"app": null}, "annotations": {"a": "b"}}})
+        );
+        assert!(c.patch().is_empty());
+    }
+
+    #[test]
+    fn host_features_without_a_host_do_not_panic() {
+        let c = ctx();
+        assert!(!c.stopped().is_set());
+        assert!(c.index("idx").get("k").is_err());
+        c.info("Reason", "message");
+        assert!(!c.stopped().wait(Some(Duration::ZERO)));
+    }
+}

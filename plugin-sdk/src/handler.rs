@@ -1,0 +1,868 @@
+//! Handlers, their builder, filters, and the registry: the API without macros.
+//!
+//! ```
+//! use kopf::{HandlerBuilder, HandlerKind, Registry};
+//!
+//! let mut registry = Registry::new();
+//! let handler = HandlerBuilder::new(HandlerKind::Create, "create_fn")
+//!     .resource(["kopf.dev", "v1", "kopfexamples"])
+//!     .label("app", kopf::PRESENT)
+//!     .retries(3)
+//!     .sync_fn(|ctx: &kopf::Context| -> kopf::Result<_> {
+//!         Ok(serde_json::json!({"name": ctx.name()}))
+//!     })
+//!     .build()
+//!     .unwrap();
+//! registry.add(handler).unwrap();
+//! assert_eq!(registry.describe().handlers[0].id, "create_fn");
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use futures::FutureExt as _;
+use kopf_abi::protocol::{
+    ErrorsMode, FilterValue, Filters, HandlerError, HandlerErrorKind, HandlerKind, HandlerOptions,
+    HandlerSpec, Invocation, Outcome, PluginDescription, PluginInfo, Purpose,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument as _;
+
+use crate::context::{self, Context, resolve_path};
+use crate::error::{Error, InvokeError, SdkError};
+use crate::runtime::{self, QuietPanics, panic_message};
+use crate::selector::{Marker, SelectorArg, SelectorKeywords, parse_selector};
+
+/// What a handler function produces once converted: the JSON result (if any) or an error.
+pub type HandlerResult = Result<Option<Value>, Error>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
+type SyncFn = Arc<dyn Fn(&Context) -> HandlerResult + Send + Sync>;
+type AsyncFn = Arc<dyn Fn(Context) -> BoxFuture + Send + Sync>;
+
+/// A label or annotation callback: `fn(value, ctx) -> bool` (value `None` when absent).
+pub type MetaCallback = Arc<dyn Fn(Option<&str>, &Context) -> bool + Send + Sync>;
+/// A field value callback: `fn(value, ctx) -> bool` (value `None` when absent).
+pub type ValueCallback = Arc<dyn Fn(Option<&Value>, &Context) -> bool + Send + Sync>;
+/// A `when=` callback: `fn(ctx) -> bool`.
+pub type WhenCallback = Arc<dyn Fn(&Context) -> bool + Send + Sync>;
+
+/// Converts a serialisable handler return value into the JSON result (`null` → none).
+pub fn to_result_value<T: Serialize>(value: T) -> HandlerResult {
+    match serde_json::to_value(value) {
+        Ok(Value::Null) => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(e) => Err(Error::msg(format!("cannot serialise the handler's result: {e}"))),
+    }
+}
+
+/// A label or annotation filter value: Kopf's literal, `PRESENT`, `ABSENT`, or a callback.
+#[derive(Clone)]
+pub enum MetaFilter {
+    /// The value must equal this.
+    Equals(String),
+    /// The key must be present.
+    Present,
+    /// The key must be absent.
+    Absent,
+    /// The callback decides.
+    Callback(MetaCallback),
+}
+
+/// Things usable as a label or annotation filter: `&str`, `String`, [`crate::PRESENT`],
+/// [`crate::ABSENT`], or a function `fn(Option<&str>, &Context) -> bool`.
+pub trait IntoMetaFilter {
+    /// Converts; a marker that makes no sense here is an error.
+    fn into_meta_filter(self) -> Result<MetaFilter, String>;
+}
+
+impl IntoMetaFilter for MetaFilter {
+    fn into_meta_filter(self) -> Result<MetaFilter, String> {
+        Ok(self)
+    }
+}
+
+impl IntoMetaFilter for &str {
+    fn into_meta_filter(self) -> Result<MetaFilter, String> {
+        Ok(MetaFilter::Equals(self.to_owned()))
+    }
+}
+
+impl IntoMetaFilter for String {
+    fn into_meta_filter(self) -> Result<MetaFilter, String> {
+        Ok(MetaFilter::Equals(self))
+    }
+}
+
+impl IntoMetaFilter for Marker {
+    fn into_meta_filter(self) -> Result<MetaFilter, String> {
+        if self.is_present() {
+            Ok(MetaFilter::Present)
+        } else if self.is_absent() {
+            Ok(MetaFilter::Absent)
+        } else {
+            Err("EVERYTHING is not a filter value; use PRESENT or ABSENT".to_owned())
+        }
+    }
+}
+
+impl<F> IntoMetaFilter for F
+where
+    F: Fn(Option<&str>, &Context) -> bool + Send + Sync + 'static,
+{
+    fn into_meta_filter(self) -> Result<MetaFilter, String> {
+        Ok(MetaFilter::Callback(Arc::new(self)))
+    }
+}
+
+/// A field value filter: a literal JSON value, `PRESENT`, `ABSENT`, or a callback.
+#[derive(Clone)]
+pub enum ValueFilter {
+    /// The value must equal this.
+    Equals(Value),
+    /// The field must be present.
+    Present,
+    /// The field must be absent.
+    Absent,
+    /// The callback decides.
+    Callback(ValueCallback),
+}
+
+/// Things usable as a `value=`, `old=` or `new=` filter: literals (strings, numbers,
+/// booleans, `serde_json::Value`), [`crate::PRESENT`], [`crate::ABSENT`], or a function
+/// `fn(Option<&serde_json::Value>, &Context) -> bool`.
+pub trait IntoValueFilter {
+    /// Converts; a marker that makes no sense here is an error.
+    fn into_value_filter(self) -> Result<ValueFilter, String>;
+}
+
+impl IntoValueFilter for ValueFilter {
+    fn into_value_filter(self) -> Result<ValueFilter, String> {
+        Ok(self)
+    }
+}
+
+impl IntoValueFilter for Marker {
+    fn into_value_filter(self) -> Result<ValueFilter, String> {
+        if self.is_present() {
+            Ok(ValueFilter::Present)
+        } else if self.is_absent() {
+            Ok(ValueFilter::Absent)
+        } else {
+            Err("EVERYTHING is not a filter value; use PRESENT or ABSENT".to_owned())
+        }
+    }
+}
+
+macro_rules! literal_value_filters {
+    ($($t:ty),*) => {$(
+        impl IntoValueFilter for $t {
+            fn into_value_filter(self) -> Result<ValueFilter, String> {
+                Ok(ValueFilter::Equals(Value::from(self)))
+            }
+        }
+    )*};
+}
+literal_value_filters!(&str, String, bool, i32, i64, u32, u64, f64, Value);
+
+impl<F> IntoValueFilter for F
+where
+    F: Fn(Option<&Value>, &Context) -> bool + Send + Sync + 'static,
+{
+    fn into_value_filter(self) -> Result<ValueFilter, String> {
+        Ok(ValueFilter::Callback(Arc::new(self)))
+    }
+}
+
+#[derive(Clone)]
+enum Func {
+    Sync(SyncFn),
+    Async(AsyncFn),
+}
+
+#[derive(Clone, Default)]
+struct Callbacks {
+    labels: Vec<(String, MetaCallback)>,
+    annotations: Vec<(String, MetaCallback)>,
+    value: Option<ValueCallback>,
+    old: Option<ValueCallback>,
+    new: Option<ValueCallback>,
+    when: Option<WhenCallback>,
+}
+
+/// Builds one handler; the macros generate calls to it. Invalid options are collected
+/// and reported together by [`HandlerBuilder::build`].
+#[must_use]
+pub struct HandlerBuilder {
+    kind: HandlerKind,
+    id: String,
+    args: Vec<SelectorArg>,
+    keywords: SelectorKeywords,
+    filters: Filters,
+    options: HandlerOptions,
+    callbacks: Callbacks,
+    func: Option<Func>,
+    problems: Vec<String>,
+}
+
+impl fmt::Debug for HandlerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerBuilder")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+macro_rules! option_setters {
+    ($($(#[$doc:meta])* $name:ident: $t:ty => $conv:expr;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<$t>) -> Self {
+            let conv: fn($t) -> _ = $conv;
+            self.options.$name = Some(conv(value.into()));
+            self
+        }
+    )*};
+}
+
+macro_rules! selector_setters {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<String>) -> Self {
+            self.keywords.$name = Some(value.into());
+            self
+        }
+    )*};
+}
+
+impl HandlerBuilder {
+    /// A handler of this kind with this id (before any field suffix).
+    pub fn new(kind: HandlerKind, id: impl Into<String>) -> Self {
+        Self {
+            kind,
+            id: id.into(),
+            args: Vec::new(),
+            keywords: SelectorKeywords::default(),
+            filters: Filters::default(),
+            options: HandlerOptions::default(),
+            callbacks: Callbacks::default(),
+            func: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The positional resource selector arguments, as in Kopf's decorators:
+    /// `["kopf.dev", "v1", "kopfexamples"]`, `["v1", "pods"]`, `["kopfexamples"]`...
+    pub fn resource<I>(mut self, args: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<SelectorArg>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Selects every resource except events (`kopf::EVERYTHING`).
+    pub fn everything(mut self) -> Self {
+        self.args = vec![SelectorArg::Marker(crate::EVERYTHING)];
+        self
+    }
+
+    selector_setters! {
+        /// The API group (`""` for core).
+        group;
+        /// The API version.
+        version;
+        /// Select by kind, e.g. `KopfExample`.
+        kind;
+        /// Select by plural name.
+        plural;
+        /// Select by singular name.
+        singular;
+        /// Select by short name.
+        shortcut;
+        /// Select by category, e.g. `all`.
+        category;
+    }
+
+    /// Overrides the handler id (Kopf's `id=`); a field handler still gets the
+    /// `/field.path` suffix.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// The treatment of arbitrary errors (Kopf's `errors=`).
+    pub fn errors(mut self, mode: ErrorsMode) -> Self {
+        self.options.errors = Some(mode);
+        self
+    }
+
+    /// Attempts before the handler fails permanently.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.options.retries = Some(retries);
+        self
+    }
+
+    /// A value handed back to the handler as `ctx.param()`.
+    pub fn param(mut self, value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => self.options.param = Some(v),
+            Err(e) => self.problems.push(format!("param cannot be serialised: {e}")),
+        }
+        self
+    }
+
+    option_setters! {
+        /// Seconds since the first attempt before the handler fails permanently.
+        timeout: f64 => |v| v;
+        /// Seconds to wait after an arbitrary error.
+        backoff: f64 => |v| v;
+        /// Delete handlers: optional ones need no finalizer.
+        optional: bool => |v| v;
+        /// Resume handlers: also run for objects being deleted.
+        deleted: bool => |v| v;
+        /// Timers: seconds between ticks.
+        interval: f64 => |v| v;
+        /// Timers and daemons: seconds before the first run.
+        initial_delay: f64 => |v| v;
+        /// Timers: run only after the object has been unchanged this long.
+        idle: f64 => |v| v;
+        /// Timers: align ticks to the interval grid.
+        sharp: bool => |v| v;
+        /// Daemons: seconds to wait after signalling stop before cancelling.
+        cancellation_backoff: f64 => |v| v;
+        /// Daemons: seconds to wait after cancelling before abandoning.
+        cancellation_timeout: f64 => |v| v;
+        /// Daemons: seconds between checks whether a stopping daemon has exited.
+        cancellation_polling: f64 => |v| v;
+        /// Webhooks: the subresource (`"*"` for all).
+        subresource: String => |v| v;
+        /// Webhooks: keep the webhook configuration on exit.
+        persistent: bool => |v| v;
+        /// Webhooks: the handler has side effects.
+        side_effects: bool => |v| v;
+        /// Webhooks: failures allow the request.
+        ignore_failures: bool => |v| v;
+    }
+
+    /// Webhooks: the operations (`CREATE`, `UPDATE`, `DELETE`, `CONNECT`).
+    pub fn operations<I>(mut self, ops: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.options.operations = Some(ops.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A label filter (`labels={"key": value}` in Kopf).
+    pub fn label(mut self, key: impl Into<String>, filter: impl IntoMetaFilter) -> Self {
+        let key = key.into();
+        match filter.into_meta_filter() {
+            Ok(f) => {
+                let v = meta_to_wire(&f);
+                if let MetaFilter::Callback(cb) = f {
+                    self.callbacks.labels.push((key.clone(), cb));
+                }
+                self.filters.labels.insert(key, v);
+            }
+            Err(e) => self.problems.push(format!("label {key:?}: {e}")),
+        }
+        self
+    }
+
+    /// An annotation filter (`annotations={"key": value}` in Kopf).
+    pub fn annotation(mut self, key: impl Into<String>, filter: impl IntoMetaFilter) -> Self {
+        let key = key.into();
+        match filter.into_meta_filter() {
+            Ok(f) => {
+                let v = meta_to_wire(&f);
+                if let MetaFilter::Callback(cb) = f {
+                    self.callbacks.annotations.push((key.clone(), cb));
+                }
+                self.filters.annotations.insert(key, v);
+            }
+            Err(e) => self.problems.push(format!("annotation {key:?}: {e}")),
+        }
+        self
+    }
+
+    /// The dotted field path (`spec.field`): the field of a field handler, or the field of
+    /// the `value`/`old`/`new` filters. Appended to the id as `id/spec.field`.
+    pub fn field(mut self, path: impl Into<String>) -> Self {
+        self.filters.field = Some(path.into());
+        self
+    }
+
+    /// A filter on the field's value.
+    pub fn value(mut self, filter: impl IntoValueFilter) -> Self {
+        match filter.into_value_filter() {
+            Ok(f) => self.filters.value = Some(value_to_wire(f, &mut self.callbacks.value)),
+            Err(e) => self.problems.push(format!("value: {e}")),
+        }
+        self
+    }
+
+    /// A filter on the field's old value (update and field handlers).
+    pub fn old(mut self, filter: impl IntoValueFilter) -> Self {
+        match filter.into_value_filter() {
+            Ok(f) => self.filters.old = Some(value_to_wire(f, &mut self.callbacks.old)),
+            Err(e) => self.problems.push(format!("old: {e}")),
+        }
+        self
+    }
+
+    /// A filter on the field's new value (update and field handlers).
+    pub fn new_value(mut self, filter: impl IntoValueFilter) -> Self {
+        match filter.into_value_filter() {
+            Ok(f) => self.filters.new = Some(value_to_wire(f, &mut self.callbacks.new)),
+            Err(e) => self.problems.push(format!("new: {e}")),
+        }
+        self
+    }
+
+    /// A `when=` callback: the handler runs only if it returns true.
+    pub fn when<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Context) -> bool + Send + Sync + 'static,
+    {
+        self.filters.when = true;
+        self.callbacks.when = Some(Arc::new(f));
+        self
+    }
+
+    /// The handler function, synchronous: it runs on the host's calling thread (or on the
+    /// plugin runtime's blocking pool for submitted calls).
+    pub fn sync_fn<F, T, E>(mut self, f: F) -> Self
+    where
+        F: Fn(&Context) -> Result<T, E> + Send + Sync + 'static,
+        T: Serialize,
+        E: Into<Error>,
+    {
+        self.func = Some(Func::Sync(Arc::new(move |ctx: &Context| match f(ctx) {
+            Ok(v) => to_result_value(v),
+            Err(e) => Err(e.into()),
+        })));
+        self
+    }
+
+    /// The handler function, asynchronous: it gets a clone of the context (clones share
+    /// the patch) and runs on the plugin's own tokio runtime.
+    pub fn async_fn<F, Fut, T, E>(mut self, f: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize,
+        E: Into<Error>,
+    {
+        self.func = Some(Func::Async(Arc::new(move |ctx: Context| {
+            let fut = f(ctx);
+            Box::pin(async move {
+                match fut.await {
+                    Ok(v) => to_result_value(v),
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })));
+        self
+    }
+
+    /// Validates everything and builds the handler.
+    pub fn build(self) -> Result<Handler, SdkError> {
+        let HandlerBuilder {
+            kind,
+            mut id,
+            args,
+            keywords,
+            filters,
+            options,
+            callbacks,
+            func,
+            mut problems,
+        } = self;
+        let option_err = |id: &str, reason: String| SdkError::Option {
+            handler: id.to_owned(),
+            reason,
+        };
+        if id.is_empty() {
+            problems.push("the handler id is empty".to_owned());
+        }
+
+        let selector = if kind.is_activity() {
+            if !args.is_empty() || !keywords.is_empty() {
+                problems.push(format!("{kind} handlers take no resource selector"));
+            }
+            if !filters.is_empty() {
+                problems.push(format!("{kind} handlers take no object filters"));
+            }
+            None
+        } else {
+            match parse_selector(&args, &keywords) {
+                Ok(s) => Some(s),
+                Err(reason) => return Err(SdkError::Selector { handler: id, reason }),
+            }
+        };
+
+        if kind == HandlerKind::Field && filters.field.is_none() {
+            problems.push("field handlers need `field`".to_owned());
+        }
+        if filters.field.as_deref() == Some("") {
+            problems.push("the field path is empty".to_owned());
+        }
+        let has_value_filters = filters.value.is_some() || filters.old.is_some() || filters.new.is_some();
+        if has_value_filters && filters.field.is_none() {
+            problems.push("value/old/new filters need `field`".to_owned());
+        }
+        if filters.value.is_some() && (filters.old.is_some() || filters.new.is_some()) {
+            problems.push("`value` cannot be combined with `old`/`new`".to_owned());
+        }
+        if (filters.old.is_some() || filters.new.is_some())
+            && !matches!(kind, HandlerKind::Update | HandlerKind::Field)
+        {
+            problems.push(format!(
+                "`old`/`new` filters are only for update and field handlers, not {kind}"
+            ));
+        }
+        if let Some(p) = problems.first() {
+            return Err(option_err(&id, p.clone()));
+        }
+        let Some(func) = func else {
+            return Err(SdkError::NoFunction(id));
+        };
+
+        if let Some(field) = &filters.field
+            && kind != HandlerKind::Index
+            && !kind.is_activity()
+        {
+            id = format!("{id}/{field}");
+        }
+        let spec = HandlerSpec {
+            id,
+            kind,
+            selector,
+            is_async: matches!(func, Func::Async(_)),
+            filters,
+            options,
+        };
+        Ok(Handler {
+            spec,
+            func,
+            callbacks,
+        })
+    }
+}
+
+fn meta_to_wire(f: &MetaFilter) -> FilterValue {
+    match f {
+        MetaFilter::Equals(s) => FilterValue::Equals(Value::String(s.clone())),
+        MetaFilter::Present => FilterValue::Present,
+        MetaFilter::Absent => FilterValue::Absent,
+        MetaFilter::Callback(_) => FilterValue::Callback,
+    }
+}
+
+fn value_to_wire(f: ValueFilter, slot: &mut Option<ValueCallback>) -> FilterValue {
+    match f {
+        ValueFilter::Equals(v) => FilterValue::Equals(v),
+        ValueFilter::Present => FilterValue::Present,
+        ValueFilter::Absent => FilterValue::Absent,
+        ValueFilter::Callback(cb) => {
+            *slot = Some(cb);
+            FilterValue::Callback
+        }
+    }
+}
+
+/// A built handler: its description and its function.
+#[derive(Clone)]
+pub struct Handler {
+    spec: HandlerSpec,
+    func: Func,
+    callbacks: Callbacks,
+}
+
+impl fmt::Debug for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handler").field("spec", &self.spec).finish()
+    }
+}
+
+fn panicked(message: String) -> HandlerError {
+    HandlerError {
+        kind: HandlerErrorKind::Arbitrary,
+        message,
+        delay: None,
+        code: None,
+        panicked: true,
+    }
+}
+
+fn object_span(ctx: &Context) -> tracing::Span {
+    let object = ctx.object_ref();
+    if object.is_empty() {
+        tracing::Span::none()
+    } else {
+        // The name must stay equal to `logging::OBJECT_SPAN`.
+        tracing::error_span!(target: "kopf", "kopf.object", object = object.as_str())
+    }
+}
+
+fn into_outcome(result: std::thread::Result<HandlerResult>, ctx: &Context) -> Outcome {
+    let mut outcome = Outcome::default();
+    match result {
+        Ok(Ok(value)) => outcome.result = value,
+        Ok(Err(error)) => outcome.error = Some(error.to_handler_error()),
+        Err(payload) => outcome.error = Some(panicked(panic_message(payload.as_ref()))),
+    }
+    context::finish(ctx, &mut outcome);
+    outcome
+}
+
+impl Handler {
+    /// The handler's description, as sent to the host.
+    pub fn spec(&self) -> &HandlerSpec {
+        &self.spec
+    }
+
+    /// The handler id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Whether the function is `async`.
+    pub fn is_async(&self) -> bool {
+        matches!(self.func, Func::Async(_))
+    }
+
+    /// Evaluates the callback filters (labels, annotations, value/old/new, when) for
+    /// [`Purpose::Filter`]. Literal and PRESENT/ABSENT filters are the host's business.
+    pub fn matches(&self, ctx: &Context) -> bool {
+        let cb = &self.callbacks;
+        let labels = ctx.labels();
+        let annotations = ctx.annotations();
+        let field_value = self
+            .spec
+            .filters
+            .field
+            .as_deref()
+            .and_then(|f| resolve_path(ctx.body(), f));
+        cb.labels
+            .iter()
+            .all(|(k, f)| f(labels.get(k).map(String::as_str), ctx))
+            && cb
+                .annotations
+                .iter()
+                .all(|(k, f)| f(annotations.get(k).map(String::as_str), ctx))
+            && cb.value.as_ref().is_none_or(|f| f(field_value, ctx))
+            && cb.old.as_ref().is_none_or(|f| f(ctx.old(), ctx))
+            && cb.new.as_ref().is_none_or(|f| f(ctx.new(), ctx))
+            && cb.when.as_ref().is_none_or(|f| f(ctx))
+    }
+
+    fn filter_outcome(&self, ctx: &Context) -> Outcome {
+        let _quiet = QuietPanics::enter();
+        match catch_unwind(AssertUnwindSafe(|| self.matches(ctx))) {
+            Ok(m) => Outcome {
+                matches: Some(m),
+                ..Outcome::default()
+            },
+            Err(p) => Outcome {
+                matches: Some(false),
+                error: Some(panicked(panic_message(p.as_ref()))),
+                ..Outcome::default()
+            },
+        }
+    }
+
+    /// Runs the handler (or its filters) and blocks until done. Async handlers run on the
+    /// plugin's runtime. Panics become an arbitrary error with `panicked: true`.
+    pub fn run(&self, invocation: Invocation) -> Outcome {
+        let ctx = Context::from_invocation(self.spec.id.clone(), invocation);
+        if ctx.purpose() == Purpose::Filter {
+            return self.filter_outcome(&ctx);
+        }
+        let span = object_span(&ctx);
+        let result = match &self.func {
+            Func::Sync(f) => {
+                let _quiet = QuietPanics::enter();
+                let _entered = span.enter();
+                catch_unwind(AssertUnwindSafe(|| f(&ctx)))
+            }
+            Func::Async(f) => match runtime::runtime() {
+                Err(e) => Ok(Err(Error::msg(e))),
+                Ok(rt) => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let f = Arc::clone(f);
+                    let task_ctx = ctx.clone();
+                    rt.spawn(
+                        async move {
+                            let result = AssertUnwindSafe(async move { f(task_ctx).await })
+                                .catch_unwind()
+                                .await;
+                            let _ = tx.send(result);
+                        }
+                        .instrument(span),
+                    );
+                    rx.recv()
+                        .unwrap_or_else(|_| Ok(Err(Error::msg("the plugin runtime shut down"))))
+                }
+            },
+        };
+        into_outcome(result, &ctx)
+    }
+
+    /// Runs the handler (or its filters) on the plugin's runtime: async handlers are
+    /// awaited, sync ones run on the blocking pool. Must be awaited inside that runtime.
+    pub async fn run_async(&self, invocation: Invocation) -> Outcome {
+        let ctx = Context::from_invocation(self.spec.id.clone(), invocation);
+        let span = object_span(&ctx);
+        if ctx.purpose() == Purpose::Filter {
+            let this = self.clone();
+            let fctx = ctx.clone();
+            return tokio::task::spawn_blocking(move || this.filter_outcome(&fctx))
+                .await
+                .unwrap_or_else(|e| Outcome {
+                    error: Some(panicked(e.to_string())),
+                    ..Outcome::default()
+                });
+        }
+        let result = match &self.func {
+            Func::Sync(f) => {
+                let f = Arc::clone(f);
+                let task_ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _quiet = QuietPanics::enter();
+                    let _entered = span.enter();
+                    catch_unwind(AssertUnwindSafe(|| f(&task_ctx)))
+                })
+                .await
+                .unwrap_or_else(|e| Ok(Err(Error::msg(e))))
+            }
+            Func::Async(f) => {
+                let f = Arc::clone(f);
+                let task_ctx = ctx.clone();
+                AssertUnwindSafe(async move { f(task_ctx).await })
+                    .catch_unwind()
+                    .instrument(span)
+                    .await
+            }
+        };
+        into_outcome(result, &ctx)
+    }
+}
+
+/// A set of handlers: the plugin's (see [`handlers`]) or one assembled by hand.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    plugin: PluginInfo,
+    handlers: Vec<Handler>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the plugin's name and version for [`Registry::describe`].
+    pub fn set_plugin_info(&mut self, name: impl Into<String>, version: impl Into<String>) -> &mut Self {
+        self.plugin = PluginInfo {
+            name: name.into(),
+            version: version.into(),
+        };
+        self
+    }
+
+    /// Collects every handler declared with the attribute macros and every
+    /// [`crate::setup!`] function linked into this binary, in source order.
+    pub fn collect() -> Result<Self, SdkError> {
+        let mut regs: Vec<&crate::__private::Registration> =
+            inventory::iter::<crate::__private::Registration>().collect();
+        regs.sort_by_key(|r| (r.file, r.line));
+        let mut setups: Vec<&crate::__private::Setup> =
+            inventory::iter::<crate::__private::Setup>().collect();
+        setups.sort_by_key(|s| (s.file, s.line));
+        let mut registry = Self::new();
+        if let Some(meta) = regs
+            .first()
+            .map(|r| r.plugin)
+            .or_else(|| setups.first().map(|s| s.plugin))
+        {
+            registry.set_plugin_info(meta.name, meta.version);
+        }
+        for r in regs {
+            registry.add((r.build)().build()?)?;
+        }
+        for s in setups {
+            (s.setup)(&mut registry)?;
+        }
+        Ok(registry)
+    }
+
+    /// Adds a handler; ids must be unique within a plugin.
+    pub fn add(&mut self, handler: Handler) -> Result<&mut Self, SdkError> {
+        if let Some(&i) = self.by_id.get(handler.id()) {
+            return Err(SdkError::DuplicateId {
+                id: handler.id().to_owned(),
+                first: self.handlers[i].spec.kind.to_string(),
+                second: handler.spec.kind.to_string(),
+            });
+        }
+        self.by_id.insert(handler.id().to_owned(), self.handlers.len());
+        self.handlers.push(handler);
+        Ok(self)
+    }
+
+    /// All handlers, in registration order.
+    pub fn handlers(&self) -> &[Handler] {
+        &self.handlers
+    }
+
+    /// The handler with this id.
+    pub fn get(&self, id: &str) -> Option<&Handler> {
+        self.by_id.get(id).map(|&i| &self.handlers[i])
+    }
+
+    /// The description the host receives from `describe`.
+    pub fn describe(&self) -> PluginDescription {
+        PluginDescription {
+            abi_revision: kopf_abi::ABI_REVISION,
+            sdk_version: crate::SDK_VERSION.to_owned(),
+            plugin: self.plugin.clone(),
+            handlers: self.handlers.iter().map(|h| h.spec.clone()).collect(),
+        }
+    }
+
+    /// Runs a handler by id and blocks until done (see [`Handler::run`]).
+    pub fn invoke(&self, id: &str, invocation: Invocation) -> Result<Outcome, InvokeError> {
+        let handler = self
+            .get(id)
+            .ok_or_else(|| InvokeError::UnknownHandler(id.to_owned()))?;
+        Ok(handler.run(invocation))
+    }
+
+    /// Counts handlers by kind (for summaries).
+    pub fn kinds(&self) -> BTreeMap<HandlerKind, usize> {
+        let mut m = BTreeMap::new();
+        for h in &self.handlers {
+            *m.entry(h.spec.kind).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// The plugin's registry: every handler declared in this binary, collected once.
+pub fn handlers() -> Result<&'static Registry, SdkError> {
+    static REGISTRY: OnceLock<Result<Registry, SdkError>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(Registry::collect)
+        .as_ref()
+        .map_err(Clone::clone)
+}
