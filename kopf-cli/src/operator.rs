@@ -8,6 +8,8 @@ use crate::plugin::PluginSet;
 /// Placeholder until the reactor exists: logs that there is no reactor and waits for a
 /// termination signal; returns `Ok(())` on a graceful stop.
 pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> {
+    // Install the handlers before announcing readiness, so no early signal is lost.
+    let mut signals = StopSignals::install()?;
     tracing::info!(
         target: "kopf.reactor",
         "no reactor yet: {} plugins with {} handlers loaded (namespaces: {:?}, clusterwide: {}); waiting for a signal.",
@@ -16,26 +18,50 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
         options.namespaces,
         options.clusterwide
     );
-    let signal = wait_for_signal().await?;
+    let signal = signals.recv().await;
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM and returns its name.
-pub async fn wait_for_signal() -> std::io::Result<&'static str> {
+/// SIGINT and SIGTERM listeners, installed eagerly.
+#[derive(Debug)]
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the listeners (must run inside a tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok("SIGINT")
+
+    /// Waits for the next SIGINT or SIGTERM and returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }

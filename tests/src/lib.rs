@@ -1,1 +1,285 @@
-//! Helpers shared by the end-to-end suites.
+//! Helpers shared by the end-to-end suites: locating and building the workspace's
+//! artefacts (the `kopf` binary, plugin cdylibs), running `kopf` as a child process,
+//! and waiting for conditions with deadlines.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// The cargo target directory: `$CARGO_TARGET_DIR` (relative paths resolved against the
+/// workspace root), else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The cargo executable: `$CARGO` (set by cargo for tests), else `cargo`.
+fn cargo() -> PathBuf {
+    std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cargo"))
+}
+
+/// Build profiles the helpers can build with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// `target/debug`.
+    Debug,
+    /// `target/release` (`--release`).
+    Release,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// Runs `cargo build` once per (arguments, profile) per process; concurrent callers wait.
+fn cargo_build(args: &[&str], profile: Profile) -> Result<()> {
+    type Built = HashMap<(Vec<String>, Profile), ()>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    // Holding the lock serialises builds in this process (cargo would block on its own lock anyway).
+    let mut guard = built.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), profile);
+    if guard.contains_key(&key) {
+        return Ok(());
+    }
+    let mut cmd = Command::new(cargo());
+    cmd.arg("build")
+        .args(args)
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir());
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run cargo build {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "cargo build {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    guard.insert(key, ());
+    Ok(())
+}
+
+/// The path of a cdylib package's shared library (e.g. `fixture-raw-plugin` →
+/// `target/debug/libfixture_raw_plugin.so`), building it first.
+pub fn plugin_path(package: &str) -> Result<PathBuf> {
+    plugin_path_with(package, Profile::Debug)
+}
+
+/// [`plugin_path`] for a chosen profile.
+pub fn plugin_path_with(package: &str, profile: Profile) -> Result<PathBuf> {
+    cargo_build(&["-p", package, "--lib"], profile)?;
+    let file = format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    let path = target_dir().join(profile.dir()).join(file);
+    if !path.exists() {
+        bail!("built {package} but {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
+/// Whether a workspace member directory exists (e.g. `tests/fixtures/sdk-plugin-a`):
+/// lets suites skip cases whose fixtures another team has not delivered yet.
+pub fn member_exists(relative: &str) -> bool {
+    workspace_root().join(relative).join("Cargo.toml").exists()
+}
+
+/// The `kopf` binary, built first.
+pub fn kopf_bin() -> Result<PathBuf> {
+    cargo_build(&["-p", "kopf-cli", "--bin", "kopf"], Profile::Debug)?;
+    let path = target_dir()
+        .join("debug")
+        .join(format!("kopf{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!("built kopf but {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
+/// Copies a shared library to a unique file name in `dir`, so that loading it in this
+/// process gives a separate image (the dynamic loader dedups by file).
+pub fn isolated_copy(lib: &Path, dir: &Path, tag: &str) -> Result<PathBuf> {
+    let name = lib
+        .file_name()
+        .context("library path without a file name")?
+        .to_string_lossy();
+    let dest = dir.join(format!("{tag}-{name}"));
+    std::fs::copy(lib, &dest).with_context(|| format!("copy {} to {}", lib.display(), dest.display()))?;
+    Ok(dest)
+}
+
+/// A system shared library that is certainly not a kopf plugin (libc).
+pub fn system_libc() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("ldconfig").arg("-p").output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            if line.trim_start().starts_with("libc.so.6")
+                && let Some((_, path)) = line.rsplit_once("=> ")
+            {
+                let path = PathBuf::from(path.trim());
+                if path.exists() {
+                    return Some(path);
+                }
+            }
+        }
+    }
+    [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/libc.so.6",
+        "/usr/lib/libc.so.6",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Runs `kopf ARGS...` to completion (for commands that exit by themselves).
+pub fn run_kopf<I, S>(args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Ok(Command::new(kopf_bin()?)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// Polls `condition` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = condition() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `kopf` child process whose stderr is collected line by line.
+pub struct KopfProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl KopfProcess {
+    /// Starts `kopf ARGS...`.
+    pub fn spawn<I, S>(args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut child = Command::new(kopf_bin()?)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// All stderr lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until a stderr line contains `needle`; fails with the log so far otherwise.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let found = wait_for(timeout, &format!("a kopf log line containing {needle:?}"), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(Err(status));
+            }
+            self.lines().into_iter().find(|l| l.contains(needle)).map(Ok)
+        });
+        match found {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(status)) => bail!(
+                "kopf exited ({status}) before logging {needle:?}:\n{}",
+                self.lines().join("\n")
+            ),
+            Err(e) => bail!("{e}; log so far:\n{}", self.lines().join("\n")),
+        }
+    }
+
+    /// Sends a signal (e.g. `TERM`, `INT`) with the system's `kill`.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `timeout` (then kills it and fails).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let waited = wait_for(timeout, "kopf to exit", || self.child.try_wait().ok().flatten());
+        match waited {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("{e}; log so far:\n{}", self.lines().join("\n"))
+            }
+        }
+    }
+}
+
+impl Drop for KopfProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
