@@ -99,13 +99,21 @@
 //!   `new = ...`, `when = when_fn`. Callbacks are functions `fn(Option<&str>, &Context) ->
 //!   bool` (labels, annotations), `fn(Option<&serde_json::Value>, &Context) -> bool`
 //!   (value, old, new) or `fn(&Context) -> bool` (when); the host asks the plugin to
-//!   evaluate them;
+//!   evaluate them with [`Purpose::Filter`] and reads `Outcome.matches`. Label and
+//!   annotation callbacks get the object's value of that key, `value` callbacks the
+//!   body's value at `field`, `old`/`new` callbacks the invocation's `old`/`new` as the
+//!   host sent them (field values for handlers with a `field`, as in Kopf);
 //! * kind-specific: `optional` (delete), `deleted` (resume), `interval`, `idle`, `sharp`,
 //!   `initial_delay` (timer), `initial_delay`, `cancellation_backoff`,
 //!   `cancellation_timeout`, `cancellation_polling` (daemon), `operations = ["CREATE"]`,
 //!   `subresource`, `persistent`, `side_effects`, `ignore_failures` (validate, mutate).
 //!
 //! Options that Kopf does not accept for a handler kind are compile errors.
+//!
+//! Handler ids must be unique within a plugin (the host invokes handlers by id), so
+//! stacking two attributes on one function (Kopf's `@on.create` + `@on.resume` idiom)
+//! needs an explicit `id = "..."` on one of them; otherwise `describe` fails with a clear
+//! "duplicate handler id" error.
 //!
 //! ## Without macros
 //!

@@ -8,11 +8,9 @@ use std::cell::Cell;
 use std::panic;
 use std::sync::{Once, OnceLock};
 
-use kopf_abi::LogLevel;
 use tokio::runtime::{Builder, Runtime};
 
 use crate::error::SdkError;
-use crate::host;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
@@ -62,12 +60,8 @@ pub(crate) fn install_panic_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if QUIET_PANICS.with(Cell::get) > 0 {
-                host::log(
-                    LogLevel::DEBUG,
-                    "kopf.plugin",
-                    "",
-                    &format!("A handler panicked: {info}"),
-                );
+                // Through `tracing`, so the handler's object span adds the `[ns/name]` prefix.
+                tracing::debug!(target: "kopf.plugin", "A handler panicked: {info}");
             } else {
                 previous(info);
             }

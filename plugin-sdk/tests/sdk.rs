@@ -409,6 +409,15 @@ fn panics_become_arbitrary_errors() {
         assert!(e.panicked, "{id}");
         assert!(e.message.contains("boom"), "{id}: {}", e.message);
     }
+    // The panic text goes to the host's log at debug level, with the object, not to stderr.
+    let logs = LOGS.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|(level, target, object, msg)| *level == 4
+            && target == "kopf.plugin"
+            && object == "ns1/kex1"
+            && msg.contains("boom in t_panic")),
+        "{logs:?}"
+    );
 }
 
 #[test]
