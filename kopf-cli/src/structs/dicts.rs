@@ -89,7 +89,9 @@ pub fn remove<S: AsRef<str>>(root: &mut Value, path: &[S]) -> Result<(), DictsEr
 /// was absent from the start (`{"a": {}}` minus `a.b.c` is `{}`).
 fn remove_in<S: AsRef<str>>(current: &mut Value, path: &[S]) -> Result<(), DictsError> {
     let key = path[0].as_ref();
-    let map = current.as_object_mut().ok_or_else(|| DictsError::NotADict(key.to_owned()))?;
+    let map = current
+        .as_object_mut()
+        .ok_or_else(|| DictsError::NotADict(key.to_owned()))?;
     if path.len() == 1 {
         shift_remove(map, key);
         return Ok(());
@@ -117,11 +119,7 @@ pub fn shift_remove(map: &mut Map<String, Value>, key: &str) -> bool {
 
 /// Copy the listed fields from `src` into `dst` (Kopf's `cherrypick`); absent fields are
 /// skipped. A non-object intermediate in `src` is an error (Kopf raises `TypeError`).
-pub fn cherrypick<S: AsRef<str>>(
-    src: &Value,
-    dst: &mut Value,
-    fields: &[Vec<S>],
-) -> Result<(), DictsError> {
+pub fn cherrypick<S: AsRef<str>>(src: &Value, dst: &mut Value, fields: &[Vec<S>]) -> Result<(), DictsError> {
     for field in fields {
         match resolve_strict(src, field)? {
             Some(value) => ensure(dst, field, value.clone())?,

@@ -106,7 +106,12 @@ pub fn diff_to_json(diff: &[DiffItem]) -> Value {
 pub fn diff(a: Option<&Value>, b: Option<&Value>) -> Diff {
     let mut out = Vec::new();
     let mut path = Vec::new();
-    diff_into(&mut out, &mut path, a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null));
+    diff_into(
+        &mut out,
+        &mut path,
+        a.unwrap_or(&Value::Null),
+        b.unwrap_or(&Value::Null),
+    );
     out
 }
 
@@ -152,7 +157,12 @@ fn diff_maps(out: &mut Diff, path: &mut Vec<String>, a: &Map<String, Value>, b: 
 }
 
 fn item(operation: DiffOperation, path: &[String], a: &Value, b: &Value) -> DiffItem {
-    DiffItem { operation, field: path.to_vec(), old: a.clone(), new: b.clone() }
+    DiffItem {
+        operation,
+        field: path.to_vec(),
+        old: a.clone(),
+        new: b.clone(),
+    }
 }
 
 /// Reduce a diff to a field (Kopf's `reduce`): items under the field are re-rooted at it;
@@ -162,18 +172,14 @@ pub fn reduce<S: AsRef<str>>(diff: &[DiffItem], path: &[S]) -> Diff {
     for d in diff {
         if path.is_empty() {
             out.push(d.clone());
-        } else if d.field.len() >= path.len()
-            && d.field.iter().zip(path).all(|(f, p)| f == p.as_ref())
-        {
+        } else if d.field.len() >= path.len() && d.field.iter().zip(path).all(|(f, p)| f == p.as_ref()) {
             out.push(DiffItem {
                 operation: d.operation,
                 field: d.field[path.len()..].to_vec(),
                 old: d.old.clone(),
                 new: d.new.clone(),
             });
-        } else if d.field.len() < path.len()
-            && d.field.iter().zip(path).all(|(f, p)| f == p.as_ref())
-        {
+        } else if d.field.len() < path.len() && d.field.iter().zip(path).all(|(f, p)| f == p.as_ref()) {
             let tail = &path[d.field.len()..];
             let old_tail = dicts::resolve(&d.old, tail).unwrap_or(&Value::Null);
             let new_tail = dicts::resolve(&d.new, tail).unwrap_or(&Value::Null);

@@ -45,7 +45,10 @@ impl Patch {
     /// A patch with this merge-patch content (non-objects give an empty merge part).
     pub fn from_merge(value: Value) -> Self {
         match value {
-            Value::Object(merge) => Self { merge, fns: Vec::new() },
+            Value::Object(merge) => Self {
+                merge,
+                fns: Vec::new(),
+            },
             _ => Self::default(),
         }
     }
@@ -162,7 +165,9 @@ impl Patch {
         if !status.is_object() {
             *status = Value::Object(Map::new());
         }
-        let Some(status) = status.as_object_mut() else { return };
+        let Some(status) = status.as_object_mut() else {
+            return;
+        };
         match result {
             Value::Object(fields) => {
                 let slot = status
@@ -188,8 +193,12 @@ impl Patch {
     /// Empty parts produce no request.
     pub fn requests(&self, status_subresource: bool) -> MergeRequests {
         let (body, status) = if status_subresource {
-            let body: Map<String, Value> =
-                self.merge.iter().filter(|(k, _)| *k != "status").map(|(k, v)| (k.clone(), v.clone())).collect();
+            let body: Map<String, Value> = self
+                .merge
+                .iter()
+                .filter(|(k, _)| *k != "status")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             (body, self.merge.get("status").cloned())
         } else {
             (self.merge.clone(), None)
@@ -219,13 +228,21 @@ impl Patch {
     /// The JSON-patch requests: `(body_ops, status_ops)`, each prefixed with Kopf's
     /// `{"op":"test","path":"/metadata/resourceVersion","value":<rv of base>}`; `None` when
     /// there is nothing to send. Status ops exist only with a status subresource.
-    pub fn json_requests(&self, base: &Value, status_subresource: bool) -> (Option<Vec<Value>>, Option<Vec<Value>>) {
+    pub fn json_requests(
+        &self,
+        base: &Value,
+        status_subresource: bool,
+    ) -> (Option<Vec<Value>>, Option<Vec<Value>>) {
         let ops = self.json_ops(base);
         let (status_ops, body_ops): (Vec<Value>, Vec<Value>) = ops.into_iter().partition(|op| {
             status_subresource
-                && op["path"].as_str().is_some_and(|p| p == "/status" || p.starts_with("/status/"))
+                && op["path"]
+                    .as_str()
+                    .is_some_and(|p| p == "/status" || p.starts_with("/status/"))
         });
-        let rv = dicts::resolve(base, &["metadata", "resourceVersion"]).cloned().unwrap_or(Value::Null);
+        let rv = dicts::resolve(base, &["metadata", "resourceVersion"])
+            .cloned()
+            .unwrap_or(Value::Null);
         let wrap = |ops: Vec<Value>| {
             (!ops.is_empty()).then(|| {
                 let mut all = Vec::with_capacity(ops.len() + 1);
@@ -268,7 +285,11 @@ fn overlay(dst: &mut Map<String, Value>, src: &Map<String, Value>) {
     }
 }
 
-fn apply_merge(body: &mut Value, path: &mut Vec<String>, patch: &Map<String, Value>) -> Result<(), DictsError> {
+fn apply_merge(
+    body: &mut Value,
+    path: &mut Vec<String>,
+    patch: &Map<String, Value>,
+) -> Result<(), DictsError> {
     for (k, v) in patch {
         path.push(k.clone());
         match v {
@@ -299,9 +320,13 @@ pub fn block_deletion(body: &mut Value, finalizer: &str) {
         return;
     }
     let Some(root) = body.as_object_mut() else { return };
-    let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let meta = root
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     let Some(meta) = meta.as_object_mut() else { return };
-    let list = meta.entry("finalizers").or_insert_with(|| Value::Array(Vec::new()));
+    let list = meta
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(Vec::new()));
     if !list.is_array() {
         *list = Value::Array(Vec::new());
     }
@@ -312,7 +337,9 @@ pub fn block_deletion(body: &mut Value, finalizer: &str) {
 
 /// Remove the finalizer in memory (Kopf's `allow_deletion`), dropping an emptied list.
 pub fn allow_deletion(body: &mut Value, finalizer: &str) {
-    let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
     if let Some(list) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
         list.retain(|f| f.as_str() != Some(finalizer));
         if list.is_empty() {
@@ -366,7 +393,11 @@ fn add_finalizer_ops(ops: &mut Vec<Value>, state: &mut Finalizers, name: &str) {
 
 fn remove_finalizer_ops(ops: &mut Vec<Value>, state: &mut Finalizers, name: &str) {
     let Finalizers::List(items) = state else { return };
-    let remaining: Vec<Value> = items.iter().filter(|f| f.as_str() != Some(name)).cloned().collect();
+    let remaining: Vec<Value> = items
+        .iter()
+        .filter(|f| f.as_str() != Some(name))
+        .cloned()
+        .collect();
     if remaining.is_empty() {
         // An emptied list (or an already empty one) is removed as a whole, as in Kopf.
         ops.push(json!({"op": "remove", "path": "/metadata/finalizers"}));
@@ -422,6 +453,9 @@ mod tests {
     fn merge_from_overlays() {
         let mut p = Patch::from_merge(json!({"spec": {"a": 1, "b": {"c": 1}}}));
         p.merge_from(&json!({"spec": {"b": {"d": null}, "l": [1]}}));
-        assert_eq!(p.merge_value(), json!({"spec": {"a": 1, "b": {"c": 1, "d": null}, "l": [1]}}));
+        assert_eq!(
+            p.merge_value(),
+            json!({"spec": {"a": 1, "b": {"c": 1, "d": null}, "l": [1]}})
+        );
     }
 }

@@ -17,16 +17,38 @@ use serde_json::{Number, Value};
 /// regardless of key order; lists element-wise. Python's `True == 1` is deliberately not
 /// reproduced: a change from `true` to `1` in a spec is a real change.
 pub fn py_eq(a: &Value, b: &Value) -> bool {
+    eq_impl(a, b, false)
+}
+
+/// Python's `==` exactly, including `True == 1` and `False == 0` (used where Kopf's
+/// quirk is harmless, e.g. deciding whether a progress record needs rewriting).
+pub fn py_eq_exact(a: &Value, b: &Value) -> bool {
+    eq_impl(a, b, true)
+}
+
+fn eq_impl(a: &Value, b: &Value, bools_are_ints: bool) -> bool {
+    let as_int = |v: &Value| match v {
+        Value::Bool(b) if bools_are_ints => Some(Value::from(u8::from(*b))),
+        _ => None,
+    };
+    if let (Some(x), Value::Number(_)) = (as_int(a), b) {
+        return eq_impl(&x, b, false);
+    }
+    if let (Value::Number(_), Some(y)) = (a, as_int(b)) {
+        return eq_impl(a, &y, false);
+    }
     match (a, b) {
         (Value::Null, Value::Null) => true,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Number(x), Value::Number(y)) => num_eq(x, y),
         (Value::String(x), Value::String(y)) => x == y,
         (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q))
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq_impl(p, q, bools_are_ints))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| py_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| eq_impl(v, w, bools_are_ints)))
         }
         _ => false,
     }
@@ -63,7 +85,10 @@ fn int_eq_float(int: &Number, float: f64) -> bool {
         return false;
     }
     // Every integral f64 within i64/u64 range converts exactly; larger ones saturate far away.
-    let as_int = int.as_i64().map(i128::from).or_else(|| int.as_u64().map(i128::from));
+    let as_int = int
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| int.as_u64().map(i128::from));
     as_int == Some(float as i128)
 }
 
@@ -242,7 +267,11 @@ mod tests {
         assert!(py_eq(&json!(1), &json!(1.0)));
         assert!(!py_eq(&json!(1), &json!(1.5)));
         assert!(!py_eq(&json!(true), &json!(1)));
-        assert!(py_eq(&json!({"a": [1, {"b": 2.0}]}), &json!({"a": [1.0, {"b": 2}]})));
+        assert!(py_eq(
+            &json!({"a": [1, {"b": 2.0}]}),
+            &json!({"a": [1.0, {"b": 2}]})
+        ));
         assert!(!py_eq(&json!(-1), &json!(u64::MAX)));
+        assert!(py_eq_exact(&json!({"a": true}), &json!({"a": 1.0})));
     }
 }

@@ -71,7 +71,9 @@ impl fmt::Display for Resource {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReferenceError {
     /// A specific selector matches several resources in different groups.
-    #[error("ambiguous resources will not be served (try specifying API groups): {selector} => {candidates:?}")]
+    #[error(
+        "ambiguous resources will not be served (try specifying API groups): {selector} => {candidates:?}"
+    )]
     Ambiguous {
         /// The selector, as text.
         selector: String,
@@ -126,7 +128,11 @@ impl Resource {
     /// object URL with one; namespaced URLs only for namespaced resources with a namespace.
     pub fn url(&self, namespace: Option<&str>, name: Option<&str>, subresource: Option<&str>) -> String {
         let mut parts: Vec<&str> = Vec::with_capacity(8);
-        parts.push(if self.group.is_empty() && self.version == "v1" { "/api" } else { "/apis" });
+        parts.push(if self.group.is_empty() && self.version == "v1" {
+            "/api"
+        } else {
+            "/apis"
+        });
         for p in [self.group.as_str(), self.version.as_str()] {
             if !p.is_empty() {
                 parts.push(p);
@@ -168,7 +174,11 @@ impl Resource {
             if plural.contains('/') {
                 continue;
             }
-            let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let kind = item
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             let singular = match item.get("singularName").and_then(Value::as_str) {
                 Some(s) if !s.is_empty() => s.to_owned(),
                 _ => kind.to_lowercase(),
@@ -239,7 +249,10 @@ fn is_event_resource(res: &Resource) -> bool {
 
 /// The resources a selector matches (Kopf's `Selector.select`): for specific selectors,
 /// core-group matches win over other groups.
-pub fn select<'a>(sel: &ResourceSelector, resources: impl IntoIterator<Item = &'a Resource>) -> Vec<&'a Resource> {
+pub fn select<'a>(
+    sel: &ResourceSelector,
+    resources: impl IntoIterator<Item = &'a Resource>,
+) -> Vec<&'a Resource> {
     let mut result: Vec<&Resource> = resources.into_iter().filter(|r| check(sel, r)).collect();
     if is_specific(sel) && result.iter().any(|r| r.group.is_empty()) {
         result.retain(|r| r.group.is_empty());
@@ -276,8 +289,10 @@ pub fn selector_text(sel: &ResourceSelector) -> String {
         ("category", &sel.category),
         ("any_name", &sel.any_name),
     ];
-    let mut parts: Vec<String> =
-        fields.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v:?}"))).collect();
+    let mut parts: Vec<String> = fields
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v:?}")))
+        .collect();
     if sel.everything {
         parts.push("any_name=EVERYTHING".into());
     }
@@ -323,7 +338,11 @@ impl NamespacePattern {
             .enumerate()
             .map(|(i, part)| {
                 let negated = i > 0 && part.starts_with('!');
-                let body = if negated { part.trim_start_matches('!') } else { part };
+                let body = if negated {
+                    part.trim_start_matches('!')
+                } else {
+                    part
+                };
                 let matcher = GlobBuilder::new(body)
                     .literal_separator(false)
                     .backslash_escape(false)
@@ -331,10 +350,17 @@ impl NamespacePattern {
                     .build()
                     .ok()
                     .map(|g| g.compile_matcher());
-                Glob { negated, matcher, literal: body.to_owned() }
+                Glob {
+                    negated,
+                    matcher,
+                    literal: body.to_owned(),
+                }
             })
             .collect();
-        Self { text: pattern.to_owned(), globs }
+        Self {
+            text: pattern.to_owned(),
+            globs,
+        }
     }
 
     /// The pattern as given.
@@ -344,7 +370,9 @@ impl NamespacePattern {
 
     /// Whether a namespace name matches (Kopf's `match_namespace`).
     pub fn matches(&self, name: &str) -> bool {
-        let Some((first, rest)) = self.globs.split_first() else { return false };
+        let Some((first, rest)) = self.globs.split_first() else {
+            return false;
+        };
         let first_match = first.matches(name);
         let mut matches = first_match;
         for glob in rest {
@@ -388,22 +416,43 @@ mod tests {
 
     #[test]
     fn core_wins_and_ambiguity() {
-        let all = [res("", "v1", "pods", true), res("metrics.k8s.io", "v1beta1", "pods", true)];
-        let sel = ResourceSelector { any_name: Some("pods".into()), ..Default::default() };
+        let all = [
+            res("", "v1", "pods", true),
+            res("metrics.k8s.io", "v1beta1", "pods", true),
+        ];
+        let sel = ResourceSelector {
+            any_name: Some("pods".into()),
+            ..Default::default()
+        };
         assert_eq!(select(&sel, &all), vec![&all[0]]);
-        let both = [res("a.com", "v1", "things", true), res("b.com", "v1", "things", true)];
-        let sel = ResourceSelector { plural: Some("things".into()), ..Default::default() };
-        assert!(matches!(resolve(&sel, &both), Err(ReferenceError::Ambiguous { .. })));
+        let both = [
+            res("a.com", "v1", "things", true),
+            res("b.com", "v1", "things", true),
+        ];
+        let sel = ResourceSelector {
+            plural: Some("things".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve(&sel, &both),
+            Err(ReferenceError::Ambiguous { .. })
+        ));
     }
 
     #[test]
     fn urls() {
         let mut r = res("", "v1", "pods", true);
         r.namespaced = true;
-        assert_eq!(r.url(Some("ns"), Some("p"), Some("status")), "/api/v1/namespaces/ns/pods/p/status");
+        assert_eq!(
+            r.url(Some("ns"), Some("p"), Some("status")),
+            "/api/v1/namespaces/ns/pods/p/status"
+        );
         assert_eq!(r.url(None, None, None), "/api/v1/pods");
         let c = res("kopf.dev", "v1", "clusterkopfpeerings", true);
-        assert_eq!(c.url(Some("ns"), Some("default"), None), "/apis/kopf.dev/v1/clusterkopfpeerings/default");
+        assert_eq!(
+            c.url(Some("ns"), Some("default"), None),
+            "/apis/kopf.dev/v1/clusterkopfpeerings/default"
+        );
     }
 
     #[test]

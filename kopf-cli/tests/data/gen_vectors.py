@@ -13,6 +13,7 @@ Conventions of the output (consumed by kopf-cli/tests/compat_*.rs):
 """
 import asyncio
 import copy
+import datetime
 import json
 import logging
 import os
@@ -115,7 +116,8 @@ def gen_json_text():
         [], {}, [1, [2, [3]]], {'b': 1, 'a': {'d': [], 'c': None}},
         {'started': '2026-11-21T23:59:12.501810+00:00', 'retries': 1, 'success': True},
     ]
-    return [{'value': v, 'text': json.dumps(v, separators=(',', ':'))} for v in values]
+    return [{'value': v, 'text': json.dumps(v, separators=(',', ':')),
+             'text_sorted': json.dumps(v, separators=(',', ':'), sort_keys=True)} for v in values]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +286,10 @@ def gen_progress_storage():
                     out['purge'].append({'storage': name, 'body': body, 'key': key, 'patch_before': pre,
                                          'patch': dict(patch)})
             for key in keys[:3]:
-                for record in records:
+                for raw in records:
+                    # Records come from HandlerState.for_storage() in Kopf's flow (sorted subrefs).
+                    record = progression.HandlerState.from_storage(
+                        raw, basetime=datetime.datetime.now(datetime.timezone.utc)).for_storage()
                     storage = make()
                     patch = patches.Patch()
                     storage.store(key=key, record=record, body=bodies.Body(body), patch=patch)
@@ -790,6 +795,10 @@ def gen_deliver_results():
     return out
 
 
+async def _in_loop(fn):
+    return fn()  # Kopf's HandlerState needs a running loop for its "now".
+
+
 def main():
     vectors = {
         'kopf_version': kopf.__version__ if hasattr(kopf, '__version__') else None,
@@ -799,7 +808,7 @@ def main():
         'json_text': gen_json_text(),
         'timestamps': gen_timestamps(),
         'records': asyncio.run(gen_records()),
-        'progress_storage': gen_progress_storage(),
+        'progress_storage': asyncio.run(_in_loop(gen_progress_storage)),
         'essences': gen_essences(),
         'diffs': gen_diffs(),
         'causes': gen_causes(),

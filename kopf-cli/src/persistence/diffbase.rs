@@ -1,0 +1,208 @@
+//! The diff-base: the object's "essence" as last handled, stored in the annotation
+//! `kopf.zalando.org/last-handled-configuration` (Kopf's `AnnotationsDiffBaseStorage`).
+//!
+//! The essence is the body without `apiVersion`, `kind`, `metadata`, `status`, plus
+//! `metadata.labels` and `metadata.annotations` minus the annotations of Kopf-managed
+//! prefixes, minus `kubectl.kubernetes.io/last-applied-configuration`, minus the diff-base
+//! keys themselves, plus the handlers' extra `field=` paths, minus emptied stanzas and the
+//! `ignored_fields`. It is stored as compact JSON plus `"\n"`.
+
+use serde_json::{Map, Value};
+
+use super::conventions::{self, ConventionError, DEFAULT_PREFIX, KeyConvention};
+use super::progress::{ProgressStorage, remove_empty_stanzas};
+use crate::structs::dicts::{self, FieldPath};
+use crate::structs::patches::Patch;
+use crate::structs::pyjson;
+
+/// The annotation `kubectl apply` keeps; never part of an essence.
+pub const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Errors of the diff-base storage.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffBaseError {
+    /// The stored diff-base is not valid JSON.
+    #[error("the diff-base in {key:?} is not valid JSON: {source}")]
+    Json {
+        /// The annotation key.
+        key: String,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// The storage configuration is invalid.
+    #[error(transparent)]
+    Convention(#[from] ConventionError),
+}
+
+/// The diff-base storage in annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffBaseStorage {
+    keys: KeyConvention,
+    key: String,
+    ignored_fields: Vec<FieldPath>,
+}
+
+impl Default for DiffBaseStorage {
+    fn default() -> Self {
+        Self {
+            keys: KeyConvention::new(DEFAULT_PREFIX, true).unwrap_or_else(|_| unreachable!("non-empty")),
+            key: "last-handled-configuration".into(),
+            ignored_fields: Vec::new(),
+        }
+    }
+}
+
+/// Encode an essence as Kopf stores it: compact JSON (Python's `json.dumps` text) + `"\n"`.
+pub fn encode_essence(essence: &Value) -> String {
+    let mut text = pyjson::to_python_json(essence);
+    text.push('\n');
+    text
+}
+
+impl DiffBaseStorage {
+    /// A storage with a custom prefix, key name, and ignored fields.
+    pub fn new(
+        prefix: &str,
+        key: &str,
+        v1: bool,
+        ignored_fields: Vec<FieldPath>,
+    ) -> Result<Self, DiffBaseError> {
+        Ok(Self {
+            keys: KeyConvention::new(prefix, v1)?,
+            key: key.to_owned(),
+            ignored_fields,
+        })
+    }
+
+    /// The key convention (prefix, V1 switch).
+    pub fn keys(&self) -> &KeyConvention {
+        &self.keys
+    }
+
+    /// Build the essence of a body (Kopf's `build`). Extra fields that walk into non-objects
+    /// are skipped (Kopf crashes the processing cycle with a `TypeError` there).
+    pub fn build(&self, body: &Value, extra_fields: &[FieldPath]) -> Value {
+        let mut essence = Map::new();
+        if let Some(root) = body.as_object() {
+            for (k, v) in root {
+                if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+                    essence.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let mut essence = Value::Object(essence);
+        let metadata_fields = [
+            vec!["metadata".to_owned(), "labels".to_owned()],
+            vec!["metadata".to_owned(), "annotations".to_owned()],
+        ];
+        let _ = dicts::cherrypick(body, &mut essence, &metadata_fields);
+
+        if let Some(annotations) = essence
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+        {
+            let marked: Vec<String> =
+                conventions::detect_marked_prefixes(annotations.keys().map(String::as_str))
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+            let marked_set = marked.iter().map(String::as_str).collect();
+            annotations
+                .retain(|k, _| !conventions::has_any_prefix(k, &marked_set) && k != KUBECTL_LAST_APPLIED);
+        }
+
+        for field in extra_fields {
+            if let Ok(Some(value)) = dicts::resolve_strict(body, field) {
+                let _ = dicts::ensure(&mut essence, field, value.clone());
+            }
+        }
+        remove_empty_stanzas(&mut essence);
+        for field in &self.ignored_fields {
+            let _ = dicts::remove(&mut essence, field);
+        }
+
+        // The storage's own keys (normally already gone as a Kopf-managed prefix).
+        let own = self.keys.make_keys(&self.key, Some(body));
+        if let Some(annotations) = essence
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+            && own.iter().any(|k| annotations.contains_key(k))
+        {
+            annotations.retain(|k, _| !own.contains(k));
+        }
+        remove_empty_stanzas(&mut essence);
+        essence
+    }
+
+    /// The essence as the reactor compares it: [`Self::build`] followed by the progress
+    /// storage's cleaning of its own annotations and legacy status fields.
+    pub fn essence(&self, progress: &ProgressStorage, body: &Value, extra_fields: &[FieldPath]) -> Value {
+        let mut essence = self.build(body, extra_fields);
+        progress.clear(&mut essence);
+        essence
+    }
+
+    /// Read the last handled essence (V2 key, then V1); `None` if never stored.
+    pub fn fetch(&self, body: &Value) -> Result<Option<Value>, DiffBaseError> {
+        for full_key in self.keys.make_keys(&self.key, Some(body)) {
+            let Some(Value::String(encoded)) =
+                dicts::resolve(body, &["metadata", "annotations", full_key.as_str()])
+            else {
+                continue;
+            };
+            let decoded: Value = serde_json::from_str(encoded).map_err(|source| DiffBaseError::Json {
+                key: full_key.clone(),
+                source,
+            })?;
+            if !decoded.is_null() {
+                return Ok(Some(decoded));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Store the essence into the patch under all keys (plus the marker for custom prefixes).
+    pub fn store(&self, body: &Value, patch: &mut Patch, essence: &Value) {
+        let encoded = encode_essence(essence);
+        for full_key in self.keys.make_keys(&self.key, Some(body)) {
+            let _ = patch.set_annotation(&full_key, Some(&encoded));
+        }
+        self.keys.store_marker(patch, body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn essence_of_an_example() {
+        let body = json!({
+            "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+            "metadata": {"name": "kex1", "labels": {"a": "b"}, "annotations": {
+                "x": "y", "kopf.zalando.org/last-handled-configuration": "{}\n",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"field": "value"}, "status": {"phase": "Running"}});
+        let storage = DiffBaseStorage::default();
+        let extra = vec![dicts::parse_field("status.phase")];
+        let essence = storage.essence(&ProgressStorage::default(), &body, &extra);
+        assert_eq!(
+            essence,
+            json!({"spec": {"field": "value"}, "metadata": {"labels": {"a": "b"}, "annotations": {"x": "y"}},
+                   "status": {"phase": "Running"}})
+        );
+        let mut patch = Patch::new();
+        storage.store(&body, &mut patch, &essence);
+        let text = patch
+            .annotation("kopf.zalando.org/last-handled-configuration")
+            .flatten()
+            .unwrap();
+        assert!(text.ends_with("}\n"));
+        let stored =
+            json!({"metadata": {"annotations": {"kopf.zalando.org/last-handled-configuration": text}}});
+        assert_eq!(storage.fetch(&stored).unwrap(), Some(essence));
+    }
+}
