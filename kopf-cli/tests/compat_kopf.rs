@@ -515,3 +515,86 @@ fn results_delivery() {
         assert_eq!(patch.merge_value(), c["patch"], "{c}");
     }
 }
+
+#[test]
+fn progress_lifecycles() {
+    use kopf_cli::persistence::progress::{State, StepOutcome};
+    let all = cases("lifecycles");
+    assert!(all.len() >= 5);
+    let storage = ProgressStorage::default();
+    for scenario in all {
+        let base = Timestamp::parse(s(&scenario["basetime"])).unwrap();
+        let owned = strings(&scenario["owned"]);
+        for step in scenario["steps"].as_array().unwrap() {
+            let ctx = (s(&scenario["name"]), step);
+            let body = &step["body"];
+            let now = base.plus_seconds(step["t"].as_f64().unwrap());
+            let reason = s(&step["reason"]);
+            let selected = strings(&step["selected"]);
+            let sel = || selected.iter().map(String::as_str);
+            let mut state = State::from_storage(&storage, body, owned.iter().map(String::as_str), now)
+                .unwrap()
+                .with_purpose(Some(reason), [])
+                .with_handlers(sel(), now);
+            let extras = state.extras();
+            let extras_json: serde_json::Map<String, Value> = extras
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        p.clone(),
+                        serde_json::json!({"success": c.success, "failure": c.failure, "running": c.running}),
+                    )
+                })
+                .collect();
+            assert_eq!(Value::Object(extras_json), step["extras"], "extras: {ctx:?}");
+            if !extras.is_empty() {
+                state = state.with_purpose(Some(reason), sel());
+            }
+            let mut patch = Patch::new();
+            if !state.extras().is_empty() {
+                state.purge(&storage, body, &mut patch, owned.iter().map(String::as_str));
+            }
+            let outcomes: Vec<(String, StepOutcome)> = step["outcomes"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(id, o)| {
+                    let outcome = StepOutcome {
+                        final_: o["final"].as_bool().unwrap(),
+                        delay: o.get("delay").and_then(Value::as_f64),
+                        error: o.get("error").and_then(Value::as_str).map(str::to_owned),
+                        subrefs: o.get("subrefs").map(strings).unwrap_or_default(),
+                    };
+                    (id.clone(), outcome)
+                })
+                .collect();
+            state = state.with_outcomes(outcomes.iter().map(|(id, o)| (id.as_str(), o)), now);
+            state.store(&storage, body, &mut patch);
+            let done = state.done();
+            if done {
+                state.purge(&storage, body, &mut patch, owned.iter().map(String::as_str));
+            }
+            assert_eq!(patch.merge_value(), step["patch"], "patch: {ctx:?}");
+            assert_eq!(done, step["done"].as_bool().unwrap(), "done: {ctx:?}");
+            let mut delays = state.delays(&now);
+            delays.sort_by(f64::total_cmp);
+            let mut expected: Vec<f64> = step["delays"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_f64().unwrap())
+                .collect();
+            expected.sort_by(f64::total_cmp);
+            assert_eq!(delays.len(), expected.len(), "delays: {ctx:?}");
+            for (a, e) in delays.iter().zip(&expected) {
+                assert!((a - e).abs() < 1e-6, "delays: {ctx:?}");
+            }
+            let counts = state.counts();
+            assert_eq!(
+                serde_json::json!({"success": counts.success, "failure": counts.failure, "running": counts.running}),
+                step["counts"],
+                "counts: {ctx:?}"
+            );
+        }
+    }
+}

@@ -795,6 +795,142 @@ def gen_deliver_results():
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Progress lifecycles: Kopf's State API over several cycles (as process_changing_cause does).
+# ---------------------------------------------------------------------------------------------
+
+BASETIME = datetime.datetime(2026, 11, 21, 23, 59, 12, tzinfo=datetime.timezone.utc)
+
+
+class _FrozenLoop(asyncio.SelectorEventLoop):
+    t = 0.0
+
+    def time(self):
+        return self.t
+
+
+class _H:
+    def __init__(self, id):
+        self.id = id
+
+
+def _apply_merge(body, patch):
+    for key, val in patch.items():
+        if val is None:
+            body.pop(key, None)
+        elif isinstance(val, dict) and isinstance(body.get(key), dict):
+            _apply_merge(body[key], val)
+        elif isinstance(val, dict):
+            body[key] = {}
+            _apply_merge(body[key], val)
+        else:
+            body[key] = copy.deepcopy(val)
+    return body
+
+
+LIFECYCLES = [
+    # Two create handlers, one per cycle; the second fails temporarily once.
+    {'name': 'two-creates', 'body': {'metadata': {'name': 'x'}, 'spec': {'a': 1}},
+     'owned': ['create_fn', 'create_retry', 'delete_fn'], 'cycles': [
+        {'t': 0.5, 'reason': 'create', 'selected': ['create_fn', 'create_retry'],
+         'outcomes': {'create_fn': {'final': True}}},
+        {'t': 1.25, 'reason': 'create', 'selected': ['create_fn', 'create_retry'],
+         'outcomes': {'create_retry': {'final': False, 'delay': 30, 'error': 'not yet'}}},
+        {'t': 31.5, 'reason': 'create', 'selected': ['create_fn', 'create_retry'],
+         'outcomes': {'create_retry': {'final': True}}},
+    ]},
+    # A permanent failure and an ignored-error success in one cycle.
+    {'name': 'failure', 'body': {'metadata': {'name': 'x'}},
+     'owned': ['a', 'b'], 'cycles': [
+        {'t': 2.0, 'reason': 'update', 'selected': ['a', 'b'],
+         'outcomes': {'a': {'final': True, 'error': 'bad "spec" ü'}, 'b': {'final': True}}},
+    ]},
+    # Sub-handlers: the parent is retried until the children finish; subrefs are purged.
+    {'name': 'subhandlers', 'body': {'metadata': {'name': 'x'}},
+     'owned': ['create_parent'], 'cycles': [
+        {'t': 1.0, 'reason': 'create', 'selected': ['create_parent'],
+         'outcomes': {'create_parent': {'final': False, 'delay': 0, 'error': 'None',
+                                        'subrefs': ['create_parent/item-i2', 'create_parent/item-i1']}}},
+        {'t': 2.0, 'reason': 'create', 'selected': ['create_parent', 'create_parent/item-i1'],
+         'outcomes': {'create_parent/item-i1': {'final': True}}},
+        {'t': 3.0, 'reason': 'create', 'selected': ['create_parent'],
+         'outcomes': {'create_parent': {'final': True, 'subrefs': ['create_parent/item-i1']}}},
+    ]},
+    # An update supersedes an unfinished creation (extras are purged and re-purposed).
+    {'name': 'superseded', 'body': {'metadata': {'name': 'x', 'annotations': {
+        'kopf.zalando.org/create_fn': '{"started":"2026-11-21T23:59:00.000000+00:00","purpose":"create","retries":1,"success":false,"failure":false,"delayed":"2026-11-22T00:30:00.000000+00:00"}',
+        'kopf.zalando.org/both_fn': '{"started":"2026-11-21T23:59:00.000000+00:00","purpose":"create","retries":0,"success":false,"failure":false}',
+    }}, 'status': {'kopf': {'progress': {'create_fn': {'started': '2026-11-21T23:59:00.000000+00:00', 'retries': 1}}}}},
+     'owned': ['create_fn', 'both_fn', 'update_fn'], 'cycles': [
+        {'t': 5.0, 'reason': 'update', 'selected': ['both_fn', 'update_fn'],
+         'outcomes': {'update_fn': {'final': True}}},
+        {'t': 6.0, 'reason': 'update', 'selected': ['both_fn', 'update_fn'],
+         'outcomes': {'both_fn': {'final': True}}},
+    ]},
+    # Legacy records: naive timestamps, V1-only keys, status-only records, no purpose.
+    {'name': 'legacy', 'body': {'metadata': {'name': 'x', 'annotations': {
+        'kopf.zalando.org/a-very-long-handler-identifier-that-exc-0pVtJw': '{"started":"2021-02-15T22:02:03.350703","retries":2,"success":false,"failure":false}',
+    }}, 'status': {'kopf': {'progress': {'old_fn': {'started': '2021-02-15T22:02:03.350703', 'retries': 1, 'success': False}}}}},
+     'owned': ['a-very-long-handler-identifier-that-exceeds-the-limits-of-k8s-names/spec.field', 'old_fn'],
+     'cycles': [
+        {'t': 1.0, 'reason': 'update',
+         'selected': ['a-very-long-handler-identifier-that-exceeds-the-limits-of-k8s-names/spec.field', 'old_fn'],
+         'outcomes': {'old_fn': {'final': True}}},
+        {'t': 2.0, 'reason': 'update',
+         'selected': ['a-very-long-handler-identifier-that-exceeds-the-limits-of-k8s-names/spec.field', 'old_fn'],
+         'outcomes': {'a-very-long-handler-identifier-that-exceeds-the-limits-of-k8s-names/spec.field': {'final': True}}},
+    ]},
+]
+
+
+def gen_lifecycles():
+    from kopf._core.actions import execution
+    loop = _FrozenLoop()
+    original_basetime = progression._get_basetime
+    progression._get_basetime = lambda: BASETIME
+    out = []
+    try:
+        for scenario in LIFECYCLES:
+            body = copy.deepcopy(scenario['body'])
+            steps = []
+            for cycle in scenario['cycles']:
+                async def run():
+                    storage = progress.SmartProgressStorage()
+                    owned = [_H(i) for i in scenario['owned']]
+                    selected = [_H(i) for i in cycle['selected']]
+                    state = progression.State.from_storage(body=bodies.Body(body), storage=storage, handlers=owned)
+                    state = state.with_purpose(cycle['reason']).with_handlers(selected)
+                    extras = {p: c._asdict() for p, c in state.extras.items()}
+                    for _ in list(state.extras):
+                        state = state.with_purpose(purpose=cycle['reason'], handlers=selected)
+                    patch = patches.Patch()
+                    if state.extras:
+                        state.purge(body=bodies.Body(body), patch=patch, storage=storage, handlers=owned)
+                    outcomes = {
+                        hid: execution.Outcome(final=o['final'], delay=o.get('delay'),
+                                               exception=Exception(o['error']) if 'error' in o else None,
+                                               subrefs=o.get('subrefs', []))
+                        for hid, o in cycle['outcomes'].items()
+                    }
+                    state = state.with_outcomes(outcomes)
+                    state.store(body=bodies.Body(body), patch=patch, storage=storage)
+                    done = state.done
+                    if done:
+                        state.purge(body=bodies.Body(body), patch=patch, storage=storage, handlers=owned)
+                    return {'extras': extras, 'patch': dict(patch), 'done': done,
+                            'delays': list(state.delays), 'counts': state.counts._asdict()}
+                _FrozenLoop.t = cycle['t']
+                result = loop.run_until_complete(run())
+                steps.append({'body': copy.deepcopy(body), **cycle, **result})
+                body = _apply_merge(body, copy.deepcopy(result['patch']))
+            out.append({'name': scenario['name'], 'basetime': BASETIME.isoformat(timespec='microseconds'),
+                        'owned': scenario['owned'], 'steps': steps})
+    finally:
+        progression._get_basetime = original_basetime
+        loop.close()
+    return out
+
+
 async def _in_loop(fn):
     return fn()  # Kopf's HandlerState needs a running loop for its "now".
 
@@ -818,6 +954,7 @@ def main():
         'namespaces': gen_namespaces(),
         'finalizers': gen_finalizers(),
         'deliver_results': gen_deliver_results(),
+        'lifecycles': gen_lifecycles(),
     }
     with open(OUT, 'w', encoding='utf-8') as f:
         json.dump(vectors, f, ensure_ascii=False)
