@@ -627,10 +627,9 @@ mod tests {
         let body = json!({"metadata": {"annotations": {"kopf.zalando.org/a": "{}"}}});
         let mut patch = Patch::new();
         let mut state = State::default().with_handlers(["a", "b"], t("2026-01-01T00:00:00Z"));
-        state
-            .states
-            .get_mut("a")
-            .map(|s| s.origin = Some(s.as_in_storage()));
+        if let Some(s) = state.states.get_mut("a") {
+            s.origin = Some(s.as_in_storage());
+        }
         state.store(&storage, &body, &mut patch);
         assert!(patch.annotation("kopf.zalando.org/b").is_some());
         assert!(patch.annotation("kopf.zalando.org/a").is_none());
