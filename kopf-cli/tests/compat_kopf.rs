@@ -598,3 +598,11 @@ fn progress_lifecycles() {
         }
     }
 }
+
+#[test]
+fn patch_inconsistencies() {
+    for c in cases("inconsistencies") {
+        let patch = Patch::from_merge(c["patch"].clone());
+        assert_same_diff(&patch.inconsistencies(&c["body"]), &c["inconsistencies"], c);
+    }
+}

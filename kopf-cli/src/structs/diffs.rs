@@ -98,12 +98,30 @@ pub fn diff_to_json(diff: &[DiffItem]) -> Value {
     Value::Array(diff.iter().map(DiffItem::to_json).collect())
 }
 
-/// Calculate the diff between two values (`None` = absent = `null`).
-///
-/// Within an object, the order is: added keys (in `b`'s order), removed keys (in `a`'s
-/// order), then common keys (in `a`'s order). Kopf iterates Python frozensets there, so
-/// its order is arbitrary; compare diffs as multisets when checking against Kopf.
-pub fn diff(a: Option<&Value>, b: Option<&Value>) -> Diff {
+/// Which side's fields a diff considers (Kopf's `DiffScope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiffScope {
+    /// Fields of both sides (the default).
+    #[default]
+    Full,
+    /// Only fields present in the left side (the source); extra fields on the right are ignored.
+    Left,
+    /// Only fields present in the right side (the target).
+    Right,
+}
+
+impl DiffScope {
+    fn left(self) -> bool {
+        matches!(self, Self::Full | Self::Left)
+    }
+
+    fn right(self) -> bool {
+        matches!(self, Self::Full | Self::Right)
+    }
+}
+
+/// Like [`diff`], limited to one side's fields.
+pub fn diff_scoped(a: Option<&Value>, b: Option<&Value>, scope: DiffScope) -> Diff {
     let mut out = Vec::new();
     let mut path = Vec::new();
     diff_into(
@@ -111,8 +129,18 @@ pub fn diff(a: Option<&Value>, b: Option<&Value>) -> Diff {
         &mut path,
         a.unwrap_or(&Value::Null),
         b.unwrap_or(&Value::Null),
+        scope,
     );
     out
+}
+
+/// Calculate the diff between two values (`None` = absent = `null`).
+///
+/// Within an object, the order is: added keys (in `b`'s order), removed keys (in `a`'s
+/// order), then common keys (in `a`'s order). Kopf iterates Python frozensets there, so
+/// its order is arbitrary; compare diffs as multisets when checking against Kopf.
+pub fn diff(a: Option<&Value>, b: Option<&Value>) -> Diff {
+    diff_scoped(a, b, DiffScope::Full)
 }
 
 /// Whether two values differ in Kopf's sense (equivalent to a non-empty [`diff`], cheaper).
@@ -120,37 +148,47 @@ pub fn differs(a: Option<&Value>, b: Option<&Value>) -> bool {
     !py_eq(a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null))
 }
 
-fn diff_into(out: &mut Diff, path: &mut Vec<String>, a: &Value, b: &Value) {
+fn diff_into(out: &mut Diff, path: &mut Vec<String>, a: &Value, b: &Value, scope: DiffScope) {
     if py_eq(a, b) {
         return;
     }
     match (a, b) {
         (Value::Null, _) => out.push(item(DiffOperation::Add, path, a, b)),
         (_, Value::Null) => out.push(item(DiffOperation::Remove, path, a, b)),
-        (Value::Object(am), Value::Object(bm)) => diff_maps(out, path, am, bm),
+        (Value::Object(am), Value::Object(bm)) => diff_maps(out, path, am, bm, scope),
         _ => out.push(item(DiffOperation::Change, path, a, b)),
     }
 }
 
-fn diff_maps(out: &mut Diff, path: &mut Vec<String>, a: &Map<String, Value>, b: &Map<String, Value>) {
-    for (key, bv) in b {
-        if !a.contains_key(key) {
-            path.push(key.clone());
-            diff_into(out, path, &Value::Null, bv);
-            path.pop();
+fn diff_maps(
+    out: &mut Diff,
+    path: &mut Vec<String>,
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    scope: DiffScope,
+) {
+    if scope.right() {
+        for (key, bv) in b {
+            if !a.contains_key(key) {
+                path.push(key.clone());
+                diff_into(out, path, &Value::Null, bv, scope);
+                path.pop();
+            }
         }
     }
-    for (key, av) in a {
-        if !b.contains_key(key) {
-            path.push(key.clone());
-            diff_into(out, path, av, &Value::Null);
-            path.pop();
+    if scope.left() {
+        for (key, av) in a {
+            if !b.contains_key(key) {
+                path.push(key.clone());
+                diff_into(out, path, av, &Value::Null, scope);
+                path.pop();
+            }
         }
     }
     for (key, av) in a {
         if let Some(bv) = b.get(key) {
             path.push(key.clone());
-            diff_into(out, path, av, bv);
+            diff_into(out, path, av, bv, scope);
             path.pop();
         }
     }
@@ -184,7 +222,7 @@ pub fn reduce<S: AsRef<str>>(diff: &[DiffItem], path: &[S]) -> Diff {
             let old_tail = dicts::resolve(&d.old, tail).unwrap_or(&Value::Null);
             let new_tail = dicts::resolve(&d.new, tail).unwrap_or(&Value::Null);
             let mut sub = Vec::new();
-            diff_into(&mut out, &mut sub, old_tail, new_tail);
+            diff_into(&mut out, &mut sub, old_tail, new_tail, DiffScope::Full);
         }
     }
     out

@@ -9,6 +9,16 @@
 use serde_json::{Map, Value, json};
 
 use super::dicts::{self, DictsError};
+use super::diffs::{self, DiffItem, DiffScope};
+use super::pyjson::py_truthy;
+
+/// Fields Kubernetes drops entirely when patched to an empty list/object; not reported as
+/// inconsistencies (Kopf's `KNOWN_INCONSISTENCIES`).
+const KNOWN_INCONSISTENCIES: [[&str; 2]; 3] = [
+    ["metadata", "annotations"],
+    ["metadata", "finalizers"],
+    ["metadata", "labels"],
+];
 
 /// A body transformation applied through JSON-patch. Only the finalizer operations exist:
 /// handlers contribute merge-patches only.
@@ -252,6 +262,23 @@ impl Patch {
             })
         };
         (wrap(body_ops), wrap(status_ops))
+    }
+
+    /// The merge-patched fields that did not come back as written in the resulting body
+    /// (Kopf warns "Merge-patching finished with inconsistencies"): a left-scoped diff of the
+    /// merge-patch against the body, minus empty K8s-managed fields.
+    pub fn inconsistencies(&self, resulting_body: &Value) -> Vec<DiffItem> {
+        let merge = Value::Object(self.merge.clone());
+        diffs::diff_scoped(Some(&merge), Some(resulting_body), DiffScope::Left)
+            .into_iter()
+            .filter(|d| {
+                py_truthy(&d.old)
+                    || py_truthy(&d.new)
+                    || !KNOWN_INCONSISTENCIES
+                        .iter()
+                        .any(|k| d.field.iter().map(String::as_str).eq(k.iter().copied()))
+            })
+            .collect()
     }
 
     /// Apply the merge-patch and the transformations to a body in memory (Kopf's

@@ -931,6 +931,26 @@ def gen_lifecycles():
     return out
 
 
+def gen_inconsistencies():
+    from kopf._core.actions import application
+    cases = [
+        ({'spec': {'a': 1}}, {'spec': {'a': 1, 'b': 2}, 'metadata': {'name': 'x'}}),
+        ({'spec': {'a': 1}}, {'spec': {'a': 2}}),
+        ({'status': {'x': {'y': 1}}}, {'spec': {}}),
+        ({'metadata': {'annotations': {}, 'labels': {}, 'finalizers': []}}, {'metadata': {'name': 'x'}}),
+        ({'metadata': {'annotations': {'a': None}}}, {'metadata': {'annotations': {'b': 'c'}}}),
+        ({'metadata': {'annotations': {'a': 'x'}}}, {'metadata': {}}),
+        ({'spec': {'list': []}}, {'spec': {}}),
+        ({'status': {'x': 1}}, None),
+    ]
+    out = []
+    for patch, body in cases:
+        d = diffs.diff(patch, body, scope=diffs.DiffScope.LEFT)
+        d = [item for item in d if item.old or item.new or item.field not in application.KNOWN_INCONSISTENCIES]
+        out.append({'patch': patch, 'body': body, 'inconsistencies': dump_diff(d)})
+    return out
+
+
 async def _in_loop(fn):
     return fn()  # Kopf's HandlerState needs a running loop for its "now".
 
@@ -955,6 +975,7 @@ def main():
         'finalizers': gen_finalizers(),
         'deliver_results': gen_deliver_results(),
         'lifecycles': gen_lifecycles(),
+        'inconsistencies': gen_inconsistencies(),
     }
     with open(OUT, 'w', encoding='utf-8') as f:
         json.dump(vectors, f, ensure_ascii=False)
