@@ -606,3 +606,20 @@ fn patch_inconsistencies() {
         assert_same_diff(&patch.inconsistencies(&c["body"]), &c["inconsistencies"], c);
     }
 }
+
+#[test]
+fn selector_positional_forms() {
+    let mut checked = 0;
+    for c in sub_cases("selectors", "cases") {
+        if !c["kwargs"].as_object().unwrap().is_empty() {
+            continue;
+        }
+        let args = strings(&c["args"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sel = references::parse_selector_args(&args).unwrap();
+        let expected: ResourceSelector = serde_json::from_value(c["selector"].clone()).unwrap();
+        assert_eq!(sel, expected, "{c}");
+        checked += 1;
+    }
+    assert!(checked > 15);
+}

@@ -83,6 +83,9 @@ pub enum ReferenceError {
     /// The discovery document is malformed.
     #[error("malformed API resource list: {0}")]
     Discovery(String),
+    /// A selector is malformed.
+    #[error("invalid resource selector {0}")]
+    Selector(String),
     /// A namespace glob cannot be compiled.
     #[error("invalid namespace pattern {0:?}: {1}")]
     Pattern(String, String),
@@ -275,6 +278,84 @@ pub fn resolve<'a>(
         });
     }
     Ok(selected)
+}
+
+/// The marker argument meaning Kopf's `EVERYTHING` in [`parse_selector_args`].
+pub const EVERYTHING: &str = "EVERYTHING";
+
+/// Build a selector from Kopf's positional forms (`Selector.__post_init__`):
+/// `("kopf.dev", "v1", "kopfexamples")`, `("kopf.dev/v1", "kopfexamples")`,
+/// `("v1", "pods")`, `("kopf.dev", "kopfexamples")` (group only), `("kopfexamples.kopf.dev")`,
+/// `("kopfexamples.v1.kopf.dev")`, `("kopfexamples")`, `(EVERYTHING)`.
+pub fn parse_selector_args(args: &[&str]) -> Result<ResourceSelector, ReferenceError> {
+    let bad = |why: &str| ReferenceError::Selector(format!("{args:?}: {why}"));
+    let mut sel = ResourceSelector::default();
+    let name = |n: &str, sel: &mut ResourceSelector| {
+        if n == EVERYTHING {
+            sel.everything = true;
+        } else {
+            sel.any_name = Some(n.to_owned());
+        }
+    };
+    match *args {
+        [] => return Err(bad("no resource names")),
+        [a1] => {
+            let parts: Vec<&str> = a1.split('.').collect();
+            let versioned = parts.len() >= 2 && is_k8s_version(parts[1]);
+            if a1 != EVERYTHING && versioned {
+                if let Some((_, rest)) = a1.split_once('.').and_then(|(_, r)| r.split_once('.')) {
+                    sel.group = Some(rest.to_owned());
+                }
+                sel.version = Some(parts[1].to_owned());
+                sel.any_name = Some(parts[0].to_owned());
+            } else if a1 != EVERYTHING && a1.contains('.') {
+                let (n, g) = a1.split_once('.').unwrap_or((a1, ""));
+                sel.group = Some(g.to_owned());
+                sel.any_name = Some(n.to_owned());
+            } else {
+                name(a1, &mut sel);
+            }
+        }
+        [a1, a2] => {
+            if let Some((g, v)) = a1.rsplit_once('/') {
+                sel.group = Some(g.to_owned());
+                sel.version = Some(v.to_owned());
+            } else if a1 == "v1" {
+                sel.group = Some(String::new());
+                sel.version = Some("v1".to_owned());
+            } else {
+                sel.group = Some(a1.to_owned());
+            }
+            name(a2, &mut sel);
+        }
+        [a1, a2, a3] => {
+            sel.group = Some(a1.to_owned());
+            sel.version = Some(a2.to_owned());
+            name(a3, &mut sel);
+        }
+        _ => return Err(bad("too many positional arguments; max 3 are accepted")),
+    }
+    if sel.any_name.as_deref() == Some("") {
+        return Err(bad("names must not be empty strings"));
+    }
+    Ok(sel)
+}
+
+/// `v1`, `v2beta3`, `v1alpha1`: the version part of kubectl-style dotted names.
+fn is_k8s_version(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix('v') else {
+        return false;
+    };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    if digits == 0 {
+        return false;
+    }
+    let rest = &rest[digits..];
+    if rest.is_empty() {
+        return true;
+    }
+    let rest = rest.strip_prefix("alpha").or_else(|| rest.strip_prefix("beta"));
+    rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A human-readable form of a selector for logs: `Selector(group='apps', plural='deployments')`.
