@@ -8,7 +8,7 @@ use kopf_cli::intents::causes::{self, CauseInputs, ChangingCause, Reason};
 use kopf_cli::intents::filters::{self, FilterMatch, FilterSubject};
 use kopf_cli::persistence::conventions::{self, KeyConvention};
 use kopf_cli::persistence::diffbase::{DiffBaseStorage, encode_essence};
-use kopf_cli::persistence::progress::{HandlerState, ProgressStorage};
+use kopf_cli::persistence::progress::{HandlerState, ProgressStorage, State};
 use kopf_cli::persistence::times::Timestamp;
 use kopf_cli::structs::dicts::parse_field;
 use kopf_cli::structs::diffs::{self, DiffItem};
@@ -518,7 +518,7 @@ fn results_delivery() {
 
 #[test]
 fn progress_lifecycles() {
-    use kopf_cli::persistence::progress::{State, StepOutcome};
+    use kopf_cli::persistence::progress::StepOutcome;
     let all = cases("lifecycles");
     assert!(all.len() >= 5);
     let storage = ProgressStorage::default();
@@ -622,4 +622,67 @@ fn selector_positional_forms() {
         checked += 1;
     }
     assert!(checked > 15);
+}
+
+/// Corrupted objects (as edited by hand) must give errors or be ignored, never panic.
+#[test]
+fn garbage_never_panics() {
+    let bodies = [
+        serde_json::json!(null),
+        serde_json::json!("string"),
+        serde_json::json!([1, 2]),
+        serde_json::json!({"metadata": "str", "status": 5, "spec": null}),
+        serde_json::json!({"metadata": {"annotations": ["a"], "labels": "x", "finalizers": null}}),
+        serde_json::json!({"metadata": {"annotations": {"kopf.zalando.org/h": "{not json",
+            "kopf.zalando.org/last-handled-configuration": 42}, "finalizers": "f"},
+            "status": {"kopf": {"progress": {"h": "str"}}}}),
+        serde_json::json!({"metadata": {"annotations": {"kopf.zalando.org/h": "[1]"},
+            "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"kopf": "x"}}),
+        serde_json::json!({"metadata": {"annotations": {"kopf.zalando.org/h": "{\"started\": 5}"}}}),
+        serde_json::json!({"metadata": {"annotations": {"kopf.zalando.org/h": "{\"started\": \"yesterday\"}"}}}),
+    ];
+    let progress = ProgressStorage::default();
+    let diffbase = DiffBaseStorage::default();
+    let extra = vec![
+        parse_field("spec.a.b"),
+        parse_field("metadata.name"),
+        parse_field("status.x"),
+    ];
+    let all_filters: Filters = serde_json::from_value(serde_json::json!({
+        "labels": {"a": "present"}, "annotations": {"b": "absent"},
+        "field": "spec.a.b", "value": {"equals": 1}, "old": "present", "new": "absent"}))
+    .unwrap();
+    for body in &bodies {
+        let _ = progress.fetch("h", body);
+        let _ = diffbase.fetch(body);
+        let essence = diffbase.essence(&progress, body, &extra);
+        let mut patch = Patch::from_merge(serde_json::json!({"metadata": "garbage", "status": 1}));
+        progress.purge("h", body, &mut patch);
+        progress.touch(body, &mut patch, None);
+        diffbase.store(body, &mut patch, &essence);
+        let _ = State::from_storage(&progress, body, ["h", "g"], now());
+        patch.push_fn(PatchFn::AddFinalizer("f".into()));
+        patch.push_fn(PatchFn::RemoveFinalizer("f".into()));
+        let _ = patch.json_requests(body, true);
+        let _ = patch.inconsistencies(body);
+        let mut copy = body.clone();
+        let _ = patch.apply_to(&mut copy);
+        let d = diffs::diff(Some(body), Some(&essence));
+        let _ = diffs::reduce(&d, &["spec", "a"]);
+        let cause = causes::detect_changing_cause(&CauseInputs {
+            event_type: None,
+            body,
+            finalizer: "f",
+            old: Some(body),
+            new: Some(&essence),
+            diff: &d,
+            initial: true,
+        });
+        let subject = FilterSubject {
+            body,
+            essences: Some((Some(body), Some(&essence))),
+        };
+        let _ = filters::matches(&all_filters, &subject, true);
+        let _ = causes::changing_handler_applies(HandlerKind::Resume, None, &cause);
+    }
 }
