@@ -956,6 +956,9 @@ async def _in_loop(fn):
 
 
 def main():
+    # Kopf's diffs iterate frozensets: pin the string hashing for a reproducible output file.
+    if os.environ.get('PYTHONHASHSEED') != '0':
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, 'PYTHONHASHSEED': '0'})
     vectors = {
         'kopf_version': kopf.__version__ if hasattr(kopf, '__version__') else None,
         'keys': gen_keys(),
