@@ -110,7 +110,10 @@ pub struct Failure {
 impl Failure {
     /// Builds a failure of the given kind.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: RString::from(message.into()) }
+        Self {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
 }
 
@@ -151,7 +154,8 @@ pub struct HostTable {
     pub context: usize,
     /// Writes a log line into the host's log. `object` is the `namespace/name` of the
     /// object being handled (empty for none); `target` is the plugin's log target.
-    pub log: extern "C" fn(context: usize, level: LogLevel, target: RStr<'_>, object: RStr<'_>, message: RStr<'_>),
+    pub log:
+        extern "C" fn(context: usize, level: LogLevel, target: RStr<'_>, object: RStr<'_>, message: RStr<'_>),
     /// A generic, versioned request to the host: `method` names it (for example
     /// `"event.post"`, `"index.get"`, `"daemon.wait"`), `version` is the method's own
     /// revision, `payload` and the answer are JSON. Unknown methods answer

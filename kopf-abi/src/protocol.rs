@@ -123,7 +123,10 @@ impl HandlerKind {
 
     /// Resource-changing handlers: their progress is persisted on the object.
     pub fn is_changing(self) -> bool {
-        matches!(self, Self::Resume | Self::Create | Self::Update | Self::Delete | Self::Field)
+        matches!(
+            self,
+            Self::Resume | Self::Create | Self::Update | Self::Delete | Self::Field
+        )
     }
 
     /// Admission webhook handlers.
