@@ -232,7 +232,7 @@ impl Shared {
         ns: &str,
         name: &str,
         object: Option<Value>,
-        old: Option<Value>,
+        old: Option<&Value>,
         user: &str,
     ) -> Result<Option<Value>, ApiError> {
         let hooks: Vec<Arc<dyn AdmissionHook>> = self.hooks.read().clone();
@@ -250,7 +250,7 @@ impl Shared {
                 namespace: ns.to_string(),
                 name: name.to_string(),
                 object: object.clone(),
-                old_object: old.clone(),
+                old_object: old.cloned(),
                 user: user.to_string(),
                 dry_run: false,
             };
@@ -356,12 +356,16 @@ impl Shared {
                     ns,
                     name,
                     Some(new),
-                    Some(old.clone()),
+                    Some(&old),
                     user,
                 )
                 .await?
                 .unwrap_or(Value::Null);
-            if let Some(v) = self.state.lock().commit_update(def, ns, name, old_rv, new)? {
+            if let Some(v) = self
+                .state
+                .lock()
+                .commit_update(def, ns, name, old_rv, &old, new)?
+            {
                 return Ok(v);
             }
         }
@@ -669,7 +673,7 @@ impl Shared {
                 ns,
                 name,
                 None,
-                Some(old),
+                Some(&old),
                 user,
             )
             .await?;

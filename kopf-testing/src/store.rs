@@ -559,6 +559,7 @@ impl State {
         ns: &str,
         name: &str,
         expected_rv: u64,
+        old: &Value,
         mut new: Value,
     ) -> Result<Option<Value>, ApiError> {
         let gr = def.group_resource();
@@ -568,9 +569,9 @@ impl State {
         if cur.rv != expected_rv {
             return Ok(None);
         }
-        let old = cur.value();
-        if old == new {
-            return Ok(Some(old));
+        // `old` is what the caller read at `expected_rv`: still current.
+        if *old == new {
+            return Ok(Some(old.clone()));
         }
         let is_crd = def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions";
         if is_crd {
@@ -588,11 +589,11 @@ impl State {
         }
         let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
         if deleting && finalizers(&new).is_empty() {
-            let stored = self.write(&gr, ns, name, new, Some(&old));
+            let stored = self.write(&gr, ns, name, new, Some(old));
             self.remove(&gr, ns, name);
             return Ok(Some(stored));
         }
-        Ok(Some(self.write(&gr, ns, name, new, Some(&old))))
+        Ok(Some(self.write(&gr, ns, name, new, Some(old))))
     }
 
     /// Delete (or mark for deletion when finalizers are pending). Returns the object and whether
@@ -750,7 +751,7 @@ impl State {
             f.retain(|x| x != "foregroundDeletion");
         }
         if let Some(def) = self.registry.by_gr(&r.gr) {
-            let _ = self.commit_update(&def, &r.namespace, &r.name, rv, new);
+            let _ = self.commit_update(&def, &r.namespace, &r.name, rv, &old, new);
         }
     }
 
