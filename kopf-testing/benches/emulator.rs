@@ -126,7 +126,7 @@ async fn run() {
             let mut i = w;
             while Instant::now() < deadline {
                 let name = format!("obj-{:05}", (i * 7919) % objects);
-                let n = writes.fetch_add(1, Ordering::Relaxed);
+                let n = writes.fetch_add(1, Ordering::Relaxed) + 1; // never 0: objects start at 0 (no-op)
                 api.patch(
                     &name,
                     &PatchParams::default(),

@@ -41,6 +41,26 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
 }
 
+/// Per-request options of writes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReqCtx {
+    /// The requesting user.
+    pub user: String,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown (pruned) fields are an error.
+    pub strict: bool,
+}
+
+impl ReqCtx {
+    pub(crate) fn internal() -> Self {
+        Self {
+            user: crate::KUBECONFIG_USER.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// A list result: items as stored JSON, the list resourceVersion and the continue token.
 pub(crate) struct ListResult {
     pub items: Vec<Bytes>,
@@ -110,14 +130,25 @@ fn check_identity(def: &ResourceDef, version: &str, obj: &mut Value) -> Result<(
     Ok(())
 }
 
-fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value) {
+fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, strict: bool) -> Result<(), ApiError> {
+    let mut pruned = vec![];
     if let Some(schema) = def
         .schemas
         .get(version)
         .or_else(|| def.schemas.get(&def.storage_version))
     {
-        default_and_prune(obj, schema, true);
+        default_and_prune(obj, schema, true, "", &mut pruned);
     }
+    if strict && !pruned.is_empty() {
+        let fields: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+            fields.join(", "),
+            kind = def.kind,
+            v = version
+        )));
+    }
+    Ok(())
 }
 
 fn validate_meta(def: &ResourceDef, obj: &Value, creating: bool) -> Result<(), ApiError> {
@@ -274,7 +305,7 @@ impl Shared {
         version: &str,
         ns: &str,
         mut obj: Value,
-        user: &str,
+        ctx: &ReqCtx,
     ) -> Result<Value, ApiError> {
         check_identity(def, version, &mut obj)?;
         if def.namespaced {
@@ -296,7 +327,7 @@ impl Shared {
             m.remove("status");
         }
         if def.custom {
-            apply_schema(def, version, &mut obj);
+            apply_schema(def, version, &mut obj, ctx.strict)?;
         }
         let name = obj
             .pointer("/metadata/name")
@@ -313,11 +344,11 @@ impl Shared {
                 &name,
                 Some(obj),
                 None,
-                user,
+                &ctx.user,
             )
             .await?
             .unwrap_or(Value::Null);
-        self.state.lock().create(def, ns, obj)
+        self.state.lock().create(def, ns, obj, ctx.dry_run)
     }
 
     /// Shared loop of PUT / PATCH: read, compute, admit, commit-if-unchanged (retrying when stale).
@@ -329,7 +360,7 @@ impl Shared {
         ns: &str,
         name: &str,
         sub: Option<&str>,
-        user: &str,
+        ctx: &ReqCtx,
         is_put: bool,
         compute: F,
     ) -> Result<Value, ApiError>
@@ -346,7 +377,7 @@ impl Shared {
                 (s.value(), s.rv)
             };
             let new = compute(&old)?;
-            let new = self.prepare_update(def, version, sub, &old, old_rv, new, is_put)?;
+            let new = self.prepare_update(def, version, sub, &old, old_rv, new, is_put, ctx.strict)?;
             let new = self
                 .admit(
                     Operation::Update,
@@ -357,14 +388,14 @@ impl Shared {
                     name,
                     Some(new),
                     Some(&old),
-                    user,
+                    &ctx.user,
                 )
                 .await?
                 .unwrap_or(Value::Null);
             if let Some(v) = self
                 .state
                 .lock()
-                .commit_update(def, ns, name, old_rv, &old, new)?
+                .commit_update(def, ns, name, old_rv, &old, new, ctx.dry_run)?
             {
                 return Ok(v);
             }
@@ -382,6 +413,7 @@ impl Shared {
         old_rv: u64,
         mut new: Value,
         is_put: bool,
+        strict: bool,
     ) -> Result<Value, ApiError> {
         check_identity(def, version, &mut new)?;
         let old_name = old
@@ -469,7 +501,7 @@ impl Shared {
                 }
             }
             if def.custom {
-                apply_schema(def, version, &mut new);
+                apply_schema(def, version, &mut new, strict)?;
             }
             let om = old.get("metadata").cloned().unwrap_or(json!({}));
             let m = meta_mut(&mut new);
@@ -558,14 +590,14 @@ impl Shared {
         name: &str,
         sub: Option<&str>,
         body: Value,
-        user: &str,
+        ctx: &ReqCtx,
     ) -> Result<Value, ApiError> {
         if !body.is_object() {
             return Err(ApiError::bad_request(
                 "the body of the request must be a JSON object",
             ));
         }
-        self.update_loop(def, version, ns, name, sub, user, true, |_old| Ok(body.clone()))
+        self.update_loop(def, version, ns, name, sub, ctx, true, |_old| Ok(body.clone()))
             .await
     }
 
@@ -582,7 +614,7 @@ impl Shared {
         patch: Value,
         manager: Option<&str>,
         force: bool,
-        user: &str,
+        ctx: &ReqCtx,
     ) -> Result<(Value, bool), ApiError> {
         let api_version = def.api_version(version);
         if kind == PatchKind::Apply {
@@ -612,14 +644,14 @@ impl Shared {
                 )?;
                 let m = meta_mut(&mut obj);
                 m.entry("name").or_insert_with(|| Value::String(name.to_string()));
-                match self.create(def, version, ns, obj, user).await {
+                match self.create(def, version, ns, obj, ctx).await {
                     Ok(v) => return Ok((v, true)),
                     Err(e) if e.code == 409 && e.reason == "AlreadyExists" => {}
                     Err(e) => return Err(e),
                 }
             }
             let v = self
-                .update_loop(def, version, ns, name, sub, user, false, |old| {
+                .update_loop(def, version, ns, name, sub, ctx, false, |old| {
                     let mut applied = server_side_apply(
                         Some(old),
                         &patch,
@@ -642,7 +674,7 @@ impl Shared {
             return Ok((v, false));
         }
         let v = self
-            .update_loop(def, version, ns, name, sub, user, false, |old| {
+            .update_loop(def, version, ns, name, sub, ctx, false, |old| {
                 let mut doc = old.clone();
                 // Patches see the object in the requested version.
                 doc["apiVersion"] = Value::String(api_version.clone());
@@ -661,7 +693,7 @@ impl Shared {
         ns: &str,
         name: &str,
         opts: &DeleteOpts,
-        user: &str,
+        ctx: &ReqCtx,
     ) -> Result<(Value, bool), ApiError> {
         if !self.hooks.read().is_empty() {
             let old = self.get(def, ns, name)?;
@@ -674,7 +706,7 @@ impl Shared {
                 name,
                 None,
                 Some(&old),
-                user,
+                &ctx.user,
             )
             .await?;
         }

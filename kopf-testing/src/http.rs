@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::api::{ListOpts, Shared};
+use crate::api::{ListOpts, ReqCtx, Shared};
 use crate::error::ApiError;
 use crate::faults::{FaultKind, FaultMatch, RequestInfo};
 use crate::patch::{PatchKind, parse_body};
@@ -445,6 +445,12 @@ fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOpts, A
         if v.get("orphanDependents").and_then(|p| p.as_bool()) == Some(true) {
             o.propagation = Some("Orphan".into());
         }
+        if v.get("dryRun")
+            .and_then(|d| d.as_array())
+            .is_some_and(|a| a.iter().any(|x| x == "All"))
+        {
+            o.dry_run = true;
+        }
         o.uid = v
             .pointer("/preconditions/uid")
             .and_then(|p| p.as_str())
@@ -498,6 +504,12 @@ async fn resource(
     }
     let ns = p.namespace.clone().unwrap_or_default();
     let version = p.version.clone();
+    let ctx = ReqCtx {
+        user: user.to_string(),
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+        strict: q.get("fieldValidation").is_some_and(|f| f == "Strict"),
+    };
+    let user = &ctx;
     let accept = req
         .headers()
         .get(header::ACCEPT)

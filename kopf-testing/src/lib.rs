@@ -272,16 +272,25 @@ impl EmulatorHandle {
             // Replace with the current resourceVersion (apply semantics), status included when
             // there is a status subresource.
             let v = shared
-                .update_loop(&def, &version, &ns, &name, None, KUBECONFIG_USER, false, |old| {
-                    let mut b = body.clone();
-                    store::meta_mut(&mut b).insert(
-                        "resourceVersion".into(),
-                        old.pointer("/metadata/resourceVersion")
-                            .cloned()
-                            .unwrap_or(Value::Null),
-                    );
-                    Ok(b)
-                })
+                .update_loop(
+                    &def,
+                    &version,
+                    &ns,
+                    &name,
+                    None,
+                    &api::ReqCtx::internal(),
+                    false,
+                    |old| {
+                        let mut b = body.clone();
+                        store::meta_mut(&mut b).insert(
+                            "resourceVersion".into(),
+                            old.pointer("/metadata/resourceVersion")
+                                .cloned()
+                                .unwrap_or(Value::Null),
+                        );
+                        Ok(b)
+                    },
+                )
                 .await?;
             if def.status_subresource
                 && let Some(status) = obj.get("status")
@@ -294,7 +303,7 @@ impl EmulatorHandle {
                         &ns,
                         &name,
                         Some("status"),
-                        KUBECONFIG_USER,
+                        &api::ReqCtx::internal(),
                         false,
                         |old| {
                             let mut b = old.clone();
@@ -307,7 +316,9 @@ impl EmulatorHandle {
             }
             return Ok(v);
         }
-        Ok(shared.create(&def, &version, &ns, obj, KUBECONFIG_USER).await?)
+        Ok(shared
+            .create(&def, &version, &ns, obj, &api::ReqCtx::internal())
+            .await?)
     }
 
     /// Create one object through the API semantics (no HTTP).
@@ -335,7 +346,9 @@ impl EmulatorHandle {
         } else {
             String::new()
         };
-        Ok(shared.create(&def, &version, &ns, obj, KUBECONFIG_USER).await?)
+        Ok(shared
+            .create(&def, &version, &ns, obj, &api::ReqCtx::internal())
+            .await?)
     }
 
     fn def_for(&self, api_version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
@@ -411,7 +424,7 @@ impl EmulatorHandle {
                 namespace.unwrap_or(""),
                 name,
                 &store::DeleteOpts::default(),
-                KUBECONFIG_USER,
+                &api::ReqCtx::internal(),
             )
             .await?;
         Ok(gone)

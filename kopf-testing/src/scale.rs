@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::api::Shared;
+use crate::api::{ReqCtx, Shared};
 use crate::error::ApiError;
 use crate::patch::{PatchKind, apply_patch};
 use crate::render::json_path;
@@ -51,13 +51,13 @@ pub(crate) async fn update_scale(
     name: &str,
     patch: Option<PatchKind>,
     body: Value,
-    user: &str,
+    ctx: &ReqCtx,
 ) -> Result<Value, ApiError> {
     let Some(sc) = def.scale.clone() else {
         return Err(ApiError::unknown_path());
     };
     let v = shared
-        .update_loop(def, version, ns, name, None, user, false, |old| {
+        .update_loop(def, version, ns, name, None, ctx, false, |old| {
             let mut scale = to_scale(def, old);
             match patch {
                 Some(PatchKind::Apply) => {

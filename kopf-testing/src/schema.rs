@@ -10,8 +10,15 @@ fn preserves(schema: &Value) -> bool {
 }
 
 /// Apply `default`s and drop unknown fields, in place. `root` is true for the object itself
-/// (apiVersion, kind and metadata are always kept there).
-pub fn default_and_prune(value: &mut Value, schema: &Value, root: bool) {
+/// (apiVersion, kind and metadata are always kept there). Dropped field paths are appended to
+/// `pruned` (dotted, e.g. `spec.junk`).
+pub fn default_and_prune(
+    value: &mut Value,
+    schema: &Value,
+    root: bool,
+    path: &str,
+    pruned: &mut Vec<String>,
+) {
     match value {
         Value::Object(map) => {
             let props = schema.get("properties").and_then(|p| p.as_object());
@@ -40,16 +47,22 @@ pub fn default_and_prune(value: &mut Value, schema: &Value, root: bool) {
                     Some(Value::Object(_)) => additional,
                     _ => None,
                 });
+                let child_path = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match sub {
                     Some(sub) => {
                         if let Some(child) = map.get_mut(&k) {
-                            default_and_prune(child, sub, false);
+                            default_and_prune(child, sub, false, &child_path, pruned);
                         }
                     }
                     None => {
                         let allowed = keep_unknown || matches!(additional, Some(Value::Bool(true)));
                         if !allowed {
                             map.remove(&k);
+                            pruned.push(child_path);
                         }
                     }
                 }
@@ -57,8 +70,8 @@ pub fn default_and_prune(value: &mut Value, schema: &Value, root: bool) {
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
-                for it in items {
-                    default_and_prune(it, item_schema, false);
+                for (i, it) in items.iter_mut().enumerate() {
+                    default_and_prune(it, item_schema, false, &format!("{path}[{i}]"), pruned);
                 }
             }
         }
@@ -79,7 +92,9 @@ mod tests {
         }});
         let mut v = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "n"},
             "spec": {"b": "x", "junk": 1}, "status": {"anything": {"deep": 1}}, "extra": 1});
-        default_and_prune(&mut v, &schema, true);
+        let mut pruned = vec![];
+        default_and_prune(&mut v, &schema, true, "", &mut pruned);
+        assert_eq!(pruned, ["extra", "spec.junk"]);
         assert_eq!(
             v,
             json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "n"},

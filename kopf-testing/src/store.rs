@@ -112,6 +112,8 @@ pub struct DeleteOpts {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub rv: Option<String>,
+    /// `dryRun=All`: compute, do not store.
+    pub dry_run: bool,
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -223,7 +225,7 @@ impl State {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
                 let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
                 // Cannot fail: fresh store, valid names.
-                let _ = st.create(&ns_def, "", obj);
+                let _ = st.create(&ns_def, "", obj, false);
             }
         }
         st
@@ -477,7 +479,13 @@ impl State {
     }
 
     /// Create an already-validated object: assigns identity, stores, emits ADDED.
-    pub fn create(&mut self, def: &ResourceDef, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+    pub fn create(
+        &mut self,
+        def: &ResourceDef,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         if def.namespaced {
             self.check_namespace(ns, true)?;
         }
@@ -546,7 +554,12 @@ impl State {
         }
         if let Some(d) = &crd_def {
             obj["status"] = crd_status(&obj);
-            self.registry.add(d.clone());
+            if !dry_run {
+                self.registry.add(d.clone());
+            }
+        }
+        if dry_run {
+            return Ok(obj);
         }
         Ok(self.write(&gr, ns, &name, obj, None))
     }
@@ -561,6 +574,7 @@ impl State {
         expected_rv: u64,
         old: &Value,
         mut new: Value,
+        dry_run: bool,
     ) -> Result<Option<Value>, ApiError> {
         let gr = def.group_resource();
         let Some(cur) = self.get(&gr, ns, name) else {
@@ -572,6 +586,9 @@ impl State {
         // `old` is what the caller read at `expected_rv`: still current.
         if *old == new {
             return Ok(Some(old.clone()));
+        }
+        if dry_run {
+            return Ok(Some(new));
         }
         let is_crd = def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions";
         if is_crd {
@@ -637,6 +654,10 @@ impl State {
             ));
         }
         let mut fins = finalizers(&old);
+        let is_ns = def.group.is_empty() && def.plural == "namespaces";
+        if opts.dry_run {
+            return Ok((old, fins.is_empty() && !is_ns));
+        }
         match opts.propagation.as_deref() {
             Some("Orphan") => {
                 // Orphan: strip our ownerReferences from dependents before we go.
@@ -654,7 +675,6 @@ impl State {
             }
             _ => {}
         }
-        let is_ns = def.group.is_empty() && def.plural == "namespaces";
         if fins.is_empty() && !is_ns {
             let last = self.remove(&gr, ns, name).unwrap_or(old);
             return Ok((last, true));
@@ -751,7 +771,7 @@ impl State {
             f.retain(|x| x != "foregroundDeletion");
         }
         if let Some(def) = self.registry.by_gr(&r.gr) {
-            let _ = self.commit_update(&def, &r.namespace, &r.name, rv, &old, new);
+            let _ = self.commit_update(&def, &r.namespace, &r.name, rv, &old, new, false);
         }
     }
 

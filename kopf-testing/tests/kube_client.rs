@@ -309,6 +309,30 @@ async fn schema_pruning_and_defaults() {
         .await
         .unwrap();
     assert_eq!(o.data["spec"], json!({"field": "value", "replicas": 3}));
+    // fieldValidation=Strict turns pruning into a 400 (what kubectl sends by default).
+    let strict = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..Default::default()
+    };
+    let e = api
+        .patch("p", &strict, &Patch::Merge(json!({"spec": {"bogus": 1}})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(e), 400);
+    // dryRun=All: answered, not stored.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let o = api.create(&dry, &kex("dry", json!({}))).await.unwrap();
+    assert_eq!(o.metadata.name.as_deref(), Some("dry"));
+    assert_eq!(api_code(api.get("dry").await.unwrap_err()), 404);
+    let dry_del = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    api.delete("p", &dry_del).await.unwrap();
+    assert!(api.get_opt("p").await.unwrap().is_some());
     emu.shutdown().await;
 }
 
@@ -750,6 +774,27 @@ async fn faults_and_counters() {
         "expected a transport error, got {e:?}"
     );
     cms.get("f").await.unwrap();
+    // With kube's default retry policy a 503 followed by success is transparent.
+    let retrying = Client::try_from(Config::new(emu.url().parse().unwrap())).unwrap();
+    let rcms: Api<ConfigMap> = Api::namespaced(retrying, "default");
+    emu.reset_counters();
+    emu.faults().fail_next(
+        1,
+        FaultMatch::verb_resource("patch", "configmaps"),
+        FaultKind::Status(503),
+    );
+    rcms.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"r": "1"}})),
+    )
+    .await
+    .unwrap();
+    let c = emu.counters();
+    assert_eq!(
+        (c.get("patch", "configmaps"), c.status(503), c.status(200)),
+        (2, 1, 1)
+    );
     emu.shutdown().await;
 }
 
