@@ -566,6 +566,7 @@ impl State {
 
     /// Store an updated object if its current resourceVersion is still `expected_rv`.
     /// Returns `Ok(None)` when stale (the caller retries or reports a conflict).
+    #[allow(clippy::too_many_arguments)]
     pub fn commit_update(
         &mut self,
         def: &ResourceDef,
