@@ -524,19 +524,33 @@ async fn resource(
     let headers = req.headers().clone();
     let body_stream = req.into_body();
     let sub = p.sub.as_deref().filter(|s| *s != "finalize");
+    let protobuf = content_type
+        .as_deref()
+        .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
     if matches!(method.as_str(), "POST" | "PUT")
+        && !protobuf
         && content_type
             .as_deref()
             .is_some_and(|ct| !ct.contains("json") && !ct.contains("yaml"))
     {
-        // Protobuf (or anything else) bodies: 415 makes client-go fall back to JSON.
         return Err(ApiError::unsupported_media(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, \
-             application/yaml (got {})",
+             application/yaml, application/vnd.kubernetes.protobuf (got {})",
             content_type.as_deref().unwrap_or_default()
         )));
     }
-
+    let decode_body = |b: &[u8]| -> Result<Value, ApiError> {
+        if protobuf {
+            crate::protobuf::decode(b).ok_or_else(|| {
+                ApiError::unsupported_media(
+                    "the emulator decodes protobuf only for v1 ConfigMap, Secret, Namespace and ServiceAccount; \
+                     send application/json",
+                )
+            })
+        } else {
+            parse_json_body(b)
+        }
+    };
     match (method.as_str(), &p.name) {
         ("GET", None) if p.watch_path || is_true(q, "watch") => {
             let opts = list_opts(q)?;
@@ -596,7 +610,7 @@ async fn resource(
         }
         ("POST", None) => {
             let body = read_body(shared, body_stream, &headers).await?;
-            let obj = parse_json_body(&body)?;
+            let obj = decode_body(&body)?;
             let created = shared.create(&def, &version, &ns, obj, user).await?;
             let bytes = Bytes::from(serde_json::to_vec(&created).unwrap_or_default());
             Ok(json_response(
@@ -606,7 +620,7 @@ async fn resource(
         }
         ("PUT", Some(name)) => {
             let body = read_body(shared, body_stream, &headers).await?;
-            let obj = parse_json_body(&body)?;
+            let obj = decode_body(&body)?;
             let v = if sub == Some("scale") {
                 crate::scale::update_scale(shared, &def, &version, &ns, name, None, obj, user).await?
             } else {

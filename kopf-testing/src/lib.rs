@@ -28,6 +28,7 @@ mod faults;
 mod http;
 mod openapi;
 mod patch;
+mod protobuf;
 mod render;
 mod resources;
 mod scale;

@@ -344,3 +344,32 @@ async fn kubectl_raw_watch_gets_410_after_the_history_window() {
     assert_eq!(ev["object"]["reason"], "Expired");
     k.emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn kubectl_typed_generators_send_protobuf() {
+    let Some(k) = Kubectl::start().await else { return };
+    k.ok(&["create", "namespace", "proto"]).await;
+    k.ok(&["create", "configmap", "cm", "-n", "proto", "--from-literal=a=b"])
+        .await;
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "-n",
+        "proto",
+        "--from-literal=p=q",
+    ])
+    .await;
+    let cm = k.emu.get_object("v1", "configmaps", Some("proto"), "cm").unwrap();
+    assert_eq!(cm["data"], json!({"a": "b"}));
+    let sec = k.emu.get_object("v1", "secrets", Some("proto"), "sec").unwrap();
+    assert_eq!(sec["data"], json!({"p": "cQ=="}));
+    // Kinds the emulator cannot decode are a clear 415, not garbage.
+    let (code, _, err) = k
+        .run(&["create", "deployment", "d", "--image=nginx", "-n", "proto"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("protobuf"), "{err}");
+    k.emu.shutdown().await;
+}
