@@ -161,3 +161,40 @@ fn squeeze(text: &str) -> String {
         one
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_keeps_the_last_error_block() {
+        let dump = "\nlots\n  of\n layout\nError:mismatched type\nExpected:\n    u64\nFound:\n    u32\n\n";
+        assert_eq!(
+            summarize_abi_dump(dump),
+            "mismatched type / Expected: u64 / Found: u32"
+        );
+        let two =
+            "Error:first\nExpected:\n a\nFound:\n b\nmore\nError:too many fields\nExpected: 9\nFound: 8\n";
+        assert_eq!(
+            summarize_abi_dump(two),
+            "too many fields / Expected: 9 / Found: 8"
+        );
+    }
+
+    #[test]
+    fn summary_without_structure_is_bounded_and_one_line() {
+        let text = format!("a\nb\n{}\n", "x ".repeat(500));
+        let s = summarize_abi_dump(&text);
+        assert!(!s.contains('\n'));
+        assert!(s.len() <= 303);
+    }
+
+    #[test]
+    fn dlopen_reason_drops_the_repeated_path() {
+        let p = Path::new("/tmp/x.so");
+        assert_eq!(
+            dl_reason("/tmp/x.so: invalid ELF header", p),
+            "invalid ELF header"
+        );
+    }
+}

@@ -552,3 +552,48 @@ pub fn render_selector(selector: Option<&ResourceSelector>) -> String {
     }
     parts.join(".")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(json: serde_json::Value) -> ResourceSelector {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn selectors_render_like_kopf() {
+        let r = |j| render_selector(Some(&sel(j)));
+        assert_eq!(
+            r(serde_json::json!({"group": "kopf.dev", "version": "v1", "plural": "kopfexamples"})),
+            "kopfexamples.v1.kopf.dev"
+        );
+        assert_eq!(
+            r(serde_json::json!({"group": "", "version": "v1", "plural": "pods"})),
+            "pods.v1"
+        );
+        assert_eq!(r(serde_json::json!({"any_name": "pods"})), "pods");
+        assert_eq!(
+            r(serde_json::json!({"kind": "KopfExample", "group": "kopf.dev"})),
+            "KopfExample.kopf.dev"
+        );
+        assert_eq!(r(serde_json::json!({"category": "all"})), "category=all");
+        assert_eq!(r(serde_json::json!({"everything": true})), "EVERYTHING");
+        assert_eq!(render_selector(None), "-");
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let e = PluginError::RevisionMismatch {
+            path: "/p.so".into(),
+            found: 999,
+            expected: 1,
+        };
+        assert_eq!(
+            e.to_string(),
+            "/p.so was built for kopf ABI revision 999, but this kopf supports revision 1; \
+             rebuild the plugin against a matching kopf SDK"
+        );
+        assert!(e.detail().is_none());
+    }
+}
