@@ -103,6 +103,29 @@ pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     r
 }
 
+/// Does the client ask for aggregated discovery v2 (before any plain-JSON alternative)?
+fn wants_aggregated(accept: &Option<String>) -> bool {
+    let Some(a) = accept else { return false };
+    for alt in a.split(',') {
+        if alt.contains("as=APIGroupDiscoveryList") {
+            return alt.contains("v=v2") && !alt.contains("v=v2beta1");
+        }
+        if alt.trim().starts_with("application/json") {
+            return false;
+        }
+    }
+    false
+}
+
+fn aggregated_response(v: &Value) -> Response<Body> {
+    let mut r = value_response(200, v);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"),
+    );
+    r
+}
+
 /// A parsed resource path.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ResourcePath {
@@ -355,6 +378,11 @@ async fn dispatch(
     req: Request<Incoming>,
     user: &str,
 ) -> Result<Response<Body>, ApiError> {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let get_only = |m: &Method| {
         if m == Method::GET {
             Ok(())
@@ -373,6 +401,20 @@ async fn dispatch(
             ))
         }
         Route::Health => Ok(Response::new(Body::from("ok"))),
+        Route::ApiVersions if wants_aggregated(&accept) => {
+            get_only(method)?;
+            Ok(aggregated_response(&resources::aggregated(
+                &shared.state.lock().registry,
+                true,
+            )))
+        }
+        Route::GroupList if wants_aggregated(&accept) => {
+            get_only(method)?;
+            Ok(aggregated_response(&resources::aggregated(
+                &shared.state.lock().registry,
+                false,
+            )))
+        }
         Route::ApiVersions => {
             get_only(method)?;
             Ok(value_response(

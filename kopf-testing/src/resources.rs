@@ -598,3 +598,62 @@ pub fn api_group(reg: &Registry, group: &str) -> Option<Value> {
         j
     })
 }
+
+fn resource_discovery(d: &ResourceDef, version: &str) -> Value {
+    let gvk = |kind: &str| json!({"group": d.group, "version": version, "kind": kind});
+    let mut subs = vec![];
+    if d.status_subresource {
+        subs.push(json!({"subresource": "status", "responseKind": gvk(&d.kind), "verbs": ["get", "patch", "update"]}));
+    }
+    if d.scale.is_some() {
+        subs.push(json!({"subresource": "scale",
+            "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+            "verbs": ["get", "patch", "update"]}));
+    }
+    let mut r = json!({
+        "resource": d.plural,
+        "responseKind": gvk(&d.kind),
+        "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": d.singular,
+        "verbs": VERBS,
+    });
+    if !d.short_names.is_empty() {
+        r["shortNames"] = json!(d.short_names);
+    }
+    if !d.categories.is_empty() {
+        r["categories"] = json!(d.categories);
+    }
+    if !subs.is_empty() {
+        r["subresources"] = Value::Array(subs);
+    }
+    r
+}
+
+fn group_discovery(reg: &Registry, group: &str, versions: &[String]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let resources: Vec<Value> = reg
+                .in_group_version(group, v)
+                .iter()
+                .map(|d| resource_discovery(d, v))
+                .collect();
+            json!({"version": v, "resources": resources, "freshness": "Current"})
+        })
+        .collect();
+    json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": vs})
+}
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`) for `/api` (core)
+/// or `/apis` (all other groups).
+pub fn aggregated(reg: &Registry, core: bool) -> Value {
+    let items: Vec<Value> = if core {
+        vec![group_discovery(reg, "", &["v1".to_string()])]
+    } else {
+        reg.groups()
+            .iter()
+            .map(|(g, vs)| group_discovery(reg, g, vs))
+            .collect()
+    };
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}

@@ -210,6 +210,25 @@ async fn crd_lifecycle_status_rules_and_generation() {
             .any(|(r, _)| r.plural == "kopfexamples/status" || r.plural == "status")
     );
 
+    // Aggregated discovery (2 requests) agrees.
+    let agg = kube::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    let (ar2, caps2) = agg
+        .resolve_gvk(&GroupVersionKind::gvk("kopf.dev", "v1", "KopfExample"))
+        .unwrap();
+    assert_eq!(ar2.plural, "kopfexamples");
+    assert_eq!(caps2.scope, kube::discovery::Scope::Namespaced);
+    assert!(
+        agg.resolve_gvk(&GroupVersionKind::gvk("", "v1", "ConfigMap"))
+            .is_some()
+    );
+    assert!(
+        agg.resolve_gvk(&GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"))
+            .is_some()
+    );
+
     let api = kex_api(&client);
     // Status is dropped on create when the status subresource exists; generation starts at 1.
     let o = api
