@@ -67,10 +67,20 @@ pub struct RunArgs {
     #[arg(long, default_value = "object", env = "KOPF_RUN_LOG_REFKEY")]
     pub log_refkey: String,
     /// Prefix messages about objects with `[namespace/name]` (default: on, except for JSON).
-    #[arg(long, overrides_with = "no_log_prefix")]
+    #[arg(
+        long,
+        overrides_with = "no_log_prefix",
+        env = "KOPF_RUN_LOG_PREFIX",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub log_prefix: bool,
     /// Do not prefix messages with the object's `[namespace/name]`.
-    #[arg(long, overrides_with = "log_prefix")]
+    #[arg(
+        long,
+        overrides_with = "log_prefix",
+        env = "KOPF_RUN_NO_LOG_PREFIX",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub no_log_prefix: bool,
 
     /// Serve these namespaces: repeatable; globs (`*`, `?`), `!` negation, comma-separated parts.

@@ -208,8 +208,21 @@ impl KopfProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Self::spawn_with_env(args, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// Starts `kopf ARGS...` with extra environment variables.
+    pub fn spawn_with_env<I, S, E, K, V>(args: I, envs: E) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+        E: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let mut child = Command::new(kopf_bin()?)
             .args(args)
+            .envs(envs)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -176,6 +176,8 @@ fn run_help_lists_every_flag_and_env_var() {
         "KOPF_RUN_QUIET",
         "KOPF_RUN_LOG_FORMAT",
         "KOPF_RUN_LOG_REFKEY",
+        "KOPF_RUN_LOG_PREFIX",
+        "KOPF_RUN_NO_LOG_PREFIX",
         "KOPF_RUN_NAMESPACE",
         "KOPF_RUN_ALL_NAMESPACES",
         "KOPF_RUN_STANDALONE",
@@ -355,4 +357,52 @@ fn run_fails_with_exit_1_on_a_broken_plugin() {
         last.starts_with("kopf: error: ") && last.contains("revision 999"),
         "{stderr}"
     );
+}
+
+#[test]
+fn plugin_with_an_unreadable_description() {
+    let lib = plugin_path("fixture-broken-describe").unwrap();
+    let line = one_line_failure(&run_kopf(["inspect".as_ref(), lib.as_os_str()]).unwrap());
+    assert!(
+        line.starts_with(&format!(
+            "kopf: error: {}: describe failed: the plugin description is not valid JSON: ",
+            lib.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn run_options_come_from_kopf_run_env_vars() {
+    let lib = plugin_path("fixture-raw-plugin").unwrap();
+    let mut kopf = KopfProcess::spawn_with_env(
+        ["run".as_ref(), lib.as_os_str()],
+        [
+            ("KOPF_RUN_LOG_FORMAT", "json"),
+            ("KOPF_RUN_NAMESPACE", "ns-*,!ns-x"),
+            ("KOPF_RUN_STANDALONE", "1"),
+        ],
+    )
+    .unwrap();
+    let line = kopf
+        .wait_for_line("waiting for a signal", Duration::from_secs(30))
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(
+        doc["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"namespaces: ["ns-*,!ns-x"]"#),
+        "{line}"
+    );
+    kopf.signal("TERM").unwrap();
+    assert_eq!(kopf.wait_exit(Duration::from_secs(30)).unwrap().code(), Some(0));
+
+    // An env var conflicting with a flag is a usage error too.
+    let out = std::process::Command::new(kopf_e2e::kopf_bin().unwrap())
+        .args(["run", "-A"])
+        .env("KOPF_RUN_NAMESPACE", "default")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
