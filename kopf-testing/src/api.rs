@@ -320,6 +320,7 @@ impl Shared {
             }
         }
         validate_meta(def, &obj, true)?;
+        crate::defaults::on_create(def, &mut obj);
         if def.status_subresource
             && let Some(m) = obj.as_object_mut()
             && def.custom
@@ -503,6 +504,7 @@ impl Shared {
             if def.custom {
                 apply_schema(def, version, &mut new, strict)?;
             }
+            crate::defaults::on_write(def, &mut new);
             let om = old.get("metadata").cloned().unwrap_or(json!({}));
             let m = meta_mut(&mut new);
             for k in [

@@ -23,6 +23,7 @@
 
 mod admission;
 mod api;
+mod defaults;
 mod error;
 mod faults;
 mod http;

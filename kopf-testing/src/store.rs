@@ -223,7 +223,8 @@ impl State {
         };
         if let Some(ns_def) = st.registry.lookup("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                crate::defaults::on_create(&ns_def, &mut obj);
                 // Cannot fail: fresh store, valid names.
                 let _ = st.create(&ns_def, "", obj, false);
             }

@@ -453,6 +453,12 @@ async fn owner_references_garbage_collection() {
     })
     .await;
     assert!(tmp.get_opt("c").await.unwrap().is_none());
+    // Namespaces carry the automatic name label; selectable like on a real cluster.
+    let labelled = nss
+        .list(&ListParams::default().labels("kubernetes.io/metadata.name=default"))
+        .await
+        .unwrap();
+    assert_eq!(labelled.items.len(), 1);
     emu.shutdown().await;
 }
 
@@ -838,6 +844,18 @@ async fn scale_subresource_and_server_side_apply() {
     let d = deps.get("d").await.unwrap();
     assert_eq!(d.spec.replicas, Some(4));
     assert_eq!(d.metadata.generation, Some(2));
+
+    // Secrets fold stringData into base64 data.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(client.clone());
+    let sec = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"p": "q"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sec.data.unwrap()["p"].0, b"q".to_vec());
+    assert_eq!(sec.type_.as_deref(), Some("Opaque"));
 
     // SSA: create, share, conflict, force.
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
