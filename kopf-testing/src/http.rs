@@ -330,6 +330,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     shared
         .counters
         .record(&info, &user_agent, &user, resp.status().as_u16());
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), verb = %info.verb, "request");
     resp
 }
 

@@ -356,6 +356,22 @@ impl State {
 
     /// Remove an object for good (finalizers done), emit DELETED, then collect garbage.
     fn remove(&mut self, gr: &GroupResource, ns: &str, name: &str) -> Option<Value> {
+        // A CRD's instances go first (kube's customresourcecleanup finalizer), then it stops serving.
+        if gr.group == "apiextensions.k8s.io"
+            && gr.resource == "customresourcedefinitions"
+            && let Some(def) = self.get(gr, ns, name).and_then(|s| crd_to_def(&s.value()).ok())
+        {
+            let cgr = def.group_resource();
+            let keys: Vec<(String, String)> = self
+                .collections
+                .get(&cgr)
+                .map(|c| c.objects.keys().cloned().collect())
+                .unwrap_or_default();
+            for (kns, kname) in keys {
+                self.remove(&cgr, &kns, &kname);
+            }
+            self.registry.remove(&cgr);
+        }
         let stored = self
             .coll(gr)
             .objects
@@ -381,22 +397,7 @@ impl State {
             labels: stored.labels.clone(),
             prev_labels: None,
         });
-        // Side effects: CRDs stop serving, namespaces empty out, dependents get collected.
-        if gr.group == "apiextensions.k8s.io"
-            && gr.resource == "customresourcedefinitions"
-            && let Ok(def) = crd_to_def(&last)
-        {
-            let cgr = def.group_resource();
-            let keys: Vec<(String, String)> = self
-                .collections
-                .get(&cgr)
-                .map(|c| c.objects.keys().cloned().collect())
-                .unwrap_or_default();
-            for (kns, kname) in keys {
-                self.remove(&cgr, &kns, &kname);
-            }
-            self.registry.remove(&cgr);
-        }
+        // Side effects: namespaces empty out, dependents get collected.
         for owner in owner_uids(&last) {
             self.release_foreground(&owner);
         }

@@ -30,6 +30,15 @@ struct Filter {
 }
 
 impl Filter {
+    /// Is this the deletion of the CRD serving our resource (the watch must end, as in kube)?
+    fn ends_watch(&self, ch: &Change) -> bool {
+        self.def.custom
+            && ch.kind == ChangeKind::Deleted
+            && ch.gr.group == "apiextensions.k8s.io"
+            && ch.gr.resource == "customresourcedefinitions"
+            && ch.name == format!("{}.{}", self.def.plural, self.def.group)
+    }
+
     fn event_type(&self, ch: &Change) -> Option<&'static str> {
         if ch.gr.group != self.def.group || ch.gr.resource != self.def.plural {
             return None;
@@ -271,6 +280,7 @@ pub(crate) fn watch(
                 }
                 r = rx.recv() => match r {
                     Ok(ch) => {
+                        if filter.ends_watch(&ch) { break; }
                         if ch.rv <= last { continue; }
                         if let Some(t) = filter.event_type(&ch)
                             && tx.send(Ok(filter.encode(t, &ch.json))).await.is_err()

@@ -304,10 +304,23 @@ async fn crd_lifecycle_status_rules_and_generation() {
         .unwrap_err();
     assert_eq!(api_code(e), 415);
 
-    // Deleting the CRD stops serving it and removes its objects.
+    // Deleting the CRD stops serving it, removes its objects (DELETED events) and ends watches.
+    let rv = emu.resource_version().to_string();
+    let mut w = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
     crds.delete("kopfexamples.kopf.dev", &DeleteParams::default())
         .await
         .unwrap();
+    let mut deleted = 0;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if let WatchEvent::Deleted(_) = ev {
+            deleted += 1;
+        }
+    }
+    assert_eq!(deleted, 1);
     assert_eq!(api_code(api.get("x").await.unwrap_err()), 404);
     assert_eq!(emu.count_objects("kopf.dev", "kopfexamples"), 0);
     emu.shutdown().await;
