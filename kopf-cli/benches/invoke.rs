@@ -8,6 +8,7 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kopf_abi::protocol::Invocation;
@@ -146,12 +147,43 @@ fn bench_invoke(c: &mut Criterion) {
             .enable_all()
             .build()
             .expect("runtime");
-        group.bench_function(format!("{package}/spawn_blocking"), |b| {
-            b.iter(|| {
-                black_box(
-                    rt.block_on(set.invoke(&h, &invocation(black_box(&body))))
-                        .expect("invoke"),
-                )
+        // The async paths, measured from inside a runtime worker task.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        group.bench_function(format!("{package}/async_block_in_place"), |b| {
+            b.iter_custom(|iters| {
+                let (set, h, body) = (set.clone(), h.clone(), body.clone());
+                rt.block_on(rt.spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(
+                            set.invoke_in_place(&h, &invocation(black_box(&body)))
+                                .expect("invoke"),
+                        );
+                    }
+                    start.elapsed()
+                }))
+                .expect("task")
+            })
+        });
+        group.bench_function(format!("{package}/async_spawn_blocking"), |b| {
+            b.iter_custom(|iters| {
+                let (set, h, body) = (set.clone(), h.clone(), body.clone());
+                rt.block_on(rt.spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(
+                            set.invoke(&h, &invocation(black_box(&body)))
+                                .await
+                                .expect("invoke"),
+                        );
+                    }
+                    start.elapsed()
+                }))
+                .expect("task")
             })
         });
     }

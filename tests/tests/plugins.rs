@@ -482,3 +482,19 @@ fn sdk_duplicate_plugin_is_refused() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_in_place_works_inside_and_outside_a_runtime() {
+    let (_dir, _paths, set) = load(&["fixture-raw-plugin"]);
+    let h = handler(&set, "create_fn");
+    let inside = set
+        .invoke_in_place(&h, &invocation(json!({"spec": {"in": true}})))
+        .unwrap();
+    assert_eq!(inside.result, Some(json!({"in": true})));
+    let outside =
+        std::thread::spawn(move || set.invoke_in_place(&h, &invocation(json!({"spec": {"in": false}}))))
+            .join()
+            .unwrap()
+            .unwrap();
+    assert_eq!(outside.result, Some(json!({"in": false})));
+}

@@ -407,6 +407,21 @@ impl PluginSet {
         handler.decode(&answer)
     }
 
+    /// Runs a handler on the current thread from async code without the hand-off to the
+    /// blocking pool: inside a multi-thread tokio runtime it uses
+    /// [`tokio::task::block_in_place`] (the worker's other tasks move elsewhere); in any
+    /// other context it simply blocks. Cheaper than [`PluginSet::invoke`] for short
+    /// handlers; do not use it for long-running ones.
+    pub fn invoke_in_place(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handler.invoke_blocking(inv))
+            }
+            _ => handler.invoke_blocking(inv),
+        }
+    }
+
     /// Starts a handler with the plugin's non-blocking `submit` and awaits the outcome
     /// delivered through `complete`. When `cancel` fires, the plugin is asked to cancel
     /// the call and the outcome it then reports (often [`kopf_abi::FailureKind::CANCELLED`]) is
