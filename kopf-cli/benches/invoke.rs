@@ -142,11 +142,6 @@ fn bench_invoke(c: &mut Criterion) {
                 )
             })
         });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
         // The async paths, measured from inside a runtime worker task.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
