@@ -16,6 +16,16 @@ Exit codes:
   1  runtime failure, including any plugin that cannot be loaded
   2  usage error (unknown or conflicting options)";
 
+/// The end of `kopf run --help`: exit codes and environment notes.
+pub const RUN_AFTER_HELP: &str = "\
+Every option can also be set with its KOPF_RUN_* environment variable (shown above).
+RUST_LOG, when set, replaces the log levels chosen by -v/-d/-q (tracing EnvFilter syntax).
+
+Exit codes:
+  0  graceful stop (SIGINT/SIGTERM)
+  1  runtime failure, including any plugin that cannot be loaded
+  2  usage error (unknown or conflicting options)";
+
 /// The `kopf` command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +45,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the plugins and run the operator until SIGINT/SIGTERM.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
     /// Load the plugins and show their handlers.
     #[command(after_help = EXIT_CODES_HELP)]
