@@ -1,26 +1,466 @@
-//! The operator: the reactor that watches resources and runs handlers.
+//! The operator: connects, discovers the served resources, and runs the reactor until a
+//! termination signal.
 
-use crate::cli::RunOptions;
-use crate::plugin::PluginSet;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
-/// Runs the operator with the loaded plugins until SIGINT or SIGTERM.
-///
-/// Placeholder until the reactor exists: logs that there is no reactor and waits for a
-/// termination signal; returns `Ok(())` on a graceful stop.
+use anyhow::Context as _;
+use kopf_abi::{Failure, FailureKind, protocol::host_methods};
+use kube::Client;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::RunOptions,
+    clients::{
+        connection, events,
+        scanning::{self, GroupFilter},
+        urls::ResourcePath,
+        watching::{WatchItem, WatchSettings, watch_continuously},
+    },
+    plugin::{CallerInfo, HandlerRef, HostServices, PluginSet},
+    reactor::{
+        orchestration::{NamespaceScope, Orchestrator, wanted_streams},
+        processing::{ResourceProcessor, Shared},
+        queueing::QueueSettings,
+    },
+    settings::{OperatorSettings, seconds},
+    structs::references::{self, NamespacePattern, Resource},
+};
+
+/// Runs the operator with the loaded plugins until SIGINT or SIGTERM; `Ok(())` on a
+/// graceful stop.
 pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> {
-    // Install the handlers before announcing readiness, so no early signal is lost.
+    // Install the handlers before anything slow, so no early signal is lost.
     let mut signals = StopSignals::install()?;
-    tracing::info!(
-        target: "kopf.reactor",
-        "no reactor yet: {} plugins with {} handlers loaded (namespaces: {:?}, clusterwide: {}); waiting for a signal.",
-        plugins.plugins().len(),
-        plugins.handlers().len(),
-        options.namespaces,
-        options.clusterwide
-    );
-    let signal = signals.recv().await;
+    let config = connection::load_config(None).await?;
+    let client = connection::make_client(config)?;
+    let settings = settings_from(&options);
+    let stop = CancellationToken::new();
+
+    let services = Arc::new(EngineServices::start(client.clone(), &settings, stop.clone()));
+    plugins.set_services(services);
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        plugins: plugins.clone(),
+        progress: crate::persistence::progress::ProgressStorage::new(
+            &settings.persistence.prefix,
+            settings.persistence.v1,
+        )?,
+        diffbase: crate::persistence::diffbase::DiffBaseStorage::new(
+            &settings.persistence.prefix,
+            &settings.persistence.diffbase_key,
+            settings.persistence.v1,
+            Vec::new(),
+        )?,
+        settings: settings.clone(),
+    });
+    let scope = namespace_scope(&options)?;
+    let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
+    reactor
+        .rescan()
+        .await
+        .context("cannot discover the API resources")?;
+
+    // Observe CRDs (new resources may become servable) and, for patterns, namespaces.
+    let (crd_tx, mut crd_rx) = mpsc::channel::<WatchItem>(64);
+    let crds = ResourcePath {
+        group: "apiextensions.k8s.io".into(),
+        version: "v1".into(),
+        plural: "customresourcedefinitions".into(),
+        namespaced: false,
+    };
+    let observe = WatchSettings {
+        page_size: 500,
+        ..reactor.watch.clone()
+    };
+    tokio::spawn(watch_continuously(
+        client.clone(),
+        crds,
+        None,
+        observe.clone(),
+        crd_tx,
+        stop.clone(),
+    ));
+    let (ns_tx, mut ns_rx) = mpsc::channel::<WatchItem>(64);
+    if matches!(reactor.scope, NamespaceScope::Patterns(_)) {
+        let namespaces = ResourcePath {
+            group: String::new(),
+            version: "v1".into(),
+            plural: "namespaces".into(),
+            namespaced: false,
+        };
+        tokio::spawn(watch_continuously(
+            client.clone(),
+            namespaces,
+            None,
+            observe,
+            ns_tx,
+            stop.clone(),
+        ));
+    } else {
+        drop(ns_tx);
+    }
+
+    let mut rescan_at: Option<tokio::time::Instant> = None;
+    let signal = loop {
+        tokio::select! {
+            signal = signals.recv() => break signal,
+            Some(item) = crd_rx.recv() => {
+                // Debounce bursts of CRD events into one re-discovery.
+                if matches!(item, WatchItem::Event(..) | WatchItem::ListDone) && rescan_at.is_none() {
+                    rescan_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                }
+            }
+            Some(item) = ns_rx.recv() => reactor.observe_namespace(item),
+            _ = sleep_until_opt(rescan_at) => {
+                rescan_at = None;
+                if let Err(error) = reactor.rescan().await {
+                    tracing::warn!(target: "kopf.reactor", "Re-discovery failed: {error}");
+                }
+            }
+        }
+    };
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
+    stop.cancel();
+    reactor.orchestrator.stop_all().await;
     Ok(())
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The settings implied by the command line.
+fn settings_from(options: &RunOptions) -> OperatorSettings {
+    let mut settings = OperatorSettings::default();
+    settings.peering.priority = options.priority;
+    settings.peering.standalone = options.standalone;
+    settings.peering.clusterwide = options.clusterwide;
+    if let Some(name) = &options.peering_name {
+        settings.peering.name = name.clone();
+        settings.peering.mandatory = true;
+    }
+    settings
+}
+
+/// The namespace scope of `-n`/`-A`: cluster-wide by default (with Kopf's warning).
+fn namespace_scope(options: &RunOptions) -> anyhow::Result<NamespaceScope> {
+    if options.clusterwide {
+        return Ok(NamespaceScope::Clusterwide);
+    }
+    if options.namespaces.is_empty() {
+        tracing::warn!(target: "kopf.reactor", "No namespaces are specified: serving the whole cluster (use -A to silence this).");
+        return Ok(NamespaceScope::Clusterwide);
+    }
+    let parts: Vec<String> = options
+        .namespaces
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let patterns: Vec<NamespacePattern> = parts.iter().map(|p| NamespacePattern::new(p)).collect();
+    let literal: Option<BTreeSet<String>> = patterns
+        .iter()
+        .map(|p| p.specific_name().map(str::to_owned))
+        .collect();
+    Ok(match literal {
+        Some(names) => NamespaceScope::Names(names),
+        None => NamespaceScope::Patterns(parts),
+    })
+}
+
+/// The running reactor: discovered resources, their processors and their streams.
+struct Reactor {
+    client: Client,
+    shared: Arc<Shared>,
+    scope: NamespaceScope,
+    watch: WatchSettings,
+    orchestrator: Orchestrator<ResourceProcessor>,
+    /// Served resources and their processors, by `plural.version.group`.
+    served: BTreeMap<String, (Resource, Arc<ResourceProcessor>)>,
+    /// Namespaces that match the patterns (only for [`NamespaceScope::Patterns`]).
+    namespaces: BTreeSet<String>,
+    /// Namespaces seen during the current namespace listing.
+    listing: Option<BTreeSet<String>>,
+}
+
+impl Reactor {
+    fn new(client: Client, shared: Arc<Shared>, scope: NamespaceScope, settings: &OperatorSettings) -> Self {
+        let watch = WatchSettings {
+            server_timeout: settings.watching.server_timeout.map(|s| s as u32),
+            inactivity_timeout: seconds(settings.watching.inactivity_timeout),
+            reconnect_backoff: seconds(settings.watching.reconnect_backoff),
+            error_backoffs: settings
+                .networking
+                .error_backoffs
+                .iter()
+                .copied()
+                .map(seconds)
+                .collect(),
+            ..WatchSettings::default()
+        };
+        let queue = QueueSettings {
+            idle_timeout: seconds(settings.queueing.idle_timeout),
+            exit_timeout: seconds(settings.queueing.exit_timeout),
+        };
+        let orchestrator = Orchestrator::new(
+            client.clone(),
+            watch.clone(),
+            queue,
+            settings.queueing.worker_limit,
+        );
+        Self {
+            client,
+            shared,
+            scope,
+            watch,
+            orchestrator,
+            served: BTreeMap::new(),
+            namespaces: BTreeSet::new(),
+            listing: None,
+        }
+    }
+
+    /// The handlers that watch resources (not activities, not webhooks).
+    fn resource_handlers(&self) -> Vec<HandlerRef> {
+        self.shared
+            .plugins
+            .handlers()
+            .iter()
+            .filter(|h| !h.kind().is_activity() && !h.kind().is_webhook() && h.spec().selector.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Discovers the resources, resolves the handlers' selectors, and starts the streams
+    /// of newly servable resources.
+    async fn rescan(&mut self) -> anyhow::Result<()> {
+        let handlers = self.resource_handlers();
+        let groups: Option<BTreeSet<String>> = handlers
+            .iter()
+            .map(|h| h.spec().selector.as_ref().and_then(|s| s.group.clone()))
+            .collect();
+        let filter = match groups {
+            Some(groups) => GroupFilter::Only(groups),
+            None => GroupFilter::All,
+        };
+        let discovered = scanning::scan(&self.client, &filter).await?;
+        let mut by_resource: BTreeMap<String, (Resource, Vec<HandlerRef>)> = BTreeMap::new();
+        for handler in &handlers {
+            let Some(selector) = handler.spec().selector.as_ref() else {
+                continue;
+            };
+            match references::resolve(selector, discovered.iter()) {
+                Ok(found) => {
+                    for resource in found {
+                        if !resource.is_watchable() {
+                            tracing::warn!(target: "kopf.reactor", "Non-watchable resource will not be served: {resource}");
+                            continue;
+                        }
+                        by_resource
+                            .entry(resource.to_string())
+                            .or_insert_with(|| (resource.clone(), Vec::new()))
+                            .1
+                            .push(handler.clone());
+                    }
+                }
+                Err(error) => tracing::warn!(target: "kopf.reactor", "{error}"),
+            }
+        }
+        for (key, (resource, handlers)) in by_resource {
+            if self.served.contains_key(&key) {
+                continue;
+            }
+            tracing::debug!(target: "kopf.reactor", "Serving {key} with {} handlers.", handlers.len());
+            let processor = Arc::new(ResourceProcessor::new(
+                self.shared.clone(),
+                resource.clone(),
+                &handlers,
+            ));
+            self.served.insert(key, (resource, processor));
+        }
+        self.reconcile_streams().await;
+        Ok(())
+    }
+
+    /// Starts the streams that should run and stops those that should not.
+    async fn reconcile_streams(&mut self) {
+        let mut wanted = Vec::new();
+        for (resource, processor) in self.served.values() {
+            let path = ResourcePath {
+                group: resource.group.clone(),
+                version: resource.version.clone(),
+                plural: resource.plural.clone(),
+                namespaced: resource.namespaced,
+            };
+            for key in wanted_streams(std::slice::from_ref(&path), &self.scope, &self.namespaces) {
+                wanted.push((key, processor.clone()));
+            }
+        }
+        let keep: BTreeSet<String> = wanted.iter().map(|(k, _)| format!("{k:?}")).collect();
+        let obsolete: Vec<_> = self
+            .orchestrator
+            .keys()
+            .filter(|k| !keep.contains(&format!("{k:?}")))
+            .cloned()
+            .collect();
+        for key in obsolete {
+            self.orchestrator.remove(&key).await;
+        }
+        for (key, processor) in wanted {
+            self.orchestrator.ensure(key, processor);
+        }
+    }
+
+    /// Tracks namespaces matching the patterns; streams follow on the next reconcile.
+    fn observe_namespace(&mut self, item: WatchItem) {
+        let NamespaceScope::Patterns(patterns) = &self.scope else {
+            return;
+        };
+        let patterns: Vec<NamespacePattern> = patterns.iter().map(|p| NamespacePattern::new(p)).collect();
+        let matches = |name: &str| references::match_namespaces(name, &patterns);
+        let changed = match item {
+            WatchItem::ListStarted => {
+                self.listing = Some(BTreeSet::new());
+                false
+            }
+            WatchItem::Listed(body) => {
+                if let (Some(listing), Some(name)) = (
+                    self.listing.as_mut(),
+                    body.pointer("/metadata/name").and_then(Value::as_str),
+                ) && matches(name)
+                {
+                    listing.insert(name.to_owned());
+                }
+                false
+            }
+            WatchItem::ListDone => {
+                let listing = self.listing.take().unwrap_or_default();
+                let changed = listing != self.namespaces;
+                self.namespaces = listing;
+                changed
+            }
+            WatchItem::Event(kind, body) => {
+                let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str) else {
+                    return;
+                };
+                if !matches(name) {
+                    return;
+                }
+                match kind {
+                    crate::clients::watching::EventType::Deleted => self.namespaces.remove(name),
+                    _ => self.namespaces.insert(name.to_owned()),
+                }
+            }
+        };
+        if changed {
+            let wanted: Vec<_> = self
+                .served
+                .values()
+                .map(|(r, p)| (r.clone(), p.clone()))
+                .collect();
+            for (resource, processor) in wanted {
+                let path = ResourcePath {
+                    group: resource.group.clone(),
+                    version: resource.version.clone(),
+                    plural: resource.plural.clone(),
+                    namespaced: resource.namespaced,
+                };
+                for key in wanted_streams(std::slice::from_ref(&path), &self.scope, &self.namespaces) {
+                    self.orchestrator.ensure(key, processor.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The host services of the engine: what plugins may ask through `HostTable::call`.
+struct EngineServices {
+    events: Option<mpsc::UnboundedSender<Value>>,
+    reporter: events::Reporter,
+}
+
+impl EngineServices {
+    /// Starts the event poster (a background task) and returns the services.
+    fn start(client: Client, settings: &OperatorSettings, stop: CancellationToken) -> Self {
+        let reporter = events::Reporter {
+            component: settings.posting.reporting_component.clone(),
+            instance: settings.posting.reporting_instance.clone(),
+            name_prefix: settings.posting.event_name_prefix.clone(),
+        };
+        if !settings.posting.enabled {
+            return Self {
+                events: None,
+                reporter,
+            };
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = rx.recv() => match event { Some(e) => e, None => break },
+                };
+                if let Err(error) = events::post_event(&client, &event).await {
+                    tracing::warn!(target: "kopf.objects", "Failed to post an event: {error}");
+                }
+            }
+            // Flush what is queued, briefly, so events of the last moments are not lost.
+            while let Ok(event) = rx.try_recv() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), events::post_event(&client, &event)).await;
+            }
+        });
+        Self {
+            events: Some(tx),
+            reporter,
+        }
+    }
+}
+
+impl HostServices for EngineServices {
+    fn call(
+        &self,
+        _caller: &CallerInfo,
+        method: &str,
+        _version: u32,
+        payload: &str,
+    ) -> Result<String, Failure> {
+        match method {
+            host_methods::EVENT_POST => {
+                let payload: Value = serde_json::from_str(payload)
+                    .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("event.post: {e}")))?;
+                let text = |key: &str| payload.get(key).and_then(Value::as_str).unwrap_or_default();
+                let object = payload.get("object").cloned().unwrap_or(Value::Null);
+                let event = events::build_event(
+                    &events::InvolvedObject::from_body(&object),
+                    &self.reporter,
+                    text("type"),
+                    text("reason"),
+                    text("message"),
+                );
+                if let Some(events) = &self.events {
+                    // A closed queue means the operator is stopping: the event is dropped.
+                    let _ = events.send(event);
+                }
+                Ok("{}".into())
+            }
+            other => Err(Failure::new(
+                FailureKind::UNSUPPORTED,
+                format!("host method {other:?} is not supported yet"),
+            )),
+        }
+    }
 }
 
 /// SIGINT and SIGTERM listeners, installed eagerly.

@@ -10,33 +10,7 @@ use kube::Client;
 use serde_json::Value;
 
 use super::ApiError;
-
-/// One resource as the API serves it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DiscoveredResource {
-    /// API group; empty for the core group.
-    pub group: String,
-    /// API version.
-    pub version: String,
-    /// Whether this is the group's preferred version.
-    pub preferred: bool,
-    /// Plural name.
-    pub plural: String,
-    /// Singular name (lowercase kind when the server sends none).
-    pub singular: String,
-    /// Kind.
-    pub kind: String,
-    /// Short names.
-    pub shortcuts: Vec<String>,
-    /// Categories.
-    pub categories: Vec<String>,
-    /// Whether the objects are namespaced.
-    pub namespaced: bool,
-    /// Supported verbs.
-    pub verbs: Vec<String>,
-    /// Subresources (`status`, `scale`, ...).
-    pub subresources: Vec<String>,
-}
+use crate::structs::references::Resource;
 
 /// Which groups to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,14 +40,14 @@ async fn get_json(client: &Client, path: &str) -> Result<Value, ApiError> {
 
 /// Scans the API for resources of the wanted groups: one request for `/api` plus one per
 /// core version, one for `/apis` plus one per wanted group-version.
-pub async fn scan(client: &Client, groups: &GroupFilter) -> Result<Vec<DiscoveredResource>, ApiError> {
+pub async fn scan(client: &Client, groups: &GroupFilter) -> Result<Vec<Resource>, ApiError> {
     let mut found = Vec::new();
     if groups.wants("") {
         let core = get_json(client, "/api").await?;
         let versions = string_list(core.get("versions"));
         for (index, version) in versions.iter().enumerate() {
             let list = get_json(client, &format!("/api/{version}")).await?;
-            parse_resource_list(&list, "", version, index == 0, &mut found);
+            found.extend(parse(&list, "", version, index == 0)?);
         }
     }
     if groups != &GroupFilter::Only(BTreeSet::from([String::new()])) {
@@ -101,7 +75,7 @@ pub async fn scan(client: &Client, groups: &GroupFilter) -> Result<Vec<Discovere
                     Err(e) if e.is_not_found() => continue,
                     Err(e) => return Err(e),
                 };
-                parse_resource_list(&list, name, version, preferred == Some(version), &mut found);
+                found.extend(parse(&list, name, version, preferred == Some(version))?);
             }
         }
     }
@@ -121,64 +95,9 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Reads one `APIResourceList` into resources; subresource entries (`pods/status`)
-/// are attached to their main resources.
-pub fn parse_resource_list(
-    list: &Value,
-    group: &str,
-    version: &str,
-    preferred: bool,
-    found: &mut Vec<DiscoveredResource>,
-) {
-    let entries = list
-        .get("resources")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let start = found.len();
-    for entry in entries {
-        let Some(name) = entry.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        if name.contains('/') {
-            continue;
-        }
-        let kind = entry
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let singular = entry
-            .get("singularName")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| kind.to_lowercase());
-        found.push(DiscoveredResource {
-            group: group.to_owned(),
-            version: version.to_owned(),
-            preferred,
-            plural: name.to_owned(),
-            singular,
-            kind,
-            shortcuts: string_list(entry.get("shortNames")),
-            categories: string_list(entry.get("categories")),
-            namespaced: entry.get("namespaced").and_then(Value::as_bool).unwrap_or(false),
-            verbs: string_list(entry.get("verbs")),
-            subresources: Vec::new(),
-        });
-    }
-    for entry in entries {
-        let Some(name) = entry.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        let Some((main, sub)) = name.split_once('/') else {
-            continue;
-        };
-        if let Some(resource) = found[start..].iter_mut().find(|r| r.plural == main) {
-            resource.subresources.push(sub.to_owned());
-        }
-    }
+fn parse(list: &Value, group: &str, version: &str, preferred: bool) -> Result<Vec<Resource>, ApiError> {
+    Resource::from_api_resource_list(group, version, preferred, list)
+        .map_err(|e| ApiError::Unexpected(format!("discovery of {group}/{version}: {e}")))
 }
 
 #[cfg(test)]
@@ -193,14 +112,12 @@ mod tests {
              "verbs": ["get", "list", "watch", "patch"], "shortNames": ["kex", "kexes"], "categories": ["all"]},
             {"name": "kopfexamples/status", "singularName": "", "namespaced": true, "kind": "KopfExample",
              "verbs": ["get", "patch"]},
-            {"name": "bindings", "namespaced": true, "kind": "Binding", "verbs": ["create"]},
         ]});
-        let mut found = Vec::new();
-        parse_resource_list(&list, "kopf.dev", "v1", true, &mut found);
-        assert_eq!(found.len(), 2);
-        assert_eq!(found[0].subresources, vec!["status"]);
-        assert_eq!(found[0].shortcuts, vec!["kex", "kexes"]);
-        assert_eq!(found[1].singular, "binding");
-        assert!(found[0].preferred && found[0].namespaced);
+        let found = parse(&list, "kopf.dev", "v1", true).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].has_status_subresource());
+        assert!(found[0].shortcuts.contains("kex"));
+        assert!(found[0].preferred && found[0].namespaced && found[0].is_watchable());
+        assert!(GroupFilter::All.wants("x") && !GroupFilter::Only(BTreeSet::new()).wants("x"));
     }
 }

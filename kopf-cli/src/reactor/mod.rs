@@ -2,4 +2,5 @@
 
 pub mod execution;
 pub mod orchestration;
+pub mod processing;
 pub mod queueing;
