@@ -52,6 +52,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Show the kopf version, the plugin ABI revision and build information.
     Version,
+    /// Serve a Kubernetes API emulator on loopback (a throw-away cluster for tests and demos).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Emulator(crate::commands::emulator::EmulatorArgs),
 }
 
 /// `kopf run` arguments.
@@ -134,6 +137,27 @@ pub struct RunArgs {
     /// Serve the liveness probe at this URL (`http://host:port/path`).
     #[arg(short = 'L', long, value_name = "URL", env = "KOPF_RUN_LIVENESS", value_parser = parse_liveness_url)]
     pub liveness: Option<String>,
+
+    /// Run against an in-process Kubernetes API emulator instead of a cluster (no cluster
+    /// needed: for demos and local experiments).
+    #[arg(long, env = "KOPF_RUN_EMBEDDED", value_parser = clap::builder::FalseyValueParser::new())]
+    pub embedded: bool,
+    /// With --embedded: apply these YAML files to the emulator before starting (repeatable).
+    #[arg(
+        short = 'f',
+        long = "embedded-apply",
+        value_name = "FILE",
+        requires = "embedded"
+    )]
+    pub embedded_apply: Vec<PathBuf>,
+    /// With --embedded: write the emulator's kubeconfig here, for kubectl.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "embedded",
+        env = "KOPF_RUN_EMBEDDED_KUBECONFIG"
+    )]
+    pub embedded_kubeconfig: Option<PathBuf>,
 }
 
 /// `kopf inspect` arguments.
@@ -156,6 +180,15 @@ pub struct InspectArgs {
 /// The priority `--dev` sets.
 pub const DEV_PRIORITY: i64 = 666;
 
+/// An in-process API emulator for `kopf run --embedded`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbeddedCluster {
+    /// YAML files to apply before the operator starts.
+    pub apply: Vec<PathBuf>,
+    /// Where to write the emulator's kubeconfig, if anywhere.
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// What `kopf run` asks of the engine: a plain struct, independent of clap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
@@ -175,6 +208,9 @@ pub struct RunOptions {
     pub priority: i64,
     /// `-L/--liveness`: the probe endpoint URL.
     pub liveness_endpoint: Option<String>,
+    /// `--embedded`: run against an in-process emulator, with these files applied and
+    /// its kubeconfig written there (if given).
+    pub embedded: Option<EmbeddedCluster>,
     /// Logging settings.
     pub log: LogConfig,
 }
@@ -216,6 +252,10 @@ impl RunArgs {
             peering_name: self.peering.clone(),
             priority: if self.dev { DEV_PRIORITY } else { self.priority },
             liveness_endpoint: self.liveness.clone(),
+            embedded: self.embedded.then(|| EmbeddedCluster {
+                apply: self.embedded_apply.clone(),
+                kubeconfig: self.embedded_kubeconfig.clone(),
+            }),
             log: self.log_config(),
         }
     }

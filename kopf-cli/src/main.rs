@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let debug = match &cli.command {
         Command::Run(args) => args.debug,
         Command::Inspect(args) => args.debug,
-        Command::Version => false,
+        Command::Version | Command::Emulator(_) => false,
     };
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +68,11 @@ fn dispatch(cli: Cli) -> Result<()> {
                 commands::inspect::to_table(&plugins)
             };
             write_stdout(&text)
+        }
+        Command::Emulator(args) => {
+            logging::init(&LogConfig::default())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(commands::emulator::run(args))
         }
         Command::Run(args) => {
             let options = args.to_options();

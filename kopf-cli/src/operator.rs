@@ -37,7 +37,14 @@ use crate::{
 pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> {
     // Install the handlers before anything slow, so no early signal is lost.
     let mut signals = StopSignals::install()?;
-    let config = connection::load_config(None).await?;
+    // Keep the embedded emulator (if any) alive for as long as the operator runs.
+    let (config, _embedded) = match &options.embedded {
+        Some(embedded) => {
+            let (config, emulator) = start_embedded(embedded).await?;
+            (config, Some(emulator))
+        }
+        None => (connection::load_config(None).await?, None),
+    };
     let client = connection::make_client(config)?;
     let settings = settings_from(&options);
     let stop = CancellationToken::new();
@@ -65,6 +72,12 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
         .rescan()
         .await
         .context("cannot discover the API resources")?;
+    tracing::info!(
+        target: "kopf.reactor",
+        "The operator is ready: serving {} resources, {}.",
+        reactor.served.len(),
+        reactor.scope.describe()
+    );
 
     // Observe CRDs (new resources may become servable) and, for patterns, namespaces.
     let (crd_tx, mut crd_rx) = mpsc::channel::<WatchItem>(64);
@@ -129,6 +142,33 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
     stop.cancel();
     reactor.orchestrator.stop_all().await;
     Ok(())
+}
+
+/// Starts the in-process emulator of `--embedded`, applies the files, writes the
+/// kubeconfig if asked, and returns the client configuration pointing to it.
+async fn start_embedded(
+    embedded: &crate::cli::EmbeddedCluster,
+) -> anyhow::Result<(kube::Config, kopf_testing::EmulatorHandle)> {
+    let emulator = kopf_testing::Emulator::builder()
+        .start()
+        .await
+        .context("cannot start the embedded emulator")?;
+    for file in &embedded.apply {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        emulator
+            .apply_yaml(&text)
+            .await
+            .with_context(|| format!("cannot apply {}", file.display()))?;
+    }
+    if let Some(path) = &embedded.kubeconfig {
+        emulator
+            .write_kubeconfig(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tracing::info!(target: "kopf.reactor", "The embedded cluster is serving at {}.", emulator.url());
+    let config = connection::config_from_yaml(&emulator.kubeconfig_yaml()).await?;
+    Ok((config, emulator))
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

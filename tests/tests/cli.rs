@@ -296,6 +296,7 @@ fn run_loads_plugins_and_stops_gracefully_on_sigterm() {
     let lib = plugin_path("fixture-raw-plugin").unwrap();
     let mut kopf = KopfProcess::spawn([
         "run".as_ref(),
+        "--embedded".as_ref(),
         "--standalone".as_ref(),
         "-n".as_ref(),
         "default".as_ref(),
@@ -313,7 +314,7 @@ fn run_loads_plugins_and_stops_gracefully_on_sigterm() {
         line.starts_with('[') && line.contains("] kopf.activities") && line.contains("[INFO    ]"),
         "{line}"
     );
-    kopf.wait_for_line("waiting for a signal", Duration::from_secs(30))
+    kopf.wait_for_line("The operator is ready", Duration::from_secs(30))
         .unwrap();
     kopf.signal("TERM").unwrap();
     let status = kopf.wait_exit(Duration::from_secs(30)).unwrap();
@@ -330,13 +331,14 @@ fn run_with_json_logs_and_sigint() {
     let lib = plugin_path("fixture-raw-plugin").unwrap();
     let mut kopf = KopfProcess::spawn([
         "run".as_ref(),
+        "--embedded".as_ref(),
         "--log-format=json".as_ref(),
         "-A".as_ref(),
         lib.as_os_str(),
     ])
     .unwrap();
     let line = kopf
-        .wait_for_line("waiting for a signal", Duration::from_secs(30))
+        .wait_for_line("The operator is ready", Duration::from_secs(30))
         .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(doc["severity"], "info");
@@ -381,18 +383,19 @@ fn run_options_come_from_kopf_run_env_vars() {
             ("KOPF_RUN_LOG_FORMAT", "json"),
             ("KOPF_RUN_NAMESPACE", "ns-*,!ns-x"),
             ("KOPF_RUN_STANDALONE", "1"),
+            ("KOPF_RUN_EMBEDDED", "1"),
         ],
     )
     .unwrap();
     let line = kopf
-        .wait_for_line("waiting for a signal", Duration::from_secs(30))
+        .wait_for_line("The operator is ready", Duration::from_secs(30))
         .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert!(
         doc["message"]
             .as_str()
             .unwrap()
-            .contains(r#"namespaces: ["ns-*,!ns-x"]"#),
+            .contains(r#"in namespaces matching ["ns-*", "!ns-x"]"#),
         "{line}"
     );
     kopf.signal("TERM").unwrap();

@@ -50,6 +50,18 @@ pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<Config,
     }
 }
 
+/// Reads a configuration from kubeconfig YAML text (e.g. an embedded emulator's).
+pub async fn config_from_yaml(yaml: &str) -> Result<Config, ConnectionError> {
+    let source = |source| ConnectionError::Kubeconfig {
+        path: "<embedded>".into(),
+        source,
+    };
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).map_err(source)?;
+    Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(source)
+}
+
 /// Builds a client from a configuration, with kopf's user agent.
 pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
     if let Ok(value) = HeaderValue::from_str(&user_agent()) {

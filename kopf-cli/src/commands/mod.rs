@@ -1,5 +1,6 @@
 //! The `kopf` subcommands.
 
+pub mod emulator;
 pub mod inspect;
 pub mod run;
 pub mod version;

@@ -32,6 +32,17 @@ pub enum NamespaceScope {
     Patterns(Vec<String>),
 }
 
+impl NamespaceScope {
+    /// A human-readable description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Clusterwide => "cluster-wide".into(),
+            Self::Names(names) => format!("in namespaces {names:?}"),
+            Self::Patterns(patterns) => format!("in namespaces matching {patterns:?}"),
+        }
+    }
+}
+
 /// A watch stream's identity: the resource and the namespace (`None` = cluster-wide).
 pub type StreamKey = (ResourcePath, Option<String>);
 
