@@ -55,6 +55,15 @@ pub enum Command {
     /// Serve a Kubernetes API emulator on loopback (a throw-away cluster for tests and demos).
     #[command(after_help = EXIT_CODES_HELP)]
     Emulator(crate::commands::emulator::EmulatorArgs),
+    /// Administer peering: list peers, freeze or resume operators, clean dead records.
+    #[command(hide = true, after_help = EXIT_CODES_HELP)]
+    Peering(crate::commands::peering::PeeringArgs),
+    /// Generate least-privilege RBAC for the plugins' handlers.
+    #[command(hide = true, after_help = EXIT_CODES_HELP)]
+    Rbac(crate::commands::rbac::RbacArgs),
+    /// Scaffold a new operator crate.
+    #[command(hide = true, after_help = EXIT_CODES_HELP)]
+    New(crate::commands::new::NewArgs),
 }
 
 /// `kopf run` arguments.
@@ -150,6 +159,13 @@ pub struct RunArgs {
         requires = "embedded"
     )]
     pub embedded_apply: Vec<PathBuf>,
+    /// Elect one active replica through this coordination.k8s.io/v1 Lease (`[NAMESPACE/]NAME`).
+    #[arg(long, value_name = "[NAMESPACE/]NAME", env = "KOPF_RUN_LEASE")]
+    pub lease: Option<String>,
+    /// Admission webhook server options.
+    #[command(flatten)]
+    pub webhooks: crate::admission::WebhookArgs,
+
     /// With --embedded: write the emulator's kubeconfig here, for kubectl.
     #[arg(
         long,
@@ -208,6 +224,10 @@ pub struct RunOptions {
     pub priority: i64,
     /// `-L/--liveness`: the probe endpoint URL.
     pub liveness_endpoint: Option<String>,
+    /// `--lease`: the Lease electing one active replica.
+    pub lease: Option<String>,
+    /// Admission webhook server options.
+    pub webhooks: crate::admission::WebhookArgs,
     /// `--embedded`: run against an in-process emulator, with these files applied and
     /// its kubeconfig written there (if given).
     pub embedded: Option<EmbeddedCluster>,
@@ -252,6 +272,8 @@ impl RunArgs {
             peering_name: self.peering.clone(),
             priority: if self.dev { DEV_PRIORITY } else { self.priority },
             liveness_endpoint: self.liveness.clone(),
+            lease: self.lease.clone(),
+            webhooks: self.webhooks.clone(),
             embedded: self.embedded.then(|| EmbeddedCluster {
                 apply: self.embedded_apply.clone(),
                 kubeconfig: self.embedded_kubeconfig.clone(),

@@ -6,12 +6,15 @@
 //! (the reactor); `cli`, `logging` and `commands` are the binary's edges.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod cli;
 pub mod clients;
 pub mod commands;
+pub mod engines;
 pub mod intents;
 pub mod logging;
 pub mod operator;
+pub mod peering;
 pub mod persistence;
 pub mod plugin;
 pub mod reactor;

@@ -15,7 +15,9 @@ fn main() -> ExitCode {
     let debug = match &cli.command {
         Command::Run(args) => args.debug,
         Command::Inspect(args) => args.debug,
-        Command::Version | Command::Emulator(_) => false,
+        Command::Version | Command::Emulator(_) | Command::New(_) => false,
+        Command::Peering(args) => args.debug,
+        Command::Rbac(args) => args.debug,
     };
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +71,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             write_stdout(&text)
         }
+        Command::Peering(args) => {
+            logging::init(&LogConfig::default())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(commands::peering::run(args))
+        }
+        Command::Rbac(args) => write_stdout(&commands::rbac::run(args)?),
+        Command::New(args) => commands::new::run(args),
         Command::Emulator(args) => {
             logging::init(&LogConfig::default())?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

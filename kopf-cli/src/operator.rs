@@ -25,6 +25,7 @@ use crate::{
     plugin::{CallerInfo, HandlerRef, HostServices, PluginSet},
     reactor::{
         orchestration::{NamespaceScope, Orchestrator, wanted_streams},
+        pausing::PauseToggles,
         processing::{ResourceProcessor, Shared},
         queueing::QueueSettings,
     },
@@ -45,9 +46,25 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
         }
         None => (connection::load_config(None).await?, None),
     };
-    let client = connection::make_client(config)?;
-    let settings = settings_from(&options);
+    let client = connection::make_client(config.clone())?;
     let stop = CancellationToken::new();
+    let toggles = PauseToggles::new();
+    let mut context = OperatorContext {
+        client: client.clone(),
+        config,
+        plugins: plugins.clone(),
+        settings: settings_from(&options),
+        options: options.clone(),
+        toggles: toggles.clone(),
+        stop: stop.clone(),
+    };
+
+    // Operator-level activities first: startup handlers may adjust the settings.
+    context.settings = crate::engines::activities::run_startup(&context).await?;
+    let settings = context.settings.clone();
+    crate::engines::probing::start(&context).await?;
+    crate::peering::start(&context).await?;
+    crate::admission::start(&context).await?;
 
     let services = Arc::new(EngineServices::start(client.clone(), &settings, stop.clone()));
     plugins.set_services(services);
@@ -68,6 +85,7 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
     });
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
+    reactor.paused = toggles.is_paused();
     reactor
         .rescan()
         .await
@@ -120,9 +138,22 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
     }
 
     let mut rescan_at: Option<tokio::time::Instant> = None;
+    let mut pauses = toggles.subscribe();
     let signal = loop {
         tokio::select! {
             signal = signals.recv() => break signal,
+            Ok(()) = pauses.changed() => {
+                let reasons = pauses.borrow_and_update().clone();
+                if reasons.is_empty() && reactor.paused {
+                    tracing::info!(target: "kopf.reactor", "Resuming operations.");
+                    reactor.paused = false;
+                    reactor.reconcile_streams().await;
+                } else if !reasons.is_empty() && !reactor.paused {
+                    tracing::info!(target: "kopf.reactor", "Pausing operations: {reasons:?}.");
+                    reactor.paused = true;
+                    reactor.orchestrator.stop_all().await;
+                }
+            }
             Some(item) = crd_rx.recv() => {
                 // Debounce bursts of CRD events into one re-discovery.
                 if matches!(item, WatchItem::Event(..) | WatchItem::ListDone) && rescan_at.is_none() {
@@ -141,7 +172,28 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
     stop.cancel();
     reactor.orchestrator.stop_all().await;
+    crate::engines::activities::run_cleanup(&context).await;
     Ok(())
+}
+
+/// What the operator-level parts (activities, probes, peering, admission, ...) share.
+/// Each part's `start` spawns its tasks, which end when `stop` is cancelled.
+#[derive(Clone)]
+pub struct OperatorContext {
+    /// The API client.
+    pub client: Client,
+    /// The configuration the client was built from (for plugins' own clients).
+    pub config: kube::Config,
+    /// The loaded plugins.
+    pub plugins: PluginSet,
+    /// The settings in force (after startup handlers).
+    pub settings: OperatorSettings,
+    /// The command-line options.
+    pub options: RunOptions,
+    /// Pause toggles: peering and lease set theirs; any pauses the watch streams.
+    pub toggles: PauseToggles,
+    /// Cancelled when the operator stops.
+    pub stop: CancellationToken,
 }
 
 /// Starts the in-process emulator of `--embedded`, applies the files, writes the
@@ -232,6 +284,8 @@ struct Reactor {
     namespaces: BTreeSet<String>,
     /// Namespaces seen during the current namespace listing.
     listing: Option<BTreeSet<String>>,
+    /// Whether the operator is paused (no watch streams run).
+    paused: bool,
 }
 
 impl Reactor {
@@ -268,6 +322,7 @@ impl Reactor {
             served: BTreeMap::new(),
             namespaces: BTreeSet::new(),
             listing: None,
+            paused: false,
         }
     }
 
@@ -335,6 +390,9 @@ impl Reactor {
 
     /// Starts the streams that should run and stops those that should not.
     async fn reconcile_streams(&mut self) {
+        if self.paused {
+            return;
+        }
         let mut wanted = Vec::new();
         for (resource, processor) in self.served.values() {
             let path = ResourcePath {
@@ -403,7 +461,7 @@ impl Reactor {
                 }
             }
         };
-        if changed {
+        if changed && !self.paused {
             let wanted: Vec<_> = self
                 .served
                 .values()

@@ -2,6 +2,9 @@
 
 pub mod emulator;
 pub mod inspect;
+pub mod new;
+pub mod peering;
+pub mod rbac;
 pub mod run;
 pub mod version;
 

@@ -2,5 +2,6 @@
 
 pub mod execution;
 pub mod orchestration;
+pub mod pausing;
 pub mod processing;
 pub mod queueing;
