@@ -24,6 +24,7 @@ use crate::{
     },
     plugin::{CallerInfo, HandlerRef, HostServices, PluginSet},
     reactor::{
+        daemons::StopRegistry,
         orchestration::{NamespaceScope, Orchestrator, wanted_streams},
         pausing::PauseToggles,
         processing::{ResourceProcessor, Shared},
@@ -66,7 +67,14 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
     crate::peering::start(&context).await?;
     crate::admission::start(&context).await?;
 
-    let services = Arc::new(EngineServices::start(client.clone(), &settings, stop.clone()));
+    let stops = Arc::new(StopRegistry::default());
+    let services = Arc::new(EngineServices::start(
+        client.clone(),
+        &settings,
+        stop.clone(),
+        stops.clone(),
+        &context.config,
+    ));
     plugins.set_services(services);
     let shared = Arc::new(Shared {
         client: client.clone(),
@@ -82,6 +90,8 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
             Vec::new(),
         )?,
         settings: settings.clone(),
+        stops: stops.clone(),
+        exiting: stop.clone(),
     });
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
@@ -486,11 +496,21 @@ impl Reactor {
 struct EngineServices {
     events: Option<mpsc::UnboundedSender<Value>>,
     reporter: events::Reporter,
+    stops: Arc<StopRegistry>,
+    /// The answer to `client.config`: the operator's connection settings for plugins.
+    client_config: Value,
 }
 
 impl EngineServices {
     /// Starts the event poster (a background task) and returns the services.
-    fn start(client: Client, settings: &OperatorSettings, stop: CancellationToken) -> Self {
+    fn start(
+        client: Client,
+        settings: &OperatorSettings,
+        stop: CancellationToken,
+        stops: Arc<StopRegistry>,
+        config: &kube::Config,
+    ) -> Self {
+        let client_config = client_config_json(config);
         let reporter = events::Reporter {
             component: settings.posting.reporting_component.clone(),
             instance: settings.posting.reporting_instance.clone(),
@@ -500,6 +520,8 @@ impl EngineServices {
             return Self {
                 events: None,
                 reporter,
+                stops,
+                client_config,
             };
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
@@ -522,8 +544,33 @@ impl EngineServices {
         Self {
             events: Some(tx),
             reporter,
+            stops,
+            client_config,
         }
     }
+}
+
+/// The operator's connection settings as plugins' own kube clients need them (the SDK's
+/// `client` feature reads this): cluster URL, default namespace, CA certificates (base64
+/// DER), TLS options, proxy, and the kubeconfig user entry (token, client certificate and
+/// key, token file, exec plugin...).
+fn client_config_json(config: &kube::Config) -> Value {
+    use base64::Engine as _;
+    let root_cert = config.root_cert.as_ref().map(|certs| {
+        certs
+            .iter()
+            .map(|der| base64::engine::general_purpose::STANDARD.encode(der))
+            .collect::<Vec<_>>()
+    });
+    serde_json::json!({
+        "cluster_url": config.cluster_url.to_string(),
+        "default_namespace": config.default_namespace,
+        "root_cert": root_cert,
+        "accept_invalid_certs": config.accept_invalid_certs,
+        "tls_server_name": config.tls_server_name,
+        "proxy_url": config.proxy_url.as_ref().map(ToString::to_string),
+        "auth_info": serde_json::to_value(&config.auth_info).unwrap_or(Value::Null),
+    })
 }
 
 impl HostServices for EngineServices {
@@ -553,6 +600,17 @@ impl HostServices for EngineServices {
                 }
                 Ok("{}".into())
             }
+            host_methods::DAEMON_STOPPED | host_methods::DAEMON_WAIT => {
+                let payload: Value = serde_json::from_str(payload)
+                    .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: {e}")))?;
+                let Some(call_id) = payload.get("call_id").and_then(Value::as_u64) else {
+                    return Err(Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: no call_id")));
+                };
+                let wait = (method == host_methods::DAEMON_WAIT)
+                    .then(|| payload.get("timeout").and_then(Value::as_f64).map(crate::settings::seconds));
+                Ok(self.stops.answer(call_id, wait).to_string())
+            }
+            host_methods::CLIENT_CONFIG => Ok(self.client_config.to_string()),
             other => Err(Failure::new(
                 FailureKind::UNSUPPORTED,
                 format!("host method {other:?} is not supported yet"),

@@ -285,6 +285,13 @@ impl HandlerRef {
 /// A process-wide source of call ids for submitted calls.
 static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A fresh, process-wide unique call id: for callers that must know a submitted call's id
+/// before submitting it (daemons register their stop flags under it). Pass it as
+/// `Invocation::call_id` to [`PluginSet::invoke_submitted`].
+pub fn next_call_id() -> u64 {
+    NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Removes a pending submitted call and cancels it in the plugin if the waiting future
 /// is dropped before the outcome arrives.
 struct PendingGuard<'a> {
@@ -427,14 +434,14 @@ impl PluginSet {
     /// the call and the outcome it then reports (often [`kopf_abi::FailureKind::CANCELLED`]) is
     /// returned. Dropping the future also cancels the call in the plugin.
     ///
-    /// The invocation's `call_id` is set to the id of this call.
+    /// The invocation's `call_id` is used if set (see [`next_call_id`]), else a fresh one.
     pub async fn invoke_submitted(
         &self,
         handler: &HandlerRef,
         inv: &Invocation,
         cancel: &CancellationToken,
     ) -> Result<Outcome, PluginError> {
-        let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
+        let call_id = inv.call_id.unwrap_or_else(next_call_id);
         let mut inv = inv.clone();
         inv.call_id = Some(call_id);
         let payload = handler.encode(&inv)?;

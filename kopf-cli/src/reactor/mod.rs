@@ -1,5 +1,6 @@
 //! The reactor: from watch streams to per-object processing.
 
+pub mod daemons;
 pub mod execution;
 pub mod orchestration;
 pub mod pausing;

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
+    daemons::{Background, StopReason, StopRegistry},
     execution::{self, Attempt, Decision},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
 };
@@ -60,6 +61,10 @@ pub struct Shared {
     pub progress: ProgressStorage,
     /// Where the diff-base lives.
     pub diffbase: DiffBaseStorage,
+    /// Stop flags of running daemons, for the `daemon.*` host methods.
+    pub stops: Arc<StopRegistry>,
+    /// Cancelled when the operator exits (as opposed to pausing).
+    pub exiting: tokio_util::sync::CancellationToken,
 }
 
 /// The processor of one served resource.
@@ -74,6 +79,8 @@ pub struct ResourceProcessor {
     finalizing: Vec<HandlerRef>,
     /// `field=` paths of all handlers, kept in the essence (Kopf's "extra fields").
     extra_fields: Vec<FieldPath>,
+    /// Daemons and timers of this resource's objects.
+    background: Background,
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -90,6 +97,8 @@ pub struct ObjectMemory {
     awaited: Option<(String, Instant)>,
     /// Consecutive unexpected errors (for throttling).
     errors: usize,
+    /// The essence last seen (to tell idle timers about changes).
+    essence: Option<Value>,
 }
 
 /// The result of one changing cycle.
@@ -136,6 +145,7 @@ impl ResourceProcessor {
             .collect();
         extra_fields.sort();
         extra_fields.dedup();
+        let background = Background::new(shared.clone(), resource.clone(), handlers, shared.stops.clone());
         Self {
             shared,
             resource,
@@ -143,6 +153,7 @@ impl ResourceProcessor {
             watching,
             finalizing,
             extra_fields,
+            background,
             handled: Default::default(),
         }
     }
@@ -397,6 +408,13 @@ impl ResourceProcessor {
             }
             state.purge(&shared.progress, body, patch, all_ids.iter().copied());
             self.mark_handled(memory, body);
+            if cause.reason == Reason::Delete && self.background.alive(body) {
+                // Daemons and timers are still exiting: keep the finalizer, look again soon.
+                return Cycle {
+                    delay: Some(0.5),
+                    ..Default::default()
+                };
+            }
             if cause.reason == Reason::Delete {
                 let others = body
                     .pointer("/metadata/finalizers")
@@ -582,6 +600,14 @@ impl ObjectProcessor for ResourceProcessor {
 
     async fn process(&self, memory: &mut ObjectMemory, events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
         if wakeup == Wakeup::Stopping {
+            if let Some(body) = &memory.body {
+                let reason = if self.shared.exiting.is_cancelled() {
+                    StopReason::OperatorExiting
+                } else {
+                    StopReason::OperatorPausing
+                };
+                self.background.stop_object(body, reason).await;
+            }
             return Verdict::default();
         }
         if memory
@@ -601,6 +627,7 @@ impl ObjectProcessor for ResourceProcessor {
                 if let Some(uid) = text(&last.body, "/metadata/uid") {
                     self.handled.lock().remove(uid);
                 }
+                self.background.forget(&last.body);
                 *memory = ObjectMemory::default();
                 return Verdict::default();
             }
@@ -636,6 +663,7 @@ impl ObjectProcessor for ResourceProcessor {
         let Some(mut body) = memory.body.clone() else {
             return Verdict::default();
         };
+        self.adjust_background(memory, &body).await;
 
         // Cycles: a finalizer change is persisted before handlers run, then go on.
         let mut delay = None;
@@ -697,6 +725,25 @@ impl ResourceProcessor {
             wake_at: memory.awaited.as_ref().map(|(_, deadline)| *deadline),
             keep_alive: false,
         }
+    }
+
+    /// Spawns, keeps or stops the object's daemons and timers for its newest state.
+    async fn adjust_background(&self, memory: &mut ObjectMemory, body: &Value) {
+        if self.background.handlers().is_empty() {
+            return;
+        }
+        let essence = self.shared.diffbase.essence(&self.shared.progress, body, &self.extra_fields);
+        let changed = memory.essence.as_ref() != Some(&essence);
+        memory.essence = Some(essence);
+        let inv = self.base_invocation(body);
+        let subject = FilterSubject { body, essences: None };
+        let mut matching = Vec::new();
+        for handler in self.background.handlers() {
+            if self.matches(handler, &subject, false, &inv).await {
+                matching.push(handler.id().to_owned());
+            }
+        }
+        self.background.adjust(body, &matching, changed);
     }
 
     fn mark_handled(&self, memory: &mut ObjectMemory, body: &Value) {

@@ -1,0 +1,530 @@
+//! Daemons and timers: background tasks per (object, handler), as Kopf's `daemons.py`.
+//!
+//! A daemon runs once per matching object for as long as the object exists and matches;
+//! it restarts after temporary errors and is "done forever" (in this process) after it
+//! returns or fails permanently. A timer invokes its handler every `interval` seconds
+//! (optionally only after the object was unchanged for `idle` seconds, optionally aligned
+//! to the interval grid with `sharp`), never overlapping itself.
+//!
+//! Stopping (object deleted, filters no longer matching, operator pausing or exiting) sets
+//! the task's stop flag, which the handler sees through `ctx.stopped()`; then, after
+//! `cancellation_backoff`, an async daemon is cancelled, and after `cancellation_timeout`
+//! the task is abandoned. While a deleted object's daemons run, the finalizer stays.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use kopf_abi::protocol::{HandlerKind, Invocation};
+use parking_lot::{Condvar, Mutex};
+use serde_json::{Value, json};
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    execution::{self, Attempt, Decision},
+    processing::Shared,
+};
+use crate::{
+    clients::patching,
+    persistence::times::Timestamp,
+    plugin::{HandlerRef, next_call_id},
+    settings::seconds,
+    structs::{patches::Patch, references::Resource},
+};
+
+/// Why a daemon or timer is asked to stop (Kopf's `DaemonStoppingReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The object was deleted.
+    ResourceDeleted,
+    /// The object no longer matches the handler's filters.
+    FiltersMismatch,
+    /// The operator pauses (peering).
+    OperatorPausing,
+    /// The operator exits.
+    OperatorExiting,
+}
+
+impl StopReason {
+    /// Kopf's name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ResourceDeleted => "RESOURCE_DELETED",
+            Self::FiltersMismatch => "FILTERS_MISMATCH",
+            Self::OperatorPausing => "OPERATOR_PAUSING",
+            Self::OperatorExiting => "OPERATOR_EXITING",
+        }
+    }
+}
+
+/// A stop flag that both async code (the engine) and blocking plugin threads (through
+/// the `daemon.wait` host call) can wait on.
+#[derive(Debug, Default)]
+pub struct StopFlag {
+    reason: Mutex<Option<StopReason>>,
+    changed: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+impl StopFlag {
+    /// Sets the flag (the first reason wins) and wakes every waiter.
+    pub fn set(&self, reason: StopReason) {
+        let mut current = self.reason.lock();
+        if current.is_none() {
+            *current = Some(reason);
+        }
+        self.changed.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    /// The reason, if the flag is set.
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock()
+    }
+
+    /// Blocks the calling (non-async) thread until set or `timeout` passes.
+    pub fn wait_blocking(&self, timeout: Option<Duration>) -> Option<StopReason> {
+        let mut current = self.reason.lock();
+        match timeout {
+            Some(timeout) => {
+                let deadline = std::time::Instant::now() + timeout;
+                while current.is_none() {
+                    if self.changed.wait_until(&mut current, deadline).timed_out() {
+                        break;
+                    }
+                }
+            }
+            None => {
+                while current.is_none() {
+                    self.changed.wait(&mut current);
+                }
+            }
+        }
+        *current
+    }
+
+    /// Sleeps for `duration` unless the flag is set first; returns whether it is set.
+    pub async fn sleep(&self, duration: Duration) -> bool {
+        let notified = self.notify.notified();
+        if self.reason().is_some() {
+            return true;
+        }
+        tokio::select! {
+            _ = notified => true,
+            _ = tokio::time::sleep(duration) => self.reason().is_some(),
+        }
+    }
+}
+
+/// Stop flags of running daemon calls by call id, for the `daemon.*` host methods.
+#[derive(Debug, Default)]
+pub struct StopRegistry {
+    flags: Mutex<HashMap<u64, Arc<StopFlag>>>,
+}
+
+impl StopRegistry {
+    fn register(&self, call_id: u64, flag: Arc<StopFlag>) {
+        self.flags.lock().insert(call_id, flag);
+    }
+
+    fn unregister(&self, call_id: u64) {
+        self.flags.lock().remove(&call_id);
+    }
+
+    /// Answers `daemon.stopped` / `daemon.wait`: `{"stopped": bool, "reason": ...}`.
+    pub fn answer(&self, call_id: u64, wait: Option<Option<Duration>>) -> Value {
+        let flag = self.flags.lock().get(&call_id).cloned();
+        let reason = match (flag, wait) {
+            // An unknown call is not a running daemon: tell it to stop.
+            (None, _) => return json!({"stopped": true, "reason": "DONE"}),
+            (Some(flag), None) => flag.reason(),
+            (Some(flag), Some(timeout)) => flag.wait_blocking(timeout),
+        };
+        json!({"stopped": reason.is_some(), "reason": reason.map(StopReason::as_str)})
+    }
+}
+
+/// The live state of one object that its daemons and timers read.
+#[derive(Debug, Clone)]
+struct Live {
+    body: Arc<Value>,
+    /// When the object's essence last changed (for idle timers).
+    changed_at: Instant,
+}
+
+struct Running {
+    stop: Arc<StopFlag>,
+    cancel: CancellationToken,
+    done: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct ObjectTasks {
+    live: Option<watch::Sender<Live>>,
+    running: HashMap<String, Running>,
+    /// Handlers that returned or failed permanently: not restarted in this process.
+    finished: HashSet<String>,
+}
+
+/// The daemons and timers of one resource's objects.
+pub struct Background {
+    shared: Arc<Shared>,
+    resource: Resource,
+    handlers: Vec<HandlerRef>,
+    registry: Arc<StopRegistry>,
+    objects: Arc<Mutex<HashMap<String, ObjectTasks>>>,
+}
+
+fn uid_of(body: &Value) -> Option<&str> {
+    body.pointer("/metadata/uid").and_then(Value::as_str)
+}
+
+impl Background {
+    /// The background tasks for `handlers` (only daemons and timers are kept).
+    pub fn new(shared: Arc<Shared>, resource: Resource, handlers: &[HandlerRef], registry: Arc<StopRegistry>) -> Self {
+        let handlers =
+            handlers.iter().filter(|h| matches!(h.kind(), HandlerKind::Daemon | HandlerKind::Timer)).cloned().collect();
+        Self { shared, resource, handlers, registry, objects: Arc::default() }
+    }
+
+    /// The daemon and timer handlers served.
+    pub fn handlers(&self) -> &[HandlerRef] {
+        &self.handlers
+    }
+
+    /// Brings the object's tasks in line with its newest state: spawns those that match
+    /// and are not running, stops those that no longer match (`matching` lists the ids
+    /// of the handlers whose filters match now), and stops all on deletion.
+    pub fn adjust(&self, body: &Value, matching: &[String], essence_changed: bool) {
+        let Some(uid) = uid_of(body) else { return };
+        let deleting = body.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+        let mut objects = self.objects.lock();
+        let tasks = objects.entry(uid.to_owned()).or_default();
+        let now = Instant::now();
+        match &tasks.live {
+            Some(live) => live.send_modify(|l| {
+                l.body = Arc::new(body.clone());
+                if essence_changed {
+                    l.changed_at = now;
+                }
+            }),
+            None => tasks.live = Some(watch::Sender::new(Live { body: Arc::new(body.clone()), changed_at: now })),
+        }
+        tasks.running.retain(|_, r| !*r.done.borrow());
+        for handler in &self.handlers {
+            let id = handler.id();
+            let wanted = !deleting && matching.iter().any(|m| m == id) && !tasks.finished.contains(id);
+            match (tasks.running.get(id), wanted) {
+                (Some(running), false) => {
+                    let reason = if deleting { StopReason::ResourceDeleted } else { StopReason::FiltersMismatch };
+                    self.stop_one(handler, running, reason);
+                }
+                (None, true) => {
+                    let Some(live) = tasks.live.as_ref().map(watch::Sender::subscribe) else { continue };
+                    let running = self.spawn(handler.clone(), live, uid.to_owned());
+                    tasks.running.insert(id.to_owned(), running);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether any task of the object still runs (the finalizer must stay).
+    pub fn alive(&self, body: &Value) -> bool {
+        let Some(uid) = uid_of(body) else { return false };
+        let mut objects = self.objects.lock();
+        let Some(tasks) = objects.get_mut(uid) else { return false };
+        tasks.running.retain(|_, r| !*r.done.borrow());
+        !tasks.running.is_empty()
+    }
+
+    /// Forgets an object that is gone (its tasks were stopped before).
+    pub fn forget(&self, body: &Value) {
+        if let Some(uid) = uid_of(body) {
+            let removed = self.objects.lock().remove(uid);
+            for (id, running) in removed.map(|t| t.running).unwrap_or_default() {
+                if let Some(handler) = self.handlers.iter().find(|h| h.id() == id) {
+                    self.stop_one(handler, &running, StopReason::ResourceDeleted);
+                }
+            }
+        }
+    }
+
+    /// Stops the object's tasks (operator pausing or exiting) and waits for them a little;
+    /// the object's state is forgotten (tasks are re-spawned after a resume's re-listing).
+    pub async fn stop_object(&self, body: &Value, reason: StopReason) {
+        let Some(uid) = uid_of(body) else { return };
+        let Some(tasks) = self.objects.lock().remove(uid) else { return };
+        let mut waits = Vec::new();
+        for (id, running) in tasks.running {
+            if let Some(handler) = self.handlers.iter().find(|h| *h.id() == id) {
+                self.stop_one(handler, &running, reason);
+            }
+            waits.push(running.done);
+        }
+        for mut done in waits {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+        }
+    }
+
+    /// Signals one task to stop and escalates per the handler's cancellation settings.
+    fn stop_one(&self, handler: &HandlerRef, running: &Running, reason: StopReason) {
+        if running.stop.reason().is_some() {
+            return;
+        }
+        running.stop.set(reason);
+        let options = &handler.spec().options;
+        let backoff = options.cancellation_backoff.map(seconds).unwrap_or_default();
+        let timeout = options.cancellation_timeout.map(seconds);
+        let cancel = running.cancel.clone();
+        let mut done = running.done.clone();
+        let id = handler.id().to_owned();
+        tokio::spawn(async move {
+            if tokio::time::timeout(backoff, done.wait_for(|d| *d)).await.is_ok() {
+                return;
+            }
+            let Some(timeout) = timeout else {
+                return; // No timeout: wait for the daemon to exit by itself, however long.
+            };
+            tracing::debug!(target: "kopf.objects", "Daemon {id:?} did not exit in time; cancelling it.");
+            cancel.cancel();
+            if tokio::time::timeout(timeout, done.wait_for(|d| *d)).await.is_err() {
+                tracing::warn!(target: "kopf.objects", "Daemon {id:?} did not exit after cancellation; abandoning it.");
+            }
+        });
+    }
+
+    fn spawn(&self, handler: HandlerRef, live: watch::Receiver<Live>, uid: String) -> Running {
+        let stop = Arc::new(StopFlag::default());
+        let cancel = CancellationToken::new();
+        let (done_tx, done) = watch::channel(false);
+        let task = Task {
+            shared: self.shared.clone(),
+            resource: self.resource.clone(),
+            handler,
+            live,
+            stop: stop.clone(),
+            cancel: cancel.clone(),
+            registry: self.registry.clone(),
+        };
+        let objects = Arc::downgrade(&self.objects);
+        tokio::spawn(async move {
+            let id = task.handler.id().to_owned();
+            if task.run().await
+                && let Some(objects) = objects.upgrade()
+                && let Some(tasks) = objects.lock().get_mut(&uid)
+            {
+                // Returned or failed permanently: not restarted in this process.
+                tasks.finished.insert(id);
+            }
+            let _ = done_tx.send(true);
+        });
+        Running { stop, cancel, done }
+    }
+
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    resource: Resource,
+    handler: HandlerRef,
+    live: watch::Receiver<Live>,
+    stop: Arc<StopFlag>,
+    cancel: CancellationToken,
+    registry: Arc<StopRegistry>,
+}
+
+impl Task {
+    /// Runs the daemon or timer until stopped; returns true when it is done forever.
+    async fn run(self) -> bool {
+        let options = self.handler.spec().options.clone();
+        if let Some(delay) = options.initial_delay
+            && self.stop.sleep(seconds(delay)).await
+        {
+            return false;
+        }
+        let started = Timestamp::now();
+        let started_at = Instant::now();
+        let mut retries: u32 = 0;
+        let is_timer = self.handler.kind() == HandlerKind::Timer;
+        loop {
+            if self.stop.reason().is_some() {
+                return false;
+            }
+            if is_timer && let Some(idle) = options.idle {
+                // Wait until the object has been unchanged for `idle` seconds.
+                let idle = seconds(idle);
+                loop {
+                    let since = self.live.borrow().changed_at.elapsed();
+                    if since >= idle {
+                        break;
+                    }
+                    if self.stop.sleep(idle - since).await {
+                        return false;
+                    }
+                }
+            }
+            let tick = Instant::now();
+            let attempt = Attempt { retries, runtime: started_at.elapsed().as_secs_f64() };
+            let decision = match execution::precheck(self.handler.spec(), attempt) {
+                Some(decision) => decision,
+                None => self.invoke(attempt, &started).await,
+            };
+            let delay = match decision {
+                Decision::Success if is_timer => {
+                    retries = 0;
+                    match options.interval {
+                        Some(interval) if options.sharp.unwrap_or(false) => {
+                            let elapsed = tick.elapsed().as_secs_f64();
+                            interval - (elapsed % interval)
+                        }
+                        Some(interval) => interval,
+                        None if options.idle.is_some() => {
+                            // Idle-only timers wait for the next change, then idle again.
+                            let mut live = self.live.clone();
+                            let before = live.borrow().changed_at;
+                            loop {
+                                tokio::select! {
+                                    changed = live.changed() => if changed.is_err() { return false },
+                                    _ = self.stop.sleep(Duration::from_secs(3600)) => return false,
+                                }
+                                if live.borrow().changed_at != before {
+                                    break;
+                                }
+                            }
+                            0.0
+                        }
+                        None => return true, // A one-shot timer.
+                    }
+                }
+                Decision::Success | Decision::Failure { .. } => return true,
+                Decision::Retry { delay, .. } => {
+                    retries += 1;
+                    delay
+                }
+            };
+            if self.stop.sleep(seconds(delay)).await {
+                return false;
+            }
+        }
+    }
+
+    async fn invoke(&self, attempt: Attempt, started: &Timestamp) -> Decision {
+        let body = self.live.borrow().body.clone();
+        let call_id = next_call_id();
+        let inv = Invocation {
+            body: Some((*body).clone()),
+            resource: Some(self.resource.info()),
+            retry: attempt.retries,
+            runtime: attempt.runtime,
+            started: Some(started.to_string()),
+            param: self.handler.spec().options.param.clone(),
+            call_id: Some(call_id),
+            ..Default::default()
+        };
+        self.registry.register(call_id, self.stop.clone());
+        let outcome = self.shared.plugins.invoke_submitted(&self.handler, &inv, &self.cancel).await;
+        self.registry.unregister(call_id);
+        let reference = object_ref(&body);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} could not run: {error}", self.handler.kind(), self.handler.id());
+                return Decision::Retry {
+                    delay: self.shared.settings.execution.default_backoff,
+                    message: error.to_string(),
+                };
+            }
+        };
+        let decision =
+            execution::decide(self.handler.spec(), attempt, &outcome, self.shared.settings.execution.default_backoff);
+        let mut patch = Patch::new();
+        if let Some(p) = &outcome.patch {
+            patch.merge_from(p);
+        }
+        if decision == Decision::Success
+            && let Some(result) = outcome.result.as_ref().filter(|r| !r.is_null())
+        {
+            patch.deliver_result(self.handler.id(), result);
+        }
+        match &decision {
+            Decision::Success => {
+                tracing::debug!(target: "kopf.objects", "[{reference}] {} {:?} succeeded.", self.handler.kind(), self.handler.id())
+            }
+            Decision::Retry { delay, message } => {
+                tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} failed temporarily: {message}; retrying in {delay}s.", self.handler.kind(), self.handler.id())
+            }
+            Decision::Failure { message } => {
+                tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} failed permanently: {message}", self.handler.kind(), self.handler.id())
+            }
+        }
+        if !patch.is_empty() {
+            self.apply(&body, &patch).await;
+        }
+        decision
+    }
+
+    async fn apply(&self, body: &Value, patch: &Patch) {
+        let namespace = body.pointer("/metadata/namespace").and_then(Value::as_str);
+        let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str) else { return };
+        let requests = patch.requests(self.resource.has_status_subresource());
+        for (merge, sub) in [(requests.body, None), (requests.status, Some("status"))] {
+            let Some(merge) = merge else { continue };
+            let url = self.resource.url(namespace, Some(name), sub);
+            if let Err(error) = patching::patch(&self.shared.client, &url, patching::PatchType::Merge, &merge).await
+                && !error.is_not_found()
+            {
+                tracing::warn!(target: "kopf.objects", "[{}] Patching after {:?} failed: {error}", object_ref(body), self.handler.id());
+            }
+        }
+    }
+}
+
+fn object_ref(body: &Value) -> String {
+    let text = |p: &str| body.pointer(p).and_then(Value::as_str);
+    match (text("/metadata/namespace"), text("/metadata/name")) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.to_owned(),
+        _ => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_flags_wake_async_and_blocking_waiters() {
+        let flag = Arc::new(StopFlag::default());
+        let blocking = {
+            let flag = flag.clone();
+            std::thread::spawn(move || flag.wait_blocking(Some(Duration::from_secs(10))))
+        };
+        let sleeper = {
+            let flag = flag.clone();
+            tokio::spawn(async move { flag.sleep(Duration::from_secs(10)).await })
+        };
+        tokio::task::yield_now().await;
+        flag.set(StopReason::ResourceDeleted);
+        flag.set(StopReason::OperatorExiting);
+        assert!(sleeper.await.unwrap());
+        assert_eq!(blocking.join().unwrap(), Some(StopReason::ResourceDeleted));
+        assert_eq!(flag.wait_blocking(Some(Duration::ZERO)), Some(StopReason::ResourceDeleted));
+    }
+
+    #[test]
+    fn registry_answers_for_known_and_unknown_calls() {
+        let registry = StopRegistry::default();
+        let flag = Arc::new(StopFlag::default());
+        registry.register(7, flag.clone());
+        assert_eq!(registry.answer(7, None)["stopped"], false);
+        assert_eq!(registry.answer(7, Some(Some(Duration::from_millis(1))))["stopped"], false);
+        flag.set(StopReason::FiltersMismatch);
+        assert_eq!(registry.answer(7, None), json!({"stopped": true, "reason": "FILTERS_MISMATCH"}));
+        registry.unregister(7);
+        assert_eq!(registry.answer(7, None)["stopped"], true);
+    }
+}
