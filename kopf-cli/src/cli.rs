@@ -56,7 +56,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Emulator(crate::commands::emulator::EmulatorArgs),
     /// Administer peering: list peers, freeze or resume operators, clean dead records.
-    #[command(hide = true, after_help = EXIT_CODES_HELP)]
+    #[command(after_help = EXIT_CODES_HELP)]
     Peering(crate::commands::peering::PeeringArgs),
     /// Generate least-privilege RBAC for the plugins' handlers.
     #[command(hide = true, after_help = EXIT_CODES_HELP)]

@@ -183,6 +183,7 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
     stop.cancel();
     reactor.orchestrator.stop_all().await;
     crate::engines::activities::run_cleanup(&context).await;
+    crate::peering::shutdown(&context).await;
     Ok(())
 }
 

@@ -1,0 +1,625 @@
+//! The running side of Kopf peering: keep-alives in the peering object(s), watching
+//! them, and turning the `"peering"` pause toggle on and off.
+//!
+//! One target per peering object: the cluster-wide `ClusterKopfPeering` (with `-A`), or a
+//! `KopfPeering` in each served namespace (with `-n`). The operator pauses while any
+//! target says so (Kopf's `operator_paused` toggle set).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
+
+use kube::Client;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    PEERING_TOGGLE,
+    records::{self, Peer},
+    resources::{self, PeeringResource, Scope},
+};
+use crate::{
+    clients::{
+        ApiError, patching,
+        watching::{EventType, WatchItem, WatchSettings, watch_continuously},
+    },
+    reactor::pausing::PauseToggles,
+    settings::PeeringSettings,
+    structs::references::{self, NamespacePattern},
+};
+
+/// How long the exit steps wait for [`super::shutdown`] after the stop (then give up).
+const EXIT_GRACE: Duration = Duration::from_secs(300);
+/// How often namespace patterns are re-listed (for `KopfPeering` per namespace).
+const NAMESPACE_REFRESH: Duration = Duration::from_secs(30);
+
+/// What the peering tasks need to know.
+#[derive(Debug, Clone)]
+pub struct PeeringConfig {
+    /// This operator's identity (the key of its record).
+    pub identity: String,
+    /// `settings.peering`: name, priority, lifetime, mandatory, stealth.
+    pub settings: PeeringSettings,
+    /// Use the `ClusterKopfPeering`; else a `KopfPeering` per namespace.
+    pub clusterwide: bool,
+    /// `-n` values (names or patterns, possibly comma-separated), for the namespaced mode.
+    pub namespaces: Vec<String>,
+}
+
+impl PeeringConfig {
+    fn scope(&self) -> Scope {
+        if self.clusterwide {
+            Scope::Cluster
+        } else {
+            Scope::Namespaced
+        }
+    }
+
+    fn patterns(&self) -> Vec<NamespacePattern> {
+        self.namespaces
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(NamespacePattern::new)
+            .collect()
+    }
+
+    /// Kopf's keep-alive period: `min(lifetime, max(1, lifetime - rand(5..=10)))`.
+    fn keepalive_period(&self) -> Duration {
+        let lifetime = self.settings.lifetime.max(1);
+        let jitter: u64 = rand::random_range(5..=10);
+        Duration::from_secs(lifetime.min(lifetime.saturating_sub(jitter).max(1)))
+    }
+}
+
+/// Which targets currently want the operator paused; drives the `"peering"` toggle.
+#[derive(Debug, Clone)]
+pub struct PauseBoard {
+    toggles: PauseToggles,
+    paused: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl PauseBoard {
+    /// A board over the operator's toggles.
+    pub fn new(toggles: PauseToggles) -> Self {
+        Self {
+            toggles,
+            paused: Arc::default(),
+        }
+    }
+
+    /// Records one target's wish; the toggle is on while any target wants a pause.
+    pub fn set(&self, target: &str, paused: bool) {
+        let mut set = self.paused.lock();
+        if paused {
+            set.insert(target.to_owned());
+        } else {
+            set.remove(target);
+        }
+        self.toggles.set(PEERING_TOGGLE, !set.is_empty());
+    }
+
+    /// Whether a target wants a pause.
+    pub fn is_set(&self, target: &str) -> bool {
+        self.paused.lock().contains(target)
+    }
+}
+
+/// Spawns the peering supervisor. The returned future resolves after the first decision
+/// (or when peering turns out to be unavailable); the task ends after `release` (or
+/// [`EXIT_GRACE`] after `stop`), having removed this operator's records.
+pub fn spawn(
+    client: Client,
+    config: PeeringConfig,
+    toggles: PauseToggles,
+    stop: CancellationToken,
+    release: CancellationToken,
+) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let board = PauseBoard::new(toggles);
+    let task = tokio::spawn(supervise(client, config, board, stop, release, ready_tx));
+    (task, async move {
+        let _ = ready_rx.await;
+    })
+}
+
+/// Completes when the peering/lease tasks must end: on `release`, or some time after `stop`.
+pub async fn ended(stop: CancellationToken, release: CancellationToken) {
+    tokio::select! {
+        _ = release.cancelled() => {}
+        _ = async { stop.cancelled().await; tokio::time::sleep(EXIT_GRACE).await } => {}
+    }
+}
+
+const DETECTION: &str = "<detection>";
+
+async fn supervise(
+    client: Client,
+    config: PeeringConfig,
+    board: PauseBoard,
+    stop: CancellationToken,
+    release: CancellationToken,
+    ready_tx: oneshot::Sender<()>,
+) {
+    let mut ready_tx = Some(ready_tx);
+    let mandatory = config.settings.mandatory;
+    if mandatory {
+        board.set(DETECTION, true);
+    }
+    let scope = config.scope();
+    let mut warned = false;
+    let resource = loop {
+        match resources::detect(&client, scope).await {
+            Ok(Some(resource)) => break resource,
+            Ok(None) if mandatory => {
+                if !warned {
+                    tracing::warn!(
+                        target: "kopf.peering",
+                        "The peering resource {} is not served; staying paused until it is \
+                         (mandatory peering {:?}). Install it with `kopf peering install --apply`.",
+                        scope.kind(),
+                        config.settings.name
+                    );
+                    warned = true;
+                }
+            }
+            Ok(None) => {
+                if !warned {
+                    tracing::info!(
+                        target: "kopf.peering",
+                        "The peering resource {} is not served: running standalone.",
+                        scope.kind()
+                    );
+                    warned = true;
+                }
+            }
+            Err(error) => tracing::warn!(target: "kopf.peering", "Cannot detect the peering resources: {error}"),
+        }
+        if let Some(tx) = ready_tx.take() {
+            let _ = tx.send(());
+        }
+        let retry = if mandatory { Duration::from_secs(3) } else { Duration::from_secs(30) };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    };
+    tracing::debug!(target: "kopf.peering", "Peering via {}/{}.", resource.group, resource.scope.plural());
+    let config = Arc::new(config);
+    let mut targets: BTreeMap<Option<String>, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let wanted = match wanted_namespaces(&client, &config).await {
+            Ok(wanted) => wanted,
+            Err(error) => {
+                tracing::warn!(target: "kopf.peering", "Cannot list the namespaces for peering: {error}");
+                targets.keys().cloned().collect()
+            }
+        };
+        let mut readies = Vec::new();
+        for namespace in &wanted {
+            if targets.contains_key(namespace) {
+                continue;
+            }
+            let own_release = CancellationToken::new();
+            let (tx, rx) = oneshot::channel();
+            readies.push(rx);
+            let target = Target {
+                client: client.clone(),
+                resource: resource.clone(),
+                namespace: namespace.clone(),
+                config: config.clone(),
+                board: board.clone(),
+            };
+            let handle = tokio::spawn(target.run(stop.clone(), own_release.clone(), tx));
+            targets.insert(namespace.clone(), (own_release, handle));
+        }
+        let gone: Vec<Option<String>> = targets
+            .keys()
+            .filter(|ns| !wanted.contains(*ns))
+            .cloned()
+            .collect();
+        for namespace in gone {
+            if let Some((own_release, handle)) = targets.remove(&namespace) {
+                own_release.cancel();
+                let _ = handle.await;
+                board.set(&target_key(namespace.as_deref()), false);
+            }
+        }
+        if first {
+            first = false;
+            for rx in readies {
+                let _ = rx.await;
+            }
+            board.set(DETECTION, false);
+            if let Some(tx) = ready_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+        let refresh = if config.clusterwide || literal_names(&config).is_some() {
+            None
+        } else {
+            Some(NAMESPACE_REFRESH)
+        };
+        tokio::select! {
+            _ = ended(stop.clone(), release.clone()) => break,
+            _ = sleep_opt(refresh) => {}
+        }
+    }
+    for (own_release, _) in targets.values() {
+        own_release.cancel();
+    }
+    for (_, (_, handle)) in targets {
+        let _ = handle.await;
+    }
+}
+
+async fn sleep_opt(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn target_key(namespace: Option<&str>) -> String {
+    namespace.unwrap_or("<cluster>").to_owned()
+}
+
+/// The literal namespace names of `-n`, if all are literal.
+fn literal_names(config: &PeeringConfig) -> Option<BTreeSet<String>> {
+    config
+        .patterns()
+        .iter()
+        .map(|p| p.specific_name().map(str::to_owned))
+        .collect()
+}
+
+async fn wanted_namespaces(client: &Client, config: &PeeringConfig) -> Result<BTreeSet<Option<String>>, ApiError> {
+    if config.clusterwide {
+        return Ok(BTreeSet::from([None]));
+    }
+    if let Some(names) = literal_names(config) {
+        return Ok(names.into_iter().map(Some).collect());
+    }
+    let patterns = config.patterns();
+    let list = patching::get(client, "/api/v1/namespaces").await?;
+    Ok(list
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|ns| ns.pointer("/metadata/name").and_then(Value::as_str))
+        .filter(|name| references::match_namespaces(name, &patterns))
+        .map(|name| Some(name.to_owned()))
+        .collect())
+}
+
+/// Writes (or with `lifetime <= 0`, removes) this operator's record. `Ok(None)` when the
+/// peering object does not exist.
+pub async fn touch(
+    client: &Client,
+    resource: &PeeringResource,
+    namespace: Option<&str>,
+    name: &str,
+    identity: &str,
+    priority: i64,
+    lifetime: i64,
+) -> Result<Option<Value>, ApiError> {
+    let record = (lifetime > 0).then(|| Peer::own(identity, priority, lifetime, jiff::Timestamp::now()).as_value());
+    let patch = records::status_patch([(identity, record)]);
+    let url = resource.object_url(namespace, name);
+    match patching::patch(client, &url, patching::PatchType::Merge, &patch).await {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the given records (dead peers) from the peering object.
+pub async fn clean(
+    client: &Client,
+    resource: &PeeringResource,
+    namespace: Option<&str>,
+    name: &str,
+    identities: &[String],
+) -> Result<Option<Value>, ApiError> {
+    let patch = records::status_patch(identities.iter().map(|id| (id.as_str(), None)));
+    let url = resource.object_url(namespace, name);
+    match patching::patch(client, &url, patching::PatchType::Merge, &patch).await {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One peering object: keep-alives, watching, decisions.
+struct Target {
+    client: Client,
+    resource: PeeringResource,
+    namespace: Option<String>,
+    config: Arc<PeeringConfig>,
+    board: PauseBoard,
+}
+
+/// The state of a target between events.
+struct TargetState {
+    /// The latest known peering object (`None`: absent).
+    body: Option<Value>,
+    /// Re-evaluate then (when a blocking peer expires).
+    recheck: Option<Instant>,
+    /// The same-priority peers last warned about.
+    warned_same: BTreeSet<String>,
+    /// Keep-alive due.
+    next_touch: Instant,
+    /// The last keep-alive (rate limit for re-adding a removed record).
+    last_touch: Option<Instant>,
+}
+
+impl Target {
+    fn key(&self) -> String {
+        target_key(self.namespace.as_deref())
+    }
+
+    fn name(&self) -> &str {
+        &self.config.settings.name
+    }
+
+    fn where_(&self) -> String {
+        self.resource.describe(self.namespace.as_deref(), self.name())
+    }
+
+    async fn run(self, stop: CancellationToken, release: CancellationToken, ready: oneshot::Sender<()>) {
+        let mut state = TargetState {
+            body: None,
+            recheck: None,
+            warned_same: BTreeSet::new(),
+            next_touch: Instant::now(),
+            last_touch: None,
+        };
+        // The first keep-alive, then the first decision from the patched object.
+        self.keepalive(&mut state).await;
+        self.evaluate(&mut state).await;
+        let _ = ready.send(());
+
+        let (tx, mut rx) = mpsc::channel::<WatchItem>(16);
+        let watch_stop = CancellationToken::new();
+        let watch = WatchSettings {
+            page_size: 100,
+            ..WatchSettings::default()
+        };
+        tokio::spawn(watch_continuously(
+            self.client.clone(),
+            self.resource.path(),
+            self.namespace.clone(),
+            watch,
+            tx,
+            watch_stop.clone(),
+        ));
+        let ended = ended(stop, release);
+        tokio::pin!(ended);
+        let mut listing: Option<Option<Value>> = None;
+        loop {
+            tokio::select! {
+                _ = &mut ended => break,
+                item = rx.recv() => {
+                    let Some(item) = item else { break };
+                    let changed = match item {
+                        WatchItem::ListStarted => { listing = Some(None); false }
+                        WatchItem::Listed(body) => {
+                            if self.is_ours(&body) && let Some(slot) = listing.as_mut() {
+                                *slot = Some(body);
+                            }
+                            false
+                        }
+                        WatchItem::ListDone => {
+                            let found = listing.take().flatten();
+                            self.accept(&mut state, found, true)
+                        }
+                        WatchItem::Event(kind, body) => {
+                            if !self.is_ours(&body) {
+                                false
+                            } else if kind == EventType::Deleted {
+                                self.accept(&mut state, None, true)
+                            } else {
+                                self.accept(&mut state, Some(body), false)
+                            }
+                        }
+                    };
+                    if changed {
+                        self.evaluate(&mut state).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(state.next_touch) => {
+                    self.keepalive(&mut state).await;
+                    self.evaluate(&mut state).await;
+                }
+                _ = sleep_until_opt(state.recheck) => {
+                    state.recheck = None;
+                    self.evaluate(&mut state).await;
+                }
+            }
+        }
+        watch_stop.cancel();
+        // Exit: remove our record (Kopf writes lifetime=0, i.e. null).
+        let exit = touch(
+            &self.client,
+            &self.resource,
+            self.namespace.as_deref(),
+            self.name(),
+            &self.config.identity,
+            self.config.settings.priority,
+            0,
+        );
+        match tokio::time::timeout(Duration::from_secs(5), exit).await {
+            Ok(Ok(_)) => tracing::debug!(target: "kopf.peering", "Removed self from {}.", self.where_()),
+            Ok(Err(error)) => tracing::warn!(target: "kopf.peering", "Couldn't remove self from the peering: {error}"),
+            Err(_) => tracing::warn!(target: "kopf.peering", "Couldn't remove self from the peering in time."),
+        }
+    }
+
+    fn is_ours(&self, body: &Value) -> bool {
+        body.pointer("/metadata/name").and_then(Value::as_str) == Some(self.name())
+    }
+
+    /// Takes a newer state of the object; ignores older ones (by numeric resourceVersion)
+    /// unless `force`. Returns whether anything changed.
+    fn accept(&self, state: &mut TargetState, body: Option<Value>, force: bool) -> bool {
+        let rv = |b: &Value| {
+            b.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if !force
+            && let (Some(old), Some(new)) = (state.body.as_ref().and_then(rv), body.as_ref().and_then(rv))
+            && new < old
+        {
+            return false;
+        }
+        state.body = body;
+        true
+    }
+
+    async fn keepalive(&self, state: &mut TargetState) {
+        let lifetime = i64::try_from(self.config.settings.lifetime).unwrap_or(i64::MAX);
+        let result = touch(
+            &self.client,
+            &self.resource,
+            self.namespace.as_deref(),
+            self.name(),
+            &self.config.identity,
+            self.config.settings.priority,
+            lifetime,
+        )
+        .await;
+        state.last_touch = Some(Instant::now());
+        state.next_touch = Instant::now() + self.config.keepalive_period();
+        let outcome = match result {
+            Ok(Some(body)) => {
+                self.accept(state, Some(body), false);
+                "ok"
+            }
+            Ok(None) => {
+                state.body = None;
+                "not found"
+            }
+            Err(error) => {
+                tracing::warn!(target: "kopf.peering", "Keep-alive in {} failed: {error}", self.where_());
+                // Retry sooner than the regular period.
+                state.next_touch = Instant::now() + Duration::from_secs(1);
+                return;
+            }
+        };
+        if !self.config.settings.stealth || outcome != "ok" {
+            tracing::debug!(target: "kopf.peering", "Keep-alive in {}: {outcome}.", self.where_());
+        }
+    }
+
+    async fn evaluate(&self, state: &mut TargetState) {
+        let key = self.key();
+        let Some(body) = state.body.clone() else {
+            if self.config.settings.mandatory {
+                if !self.board.is_set(&key) {
+                    tracing::warn!(
+                        target: "kopf.peering",
+                        "The peering object {} does not exist: pausing until it does (mandatory peering).",
+                        self.where_()
+                    );
+                }
+                self.board.set(&key, true);
+            } else if self.board.is_set(&key) {
+                tracing::info!(target: "kopf.peering", "The peering object {} is gone: resuming operations.", self.where_());
+                self.board.set(&key, false);
+            }
+            state.recheck = None;
+            return;
+        };
+        let now = jiff::Timestamp::now();
+        let peers = records::peers_of(&body);
+        let identity = &self.config.identity;
+        let priority = self.config.settings.priority;
+        let decision = records::decide(&peers, identity, priority, now);
+
+        let dead: Vec<String> = decision
+            .dead
+            .iter()
+            .map(|p| p.identity.clone())
+            .filter(|id| id != identity)
+            .collect();
+        if !dead.is_empty() {
+            tracing::debug!(target: "kopf.peering", "Cleaning dead peers in {}: {dead:?}", self.where_());
+            match clean(&self.client, &self.resource, self.namespace.as_deref(), self.name(), &dead).await {
+                Ok(Some(body)) => {
+                    self.accept(state, Some(body), false);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(target: "kopf.peering", "Cannot clean dead peers: {error}"),
+            }
+        }
+        // Our own record missing (removed by someone, or the object re-created): re-add soon.
+        let own_missing = !peers.iter().any(|p| &p.identity == identity);
+        if own_missing {
+            let soon = state
+                .last_touch
+                .map_or(Instant::now(), |t| t + Duration::from_secs(1));
+            state.next_touch = state.next_touch.min(soon);
+        }
+
+        let was_paused = self.board.is_set(&key);
+        if !decision.higher.is_empty() {
+            if !was_paused {
+                tracing::info!(
+                    target: "kopf.peering",
+                    "Pausing operations in favour of {}.",
+                    records::describe(&decision.higher)
+                );
+            }
+            self.board.set(&key, true);
+            state.warned_same.clear();
+        } else if !decision.same.is_empty() {
+            let same: BTreeSet<String> = decision.same.iter().map(|p| p.identity.clone()).collect();
+            if same != state.warned_same {
+                tracing::warn!(
+                    target: "kopf.peering",
+                    "Possibly conflicting operators with the same priority: {}.",
+                    records::describe(&decision.same)
+                );
+                state.warned_same = same;
+            }
+            if !was_paused {
+                tracing::warn!(target: "kopf.peering", "Pausing all operators, including self: {}", records::describe(&peers));
+            }
+            self.board.set(&key, true);
+        } else {
+            if was_paused {
+                tracing::info!(
+                    target: "kopf.peering",
+                    "Resuming operations after the pause. Conflicting operators with the same priority are gone."
+                );
+            }
+            self.board.set(&key, false);
+            state.warned_same.clear();
+        }
+        state.recheck = decision.recheck_at.map(|at| {
+            let wait = now.duration_until(at);
+            let wait = if wait.is_negative() { Duration::ZERO } else { wait.unsigned_abs() };
+            Instant::now() + wait + Duration::from_millis(50)
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,498 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease: one active replica.
+//!
+//! Safety comes from optimistic concurrency: every change is a PUT carrying the
+//! resourceVersion that was read, so of two replicas racing for the same Lease the
+//! second gets `409 Conflict`. As client-go's `leaderelection`, expiry is judged from
+//! the locally observed time of the last change (the holder's clock does not matter):
+//! a follower takes over only after the Lease stayed unchanged for its whole
+//! `leaseDurationSeconds`. A leader that cannot renew for 2/3 of the duration steps
+//! down first, so two replicas are never active at once (barring process freezes
+//! longer than the duration). On exit, the holder releases the Lease (empty holder),
+//! and a follower takes over at its next poll.
+
+use std::{future::Future, time::Duration};
+
+use http::header::{ACCEPT, CONTENT_TYPE};
+use kube::Client;
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{LEASE_DURATION_ENV, LEASE_TOGGLE, PeeringError};
+use crate::{
+    cli::RunOptions,
+    clients::{ApiError, patching},
+    reactor::pausing::PauseToggles,
+};
+
+/// The default Lease duration (client-go's default).
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(15);
+
+/// Which Lease, who we are, and how long a Lease lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// The holder identity written by this replica.
+    pub identity: String,
+    /// `leaseDurationSeconds` (whole seconds, at least 1).
+    pub duration: Duration,
+}
+
+impl LeaseConfig {
+    /// Parses `NAME` or `NAMESPACE/NAME`; `NAME` alone goes to `default_namespace`.
+    pub fn parse(value: &str, default_namespace: &str, identity: &str) -> Result<Self, PeeringError> {
+        let bad = || PeeringError::BadLeaseName(value.to_owned());
+        let (namespace, name) = match value.trim().split_once('/') {
+            Some((ns, name)) => (ns.trim(), name.trim()),
+            None => (default_namespace, value.trim()),
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        if !valid(namespace) || !valid(name) {
+            return Err(bad());
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            duration: DEFAULT_DURATION,
+        })
+    }
+
+    /// From `--lease`: the namespace defaults to the only `-n` namespace, else
+    /// `POD_NAMESPACE`, else `default`; the duration comes from `KOPF_LEASE_DURATION`.
+    pub fn from_options(value: &str, options: &RunOptions, identity: &str) -> Result<Self, PeeringError> {
+        let single: Vec<&str> = options
+            .namespaces
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let default_ns = match single.as_slice() {
+            [one] if !one.contains(['*', '?', '!']) => (*one).to_owned(),
+            _ => std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+        };
+        let mut config = Self::parse(value, &default_ns, identity)?;
+        if let Some(secs) = std::env::var(LEASE_DURATION_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            config.duration = Duration::from_secs(secs.max(1));
+        }
+        Ok(config)
+    }
+
+    /// How often the leader renews (a third of the duration).
+    pub fn renew_period(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How often followers poll (a fifth of the duration).
+    pub fn retry_period(&self) -> Duration {
+        self.duration / 5
+    }
+
+    /// A leader that has not renewed for this long steps down (2/3 of the duration).
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}",
+            self.namespace, self.name
+        )
+    }
+
+    fn collection_url(&self) -> String {
+        format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", self.namespace)
+    }
+}
+
+/// `MicroTime`: RFC 3339 with microseconds, UTC.
+fn micro_time(now: jiff::Timestamp) -> String {
+    now.to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// Replaces an object with a PUT (the body's resourceVersion is the precondition).
+async fn replace(client: &Client, url: &str, object: &Value) -> Result<Value, ApiError> {
+    let body = serde_json::to_vec(object).map_err(|e| ApiError::Request(e.to_string()))?;
+    let request = http::Request::put(url)
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, "application/json")
+        .body(body)
+        .map_err(|e| ApiError::Request(e.to_string()))?;
+    Ok(client.request::<Value>(request).await?)
+}
+
+/// One replica's side of the election.
+pub struct Elector {
+    client: Client,
+    config: LeaseConfig,
+    /// The last seen resourceVersion of someone else's Lease, and when we saw it change.
+    observed: Option<(String, Instant)>,
+    leading: bool,
+    last_renew: Option<Instant>,
+}
+
+impl Elector {
+    /// A replica that does not lead yet.
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        Self {
+            client,
+            config,
+            observed: None,
+            leading: false,
+            last_renew: None,
+        }
+    }
+
+    /// Whether this replica believes it leads.
+    pub fn is_leading(&self) -> bool {
+        self.leading
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// One election round: creates, acquires or renews the Lease when possible.
+    /// Returns whether this replica leads afterwards. On an error, a leader keeps
+    /// leading until its renew deadline passes.
+    pub async fn round(&mut self) -> Result<bool, ApiError> {
+        match self.try_round().await {
+            Ok(leading) => {
+                self.leading = leading;
+                if leading {
+                    self.last_renew = Some(Instant::now());
+                }
+                Ok(leading)
+            }
+            Err(error) => {
+                if self.leading
+                    && self
+                        .last_renew
+                        .is_none_or(|t| t.elapsed() >= self.config.renew_deadline())
+                {
+                    self.leading = false;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_round(&mut self) -> Result<bool, ApiError> {
+        let now = jiff::Timestamp::now();
+        let lease = match patching::get(&self.client, &self.config.url()).await {
+            Ok(lease) => lease,
+            Err(e) if e.is_not_found() => return self.create(now).await,
+            Err(e) => return Err(e),
+        };
+        let holder = lease
+            .pointer("/spec/holderIdentity")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty());
+        let rv = lease
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut updated = lease.clone();
+        let duration_secs = self.config.duration.as_secs().max(1);
+        match holder {
+            Some(holder) if holder == self.config.identity => {
+                updated["spec"]["renewTime"] = json!(micro_time(now));
+                updated["spec"]["leaseDurationSeconds"] = json!(duration_secs);
+                self.put(&updated).await
+            }
+            _ if holder.is_some() && !self.expired(&lease, &rv) => Ok(false),
+            _ => {
+                let transitions = lease
+                    .pointer("/spec/leaseTransitions")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let spec = &mut updated["spec"];
+                spec["holderIdentity"] = json!(self.config.identity);
+                spec["leaseDurationSeconds"] = json!(duration_secs);
+                spec["acquireTime"] = json!(micro_time(now));
+                spec["renewTime"] = json!(micro_time(now));
+                spec["leaseTransitions"] = json!(if holder.is_some() || transitions > 0 {
+                    transitions + 1
+                } else {
+                    transitions
+                });
+                self.put(&updated).await
+            }
+        }
+    }
+
+    /// Whether someone else's Lease has not changed for its whole duration (as observed here).
+    fn expired(&mut self, lease: &Value, rv: &str) -> bool {
+        let duration = lease
+            .pointer("/spec/leaseDurationSeconds")
+            .and_then(Value::as_u64)
+            .map_or(self.config.duration, Duration::from_secs);
+        match &self.observed {
+            Some((seen, at)) if seen == rv => at.elapsed() >= duration,
+            _ => {
+                self.observed = Some((rv.to_owned(), Instant::now()));
+                false
+            }
+        }
+    }
+
+    async fn create(&mut self, now: jiff::Timestamp) -> Result<bool, ApiError> {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.config.name, "namespace": self.config.namespace},
+            "spec": {
+                "holderIdentity": self.config.identity,
+                "leaseDurationSeconds": self.config.duration.as_secs().max(1),
+                "acquireTime": micro_time(now),
+                "renewTime": micro_time(now),
+                "leaseTransitions": 0,
+            },
+        });
+        match patching::create(&self.client, &self.config.collection_url(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(409) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&mut self, lease: &Value) -> Result<bool, ApiError> {
+        match replace(&self.client, &self.config.url(), lease).await {
+            Ok(_) => Ok(true),
+            // Someone else changed it since we read it: not ours (re-read next round).
+            Err(e) if e.code() == Some(409) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up if this replica holds it: clears the holder so that a follower
+    /// takes over at its next poll rather than after the whole duration.
+    pub async fn release(&mut self) -> Result<bool, ApiError> {
+        if !self.leading {
+            return Ok(false);
+        }
+        self.leading = false;
+        let mut lease = patching::get(&self.client, &self.config.url()).await?;
+        if lease.pointer("/spec/holderIdentity").and_then(Value::as_str) != Some(&self.config.identity) {
+            return Ok(false);
+        }
+        let now = micro_time(jiff::Timestamp::now());
+        let spec = &mut lease["spec"];
+        spec["holderIdentity"] = Value::Null;
+        spec["leaseDurationSeconds"] = json!(1);
+        spec["renewTime"] = json!(now);
+        replace(&self.client, &self.config.url(), &lease).await?;
+        Ok(true)
+    }
+}
+
+/// Spawns the election loop: the `"lease"` toggle is on (paused) from now until this
+/// replica acquires the Lease. The returned future resolves after the first round. The
+/// task keeps renewing until `release` (or a while after `stop`), then releases the Lease.
+pub fn spawn(
+    client: Client,
+    config: LeaseConfig,
+    toggles: PauseToggles,
+    stop: CancellationToken,
+    release: CancellationToken,
+) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
+    toggles.set(LEASE_TOGGLE, true);
+    let (ready_tx, ready_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let mut elector = Elector::new(client, config);
+        let where_ = format!("{}/{}", elector.config.namespace, elector.config.name);
+        tracing::info!(
+            target: "kopf.peering",
+            "Electing the active replica through the Lease {where_} as {:?}.",
+            elector.config.identity
+        );
+        let ended = super::keepalive::ended(stop, release);
+        tokio::pin!(ended);
+        loop {
+            let was_leading = elector.is_leading();
+            let result = elector.round().await;
+            if let Err(error) = &result {
+                tracing::warn!(target: "kopf.peering", "Lease {where_}: {error}");
+            }
+            let leading = elector.is_leading();
+            if leading && !was_leading {
+                tracing::info!(target: "kopf.peering", "Acquired the Lease {where_}: this replica is active.");
+                toggles.set(LEASE_TOGGLE, false);
+            } else if !leading && was_leading {
+                tracing::warn!(target: "kopf.peering", "Lost the Lease {where_}: pausing operations.");
+                toggles.set(LEASE_TOGGLE, true);
+            } else if !leading && ready_tx.is_some() {
+                tracing::info!(target: "kopf.peering", "The Lease {where_} is held by another replica: standing by.");
+            }
+            if let Some(tx) = ready_tx.take() {
+                let _ = tx.send(());
+            }
+            let period = if leading {
+                elector.config.renew_period()
+            } else {
+                elector.config.retry_period()
+            };
+            tokio::select! {
+                _ = &mut ended => break,
+                _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
+            }
+        }
+        match elector.release().await {
+            Ok(true) => tracing::info!(target: "kopf.peering", "Released the Lease {where_}."),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}"),
+        }
+    });
+    (task, async move {
+        let _ = ready_rx.await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kopf_testing::{Emulator, EmulatorHandle};
+
+    async fn cluster() -> (EmulatorHandle, Client) {
+        let emu = Emulator::builder().start().await.unwrap();
+        let config = crate::clients::connection::config_from_yaml(&emu.kubeconfig_yaml())
+            .await
+            .unwrap();
+        let client = crate::clients::connection::make_client(config).unwrap();
+        (emu, client)
+    }
+
+    fn config(identity: &str, millis: u64) -> LeaseConfig {
+        let mut c = LeaseConfig::parse("ns1/my-lease", "default", identity).unwrap();
+        c.duration = Duration::from_millis(millis);
+        c
+    }
+
+    fn holder(emu: &EmulatorHandle) -> Option<String> {
+        emu.get_object("coordination.k8s.io/v1", "leases", Some("ns1"), "my-lease")
+            .and_then(|l| l.pointer("/spec/holderIdentity").and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// Runs rounds of `elector` until it leads, up to `timeout`.
+    async fn until_leading(elector: &mut Elector, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if elector.round().await.unwrap() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[test]
+    fn names_parse_and_bad_ones_fail() {
+        let c = LeaseConfig::parse("kopf-leader", "ops", "me").unwrap();
+        assert_eq!((c.namespace.as_str(), c.name.as_str()), ("ops", "kopf-leader"));
+        let c = LeaseConfig::parse("other/kopf-leader", "ops", "me").unwrap();
+        assert_eq!(c.namespace, "other");
+        for bad in ["", "/x", "x/", "Upper", "a/b/c", "sp ace"] {
+            assert!(LeaseConfig::parse(bad, "ops", "me").is_err(), "{bad:?}");
+        }
+        assert_eq!(c.renew_period(), Duration::from_secs(5));
+        assert_eq!(c.renew_deadline(), Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn first_creates_second_follows_until_expiry() {
+        let (emu, client) = cluster().await;
+        let mut a = Elector::new(client.clone(), config("a", 1000));
+        let mut b = Elector::new(client.clone(), config("b", 1000));
+        assert!(a.round().await.unwrap());
+        assert_eq!(holder(&emu).as_deref(), Some("a"));
+        assert!(!b.round().await.unwrap());
+        // While `a` renews, `b` never takes over, even after several durations.
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            assert!(a.round().await.unwrap(), "the leader lost a free renewal");
+            assert!(!b.round().await.unwrap(), "the follower took over a renewed lease");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        // `a` dies silently: `b` takes over after a full duration without changes.
+        let started = Instant::now();
+        assert!(until_leading(&mut b, Duration::from_secs(10)).await);
+        assert!(started.elapsed() >= Duration::from_millis(1000));
+        assert_eq!(holder(&emu).as_deref(), Some("b"));
+        let lease = emu
+            .get_object("coordination.k8s.io/v1", "leases", Some("ns1"), "my-lease")
+            .unwrap();
+        assert_eq!(lease.pointer("/spec/leaseTransitions"), Some(&json!(1)));
+        // The old leader notices at its next round.
+        assert!(!a.round().await.unwrap());
+        assert!(!a.is_leading());
+    }
+
+    #[tokio::test]
+    async fn release_hands_over_at_once() {
+        let (emu, client) = cluster().await;
+        let mut a = Elector::new(client.clone(), config("a", 60_000));
+        let mut b = Elector::new(client.clone(), config("b", 60_000));
+        assert!(a.round().await.unwrap());
+        assert!(!b.round().await.unwrap());
+        assert!(a.release().await.unwrap());
+        assert_eq!(holder(&emu), None);
+        assert!(b.round().await.unwrap(), "a released lease must be free at once");
+        assert_eq!(holder(&emu).as_deref(), Some("b"));
+        // Releasing when not leading is a no-op.
+        assert!(!a.release().await.unwrap());
+        assert_eq!(holder(&emu).as_deref(), Some("b"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_replicas_elect_exactly_one() {
+        let (emu, client) = cluster().await;
+        for round in 0..5 {
+            let mut electors: Vec<Elector> = (0..4)
+                .map(|i| Elector::new(client.clone(), config(&format!("r{round}-{i}"), 60_000)))
+                .collect();
+            if round > 0 {
+                // Free the lease with a release by its current holder's identity.
+                let current = holder(&emu);
+                let mut releaser = Elector::new(client.clone(), config(current.as_deref().unwrap(), 60_000));
+                releaser.leading = true;
+                assert!(releaser.release().await.unwrap());
+            }
+            let results = futures::future::join_all(electors.iter_mut().map(|e| e.round())).await;
+            let winners = results.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+            assert_eq!(winners, 1, "round {round}: {winners} winners");
+            assert!(holder(&emu).is_some_and(|h| h.starts_with(&format!("r{round}-"))));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down() {
+        let (emu, client) = cluster().await;
+        let mut a = Elector::new(client.clone(), config("a", 300));
+        assert!(a.round().await.unwrap());
+        emu.shutdown().await;
+        // Errors within the renew deadline keep the leadership; beyond it, it is lost.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.is_leading() {
+            assert!(a.round().await.is_err());
+            assert!(Instant::now() < deadline, "never stepped down");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
