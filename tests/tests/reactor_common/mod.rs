@@ -1,0 +1,238 @@
+//! Shared helpers of the `reactor_*` suites: an emulator with the KopfExample CRD, the
+//! real `kopf` binary with the `lifecycle-*` fixture plugins, record-file counting, and
+//! condition polling with deadlines.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kopf_e2e::{KopfProcess, plugin_path, workspace_root};
+use kopf_testing::{AdmissionDecision, AdmissionHook, AdmissionRequest, Emulator, EmulatorHandle, Operation};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+/// Kopf's default finalizer.
+pub const FINALIZER: &str = "kopf.zalando.org/KopfFinalizerMarker";
+/// Kopf's default diff-base annotation.
+pub const LAST_HANDLED: &str = "kopf.zalando.org/last-handled-configuration";
+/// Generous: a loaded 2-core machine shared with other jobs.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// The namespace of all test objects.
+pub const NS: &str = "default";
+
+/// Every update/delete the emulator admitted on kopfexamples (internal ones included).
+#[derive(Default)]
+pub struct WriteLog {
+    /// (operation, subresource, the new object if any).
+    pub writes: Mutex<Vec<(Operation, Option<String>, Option<Value>)>>,
+}
+
+impl WriteLog {
+    /// Whether any written object carried an annotation whose key ends with `suffix`.
+    pub fn any_annotation_ending(&self, suffix: &str) -> bool {
+        self.writes.lock().iter().any(|(_, _, obj)| {
+            obj.as_ref()
+                .and_then(|o| o.pointer("/metadata/annotations"))
+                .and_then(Value::as_object)
+                .is_some_and(|a| a.keys().any(|k| k.ends_with(suffix)))
+        })
+    }
+}
+
+struct Recorder(Arc<WriteLog>);
+
+impl AdmissionHook for Recorder {
+    fn admit(
+        &self,
+        request: AdmissionRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdmissionDecision> + Send + '_>> {
+        if request.resource == "kopfexamples" {
+            self.0
+                .writes
+                .lock()
+                .push((request.operation, request.subresource, request.object));
+        }
+        Box::pin(async { AdmissionDecision::Allow })
+    }
+}
+
+/// An emulator with the KopfExample CRD, a kubeconfig in a temporary directory, and a
+/// log of the writes to kopfexamples.
+pub struct Cluster {
+    /// The emulator.
+    pub emu: EmulatorHandle,
+    /// A temporary directory (kubeconfig, record files, logs).
+    pub dir: tempfile::TempDir,
+    /// The kubeconfig pointing at the emulator.
+    pub kubeconfig: PathBuf,
+    /// The admitted writes.
+    pub writes: Arc<WriteLog>,
+}
+
+impl Cluster {
+    /// Starts the emulator and applies `examples/crd.yaml`.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let emu = Emulator::builder().start().await.unwrap();
+        emu.write_kubeconfig(&kubeconfig).unwrap();
+        let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
+        emu.apply_yaml(&crd).await.unwrap();
+        let writes = Arc::new(WriteLog::default());
+        emu.add_admission_hook(Arc::new(Recorder(writes.clone())));
+        Self {
+            emu,
+            dir,
+            kubeconfig,
+            writes,
+        }
+    }
+
+    /// A path in the temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `kopf run --standalone -A <plugin>` against this cluster and waits until it
+    /// watches.
+    pub fn spawn_kopf(&self, plugin: &Path, envs: &[(&str, String)]) -> KopfProcess {
+        let mut envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        envs.push(("KUBECONFIG".into(), self.kubeconfig.display().to_string()));
+        let mut kopf = tokio::task::block_in_place(|| {
+            KopfProcess::spawn_with_env(
+                [
+                    "run".as_ref(),
+                    "--standalone".as_ref(),
+                    "-A".as_ref(),
+                    plugin.as_os_str(),
+                ],
+                envs,
+            )
+        })
+        .unwrap();
+        tokio::task::block_in_place(|| kopf.wait_for_line("The operator is ready", DEADLINE)).unwrap();
+        kopf
+    }
+
+    /// A KopfExample body.
+    pub fn example(name: &str, field: &str) -> Value {
+        json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfExample",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"field": field},
+        })
+    }
+
+    /// Creates a KopfExample without HTTP (not counted).
+    pub async fn create(&self, name: &str, field: &str) -> Value {
+        self.emu.create_object(Self::example(name, field)).await.unwrap()
+    }
+
+    /// Sets `spec.field` without HTTP (not counted): a replace of the current object.
+    pub async fn set_field(&self, name: &str, field: &str) {
+        let mut obj = self.get(name).expect("the object to update exists");
+        obj["spec"]["field"] = json!(field);
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+        obj.as_object_mut().unwrap().remove("status");
+        self.emu.apply_object(obj).await.unwrap();
+    }
+
+    /// Deletes a KopfExample without HTTP (not counted).
+    pub async fn delete(&self, name: &str) {
+        self.emu
+            .delete_object("kopf.dev/v1", "kopfexamples", Some(NS), name)
+            .await
+            .unwrap();
+    }
+
+    /// The current object, if it exists.
+    pub fn get(&self, name: &str) -> Option<Value> {
+        self.emu.get_object("kopf.dev/v1", "kopfexamples", Some(NS), name)
+    }
+
+    /// All KopfExamples.
+    pub fn list(&self) -> Vec<Value> {
+        self.emu
+            .list_objects("kopf.dev/v1", "kopfexamples", Some(NS), None)
+            .unwrap()
+    }
+
+    /// Polls `check` on the object until it yields a value; fails with the last object and
+    /// the operator's log otherwise.
+    pub async fn wait_obj<T>(
+        &self,
+        name: &str,
+        what: &str,
+        kopf: Option<&KopfProcess>,
+        mut check: impl FnMut(Option<&Value>) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            let obj = self.get(name);
+            if let Some(v) = check(obj.as_ref()) {
+                return v;
+            }
+            if start.elapsed() > DEADLINE {
+                let log = kopf.map(|k| k.lines().join("\n")).unwrap_or_default();
+                panic!(
+                    "timed out after {DEADLINE:?} waiting for {name}: {what}\nlast object: {}\nkopf log:\n{log}",
+                    serde_json::to_string_pretty(&obj).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `check` until it holds, or fails with `what`.
+    pub async fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether the object carries Kopf's finalizer.
+pub fn has_finalizer(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+}
+
+/// The diff-base annotation, parsed.
+pub fn last_handled(obj: &Value) -> Option<Value> {
+    let text = obj
+        .pointer("/metadata/annotations")?
+        .get(LAST_HANDLED)?
+        .as_str()?;
+    serde_json::from_str(text).ok()
+}
+
+/// A fixture plugin's path (built on first use).
+pub fn fixture(name: &str) -> PathBuf {
+    tokio::task::block_in_place(|| plugin_path(name)).unwrap()
+}
+
+/// Counts of `(handler id, namespace/name, uid)` lines in a record file.
+pub fn read_records(path: &Path) -> BTreeMap<(String, String, String), usize> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        if let (Some(id), Some(obj), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+            *counts
+                .entry((id.to_owned(), obj.to_owned(), uid.to_owned()))
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
