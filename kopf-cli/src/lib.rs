@@ -10,6 +10,7 @@ pub mod admission;
 pub mod cli;
 pub mod clients;
 pub mod commands;
+pub mod embedded;
 pub mod engines;
 pub mod intents;
 pub mod logging;

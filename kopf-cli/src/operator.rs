@@ -37,18 +37,28 @@ use crate::{
 /// Runs the operator with the loaded plugins until SIGINT or SIGTERM; `Ok(())` on a
 /// graceful stop.
 pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> {
+    run_controlled(options, plugins, crate::embedded::Control::signals()).await
+}
+
+/// [`run`] with an explicit stop/ready control and connection (embedding: [`crate::embedded`]).
+pub async fn run_controlled(
+    options: RunOptions,
+    plugins: PluginSet,
+    mut control: crate::embedded::Control,
+) -> anyhow::Result<()> {
     // Install the handlers before anything slow, so no early signal is lost.
-    let mut signals = StopSignals::install()?;
+    let mut signals = control.install()?;
     // Keep the embedded emulator (if any) alive for as long as the operator runs.
     let (config, _embedded) = match &options.embedded {
         Some(embedded) => {
             let (config, emulator) = start_embedded(embedded).await?;
             (config, Some(emulator))
         }
-        None => (connection::load_config(None).await?, None),
+        None => (control.load_config().await?, None),
     };
+    let config = crate::engines::activities::login(&plugins, config).await?;
     let client = connection::make_client(config.clone())?;
-    let stop = CancellationToken::new();
+    let stop = signals.token().child_token();
     let toggles = PauseToggles::new();
     let mut context = OperatorContext {
         client: client.clone(),
@@ -106,6 +116,7 @@ pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> 
         reactor.served.len(),
         reactor.scope.describe()
     );
+    control.ready();
 
     // Observe CRDs (new resources may become servable) and, for patterns, namespaces.
     let (crd_tx, mut crd_rx) = mpsc::channel::<WatchItem>(64);

@@ -31,6 +31,8 @@ struct Inner {
     invocation: Invocation,
     patch: Mutex<Patch>,
     warnings: Mutex<Vec<String>>,
+    /// Startup handlers' adjusted settings (`None` until first touched).
+    settings: Mutex<Option<Value>>,
 }
 
 impl fmt::Debug for Context {
@@ -76,6 +78,7 @@ impl Context {
                 invocation,
                 patch: Mutex::new(Patch::new()),
                 warnings: Mutex::new(Vec::new()),
+                settings: Mutex::new(None),
             }),
         }
     }
@@ -242,6 +245,33 @@ impl Context {
     /// Operator settings (activities).
     pub fn settings(&self) -> Option<&Value> {
         self.inner.invocation.settings.as_ref()
+    }
+
+    /// The operator settings for a startup handler to adjust (Kopf's mutable `settings`
+    /// kwarg), as JSON in Kopf's shape: `ctx.settings_mut()["posting"]["enabled"] = json!(false)`.
+    ///
+    /// The adjusted settings travel back in `Outcome.extra["settings"]` when the handler
+    /// succeeds; the host applies them before the next startup handler and before the
+    /// operator starts watching. Only startup handlers' changes are applied. Returns a
+    /// lock guard: do not hold it across an `.await`.
+    pub fn settings_mut(&self) -> SettingsGuard<'_> {
+        let mut guard = lock(&self.inner.settings);
+        if guard.is_none() {
+            let initial = self
+                .inner
+                .invocation
+                .settings
+                .clone()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            *guard = Some(initial);
+        }
+        SettingsGuard(guard)
+    }
+
+    /// Deserialises the operator settings (activities) into your own type.
+    pub fn settings_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self.settings().unwrap_or(&NULL))
     }
 
     /// A kind-specific extra value of the invocation.
@@ -517,6 +547,38 @@ impl DerefMut for PatchGuard<'_> {
     }
 }
 
+/// Exclusive access to the settings a startup handler adjusts; see [`Context::settings_mut`].
+pub struct SettingsGuard<'a>(MutexGuard<'a, Option<Value>>);
+
+impl Deref for SettingsGuard<'_> {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.0.as_ref().unwrap_or(&NULL)
+    }
+}
+
+impl DerefMut for SettingsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Value {
+        self.0.get_or_insert_with(|| Value::Object(Map::new()))
+    }
+}
+
+impl SettingsGuard<'_> {
+    /// Sets the value at a dotted path, e.g. `set("posting.enabled", false)`.
+    pub fn set(&mut self, path: &str, value: impl Into<Value>) -> &mut Self {
+        let mut cur: &mut Value = self;
+        for key in path.split('.').filter(|k| !k.is_empty()) {
+            if !cur.is_object() {
+                *cur = Value::Object(Map::new());
+            }
+            cur = &mut cur[key];
+        }
+        *cur = value.into();
+        self
+    }
+}
+
 /// Why a daemon was asked to stop, and whether it was.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 pub struct StopState {
@@ -616,7 +678,16 @@ pub(crate) fn finish(ctx: &Context, outcome: &mut protocol::Outcome) {
         outcome.patch = Some(patch.into_value());
     }
     outcome.warnings = ctx.warnings();
+    let settings = lock(&ctx.inner.settings).take();
+    if let Some(settings) = settings
+        && ctx.inner.invocation.settings.as_ref() != Some(&settings)
+    {
+        outcome.extra.insert(SETTINGS_KEY.to_owned(), settings);
+    }
 }
+
+/// The key of `Outcome.extra` that carries a startup handler's adjusted settings.
+pub const SETTINGS_KEY: &str = "settings";
 
 #[cfg(test)]
 mod tests {
@@ -690,6 +761,30 @@ mod tests {
                    "metadata": {"labels": {"app": null}, "annotations": {"a": "b"}}})
         );
         assert!(c.patch().is_empty());
+    }
+
+    #[test]
+    fn adjusted_settings_travel_back_only_when_changed() {
+        let c = Context::from_invocation(
+            "s",
+            Invocation {
+                settings: Some(json!({"posting": {"enabled": true}})),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.settings_mut()["posting"]["enabled"], json!(true));
+        let mut untouched = protocol::Outcome::default();
+        finish(&c, &mut untouched);
+        assert!(untouched.extra.is_empty());
+
+        c.settings_mut()["posting"]["enabled"] = json!(false);
+        c.settings_mut().set("queueing.worker_limit", 3);
+        let mut changed = protocol::Outcome::default();
+        finish(&c, &mut changed);
+        assert_eq!(
+            changed.extra[SETTINGS_KEY],
+            json!({"posting": {"enabled": false}, "queueing": {"worker_limit": 3}})
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub fn plugin_module() -> PluginModule {
     }
 }
 
+/// The `InitConfig.extra` flag a host sets when it calls this module in-process (embedded
+/// operators): the SDK then leaves the process's `tracing` subscriber alone.
+pub const IN_PROCESS_KEY: &str = "in_process";
+
 fn guarded(f: impl FnOnce() -> Result<String, Failure>) -> RResult<RString, Failure> {
     let _quiet = runtime::QuietPanics::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -76,7 +80,16 @@ extern "C" fn init(host_table: HostTable, config: RStr<'_>) -> RResult<RString, 
         };
         host::set_host(host_table, config.max_log_level);
         runtime::install_panic_hook();
-        logging::install_subscriber();
+        // In-process (embedded) plugins share the host's `tracing`: forwarding events to
+        // the host would loop back into the same subscriber.
+        if config
+            .extra
+            .get(IN_PROCESS_KEY)
+            .and_then(serde_json::Value::as_bool)
+            != Some(true)
+        {
+            logging::install_subscriber();
+        }
         // Surface registration problems now rather than at the first call.
         handlers().map_err(internal)?;
         Ok("{}".to_owned())

@@ -129,6 +129,7 @@
 
 extern crate self as kopf;
 
+mod connection;
 mod context;
 mod error;
 mod export;
@@ -138,12 +139,16 @@ mod logging;
 mod runtime;
 mod selector;
 
-pub use context::{Context, DaemonStopped, DiffItem, DiffOperation, IndexRef, Patch, PatchGuard, StopState};
+pub use connection::ConnectionInfo;
+pub use context::{
+    Context, DaemonStopped, DiffItem, DiffOperation, IndexRef, Patch, PatchGuard, SETTINGS_KEY, SettingsGuard,
+    StopState,
+};
 pub use error::{
     AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
     SdkError, TemporaryError,
 };
-pub use export::plugin_module;
+pub use export::{IN_PROCESS_KEY, plugin_module};
 pub use handler::{
     Handler, HandlerBuilder, HandlerResult, IntoMetaFilter, IntoValueFilter, MetaCallback, MetaFilter,
     Registry, ValueCallback, ValueFilter, WhenCallback, handlers, to_result_value,

@@ -1,8 +1,156 @@
-//! The liveness endpoint (`--liveness`), serving probe handlers' results as JSON.
+//! The liveness endpoint (`--liveness http://host:port/path`): probe handlers' results as
+//! JSON (Kopf's `kopf/_core/engines/probing.py`), plus Prometheus metrics at `/metrics`.
+//!
+//! * `GET <path>` (`/` when the URL has none) runs every probe handler once, at most every
+//!   10 seconds (results are cached), and answers `{probe_id: result, ...}`; `{}` without
+//!   probe handlers. A probe that fails is reported as `{"probe_id": {"error": "..."}}` and
+//!   the status is `500` (Kopf answers 500 too, with a traceback instead of JSON), so a
+//!   Kubernetes liveness probe sees the failure.
+//! * `GET /metrics` (unless the probe path is `/metrics` itself) serves
+//!   [`crate::engines::metrics`] in the OpenMetrics text format. Kopf has no metrics
+//!   endpoint; it shares the liveness listener so no extra port is needed.
 
-use crate::operator::OperatorContext;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Starts the liveness endpoint if one is configured.
-pub async fn start(_context: &OperatorContext) -> anyhow::Result<()> {
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::{
+    engines::{activities, metrics},
+    operator::OperatorContext,
+    plugin::PluginSet,
+    settings::OperatorSettings,
+};
+
+/// How long probe results are reused, as in Kopf.
+pub const PROBE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Probe results cached for [`PROBE_MAX_AGE`].
+struct Prober {
+    plugins: PluginSet,
+    settings: OperatorSettings,
+    cache: Mutex<Option<(Instant, Value, bool)>>,
+}
+
+impl Prober {
+    async fn results(&self) -> (Value, bool) {
+        let mut cache = self.cache.lock().await;
+        if let Some((at, value, failed)) = cache.as_ref()
+            && at.elapsed() < PROBE_MAX_AGE
+        {
+            return (value.clone(), *failed);
+        }
+        let (results, failed) = activities::run_probes(&self.plugins, &self.settings).await;
+        let value = Value::Object(results.into_iter().collect());
+        *cache = Some((Instant::now(), value.clone(), failed));
+        (value, failed)
+    }
+}
+
+async fn health(State(prober): State<Arc<Prober>>) -> Response {
+    let (value, failed) = prober.results().await;
+    let status = if failed {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(value)).into_response()
+}
+
+async fn metrics_text() -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render()).into_response()
+}
+
+/// The address and path of a liveness URL (`http://host:port/path`).
+fn endpoint(url: &str) -> anyhow::Result<(String, u16, String)> {
+    let parsed = url::Url::parse(url).with_context(|| format!("invalid liveness URL {url:?}"))?;
+    if parsed.scheme() != "http" {
+        anyhow::bail!("only http:// liveness endpoints are supported, got {url:?}");
+    }
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("the liveness URL {url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let path = match parsed.path() {
+        "" => "/".to_owned(),
+        p => p.to_owned(),
+    };
+    Ok((host, port, path))
+}
+
+/// The router of the liveness endpoint: probes at `path`, metrics at `/metrics`.
+pub fn router(plugins: PluginSet, settings: OperatorSettings, path: &str) -> Router {
+    let prober = Arc::new(Prober {
+        plugins,
+        settings,
+        cache: Mutex::new(None),
+    });
+    let mut router = Router::new().route(path, get(health));
+    if path != "/metrics" {
+        router = router.route("/metrics", get(metrics_text));
+    }
+    router.with_state(prober)
+}
+
+/// Starts the liveness endpoint if one is configured; it serves until the operator stops.
+/// Fails if the address cannot be bound.
+pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
+    let Some(url) = context.options.liveness_endpoint.as_deref() else {
+        return Ok(());
+    };
+    let (host, port, path) = endpoint(url)?;
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot serve the liveness endpoint at {host}:{port}"))?;
+    let local = listener.local_addr().ok();
+    let app = router(context.plugins.clone(), context.settings.clone(), &path);
+    let stop = context.stop.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(target: "kopf.activities", "The liveness endpoint failed: {error}");
+        }
+    });
+    match local {
+        Some(addr) => tracing::info!(
+            target: "kopf.activities",
+            "Serving health status at http://{addr}{path} (metrics at /metrics)."
+        ),
+        None => tracing::info!(target: "kopf.activities", "Serving health status at {url}."),
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_parsed() {
+        assert_eq!(
+            endpoint("http://0.0.0.0:8080/healthz").unwrap(),
+            ("0.0.0.0".to_owned(), 8080, "/healthz".to_owned())
+        );
+        assert_eq!(
+            endpoint("http://localhost").unwrap(),
+            ("localhost".to_owned(), 80, "/".to_owned())
+        );
+        assert_eq!(endpoint("http://[::1]:9/x").unwrap().0, "::1");
+        assert!(endpoint("https://x:1/").is_err());
+        assert!(endpoint("nonsense").is_err());
+    }
 }

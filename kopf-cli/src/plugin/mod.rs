@@ -10,6 +10,7 @@
 //! ```
 
 mod host;
+mod inprocess;
 mod loader;
 
 use std::collections::HashMap;

@@ -1,0 +1,255 @@
+//! Prometheus metrics of the operator, served at `/metrics` on the liveness endpoint.
+//!
+//! Kopf has no metrics; these are an addition. One process-wide registry; the reactor,
+//! the clients and the activities update it through the small functions below (each a
+//! cheap atomic update after the first use of a label set), and
+//! [`render`] produces the OpenMetrics text exposition.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `kopf_handler_invocations_total` | counter | `kind`, `handler`, `outcome` (`success`, `temporary`, `permanent`, `arbitrary`, `ignored`, `failure`) |
+//! | `kopf_handler_duration_seconds` | histogram | `kind`, `handler` |
+//! | `kopf_handler_retries_total` | counter | `kind`, `handler` |
+//! | `kopf_queue_depth` | gauge | `resource` (events waiting in per-object queues) |
+//! | `kopf_watch_restarts_total` | counter | `resource` |
+//! | `kopf_api_requests_total` | counter | `verb`, `code` (`0` for no response) |
+//! | `kopf_objects_watched` | gauge | `resource` |
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerOutcomeLabels {
+    kind: String,
+    handler: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabels {
+    kind: String,
+    handler: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+    code: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+struct Metrics {
+    registry: Registry,
+    invocations: Family<HandlerOutcomeLabels, Counter>,
+    durations: Family<HandlerLabels, Histogram, fn() -> Histogram>,
+    retries: Family<HandlerLabels, Counter>,
+    queue_depth: Family<ResourceLabels, Gauge>,
+    watch_restarts: Family<ResourceLabels, Counter>,
+    api_requests: Family<RequestLabels, Counter>,
+    objects_watched: Family<ResourceLabels, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let invocations = Family::<HandlerOutcomeLabels, Counter>::default();
+        let durations = Family::<HandlerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as _,
+        );
+        let retries = Family::<HandlerLabels, Counter>::default();
+        let queue_depth = Family::<ResourceLabels, Gauge>::default();
+        let watch_restarts = Family::<ResourceLabels, Counter>::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        let objects_watched = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "kopf_handler_invocations",
+            "Handler invocations by handler kind, id and outcome",
+            invocations.clone(),
+        );
+        registry.register(
+            "kopf_handler_duration_seconds",
+            "Duration of handler invocations",
+            durations.clone(),
+        );
+        registry.register(
+            "kopf_handler_retries",
+            "Handler attempts that will be retried",
+            retries.clone(),
+        );
+        registry.register(
+            "kopf_queue_depth",
+            "Watch events waiting in per-object queues",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "kopf_watch_restarts",
+            "Watch streams restarted after an error, expiry or inactivity",
+            watch_restarts.clone(),
+        );
+        registry.register(
+            "kopf_api_requests",
+            "Kubernetes API requests by verb and HTTP status code (0: no response)",
+            api_requests.clone(),
+        );
+        registry.register(
+            "kopf_objects_watched",
+            "Objects currently known from the watch streams",
+            objects_watched.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            durations,
+            retries,
+            queue_depth,
+            watch_restarts,
+            api_requests,
+            objects_watched,
+        }
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Records one handler invocation: its kind (`create`, `startup`, ...), id, outcome
+/// (`success`, `temporary`, `permanent`, `arbitrary`, `ignored`, `failure`...) and duration.
+pub fn handler_invoked(kind: &str, handler: &str, outcome: &str, seconds: f64) {
+    METRICS
+        .invocations
+        .get_or_create(&HandlerOutcomeLabels {
+            kind: kind.to_owned(),
+            handler: handler.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+    METRICS
+        .durations
+        .get_or_create(&HandlerLabels {
+            kind: kind.to_owned(),
+            handler: handler.to_owned(),
+        })
+        .observe(seconds.max(0.0));
+}
+
+/// Records that a handler will be retried.
+pub fn handler_retried(kind: &str, handler: &str) {
+    METRICS
+        .retries
+        .get_or_create(&HandlerLabels {
+            kind: kind.to_owned(),
+            handler: handler.to_owned(),
+        })
+        .inc();
+}
+
+/// Changes the number of events waiting in a resource's per-object queues by `delta`.
+pub fn queue_depth(resource: &str, delta: i64) {
+    METRICS
+        .queue_depth
+        .get_or_create(&ResourceLabels {
+            resource: resource.to_owned(),
+        })
+        .inc_by(delta);
+}
+
+/// Records a restart of a resource's watch stream.
+pub fn watch_restarted(resource: &str) {
+    METRICS
+        .watch_restarts
+        .get_or_create(&ResourceLabels {
+            resource: resource.to_owned(),
+        })
+        .inc();
+}
+
+/// Records one API request: its verb (`list`, `watch`, `patch`, `create`, ...) and the
+/// HTTP status code (`0` when no response arrived).
+pub fn api_request(verb: &str, code: u16) {
+    METRICS
+        .api_requests
+        .get_or_create(&RequestLabels {
+            verb: verb.to_owned(),
+            code: code.to_string(),
+        })
+        .inc();
+}
+
+/// Changes the number of objects known for a resource by `delta`.
+pub fn objects_watched(resource: &str, delta: i64) {
+    METRICS
+        .objects_watched
+        .get_or_create(&ResourceLabels {
+            resource: resource.to_owned(),
+        })
+        .inc_by(delta);
+}
+
+/// Sets the number of objects known for a resource (after a full listing).
+pub fn set_objects_watched(resource: &str, count: i64) {
+    METRICS
+        .objects_watched
+        .get_or_create(&ResourceLabels {
+            resource: resource.to_owned(),
+        })
+        .set(count);
+}
+
+/// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
+pub fn render() -> String {
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &METRICS.registry) {
+        tracing::warn!(target: "kopf.metrics", "Cannot encode the metrics: {error}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_follow_the_naming_conventions() {
+        handler_invoked("create", "unit_test_fn", "success", 0.25);
+        handler_retried("create", "unit_test_fn");
+        api_request("patch", 200);
+        watch_restarted("unittests.v1.example.dev");
+        objects_watched("unittests.v1.example.dev", 2);
+        objects_watched("unittests.v1.example.dev", -1);
+        queue_depth("unittests.v1.example.dev", 3);
+        let text = render();
+        assert!(
+            text.contains(
+                r#"kopf_handler_invocations_total{kind="create",handler="unit_test_fn",outcome="success"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kopf_handler_duration_seconds_count{kind="create",handler="unit_test_fn"} 1"#)
+        );
+        assert!(text.contains(r#"kopf_handler_retries_total{kind="create",handler="unit_test_fn"} 1"#));
+        assert!(text.contains(r#"kopf_api_requests_total{verb="patch",code="200"}"#));
+        assert!(text.contains(r#"kopf_watch_restarts_total{resource="unittests.v1.example.dev"} 1"#));
+        assert!(text.contains(r#"kopf_objects_watched{resource="unittests.v1.example.dev"} 1"#));
+        assert!(text.contains(r#"kopf_queue_depth{resource="unittests.v1.example.dev"} 3"#));
+        assert!(text.contains("# TYPE kopf_handler_duration_seconds histogram"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
