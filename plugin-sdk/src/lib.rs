@@ -120,6 +120,14 @@
 //! [`HandlerBuilder`] and [`Registry`] do the same by hand; register such handlers in a
 //! plugin with [`setup!`].
 //!
+//! ## Children and the Kubernetes API
+//!
+//! The [`hierarchies`] toolkit (Kopf's `kopf.adopt`, `kopf.label`, `kopf.harmonize_naming`,
+//! `kopf.adjust_namespace`, owner references) makes child objects belong to the handled
+//! object. With the cargo feature `client`, [`Context::client`] gives a `kube::Client` with
+//! the operator's credentials (see the `client` module); sync handlers run async calls
+//! with [`block_on`].
+//!
 //! ## Logging
 //!
 //! `tracing` events inside handlers reach the host's log with the object's
@@ -129,11 +137,14 @@
 
 extern crate self as kopf;
 
+#[cfg(feature = "client")]
+pub mod client;
 mod connection;
 mod context;
 mod error;
 mod export;
 mod handler;
+pub mod hierarchies;
 mod host;
 mod logging;
 mod runtime;
@@ -141,8 +152,8 @@ mod selector;
 
 pub use connection::ConnectionInfo;
 pub use context::{
-    Context, DaemonStopped, DiffItem, DiffOperation, IndexRef, Patch, PatchGuard, SETTINGS_KEY, SettingsGuard,
-    StopState,
+    Context, DaemonStopped, DiffItem, DiffOperation, IndexRef, Patch, PatchGuard, SETTINGS_KEY,
+    SettingsGuard, StopState,
 };
 pub use error::{
     AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
@@ -153,10 +164,15 @@ pub use handler::{
     Handler, HandlerBuilder, HandlerResult, IntoMetaFilter, IntoValueFilter, MetaCallback, MetaFilter,
     Registry, ValueCallback, ValueFilter, WhenCallback, handlers, to_result_value,
 };
+pub use hierarchies::{
+    AdoptOptions, HierarchyError, Owner, adjust_namespace, adopt, adopt_with, append_owner_reference,
+    append_owner_reference_with, build_object_reference, build_owner_reference, build_owner_reference_with,
+    harmonize_naming, label, remove_owner_reference,
+};
 pub use host::{call as host_call, is_initialised};
 pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
-pub use runtime::runtime;
+pub use runtime::{block_on, runtime};
 pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
 
 pub use kopf_abi;
@@ -164,6 +180,8 @@ pub use kopf_macros::{daemon, index, timer};
 pub use serde_json;
 pub use tokio;
 pub use tracing;
+#[cfg(feature = "client")]
+pub use {k8s_openapi, kube};
 
 /// The SDK's version, reported in the plugin description.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

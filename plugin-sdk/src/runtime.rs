@@ -79,3 +79,41 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         "a panic with a non-string payload".to_owned()
     }
 }
+
+/// Runs a future to completion from synchronous code: the way for sync handlers to use
+/// async APIs such as the Kubernetes client of the `client` feature.
+///
+/// Outside the plugin's runtime (sync handlers run on the host's threads, which the
+/// plugin's own tokio does not see) it blocks on the plugin's runtime; inside a
+/// multi-thread runtime it blocks in place. Inside a current-thread runtime, blocking
+/// would deadlock, so it returns an error instead.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SdkError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        Ok(_) => Err(SdkError::Runtime(
+            "kopf::block_on cannot block inside a current-thread tokio runtime; use .await".into(),
+        )),
+        Err(_) => Ok(runtime()?.block_on(future)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn block_on_works_outside_and_inside_the_runtime() {
+        assert_eq!(super::block_on(async { 7 }).unwrap(), 7);
+        let inner = super::runtime()
+            .unwrap()
+            .block_on(async { tokio::spawn(async { super::block_on(async { 8 }) }).await });
+        assert_eq!(inner.unwrap().unwrap(), 8);
+    }
+
+    #[test]
+    fn block_on_refuses_current_thread_runtimes() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(rt.block_on(async { super::block_on(async { 1 }) }).is_err());
+    }
+}
