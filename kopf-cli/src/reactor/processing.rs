@@ -15,6 +15,30 @@
 //! - **No-op patches are not sent**: a patch that would not change the body is dropped.
 //! - **Results of deletion handlers are not written** when the same cycle releases the
 //!   object's last finalizer (the object vanishes right after).
+//!
+//! ## Restart safety: what a crash (`kill -9`) can make re-run
+//!
+//! Handlers have side effects outside the cluster, so what matters is which of them run
+//! again after the operator dies and restarts. The rule, for every object:
+//!
+//! - A handler whose success reached the API (a progress record, or the diff-base and
+//!   purge of a finished cause) never runs again for that cause.
+//! - Handlers of one cycle run as one batch and are persisted by one patch (that is what
+//!   keeps the request budget) **only while the batch is fast**: once the handlers of a
+//!   cycle took [`BATCH_WINDOW`] (200 ms) in total, the outcomes so far are persisted
+//!   before the next handler starts. So a crash re-runs the handler that was running, plus
+//!   at most the handlers that completed within the last 200 ms of the same batch and
+//!   were not persisted yet. For handlers that take longer than the window (those where a
+//!   re-run is expensive), this is Kopf's own guarantee: **at most one handler per object
+//!   re-runs per crash** (the one in flight, whose success may not have been persisted).
+//! - The `/status` patch (results) goes out before the body patch (progress, diff-base,
+//!   finalizer): a crash between them re-runs a handler whose result is already stored,
+//!   rather than marking a handler done whose result was lost. Nothing is skipped.
+//! - Deletion handlers release the finalizer in the same patch that ends the cause; a
+//!   crash before it re-runs the deletion handler in flight, and no finalizer stays.
+//!
+//! `tests/tests/reactor_restart.rs` kills the operator at random moments of a
+//! multi-handler lifecycle over many objects and asserts exactly this.
 
 use std::{sync::Arc, time::Duration};
 
@@ -48,6 +72,14 @@ use crate::{
         references::Resource,
     },
 };
+
+/// A cycle's handlers run as one batch (one persisting patch) while they take less than
+/// this in total; once a batch took longer, each further handler starts only after the
+/// outcomes so far are persisted. Bounds what a crash can make re-run (see the header).
+const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+/// Cycles per processing run at most (finalizer changes, persisted slow batches).
+const MAX_CYCLES: usize = 64;
 
 /// What all processors of an operator share.
 pub struct Shared {
@@ -308,6 +340,17 @@ impl ResourceProcessor {
         // Objects that no changing handler pre-matches get no change-handling at all (no
         // progress, no diff-base), as in Kopf.
         if !self.any_changing_prematches(body).await {
+            // Still, a deleted object held only for daemons and timers is released once
+            // they have exited.
+            if cause.reason == Reason::Delete {
+                if self.background.alive(body) {
+                    return Cycle {
+                        delay: Some(0.5),
+                        ..Default::default()
+                    };
+                }
+                patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
+            }
             return Cycle::default();
         }
         let handlers = self.select_handlers(body, &cause, old.as_ref(), &new).await;
@@ -333,14 +376,21 @@ impl ResourceProcessor {
             .retain(|_, s| s.purpose.is_none() || s.purpose.as_deref() == Some(cause.reason.as_str()));
         state = state.with_handlers(selected_ids.iter().copied(), now);
 
-        // Run every handler that is due, in declaration order, all in this cycle.
+        // Run every handler that is due, in declaration order, all in this cycle, unless
+        // the batch gets slow: then persist what is done before starting the next one.
         let mut outcomes: Vec<(String, StepOutcome)> = Vec::new();
+        let batch_started = Instant::now();
+        let mut persist_first = false;
         for handler in &handlers {
             let Some(handler_state) = state.states.get(handler.id()) else {
                 continue;
             };
             if handler_state.finished() || handler_state.sleeping(&now) {
                 continue;
+            }
+            if !outcomes.is_empty() && batch_started.elapsed() >= BATCH_WINDOW {
+                persist_first = true;
+                break;
             }
             let attempt = Attempt {
                 retries: u32::try_from(handler_state.retries.max(0)).unwrap_or(u32::MAX),
@@ -435,8 +485,9 @@ impl ResourceProcessor {
             state.store(&shared.progress, body, patch);
             shared.progress.touch(body, patch, None);
             Cycle {
+                // Handlers left for after the persisting patch go on at once.
+                again: persist_first,
                 delay: state.delay(&now),
-                ..Default::default()
             }
         }
     }
@@ -541,7 +592,10 @@ impl ResourceProcessor {
         let noop = patch.apply_to(&mut preview).is_ok() && preview == *body;
         if !noop {
             let requests = patch.requests(status_sub);
-            for (merge, sub) in [(requests.body, None), (requests.status, Some("status"))] {
+            // Status first: a crash between the two requests then leaves the results
+            // stored and the handlers unmarked (they re-run), never the handlers marked
+            // done (progress, diff-base) with their results lost.
+            for (merge, sub) in [(requests.status, Some("status")), (requests.body, None)] {
                 let Some(merge) = merge else { continue };
                 match patching::patch(client, &url(sub), patching::PatchType::Merge, &merge).await {
                     Ok(result) => fresh = Some(result),
@@ -667,7 +721,7 @@ impl ObjectProcessor for ResourceProcessor {
 
         // Cycles: a finalizer change is persisted before handlers run, then go on.
         let mut delay = None;
-        for _ in 0..4 {
+        for _ in 0..MAX_CYCLES {
             let cycle = self.changing_cycle(memory, &body, &mut patch).await;
             delay = cycle.delay;
             if patch.is_empty() {

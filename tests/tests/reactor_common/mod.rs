@@ -222,17 +222,73 @@ pub fn fixture(name: &str) -> PathBuf {
     tokio::task::block_in_place(|| plugin_path(name)).unwrap()
 }
 
-/// Counts of `(handler id, namespace/name, uid)` lines in a record file.
-pub fn read_records(path: &Path) -> BTreeMap<(String, String, String), usize> {
+/// One line of a record file: `<handler id> <namespace/name> <uid> <reason>`.
+pub type RecordKey = (String, String, String, String);
+
+/// Counts of record lines (handler id, namespace/name, uid, reason) in a record file.
+pub fn read_records(path: &Path) -> BTreeMap<RecordKey, usize> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut counts = BTreeMap::new();
     for line in text.lines() {
-        let mut parts = line.split(' ');
-        if let (Some(id), Some(obj), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        if let [id, obj, uid, reason] = parts[..] {
             *counts
-                .entry((id.to_owned(), obj.to_owned(), uid.to_owned()))
+                .entry((id.to_owned(), obj.to_owned(), uid.to_owned(), reason.to_owned()))
                 .or_insert(0) += 1;
+        } else {
+            panic!("a malformed record line: {line:?}");
         }
     }
     counts
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), seeded for reproduction.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `$name` if set, else from the clock; prints the seed.
+    pub fn from_env(name: &str) -> Self {
+        let seed = std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            })
+            | 1;
+        eprintln!("random seed: {name}={seed}");
+        Self(seed)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        lo + x % (hi - lo).max(1)
+    }
+}
+
+/// A usize from the environment, or a default.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Progress-record annotations (`kopf.zalando.org/<handler id>`) left on an object.
+pub fn progress_annotations(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|a| {
+            a.keys()
+                .filter(|k| k.starts_with("kopf.zalando.org/") && k.as_str() != LAST_HANDLED)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
