@@ -35,6 +35,10 @@ use crate::{
     structs::{patches::Patch, references::Resource},
 };
 
+/// How long a stopped daemon may take to exit by itself before cancellation, when
+/// neither `cancellation_backoff` nor `settings.background.instant_exit_timeout` says.
+const INSTANT_EXIT: Duration = Duration::from_millis(100);
+
 /// Why a daemon or timer is asked to stop (Kopf's `DaemonStoppingReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopReason {
@@ -277,7 +281,9 @@ impl Background {
         }
         running.stop.set(reason);
         let options = &handler.spec().options;
-        let backoff = options.cancellation_backoff.map(seconds).unwrap_or_default();
+        // Kopf gives daemons a moment to exit "instantly" before any escalation.
+        let instant = self.shared.settings.background.instant_exit_timeout.map(seconds).unwrap_or(INSTANT_EXIT);
+        let backoff = options.cancellation_backoff.map(seconds).unwrap_or_default().max(instant);
         let timeout = options.cancellation_timeout.map(seconds);
         let cancel = running.cancel.clone();
         let mut done = running.done.clone();
