@@ -59,10 +59,10 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Peering(crate::commands::peering::PeeringArgs),
     /// Generate least-privilege RBAC for the plugins' handlers.
-    #[command(hide = true, after_help = EXIT_CODES_HELP)]
+    #[command(after_help = EXIT_CODES_HELP)]
     Rbac(crate::commands::rbac::RbacArgs),
     /// Scaffold a new operator crate.
-    #[command(hide = true, after_help = EXIT_CODES_HELP)]
+    #[command(after_help = EXIT_CODES_HELP)]
     New(crate::commands::new::NewArgs),
 }
 

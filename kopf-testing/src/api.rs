@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub faults: Arc<Faults>,
     pub counters: CounterStore,
     pub hooks: RwLock<Vec<Arc<dyn AdmissionHook>>>,
+    /// Bearer tokens of users subject to RBAC.
+    pub tokens: crate::rbac::Tokens,
     pub close_rx: tokio::sync::watch::Receiver<u64>,
     pub shutdown: CancellationToken,
 }

@@ -322,9 +322,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         Some(FaultKind::TooManyRequests { retry_after_secs }) => {
             error_response(&ApiError::too_many_requests(retry_after_secs))
         }
-        None => match dispatch(&shared, r, &method, &query, req, &user).await {
-            Ok(r) => r,
+        None => match authorize(&shared, &user, &r, &info) {
             Err(e) => error_response(&e),
+            Ok(()) => match dispatch(&shared, r, &method, &query, req, &user).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            },
         },
     };
     shared
@@ -332,6 +335,20 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         .record(&info, &user_agent, &user, resp.status().as_u16());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), verb = %info.verb, "request");
     resp
+}
+
+/// RBAC for ServiceAccount tokens (see `rbac.rs`); other requests pass.
+fn authorize(shared: &Shared, token: &str, r: &Route, info: &RequestInfo) -> Result<(), ApiError> {
+    let Route::Resource(p) = r else { return Ok(()) };
+    let attributes = crate::rbac::Attributes {
+        verb: &info.verb,
+        group: &p.group,
+        resource: &p.plural,
+        subresource: p.sub.as_deref(),
+        namespace: p.namespace.as_deref(),
+        name: p.name.as_deref(),
+    };
+    crate::rbac::authorize(&shared.tokens, &shared.state.lock(), token, &attributes)
 }
 
 fn classify(r: &Route, method: &Method, q: &HashMap<String, String>) -> RequestInfo {

@@ -30,6 +30,7 @@ mod http;
 mod openapi;
 mod patch;
 mod protobuf;
+mod rbac;
 mod render;
 mod resources;
 mod scale;
@@ -137,6 +138,7 @@ impl EmulatorBuilder {
             faults,
             counters: Default::default(),
             hooks: RwLock::new(vec![]),
+            tokens: Default::default(),
             close_rx,
             shutdown: CancellationToken::new(),
         });
@@ -456,6 +458,26 @@ impl EmulatorHandle {
     /// Register an admission hook (called on create/update/delete before storing).
     pub fn add_admission_hook(&self, hook: Arc<dyn AdmissionHook>) {
         self.inner.shared.hooks.write().push(hook);
+    }
+
+    /// Register a bearer token for a user: tokens of ServiceAccount users
+    /// (`system:serviceaccount:NAMESPACE:NAME`) are then authorised by the stored RBAC objects
+    /// (Roles, ClusterRoles and their bindings) and get kube-apiserver's 403 when denied.
+    /// Requests with other tokens stay allowed. Secrets of type
+    /// `kubernetes.io/service-account-token` with a `data.token` work the same way.
+    pub fn add_token(&self, token: &str, user: &str) {
+        self.inner.shared.tokens.add(token, user);
+    }
+
+    /// Forget a token registered with [`Self::add_token`].
+    pub fn remove_token(&self, token: &str) {
+        self.inner.shared.tokens.remove(token);
+    }
+
+    /// A kubeconfig like [`Self::kubeconfig_yaml`] but authenticating with this bearer token.
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        self.kubeconfig_yaml()
+            .replace(&format!("    token: {KUBECONFIG_USER}\n"), &format!("    token: {token}\n"))
     }
 
     /// A snapshot of the request counters.

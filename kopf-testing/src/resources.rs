@@ -139,6 +139,12 @@ fn builtin(
 
 /// The built-in resources served from the start.
 pub fn builtins() -> Vec<ResourceDef> {
+    let mut defs = builtins_core();
+    defs.extend(crate::rbac::builtins(builtin));
+    defs
+}
+
+fn builtins_core() -> Vec<ResourceDef> {
     vec![
         builtin(
             "",

@@ -1,17 +1,431 @@
 //! `kopf rbac`: least-privilege RBAC derived from the plugins' handlers.
+//!
+//! The rules come from what the operator actually does (Kopf's `docs/deployment-rbac.yaml`,
+//! narrowed to the handlers declared):
+//!
+//! * every served resource: `list`, `watch`; plus `patch` (and `patch` on `<plural>/status`
+//!   when the resource has a status subresource, or when that is unknown) unless the
+//!   resource is served only by index handlers;
+//! * `customresourcedefinitions` `list`, `watch` (the operator observes CRDs);
+//! * `namespaces` `list`, `watch` only for `-n` glob patterns;
+//! * `events` `create` where objects live;
+//! * peering objects `get`, `list`, `watch`, `patch` (`clusterkopfpeerings` with `-A`,
+//!   `kopfpeerings` per namespace with `-n`), unless `--standalone`;
+//! * webhook configurations `create`, `patch` only when validate/mutate handlers exist;
+//! * `leases` `get`, `create`, `update`, `patch` only with `--lease`.
+//!
+//! Selectors are resolved to API groups and plurals without a cluster: against the
+//! built-in resources of Kubernetes and the CRDs given with `-f`. A selector naming a group
+//! and a plural is used as written even when unknown. `--discover` resolves against the
+//! cluster of the current kubeconfig instead.
 
-use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use kopf_abi::protocol::{HandlerKind, ResourceSelector};
+use serde_json::{Value, json};
+
+use crate::clients::connection;
+use crate::clients::scanning::{self, GroupFilter};
+use crate::plugin::{PluginSet, render_selector};
+use crate::structs::references::{self, NamespacePattern, Resource};
 
 /// `kopf rbac` arguments.
 #[derive(Debug, Args)]
 pub struct RbacArgs {
+    /// The plugins (`.so` files) whose handlers need the permissions.
+    #[arg(value_name = "PLUGIN", required = true)]
+    pub plugins: Vec<PathBuf>,
+    /// Namespaces the operator will serve (as `kopf run -n`): repeatable; globs and
+    /// comma-separated parts. Literal names get a Role per namespace.
+    #[arg(short = 'n', long = "namespace", value_name = "PATTERN", value_parser = crate::cli::parse_namespace_pattern)]
+    pub namespaces: Vec<String>,
+    /// Cluster-wide operation (as `kopf run -A`; the default without `-n`).
+    #[arg(short = 'A', long, conflicts_with = "namespaces")]
+    pub all_namespaces: bool,
+    /// The operator runs with `--standalone`: no peering permissions.
+    #[arg(long)]
+    pub standalone: bool,
+    /// The operator runs with `--lease [NAMESPACE/]NAME`: permissions on that Lease.
+    #[arg(long, value_name = "[NAMESPACE/]NAME")]
+    pub lease: Option<String>,
+    /// The name of the ServiceAccount, roles and bindings.
+    #[arg(long, default_value = "kopf-operator")]
+    pub name: String,
+    /// The namespace of the ServiceAccount (where the operator's pod runs).
+    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    pub service_account_namespace: String,
+    /// Do not emit the ServiceAccount itself (only roles and bindings).
+    #[arg(long)]
+    pub no_service_account: bool,
+    /// CRD manifests (YAML) to resolve bare resource names like `kopfexamples` offline.
+    #[arg(short = 'f', long = "crd", value_name = "FILE")]
+    pub crds: Vec<PathBuf>,
+    /// Resolve selectors against the cluster of the current kubeconfig instead.
+    #[arg(long)]
+    pub discover: bool,
     /// Log debug details of failures.
     #[arg(short = 'd', long)]
     pub debug: bool,
 }
 
+/// One resolved resource with the verbs it needs.
+#[derive(Debug, Clone, Default)]
+struct Need {
+    namespaced: bool,
+    verbs: BTreeSet<&'static str>,
+    /// `Some(true)`: has a status subresource; `None`: unknown.
+    status: Option<bool>,
+}
+
+/// A rule: `(group, resource)` with verbs.
+type Rules = BTreeMap<(String, String), BTreeSet<&'static str>>;
+
 /// Returns the RBAC manifests as YAML text.
-pub fn run(_args: RbacArgs) -> Result<String> {
-    anyhow::bail!("kopf rbac is not available in this build yet")
+pub fn run(args: RbacArgs) -> Result<String> {
+    let plugins = PluginSet::load(&args.plugins)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let catalog = runtime.block_on(catalog(&args))?;
+    generate(&args, &plugins, &catalog)
+}
+
+/// The resources selectors are resolved against.
+async fn catalog(args: &RbacArgs) -> Result<Vec<Resource>> {
+    if args.discover {
+        let config = connection::load_config(None).await?;
+        let client = connection::make_client(config)?;
+        return scanning::scan(&client, &GroupFilter::All)
+            .await
+            .context("discovery against the current kubeconfig's cluster failed");
+    }
+    let emulator = kopf_testing::Emulator::builder().start().await?;
+    let result = async {
+        for path in &args.crds {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            emulator
+                .apply_yaml(&text)
+                .await
+                .with_context(|| format!("cannot use the manifests of {}", path.display()))?;
+        }
+        let config = connection::config_from_yaml(&emulator.kubeconfig_yaml()).await?;
+        let client = connection::make_client(config)?;
+        Ok::<_, anyhow::Error>(scanning::scan(&client, &GroupFilter::All).await?)
+    }
+    .await;
+    emulator.shutdown().await;
+    result
+}
+
+/// Resolves one selector to resources, or explains why it cannot.
+fn resolve(sel: &ResourceSelector, catalog: &[Resource]) -> Result<Vec<Resource>> {
+    let found = references::resolve(sel, catalog)?;
+    if !found.is_empty() {
+        return Ok(found.into_iter().cloned().collect());
+    }
+    if let (Some(group), Some(plural)) = (&sel.group, &sel.plural) {
+        // Unknown here but fully named: use as written (assumed namespaced, status unknown).
+        return Ok(vec![Resource {
+            group: group.clone(),
+            version: sel.version.clone().unwrap_or_default(),
+            plural: plural.clone(),
+            namespaced: true,
+            subresources: BTreeSet::from(["?".to_owned()]),
+            ..Resource::default()
+        }]);
+    }
+    if references::is_specific(sel) {
+        bail!(
+            "cannot resolve the resource {:?} without a cluster: pass its CRD with -f FILE, \
+             name the group and plural in the handler's selector, or use --discover",
+            render_selector(Some(sel))
+        );
+    }
+    Ok(vec![])
+}
+
+/// Builds the manifests from the plugins' handlers and a resource catalog.
+fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Result<String> {
+    let mut needs: BTreeMap<(String, String), Need> = BTreeMap::new();
+    let mut everything = false;
+    let mut webhooks = false;
+    for handler in plugins.handlers() {
+        let spec = handler.spec();
+        if spec.kind.is_activity() {
+            continue;
+        }
+        if spec.kind.is_webhook() {
+            webhooks = true;
+            continue;
+        }
+        let Some(sel) = &spec.selector else { continue };
+        if sel.everything {
+            everything = true;
+        }
+        for res in resolve(sel, catalog)? {
+            let need = needs.entry((res.group.clone(), res.plural.clone())).or_default();
+            need.namespaced = res.namespaced;
+            need.verbs.extend(["list", "watch"]);
+            if spec.kind != HandlerKind::Index {
+                need.verbs.insert("patch");
+            }
+            need.status = if res.subresources.contains("?") {
+                None
+            } else {
+                Some(res.has_status_subresource())
+            };
+        }
+    }
+
+    let patterns: Vec<String> = args
+        .namespaces
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let literal: Option<BTreeSet<String>> = patterns
+        .iter()
+        .map(|p| NamespacePattern::new(p).specific_name().map(str::to_owned))
+        .collect();
+    // Role per namespace only for literal names; cluster-wide or globs need a ClusterRole.
+    let role_namespaces: Option<BTreeSet<String>> =
+        match (&literal, patterns.is_empty() || args.all_namespaces) {
+            (Some(names), false) => Some(names.clone()),
+            _ => None,
+        };
+    let globs = !patterns.is_empty() && literal.is_none();
+
+    let mut cluster: Rules = BTreeMap::new();
+    let mut local: Rules = BTreeMap::new();
+    cluster
+        .entry(("apiextensions.k8s.io".into(), "customresourcedefinitions".into()))
+        .or_default()
+        .extend(["list", "watch"]);
+    if globs {
+        cluster
+            .entry((String::new(), "namespaces".into()))
+            .or_default()
+            .extend(["list", "watch"]);
+    }
+    let namespaced_rules = if role_namespaces.is_some() {
+        &mut local
+    } else {
+        &mut cluster
+    };
+    namespaced_rules
+        .entry((String::new(), "events".into()))
+        .or_default()
+        .insert("create");
+    if !args.standalone {
+        if role_namespaces.is_some() {
+            local
+                .entry(("kopf.dev".into(), "kopfpeerings".into()))
+                .or_default()
+                .extend(["get", "list", "watch", "patch"]);
+        } else if globs {
+            cluster
+                .entry(("kopf.dev".into(), "kopfpeerings".into()))
+                .or_default()
+                .extend(["get", "list", "watch", "patch"]);
+        } else {
+            cluster
+                .entry(("kopf.dev".into(), "clusterkopfpeerings".into()))
+                .or_default()
+                .extend(["get", "list", "watch", "patch"]);
+        }
+    }
+    if webhooks {
+        for plural in ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"] {
+            cluster
+                .entry(("admissionregistration.k8s.io".into(), plural.into()))
+                .or_default()
+                .extend(["create", "patch"]);
+        }
+    }
+    for ((group, plural), need) in &needs {
+        let rules = if need.namespaced && role_namespaces.is_some() {
+            &mut local
+        } else {
+            &mut cluster
+        };
+        rules
+            .entry((group.clone(), plural.clone()))
+            .or_default()
+            .extend(need.verbs.iter().copied());
+        if need.verbs.contains("patch") && need.status != Some(false) {
+            rules
+                .entry((group.clone(), format!("{plural}/status")))
+                .or_default()
+                .insert("patch");
+        }
+    }
+    if everything {
+        cluster
+            .entry(("*".into(), "*".into()))
+            .or_default()
+            .extend(["list", "watch", "patch"]);
+    }
+
+    let name = &args.name;
+    let sa_ns = &args.service_account_namespace;
+    let subject = json!([{"kind": "ServiceAccount", "name": name, "namespace": sa_ns}]);
+    let mut docs: Vec<Value> = Vec::new();
+    if !args.no_service_account {
+        docs.push(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": sa_ns},
+        }));
+    }
+    docs.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": render_rules(&cluster),
+    }));
+    docs.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": subject,
+    }));
+    let mut per_ns: BTreeMap<String, Rules> = BTreeMap::new();
+    for ns in role_namespaces.iter().flatten() {
+        per_ns.insert(ns.clone(), local.clone());
+    }
+    if let Some(lease) = &args.lease {
+        let (ns, lease_name) = match lease.split_once('/') {
+            Some((ns, n)) => (ns.to_owned(), n.to_owned()),
+            None => (sa_ns.clone(), lease.clone()),
+        };
+        if lease_name.is_empty() || ns.is_empty() {
+            bail!("invalid --lease {lease:?}: expected [NAMESPACE/]NAME");
+        }
+        // `create` cannot be limited by resourceNames, so it gets a rule of its own.
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": format!("{name}-lease"), "namespace": ns},
+            "rules": [
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease_name],
+                 "verbs": ["get", "patch", "update"]},
+            ],
+        }));
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("{name}-lease"), "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-lease")},
+            "subjects": subject,
+        }));
+    }
+    for (ns, rules) in &per_ns {
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns},
+            "rules": render_rules(rules),
+        }));
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subject,
+        }));
+    }
+
+    let mut out = String::new();
+    out.push_str("# Generated by `kopf rbac` from the handlers of:\n");
+    for plugin in plugins.plugins() {
+        out.push_str(&format!("#   {}\n", plugin.name()));
+    }
+    out.push_str("# Add rules for whatever the handlers themselves read or create (children, etc.).\n");
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc)?);
+    }
+    Ok(out)
+}
+
+/// Rules as RBAC `PolicyRule`s: one per (group, resource), sorted.
+fn render_rules(rules: &Rules) -> Value {
+    Value::Array(
+        rules
+            .iter()
+            .map(|((group, resource), verbs)| {
+                json!({
+                    "apiGroups": [group],
+                    "resources": [resource],
+                    "verbs": verbs.iter().collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(group: &str, plural: &str, kind: &str, namespaced: bool, status: bool) -> Resource {
+        Resource {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            kind: kind.into(),
+            singular: kind.to_lowercase(),
+            namespaced,
+            preferred: true,
+            subresources: if status {
+                BTreeSet::from(["status".to_owned()])
+            } else {
+                BTreeSet::new()
+            },
+            verbs: ["list", "watch", "patch"].map(str::to_owned).into(),
+            ..Resource::default()
+        }
+    }
+
+    #[test]
+    fn bare_names_resolve_against_the_catalog_or_fail_clearly() {
+        let catalog = vec![
+            res("", "pods", "Pod", true, true),
+            res("kopf.dev", "kopfexamples", "KopfExample", true, true),
+        ];
+        let sel = ResourceSelector {
+            any_name: Some("kopfexamples".into()),
+            ..Default::default()
+        };
+        let found = resolve(&sel, &catalog).unwrap();
+        assert_eq!(found[0].group, "kopf.dev");
+        let unknown = ResourceSelector {
+            any_name: Some("widgets".into()),
+            ..Default::default()
+        };
+        let err = resolve(&unknown, &catalog).unwrap_err().to_string();
+        assert!(err.contains("\"widgets\"") && err.contains("-f FILE"), "{err}");
+        let named = ResourceSelector {
+            group: Some("example.com".into()),
+            plural: Some("widgets".into()),
+            ..Default::default()
+        };
+        let found = resolve(&named, &catalog).unwrap();
+        assert_eq!(
+            (found[0].group.as_str(), found[0].plural.as_str()),
+            ("example.com", "widgets")
+        );
+    }
+
+    #[test]
+    fn rules_render_one_per_resource() {
+        let mut rules = Rules::new();
+        rules.insert(("".into(), "events".into()), BTreeSet::from(["create"]));
+        let v = render_rules(&rules);
+        assert_eq!(
+            v,
+            json!([{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])
+        );
+    }
 }
