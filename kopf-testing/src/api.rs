@@ -267,6 +267,7 @@ impl Shared {
         object: Option<Value>,
         old: Option<&Value>,
         user: &str,
+        dry_run: bool,
     ) -> Result<Option<Value>, ApiError> {
         let hooks: Vec<Arc<dyn AdmissionHook>> = self.hooks.read().clone();
         if hooks.is_empty() {
@@ -285,14 +286,21 @@ impl Shared {
                 object: object.clone(),
                 old_object: old.cloned(),
                 user: user.to_string(),
-                dry_run: false,
+                dry_run,
             };
             match h.admit(req).await {
                 AdmissionDecision::Allow => {}
                 AdmissionDecision::Mutate(v) => object = Some(v),
                 AdmissionDecision::Deny { code, message } => {
                     let mut e = ApiError::with_code(code);
-                    e.message = format!("admission webhook denied the request: {message}");
+                    // Stored webhook configurations word their denials as kube-apiserver.
+                    e.message = if message.starts_with("admission webhook ")
+                        || message.starts_with("Internal error")
+                    {
+                        message
+                    } else {
+                        format!("admission webhook denied the request: {message}")
+                    };
                     return Err(e);
                 }
             }
@@ -348,6 +356,7 @@ impl Shared {
                 Some(obj),
                 None,
                 &ctx.user,
+                ctx.dry_run,
             )
             .await?
             .unwrap_or(Value::Null);
@@ -392,6 +401,7 @@ impl Shared {
                     Some(new),
                     Some(&old),
                     &ctx.user,
+                    ctx.dry_run,
                 )
                 .await?
                 .unwrap_or(Value::Null);
@@ -711,6 +721,7 @@ impl Shared {
                 None,
                 Some(&old),
                 &ctx.user,
+                ctx.dry_run || opts.dry_run,
             )
             .await?;
         }

@@ -38,6 +38,7 @@ mod schema;
 mod selectors;
 mod store;
 mod watch;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -127,6 +128,8 @@ impl EmulatorBuilder {
         )));
         let (close_tx, close_rx) = tokio::sync::watch::channel(0u64);
         let faults = Arc::new(Faults::new(close_tx, state.clone()));
+        // Stored Validating/MutatingWebhookConfigurations are called as kube-apiserver does.
+        let webhook_caller: Arc<dyn AdmissionHook> = Arc::new(webhooks::WebhookCaller::new(state.clone()));
         let shared = Arc::new(Shared {
             state,
             tx,
@@ -137,7 +140,7 @@ impl EmulatorBuilder {
             },
             faults,
             counters: Default::default(),
-            hooks: RwLock::new(vec![]),
+            hooks: RwLock::new(vec![webhook_caller]),
             tokens: Default::default(),
             close_rx,
             shutdown: CancellationToken::new(),
