@@ -1,0 +1,76 @@
+//! Kopf's `17-admission` example in Rust: validating and mutating admission webhooks.
+//!
+//! Run with a webhook server and managed webhook configurations, e.g.:
+//!
+//! ```text
+//! kopf run -A --webhook-server https://127.0.0.1:9443 --webhook-managed auto.kopf.dev \
+//!     target/debug/libexample_17_admission.so
+//! ```
+//!
+//! * `check_spec` rejects objects with `spec.field: wrong` (HTTP 422 and the handler's
+//!   message), and warns about objects without `spec.field`;
+//! * `defaults` fills in `spec.replicas: 1` and the label `defaulted-by: kopf` when absent,
+//!   and marks dry-run requests with the annotation `kopf.dev/dryrun: "true"`;
+//! * `audit_dryrun` records dry-run requests in a warning (it has side effects, so it
+//!   declares `side_effects = true`: the API server then calls it on dry runs too);
+//! * `strict_panics` panics on objects labelled `panic: "yes"` (a failure: the request is
+//!   denied); `lenient_panics` panics on objects labelled `panic: "lenient"` but has
+//!   `ignore_failures = true` (the request is allowed).
+
+use serde_json::{Value, json};
+
+/// Rejects `spec.field: wrong`; warns when `spec.field` is missing.
+#[kopf::on::validate("kopfexamples", operations = ["CREATE", "UPDATE"])]
+pub fn check_spec(ctx: &kopf::Context) -> kopf::Result<()> {
+    match ctx.spec().get("field").and_then(Value::as_str) {
+        Some("wrong") => Err(kopf::AdmissionError::new("spec.field must not be 'wrong'.")
+            .code(422)
+            .into()),
+        Some(_) => Ok(()),
+        None => {
+            ctx.add_warning("spec.field is not set.");
+            Ok(())
+        }
+    }
+}
+
+/// Fills in defaults: `spec.replicas` and a label.
+#[kopf::on::mutate("kopfexamples", operations = ["CREATE", "UPDATE"])]
+pub fn defaults(ctx: &kopf::Context) {
+    let body = ctx.body();
+    let mut patch = ctx.patch();
+    if body.pointer("/spec/replicas").is_none() {
+        patch.spec()["replicas"] = json!(1);
+    }
+    if body.pointer("/metadata/labels/defaulted-by").is_none() {
+        patch.meta()["labels"]["defaulted-by"] = json!("kopf");
+    }
+    if ctx.dryrun() {
+        patch.meta()["annotations"]["kopf.dev/dryrun"] = json!("true");
+    }
+}
+
+/// Reports dry runs in a warning (and would skip side effects there).
+#[kopf::on::validate("kopfexamples", side_effects = true)]
+pub fn audit_dryrun(ctx: &kopf::Context) {
+    if ctx.dryrun() {
+        let user = ctx
+            .userinfo()
+            .get("username")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        ctx.add_warning(format!("dry run of {} by {user}", ctx.operation().unwrap_or("?")));
+    }
+}
+
+/// Panics for objects labelled `panic: "yes"`: the request is denied.
+#[kopf::on::validate("kopfexamples", labels = {"panic": "yes"})]
+pub fn strict_panics(_ctx: &kopf::Context) {
+    panic!("the strict handler panics on purpose");
+}
+
+/// Panics for objects labelled `panic: "lenient"`, but failures are ignored.
+#[kopf::on::validate("kopfexamples", labels = {"panic": "lenient"}, ignore_failures = true)]
+pub fn lenient_panics(_ctx: &kopf::Context) {
+    panic!("the lenient handler panics on purpose");
+}

@@ -1,0 +1,323 @@
+//! Admission webhooks end to end: the real `kopf` binary serving the 17-admission example
+//! over HTTPS, managed webhook configurations, and the emulator calling them as
+//! kube-apiserver does for `kubectl` requests.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use kopf_e2e::{KopfProcess, plugin_path, wait_for, workspace_root};
+use kopf_testing::{Emulator, EmulatorHandle};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Setup {
+    _runtime: tokio::runtime::Runtime,
+    _emulator: EmulatorHandle,
+    dir: tempfile::TempDir,
+    kopf: KopfProcess,
+    port: u16,
+}
+
+impl Setup {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emulator = runtime.block_on(Emulator::builder().start()).unwrap();
+        let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
+        runtime.block_on(emulator.apply_yaml(&crd)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        emulator.write_kubeconfig(dir.path().join("kubeconfig")).unwrap();
+        let plugin = plugin_path("example-17-admission").unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let cadump = dir.path().join("ca.pem");
+        let mut kopf = KopfProcess::spawn_with_env(
+            [
+                "run".as_ref(),
+                "-A".as_ref(),
+                "--standalone".as_ref(),
+                "--webhook-server".as_ref(),
+                "https://127.0.0.1:0".as_ref(),
+                "--webhook-host".as_ref(),
+                "localhost".as_ref(),
+                "--webhook-host".as_ref(),
+                "webhooks.example.test".as_ref(),
+                "--webhook-managed".as_ref(),
+                "auto.kopf.dev".as_ref(),
+                "--webhook-cadump".as_ref(),
+                cadump.as_os_str(),
+                plugin.as_os_str(),
+            ],
+            [("KUBECONFIG", kubeconfig.as_os_str())],
+        )
+        .unwrap();
+        let line = kopf
+            .wait_for_line("Serving admission webhooks at https://", DEADLINE)
+            .unwrap();
+        let port: u16 = line
+            .split("https://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        kopf.wait_for_line("The operator is ready", DEADLINE).unwrap();
+        Self {
+            _runtime: runtime,
+            _emulator: emulator,
+            dir,
+            kopf,
+            port,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn apply(&self, object: &Value, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "-f", "-"];
+        args.extend_from_slice(extra);
+        self.kubectl(&args, Some(&object.to_string()))
+    }
+
+    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        let out = self.kubectl(&["get", kind, name, "-o", "json"], None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// POSTs to the webhook server with curl, verifying the dumped CA and the host name.
+    fn curl(&self, path: &str, body: &str) -> (u16, String) {
+        let url = format!("https://webhooks.example.test:{}{path}", self.port);
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+            .args([
+                "--resolve",
+                &format!("webhooks.example.test:{}:127.0.0.1", self.port),
+            ])
+            .arg("--cacert")
+            .arg(self.dir.path().join("ca.pem"))
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_owned())
+    }
+}
+
+fn example(name: &str, spec: Value, labels: Value) -> Value {
+    json!({
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfExample",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": spec,
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn webhooks_validate_mutate_and_survive_panics() {
+    let setup = Setup::start();
+
+    // The managed configurations: one webhook per handler, with the CA bundle and policies.
+    let validating = wait_for(DEADLINE, "the validating configuration", || {
+        setup.get("validatingwebhookconfiguration", "auto.kopf.dev")
+    })
+    .unwrap();
+    let webhooks = validating["webhooks"].as_array().unwrap();
+    let names: Vec<&str> = webhooks.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "check-spec.auto.kopf.dev",
+            "audit-dryrun.auto.kopf.dev",
+            "strict-panics.auto.kopf.dev",
+            "lenient-panics.auto.kopf.dev"
+        ]
+    );
+    let lenient = &webhooks[3];
+    assert_eq!(lenient["failurePolicy"], "Ignore");
+    assert_eq!(webhooks[0]["failurePolicy"], "Fail");
+    assert_eq!(webhooks[1]["sideEffects"], "NoneOnDryRun");
+    assert_eq!(
+        lenient["objectSelector"],
+        json!({"matchExpressions": [{"key": "panic", "operator": "In", "values": ["lenient"]}]})
+    );
+    assert_eq!(webhooks[0]["rules"][0]["resources"], json!(["kopfexamples"]));
+    assert_eq!(webhooks[0]["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+    let url = webhooks[0]["clientConfig"]["url"].as_str().unwrap();
+    assert_eq!(url, format!("https://localhost:{}/check_spec", setup.port));
+    let mutating = setup
+        .get("mutatingwebhookconfiguration", "auto.kopf.dev")
+        .unwrap();
+    assert_eq!(mutating["webhooks"][0]["name"], "defaults.auto.kopf.dev");
+    // An invalid object is rejected with the handler's message.
+    let out = setup.apply(&example("bad", json!({"field": "wrong"}), json!({})), &[]);
+    assert!(!out.status.success(), "the invalid object was accepted");
+    let text = stderr(&out);
+    assert!(text.contains("spec.field must not be 'wrong'."), "{text}");
+    assert!(text.contains("check-spec.auto.kopf.dev"), "{text}");
+    assert!(setup.get("kex", "bad").is_none());
+
+    // A valid object gets the mutating handler's defaults stored.
+    let out = setup.apply(&example("good", json!({"field": "ok"}), json!({})), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = setup.get("kex", "good").unwrap();
+    assert_eq!(stored["spec"]["replicas"], 1, "{stored}");
+    assert_eq!(stored["metadata"]["labels"]["defaulted-by"], "kopf", "{stored}");
+    assert_eq!(stored["spec"]["field"], "ok");
+
+    // Dry-run requests reach the handlers with `dryrun` set (the mutation marks them).
+    let out = setup.apply(
+        &example("dry", json!({"field": "ok"}), json!({})),
+        &["--dry-run=server", "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dry["metadata"]["annotations"]["kopf.dev/dryrun"], "true", "{dry}");
+    assert!(setup.get("kex", "dry").is_none(), "a dry run stored the object");
+    assert!(stored["metadata"]["annotations"]["kopf.dev/dryrun"].is_null());
+
+    // A panicking handler denies; with ignore_failures it allows; the server keeps serving.
+    let out = setup.apply(
+        &example("strict", json!({"field": "ok"}), json!({"panic": "yes"})),
+        &[],
+    );
+    assert!(!out.status.success(), "the strict panic allowed the object");
+    let text = stderr(&out);
+    assert!(text.contains("strict-panics.auto.kopf.dev"), "{text}");
+    assert!(text.contains("panics on purpose"), "{text}");
+    let out = setup.apply(
+        &example("lenient", json!({"field": "ok"}), json!({"panic": "lenient"})),
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(setup.get("kex", "lenient").is_some());
+    let out = setup.apply(&example("bad2", json!({"field": "wrong"}), json!({})), &[]);
+    assert!(
+        stderr(&out).contains("spec.field must not be 'wrong'."),
+        "{}",
+        stderr(&out)
+    );
+
+    // Directly: warnings and the base64 JSONPatch in the AdmissionReview response.
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "uid-1",
+            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": example("direct", json!({}), json!({})),
+        }
+    });
+    let (code, body) = setup.curl("/check_spec", &review.to_string());
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["uid"], "uid-1");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["warnings"], json!(["spec.field is not set."]));
+    let (code, body) = setup.curl("/defaults", &review.to_string());
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    assert!(
+        answer["response"]["patch"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty())
+    );
+
+    // Unknown paths are 404, malformed reviews 400, and the server still serves after them.
+    let (code, _) = setup.curl("/no-such-handler", &review.to_string());
+    assert_eq!(code, 404);
+    let (code, _) = setup.curl("/check_spec", "this is not a review");
+    assert_eq!(code, 400);
+    let (code, _) = setup.curl(
+        "/check_spec",
+        r#"{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": 1}}"#,
+    );
+    assert_eq!(code, 400);
+    let (code, _) = setup.curl("/check_spec", &review.to_string());
+    assert_eq!(code, 200);
+
+    // Plain HTTP gets no HTTP answer: the connection fails the TLS handshake.
+    let mut plain = TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    plain
+        .write_all(b"POST /check_spec HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP was answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (code, _) = setup.curl("/check_spec", &review.to_string());
+    assert_eq!(code, 200);
+
+    drop(setup.kopf);
+}
+
+#[test]
+fn webhook_handlers_require_a_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let emulator = runtime.block_on(Emulator::builder().start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    emulator.write_kubeconfig(dir.path().join("kubeconfig")).unwrap();
+    let plugin = plugin_path("example-17-admission").unwrap();
+    let mut kopf = KopfProcess::spawn_with_env(
+        [
+            "run".as_ref(),
+            "-A".as_ref(),
+            "--standalone".as_ref(),
+            plugin.as_os_str(),
+        ],
+        [("KUBECONFIG", dir.path().join("kubeconfig").into_os_string())],
+    )
+    .unwrap();
+    let status = kopf.wait_exit(DEADLINE).unwrap();
+    assert!(!status.success());
+    let log = kopf.lines().join("\n");
+    assert!(log.contains("--webhook-server"), "{log}");
+}
