@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/debug/deps/operator-HASH -> target/debug
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// The `kopf` binary: `$KOPF_BIN`, else built from the workspace next to this plugin.
@@ -71,7 +74,12 @@ impl Operator {
     async fn wait_for_line(&self, needle: &str) {
         let log = || self.log();
         eventually(&format!("log line {needle:?}"), &log, || {
-            self.lines.lock().unwrap().iter().any(|l| l.contains(needle)).then_some(())
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+                .then_some(())
         })
         .await;
     }
@@ -125,8 +133,14 @@ async fn the_operator_handles_the_whole_lifecycle() {
         get().filter(|o| o.pointer("/status/create_fn").is_some())
     })
     .await;
-    assert_eq!(obj["status"]["create_fn"]["message"], json!("created with \"one\""));
-    let finalizers = obj.pointer("/metadata/finalizers").cloned().unwrap_or(Value::Null);
+    assert_eq!(
+        obj["status"]["create_fn"]["message"],
+        json!("created with \"one\"")
+    );
+    let finalizers = obj
+        .pointer("/metadata/finalizers")
+        .cloned()
+        .unwrap_or(Value::Null);
     assert_eq!(finalizers, json!(["kopf.zalando.org/KopfFinalizerMarker"]));
 
     // A change of spec.field reaches the field handler.
