@@ -25,6 +25,7 @@ use crate::{
     plugin::{CallerInfo, HandlerRef, HostServices, PluginSet},
     reactor::{
         daemons::StopRegistry,
+        indexing::Indices,
         orchestration::{NamespaceScope, Orchestrator, wanted_streams},
         pausing::PauseToggles,
         processing::{ResourceProcessor, Shared},
@@ -78,11 +79,13 @@ pub async fn run_controlled(
     crate::admission::start(&context).await?;
 
     let stops = Arc::new(StopRegistry::default());
+    let indices = Arc::new(Indices::default());
     let services = Arc::new(EngineServices::start(
         client.clone(),
         &settings,
         stop.clone(),
         stops.clone(),
+        indices.clone(),
         &context.config,
     ));
     plugins.set_services(services);
@@ -102,6 +105,7 @@ pub async fn run_controlled(
         settings: settings.clone(),
         stops: stops.clone(),
         exiting: stop.clone(),
+        indices: indices.clone(),
     });
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
@@ -509,6 +513,7 @@ struct EngineServices {
     events: Option<mpsc::UnboundedSender<Value>>,
     reporter: events::Reporter,
     stops: Arc<StopRegistry>,
+    indices: Arc<Indices>,
     /// The answer to `client.config`: the operator's connection settings for plugins.
     client_config: Value,
 }
@@ -520,6 +525,7 @@ impl EngineServices {
         settings: &OperatorSettings,
         stop: CancellationToken,
         stops: Arc<StopRegistry>,
+        indices: Arc<Indices>,
         config: &kube::Config,
     ) -> Self {
         let client_config = client_config_json(config);
@@ -533,6 +539,7 @@ impl EngineServices {
                 events: None,
                 reporter,
                 stops,
+                indices,
                 client_config,
             };
         }
@@ -557,6 +564,7 @@ impl EngineServices {
             events: Some(tx),
             reporter,
             stops,
+            indices,
             client_config,
         }
     }
@@ -611,6 +619,16 @@ impl HostServices for EngineServices {
                     let _ = events.send(event);
                 }
                 Ok("{}".into())
+            }
+            host_methods::INDEX_GET => {
+                let payload: Value = serde_json::from_str(payload)
+                    .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: {e}")))?;
+                let name = payload.get("index").and_then(Value::as_str).unwrap_or_default();
+                let key = payload.get("key").unwrap_or(&Value::Null);
+                match self.indices.get(name, key) {
+                    Some(values) => Ok(Value::Array(values).to_string()),
+                    None => Err(Failure::new(FailureKind::BAD_PAYLOAD, format!("no index named {name:?}"))),
+                }
             }
             host_methods::DAEMON_STOPPED | host_methods::DAEMON_WAIT => {
                 let payload: Value = serde_json::from_str(payload)

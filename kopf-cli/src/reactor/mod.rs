@@ -2,6 +2,7 @@
 
 pub mod daemons;
 pub mod execution;
+pub mod indexing;
 pub mod orchestration;
 pub mod pausing;
 pub mod processing;

@@ -52,7 +52,7 @@ pub struct Orchestrator<P: ObjectProcessor> {
     watch: WatchSettings,
     queue: QueueSettings,
     limit: Arc<Semaphore>,
-    streams: HashMap<StreamKey, (CancellationToken, tokio::task::JoinHandle<()>)>,
+    streams: HashMap<StreamKey, (CancellationToken, tokio::task::JoinHandle<()>, Arc<P>)>,
     _processor: std::marker::PhantomData<P>,
 }
 
@@ -99,30 +99,34 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         );
         let queue = self.queue.clone();
         let limit = self.limit.clone();
+        let stream = describe(&key);
+        processor.stream_started(&stream);
+        let owner = processor.clone();
         let task = tokio::spawn(async move {
             // The watcher ends on stop; the multiplexer drains its workers after that.
-            let multiplexer = multiplex(items, processor, queue, limit);
+            let multiplexer = multiplex(stream, items, processor, queue, limit);
             let _ = tokio::join!(watcher, multiplexer);
         });
         tracing::debug!(target: "kopf.reactor", "Starting the watch-stream for {}.", describe(&key));
-        self.streams.insert(key, (stop, task));
+        self.streams.insert(key, (stop, task, owner));
     }
 
     /// Stops the stream for `key` and waits for its workers to finish.
     pub async fn remove(&mut self, key: &StreamKey) {
-        if let Some((stop, task)) = self.streams.remove(key) {
+        if let Some((stop, task, processor)) = self.streams.remove(key) {
             tracing::debug!(target: "kopf.reactor", "Stopping the watch-stream for {}.", describe(key));
             stop.cancel();
             let _ = task.await;
+            processor.stream_stopped(&describe(key));
         }
     }
 
     /// Stops every stream (pause or exit) and waits for all workers to finish.
     pub async fn stop_all(&mut self) {
-        for (stop, _) in self.streams.values() {
+        for (stop, _, _) in self.streams.values() {
             stop.cancel();
         }
-        for (_, (_, task)) in self.streams.drain() {
+        for (_, (_, task, _)) in self.streams.drain() {
             let _ = task.await;
         }
     }

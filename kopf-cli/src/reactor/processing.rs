@@ -49,6 +49,7 @@ use tokio::time::Instant;
 
 use super::{
     daemons::{Background, StopReason, StopRegistry},
+    indexing::{self, Indices},
     execution::{self, Attempt, Decision},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
 };
@@ -97,6 +98,8 @@ pub struct Shared {
     pub stops: Arc<StopRegistry>,
     /// Cancelled when the operator exits (as opposed to pausing).
     pub exiting: tokio_util::sync::CancellationToken,
+    /// The in-memory indices of `index` handlers.
+    pub indices: Arc<Indices>,
 }
 
 /// The processor of one served resource.
@@ -113,6 +116,8 @@ pub struct ResourceProcessor {
     extra_fields: Vec<FieldPath>,
     /// Daemons and timers of this resource's objects.
     background: Background,
+    /// Index handlers of this resource.
+    indexers: Vec<HandlerRef>,
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -131,6 +136,8 @@ pub struct ObjectMemory {
     errors: usize,
     /// The essence last seen (to tell idle timers about changes).
     essence: Option<Value>,
+    /// Events that arrived while waiting for the indices to be ready.
+    pending: Vec<RawEvent>,
 }
 
 /// The result of one changing cycle.
@@ -162,6 +169,10 @@ impl ResourceProcessor {
             |f: &dyn Fn(&HandlerRef) -> bool| handlers.iter().filter(|h| f(h)).cloned().collect::<Vec<_>>();
         let changing = pick(&|h| h.kind().is_changing());
         let watching = pick(&|h| h.kind() == HandlerKind::Event);
+        let indexers = pick(&|h| h.kind() == HandlerKind::Index);
+        for indexer in &indexers {
+            shared.indices.declare(indexer.id());
+        }
         let finalizing = pick(&|h| causes::requires_finalizer(h.kind(), h.spec().options.optional));
         let mut extra_fields: Vec<FieldPath> = handlers
             .iter()
@@ -186,6 +197,7 @@ impl ResourceProcessor {
             finalizing,
             extra_fields,
             background,
+            indexers,
             handled: Default::default(),
         }
     }
@@ -652,6 +664,34 @@ fn log_decision(reference: &str, id: &str, decision: &Decision) {
 impl ObjectProcessor for ResourceProcessor {
     type Memory = ObjectMemory;
 
+    fn observe(&self, stream: &str, item: &crate::clients::watching::WatchItem) {
+        use crate::clients::watching::WatchItem;
+        if self.indexers.is_empty() {
+            return;
+        }
+        match item {
+            WatchItem::Listed(body) => {
+                if let Some(uid) = text(body, "/metadata/uid") {
+                    self.shared.indices.listed(stream, uid);
+                }
+            }
+            WatchItem::ListDone => self.shared.indices.list_done(stream),
+            _ => {}
+        }
+    }
+
+    fn stream_started(&self, stream: &str) {
+        if !self.indexers.is_empty() {
+            self.shared.indices.stream_started(stream);
+        }
+    }
+
+    fn stream_stopped(&self, stream: &str) {
+        if !self.indexers.is_empty() {
+            self.shared.indices.stream_removed(stream);
+        }
+    }
+
     async fn process(&self, memory: &mut ObjectMemory, events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
         if wakeup == Wakeup::Stopping {
             if let Some(body) = &memory.body {
@@ -671,6 +711,18 @@ impl ObjectProcessor for ResourceProcessor {
         {
             memory.awaited = None;
         }
+        // Index first; everything else waits until all indexed resources are indexed.
+        for event in &events {
+            self.run_indexers(event).await;
+        }
+        memory.pending.extend(events);
+        if !self.shared.indices.is_ready() {
+            return Verdict {
+                blocked_until: Some(self.shared.indices.subscribe()),
+                ..Default::default()
+            };
+        }
+        let events = std::mem::take(&mut memory.pending);
         let mut patch = Patch::new();
         for event in &events {
             self.run_event_handlers(event, &mut patch).await;
@@ -690,25 +742,33 @@ impl ObjectProcessor for ResourceProcessor {
             {
                 memory.initial = !self.handled.lock().contains(uid);
             }
-            let rv = text(&last.body, "/metadata/resourceVersion").unwrap_or_default();
-            match &memory.awaited {
-                Some((awaited, _)) if awaited == rv => {
+            // Events come in the stream's order: the echo of our own patch is preceded by
+            // older states only and followed by newer ones (others' changes that may have
+            // arrived in the same batch).
+            let echo = memory.awaited.as_ref().and_then(|(awaited, _)| {
+                events
+                    .iter()
+                    .rposition(|e| text(&e.body, "/metadata/resourceVersion") == Some(awaited.as_str()))
+            });
+            match (&memory.awaited, echo) {
+                (Some(_), Some(position)) if position + 1 == events.len() => {
                     // The echo of our own patch: its state was processed from the response.
                     memory.awaited = None;
                     if patch.is_empty() {
                         return self.idle_verdict(memory);
                     }
                 }
-                Some((_, deadline)) if Instant::now() < *deadline => {
+                (Some((_, deadline)), None) if Instant::now() < *deadline => {
                     // Older than our own patch: our memory is fresher.
                     if patch.is_empty() {
                         return Verdict {
                             wake_at: Some(*deadline),
-                            keep_alive: false,
+                            ..Default::default()
                         };
                     }
                 }
                 _ => {
+                    // Newer than our own patch's echo, or no patch awaited, or waited enough.
                     memory.awaited = None;
                     memory.body = Some(last.body.clone());
                 }
@@ -754,7 +814,7 @@ impl ObjectProcessor for ResourceProcessor {
                     tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
                     return Verdict {
                         wake_at: Some(Instant::now() + seconds(pause)),
-                        keep_alive: false,
+                        ..Default::default()
                     };
                 }
             }
@@ -777,7 +837,48 @@ impl ResourceProcessor {
         // the consistency deadline at most.
         Verdict {
             wake_at: memory.awaited.as_ref().map(|(_, deadline)| *deadline),
-            keep_alive: false,
+            ..Default::default()
+        }
+    }
+
+    /// Runs the index handlers on one event and updates the indices; a deletion removes
+    /// the object from them.
+    async fn run_indexers(&self, event: &RawEvent) {
+        if self.indexers.is_empty() {
+            return;
+        }
+        let body = &event.body;
+        let object = indexing::object_key(body);
+        if event.is_deletion() {
+            for indexer in &self.indexers {
+                self.shared.indices.remove(indexer.id(), &object);
+            }
+            return;
+        }
+        let inv = self.base_invocation(body);
+        let subject = FilterSubject { body, essences: None };
+        for indexer in &self.indexers {
+            if !self.matches(indexer, &subject, false, &inv).await {
+                self.shared.indices.remove(indexer.id(), &object);
+                continue;
+            }
+            let mut inv = inv.clone();
+            inv.param = indexer.spec().options.param.clone();
+            let outcome = self.invoke_logged(indexer, &inv, &object_ref(body)).await;
+            match &outcome.error {
+                None => self.shared.indices.store(indexer.id(), &object, outcome.result.as_ref().unwrap_or(&Value::Null)),
+                Some(error) => match execution::errors_mode(indexer.spec()) {
+                    // Ignored errors keep the stale values; others exclude the object.
+                    kopf_abi::protocol::ErrorsMode::Ignored
+                        if error.kind == kopf_abi::protocol::HandlerErrorKind::Arbitrary => {}
+                    _ => self.shared.indices.remove(indexer.id(), &object),
+                },
+            }
+        }
+        if event.event_type.is_none()
+            && let Some(uid) = text(body, "/metadata/uid")
+        {
+            self.shared.indices.indexed(uid);
         }
     }
 

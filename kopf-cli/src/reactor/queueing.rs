@@ -47,12 +47,15 @@ pub enum Wakeup {
 }
 
 /// What the per-object processing decides after a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Verdict {
     /// Run again at this time even if no event comes (delayed handlers).
     pub wake_at: Option<Instant>,
     /// Keep the worker (and its memory) alive although idle (daemons, timers).
     pub keep_alive: bool,
+    /// Run again once this turns true (e.g. indices are ready), waiting without holding
+    /// a worker slot.
+    pub blocked_until: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The per-object logic a worker drives. One processor serves all objects of a watch.
@@ -67,6 +70,15 @@ pub trait ObjectProcessor: Send + Sync + 'static {
         events: Vec<RawEvent>,
         wakeup: Wakeup,
     ) -> impl Future<Output = Verdict> + Send;
+
+    /// Sees every item of a stream before it is dispatched (`stream` names the stream).
+    fn observe(&self, _stream: &str, _item: &WatchItem) {}
+
+    /// A stream of this processor starts for good (not after a pause).
+    fn stream_started(&self, _stream: &str) {}
+
+    /// A stream of this processor stops for good (not for a pause).
+    fn stream_stopped(&self, _stream: &str) {}
 }
 
 /// Queueing settings (Kopf's `settings.queueing`).
@@ -114,6 +126,7 @@ struct Entry {
 /// Consumes a watch stream and dispatches its events to per-object workers until the
 /// stream ends. Then lets the workers finish (bounded by `exit_timeout`).
 pub async fn multiplex<P: ObjectProcessor>(
+    stream: String,
     mut items: mpsc::Receiver<WatchItem>,
     processor: Arc<P>,
     settings: QueueSettings,
@@ -126,6 +139,7 @@ pub async fn multiplex<P: ObjectProcessor>(
         tokio::select! {
             item = items.recv() => {
                 let Some(item) = item else { break };
+                processor.observe(&stream, &item);
                 match item {
                     WatchItem::ListStarted => listed = Some(Default::default()),
                     WatchItem::ListDone => {
@@ -249,7 +263,9 @@ async fn worker<P: ObjectProcessor>(
                 }
             },
             _ = sleep_until_opt(verdict.wake_at) => (Vec::new(), Wakeup::Scheduled),
-            _ = tokio::time::sleep_until(idle_deadline), if verdict.wake_at.is_none() && !verdict.keep_alive => {
+            _ = wait_unblocked(verdict.blocked_until.clone()) => (Vec::new(), Wakeup::Scheduled),
+            _ = tokio::time::sleep_until(idle_deadline),
+                if verdict.wake_at.is_none() && !verdict.keep_alive && verdict.blocked_until.is_none() => {
                 // Idle: hand the queue back; the multiplexer forgets the object, or
                 // restarts the worker if an event slipped in meanwhile.
                 return (key, receiver);
@@ -267,6 +283,17 @@ async fn worker<P: ObjectProcessor>(
         if deleted && !verdict.keep_alive {
             return (key, receiver);
         }
+    }
+}
+
+async fn wait_unblocked(blocker: Option<tokio::sync::watch::Receiver<bool>>) {
+    match blocker {
+        Some(mut blocker) => {
+            if blocker.wait_for(|ready| *ready).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -314,6 +341,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let recorder = Arc::new(Recorder::default());
         let task = tokio::spawn(multiplex(
+            "test".into(),
             rx,
             recorder.clone(),
             QueueSettings::default(),
