@@ -197,6 +197,7 @@ pub async fn run_controlled(
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
     stop.cancel();
     reactor.orchestrator.stop_all().await;
+    crate::admission::shutdown(&context).await;
     crate::engines::activities::run_cleanup(&context).await;
     crate::peering::shutdown(&context).await;
     Ok(())

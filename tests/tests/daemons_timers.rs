@@ -126,3 +126,41 @@ fn timers_tick_into_status_and_idle_timers_wait() {
     wait_for(DEADLINE, "the object to be released", || cluster.get("kex-timers").is_none().then_some(())).unwrap();
     stop(kopf);
 }
+
+fn pods_are<'a>(cluster: &'a Cluster, expected: &[&str]) -> impl FnMut() -> Option<()> + 'a {
+    let expected: Vec<Value> = expected.iter().map(|n| json!(n)).collect();
+    move || {
+        let object = cluster.get("kex-indexing")?;
+        (object["status"]["list_pods"]["pods"].as_array() == Some(&expected)).then_some(())
+    }
+}
+
+fn create_pod(cluster: &Cluster, name: &str) {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+    });
+    cluster.runtime.block_on(cluster.emulator.create_object(pod)).unwrap();
+}
+
+#[test]
+fn indices_are_complete_before_handlers_and_follow_the_objects() {
+    let cluster = Cluster::start();
+    // Pods that exist before the operator starts must be indexed before the timer runs.
+    create_pod(&cluster, "pod-a");
+    create_pod(&cluster, "pod-b");
+    let plugin = plugin_path("example-16-indexing").unwrap();
+    let kopf = cluster.run_kopf(&plugin, &[]);
+
+    cluster.create("kex-indexing");
+    wait_for(DEADLINE, "the indexed pods in status", pods_are(&cluster, &["pod-a", "pod-b"])).unwrap();
+    let first = cluster.get("kex-indexing").unwrap();
+    assert_ne!(first["status"]["list_pods"]["pods"], json!([]), "the index was read before it was complete");
+
+    create_pod(&cluster, "pod-c");
+    wait_for(DEADLINE, "a new pod in the index", pods_are(&cluster, &["pod-a", "pod-b", "pod-c"])).unwrap();
+    cluster.runtime.block_on(cluster.emulator.delete_object("v1", "pods", Some("default"), "pod-a")).unwrap();
+    wait_for(DEADLINE, "a deleted pod leaving the index", pods_are(&cluster, &["pod-b", "pod-c"])).unwrap();
+    stop(kopf);
+}
