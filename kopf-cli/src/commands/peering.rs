@@ -157,7 +157,11 @@ pub async fn run(args: PeeringArgs) -> Result<()> {
                 keepalive::touch(&client, &resource, ns, name, &identity, priority, lifetime)
                     .await
                     .map_err(|e| explain(e, &where_))?;
-                let note = freeze.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+                let note = freeze
+                    .message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
                 write_out(&format!(
                     "Frozen operators below priority {priority} in {where_} for {lifetime}s as {identity:?}{note}\n"
                 ))?;
@@ -196,7 +200,9 @@ fn write_out(text: &str) -> Result<()> {
 /// Turns API failures into actionable messages.
 fn explain(error: ApiError, what: &str) -> anyhow::Error {
     if error.is_permission() {
-        anyhow::anyhow!("access denied to {what}: {error} (the account needs get, list, patch on the peering resources)")
+        anyhow::anyhow!(
+            "access denied to {what}: {error} (the account needs get, list, patch on the peering resources)"
+        )
     } else if error.is_not_found() {
         anyhow::anyhow!("{what} does not exist: {error}")
     } else {
@@ -213,7 +219,12 @@ async fn detect(client: &Client, scope: Scope) -> Result<PeeringResource> {
 }
 
 /// Creates the peering object if it does not exist.
-async fn ensure_object(client: &Client, resource: &PeeringResource, namespace: Option<&str>, name: &str) -> Result<()> {
+async fn ensure_object(
+    client: &Client,
+    resource: &PeeringResource,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<()> {
     let where_ = resource.describe(namespace, name);
     match patching::get(client, &resource.object_url(namespace, name)).await {
         Ok(_) => Ok(()),
@@ -235,7 +246,11 @@ async fn ensure_object(client: &Client, resource: &PeeringResource, namespace: O
 }
 
 /// The peering objects in scope: the named one, or all of them.
-async fn objects(client: &Client, resource: &PeeringResource, target: &TargetArgs) -> Result<Vec<(Option<String>, Value)>> {
+async fn objects(
+    client: &Client,
+    resource: &PeeringResource,
+    target: &TargetArgs,
+) -> Result<Vec<(Option<String>, Value)>> {
     let mut found = Vec::new();
     for namespace in target.namespaces() {
         let ns = namespace.as_deref();
@@ -248,12 +263,19 @@ async fn objects(client: &Client, resource: &PeeringResource, target: &TargetArg
                 }
             }
             None => {
-                let what = format!("{} {}", resource.scope.plural(), ns.map_or("cluster-wide".into(), |n| format!("in {n:?}")));
+                let what = format!(
+                    "{} {}",
+                    resource.scope.plural(),
+                    ns.map_or("cluster-wide".into(), |n| format!("in {n:?}"))
+                );
                 let list = patching::get(client, &resource.collection_url(ns))
                     .await
                     .map_err(|e| explain(e, &what))?;
                 for item in list.get("items").and_then(Value::as_array).into_iter().flatten() {
-                    let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
+                    let item_ns = item
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
                     found.push((item_ns.or(namespace.clone()), item.clone()));
                 }
             }
@@ -263,7 +285,9 @@ async fn objects(client: &Client, resource: &PeeringResource, target: &TargetArg
 }
 
 fn object_name(body: &Value) -> &str {
-    body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?")
+    body.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
 }
 
 /// The peers table.
@@ -354,10 +378,16 @@ async fn apply(client: &Client, target: &TargetArgs) -> Result<()> {
     let url = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
     for doc in serde_yaml::Deserializer::from_str(resources::CRDS_YAML) {
         let crd: Value = serde::Deserialize::deserialize(doc).context("the built-in CRD YAML is invalid")?;
-        let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         match patching::create(client, url, &crd).await {
             Ok(_) => write_out(&format!("customresourcedefinition/{name} created\n"))?,
-            Err(e) if e.code() == Some(409) => write_out(&format!("customresourcedefinition/{name} unchanged (exists)\n"))?,
+            Err(e) if e.code() == Some(409) => {
+                write_out(&format!("customresourcedefinition/{name} unchanged (exists)\n"))?
+            }
             Err(e) => return Err(explain(e, &format!("customresourcedefinition/{name}"))),
         }
     }
@@ -381,7 +411,10 @@ async fn apply(client: &Client, target: &TargetArgs) -> Result<()> {
     for namespace in target.namespaces() {
         let name = target.name();
         ensure_object(client, &resource, namespace.as_deref(), name).await?;
-        write_out(&format!("{} ready\n", resource.describe(namespace.as_deref(), name)))?;
+        write_out(&format!(
+            "{} ready\n",
+            resource.describe(namespace.as_deref(), name)
+        ))?;
     }
     Ok(())
 }
@@ -396,13 +429,19 @@ mod tests {
         let seen: jiff::Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
         let rows = vec![
             (None, "default".to_owned(), Peer::own("alive-one", 10, 120, seen)),
-            (Some("ns1".to_owned()), "default".to_owned(), Peer::own("dead-one", 5, 30, seen)),
+            (
+                Some("ns1".to_owned()),
+                "default".to_owned(),
+                Peer::own("dead-one", 5, 30, seen),
+            ),
         ];
         let text = format_table(&rows, now);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("NAMESPACE"));
-        assert!(lines[1].contains("(cluster)") && lines[1].contains("alive-one") && lines[1].ends_with("alive"));
+        assert!(
+            lines[1].contains("(cluster)") && lines[1].contains("alive-one") && lines[1].ends_with("alive")
+        );
         assert!(lines[2].contains("ns1") && lines[2].contains("60s ago") && lines[2].ends_with("dead"));
     }
 }

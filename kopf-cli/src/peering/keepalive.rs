@@ -183,12 +183,18 @@ async fn supervise(
                     warned = true;
                 }
             }
-            Err(error) => tracing::warn!(target: "kopf.peering", "Cannot detect the peering resources: {error}"),
+            Err(error) => {
+                tracing::warn!(target: "kopf.peering", "Cannot detect the peering resources: {error}")
+            }
         }
         if let Some(tx) = ready_tx.take() {
             let _ = tx.send(());
         }
-        let retry = if mandatory { Duration::from_secs(3) } else { Duration::from_secs(30) };
+        let retry = if mandatory {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(30)
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(retry) => {}
@@ -284,7 +290,10 @@ fn literal_names(config: &PeeringConfig) -> Option<BTreeSet<String>> {
         .collect()
 }
 
-async fn wanted_namespaces(client: &Client, config: &PeeringConfig) -> Result<BTreeSet<Option<String>>, ApiError> {
+async fn wanted_namespaces(
+    client: &Client,
+    config: &PeeringConfig,
+) -> Result<BTreeSet<Option<String>>, ApiError> {
     if config.clusterwide {
         return Ok(BTreeSet::from([None]));
     }
@@ -315,7 +324,8 @@ pub async fn touch(
     priority: i64,
     lifetime: i64,
 ) -> Result<Option<Value>, ApiError> {
-    let record = (lifetime > 0).then(|| Peer::own(identity, priority, lifetime, jiff::Timestamp::now()).as_value());
+    let record =
+        (lifetime > 0).then(|| Peer::own(identity, priority, lifetime, jiff::Timestamp::now()).as_value());
     let patch = records::status_patch([(identity, record)]);
     let url = resource.object_url(namespace, name);
     match patching::patch(client, &url, patching::PatchType::Merge, &patch).await {
@@ -462,8 +472,12 @@ impl Target {
         );
         match tokio::time::timeout(Duration::from_secs(5), exit).await {
             Ok(Ok(_)) => tracing::debug!(target: "kopf.peering", "Removed self from {}.", self.where_()),
-            Ok(Err(error)) => tracing::warn!(target: "kopf.peering", "Couldn't remove self from the peering: {error}"),
-            Err(_) => tracing::warn!(target: "kopf.peering", "Couldn't remove self from the peering in time."),
+            Ok(Err(error)) => {
+                tracing::warn!(target: "kopf.peering", "Couldn't remove self from the peering: {error}")
+            }
+            Err(_) => {
+                tracing::warn!(target: "kopf.peering", "Couldn't remove self from the peering in time.")
+            }
         }
     }
 
@@ -557,7 +571,15 @@ impl Target {
             .collect();
         if !dead.is_empty() {
             tracing::debug!(target: "kopf.peering", "Cleaning dead peers in {}: {dead:?}", self.where_());
-            match clean(&self.client, &self.resource, self.namespace.as_deref(), self.name(), &dead).await {
+            match clean(
+                &self.client,
+                &self.resource,
+                self.namespace.as_deref(),
+                self.name(),
+                &dead,
+            )
+            .await
+            {
                 Ok(Some(body)) => {
                     self.accept(state, Some(body), false);
                 }
@@ -611,7 +633,11 @@ impl Target {
         }
         state.recheck = decision.recheck_at.map(|at| {
             let wait = now.duration_until(at);
-            let wait = if wait.is_negative() { Duration::ZERO } else { wait.unsigned_abs() };
+            let wait = if wait.is_negative() {
+                Duration::ZERO
+            } else {
+                wait.unsigned_abs()
+            };
             Instant::now() + wait + Duration::from_millis(50)
         });
     }

@@ -113,7 +113,10 @@ impl LeaseConfig {
     }
 
     fn collection_url(&self) -> String {
-        format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", self.namespace)
+        format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+            self.namespace
+        )
     }
 }
 
@@ -357,7 +360,9 @@ pub fn spawn(
         match elector.release().await {
             Ok(true) => tracing::info!(target: "kopf.peering", "Released the Lease {where_}."),
             Ok(false) => {}
-            Err(error) => tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}"),
+            Err(error) => {
+                tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}")
+            }
         }
     });
     (task, async move {
@@ -380,14 +385,18 @@ mod tests {
     }
 
     fn config(identity: &str, millis: u64) -> LeaseConfig {
-        let mut c = LeaseConfig::parse("ns1/my-lease", "default", identity).unwrap();
+        let mut c = LeaseConfig::parse("default/my-lease", "default", identity).unwrap();
         c.duration = Duration::from_millis(millis);
         c
     }
 
     fn holder(emu: &EmulatorHandle) -> Option<String> {
-        emu.get_object("coordination.k8s.io/v1", "leases", Some("ns1"), "my-lease")
-            .and_then(|l| l.pointer("/spec/holderIdentity").and_then(Value::as_str).map(str::to_owned))
+        emu.get_object("coordination.k8s.io/v1", "leases", Some("default"), "my-lease")
+            .and_then(|l| {
+                l.pointer("/spec/holderIdentity")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
     }
 
     /// Runs rounds of `elector` until it leads, up to `timeout`.
@@ -425,18 +434,25 @@ mod tests {
         assert!(!b.round().await.unwrap());
         // While `a` renews, `b` never takes over, even after several durations.
         let until = Instant::now() + Duration::from_millis(2500);
+        let mut last_renewal = Instant::now();
         while Instant::now() < until {
             assert!(a.round().await.unwrap(), "the leader lost a free renewal");
-            assert!(!b.round().await.unwrap(), "the follower took over a renewed lease");
+            last_renewal = Instant::now();
+            assert!(
+                !b.round().await.unwrap(),
+                "the follower took over a renewed lease"
+            );
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         // `a` dies silently: `b` takes over after a full duration without changes.
-        let started = Instant::now();
         assert!(until_leading(&mut b, Duration::from_secs(10)).await);
-        assert!(started.elapsed() >= Duration::from_millis(1000));
+        assert!(
+            last_renewal.elapsed() >= Duration::from_millis(1000),
+            "taken over before expiry"
+        );
         assert_eq!(holder(&emu).as_deref(), Some("b"));
         let lease = emu
-            .get_object("coordination.k8s.io/v1", "leases", Some("ns1"), "my-lease")
+            .get_object("coordination.k8s.io/v1", "leases", Some("default"), "my-lease")
             .unwrap();
         assert_eq!(lease.pointer("/spec/leaseTransitions"), Some(&json!(1)));
         // The old leader notices at its next round.

@@ -154,7 +154,10 @@ pub async fn shutdown(_context: &OperatorContext) {
         r.release.cancel();
     }
     for r in registered {
-        if tokio::time::timeout(Duration::from_secs(5), r.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), r.task)
+            .await
+            .is_err()
+        {
             tracing::warn!(target: "kopf.peering", "Peering did not finish its exit steps in time.");
         }
     }

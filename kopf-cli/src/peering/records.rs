@@ -121,16 +121,10 @@ pub struct Decision {
 /// the same priority pauses everyone (with a warning); otherwise we run.
 pub fn decide(peers: &[Peer], identity: &str, priority: i64, now: Timestamp) -> Decision {
     let dead: Vec<Peer> = peers.iter().filter(|p| p.is_dead(now)).cloned().collect();
-    let live = peers
-        .iter()
-        .filter(|p| !p.is_dead(now) && p.identity != identity);
+    let live = peers.iter().filter(|p| !p.is_dead(now) && p.identity != identity);
     let higher: Vec<Peer> = live.clone().filter(|p| p.priority > priority).cloned().collect();
     let same: Vec<Peer> = live.filter(|p| p.priority == priority).cloned().collect();
-    let recheck_at = higher
-        .iter()
-        .chain(same.iter())
-        .map(|p| p.deadline(now))
-        .min();
+    let recheck_at = higher.iter().chain(same.iter()).map(|p| p.deadline(now)).min();
     Decision {
         pause: !higher.is_empty() || !same.is_empty(),
         higher,
@@ -236,7 +230,10 @@ mod tests {
         ];
         let d = decide(&peers, "me", 10, now);
         assert!(d.pause);
-        assert_eq!(d.higher.iter().map(|p| &p.identity[..]).collect::<Vec<_>>(), ["high"]);
+        assert_eq!(
+            d.higher.iter().map(|p| &p.identity[..]).collect::<Vec<_>>(),
+            ["high"]
+        );
         assert!(d.same.is_empty());
         assert_eq!(d.dead.len(), 1);
         assert_eq!(d.recheck_at, Some(ts("2026-06-01T12:00:45Z")));

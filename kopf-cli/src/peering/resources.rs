@@ -115,13 +115,10 @@ pub async fn detect(client: &Client, scope: Scope) -> Result<Option<PeeringResou
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),
         };
-        let served = list
-            .get("resources")
-            .and_then(Value::as_array)
-            .is_some_and(|rs| {
-                rs.iter()
-                    .any(|r| r.get("name").and_then(Value::as_str) == Some(scope.plural()))
-            });
+        let served = list.get("resources").and_then(Value::as_array).is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r.get("name").and_then(Value::as_str) == Some(scope.plural()))
+        });
         // Before Kopf 0.11, KopfPeering was cluster-scoped: such a legacy CRD does not fit.
         let namespaced_ok = list
             .get("resources")
@@ -166,7 +163,11 @@ mod tests {
             "/apis/zalando.org/v1/namespaces/ns1/kopfpeerings/p"
         );
         assert_eq!(ns.new_object(Some("ns1"), "p")["metadata"]["namespace"], "ns1");
-        assert!(cluster.new_object(Some("x"), "p")["metadata"].get("namespace").is_none());
+        assert!(
+            cluster.new_object(Some("x"), "p")["metadata"]
+                .get("namespace")
+                .is_none()
+        );
     }
 
     #[test]
