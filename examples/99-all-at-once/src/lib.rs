@@ -109,4 +109,10 @@ pub fn check_field(ctx: &kopf::Context) -> kopf::Result<()> {
 pub mod user_guide {
     #[doc = include_str!("../../../docs/handlers.md")]
     pub mod handlers {}
+    #[doc = include_str!("../../../docs/testing.md")]
+    pub mod testing {}
+    #[doc = include_str!("../../../docs/deployment.md")]
+    pub mod deployment {}
+    #[doc = include_str!("../../../docs/cli.md")]
+    pub mod cli {}
 }
