@@ -24,6 +24,17 @@ impl PatchType {
     }
 }
 
+/// Sends a request and records it in the metrics by verb and status code.
+async fn send(client: &Client, verb: &str, request: http::Request<Vec<u8>>) -> Result<Value, ApiError> {
+    let result = client.request::<Value>(request).await.map_err(ApiError::from);
+    let code = match &result {
+        Ok(_) => 200,
+        Err(error) => error.code().unwrap_or(0),
+    };
+    crate::engines::metrics::api_request(verb, code);
+    result
+}
+
 /// Sends one PATCH to `url` (an object's or a subresource's URL) and returns the
 /// patched object as the server stored it.
 pub async fn patch(client: &Client, url: &str, kind: PatchType, patch: &Value) -> Result<Value, ApiError> {
@@ -33,7 +44,7 @@ pub async fn patch(client: &Client, url: &str, kind: PatchType, patch: &Value) -
         .header(ACCEPT, "application/json")
         .body(body)
         .map_err(|e| ApiError::Request(e.to_string()))?;
-    Ok(client.request::<Value>(request).await?)
+    send(client, "patch", request).await
 }
 
 /// Fetches one object (used after a failed precondition to re-read the state).
@@ -42,7 +53,7 @@ pub async fn get(client: &Client, url: &str) -> Result<Value, ApiError> {
         .header(ACCEPT, "application/json")
         .body(Vec::new())
         .map_err(|e| ApiError::Request(e.to_string()))?;
-    Ok(client.request::<Value>(request).await?)
+    send(client, "get", request).await
 }
 
 /// Creates an object in a collection URL and returns it as stored.
@@ -53,5 +64,5 @@ pub async fn create(client: &Client, collection_url: &str, object: &Value) -> Re
         .header(ACCEPT, "application/json")
         .body(body)
         .map_err(|e| ApiError::Request(e.to_string()))?;
-    Ok(client.request::<Value>(request).await?)
+    send(client, "create", request).await
 }

@@ -569,7 +569,24 @@ impl ResourceProcessor {
     }
 
     async fn invoke_logged(&self, handler: &HandlerRef, inv: &Invocation, reference: &str) -> Outcome {
-        match self.shared.plugins.invoke(handler, inv).await {
+        let started = std::time::Instant::now();
+        let invoked = self.shared.plugins.invoke(handler, inv).await;
+        let label = match &invoked {
+            Ok(Outcome { error: None, .. }) => "success",
+            Ok(Outcome { error: Some(e), .. }) => match e.kind {
+                kopf_abi::protocol::HandlerErrorKind::Temporary => "temporary",
+                kopf_abi::protocol::HandlerErrorKind::Permanent => "permanent",
+                _ => "error",
+            },
+            Err(_) => "error",
+        };
+        crate::engines::metrics::handler_invoked(
+            handler.kind().as_str(),
+            handler.id(),
+            label,
+            started.elapsed().as_secs_f64(),
+        );
+        match invoked {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::error!(target: "kopf.objects", "[{reference}] Handler {:?} could not be invoked: {error}", handler.id());

@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use crate::clients::watching::{EventType, WatchItem};
+use crate::engines::metrics;
 
 /// One raw event of one object, as Kopf's handlers see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +136,13 @@ pub async fn multiplex<P: ObjectProcessor>(
     let mut entries: HashMap<String, Entry> = HashMap::new();
     let mut workers: JoinSet<(String, mpsc::UnboundedReceiver<RawEvent>)> = JoinSet::new();
     let mut listed: Option<std::collections::HashSet<String>> = None;
+    let mut depth: i64 = 0;
     loop {
+        let now = i64::try_from(workers.len()).unwrap_or(i64::MAX);
+        if now != depth {
+            metrics::queue_depth(&stream, now - depth);
+            depth = now;
+        }
         tokio::select! {
             item = items.recv() => {
                 let Some(item) = item else { break };
@@ -145,6 +152,7 @@ pub async fn multiplex<P: ObjectProcessor>(
                     WatchItem::ListDone => {
                         // Objects we knew but the fresh listing lacks were deleted meanwhile.
                         if let Some(seen) = listed.take() {
+                            metrics::set_objects_watched(&stream, i64::try_from(seen.len()).unwrap_or(i64::MAX));
                             let gone: Vec<String> = entries.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                             for key in gone {
                                 if let Some(entry) = entries.get(&key) {
@@ -164,6 +172,11 @@ pub async fn multiplex<P: ObjectProcessor>(
                         }
                     }
                     WatchItem::Event(kind, body) => {
+                        match kind {
+                            EventType::Added => metrics::objects_watched(&stream, 1),
+                            EventType::Deleted => metrics::objects_watched(&stream, -1),
+                            EventType::Modified => {}
+                        }
                         if let Some(key) = object_key(&body) {
                             let event = RawEvent { event_type: Some(kind), body };
                             dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
@@ -186,6 +199,7 @@ pub async fn multiplex<P: ObjectProcessor>(
         }
     }
     // The stream is over (pause or exit): close the queues and let workers finish.
+    metrics::queue_depth(&stream, -depth);
     entries.clear();
     let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
