@@ -24,10 +24,13 @@ pub struct InvolvedObject {
 }
 
 impl InvolvedObject {
-    /// Takes the reference from an object's body.
+    /// Takes the reference from an object's body, or from an object reference
+    /// (`name`, `uid`, `namespace` at the top level, as the SDK's `event.post` sends).
     pub fn from_body(body: &Value) -> Self {
         let text = |pointer: &str| {
+            let flat = pointer.trim_start_matches("/metadata");
             body.pointer(pointer)
+                .or_else(|| body.pointer(flat))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned()
@@ -164,5 +167,12 @@ mod tests {
         assert_eq!(event["metadata"]["namespace"], "ns");
         assert_eq!(event["metadata"]["generateName"], "kopf-event-");
         assert_eq!(event["source"]["component"], "kopf");
+        // An object reference (what plugins send) works the same.
+        let reference = json!({"apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+            "name": "x", "namespace": "ns", "uid": "u1"});
+        assert_eq!(
+            InvolvedObject::from_body(&reference),
+            InvolvedObject::from_body(&body)
+        );
     }
 }

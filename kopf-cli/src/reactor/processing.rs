@@ -138,6 +138,9 @@ pub struct ObjectMemory {
     essence: Option<Value>,
     /// Events that arrived while waiting for the indices to be ready.
     pending: Vec<RawEvent>,
+    /// When the next delayed handler is due: kept across runs that only see the echo of
+    /// our own patch, so that the retry is not forgotten.
+    retry_at: Option<Instant>,
 }
 
 /// The result of one changing cycle.
@@ -779,7 +782,7 @@ impl ObjectProcessor for ResourceProcessor {
                     // Older than our own patch: our memory is fresher.
                     if patch.is_empty() {
                         return Verdict {
-                            wake_at: Some(*deadline),
+                            wake_at: [Some(*deadline), memory.retry_at].into_iter().flatten().min(),
                             ..Default::default()
                         };
                     }
@@ -840,9 +843,10 @@ impl ObjectProcessor for ResourceProcessor {
                 break;
             }
         }
+        memory.retry_at = delay.map(|delay| Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
         let mut verdict = self.idle_verdict(memory);
-        if let Some(delay) = delay {
-            verdict.wake_at = Some(Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
+        if let Some(retry_at) = memory.retry_at {
+            verdict.wake_at = Some(retry_at);
         }
         verdict
     }
@@ -852,8 +856,9 @@ impl ResourceProcessor {
     fn idle_verdict(&self, memory: &ObjectMemory) -> Verdict {
         // While our own patch's echo is awaited, keep the memory (it is fresher) until
         // the consistency deadline at most.
+        let awaited = memory.awaited.as_ref().map(|(_, deadline)| *deadline);
         Verdict {
-            wake_at: memory.awaited.as_ref().map(|(_, deadline)| *deadline),
+            wake_at: [awaited, memory.retry_at].into_iter().flatten().min(),
             ..Default::default()
         }
     }
