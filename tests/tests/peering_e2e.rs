@@ -411,6 +411,46 @@ fn lease_keeps_exactly_one_of_three_replicas_active() {
     assert_eq!(cluster.assert_exactly_once().len(), handled + 1);
 }
 
+#[test]
+fn lease_replicas_share_a_peering_record_and_yield_to_a_higher_priority() {
+    let cluster = Cluster::start(&files());
+    let replica = ["-A", "--priority", "100", "--lease", "default/combo"];
+    let mut r1 = cluster.kopf("c1", &replica);
+    let mut r2 = cluster.kopf("c2", &replica);
+    // One shared record for both replicas: no same-priority conflict between them.
+    wait_for(DEADLINE, "the replicas' shared peering record", || {
+        peer_exists(&cluster, "lease:default/combo").then_some(())
+    })
+    .unwrap();
+    cluster.create("k1");
+    let leader = cluster.wait_handled("k1");
+    assert!(leader == ["c1"] || leader == ["c2"], "{leader:?}");
+
+    // A developer's operator with --dev pauses the active replica.
+    let mut dev = cluster.kopf("dev", &["-A", "--dev"]);
+    let active = if leader == ["c1"] { &mut r1 } else { &mut r2 };
+    active
+        .wait_for_line("Pausing operations in favour of dev", DEADLINE)
+        .unwrap();
+    cluster.create("k2");
+    assert_eq!(cluster.wait_handled("k2"), ["dev"]);
+
+    // The developer leaves: the active replica resumes.
+    dev.signal("TERM").unwrap();
+    assert!(dev.wait_exit(DEADLINE).unwrap().success());
+    active.wait_for_line("Resuming operations", DEADLINE).unwrap();
+    cluster.create("k3");
+    assert_eq!(cluster.wait_handled("k3"), leader.as_slice());
+    for process in [&r1, &r2] {
+        assert!(
+            !process.lines().iter().any(|l| l.contains("Possibly conflicting")),
+            "replicas conflicted:\n{}",
+            process.lines().join("\n")
+        );
+    }
+    assert_eq!(cluster.assert_exactly_once().len(), 3);
+}
+
 // ---- Interoperability with Python Kopf on the same peering object ----
 
 fn python_kopf_available() -> bool {
@@ -496,7 +536,7 @@ impl Drop for PythonKopf {
 fn peer_exists(cluster: &Cluster, identity: &str) -> bool {
     cluster
         .object("kopf.dev/v1", "clusterkopfpeerings", None, "default")
-        .and_then(|p| p.pointer(&format!("/status/{identity}")).cloned())
+        .and_then(|p| p.get("status")?.get(identity).cloned())
         .is_some_and(|v| !v.is_null())
 }
 

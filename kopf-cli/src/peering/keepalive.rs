@@ -47,6 +47,9 @@ const NAMESPACE_REFRESH: Duration = Duration::from_secs(30);
 pub struct PeeringConfig {
     /// This operator's identity (the key of its record).
     pub identity: String,
+    /// The identity is shared by Lease replicas: only the Lease holder removes the record
+    /// on exit.
+    pub shared_identity: bool,
     /// `settings.peering`: name, priority, lifetime, mandatory, stealth.
     pub settings: PeeringSettings,
     /// Use the `ClusterKopfPeering`; else a `KopfPeering` per namespace.
@@ -460,6 +463,10 @@ impl Target {
             }
         }
         watch_stop.cancel();
+        if self.config.shared_identity && self.board.toggles.reasons().contains(super::LEASE_TOGGLE) {
+            // A follower: the record belongs to the Lease holder.
+            return;
+        }
         // Exit: remove our record (Kopf writes lifetime=0, i.e. null).
         let exit = touch(
             &self.client,

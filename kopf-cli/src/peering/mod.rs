@@ -101,8 +101,15 @@ fn register(release: CancellationToken, task: JoinHandle<()>) {
 /// decision is made (so that a paused operator never starts its watch streams).
 pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
     let identity = detect_own_id(false);
+    // With a Lease, the replicas share one peering identity (`lease:NAMESPACE/NAME`): they
+    // do not conflict with each other as same-priority peers, and a new leader takes the
+    // record over from a dead one without waiting for it to expire.
+    let mut peering_identity = identity.clone();
+    let mut shared_identity = false;
     if let Some(lease) = &context.options.lease {
         let config = lease::LeaseConfig::from_options(lease, &context.options, &identity)?;
+        peering_identity = format!("lease:{}/{}", config.namespace, config.name);
+        shared_identity = true;
         let release = CancellationToken::new();
         let (task, ready) = lease::spawn(
             context.client.clone(),
@@ -128,7 +135,8 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
     }
     let clusterwide = context.options.clusterwide || context.options.namespaces.is_empty();
     let config = keepalive::PeeringConfig {
-        identity,
+        identity: peering_identity,
+        shared_identity,
         settings,
         clusterwide,
         namespaces: context.options.namespaces.clone(),
