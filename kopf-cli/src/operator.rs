@@ -628,17 +628,27 @@ impl HostServices for EngineServices {
                 let key = payload.get("key").unwrap_or(&Value::Null);
                 match self.indices.get(name, key) {
                     Some(values) => Ok(Value::Array(values).to_string()),
-                    None => Err(Failure::new(FailureKind::BAD_PAYLOAD, format!("no index named {name:?}"))),
+                    None => Err(Failure::new(
+                        FailureKind::BAD_PAYLOAD,
+                        format!("no index named {name:?}"),
+                    )),
                 }
             }
             host_methods::DAEMON_STOPPED | host_methods::DAEMON_WAIT => {
                 let payload: Value = serde_json::from_str(payload)
                     .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: {e}")))?;
                 let Some(call_id) = payload.get("call_id").and_then(Value::as_u64) else {
-                    return Err(Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: no call_id")));
+                    return Err(Failure::new(
+                        FailureKind::BAD_PAYLOAD,
+                        format!("{method}: no call_id"),
+                    ));
                 };
-                let wait = (method == host_methods::DAEMON_WAIT)
-                    .then(|| payload.get("timeout").and_then(Value::as_f64).map(crate::settings::seconds));
+                let wait = (method == host_methods::DAEMON_WAIT).then(|| {
+                    payload
+                        .get("timeout")
+                        .and_then(Value::as_f64)
+                        .map(crate::settings::seconds)
+                });
                 Ok(self.stops.answer(call_id, wait).to_string())
             }
             host_methods::CLIENT_CONFIG => Ok(self.client_config.to_string()),

@@ -12,8 +12,14 @@ use std::io::Write as _;
 use std::time::Duration;
 
 fn mark(ctx: &kopf::Context, daemon: &str, event: &str) {
-    let Ok(path) = std::env::var("KOPF_EXAMPLE_MARKERS") else { return };
-    let line = format!("{daemon} {event} {}/{}\n", ctx.namespace().unwrap_or_default(), ctx.name().unwrap_or_default());
+    let Ok(path) = std::env::var("KOPF_EXAMPLE_MARKERS") else {
+        return;
+    };
+    let line = format!(
+        "{daemon} {event} {}/{}\n",
+        ctx.namespace().unwrap_or_default(),
+        ctx.name().unwrap_or_default()
+    );
     if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = file.write_all(line.as_bytes());
     }

@@ -14,7 +14,10 @@ static TICKS: AtomicU64 = AtomicU64::new(0);
 #[kopf::timer("kopfexamples", interval = 1.0)]
 pub fn every_few_seconds_sync(ctx: &kopf::Context) -> Value {
     let tick = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::info!("Ping from a sync timer: field={} tick={tick}", ctx.spec()["field"]);
+    tracing::info!(
+        "Ping from a sync timer: field={} tick={tick}",
+        ctx.spec()["field"]
+    );
     json!({"tick": tick})
 }
 

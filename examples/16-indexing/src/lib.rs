@@ -16,9 +16,17 @@ pub fn pods_by_namespace(ctx: &kopf::Context) -> Value {
 #[kopf::timer("kopfexamples", interval = 1.0)]
 pub fn list_pods(ctx: &kopf::Context) -> Result<Value, kopf::Error> {
     let namespace = ctx.namespace().unwrap_or_default();
-    let found = ctx.index("pods_by_namespace").get(&namespace).map_err(kopf::Error::msg)?;
-    let mut names: Vec<String> =
-        found.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    let found = ctx
+        .index("pods_by_namespace")
+        .get(&namespace)
+        .map_err(kopf::Error::msg)?;
+    let mut names: Vec<String> = found
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
     names.sort();
     tracing::info!("Pods in {namespace}: {names:?}");
     Ok(json!({"pods": names}))

@@ -188,10 +188,24 @@ fn uid_of(body: &Value) -> Option<&str> {
 
 impl Background {
     /// The background tasks for `handlers` (only daemons and timers are kept).
-    pub fn new(shared: Arc<Shared>, resource: Resource, handlers: &[HandlerRef], registry: Arc<StopRegistry>) -> Self {
-        let handlers =
-            handlers.iter().filter(|h| matches!(h.kind(), HandlerKind::Daemon | HandlerKind::Timer)).cloned().collect();
-        Self { shared, resource, handlers, registry, objects: Arc::default() }
+    pub fn new(
+        shared: Arc<Shared>,
+        resource: Resource,
+        handlers: &[HandlerRef],
+        registry: Arc<StopRegistry>,
+    ) -> Self {
+        let handlers = handlers
+            .iter()
+            .filter(|h| matches!(h.kind(), HandlerKind::Daemon | HandlerKind::Timer))
+            .cloned()
+            .collect();
+        Self {
+            shared,
+            resource,
+            handlers,
+            registry,
+            objects: Arc::default(),
+        }
     }
 
     /// The daemon and timer handlers served.
@@ -204,7 +218,9 @@ impl Background {
     /// of the handlers whose filters match now), and stops all on deletion.
     pub fn adjust(&self, body: &Value, matching: &[String], essence_changed: bool) {
         let Some(uid) = uid_of(body) else { return };
-        let deleting = body.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+        let deleting = body
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null());
         let mut objects = self.objects.lock();
         let tasks = objects.entry(uid.to_owned()).or_default();
         let now = Instant::now();
@@ -215,7 +231,12 @@ impl Background {
                     l.changed_at = now;
                 }
             }),
-            None => tasks.live = Some(watch::Sender::new(Live { body: Arc::new(body.clone()), changed_at: now })),
+            None => {
+                tasks.live = Some(watch::Sender::new(Live {
+                    body: Arc::new(body.clone()),
+                    changed_at: now,
+                }))
+            }
         }
         tasks.running.retain(|_, r| !*r.done.borrow());
         for handler in &self.handlers {
@@ -223,11 +244,17 @@ impl Background {
             let wanted = !deleting && matching.iter().any(|m| m == id) && !tasks.finished.contains(id);
             match (tasks.running.get(id), wanted) {
                 (Some(running), false) => {
-                    let reason = if deleting { StopReason::ResourceDeleted } else { StopReason::FiltersMismatch };
+                    let reason = if deleting {
+                        StopReason::ResourceDeleted
+                    } else {
+                        StopReason::FiltersMismatch
+                    };
                     self.stop_one(handler, running, reason);
                 }
                 (None, true) => {
-                    let Some(live) = tasks.live.as_ref().map(watch::Sender::subscribe) else { continue };
+                    let Some(live) = tasks.live.as_ref().map(watch::Sender::subscribe) else {
+                        continue;
+                    };
                     let running = self.spawn(handler.clone(), live, uid.to_owned());
                     tasks.running.insert(id.to_owned(), running);
                 }
@@ -240,7 +267,9 @@ impl Background {
     pub fn alive(&self, body: &Value) -> bool {
         let Some(uid) = uid_of(body) else { return false };
         let mut objects = self.objects.lock();
-        let Some(tasks) = objects.get_mut(uid) else { return false };
+        let Some(tasks) = objects.get_mut(uid) else {
+            return false;
+        };
         tasks.running.retain(|_, r| !*r.done.borrow());
         !tasks.running.is_empty()
     }
@@ -261,7 +290,9 @@ impl Background {
     /// the object's state is forgotten (tasks are re-spawned after a resume's re-listing).
     pub async fn stop_object(&self, body: &Value, reason: StopReason) {
         let Some(uid) = uid_of(body) else { return };
-        let Some(tasks) = self.objects.lock().remove(uid) else { return };
+        let Some(tasks) = self.objects.lock().remove(uid) else {
+            return;
+        };
         let mut waits = Vec::new();
         for (id, running) in tasks.running {
             if let Some(handler) = self.handlers.iter().find(|h| *h.id() == id) {
@@ -282,8 +313,18 @@ impl Background {
         running.stop.set(reason);
         let options = &handler.spec().options;
         // Kopf gives daemons a moment to exit "instantly" before any escalation.
-        let instant = self.shared.settings.background.instant_exit_timeout.map(seconds).unwrap_or(INSTANT_EXIT);
-        let backoff = options.cancellation_backoff.map(seconds).unwrap_or_default().max(instant);
+        let instant = self
+            .shared
+            .settings
+            .background
+            .instant_exit_timeout
+            .map(seconds)
+            .unwrap_or(INSTANT_EXIT);
+        let backoff = options
+            .cancellation_backoff
+            .map(seconds)
+            .unwrap_or_default()
+            .max(instant);
         let timeout = options.cancellation_timeout.map(seconds);
         let cancel = running.cancel.clone();
         let mut done = running.done.clone();
@@ -297,7 +338,10 @@ impl Background {
             };
             tracing::debug!(target: "kopf.objects", "Daemon {id:?} did not exit in time; cancelling it.");
             cancel.cancel();
-            if tokio::time::timeout(timeout, done.wait_for(|d| *d)).await.is_err() {
+            if tokio::time::timeout(timeout, done.wait_for(|d| *d))
+                .await
+                .is_err()
+            {
                 tracing::warn!(target: "kopf.objects", "Daemon {id:?} did not exit after cancellation; abandoning it.");
             }
         });
@@ -330,7 +374,6 @@ impl Background {
         });
         Running { stop, cancel, done }
     }
-
 }
 
 struct Task {
@@ -374,7 +417,10 @@ impl Task {
                 }
             }
             let tick = Instant::now();
-            let attempt = Attempt { retries, runtime: started_at.elapsed().as_secs_f64() };
+            let attempt = Attempt {
+                retries,
+                runtime: started_at.elapsed().as_secs_f64(),
+            };
             let decision = match execution::precheck(self.handler.spec(), attempt) {
                 Some(decision) => decision,
                 None => self.invoke(attempt, &started).await,
@@ -432,7 +478,11 @@ impl Task {
             ..Default::default()
         };
         self.registry.register(call_id, self.stop.clone());
-        let outcome = self.shared.plugins.invoke_submitted(&self.handler, &inv, &self.cancel).await;
+        let outcome = self
+            .shared
+            .plugins
+            .invoke_submitted(&self.handler, &inv, &self.cancel)
+            .await;
         self.registry.unregister(call_id);
         let reference = object_ref(&body);
         let outcome = match outcome {
@@ -445,8 +495,12 @@ impl Task {
                 };
             }
         };
-        let decision =
-            execution::decide(self.handler.spec(), attempt, &outcome, self.shared.settings.execution.default_backoff);
+        let decision = execution::decide(
+            self.handler.spec(),
+            attempt,
+            &outcome,
+            self.shared.settings.execution.default_backoff,
+        );
         let mut patch = Patch::new();
         if let Some(p) = &outcome.patch {
             patch.merge_from(p);
@@ -475,12 +529,15 @@ impl Task {
 
     async fn apply(&self, body: &Value, patch: &Patch) {
         let namespace = body.pointer("/metadata/namespace").and_then(Value::as_str);
-        let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str) else { return };
+        let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str) else {
+            return;
+        };
         let requests = patch.requests(self.resource.has_status_subresource());
         for (merge, sub) in [(requests.body, None), (requests.status, Some("status"))] {
             let Some(merge) = merge else { continue };
             let url = self.resource.url(namespace, Some(name), sub);
-            if let Err(error) = patching::patch(&self.shared.client, &url, patching::PatchType::Merge, &merge).await
+            if let Err(error) =
+                patching::patch(&self.shared.client, &url, patching::PatchType::Merge, &merge).await
                 && !error.is_not_found()
             {
                 tracing::warn!(target: "kopf.objects", "[{}] Patching after {:?} failed: {error}", object_ref(body), self.handler.id());
@@ -518,7 +575,10 @@ mod tests {
         flag.set(StopReason::OperatorExiting);
         assert!(sleeper.await.unwrap());
         assert_eq!(blocking.join().unwrap(), Some(StopReason::ResourceDeleted));
-        assert_eq!(flag.wait_blocking(Some(Duration::ZERO)), Some(StopReason::ResourceDeleted));
+        assert_eq!(
+            flag.wait_blocking(Some(Duration::ZERO)),
+            Some(StopReason::ResourceDeleted)
+        );
     }
 
     #[test]
@@ -527,9 +587,15 @@ mod tests {
         let flag = Arc::new(StopFlag::default());
         registry.register(7, flag.clone());
         assert_eq!(registry.answer(7, None)["stopped"], false);
-        assert_eq!(registry.answer(7, Some(Some(Duration::from_millis(1))))["stopped"], false);
+        assert_eq!(
+            registry.answer(7, Some(Some(Duration::from_millis(1))))["stopped"],
+            false
+        );
         flag.set(StopReason::FiltersMismatch);
-        assert_eq!(registry.answer(7, None), json!({"stopped": true, "reason": "FILTERS_MISMATCH"}));
+        assert_eq!(
+            registry.answer(7, None),
+            json!({"stopped": true, "reason": "FILTERS_MISMATCH"})
+        );
         registry.unregister(7);
         assert_eq!(registry.answer(7, None)["stopped"], true);
     }

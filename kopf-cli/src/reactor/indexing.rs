@@ -43,14 +43,23 @@ pub struct Indices {
 
 impl Default for Indices {
     fn default() -> Self {
-        Self { indices: RwLock::default(), streams: Mutex::default(), ready: watch::Sender::new(true) }
+        Self {
+            indices: RwLock::default(),
+            streams: Mutex::default(),
+            ready: watch::Sender::new(true),
+        }
     }
 }
 
 /// The object key of a body.
 pub fn object_key(body: &Value) -> ObjectKey {
     let text = |p: &str| body.pointer(p).and_then(Value::as_str).unwrap_or_default();
-    format!("{}/{}#{}", text("/metadata/namespace"), text("/metadata/name"), text("/metadata/uid"))
+    format!(
+        "{}/{}#{}",
+        text("/metadata/namespace"),
+        text("/metadata/name"),
+        text("/metadata/uid")
+    )
 }
 
 impl Indices {
@@ -66,7 +75,10 @@ impl Indices {
             return;
         }
         let entries: Vec<(String, Value)> = match result {
-            Value::Object(map) => map.iter().map(|(k, v)| (Value::String(k.clone()).to_string(), v.clone())).collect(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| (Value::String(k.clone()).to_string(), v.clone()))
+                .collect(),
             other => vec![(Value::Null.to_string(), other.clone())],
         };
         let mut indices = self.indices.write();
@@ -90,7 +102,13 @@ impl Indices {
     pub fn get(&self, name: &str, key: &Value) -> Option<Vec<Value>> {
         let indices = self.indices.read();
         let index = indices.get(name)?;
-        Some(index.by_key.get(&key.to_string()).map(|store| store.values().cloned().collect()).unwrap_or_default())
+        Some(
+            index
+                .by_key
+                .get(&key.to_string())
+                .map(|store| store.values().cloned().collect())
+                .unwrap_or_default(),
+        )
     }
 
     /// A stream of an indexed resource starts: readiness waits for its first listing.
@@ -144,8 +162,13 @@ impl Indices {
     }
 
     fn update(&self) {
-        let ready = self.streams.lock().values().all(|s| s.listed && s.unindexed.is_empty());
-        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        let ready = self
+            .streams
+            .lock()
+            .values()
+            .all(|s| s.listed && s.unindexed.is_empty());
+        self.ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
 }
 
@@ -172,14 +195,20 @@ mod tests {
         indices.store("by_ns", &"ns/a#1".into(), &json!({"ns": "a", "shared": 1}));
         indices.store("by_ns", &"ns/b#2".into(), &json!({"ns": "b", "shared": 2}));
         indices.store("by_ns", &"ns/c#3".into(), &json!("plain"));
-        assert_eq!(indices.get("by_ns", &json!("shared")).unwrap(), vec![json!(1), json!(2)]);
+        assert_eq!(
+            indices.get("by_ns", &json!("shared")).unwrap(),
+            vec![json!(1), json!(2)]
+        );
         assert_eq!(indices.get("by_ns", &json!(null)).unwrap(), vec![json!("plain")]);
         // A new result replaces the object's old entries; null keeps them.
         indices.store("by_ns", &"ns/a#1".into(), &json!({"other": true}));
         indices.store("by_ns", &"ns/b#2".into(), &Value::Null);
         assert_eq!(indices.get("by_ns", &json!("shared")).unwrap(), vec![json!(2)]);
         indices.remove("by_ns", &"ns/b#2".into());
-        assert_eq!(indices.get("by_ns", &json!("shared")).unwrap(), Vec::<Value>::new());
+        assert_eq!(
+            indices.get("by_ns", &json!("shared")).unwrap(),
+            Vec::<Value>::new()
+        );
         assert_eq!(indices.get("unknown", &json!("x")), None);
     }
 
