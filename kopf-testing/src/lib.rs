@@ -479,8 +479,10 @@ impl EmulatorHandle {
 
     /// A kubeconfig like [`Self::kubeconfig_yaml`] but authenticating with this bearer token.
     pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
-        self.kubeconfig_yaml()
-            .replace(&format!("    token: {KUBECONFIG_USER}\n"), &format!("    token: {token}\n"))
+        self.kubeconfig_yaml().replace(
+            &format!("    token: {KUBECONFIG_USER}\n"),
+            &format!("    token: {token}\n"),
+        )
     }
 
     /// A snapshot of the request counters.

@@ -19,13 +19,21 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let emulator = runtime.block_on(Emulator::builder().start()).unwrap();
         let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
         runtime.block_on(emulator.apply_yaml(&crd)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         emulator.write_kubeconfig(dir.path().join("kubeconfig")).unwrap();
-        Self { runtime, emulator, dir }
+        Self {
+            runtime,
+            emulator,
+            dir,
+        }
     }
 
     fn kubeconfig(&self) -> String {
@@ -36,7 +44,13 @@ impl Cluster {
         let mut env = vec![("KUBECONFIG".to_owned(), self.kubeconfig())];
         env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let mut kopf = KopfProcess::spawn_with_env(
-            ["run".as_ref(), "-n".as_ref(), "default".as_ref(), "--standalone".as_ref(), plugin.as_os_str()],
+            [
+                "run".as_ref(),
+                "-n".as_ref(),
+                "default".as_ref(),
+                "--standalone".as_ref(),
+                plugin.as_os_str(),
+            ],
             env,
         )
         .unwrap();
@@ -50,20 +64,30 @@ impl Cluster {
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"field": "value"},
         });
-        self.runtime.block_on(self.emulator.create_object(object)).unwrap();
+        self.runtime
+            .block_on(self.emulator.create_object(object))
+            .unwrap();
     }
 
     fn get(&self, name: &str) -> Option<Value> {
-        self.emulator.get_object("kopf.dev/v1", "kopfexamples", Some("default"), name)
+        self.emulator
+            .get_object("kopf.dev/v1", "kopfexamples", Some("default"), name)
     }
 
     fn delete(&self, name: &str) {
-        self.runtime.block_on(self.emulator.delete_object("kopf.dev/v1", "kopfexamples", Some("default"), name)).unwrap();
+        self.runtime
+            .block_on(
+                self.emulator
+                    .delete_object("kopf.dev/v1", "kopfexamples", Some("default"), name),
+            )
+            .unwrap();
     }
 }
 
 fn has_finalizer(object: &Value) -> bool {
-    object["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
 }
 
 fn stop(mut kopf: KopfProcess) {
@@ -77,14 +101,18 @@ fn daemons_run_per_object_and_release_it_when_stopped() {
     let cluster = Cluster::start();
     let markers = cluster.dir.path().join("markers.txt");
     let plugin = plugin_path("example-14-daemons").unwrap();
-    let kopf = cluster.run_kopf(&plugin, &[("KOPF_EXAMPLE_MARKERS", markers.display().to_string())]);
+    let kopf = cluster.run_kopf(
+        &plugin,
+        &[("KOPF_EXAMPLE_MARKERS", markers.display().to_string())],
+    );
     let read = || std::fs::read_to_string(&markers).unwrap_or_default();
 
     cluster.create("kex-daemons");
     wait_for(DEADLINE, "both daemons to start", || {
         let text = read();
-        (text.contains("sync started default/kex-daemons") && text.contains("async started default/kex-daemons"))
-            .then_some(())
+        (text.contains("sync started default/kex-daemons")
+            && text.contains("async started default/kex-daemons"))
+        .then_some(())
     })
     .unwrap();
     let object = cluster.get("kex-daemons").unwrap();
@@ -92,7 +120,10 @@ fn daemons_run_per_object_and_release_it_when_stopped() {
 
     cluster.delete("kex-daemons");
     // The sync daemon exits when asked; the async one is cancelled; then the object goes.
-    wait_for(DEADLINE, "the object to be released", || cluster.get("kex-daemons").is_none().then_some(())).unwrap();
+    wait_for(DEADLINE, "the object to be released", || {
+        cluster.get("kex-daemons").is_none().then_some(())
+    })
+    .unwrap();
     assert!(read().contains("sync exited default/kex-daemons"), "{}", read());
     let starts = read().lines().filter(|l| l.starts_with("sync started")).count();
     assert_eq!(starts, 1, "a daemon runs once per object: {}", read());
@@ -107,7 +138,9 @@ fn timers_tick_into_status_and_idle_timers_wait() {
 
     cluster.create("kex-timers");
     let first = wait_for(DEADLINE, "a first tick", || {
-        cluster.get("kex-timers").and_then(|o| o["status"]["every_few_seconds_sync"]["tick"].as_u64())
+        cluster
+            .get("kex-timers")
+            .and_then(|o| o["status"]["every_few_seconds_sync"]["tick"].as_u64())
     })
     .unwrap();
     wait_for(DEADLINE, "a later tick", || {
@@ -123,7 +156,10 @@ fn timers_tick_into_status_and_idle_timers_wait() {
     assert!(has_finalizer(&cluster.get("kex-timers").unwrap()));
 
     cluster.delete("kex-timers");
-    wait_for(DEADLINE, "the object to be released", || cluster.get("kex-timers").is_none().then_some(())).unwrap();
+    wait_for(DEADLINE, "the object to be released", || {
+        cluster.get("kex-timers").is_none().then_some(())
+    })
+    .unwrap();
     stop(kopf);
 }
 
@@ -141,7 +177,10 @@ fn create_pod(cluster: &Cluster, name: &str) {
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"containers": [{"name": "main", "image": "busybox"}]},
     });
-    cluster.runtime.block_on(cluster.emulator.create_object(pod)).unwrap();
+    cluster
+        .runtime
+        .block_on(cluster.emulator.create_object(pod))
+        .unwrap();
 }
 
 #[test]
@@ -154,13 +193,39 @@ fn indices_are_complete_before_handlers_and_follow_the_objects() {
     let kopf = cluster.run_kopf(&plugin, &[]);
 
     cluster.create("kex-indexing");
-    wait_for(DEADLINE, "the indexed pods in status", pods_are(&cluster, &["pod-a", "pod-b"])).unwrap();
+    wait_for(
+        DEADLINE,
+        "the indexed pods in status",
+        pods_are(&cluster, &["pod-a", "pod-b"]),
+    )
+    .unwrap();
     let first = cluster.get("kex-indexing").unwrap();
-    assert_ne!(first["status"]["list_pods"]["pods"], json!([]), "the index was read before it was complete");
+    assert_ne!(
+        first["status"]["list_pods"]["pods"],
+        json!([]),
+        "the index was read before it was complete"
+    );
 
     create_pod(&cluster, "pod-c");
-    wait_for(DEADLINE, "a new pod in the index", pods_are(&cluster, &["pod-a", "pod-b", "pod-c"])).unwrap();
-    cluster.runtime.block_on(cluster.emulator.delete_object("v1", "pods", Some("default"), "pod-a")).unwrap();
-    wait_for(DEADLINE, "a deleted pod leaving the index", pods_are(&cluster, &["pod-b", "pod-c"])).unwrap();
+    wait_for(
+        DEADLINE,
+        "a new pod in the index",
+        pods_are(&cluster, &["pod-a", "pod-b", "pod-c"]),
+    )
+    .unwrap();
+    cluster
+        .runtime
+        .block_on(
+            cluster
+                .emulator
+                .delete_object("v1", "pods", Some("default"), "pod-a"),
+        )
+        .unwrap();
+    wait_for(
+        DEADLINE,
+        "a deleted pod leaving the index",
+        pods_are(&cluster, &["pod-b", "pod-c"]),
+    )
+    .unwrap();
     stop(kopf);
 }
