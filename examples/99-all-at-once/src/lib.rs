@@ -115,4 +115,18 @@ pub mod user_guide {
     pub mod deployment {}
     #[doc = include_str!("../../../docs/cli.md")]
     pub mod cli {}
+    #[doc = include_str!("../../../docs/persistence-and-migration.md")]
+    pub mod persistence_and_migration {}
+    #[doc = include_str!("../../../docs/daemons-and-timers.md")]
+    pub mod daemons_and_timers {}
+    #[doc = include_str!("../../../docs/indexing.md")]
+    pub mod indexing {}
+    #[doc = include_str!("../../../docs/admission.md")]
+    pub mod admission {}
+    #[doc = include_str!("../../../docs/peering.md")]
+    pub mod peering {}
+    #[doc = include_str!("../../../docs/probes-and-metrics.md")]
+    pub mod probes_and_metrics {}
+    #[doc = include_str!("../../../docs/settings.md")]
+    pub mod settings {}
 }
