@@ -49,8 +49,8 @@ use tokio::time::Instant;
 
 use super::{
     daemons::{Background, StopReason, StopRegistry},
-    indexing::{self, Indices},
     execution::{self, Attempt, Decision},
+    indexing::{self, Indices},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
 };
 use crate::{
@@ -888,7 +888,11 @@ impl ResourceProcessor {
             inv.param = indexer.spec().options.param.clone();
             let outcome = self.invoke_logged(indexer, &inv, &object_ref(body)).await;
             match &outcome.error {
-                None => self.shared.indices.store(indexer.id(), &object, outcome.result.as_ref().unwrap_or(&Value::Null)),
+                None => self.shared.indices.store(
+                    indexer.id(),
+                    &object,
+                    outcome.result.as_ref().unwrap_or(&Value::Null),
+                ),
                 Some(error) => match execution::errors_mode(indexer.spec()) {
                     // Ignored errors keep the stale values; others exclude the object.
                     kopf_abi::protocol::ErrorsMode::Ignored
@@ -909,7 +913,10 @@ impl ResourceProcessor {
         if self.background.handlers().is_empty() {
             return;
         }
-        let essence = self.shared.diffbase.essence(&self.shared.progress, body, &self.extra_fields);
+        let essence = self
+            .shared
+            .diffbase
+            .essence(&self.shared.progress, body, &self.extra_fields);
         let changed = memory.essence.as_ref() != Some(&essence);
         memory.essence = Some(essence);
         let inv = self.base_invocation(body);
