@@ -22,11 +22,14 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The namespace of all test objects.
 pub const NS: &str = "default";
 
+/// One admitted write: (operation, subresource, the new object if any).
+pub type Write = (Operation, Option<String>, Option<Value>);
+
 /// Every update/delete the emulator admitted on kopfexamples (internal ones included).
 #[derive(Default)]
 pub struct WriteLog {
-    /// (operation, subresource, the new object if any).
-    pub writes: Mutex<Vec<(Operation, Option<String>, Option<Value>)>>,
+    /// The writes, in order.
+    pub writes: Mutex<Vec<Write>>,
 }
 
 impl WriteLog {
