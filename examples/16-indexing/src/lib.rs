@@ -18,7 +18,7 @@ pub fn list_pods(ctx: &kopf::Context) -> Result<Value, kopf::Error> {
     let namespace = ctx.namespace().unwrap_or_default();
     let found = ctx
         .index("pods_by_namespace")
-        .get(&namespace)
+        .get(namespace)
         .map_err(kopf::Error::msg)?;
     let mut names: Vec<String> = found
         .as_array()
