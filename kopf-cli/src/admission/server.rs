@@ -67,14 +67,23 @@ impl WebhookApp {
 
     /// Answers one HTTP request; never fails (errors are HTTP statuses).
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let Some(handler) = self.handler_at(request.uri().path()).cloned() else {
+        // Read the (bounded) body before answering anything: an HTTP/2 client still sending
+        // it would otherwise see its stream reset instead of our 404/405.
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return plain(StatusCode::BAD_REQUEST, &format!("cannot read the body: {error}"));
+            }
+        };
+        let Some(handler) = self.handler_at(parts.uri.path()).cloned() else {
             return plain(StatusCode::NOT_FOUND, "no webhook handler at this path");
         };
-        if request.method() != Method::POST {
+        if parts.method != Method::POST {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
         }
-        let headers: BTreeMap<String, String> = request
-            .headers()
+        let headers: BTreeMap<String, String> = parts
+            .headers
             .iter()
             .map(|(k, v)| {
                 (
@@ -83,12 +92,6 @@ impl WebhookApp {
                 )
             })
             .collect();
-        let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) => {
-                return plain(StatusCode::BAD_REQUEST, &format!("cannot read the body: {error}"));
-            }
-        };
         let review = match ReviewRequest::parse(&body) {
             Ok(review) => review,
             Err(error) => {
