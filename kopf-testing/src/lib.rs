@@ -244,28 +244,7 @@ impl EmulatorHandle {
     /// Create or replace one object (by its apiVersion/kind; namespace defaults to `default`).
     pub async fn apply_object(&self, obj: Value) -> Result<Value, EmulatorError> {
         let shared = &self.inner.shared;
-        let av = obj
-            .get("apiVersion")
-            .and_then(|a| a.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let kind = obj
-            .get("kind")
-            .and_then(|a| a.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let (def, version) =
-            shared.state.lock().registry.by_kind(&av, &kind).ok_or_else(|| {
-                EmulatorError::BadDocument(format!("unknown apiVersion/kind {av:?}/{kind:?}"))
-            })?;
-        let ns = if def.namespaced {
-            obj.pointer("/metadata/namespace")
-                .and_then(|n| n.as_str())
-                .unwrap_or("default")
-                .to_string()
-        } else {
-            String::new()
-        };
+        let (def, version, ns) = self.locate(&obj)?;
         let name = obj
             .pointer("/metadata/name")
             .and_then(|n| n.as_str())
@@ -331,31 +310,34 @@ impl EmulatorHandle {
     /// Create one object through the API semantics (no HTTP).
     pub async fn create_object(&self, obj: Value) -> Result<Value, EmulatorError> {
         let shared = &self.inner.shared;
-        let av = obj
-            .get("apiVersion")
-            .and_then(|a| a.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let kind = obj
-            .get("kind")
-            .and_then(|a| a.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let (def, version) =
-            shared.state.lock().registry.by_kind(&av, &kind).ok_or_else(|| {
-                EmulatorError::BadDocument(format!("unknown apiVersion/kind {av:?}/{kind:?}"))
-            })?;
+        let (def, version, ns) = self.locate(&obj)?;
+        Ok(shared
+            .create(&def, &version, &ns, obj, &api::ReqCtx::internal())
+            .await?)
+    }
+
+    /// The resource, version and namespace (`default` if unset, empty for cluster-scoped
+    /// resources) of an object, from its apiVersion and kind.
+    fn locate(&self, obj: &Value) -> Result<(Arc<ResourceDef>, String, String), EmulatorError> {
+        let text = |key: &str| obj.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (av, kind) = (text("apiVersion"), text("kind"));
+        let (def, version) = self
+            .inner
+            .shared
+            .state
+            .lock()
+            .registry
+            .by_kind(av, kind)
+            .ok_or_else(|| EmulatorError::BadDocument(format!("unknown apiVersion/kind {av:?}/{kind:?}")))?;
         let ns = if def.namespaced {
             obj.pointer("/metadata/namespace")
-                .and_then(|n| n.as_str())
+                .and_then(Value::as_str)
                 .unwrap_or("default")
                 .to_string()
         } else {
             String::new()
         };
-        Ok(shared
-            .create(&def, &version, &ns, obj, &api::ReqCtx::internal())
-            .await?)
+        Ok((def, version, ns))
     }
 
     fn def_for(&self, api_version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
