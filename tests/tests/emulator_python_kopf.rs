@@ -203,10 +203,13 @@ async fn python_kopf_full_lifecycle() {
     let created = wait_until(
         &emu,
         &mut kopf,
-        "create_fn result, finalizer and diff-base",
+        "create_fn and field_fn results, finalizer and diff-base",
         |o| {
             let o = o?;
+            // Kopf sends the body patch (diff-base) and the /status patch (results) as two
+            // requests: wait for both, not just the first.
             (o.pointer("/status/create_fn") == Some(&json!({"created": true}))
+                && o.pointer("/status/field_fn~1spec.field").is_some()
                 && has_finalizer(o)
                 && last_handled(o).is_some())
             .then(|| o.clone())
