@@ -89,6 +89,10 @@ pub async fn run_controlled(
         &context.config,
     ));
     plugins.set_services(services);
+    let plugins = match settings.execution.max_workers {
+        Some(max_workers) => plugins.with_max_workers(max_workers),
+        None => plugins,
+    };
     let shared = Arc::new(Shared {
         client: client.clone(),
         plugins: plugins.clone(),

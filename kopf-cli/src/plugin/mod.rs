@@ -313,10 +313,30 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// All loaded plugins, with their handlers in load order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PluginSet {
     plugins: Vec<Arc<Plugin>>,
     handlers: Vec<HandlerRef>,
+    /// Bounds the handlers running at once on the blocking pool (Kopf's sync-handler
+    /// executor, `settings.execution.max_workers`); shared by clones.
+    workers: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for PluginSet {
+    fn default() -> Self {
+        Self {
+            plugins: Vec::new(),
+            handlers: Vec::new(),
+            workers: Arc::new(tokio::sync::Semaphore::new(default_max_workers())),
+        }
+    }
+}
+
+/// Python's default thread-pool size, which Kopf's sync handlers run in:
+/// `min(32, cpu_count + 4)`.
+pub fn default_max_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus + 4).min(32)
 }
 
 impl PluginSet {
@@ -373,6 +393,13 @@ impl PluginSet {
         Ok(set)
     }
 
+    /// Limits how many handlers run at once through [`PluginSet::invoke`] (the
+    /// others wait for a slot); applies to this set and its later clones.
+    pub fn with_max_workers(mut self, max_workers: usize) -> Self {
+        self.workers = Arc::new(tokio::sync::Semaphore::new(max_workers.max(1)));
+        self
+    }
+
     /// The loaded plugins, in load order.
     pub fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins
@@ -400,9 +427,13 @@ impl PluginSet {
         handler.invoke_blocking(inv)
     }
 
-    /// Runs a handler's blocking `invoke` on tokio's blocking pool.
+    /// Runs a handler's blocking `invoke` on tokio's blocking pool, at most
+    /// [`default_max_workers`] (or [`PluginSet::with_max_workers`]) at once: a burst of
+    /// objects then needs a few threads, not hundreds.
     pub async fn invoke(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
         let payload = handler.encode(inv)?;
+        // The semaphore is never closed; a failure would only mean "unbounded".
+        let _slot = self.workers.acquire().await.ok();
         let h = handler.clone();
         let answer = tokio::task::spawn_blocking(move || h.plugin.invoke_raw(&h.spec.id, &payload))
             .await
