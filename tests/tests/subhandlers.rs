@@ -289,3 +289,105 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
     drop(kopf);
     cluster.emu.shutdown().await;
 }
+
+/// The other way: kopf handles the object partway — `item-a` done, `item-flaky` delayed —
+/// and is stopped; Python Kopf (PyPI 1.45) continues from kopf's records without
+/// re-running the finished sub-handler, and purges everything. Skips when `import kopf`
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kopf_continues_kopfs_pending_subhandlers() {
+    use std::process::{Command, Stdio};
+    let available = Command::new("python3")
+        .args(["-c", "import kopf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!(
+            "SKIPPED python_kopf_continues_kopfs_pending_subhandlers: `python3 -c 'import kopf'` failed"
+        );
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (py_record, rs_record, py_log) = (
+        cluster.path("py.txt"),
+        cluster.path("rs.txt"),
+        cluster.path("py.log"),
+    );
+    let name = "kex-rs-sub";
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", rs_record.display().to_string())],
+    );
+    create_with_items(&cluster, name, &["a", "flaky"], Some(3.0)).await;
+    cluster
+        .wait_obj(name, "kopf partway (item-flaky delayed)", Some(&kopf), |o| {
+            record_of(o?, "kopf.zalando.org/create_fn.item-flaky").map(|_| ())
+        })
+        .await;
+    drop(kopf);
+    let rs_calls = calls(&rs_record);
+    assert_eq!(rs_calls.get("create_fn/item-a"), Some(&1), "{rs_calls:?}");
+    assert_eq!(rs_calls.get("create_fn/item-flaky"), Some(&1), "{rs_calls:?}");
+
+    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
+    let out = std::fs::File::create(&py_log).unwrap();
+    let mut python = Command::new("python3")
+        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
+        .arg(&script)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KOPF_SUBHANDLERS_RECORD", &py_record)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let done = loop {
+        let obj = cluster.get(name);
+        // Kopf sends the results (/status) and the diff-base with the purge (body)
+        // in two patches: wait for both.
+        if let Some(o) = obj.as_ref().filter(|o| {
+            last_handled(o).is_some()
+                && o["status"].get("create_fn").is_some()
+                && o["status"].get("create_fn/item-flaky").is_some()
+        }) {
+            break o.clone();
+        }
+        if start.elapsed() > reactor_common::DEADLINE {
+            let _ = python.kill();
+            let _ = python.wait();
+            panic!(
+                "Python Kopf did not finish: {obj:?}\n{}",
+                std::fs::read_to_string(&py_log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = python.kill();
+    let _ = python.wait();
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(done["status"]["create_fn/item-a"], json!({"item": "a"}), "{done}");
+    assert_eq!(
+        done["status"]["create_fn/item-flaky"],
+        json!({"item": "flaky"}),
+        "{done}"
+    );
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let py_calls = calls(&py_record);
+    assert_eq!(
+        py_calls.get("create_fn/item-a"),
+        None,
+        "item-a is not re-run: {py_calls:?}"
+    );
+    assert_eq!(
+        py_calls.get("create_fn/item-flaky"),
+        Some(&1),
+        "retried once: {py_calls:?}"
+    );
+    assert!(py_calls.get("create_fn").is_some_and(|n| *n >= 1), "{py_calls:?}");
+    cluster.emu.shutdown().await;
+}

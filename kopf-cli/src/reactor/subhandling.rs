@@ -38,7 +38,8 @@ pub const CHILDREN_RETRY_MESSAGE: &str = "None";
 
 /// The stored states of a parent's children, found through the parent's `subrefs`.
 ///
-/// Only direct children of `parent_id` are returned, and only records of the current
+/// Only ids under `parent_id/` are returned (sub-sub-handlers are not supported, so these
+/// are the direct children; a child id may itself contain `/`), and only records of the current
 /// `purpose` (records of a superseded cause are treated as absent, so those children start
 /// over). Unreadable records are logged and treated as absent.
 pub fn known_children(
@@ -55,7 +56,7 @@ pub fn known_children(
         let Some(rest) = id.strip_prefix(&prefix) else {
             continue;
         };
-        if rest.is_empty() || rest.contains('/') {
+        if rest.is_empty() {
             continue;
         }
         let record = match storage.fetch(id, body) {
