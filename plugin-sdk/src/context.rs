@@ -17,7 +17,7 @@ use crate::error::HostCallError;
 use crate::host;
 use crate::logging::ObjectLogger;
 use crate::subhandlers::{
-    self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError,
+    self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError, WhenFn,
 };
 
 static NULL: Value = Value::Null;
@@ -124,6 +124,7 @@ impl Context {
         &self,
         id: String,
         options: HandlerOptions,
+        when: Option<WhenFn>,
         func: SubFn,
     ) -> Result<(), SubhandlerError> {
         if id.is_empty() {
@@ -136,7 +137,14 @@ impl Context {
             return Err(SubhandlerError::NotChanging);
         }
         let id = format!("{}/{id}", self.inner.handler_id);
-        self.with_children(|c| c.add(Subhandler { id, options, func }))
+        self.with_children(|c| {
+            c.add(Subhandler {
+                id,
+                options,
+                when,
+                func,
+            })
+        })
     }
 
     // --- Sub-handlers ----------------------------------------------------------------------

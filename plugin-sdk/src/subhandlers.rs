@@ -39,8 +39,13 @@
 //!   sub-handler's permanent failure is recorded on the sub-handler; the parent still
 //!   succeeds, exactly as Kopf 1.45 does).
 //!
-//! Sub-handlers are synchronous closures. Registering sub-handlers from a sub-handler
-//! (Kopf's sub-sub-handlers) is not supported yet and returns [`SubhandlerError::Nested`].
+//! Sub-handlers are closures, synchronous ([`SubhandlerBuilder::register`]) or `async`
+//! ([`SubhandlerBuilder::register_async`]), with Kopf's options (errors, timeout, retries,
+//! backoff, param) and a `when` filter ([`SubhandlerBuilder::when`]). All due sub-handlers
+//! run in the same cycle, one after another (Kopf's default lifecycle runs one per cycle).
+//! Registering sub-handlers from a sub-handler (Kopf's sub-sub-handlers) is not supported
+//! yet and returns [`SubhandlerError::Nested`]; label, annotation and field filters on
+//! sub-handlers are not either (check them in `when`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -60,6 +65,7 @@ use crate::runtime::{QuietPanics, panic_message};
 const DEFAULT_BACKOFF: f64 = 60.0;
 
 pub(crate) type SubFn = Arc<dyn Fn(&Context) -> HandlerResult + Send + Sync>;
+pub(crate) type WhenFn = Arc<dyn Fn(&Context) -> bool + Send + Sync>;
 
 /// Why a sub-handler could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +106,7 @@ pub(crate) struct Subhandler {
     /// The full id, `parent/child`.
     pub(crate) id: String,
     pub(crate) options: HandlerOptions,
+    pub(crate) when: Option<WhenFn>,
     pub(crate) func: SubFn,
 }
 
@@ -158,6 +165,7 @@ pub struct SubhandlerBuilder<'a> {
     ctx: &'a Context,
     id: String,
     options: HandlerOptions,
+    when: Option<WhenFn>,
 }
 
 impl<'a> SubhandlerBuilder<'a> {
@@ -166,6 +174,7 @@ impl<'a> SubhandlerBuilder<'a> {
             ctx,
             id,
             options: HandlerOptions::default(),
+            when: None,
         }
     }
 
@@ -199,6 +208,47 @@ impl<'a> SubhandlerBuilder<'a> {
         self
     }
 
+    /// A `when=` filter (Kopf's `when`): the sub-handler exists for this call only if it
+    /// returns true (evaluated at execution, with the parent's context). A sub-handler
+    /// filtered out is not called, has no record and is not waited for, as in Kopf.
+    pub fn when<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Context) -> bool + Send + Sync + 'static,
+    {
+        self.when = Some(Arc::new(f));
+        self
+    }
+
+    /// Registers an `async` sub-handler: `|ctx: kopf::Context| async move { ... }`. It
+    /// runs to completion on the plugin's runtime while the parent waits (sub-handlers run
+    /// one after another, as in Kopf).
+    ///
+    /// ```
+    /// # fn parent(ctx: &kopf::Context) -> kopf::Result<()> {
+    /// ctx.subhandler("wait").register_async(|_ctx: kopf::Context| async move {
+    ///     kopf::tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///     Ok::<_, kopf::Error>("waited")
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn register_async<F, Fut, T, E>(self, f: F) -> Result<(), SubhandlerError>
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        T: Serialize,
+        E: Into<Error>,
+    {
+        let func: SubFn = Arc::new(
+            move |ctx: &Context| match crate::runtime::block_on(f(ctx.clone())) {
+                Ok(Ok(v)) => to_result_value(v),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(Error::msg(e)),
+            },
+        );
+        self.ctx.add_subhandler(self.id, self.options, self.when, func)
+    }
+
     /// Registers the sub-handler function (a synchronous closure).
     pub fn register<F, T, E>(self, f: F) -> Result<(), SubhandlerError>
     where
@@ -210,7 +260,7 @@ impl<'a> SubhandlerBuilder<'a> {
             Ok(v) => to_result_value(v),
             Err(e) => Err(e.into()),
         });
-        self.ctx.add_subhandler(self.id, self.options, func)
+        self.ctx.add_subhandler(self.id, self.options, self.when, func)
     }
 }
 
@@ -246,6 +296,12 @@ fn exhausted(options: &HandlerOptions, state: &SubhandlerState) -> bool {
 pub(crate) fn execute(ctx: &Context) -> bool {
     let subs = ctx.with_children(Children::take_pending);
     for sub in subs {
+        if let Some(when) = &sub.when {
+            let _quiet = QuietPanics::enter();
+            if !catch_unwind(AssertUnwindSafe(|| when(ctx))).unwrap_or(false) {
+                continue;
+            }
+        }
         let state = ctx
             .invocation()
             .subhandlers
@@ -405,6 +461,25 @@ mod tests {
         assert_eq!(event.register("x", ok), Err(SubhandlerError::NotChanging));
         let child = c.child("create_fn/y", &SubhandlerState::default(), None);
         assert_eq!(child.register("z", ok), Err(SubhandlerError::Nested));
+    }
+
+    #[test]
+    fn async_children_and_when_filters() {
+        let c = ctx(BTreeMap::new());
+        c.subhandler("async")
+            .register_async(|ctx: Context| async move {
+                tokio::task::yield_now().await;
+                Ok::<_, crate::Error>(json!({"id": ctx.handler_id()}))
+            })
+            .unwrap();
+        c.subhandler("skipped")
+            .when(|ctx: &Context| ctx.spec().get("nope").is_some())
+            .register(|_: &Context| -> crate::Result<()> { panic!("filtered out") })
+            .unwrap();
+        assert_eq!(c.execute(), Ok(()));
+        let done = c.with_children(Children::take_done);
+        assert_eq!(done.len(), 1, "a filtered-out child is not reported: {done:?}");
+        assert_eq!(done[0].result, Some(json!({"id": "create_fn/async"})));
     }
 
     #[test]

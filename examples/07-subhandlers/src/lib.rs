@@ -26,9 +26,13 @@ fn items(ctx: &kopf::Context) -> Vec<String> {
 pub fn create_fn(ctx: &kopf::Context) -> kopf::Result<()> {
     for item in items(ctx) {
         let id = format!("item-{item}");
-        ctx.register(id, move |ctx: &kopf::Context| -> kopf::Result<Value> {
-            tracing::info!("=== Handling creation for {item}. ===");
-            Ok(json!({"item": item, "handler": ctx.handler_id()}))
+        // Kopf's example uses an `async def` sub-handler; so does this one.
+        ctx.subhandler(id).register_async(move |ctx: kopf::Context| {
+            let item = item.clone();
+            async move {
+                tracing::info!("=== Handling creation for {item}. ===");
+                Ok::<Value, kopf::Error>(json!({"item": item, "handler": ctx.handler_id()}))
+            }
         })?;
     }
     Ok(())
