@@ -483,6 +483,47 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_stopped_by_execute_reports_children_without_an_error() {
+        let handler = crate::HandlerBuilder::new(kopf_abi::protocol::HandlerKind::Create, "create_fn")
+            .resource(["kopfexamples"])
+            .sync_fn(|ctx: &Context| -> crate::Result<&'static str> {
+                ctx.register("t", |_: &Context| -> crate::Result<()> {
+                    Err(TemporaryError::new("later").delay(5.0).into())
+                })?;
+                ctx.execute()?;
+                panic!("not reached while a child is pending");
+            })
+            .build()
+            .unwrap();
+        let outcome = handler.run(Invocation {
+            reason: Some("create".into()),
+            ..Default::default()
+        });
+        assert_eq!(outcome.error, None, "ChildrenPending is not a handler error");
+        assert_eq!(outcome.result, None);
+        assert_eq!(outcome.children.len(), 1);
+        assert_eq!(outcome.children[0].id, "create_fn/t");
+        // A real error after registering: the children registered after the last
+        // execute() do not run (Kopf's implicit execution happens only on success).
+        let failing = crate::HandlerBuilder::new(kopf_abi::protocol::HandlerKind::Create, "f")
+            .resource(["kopfexamples"])
+            .sync_fn(|ctx: &Context| -> crate::Result<()> {
+                ctx.register("never", |_: &Context| -> crate::Result<()> {
+                    panic!("must not run")
+                })?;
+                Err(crate::PermanentError::new("no").into())
+            })
+            .build()
+            .unwrap();
+        let outcome = failing.run(Invocation {
+            reason: Some("create".into()),
+            ..Default::default()
+        });
+        assert_eq!(outcome.error.map(|e| e.message), Some("no".to_owned()));
+        assert!(outcome.children.is_empty());
+    }
+
+    #[test]
     fn exhausted_children_are_not_called() {
         let mut known = BTreeMap::new();
         known.insert(
