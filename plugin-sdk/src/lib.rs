@@ -149,6 +149,7 @@ mod host;
 mod logging;
 mod runtime;
 mod selector;
+pub mod subhandlers;
 
 pub use connection::ConnectionInfo;
 pub use context::{
@@ -174,6 +175,7 @@ pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invo
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
 pub use runtime::{block_on, runtime};
 pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
+pub use subhandlers::{ChildrenPending, SubhandlerBuilder, SubhandlerError};
 
 pub use kopf_abi;
 pub use kopf_macros::{daemon, index, timer};

@@ -52,6 +52,7 @@ use super::{
     execution::{self, Attempt, Decision},
     indexing::{self, Indices},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
+    subhandling,
 };
 use crate::{
     clients::{ApiError, patching},
@@ -398,6 +399,7 @@ impl ResourceProcessor {
         // Run every handler that is due, in declaration order, all in this cycle, unless
         // the batch gets slow: then persist what is done before starting the next one.
         let mut outcomes: Vec<(String, StepOutcome)> = Vec::new();
+        let mut children: Vec<subhandling::Settled> = Vec::new();
         let batch_started = Instant::now();
         let mut persist_first = false;
         for handler in &handlers {
@@ -415,10 +417,11 @@ impl ResourceProcessor {
                 retries: u32::try_from(handler_state.retries.max(0)).unwrap_or(u32::MAX),
                 runtime: handler_state.runtime(&now),
             };
+            let mut settled: Option<subhandling::Settled> = None;
             let decision = match execution::precheck(handler.spec(), attempt) {
                 Some(decision) => decision,
                 None => {
-                    let inv = self.changing_invocation(
+                    let mut inv = self.changing_invocation(
                         handler,
                         body,
                         &cause,
@@ -428,16 +431,41 @@ impl ResourceProcessor {
                         attempt,
                         &handler_state.started,
                     );
+                    let known = subhandling::known_children(
+                        &shared.progress,
+                        body,
+                        handler.id(),
+                        handler_state,
+                        Some(cause.reason.as_str()),
+                        now,
+                    );
+                    inv.subhandlers = subhandling::invocation_states(&known, &now);
                     let outcome = self.invoke_logged(handler, &inv, &reference).await;
                     if let Some(p) = &outcome.patch {
                         patch.merge_from(p);
                     }
-                    let decision = execution::decide(
+                    let mut decision = execution::decide(
                         handler.spec(),
                         attempt,
                         &outcome,
                         shared.settings.execution.default_backoff,
                     );
+                    if !outcome.children.is_empty() {
+                        let s = subhandling::settle(
+                            handler.spec(),
+                            &outcome.children,
+                            known,
+                            Some(cause.reason.as_str()),
+                            Timestamp::now(),
+                            shared.settings.execution.default_backoff,
+                            patch,
+                        );
+                        for (id, child_decision) in &s.decisions {
+                            log_decision(&reference, id, child_decision);
+                        }
+                        decision = subhandling::parent_decision(decision, &s);
+                        settled = Some(s);
+                    }
                     if decision == Decision::Success
                         && let Some(result) = outcome.result.as_ref().filter(|r| !r.is_null())
                     {
@@ -446,28 +474,25 @@ impl ResourceProcessor {
                     decision
                 }
             };
-            log_decision(&reference, handler.id(), &decision);
-            let step = match decision {
-                Decision::Success => StepOutcome {
-                    final_: true,
-                    ..Default::default()
-                },
-                Decision::Retry { delay, message } => StepOutcome {
-                    final_: false,
-                    delay: Some(delay),
-                    error: Some(message),
-                    ..Default::default()
-                },
-                Decision::Failure { message } => StepOutcome {
-                    final_: true,
-                    error: Some(message),
-                    ..Default::default()
-                },
-            };
+            match (&decision, &settled) {
+                (Decision::Retry { .. }, Some(s)) if s.pending_delay.is_some() => {
+                    tracing::debug!(target: "kopf.objects", "[{reference}] Handler {:?} has unfinished sub-handlers. Will retry soon.", handler.id());
+                }
+                _ => log_decision(&reference, handler.id(), &decision),
+            }
+            let mut step = subhandling::step_outcome(decision);
+            if let Some(s) = settled {
+                step.subrefs = s.subrefs.clone();
+                children.push(s);
+            }
             outcomes.push((handler.id().to_owned(), step));
         }
         let now = Timestamp::now();
         state = state.with_outcomes(outcomes.iter().map(|(id, o)| (id.as_str(), o)), now);
+        // Children's records go first; if the cause is done, the purge below drops them.
+        for settled in &children {
+            subhandling::store(&shared.progress, settled, body, patch);
+        }
 
         if state.done() {
             let counts = state.counts();
