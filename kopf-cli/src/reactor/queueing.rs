@@ -272,7 +272,7 @@ async fn worker<P: ObjectProcessor>(
                 None => {
                     // The stream stopped: flush once, then exit.
                     let _permit = limit.acquire().await;
-                    processor.process(&mut memory, Vec::new(), Wakeup::Stopping).await;
+                    Box::pin(processor.process(&mut memory, Vec::new(), Wakeup::Stopping)).await;
                     return (key, receiver);
                 }
             },
@@ -293,7 +293,9 @@ async fn worker<P: ObjectProcessor>(
         let Ok(_permit) = limit.acquire().await else {
             return (key, receiver);
         };
-        verdict = processor.process(&mut memory, events, wakeup).await;
+        // Boxed: the processing state exists only while processing, so an idle worker
+        // (kept alive for every object with daemons or timers) stays small.
+        verdict = Box::pin(processor.process(&mut memory, events, wakeup)).await;
         if deleted && !verdict.keep_alive {
             return (key, receiver);
         }
