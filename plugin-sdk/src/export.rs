@@ -111,9 +111,9 @@ extern "C" fn invoke(handler: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
 enum Running {
     /// An async handler: a task on the plugin's runtime, aborted on cancellation.
     Task(AbortHandle),
-    /// A sync handler (or a filter evaluation) on the runtime's blocking pool: it cannot
-    /// be interrupted, so cancellation completes the call at once and its late outcome
-    /// is dropped.
+    /// A sync handler on the runtime's blocking pool (or an async one not spawned yet): it
+    /// cannot be interrupted, so cancellation completes the call at once and its late
+    /// outcome is dropped.
     Blocking,
 }
 
@@ -153,14 +153,6 @@ impl CallGuard {
     }
 }
 
-/// Decodes a submitted call's payload: on the thread that runs the call, so that the
-/// body's many small allocations are made and freed by the same thread.
-fn submitted_invocation(call_id: u64, payload: &str) -> Result<Invocation, Failure> {
-    let mut invocation = parse_invocation(payload)?;
-    invocation.call_id.get_or_insert(call_id);
-    Ok(invocation)
-}
-
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if take_call(self.0) {
@@ -172,6 +164,14 @@ impl Drop for CallGuard {
             complete(self.0, RResult::RErr(failure));
         }
     }
+}
+
+/// Decodes a submitted call's payload: on the thread that runs the call, so that the
+/// body's many small allocations are made and freed by the same thread.
+fn submitted_invocation(call_id: u64, payload: &str) -> Result<Invocation, Failure> {
+    let mut invocation = parse_invocation(payload)?;
+    invocation.call_id.get_or_insert(call_id);
+    Ok(invocation)
 }
 
 /// Starts a call: async handlers as one task on the plugin's runtime, sync handlers
