@@ -560,6 +560,23 @@ fn submitted_calls_complete_once() {
     (m.cancel)(103);
     let (kind, _) = wait_completion(103).unwrap_err();
     assert_eq!(kind, FailureKind::CANCELLED);
+
+    // A sync handler runs on the plugin's blocking pool and completes from there.
+    (m.submit)(
+        104,
+        RStr::from("t_create"),
+        RStr::from(invocation(json!({})).as_str()),
+    )
+    .unwrap();
+    let o: Outcome = serde_json::from_str(&wait_completion(104).unwrap()).unwrap();
+    assert!(o.result.is_some() && o.error.is_none(), "{o:?}");
+
+    // The payload is decoded by the call's own thread: a bad one fails the call.
+    for (call_id, handler) in [(105, "t_create"), (106, "t_async")] {
+        (m.submit)(call_id, RStr::from(handler), RStr::from("{not json")).unwrap();
+        let (kind, _) = wait_completion(call_id).unwrap_err();
+        assert_eq!(kind, FailureKind::BAD_PAYLOAD, "{handler}");
+    }
 }
 
 #[test]

@@ -115,8 +115,12 @@ fn daemons_run_per_object_and_release_it_when_stopped() {
         .then_some(())
     })
     .unwrap();
-    let object = cluster.get("kex-daemons").unwrap();
-    assert!(has_finalizer(&object), "daemons need the finalizer: {object}");
+    // As in Kopf, daemons are spawned in the same cycle that adds the finalizer (which may
+    // not be persisted yet when a fast daemon starts): the finalizer follows shortly.
+    wait_for(DEADLINE, "the finalizer that daemons need", || {
+        cluster.get("kex-daemons").filter(has_finalizer).map(|_| ())
+    })
+    .unwrap();
 
     cluster.delete("kex-daemons");
     // The sync daemon exits when asked; the async one is cancelled; then the object goes.

@@ -473,10 +473,56 @@ impl PluginSet {
         inv: &Invocation,
         cancel: &CancellationToken,
     ) -> Result<Outcome, PluginError> {
+        let (call_id, payload) = match inv.call_id {
+            Some(call_id) => (call_id, handler.encode(inv)?),
+            None => {
+                let call_id = next_call_id();
+                let mut inv = inv.clone();
+                inv.call_id = Some(call_id);
+                (call_id, handler.encode(&inv)?)
+            }
+        };
+        self.submit_payload(handler, call_id, &payload, cancel).await
+    }
+
+    /// [`PluginSet::invoke_submitted`] for an invocation whose object body is already
+    /// serialised (`body_json`, a JSON document): callers that invoke handlers on the same
+    /// body again and again (timers) serialise it once per object version instead of once
+    /// per call. `inv.body` must be `None`, and `inv.call_id` is used if set.
+    pub async fn invoke_submitted_with_body(
+        &self,
+        handler: &HandlerRef,
+        inv: &Invocation,
+        body_json: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, PluginError> {
+        let encode_error = |message: &str| PluginError::Encode {
+            handler: handler.spec.id.clone(),
+            source: <serde_json::Error as serde::ser::Error>::custom(message),
+        };
+        if inv.body.is_some() {
+            return Err(encode_error("the invocation has a body and a serialised body"));
+        }
         let call_id = inv.call_id.unwrap_or_else(next_call_id);
-        let mut inv = inv.clone();
-        inv.call_id = Some(call_id);
-        let payload = handler.encode(&inv)?;
+        let rest = if inv.call_id.is_some() {
+            handler.encode(inv)?
+        } else {
+            let mut inv = inv.clone();
+            inv.call_id = Some(call_id);
+            handler.encode(&inv)?
+        };
+        let payload = splice_body(&rest, body_json).ok_or_else(|| encode_error("not a JSON object"))?;
+        self.submit_payload(handler, call_id, &payload, cancel).await
+    }
+
+    /// Submits an encoded invocation and awaits its outcome (see [`PluginSet::invoke_submitted`]).
+    async fn submit_payload(
+        &self,
+        handler: &HandlerRef,
+        call_id: u64,
+        payload: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, PluginError> {
         let plugin = &handler.plugin;
 
         let (tx, mut rx) = oneshot::channel();
@@ -487,11 +533,8 @@ impl PluginSet {
             armed: true,
         };
 
-        let started = (plugin.module.submit())(
-            call_id,
-            RStr::from_str(&handler.spec.id),
-            RStr::from_str(&payload),
-        );
+        let started =
+            (plugin.module.submit())(call_id, RStr::from_str(&handler.spec.id), RStr::from_str(payload));
         if let Err(failure) = started.into_result() {
             guard.armed = false;
             plugin.context.pending.lock().remove(&call_id);
@@ -515,6 +558,21 @@ impl PluginSet {
             .map_err(|f| handler.call_error(f))?;
         handler.decode(&answer)
     }
+}
+
+/// Puts `"body": <body_json>` first into the encoded JSON object `rest` (which has no
+/// `body` key); `None` if `rest` is not an encoded object.
+fn splice_body(rest: &str, body_json: &str) -> Option<String> {
+    let inner = rest.strip_prefix('{')?.strip_suffix('}')?;
+    let mut payload = String::with_capacity(rest.len() + body_json.len() + 10);
+    payload.push_str("{\"body\":");
+    payload.push_str(body_json);
+    if !inner.trim().is_empty() {
+        payload.push(',');
+        payload.push_str(inner);
+    }
+    payload.push('}');
+    Some(payload)
 }
 
 /// Loads one plugin: open, describe, init.
@@ -634,6 +692,29 @@ mod tests {
         assert_eq!(r(serde_json::json!({"category": "all"})), "category=all");
         assert_eq!(r(serde_json::json!({"everything": true})), "EVERYTHING");
         assert_eq!(render_selector(None), "-");
+    }
+
+    #[test]
+    fn spliced_bodies_decode_like_encoded_ones() {
+        let body = serde_json::json!({"metadata": {"name": "n", "namespace": "ns"}, "spec": {"a": [1, 2]}});
+        let mut inv = Invocation {
+            retry: 3,
+            runtime: 12.5,
+            started: Some("2026-01-01T00:00:00Z".into()),
+            call_id: Some(7),
+            ..Default::default()
+        };
+        let rest = serde_json::to_string(&inv).unwrap();
+        let spliced = splice_body(&rest, &serde_json::to_string(&body).unwrap()).unwrap();
+        inv.body = Some(body.clone());
+        let decoded: Invocation = serde_json::from_str(&spliced).unwrap();
+        assert_eq!(decoded.body, Some(body.clone()));
+        assert_eq!(
+            serde_json::to_value(&decoded).unwrap(),
+            serde_json::to_value(&inv).unwrap()
+        );
+        assert_eq!(splice_body("{}", "null").as_deref(), Some(r#"{"body":null}"#));
+        assert_eq!(splice_body("[]", "{}"), None);
     }
 
     #[test]

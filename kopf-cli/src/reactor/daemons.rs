@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use kopf_abi::protocol::{HandlerKind, Invocation};
+use kopf_abi::protocol::{HandlerKind, Invocation, ResourceInfo};
 use parking_lot::{Condvar, Mutex};
 use serde_json::{Value, json};
 use tokio::{sync::watch, time::Instant};
@@ -151,10 +151,46 @@ impl StopRegistry {
     }
 }
 
+/// An object version as its daemons and timers need it: serialised once per version
+/// (every call sends the same body; a compact JSON text also takes a fraction of the
+/// memory of a [`Value`] tree), plus the name for logs and patches.
+#[derive(Debug)]
+struct Snapshot {
+    /// The body as a JSON document.
+    json: Box<str>,
+    namespace: Option<Box<str>>,
+    name: Option<Box<str>>,
+}
+
+impl Snapshot {
+    fn of(body: &Value) -> Self {
+        let text = |p: &str| body.pointer(p).and_then(Value::as_str).map(Box::from);
+        let json = serde_json::to_string(body).unwrap_or_else(|error| {
+            // A `Value` always serialises; this is only a guard.
+            tracing::warn!(target: "kopf.objects", "Cannot serialise an object for its daemons: {error}");
+            "null".to_owned()
+        });
+        Self {
+            json: json.into_boxed_str(),
+            namespace: text("/metadata/namespace"),
+            name: text("/metadata/name"),
+        }
+    }
+
+    /// `namespace/name` (or `name`) for log lines.
+    fn reference(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            (None, Some(name)) => name.to_string(),
+            _ => "?".into(),
+        }
+    }
+}
+
 /// The live state of one object that its daemons and timers read.
 #[derive(Debug, Clone)]
 struct Live {
-    body: Arc<Value>,
+    object: Arc<Snapshot>,
     /// When the object's essence last changed (for idle timers).
     changed_at: Instant,
 }
@@ -224,16 +260,17 @@ impl Background {
         let mut objects = self.objects.lock();
         let tasks = objects.entry(uid.to_owned()).or_default();
         let now = Instant::now();
+        let object = Arc::new(Snapshot::of(body));
         match &tasks.live {
             Some(live) => live.send_modify(|l| {
-                l.body = Arc::new(body.clone());
+                l.object = object;
                 if essence_changed {
                     l.changed_at = now;
                 }
             }),
             None => {
                 tasks.live = Some(watch::Sender::new(Live {
-                    body: Arc::new(body.clone()),
+                    object,
                     changed_at: now,
                 }))
             }
@@ -354,6 +391,7 @@ impl Background {
         let task = Task {
             shared: self.shared.clone(),
             resource: self.resource.clone(),
+            resource_info: self.resource.info(),
             handler,
             live,
             stop: stop.clone(),
@@ -379,6 +417,8 @@ impl Background {
 struct Task {
     shared: Arc<Shared>,
     resource: Resource,
+    /// `resource.info()`, once per task rather than per call.
+    resource_info: ResourceInfo,
     handler: HandlerRef,
     live: watch::Receiver<Live>,
     stop: Arc<StopFlag>,
@@ -389,13 +429,13 @@ struct Task {
 impl Task {
     /// Runs the daemon or timer until stopped; returns true when it is done forever.
     async fn run(self) -> bool {
-        let options = self.handler.spec().options.clone();
+        let options = &self.handler.spec().options;
         if let Some(delay) = options.initial_delay
             && self.stop.sleep(seconds(delay)).await
         {
             return false;
         }
-        let started = Timestamp::now();
+        let started = Timestamp::now().to_string();
         let started_at = Instant::now();
         let mut retries: u32 = 0;
         let is_timer = self.handler.kind() == HandlerKind::Timer;
@@ -423,7 +463,9 @@ impl Task {
             };
             let decision = match execution::precheck(self.handler.spec(), attempt) {
                 Some(decision) => decision,
-                None => self.invoke(attempt, &started).await,
+                // Boxed: the call's state exists only during the call, so an idle task
+                // (a timer between ticks, for every object) stays small.
+                None => Box::pin(self.invoke(attempt, &started)).await,
             };
             let delay = match decision {
                 Decision::Success if is_timer => {
@@ -464,15 +506,14 @@ impl Task {
         }
     }
 
-    async fn invoke(&self, attempt: Attempt, started: &Timestamp) -> Decision {
-        let body = self.live.borrow().body.clone();
+    async fn invoke(&self, attempt: Attempt, started: &str) -> Decision {
+        let object = self.live.borrow().object.clone();
         let call_id = next_call_id();
         let inv = Invocation {
-            body: Some((*body).clone()),
-            resource: Some(self.resource.info()),
+            resource: Some(self.resource_info.clone()),
             retry: attempt.retries,
             runtime: attempt.runtime,
-            started: Some(started.to_string()),
+            started: Some(started.to_owned()),
             param: self.handler.spec().options.param.clone(),
             call_id: Some(call_id),
             ..Default::default()
@@ -481,13 +522,13 @@ impl Task {
         let outcome = self
             .shared
             .plugins
-            .invoke_submitted(&self.handler, &inv, &self.cancel)
+            .invoke_submitted_with_body(&self.handler, &inv, &object.json, &self.cancel)
             .await;
         self.registry.unregister(call_id);
-        let reference = object_ref(&body);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
+                let reference = object.reference();
                 tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} could not run: {error}", self.handler.kind(), self.handler.id());
                 return Decision::Retry {
                     delay: self.shared.settings.execution.default_backoff,
@@ -512,24 +553,24 @@ impl Task {
         }
         match &decision {
             Decision::Success => {
-                tracing::debug!(target: "kopf.objects", "[{reference}] {} {:?} succeeded.", self.handler.kind(), self.handler.id())
+                tracing::debug!(target: "kopf.objects", "[{}] {} {:?} succeeded.", object.reference(), self.handler.kind(), self.handler.id())
             }
             Decision::Retry { delay, message } => {
-                tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} failed temporarily: {message}; retrying in {delay}s.", self.handler.kind(), self.handler.id())
+                tracing::error!(target: "kopf.objects", "[{}] {} {:?} failed temporarily: {message}; retrying in {delay}s.", object.reference(), self.handler.kind(), self.handler.id())
             }
             Decision::Failure { message } => {
-                tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} failed permanently: {message}", self.handler.kind(), self.handler.id())
+                tracing::error!(target: "kopf.objects", "[{}] {} {:?} failed permanently: {message}", object.reference(), self.handler.kind(), self.handler.id())
             }
         }
         if !patch.is_empty() {
-            self.apply(&body, &patch).await;
+            self.apply(&object, &patch).await;
         }
         decision
     }
 
-    async fn apply(&self, body: &Value, patch: &Patch) {
-        let namespace = body.pointer("/metadata/namespace").and_then(Value::as_str);
-        let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str) else {
+    async fn apply(&self, object: &Snapshot, patch: &Patch) {
+        let namespace = object.namespace.as_deref();
+        let Some(name) = object.name.as_deref() else {
             return;
         };
         let requests = patch.requests(self.resource.has_status_subresource());
@@ -540,18 +581,9 @@ impl Task {
                 patching::patch(&self.shared.client, &url, patching::PatchType::Merge, &merge).await
                 && !error.is_not_found()
             {
-                tracing::warn!(target: "kopf.objects", "[{}] Patching after {:?} failed: {error}", object_ref(body), self.handler.id());
+                tracing::warn!(target: "kopf.objects", "[{}] Patching after {:?} failed: {error}", object.reference(), self.handler.id());
             }
         }
-    }
-}
-
-fn object_ref(body: &Value) -> String {
-    let text = |p: &str| body.pointer(p).and_then(Value::as_str);
-    match (text("/metadata/namespace"), text("/metadata/name")) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (None, Some(name)) => name.to_owned(),
-        _ => "?".into(),
     }
 }
 
@@ -579,6 +611,16 @@ mod tests {
             flag.wait_blocking(Some(Duration::ZERO)),
             Some(StopReason::ResourceDeleted)
         );
+    }
+
+    #[test]
+    fn snapshots_keep_the_body_as_json_and_the_name() {
+        let body = json!({"metadata": {"name": "n", "namespace": "ns", "uid": "u"}, "spec": {"x": [1, 2]}});
+        let snapshot = Snapshot::of(&body);
+        assert_eq!(serde_json::from_str::<Value>(&snapshot.json).unwrap(), body);
+        assert_eq!(snapshot.reference(), "ns/n");
+        assert_eq!(Snapshot::of(&json!({"metadata": {"name": "c"}})).reference(), "c");
+        assert_eq!(Snapshot::of(&json!({})).reference(), "?");
     }
 
     #[test]

@@ -407,7 +407,7 @@ async fn worker<P: ObjectProcessor>(
             if mailbox.ended() {
                 // The stream stopped: flush once, then exit.
                 let _permit = limit.acquire().await;
-                processor.process(&mut memory, Vec::new(), Wakeup::Stopping).await;
+                Box::pin(processor.process(&mut memory, Vec::new(), Wakeup::Stopping)).await;
                 mailbox.try_close();
                 return key;
             }
@@ -418,7 +418,9 @@ async fn worker<P: ObjectProcessor>(
             mailbox.try_close();
             return key;
         };
-        verdict = processor.process(&mut memory, events, wakeup).await;
+        // Boxed: the processing state exists only while processing, so an idle worker
+        // stays small.
+        verdict = Box::pin(processor.process(&mut memory, events, wakeup)).await;
         if deleted && !verdict.keep_alive && mailbox.try_close() {
             return key;
         }
