@@ -60,7 +60,7 @@ use crate::{
         filters::{self, FilterMatch, FilterSubject},
     },
     persistence::{
-        diffbase::DiffBaseStorage,
+        diffbase::{ANNOTATIONS_SIZE_LIMIT, DiffBaseStorage},
         progress::{ProgressStorage, State, StepOutcome},
         times::Timestamp,
     },
@@ -367,6 +367,16 @@ impl ResourceProcessor {
                 patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
             }
             return Cycle::default();
+        }
+        // An essence too big for the annotations could never be stored: the handlers would
+        // re-run after every failed patch. Refuse the change clearly and touch nothing.
+        if cause.reason != Reason::Delete && old.as_ref() != Some(&new) {
+            let size = shared.diffbase.annotations_size_with(body, &new);
+            if size > ANNOTATIONS_SIZE_LIMIT {
+                tracing::error!(target: "kopf.objects", "[{reference}] {} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
+                    capitalize(cause.reason.title()));
+                return Cycle::default();
+            }
         }
         let handlers = self.select_handlers(body, &cause, old.as_ref(), &new).await;
         let all_ids: Vec<&str> = self.changing.iter().map(HandlerRef::id).collect();
