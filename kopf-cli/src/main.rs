@@ -15,6 +15,9 @@ use kopf_cli::commands;
 use kopf_cli::logging::{self, LogConfig, Verbosity};
 use kopf_cli::plugin::{PluginError, PluginSet};
 
+/// How long `kopf run` waits for still-running handler calls after the operator stopped.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> ExitCode {
     // Usage errors exit with 2 inside `parse` (and --help/--version with 0).
     let cli = Cli::parse();
@@ -93,7 +96,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             let options = args.to_options();
             logging::init(&options.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(commands::run::run(options))
+            let result = runtime.block_on(commands::run::run(options));
+            // Handler calls that never return (abandoned after their timeout) must not keep
+            // the process alive: give running calls a grace period, then exit anyway.
+            let started = std::time::Instant::now();
+            runtime.shutdown_timeout(SHUTDOWN_GRACE);
+            if started.elapsed() >= SHUTDOWN_GRACE {
+                tracing::warn!(
+                    "Handler calls were still running {}s after the operator stopped; exiting without them.",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+            }
+            result
         }
     }
 }

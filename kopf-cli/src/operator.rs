@@ -114,10 +114,33 @@ pub async fn run_controlled(
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
     reactor.paused = toggles.is_paused();
-    reactor
-        .rescan()
-        .await
-        .context("cannot discover the API resources")?;
+    // The API server may be unreachable or failing at start: retry with the networking
+    // backoffs (the last one repeated) until it answers or the operator is stopped.
+    let mut failures = 0usize;
+    loop {
+        let error = match reactor.rescan().await {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        let retriable = error
+            .downcast_ref::<crate::clients::ApiError>()
+            .is_some_and(crate::clients::ApiError::is_retriable);
+        if !retriable {
+            return Err(error.context("cannot discover the API resources"));
+        }
+        let delays = &settings.networking.error_backoffs;
+        let pause = delays.get(failures).or(delays.last()).copied().unwrap_or(1.0);
+        failures += 1;
+        tracing::error!(
+            target: "kopf.reactor",
+            "Cannot discover the API resources at {} (attempt {failures}): {error:#}; retrying in {pause}s.",
+            context.config.cluster_url
+        );
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(seconds(pause)) => {}
+        }
+    }
     tracing::info!(
         target: "kopf.reactor",
         "The operator is ready: serving {} resources, {}.",

@@ -74,6 +74,16 @@ pub enum FaultKind {
     },
     /// Close the TCP connection without any response.
     DropConnection,
+    /// Answer with this status code, content type and raw body bytes, as they are (for
+    /// garbage responses: invalid UTF-8, HTML error pages, truncated JSON).
+    RawBody {
+        /// HTTP status code.
+        code: u16,
+        /// The `Content-Type` header.
+        content_type: String,
+        /// The body, byte for byte.
+        body: Vec<u8>,
+    },
 }
 
 impl FaultKind {
@@ -81,6 +91,15 @@ impl FaultKind {
     #[allow(non_snake_case)]
     pub fn Status(code: u16) -> Self {
         FaultKind::Status { code }
+    }
+
+    /// Shorthand for a [`FaultKind::RawBody`].
+    pub fn raw_body(code: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        FaultKind::RawBody {
+            code,
+            content_type: content_type.to_owned(),
+            body: body.into(),
+        }
     }
 }
 

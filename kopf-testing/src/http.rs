@@ -84,6 +84,16 @@ pub(crate) fn json_response(code: u16, body: Bytes) -> Response<Body> {
     r
 }
 
+/// A response with exactly these bytes (the raw-body fault).
+fn raw_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Body::from(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
 pub(crate) fn value_response(code: u16, v: &Value) -> Response<Body> {
     json_response(code, Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
 }
@@ -322,6 +332,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         Some(FaultKind::TooManyRequests { retry_after_secs }) => {
             error_response(&ApiError::too_many_requests(retry_after_secs))
         }
+        Some(FaultKind::RawBody {
+            code,
+            content_type,
+            body,
+        }) => raw_response(code, &content_type, body),
         None => match authorize(&shared, &user, &r, &info) {
             Err(e) => error_response(&e),
             Ok(()) => match dispatch(&shared, r, &method, &query, req, &user).await {

@@ -493,6 +493,7 @@ impl State {
         }
         let gr = def.group_resource();
         let mut name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        check_annotations_size(def, &name, &obj)?;
         if name.is_empty() {
             let prefix = meta_str(&obj, "generateName").unwrap_or_default().to_string();
             loop {
@@ -590,6 +591,7 @@ impl State {
         if *old == new {
             return Ok(Some(old.clone()));
         }
+        check_annotations_size(def, name, &new)?;
         if dry_run {
             return Ok(Some(new));
         }
@@ -786,6 +788,34 @@ impl State {
             c.compacted_rv = rv;
         }
     }
+}
+
+/// Kubernetes' limit on the total size of an object's annotations (keys plus values).
+pub const ANNOTATIONS_SIZE_LIMIT: usize = 256 * 1024;
+
+/// 422 Invalid when the annotations' keys and values exceed [`ANNOTATIONS_SIZE_LIMIT`]
+/// bytes in total, as the API server's `ValidateAnnotationsSize`.
+fn check_annotations_size(def: &ResourceDef, name: &str, obj: &Value) -> Result<(), ApiError> {
+    let Some(annotations) = obj.pointer("/metadata/annotations").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let total: usize = annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if total > ANNOTATIONS_SIZE_LIMIT {
+        return Err(ApiError::invalid(
+            &def.group,
+            &def.kind,
+            name,
+            &[(
+                "FieldValueTooLong",
+                "metadata.annotations",
+                format!("Too long: must have at most {ANNOTATIONS_SIZE_LIMIT} bytes"),
+            )],
+        ));
+    }
+    Ok(())
 }
 
 fn tracks_generation(def: &ResourceDef) -> bool {

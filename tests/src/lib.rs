@@ -2,6 +2,8 @@
 //! artefacts (the `kopf` binary, plugin cdylibs), running `kopf` as a child process,
 //! and waiting for conditions with deadlines.
 
+pub mod bench;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

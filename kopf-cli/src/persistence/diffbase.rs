@@ -18,6 +18,9 @@ use crate::structs::pyjson;
 /// The annotation `kubectl apply` keeps; never part of an essence.
 pub const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Kubernetes' limit on the total size of an object's annotations (keys plus values).
+pub const ANNOTATIONS_SIZE_LIMIT: usize = 256 * 1024;
+
 /// Errors of the diff-base storage.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffBaseError {
@@ -163,6 +166,26 @@ impl DiffBaseStorage {
         Ok(None)
     }
 
+    /// The total size (keys plus values, in bytes, as Kubernetes counts it against
+    /// [`ANNOTATIONS_SIZE_LIMIT`]) the object's annotations would have with `essence`
+    /// stored as its diff-base.
+    pub fn annotations_size_with(&self, body: &Value, essence: &Value) -> usize {
+        let keys = self.keys.make_keys(&self.key, Some(body));
+        let encoded = encode_essence(essence).len();
+        let others: usize = body
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .map(|annotations| {
+                annotations
+                    .iter()
+                    .filter(|(k, _)| !keys.contains(k))
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum()
+            })
+            .unwrap_or(0);
+        others + keys.iter().map(|k| k.len() + encoded).sum::<usize>()
+    }
+
     /// Store the essence into the patch under all keys (plus the marker for custom prefixes).
     pub fn store(&self, body: &Value, patch: &mut Patch, essence: &Value) {
         let encoded = encode_essence(essence);
@@ -177,6 +200,25 @@ impl DiffBaseStorage {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn annotations_size_counts_other_annotations_and_the_new_diff_base_once() {
+        let body = json!({
+            "metadata": {"name": "kex1", "annotations": {
+                "other": "12345",
+                "kopf.zalando.org/last-handled-configuration": "an old, long diff-base that is replaced\n"}},
+            "spec": {"blob": "x"}});
+        let storage = DiffBaseStorage::default();
+        let essence = json!({"spec": {"blob": "x"}});
+        let encoded = encode_essence(&essence);
+        let key = "kopf.zalando.org/last-handled-configuration";
+        assert_eq!(
+            storage.annotations_size_with(&body, &essence),
+            "other".len() + 5 + key.len() + encoded.len()
+        );
+        let huge = json!({"spec": {"blob": "z".repeat(ANNOTATIONS_SIZE_LIMIT)}});
+        assert!(storage.annotations_size_with(&body, &huge) > ANNOTATIONS_SIZE_LIMIT);
+    }
 
     #[test]
     fn essence_of_an_example() {

@@ -61,7 +61,7 @@ use crate::{
         filters::{self, FilterMatch, FilterSubject},
     },
     persistence::{
-        diffbase::DiffBaseStorage,
+        diffbase::{ANNOTATIONS_SIZE_LIMIT, DiffBaseStorage},
         progress::{ProgressStorage, State, StepOutcome},
         times::Timestamp,
     },
@@ -373,6 +373,16 @@ impl ResourceProcessor {
             }
             return Cycle::default();
         }
+        // An essence too big for the annotations could never be stored: the handlers would
+        // re-run after every failed patch. Refuse the change clearly and touch nothing.
+        if cause.reason != Reason::Delete && old.as_ref() != Some(&new) {
+            let size = shared.diffbase.annotations_size_with(body, &new);
+            if size > ANNOTATIONS_SIZE_LIMIT {
+                tracing::error!(target: "kopf.objects", "[{reference}] {} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
+                    capitalize(cause.reason.title()));
+                return Cycle::default();
+            }
+        }
         let handlers = self.select_handlers(body, &cause, old.as_ref(), &new).await;
         let all_ids: Vec<&str> = self.changing.iter().map(HandlerRef::id).collect();
         let now = Timestamp::now();
@@ -440,7 +450,14 @@ impl ResourceProcessor {
                         now,
                     );
                     inv.subhandlers = subhandling::invocation_states(&known, &now);
-                    let outcome = self.invoke_logged(handler, &inv, &reference).await;
+                    // A handler with a timeout is not waited for past it (Kopf only checks
+                    // between attempts): a hung call is abandoned and fails the handler.
+                    let limit = handler
+                        .spec()
+                        .options
+                        .timeout
+                        .map(|timeout| seconds(timeout - attempt.runtime));
+                    let outcome = self.invoke_logged(handler, &inv, &reference, limit).await;
                     if let Some(p) = &outcome.patch {
                         patch.merge_from(p);
                     }
@@ -599,9 +616,45 @@ impl ResourceProcessor {
         inv
     }
 
-    async fn invoke_logged(&self, handler: &HandlerRef, inv: &Invocation, reference: &str) -> Outcome {
+    async fn invoke_logged(
+        &self,
+        handler: &HandlerRef,
+        inv: &Invocation,
+        reference: &str,
+        limit: Option<Duration>,
+    ) -> Outcome {
         let started = std::time::Instant::now();
-        let invoked = self.shared.plugins.invoke(handler, inv).await;
+        let invocation = self.shared.plugins.invoke(handler, inv);
+        let invoked = match limit {
+            None => invocation.await,
+            Some(limit) => match tokio::time::timeout(limit, invocation).await {
+                Ok(invoked) => invoked,
+                Err(_) => {
+                    tracing::error!(target: "kopf.objects", "[{reference}] Handler {:?} did not return within its timeout ({:.1}s left of {:.1}s); the call is abandoned (it keeps its thread until it returns).",
+                        handler.id(), limit.as_secs_f64(), handler.spec().options.timeout.unwrap_or_default());
+                    crate::engines::metrics::handler_invoked(
+                        handler.kind().as_str(),
+                        handler.id(),
+                        "timeout",
+                        started.elapsed().as_secs_f64(),
+                    );
+                    return Outcome {
+                        error: Some(kopf_abi::protocol::HandlerError {
+                            kind: kopf_abi::protocol::HandlerErrorKind::Permanent,
+                            message: format!(
+                                "{} has timed out after {:.1}s (the call did not return).",
+                                handler.id(),
+                                handler.spec().options.timeout.unwrap_or_default()
+                            ),
+                            delay: None,
+                            code: None,
+                            panicked: false,
+                        }),
+                        ..Default::default()
+                    };
+                }
+            },
+        };
         let label = match &invoked {
             Ok(Outcome { error: None, .. }) => "success",
             Ok(Outcome { error: Some(e), .. }) => match e.kind {
@@ -945,7 +998,7 @@ impl ResourceProcessor {
             }
             let mut inv = self.base_invocation(body);
             inv.param = indexer.spec().options.param.clone();
-            let outcome = self.invoke_logged(indexer, &inv, &object_ref(body)).await;
+            let outcome = self.invoke_logged(indexer, &inv, &object_ref(body), None).await;
             match &outcome.error {
                 None => self.shared.indices.store(
                     indexer.id(),

@@ -1,0 +1,317 @@
+//! The reactor scenario: one object lifecycle (create → update → delete, with create,
+//! update, delete and a `spec.field` handler, each returning a dict, on a CRD with a
+//! status subresource) for many objects, run by kopf or by Python Kopf against an
+//! in-process API emulator.
+//!
+//! Figures per operator: CPU time (user + system) per object from readiness to the last
+//! deletion, peak RSS (`VmHWM`), every object's latency from its creation to its
+//! `status.create_fn` being stored (seen by an admission hook in the emulator), API and
+//! PATCH requests per object (emulator counters, reset at readiness), and the wall time.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use kopf_testing::{AdmissionDecision, AdmissionHook, AdmissionRequest, Emulator, EmulatorHandle};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::{Guard, cpu_seconds, peak_rss_mib, percentile};
+use crate::workspace_root;
+
+/// When each object got its `status.create_fn`.
+#[derive(Default)]
+struct Latencies {
+    stored: Mutex<HashMap<String, Instant>>,
+}
+
+impl AdmissionHook for Latencies {
+    fn admit(
+        &self,
+        request: AdmissionRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdmissionDecision> + Send + '_>> {
+        if request.resource == "kopfexamples"
+            && request
+                .object
+                .as_ref()
+                .is_some_and(|o| o.pointer("/status/create_fn").is_some())
+        {
+            self.stored
+                .lock()
+                .entry(request.name)
+                .or_insert_with(Instant::now);
+        }
+        Box::pin(async { AdmissionDecision::Allow })
+    }
+}
+
+/// Which operator runs the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The `kopf` binary with the `fixture-lifecycle-basic` plugin.
+    Kopf,
+    /// Python Kopf with `tests/python/lifecycle_basic_operator.py`.
+    Python,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// The operator's display name.
+    pub name: &'static str,
+    /// Objects in the run.
+    pub objects: usize,
+    /// CPU milliseconds per object.
+    pub cpu_ms_per_object: f64,
+    /// Peak RSS in MiB.
+    pub peak_rss_mib: f64,
+    /// Every object's creation → `status.create_fn` latency in ms, sorted.
+    pub latencies_ms: Vec<f64>,
+    /// API requests per object.
+    pub requests_per_object: f64,
+    /// PATCH requests per object.
+    pub patches_per_object: f64,
+    /// Wall seconds from the first creation to the last deletion.
+    pub wall_s: f64,
+}
+
+impl Figures {
+    /// Median latency in ms.
+    pub fn p50_ms(&self) -> f64 {
+        percentile(&self.latencies_ms, 0.50)
+    }
+
+    /// 95th percentile latency in ms.
+    pub fn p95_ms(&self) -> f64 {
+        percentile(&self.latencies_ms, 0.95)
+    }
+
+    /// 99th percentile latency in ms.
+    pub fn p99_ms(&self) -> f64 {
+        percentile(&self.latencies_ms, 0.99)
+    }
+}
+
+/// The Markdown table of several runs (header included).
+pub fn markdown_table(rows: &[Figures]) -> String {
+    let mut out = String::from(
+        "| operator | objects | CPU ms/object | peak RSS MiB | p50 create→status ms | p95 ms | requests/object | PATCH/object | wall s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |\n",
+            r.name,
+            r.objects,
+            r.cpu_ms_per_object,
+            r.peak_rss_mib,
+            r.p50_ms(),
+            r.p95_ms(),
+            r.requests_per_object,
+            r.patches_per_object,
+            r.wall_s
+        ));
+    }
+    out
+}
+
+/// The one-line comparison of a kopf run and a Python Kopf run.
+pub fn comparison(kopf: &Figures, python: &Figures) -> String {
+    format!(
+        "kopf vs Python Kopf: {:.1}x less CPU per object, {:.1}% of the peak RSS, {:.2} vs {:.2} PATCH requests per object.",
+        python.cpu_ms_per_object / kopf.cpu_ms_per_object,
+        100.0 * kopf.peak_rss_mib / python.peak_rss_mib,
+        kopf.patches_per_object,
+        python.patches_per_object
+    )
+}
+
+async fn wait_all(
+    emu: &EmulatorHandle,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&[Value]) -> bool,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let objects = emu.list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)?;
+        if ready(&objects) {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn diff_base_field(o: &Value) -> Option<String> {
+    let text = o
+        .pointer("/metadata/annotations/kopf.zalando.org~1last-handled-configuration")?
+        .as_str()?;
+    let base: Value = serde_json::from_str(text).ok()?;
+    base.pointer("/spec/field")?.as_str().map(str::to_owned)
+}
+
+fn no_progress(o: &Value) -> bool {
+    o.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .is_none_or(|a| {
+            a.keys()
+                .all(|k| !k.starts_with("kopf.zalando.org/") || k.ends_with("last-handled-configuration"))
+        })
+}
+
+fn spawn(which: Which, kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = match which {
+        Which::Kopf => {
+            let mut cmd = Command::new(kopf);
+            cmd.args(["run", "--standalone", "-A"]).arg(plugin);
+            cmd
+        }
+        Which::Python => {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "kopf", "run", "--standalone", "--namespace", "default"])
+                .arg(workspace_root().join("tests/python/lifecycle_basic_operator.py"));
+            cmd
+        }
+    };
+    Ok(cmd
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_LOG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()?)
+}
+
+/// Runs the scenario with `objects` objects. `kopf` and `plugin` are only used for
+/// [`Which::Kopf`].
+pub async fn run(which: Which, objects: usize, kopf: &Path, plugin: &Path) -> Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let log = dir.path().join("operator.log");
+    let emu = Emulator::builder().start().await?;
+    emu.write_kubeconfig(&kubeconfig)?;
+    emu.apply_yaml(&std::fs::read_to_string(
+        workspace_root().join("examples/crd.yaml"),
+    )?)
+    .await?;
+    let latencies = Arc::new(Latencies::default());
+    emu.add_admission_hook(latencies.clone());
+
+    let mut child = Guard(spawn(which, &kubeconfig, &log, kopf, plugin)?);
+    let pid = child.0.id();
+    let start = Instant::now();
+    while emu.counters().get("watch", "kopfexamples") == 0 {
+        if let Some(status) = child.0.try_wait()? {
+            bail!(
+                "the operator exited ({status}):\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the operator did not start watching:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    emu.reset_counters();
+    let cpu_start = cpu_seconds(pid)?;
+    let wall = Instant::now();
+    let timeout = Duration::from_secs(600);
+
+    let mut created_at: HashMap<String, Instant> = HashMap::new();
+    for i in 0..objects {
+        let name = format!("kex-bench-{i:05}");
+        created_at.insert(name.clone(), Instant::now());
+        emu.create_object(json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfExample",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"field": "v1"},
+        }))
+        .await?;
+    }
+    wait_all(&emu, "all creations handled", timeout, |all| {
+        all.len() == objects
+            && all.iter().all(|o| {
+                o.pointer("/status/create_fn").is_some()
+                    && diff_base_field(o).as_deref() == Some("v1")
+                    && no_progress(o)
+            })
+    })
+    .await?;
+    for mut o in emu.list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)? {
+        o["spec"]["field"] = json!("v2");
+        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+        if let Some(obj) = o.as_object_mut() {
+            obj.remove("status");
+        }
+        emu.apply_object(o).await?;
+    }
+    wait_all(&emu, "all updates handled", timeout, |all| {
+        all.iter().all(|o| {
+            o.pointer("/status/update_fn").is_some()
+                && diff_base_field(o).as_deref() == Some("v2")
+                && no_progress(o)
+        })
+    })
+    .await?;
+    for i in 0..objects {
+        emu.delete_object(
+            "kopf.dev/v1",
+            "kopfexamples",
+            Some("default"),
+            &format!("kex-bench-{i:05}"),
+        )
+        .await?;
+    }
+    wait_all(&emu, "all deletions handled", timeout, |all| all.is_empty()).await?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu_start;
+    let rss = peak_rss_mib(pid)?;
+    let counters = emu.counters();
+
+    let stored = latencies.stored.lock().clone();
+    let mut lat: Vec<f64> = created_at
+        .iter()
+        .filter_map(|(name, t0)| {
+            stored
+                .get(name)
+                .map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let stop = Instant::now();
+    while child.0.try_wait()?.is_none() && stop.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child);
+    emu.shutdown().await;
+    let patches = counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status");
+    Ok(Figures {
+        name: match which {
+            Which::Kopf => "kopf (Rust)",
+            Which::Python => "Python Kopf 1.45",
+        },
+        objects,
+        cpu_ms_per_object: cpu * 1000.0 / objects as f64,
+        peak_rss_mib: rss,
+        latencies_ms: lat,
+        requests_per_object: counters.total as f64 / objects as f64,
+        patches_per_object: patches as f64 / objects as f64,
+        wall_s,
+    })
+}
