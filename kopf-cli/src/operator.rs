@@ -79,6 +79,10 @@ pub async fn run_controlled(
     // Operator-level activities first: startup handlers may adjust the settings.
     context.settings = crate::engines::activities::run_startup(&context).await?;
     let settings = context.settings.clone();
+    credentials
+        .set_networking(&settings.networking)
+        .context("cannot apply settings.networking")?;
+    plugins.limit_sync_workers(settings.execution.max_workers);
     crate::engines::probing::start(&context).await?;
     crate::peering::start(&context).await?;
     crate::admission::start(&context).await?;
@@ -139,16 +143,25 @@ pub async fn run_controlled(
         page_size: 500,
         ..reactor.watch.clone()
     };
-    tokio::spawn(watch_continuously(
-        client.clone(),
-        crds,
-        None,
-        observe.clone(),
-        crd_tx,
-        stop.clone(),
-    ));
+    let scanning = !settings.scanning.disabled;
+    if scanning {
+        tokio::spawn(watch_continuously(
+            client.clone(),
+            crds,
+            None,
+            observe.clone(),
+            crd_tx,
+            stop.clone(),
+        ));
+    } else {
+        tracing::info!(target: "kopf.reactor", "Scanning is disabled: new CRDs and namespaces are not observed.");
+        drop(crd_tx);
+    }
     let (ns_tx, mut ns_rx) = mpsc::channel::<WatchItem>(64);
-    if matches!(reactor.scope, NamespaceScope::Patterns(_)) {
+    if matches!(reactor.scope, NamespaceScope::Patterns(_)) && !scanning {
+        tracing::warn!(target: "kopf.reactor", "Scanning is disabled: namespace patterns match no namespaces.");
+        drop(ns_tx);
+    } else if matches!(reactor.scope, NamespaceScope::Patterns(_)) {
         let namespaces = ResourcePath {
             group: String::new(),
             version: "v1".into(),
@@ -328,6 +341,7 @@ impl Reactor {
             server_timeout: settings.watching.server_timeout.map(|s| s as u32),
             inactivity_timeout: seconds(settings.watching.inactivity_timeout),
             reconnect_backoff: seconds(settings.watching.reconnect_backoff),
+            client_timeout: settings.watching.client_timeout.map(seconds),
             error_backoffs: settings
                 .networking
                 .error_backoffs

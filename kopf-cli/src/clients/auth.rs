@@ -82,6 +82,8 @@ pub struct Credentials {
     current: RwLock<Current>,
     refreshing: tokio::sync::Mutex<Backoff>,
     relogin: Relogin,
+    /// Timeouts applied to every inner client (`settings.networking`).
+    networking: RwLock<Option<crate::settings::NetworkingSettings>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -101,6 +103,27 @@ impl Credentials {
     /// Increments on every successful re-login (starts at 0).
     pub fn generation(&self) -> u64 {
         self.current.read().generation
+    }
+
+    /// An inner client for this configuration, with the networking timeouts applied.
+    fn build(&self, mut config: kube::Config) -> Result<Client, ConnectionError> {
+        if let Some(networking) = self.networking.read().as_ref() {
+            connection::apply_networking(&mut config, networking);
+        }
+        connection::make_client(config)
+    }
+
+    /// Applies Kopf's `settings.networking` timeouts (known after the startup handlers)
+    /// to the current client and to every client built after a re-login.
+    pub fn set_networking(
+        &self,
+        networking: &crate::settings::NetworkingSettings,
+    ) -> Result<(), ConnectionError> {
+        *self.networking.write() = Some(networking.clone());
+        let config = self.config();
+        let client = self.build(config)?;
+        self.current.write().client = client;
+        Ok(())
     }
 
     fn snapshot(&self) -> (Client, u64) {
@@ -128,7 +151,7 @@ impl Credentials {
             let config = tokio::time::timeout(LOGIN_TIMEOUT, (self.relogin)())
                 .await
                 .map_err(|_| AuthError::Timeout(LOGIN_TIMEOUT))??;
-            let client = connection::make_client(config.clone())?;
+            let client = self.build(config.clone())?;
             Ok::<_, AuthError>((client, config))
         };
         match attempt.await {
@@ -182,6 +205,7 @@ pub fn reauthenticating_client(
         }),
         refreshing: tokio::sync::Mutex::new(Backoff::default()),
         relogin,
+        networking: RwLock::new(None),
     });
     let service = Reauthenticating {
         credentials: credentials.clone(),

@@ -317,6 +317,9 @@ impl Drop for PendingGuard<'_> {
 pub struct PluginSet {
     plugins: Vec<Arc<Plugin>>,
     handlers: Vec<HandlerRef>,
+    /// The limit of sync handler calls at once (`settings.execution.max_workers`),
+    /// shared by all clones of the set.
+    sync_workers: Arc<parking_lot::RwLock<Option<Arc<tokio::sync::Semaphore>>>>,
 }
 
 impl PluginSet {
@@ -429,8 +432,25 @@ impl PluginSet {
         handler.invoke_blocking(inv)
     }
 
-    /// Runs a handler's blocking `invoke` on tokio's blocking pool.
+    /// Limits how many sync handlers [`PluginSet::invoke`] runs at once (Kopf's
+    /// `settings.execution.max_workers`); `None` (the default) for no limit. Applies to
+    /// every clone of this set, for calls started afterwards.
+    pub fn limit_sync_workers(&self, max_workers: Option<usize>) {
+        *self.sync_workers.write() = max_workers.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+    }
+
+    /// Runs a handler's blocking `invoke` on tokio's blocking pool (sync handlers wait for
+    /// a worker slot if [`PluginSet::limit_sync_workers`] set a limit).
     pub async fn invoke(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
+        let limit = if handler.spec.is_async {
+            None
+        } else {
+            self.sync_workers.read().clone()
+        };
+        let _permit = match &limit {
+            Some(limit) => limit.acquire().await.ok(),
+            None => None,
+        };
         let payload = handler.encode(inv)?;
         let h = handler.clone();
         let answer = tokio::task::spawn_blocking(move || h.plugin.invoke_raw(&h.spec.id, &payload))
