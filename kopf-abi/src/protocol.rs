@@ -401,6 +401,62 @@ pub struct Invocation {
     /// Extra, kind-specific data; room to grow without a schema change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, Value>,
+    /// Changing handlers: what the host knows of the handler's sub-handlers from earlier
+    /// cycles, by full id (`parent/child`). Sub-handlers absent here are new (due now).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subhandlers: BTreeMap<String, SubhandlerState>,
+}
+
+/// The persisted progress of one sub-handler, as the host hands it to the plugin so that
+/// finished children are not re-run and retried ones get their `retry`/`runtime`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubhandlerState {
+    /// Attempts so far (the child's 0-based `retry` of its next attempt).
+    #[serde(default)]
+    pub retry: u32,
+    /// RFC 3339 time of the child's first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Seconds since `started`.
+    #[serde(default)]
+    pub runtime: f64,
+    /// Finished for good (succeeded or failed): never run again for this cause.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
+    /// Delayed into the future (a retry not due yet): not run in this cycle.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sleeping: bool,
+}
+
+impl SubhandlerState {
+    /// Due to run now: neither finished nor sleeping.
+    pub fn is_due(&self) -> bool {
+        !self.finished && !self.sleeping
+    }
+}
+
+/// What one sub-handler registered during a parent handler's call did (Kopf's
+/// `@kopf.subhandler`/`kopf.register`): reported in [`Outcome::children`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubhandlerOutcome {
+    /// The full id, `parent/child` (the persistence key and the `status` result key).
+    pub id: String,
+    /// The sub-handler's options (errors, timeout, retries, backoff, param).
+    #[serde(default, skip_serializing_if = "HandlerOptions::is_empty")]
+    pub options: HandlerOptions,
+    /// Whether the sub-handler was called in this invocation (false when it was not due,
+    /// or when its timeout or retries were already exhausted).
+    #[serde(default)]
+    pub invoked: bool,
+    /// Its result (delivered into `status["parent/child"]`); absent for `None`/`()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The merge patch it asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
+    /// Its error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<HandlerError>,
 }
 
 /// The resource being served, as discovered by the host.
@@ -467,6 +523,10 @@ pub struct Outcome {
     /// Extra, kind-specific data (sub-handler outcomes, adjusted settings, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, Value>,
+    /// Changing handlers: the sub-handlers the handler registered, in registration order,
+    /// with what each did in this call. Empty when it registered none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<SubhandlerOutcome>,
 }
 
 /// Kinds of handler errors, as in Kopf.

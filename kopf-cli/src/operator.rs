@@ -82,7 +82,6 @@ pub async fn run_controlled(
     credentials
         .set_networking(&settings.networking)
         .context("cannot apply settings.networking")?;
-    plugins.limit_sync_workers(settings.execution.max_workers);
     crate::engines::probing::start(&context).await?;
     crate::peering::start(&context).await?;
     crate::admission::start(&context).await?;
@@ -98,6 +97,10 @@ pub async fn run_controlled(
         credentials.clone(),
     ));
     plugins.set_services(services);
+    let plugins = match settings.execution.max_workers {
+        Some(max_workers) => plugins.with_max_workers(max_workers),
+        None => plugins,
+    };
     let shared = Arc::new(Shared {
         client: client.clone(),
         plugins: plugins.clone(),

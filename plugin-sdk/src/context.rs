@@ -6,7 +6,9 @@ use std::ops::{Deref, DerefMut, Index, IndexMut};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use kopf_abi::protocol::{self, AdmissionInfo, Invocation, Purpose, ResourceInfo, host_methods};
+use kopf_abi::protocol::{
+    self, AdmissionInfo, HandlerOptions, Invocation, Purpose, ResourceInfo, SubhandlerState, host_methods,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -15,6 +17,9 @@ use crate::error::HostCallError;
 use crate::host;
 use crate::logging::ObjectLogger;
 use crate::memo::{self, Memo};
+use crate::subhandlers::{
+    self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError, WhenFn,
+};
 
 static NULL: Value = Value::Null;
 
@@ -36,6 +41,10 @@ struct Inner {
     settings: Mutex<Option<Value>>,
     /// The memo of this call, resolved on first use.
     memo: OnceLock<Memo>,
+    /// Sub-handlers registered during this call.
+    children: Mutex<Children>,
+    /// This context is a sub-handler's.
+    is_child: bool,
 }
 
 impl fmt::Debug for Context {
@@ -83,7 +92,128 @@ impl Context {
                 warnings: Mutex::new(Vec::new()),
                 settings: Mutex::new(None),
                 memo: OnceLock::new(),
+                children: Mutex::new(Children::default()),
+                is_child: false,
             }),
+        }
+    }
+
+    /// The context of a sub-handler of this handler: the same object and cause, with the
+    /// sub-handler's own id, attempt counters, param, and patch.
+    pub(crate) fn child(&self, id: &str, state: &SubhandlerState, param: Option<Value>) -> Self {
+        let mut invocation = self.inner.invocation.clone();
+        invocation.subhandlers.clear();
+        invocation.retry = state.retry;
+        invocation.runtime = state.runtime;
+        invocation.started = state.started.clone();
+        invocation.param = param;
+        Self {
+            inner: Arc::new(Inner {
+                handler_id: id.to_owned(),
+                invocation,
+                patch: Mutex::new(Patch::new()),
+                warnings: Mutex::new(Vec::new()),
+                settings: Mutex::new(None),
+                // Resolved again on use: the same object memo as the parent's.
+                memo: OnceLock::new(),
+                children: Mutex::new(Children::default()),
+                is_child: true,
+            }),
+        }
+    }
+
+    pub(crate) fn with_children<R>(&self, f: impl FnOnce(&mut Children) -> R) -> R {
+        f(&mut lock(&self.inner.children))
+    }
+
+    pub(crate) fn add_subhandler(
+        &self,
+        id: String,
+        options: HandlerOptions,
+        when: Option<WhenFn>,
+        func: SubFn,
+    ) -> Result<(), SubhandlerError> {
+        if id.is_empty() {
+            return Err(SubhandlerError::EmptyId);
+        }
+        if self.inner.is_child {
+            return Err(SubhandlerError::Nested);
+        }
+        if self.inner.invocation.reason.is_none() {
+            return Err(SubhandlerError::NotChanging);
+        }
+        let id = format!("{}/{id}", self.inner.handler_id);
+        self.with_children(|c| {
+            c.add(Subhandler {
+                id,
+                options,
+                when,
+                func,
+            })
+        })
+    }
+
+    // --- Sub-handlers ----------------------------------------------------------------------
+
+    /// Registers a sub-handler of this changing handler (Kopf's `kopf.register(fn, id=...)`
+    /// and `@kopf.subhandler(id=...)`), with default options. Its full id is
+    /// `<this handler's id>/<id>`. It runs after this handler returns `Ok`, or earlier
+    /// with [`Context::execute`]; see [`crate::subhandlers`] for the whole story.
+    ///
+    /// ```
+    /// #[kopf::on::create("kopfexamples")]
+    /// fn create_fn(ctx: &kopf::Context) -> kopf::Result<()> {
+    ///     ctx.register("first", |_ctx: &kopf::Context| -> kopf::Result<_> { Ok(1) })?;
+    ///     ctx.register("second", |_ctx: &kopf::Context| -> kopf::Result<_> { Ok(2) })?;
+    ///     Ok(()) // then `create_fn/first` and `create_fn/second` run
+    /// }
+    /// # fn main() {}
+    /// ```
+    pub fn register<F, T, E>(&self, id: impl Into<String>, f: F) -> Result<(), SubhandlerError>
+    where
+        F: Fn(&Context) -> Result<T, E> + Send + Sync + 'static,
+        T: Serialize,
+        E: Into<crate::Error>,
+    {
+        self.subhandler(id).register(f)
+    }
+
+    /// Starts registering a sub-handler with options (errors, timeout, retries, backoff,
+    /// param): `ctx.subhandler("item").retries(3).register(|ctx| ...)`.
+    ///
+    /// ```
+    /// # fn parent(ctx: &kopf::Context) -> kopf::Result<()> {
+    /// ctx.subhandler("slow")
+    ///     .timeout(600.0)
+    ///     .register(|_ctx: &kopf::Context| -> kopf::Result<()> { Ok(()) })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subhandler(&self, id: impl Into<String>) -> SubhandlerBuilder<'_> {
+        SubhandlerBuilder::new(self, id.into())
+    }
+
+    /// Runs the sub-handlers registered so far, now (Kopf's `await kopf.execute()`), and
+    /// returns [`ChildrenPending`] if any of them is not finished; propagate it with `?` so
+    /// that the rest of the parent runs only once all its sub-handlers are done:
+    ///
+    /// ```
+    /// #[kopf::on::create("kopfexamples")]
+    /// fn create_fn(ctx: &kopf::Context) -> kopf::Result<&'static str> {
+    ///     ctx.register("prepare", |_ctx: &kopf::Context| -> kopf::Result<()> { Ok(()) })?;
+    ///     ctx.execute()?; // `create_fn/prepare` has finished past this line
+    ///     Ok("prepared")
+    /// }
+    /// # fn main() {}
+    /// ```
+    ///
+    /// Sub-handlers registered later run after the parent returns, as usual. Calling it
+    /// from an `async` handler blocks that task while the (synchronous) sub-handlers run.
+    pub fn execute(&self) -> Result<(), ChildrenPending> {
+        if subhandlers::execute(self) {
+            Ok(())
+        } else {
+            Err(ChildrenPending)
         }
     }
 

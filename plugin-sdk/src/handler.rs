@@ -37,6 +37,7 @@ use crate::context::{self, Context, resolve_path};
 use crate::error::{Error, InvokeError, SdkError};
 use crate::runtime::{self, QuietPanics, panic_message};
 use crate::selector::{Marker, SelectorArg, SelectorKeywords, parse_selector};
+use crate::subhandlers;
 
 /// What a handler function produces once converted: the JSON result (if any) or an error.
 pub type HandlerResult = Result<Option<Value>, Error>;
@@ -616,9 +617,18 @@ fn object_span(ctx: &Context) -> tracing::Span {
 fn into_outcome(result: std::thread::Result<HandlerResult>, ctx: &Context) -> Outcome {
     let mut outcome = Outcome::default();
     match result {
-        Ok(Ok(value)) => outcome.result = value,
-        Ok(Err(error)) => outcome.error = Some(error.to_handler_error()),
-        Err(payload) => outcome.error = Some(panicked(panic_message(payload.as_ref()))),
+        Ok(Ok(value)) => {
+            outcome.result = value;
+            subhandlers::finish(ctx, &mut outcome, None);
+        }
+        Ok(Err(error)) => {
+            outcome.error = Some(error.to_handler_error());
+            subhandlers::finish(ctx, &mut outcome, Some(&error));
+        }
+        Err(payload) => {
+            outcome.error = Some(panicked(panic_message(payload.as_ref())));
+            subhandlers::finish(ctx, &mut outcome, Some(&Error::msg("panicked")));
+        }
     }
     context::finish(ctx, &mut outcome);
     outcome
@@ -753,6 +763,16 @@ impl Handler {
                     .await
             }
         };
+        if subhandlers::has_pending(&ctx) {
+            // Sub-handlers are synchronous: run them off the runtime's workers.
+            let task_ctx = ctx.clone();
+            return tokio::task::spawn_blocking(move || into_outcome(result, &task_ctx))
+                .await
+                .unwrap_or_else(|e| Outcome {
+                    error: Some(panicked(e.to_string())),
+                    ..Outcome::default()
+                });
+        }
         into_outcome(result, &ctx)
     }
 }

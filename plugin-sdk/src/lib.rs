@@ -151,6 +151,7 @@ mod logging;
 pub mod memo;
 mod runtime;
 mod selector;
+pub mod subhandlers;
 
 pub use connection::ConnectionInfo;
 pub use context::{
@@ -177,6 +178,7 @@ pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
 pub use memo::{Memo, MemoError, operator_memo};
 pub use runtime::{block_on, runtime};
 pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
+pub use subhandlers::{ChildrenPending, SubhandlerBuilder, SubhandlerError};
 
 pub use kopf_abi;
 pub use kopf_macros::{daemon, index, timer};

@@ -313,13 +313,30 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// All loaded plugins, with their handlers in load order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PluginSet {
     plugins: Vec<Arc<Plugin>>,
     handlers: Vec<HandlerRef>,
-    /// The limit of sync handler calls at once (`settings.execution.max_workers`),
-    /// shared by all clones of the set.
-    sync_workers: Arc<parking_lot::RwLock<Option<Arc<tokio::sync::Semaphore>>>>,
+    /// Bounds the handlers running at once on the blocking pool (Kopf's sync-handler
+    /// executor, `settings.execution.max_workers`); shared by clones.
+    workers: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for PluginSet {
+    fn default() -> Self {
+        Self {
+            plugins: Vec::new(),
+            handlers: Vec::new(),
+            workers: Arc::new(tokio::sync::Semaphore::new(default_max_workers())),
+        }
+    }
+}
+
+/// Python's default thread-pool size, which Kopf's sync handlers run in:
+/// `min(32, cpu_count + 4)`.
+pub fn default_max_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus + 4).min(32)
 }
 
 impl PluginSet {
@@ -374,6 +391,13 @@ impl PluginSet {
             set.plugins.push(plugin);
         }
         Ok(set)
+    }
+
+    /// Limits how many handlers run at once through [`PluginSet::invoke`] (the
+    /// others wait for a slot); applies to this set and its later clones.
+    pub fn with_max_workers(mut self, max_workers: usize) -> Self {
+        self.workers = Arc::new(tokio::sync::Semaphore::new(max_workers.max(1)));
+        self
     }
 
     /// The loaded plugins, in load order.
@@ -432,26 +456,13 @@ impl PluginSet {
         handler.invoke_blocking(inv)
     }
 
-    /// Limits how many sync handlers [`PluginSet::invoke`] runs at once (Kopf's
-    /// `settings.execution.max_workers`); `None` (the default) for no limit. Applies to
-    /// every clone of this set, for calls started afterwards.
-    pub fn limit_sync_workers(&self, max_workers: Option<usize>) {
-        *self.sync_workers.write() = max_workers.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
-    }
-
-    /// Runs a handler's blocking `invoke` on tokio's blocking pool (sync handlers wait for
-    /// a worker slot if [`PluginSet::limit_sync_workers`] set a limit).
+    /// Runs a handler's blocking `invoke` on tokio's blocking pool, at most
+    /// [`default_max_workers`] (or [`PluginSet::with_max_workers`]) at once: a burst of
+    /// objects then needs a few threads, not hundreds.
     pub async fn invoke(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
-        let limit = if handler.spec.is_async {
-            None
-        } else {
-            self.sync_workers.read().clone()
-        };
-        let _permit = match &limit {
-            Some(limit) => limit.acquire().await.ok(),
-            None => None,
-        };
         let payload = handler.encode(inv)?;
+        // The semaphore is never closed; a failure would only mean "unbounded".
+        let _slot = self.workers.acquire().await.ok();
         let h = handler.clone();
         let answer = tokio::task::spawn_blocking(move || h.plugin.invoke_raw(&h.spec.id, &payload))
             .await

@@ -7,3 +7,4 @@ pub mod orchestration;
 pub mod pausing;
 pub mod processing;
 pub mod queueing;
+pub mod subhandling;

@@ -52,6 +52,7 @@ use super::{
     execution::{self, Attempt, Decision},
     indexing::{self, Indices},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
+    subhandling,
 };
 use crate::{
     clients::{ApiError, patching},
@@ -209,13 +210,15 @@ impl ResourceProcessor {
         &self.shared.settings.persistence.finalizer
     }
 
-    /// Evaluates a handler's filters; callbacks are asked from the plugin.
+    /// Evaluates a handler's filters; callbacks are asked from the plugin with `inv`, or
+    /// with a plain invocation of the subject's body (built only when a callback is due:
+    /// most filters need no body copy at all).
     async fn matches(
         &self,
         handler: &HandlerRef,
         subject: &FilterSubject<'_>,
         full: bool,
-        inv: &Invocation,
+        inv: Option<&Invocation>,
     ) -> bool {
         let spec = handler.spec();
         let verdict = if full {
@@ -227,7 +230,10 @@ impl ResourceProcessor {
             FilterMatch::Match => true,
             FilterMatch::NoMatch => false,
             FilterMatch::NeedsCallback => {
-                let mut inv = inv.clone();
+                let mut inv = match inv {
+                    Some(inv) => inv.clone(),
+                    None => self.base_invocation(subject.body),
+                };
                 inv.purpose = Purpose::Filter;
                 match self.shared.plugins.invoke(handler, &inv).await {
                     Ok(outcome) => outcome.matches.unwrap_or(false),
@@ -261,7 +267,7 @@ impl ResourceProcessor {
             .insert("event".into(), json!({"type": event_type, "object": body}));
         let subject = FilterSubject { body, essences: None };
         for handler in &self.watching {
-            if !self.matches(handler, &subject, false, &inv).await {
+            if !self.matches(handler, &subject, false, Some(&inv)).await {
                 continue;
             }
             inv.param = handler.spec().options.param.clone();
@@ -285,10 +291,9 @@ impl ResourceProcessor {
 
     /// Whether any finalizer-requiring handler pre-matches the object.
     async fn needs_finalizer(&self, body: &Value) -> bool {
-        let inv = self.base_invocation(body);
         let subject = FilterSubject { body, essences: None };
         for handler in &self.finalizing {
-            if self.matches(handler, &subject, false, &inv).await {
+            if self.matches(handler, &subject, false, None).await {
                 return true;
             }
         }
@@ -394,6 +399,7 @@ impl ResourceProcessor {
         // Run every handler that is due, in declaration order, all in this cycle, unless
         // the batch gets slow: then persist what is done before starting the next one.
         let mut outcomes: Vec<(String, StepOutcome)> = Vec::new();
+        let mut children: Vec<subhandling::Settled> = Vec::new();
         let batch_started = Instant::now();
         let mut persist_first = false;
         for handler in &handlers {
@@ -411,10 +417,11 @@ impl ResourceProcessor {
                 retries: u32::try_from(handler_state.retries.max(0)).unwrap_or(u32::MAX),
                 runtime: handler_state.runtime(&now),
             };
+            let mut settled: Option<subhandling::Settled> = None;
             let decision = match execution::precheck(handler.spec(), attempt) {
                 Some(decision) => decision,
                 None => {
-                    let inv = self.changing_invocation(
+                    let mut inv = self.changing_invocation(
                         handler,
                         body,
                         &cause,
@@ -424,16 +431,41 @@ impl ResourceProcessor {
                         attempt,
                         &handler_state.started,
                     );
+                    let known = subhandling::known_children(
+                        &shared.progress,
+                        body,
+                        handler.id(),
+                        handler_state,
+                        Some(cause.reason.as_str()),
+                        now,
+                    );
+                    inv.subhandlers = subhandling::invocation_states(&known, &now);
                     let outcome = self.invoke_logged(handler, &inv, &reference).await;
                     if let Some(p) = &outcome.patch {
                         patch.merge_from(p);
                     }
-                    let decision = execution::decide(
+                    let mut decision = execution::decide(
                         handler.spec(),
                         attempt,
                         &outcome,
                         shared.settings.execution.default_backoff,
                     );
+                    if !outcome.children.is_empty() {
+                        let s = subhandling::settle(
+                            handler.spec(),
+                            &outcome.children,
+                            known,
+                            Some(cause.reason.as_str()),
+                            Timestamp::now(),
+                            shared.settings.execution.default_backoff,
+                            patch,
+                        );
+                        for (id, child_decision) in &s.decisions {
+                            log_decision(&reference, id, child_decision);
+                        }
+                        decision = subhandling::parent_decision(decision, &s);
+                        settled = Some(s);
+                    }
                     if decision == Decision::Success
                         && let Some(result) = outcome.result.as_ref().filter(|r| !r.is_null())
                     {
@@ -442,28 +474,25 @@ impl ResourceProcessor {
                     decision
                 }
             };
-            log_decision(&reference, handler.id(), &decision);
-            let step = match decision {
-                Decision::Success => StepOutcome {
-                    final_: true,
-                    ..Default::default()
-                },
-                Decision::Retry { delay, message } => StepOutcome {
-                    final_: false,
-                    delay: Some(delay),
-                    error: Some(message),
-                    ..Default::default()
-                },
-                Decision::Failure { message } => StepOutcome {
-                    final_: true,
-                    error: Some(message),
-                    ..Default::default()
-                },
-            };
+            match (&decision, &settled) {
+                (Decision::Retry { .. }, Some(s)) if s.pending_delay.is_some() => {
+                    tracing::debug!(target: "kopf.objects", "[{reference}] Handler {:?} has unfinished sub-handlers. Will retry soon.", handler.id());
+                }
+                _ => log_decision(&reference, handler.id(), &decision),
+            }
+            let mut step = subhandling::step_outcome(decision);
+            if let Some(s) = settled {
+                step.subrefs = s.subrefs.clone();
+                children.push(s);
+            }
             outcomes.push((handler.id().to_owned(), step));
         }
         let now = Timestamp::now();
         state = state.with_outcomes(outcomes.iter().map(|(id, o)| (id.as_str(), o)), now);
+        // Children's records go first; if the cause is done, the purge below drops them.
+        for settled in &children {
+            subhandling::store(&shared.progress, settled, body, patch);
+        }
 
         if state.done() {
             let counts = state.counts();
@@ -515,7 +544,6 @@ impl ResourceProcessor {
         old: Option<&Value>,
         new: &Value,
     ) -> Vec<HandlerRef> {
-        let inv = self.base_invocation(body);
         let subject = FilterSubject {
             body,
             essences: Some((old, Some(new))),
@@ -528,7 +556,7 @@ impl ResourceProcessor {
             if selected.iter().any(|h| h.id() == handler.id()) {
                 continue;
             }
-            if self.matches(handler, &subject, true, &inv).await {
+            if self.matches(handler, &subject, true, None).await {
                 selected.push(handler.clone());
             }
         }
@@ -608,8 +636,8 @@ impl ResourceProcessor {
     }
 
     /// Sends the patch (merge patches first, then JSON-patch ops computed on the freshest
-    /// body); returns the freshest body, or `None` if the object is gone.
-    async fn apply(&self, body: &Value, patch: &Patch) -> Result<Option<Value>, ApiError> {
+    /// body); returns the freshest body, if any request was sent.
+    async fn apply(&self, body: &Value, patch: &Patch) -> Result<Applied, ApiError> {
         let client = &self.shared.client;
         let namespace = text(body, "/metadata/namespace");
         let Some(name) = text(body, "/metadata/name") else {
@@ -620,9 +648,7 @@ impl ResourceProcessor {
         let mut fresh: Option<Value> = None;
 
         // Skip merge patches that would change nothing.
-        let mut preview = body.clone();
-        let noop = patch.apply_to(&mut preview).is_ok() && preview == *body;
-        if !noop {
+        if patch.merge_changes(body) {
             let requests = patch.requests(status_sub);
             // Status first: a crash between the two requests then leaves the results
             // stored and the handlers unmarked (they re-run), never the handlers marked
@@ -631,7 +657,7 @@ impl ResourceProcessor {
                 let Some(merge) = merge else { continue };
                 match patching::patch(client, &url(sub), patching::PatchType::Merge, &merge).await {
                     Ok(result) => fresh = Some(result),
-                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) if e.is_not_found() => return Ok(Applied::Gone),
                     Err(e) => return Err(e),
                 }
             }
@@ -642,21 +668,31 @@ impl ResourceProcessor {
             let Some(ops) = ops else { continue };
             match patching::patch(client, &url(sub), patching::PatchType::Json, &Value::Array(ops)).await {
                 Ok(result) => fresh = Some(result),
-                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) if e.is_not_found() => return Ok(Applied::Gone),
                 Err(e) if e.is_conflict() => {
                     // The object changed under us: re-read it and let the next cycle decide.
                     tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", object_ref(body));
                     return match patching::get(client, &url(None)).await {
-                        Ok(current) => Ok(Some(current)),
-                        Err(e) if e.is_not_found() => Ok(None),
+                        Ok(current) => Ok(Applied::Fresh(current)),
+                        Err(e) if e.is_not_found() => Ok(Applied::Gone),
                         Err(e) => Err(e),
                     };
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(Some(fresh.unwrap_or_else(|| body.clone())))
+        Ok(fresh.map_or(Applied::Unchanged, Applied::Fresh))
     }
+}
+
+/// What sending a patch produced.
+enum Applied {
+    /// The object as the API server returned it after the last request.
+    Fresh(Value),
+    /// Nothing needed sending: the body is as it was.
+    Unchanged,
+    /// The object is gone.
+    Gone,
 }
 
 fn capitalize(text: &str) -> String {
@@ -698,6 +734,11 @@ impl ObjectProcessor for ResourceProcessor {
             WatchItem::ListDone => self.shared.indices.list_done(stream),
             _ => {}
         }
+    }
+
+    fn needs_every_event(&self) -> bool {
+        // Event handlers see every event; indexers track listings event by event.
+        !self.watching.is_empty() || !self.indexers.is_empty()
     }
 
     fn stream_started(&self, stream: &str) {
@@ -742,11 +783,12 @@ impl ObjectProcessor for ResourceProcessor {
                 ..Default::default()
             };
         }
-        let events = std::mem::take(&mut memory.pending);
+        let mut events = std::mem::take(&mut memory.pending);
         let mut patch = Patch::new();
         for event in &events {
             self.run_event_handlers(event, &mut patch).await;
         }
+        let mut newest_from_events = false;
         if let Some(last) = events.last() {
             if last.is_deletion() {
                 tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", object_ref(&last.body));
@@ -768,20 +810,23 @@ impl ObjectProcessor for ResourceProcessor {
             // Events come in the stream's order: the echo of our own patch is preceded by
             // older states only and followed by newer ones (others' changes that may have
             // arrived in the same batch).
-            let echo = memory.awaited.as_ref().and_then(|(awaited, _)| {
-                events
-                    .iter()
-                    .rposition(|e| text(&e.body, "/metadata/resourceVersion") == Some(awaited.as_str()))
-            });
-            match (&memory.awaited, echo) {
-                (Some(_), Some(position)) if position + 1 == events.len() => {
+            let echo_last = memory
+                .awaited
+                .as_ref()
+                .is_some_and(|(awaited, _)| last.resource_version() == Some(awaited.as_str()));
+            let echo_seen = memory
+                .awaited
+                .as_ref()
+                .is_some_and(|(awaited, _)| events.iter().any(|e| e.has_seen(awaited)));
+            match (&memory.awaited, echo_seen) {
+                (Some(_), true) if echo_last => {
                     // The echo of our own patch: its state was processed from the response.
                     memory.awaited = None;
                     if patch.is_empty() {
                         return self.idle_verdict(memory);
                     }
                 }
-                (Some((_, deadline)), None) if Instant::now() < *deadline => {
+                (Some((_, deadline)), false) if Instant::now() < *deadline => {
                     // Older than our own patch: our memory is fresher.
                     if patch.is_empty() {
                         return Verdict {
@@ -793,11 +838,16 @@ impl ObjectProcessor for ResourceProcessor {
                 _ => {
                     // Newer than our own patch's echo, or no patch awaited, or waited enough.
                     memory.awaited = None;
-                    memory.body = Some(last.body.clone());
+                    newest_from_events = true;
                 }
             }
         }
-        let Some(mut body) = memory.body.clone() else {
+        if newest_from_events {
+            memory.body = events.pop().map(|event| event.body);
+        }
+        drop(events);
+        // Taken out of the memory while processing (no copy); put back before returning.
+        let Some(mut body) = memory.body.take() else {
             return Verdict::default();
         };
         self.adjust_background(memory, &body).await;
@@ -811,7 +861,8 @@ impl ObjectProcessor for ResourceProcessor {
                 break;
             }
             match self.apply(&body, &patch).await {
-                Ok(Some(fresh)) => {
+                Ok(Applied::Unchanged) => memory.errors = 0,
+                Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
                     if let Some(rv) = text(&fresh, "/metadata/resourceVersion")
                         && Some(rv) != text(&body, "/metadata/resourceVersion")
@@ -820,9 +871,8 @@ impl ObjectProcessor for ResourceProcessor {
                         memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
                     }
                     body = fresh;
-                    memory.body = Some(body.clone());
                 }
-                Ok(None) => {
+                Ok(Applied::Gone) => {
                     *memory = ObjectMemory::default();
                     return Verdict::default();
                 }
@@ -835,6 +885,7 @@ impl ObjectProcessor for ResourceProcessor {
                         .unwrap_or(1.0);
                     memory.errors += 1;
                     tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
+                    memory.body = Some(body);
                     return Verdict {
                         wake_at: Some(Instant::now() + seconds(pause)),
                         ..Default::default()
@@ -846,6 +897,7 @@ impl ObjectProcessor for ResourceProcessor {
                 break;
             }
         }
+        memory.body = Some(body);
         memory.retry_at = delay.map(|delay| Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
         let mut verdict = self.idle_verdict(memory);
         if let Some(retry_at) = memory.retry_at {
@@ -856,7 +908,15 @@ impl ObjectProcessor for ResourceProcessor {
 }
 
 impl ResourceProcessor {
-    fn idle_verdict(&self, memory: &ObjectMemory) -> Verdict {
+    fn idle_verdict(&self, memory: &mut ObjectMemory) -> Verdict {
+        // The body is needed later only to retry a delayed handler, to stop daemons, or
+        // to apply event handlers' patches while our own patch's echo is awaited;
+        // otherwise the next event brings a fresh one (the echo of our own patch needs
+        // no body: its state was handled from the patch response). So idle objects and
+        // objects awaiting their echo keep no copy: memory per object stays small.
+        if memory.retry_at.is_none() && self.background.handlers().is_empty() && self.watching.is_empty() {
+            memory.body = None;
+        }
         // While our own patch's echo is awaited, keep the memory (it is fresher) until
         // the consistency deadline at most.
         let awaited = memory.awaited.as_ref().map(|(_, deadline)| *deadline);
@@ -880,14 +940,13 @@ impl ResourceProcessor {
             }
             return;
         }
-        let inv = self.base_invocation(body);
         let subject = FilterSubject { body, essences: None };
         for indexer in &self.indexers {
-            if !self.matches(indexer, &subject, false, &inv).await {
+            if !self.matches(indexer, &subject, false, None).await {
                 self.shared.indices.remove(indexer.id(), &object);
                 continue;
             }
-            let mut inv = inv.clone();
+            let mut inv = self.base_invocation(body);
             inv.param = indexer.spec().options.param.clone();
             let outcome = self.invoke_logged(indexer, &inv, &object_ref(body)).await;
             match &outcome.error {
@@ -922,11 +981,10 @@ impl ResourceProcessor {
             .essence(&self.shared.progress, body, &self.extra_fields);
         let changed = memory.essence.as_ref() != Some(&essence);
         memory.essence = Some(essence);
-        let inv = self.base_invocation(body);
         let subject = FilterSubject { body, essences: None };
         let mut matching = Vec::new();
         for handler in self.background.handlers() {
-            if self.matches(handler, &subject, false, &inv).await {
+            if self.matches(handler, &subject, false, None).await {
                 matching.push(handler.id().to_owned());
             }
         }
@@ -944,10 +1002,9 @@ impl ResourceProcessor {
     }
 
     async fn any_changing_prematches(&self, body: &Value) -> bool {
-        let inv = self.base_invocation(body);
         let subject = FilterSubject { body, essences: None };
         for handler in &self.changing {
-            if self.matches(handler, &subject, false, &inv).await {
+            if self.matches(handler, &subject, false, None).await {
                 return true;
             }
         }

@@ -10,9 +10,10 @@
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::{Notify, Semaphore, mpsc},
     task::JoinSet,
     time::Instant,
 };
@@ -27,12 +28,115 @@ pub struct RawEvent {
     pub event_type: Option<EventType>,
     /// The object body.
     pub body: Value,
+    /// The resource versions of older events this one replaced while they were queued
+    /// (only for processors that do not need every event, see
+    /// [`ObjectProcessor::needs_every_event`]); oldest first.
+    pub superseded: Vec<String>,
 }
 
 impl RawEvent {
+    /// An event as it came from the stream.
+    pub fn new(event_type: Option<EventType>, body: Value) -> Self {
+        Self {
+            event_type,
+            body,
+            superseded: Vec::new(),
+        }
+    }
+
     /// Whether this event says the object is gone.
     pub fn is_deletion(&self) -> bool {
         self.event_type == Some(EventType::Deleted)
+    }
+
+    /// The body's `metadata.resourceVersion`.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.body
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+    }
+
+    /// Whether this event or one it replaced carries this resource version.
+    pub fn has_seen(&self, resource_version: &str) -> bool {
+        self.resource_version() == Some(resource_version)
+            || self.superseded.iter().any(|rv| rv == resource_version)
+    }
+
+    /// Replaces `older` (queued, not processed yet) with this newer event: only the
+    /// newest body is kept, so a busy object queues one body, not one per event.
+    fn supersede(&mut self, older: RawEvent) {
+        let older_version = older.resource_version().map(str::to_owned);
+        let mut superseded = older.superseded;
+        superseded.extend(older_version);
+        superseded.append(&mut self.superseded);
+        self.superseded = superseded;
+        // A listed object stays "listed" (that decides about resuming) when a watch
+        // event replaces it before processing.
+        if older.event_type.is_none() && self.event_type == Some(EventType::Modified) {
+            self.event_type = None;
+        }
+    }
+}
+
+/// The queue between the multiplexer and one object's worker. Unlike a channel, it
+/// can replace a queued event with a newer one (see [`RawEvent::supersede`]).
+#[derive(Default)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct MailboxState {
+    events: Vec<RawEvent>,
+    /// The worker has exited; pushes must start a new worker.
+    closed: bool,
+    /// The stream is over: the worker flushes and exits once the queue is empty.
+    ended: bool,
+}
+
+impl Mailbox {
+    /// Queues an event; gives it back if the worker has exited.
+    fn push(&self, mut event: RawEvent, coalesce: bool) -> Result<(), RawEvent> {
+        {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(event);
+            }
+            if coalesce && let Some(older) = state.events.pop_if(|older| !older.is_deletion()) {
+                event.supersede(older);
+            }
+            state.events.push(event);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn take(&self) -> Vec<RawEvent> {
+        std::mem::take(&mut self.state.lock().events)
+    }
+
+    fn end(&self) {
+        self.state.lock().ended = true;
+        self.notify.notify_one();
+    }
+
+    fn ended(&self) -> bool {
+        self.state.lock().ended
+    }
+
+    /// Closes the mailbox if nothing is queued (the worker may exit); `false` if events
+    /// slipped in meanwhile.
+    fn try_close(&self) -> bool {
+        let mut state = self.state.lock();
+        if state.events.is_empty() {
+            state.closed = true;
+        }
+        state.closed
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.lock().closed
     }
 }
 
@@ -74,6 +178,13 @@ pub trait ObjectProcessor: Send + Sync + 'static {
 
     /// Sees every item of a stream before it is dispatched (`stream` names the stream).
     fn observe(&self, _stream: &str, _item: &WatchItem) {}
+
+    /// Whether [`process`](Self::process) must see every event; if not, an event
+    /// queued for a busy object is replaced by a newer one (only the newest state
+    /// matters for change detection), which keeps memory per busy object small.
+    fn needs_every_event(&self) -> bool {
+        true
+    }
 
     /// A stream of this processor starts for good (not after a pause).
     fn stream_started(&self, _stream: &str) {}
@@ -119,7 +230,7 @@ fn object_key(body: &Value) -> Option<String> {
 }
 
 struct Entry {
-    sender: mpsc::UnboundedSender<RawEvent>,
+    mailbox: Arc<Mailbox>,
     /// A minimal body to build a synthetic deletion from, should the object vanish.
     stub: Value,
 }
@@ -134,7 +245,7 @@ pub async fn multiplex<P: ObjectProcessor>(
     limit: Arc<Semaphore>,
 ) {
     let mut entries: HashMap<String, Entry> = HashMap::new();
-    let mut workers: JoinSet<(String, mpsc::UnboundedReceiver<RawEvent>)> = JoinSet::new();
+    let mut workers: JoinSet<String> = JoinSet::new();
     let mut listed: Option<std::collections::HashSet<String>> = None;
     let mut depth: i64 = 0;
     loop {
@@ -156,7 +267,7 @@ pub async fn multiplex<P: ObjectProcessor>(
                             let gone: Vec<String> = entries.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                             for key in gone {
                                 if let Some(entry) = entries.get(&key) {
-                                    let event = RawEvent { event_type: Some(EventType::Deleted), body: entry.stub.clone() };
+                                    let event = RawEvent::new(Some(EventType::Deleted), entry.stub.clone());
                                     dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
                                 }
                             }
@@ -167,7 +278,7 @@ pub async fn multiplex<P: ObjectProcessor>(
                             if let Some(seen) = listed.as_mut() {
                                 seen.insert(key.clone());
                             }
-                            let event = RawEvent { event_type: None, body };
+                            let event = RawEvent::new(None, body);
                             dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
                         }
                     }
@@ -178,29 +289,28 @@ pub async fn multiplex<P: ObjectProcessor>(
                             EventType::Modified => {}
                         }
                         if let Some(key) = object_key(&body) {
-                            let event = RawEvent { event_type: Some(kind), body };
+                            let event = RawEvent::new(Some(kind), body);
                             dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
                         }
                     }
                 }
             }
             Some(done) = workers.join_next(), if !workers.is_empty() => {
-                if let Ok((key, receiver)) = done {
-                    if receiver.is_empty() {
-                        // The worker ended; a later event for the object starts a new one.
-                        entries.remove(&key);
-                    } else {
-                        // Events arrived while it was exiting: serve them with a new worker.
-                        let worker = worker(key, receiver, processor.clone(), settings.clone(), limit.clone());
-                        workers.spawn(worker);
-                    }
+                // The worker closed its mailbox before exiting; a later event for the
+                // object starts a new one (unless one was started meanwhile).
+                if let Ok(key) = done
+                    && entries.get(&key).is_some_and(|entry| entry.mailbox.is_closed())
+                {
+                    entries.remove(&key);
                 }
             }
         }
     }
     // The stream is over (pause or exit): close the queues and let workers finish.
     metrics::queue_depth(&stream, -depth);
-    entries.clear();
+    for (_, entry) in entries.drain() {
+        entry.mailbox.end();
+    }
     let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
         workers.abort_all();
@@ -209,7 +319,7 @@ pub async fn multiplex<P: ObjectProcessor>(
 
 fn dispatch<P: ObjectProcessor>(
     entries: &mut HashMap<String, Entry>,
-    workers: &mut JoinSet<(String, mpsc::UnboundedReceiver<RawEvent>)>,
+    workers: &mut JoinSet<String>,
     processor: &Arc<P>,
     settings: &QueueSettings,
     limit: &Arc<Semaphore>,
@@ -217,22 +327,29 @@ fn dispatch<P: ObjectProcessor>(
     event: RawEvent,
 ) {
     let stub = stub_of(&event.body);
-    if let Some(entry) = entries.get_mut(&key) {
-        entry.stub = stub;
-        match entry.sender.send(event) {
-            Ok(()) => return,
-            Err(mpsc::error::SendError(event)) => {
+    let coalesce = !processor.needs_every_event();
+    let event = match entries.get_mut(&key) {
+        Some(entry) => {
+            entry.stub = stub.clone();
+            match entry.mailbox.push(event, coalesce) {
+                Ok(()) => return,
                 // The worker exited just now; start a new one with this event.
-                entries.remove(&key);
-                return dispatch(entries, workers, processor, settings, limit, key, event);
+                Err(event) => event,
             }
         }
-    }
-    let (sender, receiver) = mpsc::unbounded_channel();
-    // Cannot fail: the receiver is alive.
-    let _ = sender.send(event);
-    entries.insert(key.clone(), Entry { sender, stub });
-    let worker = worker(key, receiver, processor.clone(), settings.clone(), limit.clone());
+        None => event,
+    };
+    let mailbox = Arc::new(Mailbox::default());
+    // Cannot fail: the mailbox is fresh.
+    let _ = mailbox.push(event, coalesce);
+    entries.insert(
+        key.clone(),
+        Entry {
+            mailbox: mailbox.clone(),
+            stub,
+        },
+    );
+    let worker = worker(key, mailbox, processor.clone(), settings.clone(), limit.clone());
     workers.spawn(worker);
 }
 
@@ -256,46 +373,54 @@ fn stub_of(body: &Value) -> Value {
 
 async fn worker<P: ObjectProcessor>(
     key: String,
-    mut receiver: mpsc::UnboundedReceiver<RawEvent>,
+    mailbox: Arc<Mailbox>,
     processor: Arc<P>,
     settings: QueueSettings,
     limit: Arc<Semaphore>,
-) -> (String, mpsc::UnboundedReceiver<RawEvent>) {
+) -> String {
     let mut memory = P::Memory::default();
     let mut verdict = Verdict::default();
     loop {
         let idle_deadline = Instant::now() + settings.idle_timeout;
-        let (mut events, wakeup) = tokio::select! {
+        // Once the stream is over, only the queue's remainder and the flush are left.
+        let wakeup = if mailbox.ended() {
+            Wakeup::Events
+        } else {
+            tokio::select! {
             biased;
-            event = receiver.recv() => match event {
-                Some(event) => (vec![event], Wakeup::Events),
-                None => {
-                    // The stream stopped: flush once, then exit.
-                    let _permit = limit.acquire().await;
-                    processor.process(&mut memory, Vec::new(), Wakeup::Stopping).await;
-                    return (key, receiver);
-                }
-            },
-            _ = sleep_until_opt(verdict.wake_at) => (Vec::new(), Wakeup::Scheduled),
-            _ = wait_unblocked(verdict.blocked_until.clone()) => (Vec::new(), Wakeup::Scheduled),
+            () = mailbox.notify.notified() => Wakeup::Events,
+            _ = sleep_until_opt(verdict.wake_at) => Wakeup::Scheduled,
+            _ = wait_unblocked(verdict.blocked_until.clone()) => Wakeup::Scheduled,
             _ = tokio::time::sleep_until(idle_deadline),
                 if verdict.wake_at.is_none() && !verdict.keep_alive && verdict.blocked_until.is_none() => {
-                // Idle: hand the queue back; the multiplexer forgets the object, or
-                // restarts the worker if an event slipped in meanwhile.
-                return (key, receiver);
+                // Idle: the multiplexer forgets the object, unless an event slipped in.
+                if mailbox.try_close() {
+                    return key;
+                }
+                Wakeup::Events
+            }
             }
         };
         // Take everything queued meanwhile: the processor sees all events, in order.
-        while let Ok(event) = receiver.try_recv() {
-            events.push(event);
+        let events = mailbox.take();
+        if events.is_empty() && wakeup == Wakeup::Events {
+            if mailbox.ended() {
+                // The stream stopped: flush once, then exit.
+                let _permit = limit.acquire().await;
+                processor.process(&mut memory, Vec::new(), Wakeup::Stopping).await;
+                mailbox.try_close();
+                return key;
+            }
+            continue;
         }
         let deleted = events.last().is_some_and(RawEvent::is_deletion);
         let Ok(_permit) = limit.acquire().await else {
-            return (key, receiver);
+            mailbox.try_close();
+            return key;
         };
         verdict = processor.process(&mut memory, events, wakeup).await;
-        if deleted && !verdict.keep_alive {
-            return (key, receiver);
+        if deleted && !verdict.keep_alive && mailbox.try_close() {
+            return key;
         }
     }
 }

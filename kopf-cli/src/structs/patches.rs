@@ -281,6 +281,13 @@ impl Patch {
             .collect()
     }
 
+    /// Whether the merge-patch part would change `body` (the transformations are not
+    /// considered: they turn into JSON-patch ops only when they change something).
+    /// Cheaper than applying the patch to a copy and comparing.
+    pub fn merge_changes(&self, body: &Value) -> bool {
+        merge_changes(Some(body), &self.merge)
+    }
+
     /// Apply the merge-patch and the transformations to a body in memory (Kopf's
     /// `_apply_patch` semantics: `null` removes, pruning parents that become empty).
     pub fn apply_to(&self, body: &mut Value) -> Result<(), DictsError> {
@@ -310,6 +317,17 @@ fn overlay(dst: &mut Map<String, Value>, src: &Map<String, Value>) {
             }
         }
     }
+}
+
+fn merge_changes(body: Option<&Value>, patch: &Map<String, Value>) -> bool {
+    patch.iter().any(|(key, value)| {
+        let current = body.and_then(|b| b.get(key));
+        match value {
+            Value::Null => current.is_some(),
+            Value::Object(sub) => merge_changes(current, sub),
+            other => current != Some(other),
+        }
+    })
 }
 
 fn apply_merge(
@@ -444,6 +462,28 @@ fn remove_finalizer_ops(ops: &mut Vec<Value>, state: &mut Finalizers, name: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_changes_agrees_with_applying() {
+        let body = json!({"metadata": {"annotations": {"a": "b"}}, "status": {"h": {"x": 1}}});
+        let cases = [
+            (json!({"metadata": {"annotations": {"a": "b"}}}), false),
+            (json!({"metadata": {"annotations": {"a": "c"}}}), true),
+            (json!({"metadata": {"annotations": {"z": null}}}), false),
+            (json!({"metadata": {"annotations": {"a": null}}}), true),
+            (json!({"status": {"h": {"x": 1}}}), false),
+            (json!({"status": {"h": {"y": 1}}}), true),
+            (json!({"spec": {"new": 1}}), true),
+            (json!({"spec": {"gone": null}}), false),
+        ];
+        for (merge, expected) in cases {
+            let patch = Patch::from_merge(merge.clone());
+            let mut applied = body.clone();
+            patch.apply_to(&mut applied).unwrap();
+            assert_eq!(applied != body, expected, "{merge}");
+            assert_eq!(patch.merge_changes(&body), expected, "{merge}");
+        }
+    }
 
     #[test]
     fn split_into_requests() {

@@ -1,0 +1,45 @@
+"""The Python Kopf twin of the ``fixture-subhandlers`` Rust plugin: the same handler and
+sub-handler ids, results and call records.
+
+Used by tests/tests/subhandlers.rs to hand an object over to kopf (Rust) while a
+sub-handler is pending:
+
+    python3 -m kopf run --standalone --namespace default subhandlers_operator.py
+
+``create_fn`` registers ``item-<item>`` per ``spec.items`` entry: ``flaky*`` items raise a
+``TemporaryError`` (delay ``spec.delay``, default 1 s) on their first attempt, ``fatal*``
+items a ``PermanentError``, the others return ``{"item": item}``. Every call appends
+``<handler id> <namespace/name> <uid> <reason>`` to the file named by
+``KOPF_SUBHANDLERS_RECORD`` (with fsync).
+"""
+import os
+
+import kopf
+
+
+def record(handler_id, namespace, name, uid, reason):
+    path = os.environ.get('KOPF_SUBHANDLERS_RECORD')
+    if not path:
+        return
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(f'{handler_id} {namespace}/{name} {uid} {reason}\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@kopf.on.create('kopfexamples')
+def create_fn(spec, namespace, name, uid, reason, **_):
+    record('create_fn', namespace, name, uid, reason)
+    delay = spec.get('delay', 1.0)
+    for item in spec.get('items', []):
+
+        def child(item=item, retry=0, **kwargs):
+            record(f'create_fn/item-{item}', namespace, name, uid, reason)
+            if item.startswith('fatal'):
+                raise kopf.PermanentError(f'{item} is fatal')
+            if item.startswith('flaky') and retry == 0:
+                raise kopf.TemporaryError(f'{item} is not ready', delay=delay)
+            return {'item': item}
+
+        kopf.register(fn=child, id=f'item-{item}')
+    return {'parent': True}

@@ -1,0 +1,393 @@
+//! End-to-end: sub-handlers (Kopf's `@kopf.subhandler`/`kopf.register`) with the real
+//! `kopf` binary, the real `example-07-subhandlers` plugin and the `fixture-subhandlers`
+//! plugin, against the emulator: results under `status["create_fn/item-x"]`, progress
+//! records in Kopf's format while a child is delayed, their purge at the end, and the
+//! PATCH budget when all children succeed at once.
+
+mod reactor_common;
+
+use reactor_common::{Cluster, NS, fixture, last_handled, progress_annotations, read_records};
+use serde_json::{Value, json};
+
+/// A KopfExample with `spec.items` (and optional `spec.delay`).
+async fn create_with_items(cluster: &Cluster, name: &str, items: &[&str], delay: Option<f64>) {
+    let mut spec = json!({"items": items});
+    if let Some(delay) = delay {
+        spec["delay"] = json!(delay);
+    }
+    cluster
+        .emu
+        .create_object(json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfExample",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        }))
+        .await
+        .unwrap();
+}
+
+/// Waits until the creation is fully handled (the diff-base is stored).
+async fn wait_handled(cluster: &Cluster, name: &str, kopf: &kopf_e2e::KopfProcess) -> Value {
+    cluster
+        .wait_obj(name, "the creation handled", Some(kopf), |o| {
+            let o = o?;
+            last_handled(o).is_some().then(|| o.clone())
+        })
+        .await
+}
+
+/// Calls per handler id, from a record file.
+fn calls(path: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((id, _, _, reason), n) in read_records(path) {
+        assert_eq!(reason, "create", "children get the parent's cause");
+        *out.entry(id).or_insert(0) += n;
+    }
+    out
+}
+
+/// A progress annotation, decoded.
+fn record_of(obj: &Value, key: &str) -> Option<Value> {
+    let text = obj.pointer("/metadata/annotations")?.get(key)?.as_str()?;
+    serde_json::from_str(text).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_07_children_succeed_in_one_cycle_without_extra_patches() {
+    let cluster = Cluster::start().await;
+    let kopf = cluster.spawn_kopf(&fixture("example-07-subhandlers"), &[]);
+    create_with_items(&cluster, "kex-sub", &["item1", "item2"], None).await;
+    let obj = wait_handled(&cluster, "kex-sub", &kopf).await;
+
+    for item in ["item1", "item2"] {
+        let key = format!("create_fn/item-{item}");
+        assert_eq!(
+            obj["status"].get(&key),
+            Some(&json!({"item": item, "handler": key})),
+            "{obj}"
+        );
+    }
+    assert_eq!(progress_annotations(&obj), Vec::<String>::new(), "{obj}");
+    assert!(
+        !cluster.writes.any_annotation_ending("create_fn.item-item1"),
+        "children that succeed at once never write progress records"
+    );
+    // One /status patch (all results) and one body patch (the diff-base): as for a
+    // single handler without children.
+    let counters = cluster.emu.counters();
+    assert_eq!(counters.get("patch", "kopfexamples"), 1, "{counters:?}");
+    assert_eq!(counters.get("patch", "kopfexamples/status"), 1, "{counters:?}");
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_child_keeps_kopf_records_then_all_are_purged() {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    create_with_items(&cluster, "kex-flaky", &["a", "flaky"], Some(2.0)).await;
+
+    // While the flaky child waits for its retry: Kopf's records.
+    let pending = cluster
+        .wait_obj("kex-flaky", "the pending records", Some(&kopf), |o| {
+            let o = o?;
+            record_of(o, "kopf.zalando.org/create_fn.item-flaky").map(|_| o.clone())
+        })
+        .await;
+    let parent = record_of(&pending, "kopf.zalando.org/create_fn").expect("the parent's record");
+    assert_eq!(parent["message"], json!("None"), "{parent}");
+    assert_eq!(
+        parent["subrefs"],
+        json!(["create_fn/item-a", "create_fn/item-flaky"]),
+        "{parent}"
+    );
+    assert_eq!(
+        (
+            &parent["purpose"],
+            &parent["retries"],
+            &parent["success"],
+            &parent["failure"]
+        ),
+        (&json!("create"), &json!(1), &json!(false), &json!(false)),
+        "{parent}"
+    );
+    assert!(
+        parent["delayed"].is_string() && parent.get("stopped").is_none(),
+        "{parent}"
+    );
+    let flaky = record_of(&pending, "kopf.zalando.org/create_fn.item-flaky").unwrap();
+    assert_eq!(flaky["message"], json!("flaky is not ready"), "{flaky}");
+    assert_eq!(
+        (&flaky["retries"], &flaky["success"]),
+        (&json!(1), &json!(false)),
+        "{flaky}"
+    );
+    assert!(
+        flaky["delayed"].is_string() && flaky.get("subrefs").is_none(),
+        "{flaky}"
+    );
+    let a = record_of(&pending, "kopf.zalando.org/create_fn.item-a").expect("a's record");
+    assert_eq!((&a["success"], &a["retries"]), (&json!(true), &json!(1)), "{a}");
+    assert!(a["stopped"].is_string(), "{a}");
+    assert_eq!(
+        pending["status"]["create_fn/item-a"],
+        json!({"item": "a"}),
+        "{pending}"
+    );
+    assert!(pending["status"].get("create_fn").is_none(), "{pending}");
+    assert!(last_handled(&pending).is_none(), "{pending}");
+
+    // After the retry: everything purged, all results delivered.
+    let done = wait_handled(&cluster, "kex-flaky", &kopf).await;
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(
+        done["status"]["create_fn/item-flaky"],
+        json!({"item": "flaky"}),
+        "{done}"
+    );
+    assert_eq!(done["status"]["create_fn/item-a"], json!({"item": "a"}), "{done}");
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let calls = calls(&record);
+    assert_eq!(
+        calls.get("create_fn/item-a"),
+        Some(&1),
+        "a succeeded child is not re-run: {calls:?}"
+    );
+    assert_eq!(calls.get("create_fn/item-flaky"), Some(&2), "{calls:?}");
+    assert_eq!(
+        calls.get("create_fn"),
+        Some(&2),
+        "the parent re-runs once: {calls:?}"
+    );
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanently_failed_child_is_final_and_the_parent_finishes_as_in_kopf() {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    create_with_items(&cluster, "kex-fatal", &["fatal", "ok"], None).await;
+    let done = wait_handled(&cluster, "kex-fatal", &kopf).await;
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(
+        done["status"]["create_fn/item-ok"],
+        json!({"item": "ok"}),
+        "{done}"
+    );
+    assert!(done["status"].get("create_fn/item-fatal").is_none(), "{done}");
+    // Kopf 1.45: all children finished (one of them failed) => the parent succeeds.
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let calls = calls(&record);
+    assert_eq!(calls.get("create_fn/item-fatal"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("create_fn"), Some(&1), "{calls:?}");
+    let mut kopf = kopf;
+    tokio::task::block_in_place(|| {
+        kopf.wait_for_line("failed permanently: fatal is fatal", reactor_common::DEADLINE)
+    })
+    .unwrap();
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// Python Kopf (PyPI 1.45) handles the object partway — `item-a` done, `item-flaky`
+/// delayed — and is stopped; kopf continues from Kopf's records without re-running the
+/// finished sub-handler, then purges everything. Skips when `import kopf` fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kopf_continues_python_kopfs_pending_subhandlers() {
+    use std::process::{Command, Stdio};
+    let available = Command::new("python3")
+        .args(["-c", "import kopf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!(
+            "SKIPPED kopf_continues_python_kopfs_pending_subhandlers: `python3 -c 'import kopf'` failed"
+        );
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (py_record, rs_record, py_log) = (
+        cluster.path("py.txt"),
+        cluster.path("rs.txt"),
+        cluster.path("py.log"),
+    );
+    let name = "kex-py-sub";
+    create_with_items(&cluster, name, &["a", "flaky"], Some(6.0)).await;
+
+    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
+    let out = std::fs::File::create(&py_log).unwrap();
+    let mut python = Command::new("python3")
+        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
+        .arg(&script)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KOPF_SUBHANDLERS_RECORD", &py_record)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let partway = cluster
+        .wait_obj(name, "Python Kopf partway (item-flaky delayed)", None, |o| {
+            let o = o?;
+            let flaky = record_of(o, "kopf.zalando.org/create_fn.item-flaky")?;
+            let a = record_of(o, "kopf.zalando.org/create_fn.item-a")?;
+            (flaky["retries"] == json!(1) && a["success"] == json!(true)).then(|| o.clone())
+        })
+        .await;
+    let _ = python.kill();
+    let _ = python.wait();
+    let parent = record_of(&partway, "kopf.zalando.org/create_fn").expect("Kopf's parent record");
+    assert_eq!(parent["message"], json!("None"), "{parent}");
+    assert_eq!(
+        parent["subrefs"],
+        json!(["create_fn/item-a", "create_fn/item-flaky"]),
+        "{parent}"
+    );
+    let py_calls = calls(&py_record);
+    assert_eq!(py_calls.get("create_fn/item-a"), Some(&1), "{py_calls:?}");
+    assert_eq!(py_calls.get("create_fn/item-flaky"), Some(&1), "{py_calls:?}");
+
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", rs_record.display().to_string())],
+    );
+    let done = wait_handled(&cluster, name, &kopf).await;
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(done["status"]["create_fn/item-a"], json!({"item": "a"}), "{done}");
+    assert_eq!(
+        done["status"]["create_fn/item-flaky"],
+        json!({"item": "flaky"}),
+        "{done}"
+    );
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let rs_calls = calls(&rs_record);
+    assert_eq!(
+        rs_calls.get("create_fn/item-a"),
+        None,
+        "item-a is not re-run: {rs_calls:?}"
+    );
+    assert_eq!(
+        rs_calls.get("create_fn/item-flaky"),
+        Some(&1),
+        "retried once: {rs_calls:?}"
+    );
+    assert_eq!(rs_calls.get("create_fn"), Some(&1), "{rs_calls:?}");
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// The other way: kopf handles the object partway — `item-a` done, `item-flaky` delayed —
+/// and is stopped; Python Kopf (PyPI 1.45) continues from kopf's records without
+/// re-running the finished sub-handler, and purges everything. Skips when `import kopf`
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kopf_continues_kopfs_pending_subhandlers() {
+    use std::process::{Command, Stdio};
+    let available = Command::new("python3")
+        .args(["-c", "import kopf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!(
+            "SKIPPED python_kopf_continues_kopfs_pending_subhandlers: `python3 -c 'import kopf'` failed"
+        );
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (py_record, rs_record, py_log) = (
+        cluster.path("py.txt"),
+        cluster.path("rs.txt"),
+        cluster.path("py.log"),
+    );
+    let name = "kex-rs-sub";
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", rs_record.display().to_string())],
+    );
+    create_with_items(&cluster, name, &["a", "flaky"], Some(3.0)).await;
+    cluster
+        .wait_obj(name, "kopf partway (item-flaky delayed)", Some(&kopf), |o| {
+            record_of(o?, "kopf.zalando.org/create_fn.item-flaky").map(|_| ())
+        })
+        .await;
+    drop(kopf);
+    let rs_calls = calls(&rs_record);
+    assert_eq!(rs_calls.get("create_fn/item-a"), Some(&1), "{rs_calls:?}");
+    assert_eq!(rs_calls.get("create_fn/item-flaky"), Some(&1), "{rs_calls:?}");
+
+    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
+    let out = std::fs::File::create(&py_log).unwrap();
+    let mut python = Command::new("python3")
+        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
+        .arg(&script)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KOPF_SUBHANDLERS_RECORD", &py_record)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let done = loop {
+        let obj = cluster.get(name);
+        // Kopf sends the results (/status) and the diff-base with the purge (body)
+        // in two patches: wait for both.
+        if let Some(o) = obj.as_ref().filter(|o| {
+            last_handled(o).is_some()
+                && o["status"].get("create_fn").is_some()
+                && o["status"].get("create_fn/item-flaky").is_some()
+        }) {
+            break o.clone();
+        }
+        if start.elapsed() > reactor_common::DEADLINE {
+            let _ = python.kill();
+            let _ = python.wait();
+            panic!(
+                "Python Kopf did not finish: {obj:?}\n{}",
+                std::fs::read_to_string(&py_log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = python.kill();
+    let _ = python.wait();
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(done["status"]["create_fn/item-a"], json!({"item": "a"}), "{done}");
+    assert_eq!(
+        done["status"]["create_fn/item-flaky"],
+        json!({"item": "flaky"}),
+        "{done}"
+    );
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let py_calls = calls(&py_record);
+    assert_eq!(
+        py_calls.get("create_fn/item-a"),
+        None,
+        "item-a is not re-run: {py_calls:?}"
+    );
+    assert_eq!(
+        py_calls.get("create_fn/item-flaky"),
+        Some(&1),
+        "retried once: {py_calls:?}"
+    );
+    assert!(py_calls.get("create_fn").is_some_and(|n| *n >= 1), "{py_calls:?}");
+    cluster.emu.shutdown().await;
+}
