@@ -593,3 +593,13 @@ pub mod host_methods {
     /// The operator's connection info for the plugin's own Kubernetes client.
     pub const CLIENT_CONFIG: &str = "client.config";
 }
+
+/// Method names of [`crate::PluginModule::control`] known to this revision.
+pub mod control_methods {
+    /// Liveness check: any payload, answer `{"ok": true}`.
+    pub const PING: &str = "ping";
+    /// Per-object memos inside the plugin: payload `{"op": "forget", "uid": "..."}` (the
+    /// object is gone; answer `{"forgotten": bool}`) or `{"op": "stats"}` (answer
+    /// `{"objects": n}`). Plugins without memo support answer "unsupported".
+    pub const MEMO: &str = "memo";
+}

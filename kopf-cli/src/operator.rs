@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cli::RunOptions,
     clients::{
-        connection, events,
+        auth, connection, events,
         scanning::{self, GroupFilter},
         urls::ResourcePath,
         watching::{WatchItem, WatchSettings, watch_continuously},
@@ -49,6 +49,9 @@ pub async fn run_controlled(
 ) -> anyhow::Result<()> {
     // Install the handlers before anything slow, so no early signal is lost.
     let mut signals = control.install()?;
+    // A connection given by the embedding application or the embedded emulator cannot be
+    // re-read: re-authentication then relies on the login handlers alone.
+    let fixed_config = control.config.is_some() || options.embedded.is_some();
     // Keep the embedded emulator (if any) alive for as long as the operator runs.
     let (config, _embedded) = match &options.embedded {
         Some(embedded) => {
@@ -57,13 +60,15 @@ pub async fn run_controlled(
         }
         None => (control.load_config().await?, None),
     };
+    let relogin = crate::engines::activities::relogin(&plugins, &config, fixed_config);
     let config = crate::engines::activities::login(&plugins, config).await?;
-    let client = connection::make_client(config.clone())?;
+    let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
     let stop = signals.token().child_token();
     let toggles = PauseToggles::new();
     let mut context = OperatorContext {
         client: client.clone(),
         config,
+        credentials: credentials.clone(),
         plugins: plugins.clone(),
         settings: settings_from(&options),
         options: options.clone(),
@@ -74,6 +79,9 @@ pub async fn run_controlled(
     // Operator-level activities first: startup handlers may adjust the settings.
     context.settings = crate::engines::activities::run_startup(&context).await?;
     let settings = context.settings.clone();
+    credentials
+        .set_networking(&settings.networking)
+        .context("cannot apply settings.networking")?;
     crate::engines::probing::start(&context).await?;
     crate::peering::start(&context).await?;
     crate::admission::start(&context).await?;
@@ -86,7 +94,7 @@ pub async fn run_controlled(
         stop.clone(),
         stops.clone(),
         indices.clone(),
-        &context.config,
+        credentials.clone(),
     ));
     plugins.set_services(services);
     let plugins = match settings.execution.max_workers {
@@ -161,16 +169,25 @@ pub async fn run_controlled(
         page_size: 500,
         ..reactor.watch.clone()
     };
-    tokio::spawn(watch_continuously(
-        client.clone(),
-        crds,
-        None,
-        observe.clone(),
-        crd_tx,
-        stop.clone(),
-    ));
+    let scanning = !settings.scanning.disabled;
+    if scanning {
+        tokio::spawn(watch_continuously(
+            client.clone(),
+            crds,
+            None,
+            observe.clone(),
+            crd_tx,
+            stop.clone(),
+        ));
+    } else {
+        tracing::info!(target: "kopf.reactor", "Scanning is disabled: new CRDs and namespaces are not observed.");
+        drop(crd_tx);
+    }
     let (ns_tx, mut ns_rx) = mpsc::channel::<WatchItem>(64);
-    if matches!(reactor.scope, NamespaceScope::Patterns(_)) {
+    if matches!(reactor.scope, NamespaceScope::Patterns(_)) && !scanning {
+        tracing::warn!(target: "kopf.reactor", "Scanning is disabled: namespace patterns match no namespaces.");
+        drop(ns_tx);
+    } else if matches!(reactor.scope, NamespaceScope::Patterns(_)) {
         let namespaces = ResourcePath {
             group: String::new(),
             version: "v1".into(),
@@ -236,8 +253,10 @@ pub async fn run_controlled(
 pub struct OperatorContext {
     /// The API client.
     pub client: Client,
-    /// The configuration the client was built from (for plugins' own clients).
+    /// The configuration the client was first built from.
     pub config: kube::Config,
+    /// The credentials in force, renewed on 401 (see [`crate::clients::auth`]).
+    pub credentials: Arc<auth::Credentials>,
     /// The loaded plugins.
     pub plugins: PluginSet,
     /// The settings in force (after startup handlers).
@@ -348,6 +367,7 @@ impl Reactor {
             server_timeout: settings.watching.server_timeout.map(|s| s as u32),
             inactivity_timeout: seconds(settings.watching.inactivity_timeout),
             reconnect_backoff: seconds(settings.watching.reconnect_backoff),
+            client_timeout: settings.watching.client_timeout.map(seconds),
             error_backoffs: settings
                 .networking
                 .error_backoffs
@@ -542,8 +562,10 @@ struct EngineServices {
     reporter: events::Reporter,
     stops: Arc<StopRegistry>,
     indices: Arc<Indices>,
-    /// The answer to `client.config`: the operator's connection settings for plugins.
-    client_config: Value,
+    /// The source of `client.config`: the operator's current connection settings.
+    credentials: Arc<auth::Credentials>,
+    /// The engine's runtime, for re-logins asked by plugins (host calls are synchronous).
+    runtime: tokio::runtime::Handle,
 }
 
 impl EngineServices {
@@ -554,9 +576,9 @@ impl EngineServices {
         stop: CancellationToken,
         stops: Arc<StopRegistry>,
         indices: Arc<Indices>,
-        config: &kube::Config,
+        credentials: Arc<auth::Credentials>,
     ) -> Self {
-        let client_config = client_config_json(config);
+        let runtime = tokio::runtime::Handle::current();
         let reporter = events::Reporter {
             component: settings.posting.reporting_component.clone(),
             instance: settings.posting.reporting_instance.clone(),
@@ -568,7 +590,8 @@ impl EngineServices {
                 reporter,
                 stops,
                 indices,
-                client_config,
+                credentials,
+                runtime,
             };
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
@@ -593,8 +616,42 @@ impl EngineServices {
             reporter,
             stops,
             indices,
-            client_config,
+            credentials,
+            runtime,
         }
+    }
+}
+
+impl EngineServices {
+    /// The answer to `client.config`. A plugin whose client got a 401 sends the
+    /// `generation` of the settings it used as `unauthorized_generation`: if they are
+    /// still the current ones, the operator re-authenticates first (single-flight with
+    /// its own re-logins) and answers with the fresh settings.
+    fn client_config(&self, payload: &str) -> Value {
+        let stale = serde_json::from_str::<Value>(payload)
+            .ok()
+            .and_then(|p| p.get("unauthorized_generation").and_then(Value::as_u64));
+        if let Some(seen) = stale
+            && seen == self.credentials.generation()
+        {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let credentials = self.credentials.clone();
+            self.runtime.spawn(async move {
+                let _ = tx.send(credentials.refresh(seen).await);
+            });
+            match rx.recv_timeout(auth::LOGIN_TIMEOUT + Duration::from_secs(5)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "kopf.activities", "A plugin's client got a 401: {error}")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "kopf.activities", "A plugin's client got a 401; re-authentication did not finish in time.")
+                }
+            }
+        }
+        let mut answer = client_config_json(&self.credentials.config());
+        answer["generation"] = Value::from(self.credentials.generation());
+        answer
     }
 }
 
@@ -678,7 +735,7 @@ impl HostServices for EngineServices {
                 });
                 Ok(self.stops.answer(call_id, wait).to_string())
             }
-            host_methods::CLIENT_CONFIG => Ok(self.client_config.to_string()),
+            host_methods::CLIENT_CONFIG => Ok(self.client_config(payload).to_string()),
             other => Err(Failure::new(
                 FailureKind::UNSUPPORTED,
                 format!("host method {other:?} is not supported yet"),

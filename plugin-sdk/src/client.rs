@@ -25,8 +25,15 @@
 //! {"cluster_url": "https://10.0.0.1:6443", "default_namespace": "default",
 //!  "root_cert": ["<base64 DER>"], "accept_invalid_certs": false,
 //!  "tls_server_name": null, "proxy_url": null,
-//!  "auth_info": {"token": "...", "client-certificate-data": "...", "client-key-data": "..."}}
+//!  "auth_info": {"token": "...", "client-certificate-data": "...", "client-key-data": "..."},
+//!  "generation": 0}
 //! ```
+//!
+//! `generation` increments each time the operator re-authenticates after a
+//! `401 Unauthorized` (re-running the login handlers or re-reading the kubeconfig):
+//! [`client()`] then builds a new client with the fresh credentials. A plugin whose own
+//! client gets a 401 first can call [`report_unauthorized`] (payload
+//! `{"unauthorized_generation": n}`) to have the operator re-authenticate now.
 //!
 //! `auth_info` is a kubeconfig `user` entry (kube's `AuthInfo`), so token files, client
 //! certificate files and exec plugins work as they do for the host.
@@ -77,6 +84,9 @@ struct ClientConfigDoc {
     proxy_url: Option<String>,
     #[serde(default)]
     auth_info: kube::config::AuthInfo,
+    /// Increments when the operator re-authenticates (absent from older hosts).
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 impl ClientConfigDoc {
@@ -105,22 +115,44 @@ impl ClientConfigDoc {
     }
 }
 
-static CLIENT: Mutex<Option<kube::Client>> = Mutex::new(None);
+/// The cached client and the generation of the host's credentials it was built from.
+static CLIENT: Mutex<Option<(kube::Client, Option<u64>)>> = Mutex::new(None);
 
-/// The plugin's Kubernetes client, built on first use from the host's connection settings
-/// and shared afterwards (clones are cheap). See the [module docs](self).
+/// The plugin's Kubernetes client, built from the host's connection settings and shared
+/// (clones are cheap). See the [module docs](self).
+///
+/// Each call asks the host for its settings (an in-process call); when the operator has
+/// re-authenticated since (after a 401; the answer's `generation` changed), a new client
+/// with the fresh credentials is built. Keep a client for one handler call, not longer.
 pub fn client() -> Result<kube::Client, ClientError> {
+    let doc: ClientConfigDoc = host::call(METHOD, 1, &serde_json::json!({}))?;
     let mut cached = CLIENT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(client) = cached.as_ref() {
+    if let Some((client, generation)) = cached.as_ref()
+        && *generation == doc.generation
+    {
         return Ok(client.clone());
     }
-    let doc: ClientConfigDoc = host::call(METHOD, 1, &serde_json::json!({}))?;
+    let generation = doc.generation;
     let config = doc.into_config()?;
     // kube's client spawns its connection worker: do it on the plugin's runtime.
     let _entered = runtime()?.enter();
     let client = kube::Client::try_from(config)?;
-    *cached = Some(client.clone());
+    *cached = Some((client.clone(), generation));
     Ok(client)
+}
+
+/// Tells the host that the plugin's client got a `401 Unauthorized`: the operator
+/// re-authenticates (unless it did already since the client was built) and the next
+/// [`client()`] has the fresh credentials. Blocks until the re-login ends (bounded).
+pub fn report_unauthorized() -> Result<(), ClientError> {
+    let generation = CLIENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|(_, g)| *g);
+    let payload = serde_json::json!({ "unauthorized_generation": generation });
+    let _: serde_json::Value = host::call(METHOD, 1, &payload)?;
+    Ok(())
 }
 
 impl Context {
@@ -151,6 +183,16 @@ mod tests {
         assert_eq!(config.root_cert, Some(vec![b"der".to_vec()]));
         assert!(config.accept_invalid_certs);
         assert!(config.auth_info.token.is_some());
+    }
+
+    #[test]
+    fn the_credentials_generation_is_read_when_present() {
+        let doc: ClientConfigDoc =
+            serde_json::from_value(serde_json::json!({"cluster_url": "http://h", "generation": 3})).unwrap();
+        assert_eq!(doc.generation, Some(3));
+        let old_host: ClientConfigDoc =
+            serde_json::from_value(serde_json::json!({"cluster_url": "http://h"})).unwrap();
+        assert_eq!(old_host.generation, None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut, Index, IndexMut};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use kopf_abi::protocol::{
@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::error::HostCallError;
 use crate::host;
 use crate::logging::ObjectLogger;
+use crate::memo::{self, Memo};
 use crate::subhandlers::{
     self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError, WhenFn,
 };
@@ -38,6 +39,8 @@ struct Inner {
     warnings: Mutex<Vec<String>>,
     /// Startup handlers' adjusted settings (`None` until first touched).
     settings: Mutex<Option<Value>>,
+    /// The memo of this call, resolved on first use.
+    memo: OnceLock<Memo>,
     /// Sub-handlers registered during this call.
     children: Mutex<Children>,
     /// This context is a sub-handler's.
@@ -88,6 +91,7 @@ impl Context {
                 patch: Mutex::new(Patch::new()),
                 warnings: Mutex::new(Vec::new()),
                 settings: Mutex::new(None),
+                memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
                 is_child: false,
             }),
@@ -110,6 +114,8 @@ impl Context {
                 patch: Mutex::new(Patch::new()),
                 warnings: Mutex::new(Vec::new()),
                 settings: Mutex::new(None),
+                // Resolved again on use: the same object memo as the parent's.
+                memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
                 is_child: true,
             }),
@@ -523,6 +529,39 @@ impl Context {
         }
     }
 
+    /// The in-memory container for non-serialisable values (Kopf's `memo` kwarg): the
+    /// object's own memo for resource handlers, daemons and timers (shared by all of this
+    /// object's handlers in this plugin, seeded from the operator memo, dropped when the
+    /// object is gone); the operator memo for activities; a throwaway copy of the operator
+    /// memo for admission handlers. See the [`crate::memo`] module.
+    ///
+    /// ```
+    /// # fn handler(ctx: &kopf::Context) -> kopf::Result<()> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// let hits = ctx.memo().get_or_insert_with("hits", || AtomicU64::new(0))?;
+    /// hits.fetch_add(1, Ordering::Relaxed);
+    /// # Ok(()) }
+    /// ```
+    pub fn memo(&self) -> Memo {
+        self.inner
+            .memo
+            .get_or_init(|| {
+                let inv = &self.inner.invocation;
+                if inv.admission.is_some() {
+                    return memo::operator_memo().shallow_copy();
+                }
+                if inv.activity.is_some() || inv.body.as_ref().is_none_or(Value::is_null) {
+                    return memo::operator_memo();
+                }
+                match self.uid().filter(|u| !u.is_empty()) {
+                    Some(uid) => memo::object_memo(uid),
+                    // No uid to remember the object by: nothing can be kept.
+                    None => memo::operator_memo().shallow_copy(),
+                }
+            })
+            .clone()
+    }
+
     /// An index declared with `#[kopf::index]`, looked up through the host.
     pub fn index(&self, name: &str) -> IndexRef {
         IndexRef {
@@ -840,6 +879,50 @@ mod tests {
                 ..Default::default()
             },
         )
+    }
+
+    #[test]
+    fn memos_by_kind_of_call() {
+        let obj = |uid: &str| Invocation {
+            body: Some(json!({"metadata": {"name": "m", "uid": uid}})),
+            ..Default::default()
+        };
+        let a1 = Context::from_invocation("h1", obj("ctx-memo-a"));
+        let a2 = Context::from_invocation("h2", obj("ctx-memo-a"));
+        let b = Context::from_invocation("h1", obj("ctx-memo-b"));
+        a1.memo().insert("x", 1_u8);
+        assert_eq!(
+            a2.memo().get::<u8>("x").as_deref(),
+            Some(&1),
+            "one memo per object"
+        );
+        assert!(!b.memo().contains("x"), "objects do not share memos");
+        assert!(a1.memo().ptr_eq(&a1.memo()), "stable within a call");
+
+        let startup = Context::from_invocation(
+            "s",
+            Invocation {
+                activity: Some("startup".into()),
+                ..Default::default()
+            },
+        );
+        assert!(startup.memo().ptr_eq(&crate::operator_memo()));
+
+        let admission = Context::from_invocation(
+            "v",
+            Invocation {
+                admission: Some(AdmissionInfo::default()),
+                ..obj("ctx-memo-a")
+            },
+        );
+        let throwaway = admission.memo();
+        assert!(!throwaway.ptr_eq(&crate::operator_memo()));
+        assert!(!throwaway.contains("x"), "admission does not see the object memo");
+        throwaway.insert("y", 2_u8);
+        assert!(!crate::operator_memo().contains("y"));
+        assert!(!a1.memo().contains("y"));
+        crate::memo::forget("ctx-memo-a");
+        crate::memo::forget("ctx-memo-b");
     }
 
     #[test]

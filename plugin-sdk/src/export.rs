@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use crate::error::InvokeError;
 use crate::handler::handlers;
 use crate::runtime::panic_message;
-use crate::{host, logging, runtime};
+use crate::{host, logging, memo, runtime};
 
 /// The root module value of this plugin (what the export macro leaks into the prefix
 /// type). Tests can call its functions in-process.
@@ -253,9 +253,13 @@ extern "C" fn cancel(call_id: u64) {
     });
 }
 
-extern "C" fn control(method: RStr<'_>, _payload: RStr<'_>) -> RResult<RString, Failure> {
+extern "C" fn control(method: RStr<'_>, payload: RStr<'_>) -> RResult<RString, Failure> {
+    use kopf_abi::protocol::control_methods;
     guarded(|| match method.as_str() {
-        "ping" => Ok(r#"{"ok":true}"#.to_owned()),
+        control_methods::PING => Ok(r#"{"ok":true}"#.to_owned()),
+        control_methods::MEMO => {
+            memo::control(payload.as_str()).map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, e))
+        }
         other => Err(Failure::new(
             FailureKind::UNSUPPORTED,
             format!("unknown control method {other:?}"),

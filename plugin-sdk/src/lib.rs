@@ -67,8 +67,9 @@
 //!   [`Context::old`], [`Context::new`], [`Context::reason`], [`Context::param`],
 //!   [`Context::spec_as`], [`Context::stopped`], [`Context::index`], webhook details
 //!   ([`Context::operation`], [`Context::dryrun`], [`Context::userinfo`],
-//!   [`Context::headers`], [`Context::add_warning`]...), and events
-//!   ([`Context::info`], [`Context::warn`], [`Context::exception`]).
+//!   [`Context::headers`], [`Context::add_warning`]...), events
+//!   ([`Context::info`], [`Context::warn`], [`Context::exception`]), and the in-memory
+//!   [`Context::memo`] (see the [`memo`] module).
 //! * **Return types**: `Result<T, E>` with `T: Serialize` (`()`, `serde_json::Value` or your
 //!   own struct; `null` means "no result") and `E: Into<kopf::Error>` (any
 //!   `std::error::Error`, or [`TemporaryError`], [`PermanentError`], [`AdmissionError`]);
@@ -147,6 +148,7 @@ mod handler;
 pub mod hierarchies;
 mod host;
 mod logging;
+pub mod memo;
 mod runtime;
 mod selector;
 pub mod subhandlers;
@@ -173,6 +175,7 @@ pub use hierarchies::{
 pub use host::{call as host_call, is_initialised};
 pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
+pub use memo::{Memo, MemoError, operator_memo};
 pub use runtime::{block_on, runtime};
 pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
 pub use subhandlers::{ChildrenPending, SubhandlerBuilder, SubhandlerError};

@@ -132,6 +132,19 @@ pub fn kopf_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The path of a binary target of a workspace package (e.g. `example-12-embedded`),
+/// building it first.
+pub fn binary_path(package: &str, bin: &str) -> Result<PathBuf> {
+    cargo_build(&["-p", package, "--bin", bin], Profile::Debug)?;
+    let path = target_dir()
+        .join("debug")
+        .join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!("built {bin} but {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
 /// Copies a shared library to a unique file name in `dir`, so that loading it in this
 /// process gives a separate image (the dynamic loader dedups by file).
 pub fn isolated_copy(lib: &Path, dir: &Path, tag: &str) -> Result<PathBuf> {
@@ -222,7 +235,20 @@ impl KopfProcess {
         K: AsRef<std::ffi::OsStr>,
         V: AsRef<std::ffi::OsStr>,
     {
-        let mut child = Command::new(kopf_bin()?)
+        Self::spawn_program(kopf_bin()?, args, envs)
+    }
+
+    /// Starts any program (e.g. an application embedding the operator, see
+    /// [`binary_path`]) with extra environment variables, collecting its stderr.
+    pub fn spawn_program<I, S, E, K, V>(program: PathBuf, args: I, envs: E) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+        E: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        let mut child = Command::new(program)
             .args(args)
             .envs(envs)
             .env_remove("RUST_LOG")

@@ -80,3 +80,46 @@ pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
         .with_layer(&tower::limit::ConcurrencyLimitLayer::new(MAX_REQUESTS_IN_FLIGHT))
         .build())
 }
+
+/// Applies Kopf's `settings.networking` timeouts to a configuration: `request_timeout`
+/// bounds every read and write of a request (kube's per-operation timeouts: Kopf's is a
+/// total), `connect_timeout` the connection set-up (else `request_timeout` does).
+pub fn apply_networking(config: &mut Config, networking: &crate::settings::NetworkingSettings) {
+    use crate::settings::seconds;
+    let request = seconds(networking.request_timeout);
+    config.read_timeout = Some(request);
+    config.write_timeout = Some(request);
+    config.connect_timeout = Some(networking.connect_timeout.map_or(request, seconds).min(request));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn networking_timeouts_reach_the_client_config() {
+        let mut config = Config::new("http://127.0.0.1:9".parse().unwrap());
+        let mut networking = crate::settings::NetworkingSettings::default();
+        apply_networking(&mut config, &networking);
+        assert_eq!(
+            config.read_timeout,
+            Some(Duration::from_secs(300)),
+            "Kopf's default"
+        );
+        assert_eq!(config.write_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.connect_timeout, Some(Duration::from_secs(300)));
+        networking.request_timeout = 20.0;
+        networking.connect_timeout = Some(2.5);
+        apply_networking(&mut config, &networking);
+        assert_eq!(config.read_timeout, Some(Duration::from_secs(20)));
+        assert_eq!(config.connect_timeout, Some(Duration::from_millis(2500)));
+        networking.connect_timeout = Some(99.0);
+        apply_networking(&mut config, &networking);
+        assert_eq!(
+            config.connect_timeout,
+            Some(Duration::from_secs(20)),
+            "never above the total"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 //! Bodies travel as raw [`serde_json::Value`]s: the engine diffs, filters and hands
 //! them to plugins as JSON, so parsing them into typed structures would only cost.
 
+pub mod auth;
 pub mod connection;
 pub mod errors;
 pub mod events;

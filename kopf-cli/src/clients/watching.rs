@@ -70,6 +70,9 @@ pub struct WatchSettings {
     pub page_size: u32,
     /// A label selector applied server-side, if any.
     pub label_selector: Option<String>,
+    /// End each watch request after this long and reconnect from the last position
+    /// (Kopf's `settings.watching.client_timeout`); `None`: no client-side limit.
+    pub client_timeout: Option<Duration>,
 }
 
 impl Default for WatchSettings {
@@ -84,6 +87,7 @@ impl Default for WatchSettings {
                 .collect(),
             page_size: 500,
             label_selector: None,
+            client_timeout: None,
         }
     }
 }
@@ -285,9 +289,23 @@ async fn watch_once(
     };
     let mut stream = std::pin::pin!(stream);
     let mut position = rv;
+    let ends_at = settings.client_timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
-        let next = match tokio::time::timeout(settings.inactivity_timeout, stream.next()).await {
+        let mut wait = settings.inactivity_timeout;
+        if let Some(ends_at) = ends_at {
+            let left = ends_at.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::debug!(%url, "the watch request reached the client timeout; reconnecting");
+                return Ok(Some(position));
+            }
+            wait = wait.min(left);
+        }
+        let next = match tokio::time::timeout(wait, stream.next()).await {
             Ok(next) => next,
+            Err(_) if ends_at.is_some_and(|at| tokio::time::Instant::now() >= at) => {
+                tracing::debug!(%url, "the watch request reached the client timeout; reconnecting");
+                return Ok(Some(position));
+            }
             Err(_) => {
                 tracing::debug!(%url, "the watch stream is silent; reconnecting");
                 return Ok(Some(position));

@@ -475,6 +475,38 @@ pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<
     Ok(config)
 }
 
+/// How the engine gets fresh credentials after a 401 (see [`crate::clients::auth`]): the
+/// login handlers again if there are any (with `base` as the fallback configuration);
+/// else a re-read of the kubeconfig / in-cluster token, unless the configuration was
+/// `fixed` (given by an embedding application or an embedded cluster), which is reused.
+pub fn relogin(plugins: &PluginSet, base: &kube::Config, fixed: bool) -> crate::clients::auth::Relogin {
+    use crate::clients::auth::{AuthError, static_relogin};
+    if !handlers_of(plugins, HandlerKind::Login).is_empty() {
+        let plugins = plugins.clone();
+        let base = base.clone();
+        return std::sync::Arc::new(move || {
+            let (plugins, base) = (plugins.clone(), base.clone());
+            Box::pin(async move {
+                login(&plugins, base)
+                    .await
+                    .map_err(|e| AuthError::Login(format!("{e:#}")))
+            })
+        });
+    }
+    if fixed {
+        return static_relogin(base.clone());
+    }
+    std::sync::Arc::new(|| {
+        Box::pin(async {
+            let config = crate::clients::connection::load_config(None)
+                .await
+                .map_err(|e| AuthError::Login(e.to_string()))?;
+            tracing::info!(target: "kopf.activities", "Re-read the cluster credentials (no login handlers).");
+            Ok(config)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

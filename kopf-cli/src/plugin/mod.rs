@@ -422,6 +422,35 @@ impl PluginSet {
         }
     }
 
+    /// Tells every plugin that the object with this uid is gone, so that they drop its
+    /// memo (the `memo` control method). Plugins without memo support are skipped.
+    /// Returns how many plugins had a memo for it.
+    pub fn forget_object(&self, uid: &str) -> usize {
+        use kopf_abi::protocol::control_methods;
+        let payload = serde_json::json!({"op": "forget", "uid": uid}).to_string();
+        let mut forgotten = 0;
+        for plugin in &self.plugins {
+            match plugin.control(control_methods::MEMO, &payload) {
+                Ok(answer) => {
+                    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+                    if answer.get("forgotten").and_then(serde_json::Value::as_bool) == Some(true) {
+                        forgotten += 1;
+                    }
+                }
+                Err(f) if f.kind == kopf_abi::FailureKind::UNSUPPORTED => {}
+                Err(f) => tracing::debug!(
+                    target: "kopf.plugin",
+                    "Plugin {} failed to forget the memo of {uid}: {f}",
+                    plugin.name()
+                ),
+            }
+        }
+        if forgotten > 0 {
+            tracing::debug!(target: "kopf.plugin", "Forgot the memo of {uid} in {forgotten} plugin(s).");
+        }
+        forgotten
+    }
+
     /// Runs a handler on the calling thread (blocking until the plugin returns).
     pub fn invoke_blocking(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
         handler.invoke_blocking(inv)

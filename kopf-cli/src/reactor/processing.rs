@@ -849,6 +849,9 @@ impl ObjectProcessor for ResourceProcessor {
                     self.handled.lock().remove(uid);
                 }
                 self.background.forget(&last.body);
+                if let Some(uid) = text(&last.body, "/metadata/uid") {
+                    self.shared.plugins.forget_object(uid);
+                }
                 *memory = ObjectMemory::default();
                 return Verdict::default();
             }

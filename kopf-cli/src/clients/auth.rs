@@ -1,0 +1,346 @@
+//! Re-authentication: when the API answers `401 Unauthorized`, log in again and retry.
+//!
+//! The engine's [`kube::Client`] is built on a [`Credentials`] vault instead of directly
+//! on a configuration: every request goes through the vault's current inner client. On a
+//! 401 the vault re-runs the login (the operator's login activity, or a re-read of the
+//! kubeconfig/token when there are no login handlers), swaps the inner client, and the
+//! request is retried once with the fresh credentials. All clones of the engine's client
+//! (watchers, patches, events, peering, ...) see the new credentials at once; plugins'
+//! own clients get them through the `client.config` host method.
+//!
+//! Re-logins are single-flight (concurrent 401s wait for one login) and back off when the
+//! login keeps failing: 1 s, 2 s, 4 s... up to [`MAX_BACKOFF`], during which further 401s
+//! are passed through to the callers (which retry with their own backoffs).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use parking_lot::RwLock;
+use tokio::time::Instant;
+
+use super::connection::{self, ConnectionError};
+
+/// The longest pause between two failed re-logins.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long one re-login may take before it counts as failed.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Failures of re-authentication.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The login (activity or kubeconfig re-read) failed.
+    #[error("re-authentication failed: {0}")]
+    Login(String),
+    /// The login took too long.
+    #[error("re-authentication timed out after {0:?}")]
+    Timeout(Duration),
+    /// A client could not be built from the fresh credentials.
+    #[error(transparent)]
+    Client(#[from] ConnectionError),
+    /// The last re-login failed recently; the next attempt is not due yet.
+    #[error("re-authentication is backing off after {failures} failure(s); next attempt in {remaining:?}")]
+    BackingOff {
+        /// Consecutive failures so far.
+        failures: u32,
+        /// Time until the next attempt is allowed.
+        remaining: Duration,
+    },
+}
+
+/// Produces a fresh connection configuration: the login activity, or a re-read of the
+/// kubeconfig.
+pub type Relogin = Arc<dyn Fn() -> BoxFuture<'static, Result<kube::Config, AuthError>> + Send + Sync>;
+
+/// A relogin that always returns the same configuration (no way to get fresh credentials).
+pub fn static_relogin(config: kube::Config) -> Relogin {
+    Arc::new(move || {
+        let config = config.clone();
+        Box::pin(async move { Ok(config) })
+    })
+}
+
+struct Current {
+    client: Client,
+    config: kube::Config,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The current credentials of the engine and the way to renew them. See the module docs.
+pub struct Credentials {
+    current: RwLock<Current>,
+    refreshing: tokio::sync::Mutex<Backoff>,
+    relogin: Relogin,
+    /// Timeouts applied to every inner client (`settings.networking`).
+    networking: RwLock<Option<crate::settings::NetworkingSettings>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The configuration in force now (what plugins' clients should use).
+    pub fn config(&self) -> kube::Config {
+        self.current.read().config.clone()
+    }
+
+    /// Increments on every successful re-login (starts at 0).
+    pub fn generation(&self) -> u64 {
+        self.current.read().generation
+    }
+
+    /// An inner client for this configuration, with the networking timeouts applied.
+    fn build(&self, mut config: kube::Config) -> Result<Client, ConnectionError> {
+        if let Some(networking) = self.networking.read().as_ref() {
+            connection::apply_networking(&mut config, networking);
+        }
+        connection::make_client(config)
+    }
+
+    /// Applies Kopf's `settings.networking` timeouts (known after the startup handlers)
+    /// to the current client and to every client built after a re-login.
+    pub fn set_networking(
+        &self,
+        networking: &crate::settings::NetworkingSettings,
+    ) -> Result<(), ConnectionError> {
+        *self.networking.write() = Some(networking.clone());
+        let config = self.config();
+        let client = self.build(config)?;
+        self.current.write().client = client;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> (Client, u64) {
+        let current = self.current.read();
+        (current.client.clone(), current.generation)
+    }
+
+    /// Renews the credentials after a 401 seen with `seen` (a [`Credentials::generation`]).
+    /// Does nothing if they were renewed since; fails fast while backing off.
+    pub async fn refresh(&self, seen: u64) -> Result<u64, AuthError> {
+        let mut backoff = self.refreshing.lock().await;
+        let generation = self.generation();
+        if generation != seen {
+            return Ok(generation);
+        }
+        let now = Instant::now();
+        if let Some(at) = backoff.retry_at.filter(|at| *at > now) {
+            return Err(AuthError::BackingOff {
+                failures: backoff.failures,
+                remaining: at - now,
+            });
+        }
+        tracing::warn!(target: "kopf.activities", "The API answered 401 Unauthorized: re-authenticating.");
+        let attempt = async {
+            let config = tokio::time::timeout(LOGIN_TIMEOUT, (self.relogin)())
+                .await
+                .map_err(|_| AuthError::Timeout(LOGIN_TIMEOUT))??;
+            let client = self.build(config.clone())?;
+            Ok::<_, AuthError>((client, config))
+        };
+        match attempt.await {
+            Ok((client, config)) => {
+                let mut current = self.current.write();
+                current.generation += 1;
+                current.client = client;
+                current.config = config;
+                *backoff = Backoff::default();
+                tracing::info!(
+                    target: "kopf.activities",
+                    "Re-authenticated: new credentials are in use (generation {}).",
+                    current.generation
+                );
+                Ok(current.generation)
+            }
+            Err(error) => {
+                backoff.failures += 1;
+                let delay = backoff_delay(backoff.failures);
+                backoff.retry_at = Some(Instant::now() + delay);
+                tracing::error!(
+                    target: "kopf.activities",
+                    "{error} (failure {}); the next attempt in no less than {delay:?}.",
+                    backoff.failures
+                );
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The pause after `failures` consecutive failed re-logins: 1 s, 2 s, 4 s... up to
+/// [`MAX_BACKOFF`].
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+}
+
+/// Builds the engine's client on a [`Credentials`] vault: see the module docs.
+pub fn reauthenticating_client(
+    config: kube::Config,
+    relogin: Relogin,
+) -> Result<(Client, Arc<Credentials>), ConnectionError> {
+    let default_namespace = config.default_namespace.clone();
+    let inner = connection::make_client(config.clone())?;
+    let credentials = Arc::new(Credentials {
+        current: RwLock::new(Current {
+            client: inner,
+            config,
+            generation: 0,
+        }),
+        refreshing: tokio::sync::Mutex::new(Backoff::default()),
+        relogin,
+        networking: RwLock::new(None),
+    });
+    let service = Reauthenticating {
+        credentials: credentials.clone(),
+    };
+    Ok((Client::new(service, default_namespace), credentials))
+}
+
+/// The tower service under the engine's client.
+#[derive(Clone)]
+struct Reauthenticating {
+    credentials: Arc<Credentials>,
+}
+
+/// A copy of a request for the retry; `None` when its body is a stream.
+fn copy_request(request: &Request<Body>) -> Option<Request<Body>> {
+    let body = request.body().try_clone()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
+}
+
+impl tower::Service<Request<Body>> for Reauthenticating {
+    type Response = Response<Body>;
+    type Error = kube::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, kube::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let credentials = self.credentials.clone();
+        Box::pin(async move {
+            let (client, generation) = credentials.snapshot();
+            let retry = copy_request(&request);
+            let response = client.send(request).await?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            let Some(retry) = retry else {
+                return Ok(response);
+            };
+            match credentials.refresh(generation).await {
+                Ok(_) => {
+                    let (client, _) = credentials.snapshot();
+                    client.send(retry).await
+                }
+                Err(error) => {
+                    tracing::debug!(target: "kopf.activities", "Passing a 401 through: {error}");
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn config() -> kube::Config {
+        kube::Config::new("http://127.0.0.1:9".parse().unwrap())
+    }
+
+    /// A relogin that fails its first `failures` calls, then succeeds; counts calls.
+    fn flaky(failures: usize, calls: Arc<AtomicUsize>) -> Relogin {
+        Arc::new(move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n < failures {
+                    Err(AuthError::Login(format!("attempt {n} refused")))
+                } else {
+                    Ok(config())
+                }
+            })
+        })
+    }
+
+    /// Makes the pending backoff expire now (instead of waiting for it).
+    async fn expire_backoff(creds: &Credentials) {
+        creds.refreshing.lock().await.retry_at = Some(Instant::now());
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_a_bound() {
+        let delays: Vec<u64> = (1..=8).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff_delay(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn failing_relogins_back_off_then_recover() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (_client, creds) = reauthenticating_client(config(), flaky(2, calls.clone())).unwrap();
+        let err = creds.refresh(0).await.unwrap_err();
+        assert!(matches!(err, AuthError::Login(_)), "{err}");
+        // Until the backoff expires, 401s do not cause new attempts.
+        let err = creds.refresh(0).await.unwrap_err();
+        assert!(
+            matches!(err, AuthError::BackingOff { failures: 1, remaining } if remaining <= Duration::from_secs(1)),
+            "{err}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        expire_backoff(&creds).await;
+        assert!(matches!(creds.refresh(0).await, Err(AuthError::Login(_))));
+        match creds.refresh(0).await.unwrap_err() {
+            AuthError::BackingOff {
+                failures: 2,
+                remaining,
+            } => {
+                assert!(remaining > Duration::from_secs(1) && remaining <= Duration::from_secs(2))
+            }
+            other => panic!("{other}"),
+        }
+        expire_backoff(&creds).await;
+        assert_eq!(creds.refresh(0).await.unwrap(), 1, "the third attempt succeeds");
+        assert_eq!(creds.generation(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // A 401 seen with the old credentials does not log in again; the backoff is reset.
+        assert_eq!(creds.refresh(0).await.unwrap(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(creds.refreshing.lock().await.failures, 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_401s_log_in_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (_client, creds) = reauthenticating_client(config(), flaky(0, calls.clone())).unwrap();
+        let results = futures::future::join_all((0..8).map(|_| creds.refresh(0))).await;
+        assert!(results.iter().all(|r| matches!(r, Ok(1))), "{results:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
