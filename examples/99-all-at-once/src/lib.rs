@@ -129,4 +129,6 @@ pub mod user_guide {
     pub mod probes_and_metrics {}
     #[doc = include_str!("../../../docs/settings.md")]
     pub mod settings {}
+    #[doc = include_str!("../../../docs/memo.md")]
+    pub mod memo {}
 }

@@ -135,8 +135,11 @@ pub struct ObjectMemory {
     awaited: Option<(String, Instant)>,
     /// Consecutive unexpected errors (for throttling).
     errors: usize,
-    /// The essence last seen (to tell idle timers about changes).
-    essence: Option<Value>,
+    /// A digest of the essence last seen (to tell idle timers about changes); a digest,
+    /// not a copy, keeps objects with timers small.
+    essence: Option<u64>,
+    /// The object's uid (to stop its daemons and timers when the body is not kept).
+    uid: Option<String>,
     /// Events that arrived while waiting for the indices to be ready.
     pending: Vec<RawEvent>,
     /// When the next delayed handler is due: kept across runs that only see the echo of
@@ -808,13 +811,14 @@ impl ObjectProcessor for ResourceProcessor {
 
     async fn process(&self, memory: &mut ObjectMemory, events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
         if wakeup == Wakeup::Stopping {
-            if let Some(body) = &memory.body {
+            if let Some(uid) = &memory.uid {
                 let reason = if self.shared.exiting.is_cancelled() {
                     StopReason::OperatorExiting
                 } else {
                     StopReason::OperatorPausing
                 };
-                self.background.stop_object(body, reason).await;
+                let stub = json!({"metadata": {"uid": uid}});
+                self.background.stop_object(&stub, reason).await;
             }
             return Verdict::default();
         }
@@ -962,12 +966,12 @@ impl ObjectProcessor for ResourceProcessor {
 
 impl ResourceProcessor {
     fn idle_verdict(&self, memory: &mut ObjectMemory) -> Verdict {
-        // The body is needed later only to retry a delayed handler, to stop daemons, or
-        // to apply event handlers' patches while our own patch's echo is awaited;
-        // otherwise the next event brings a fresh one (the echo of our own patch needs
-        // no body: its state was handled from the patch response). So idle objects and
+        // The body is needed later only to retry a delayed handler, or to apply event
+        // handlers' patches while our own patch's echo is awaited; otherwise the next
+        // event brings a fresh one (the echo of our own patch needs no body: its state
+        // was handled from the patch response). So idle objects, objects with timers and
         // objects awaiting their echo keep no copy: memory per object stays small.
-        if memory.retry_at.is_none() && self.background.handlers().is_empty() && self.watching.is_empty() {
+        if memory.retry_at.is_none() && self.watching.is_empty() {
             memory.body = None;
         }
         // While our own patch's echo is awaited, keep the memory (it is fresher) until
@@ -1032,8 +1036,18 @@ impl ResourceProcessor {
             .shared
             .diffbase
             .essence(&self.shared.progress, body, &self.extra_fields);
-        let changed = memory.essence.as_ref() != Some(&essence);
-        memory.essence = Some(essence);
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            essence.to_string().hash(&mut hasher);
+            hasher.finish()
+        };
+        let changed = memory.essence != Some(digest);
+        memory.essence = Some(digest);
+        let uid = text(body, "/metadata/uid");
+        if memory.uid.as_deref() != uid {
+            memory.uid = uid.map(str::to_owned);
+        }
         let subject = FilterSubject { body, essences: None };
         let mut matching = Vec::new();
         for handler in self.background.handlers() {
