@@ -1,7 +1,7 @@
 //! Fault soak: many objects through create → update → delete while the emulator answers
 //! 5% of the requests with 500/503, 1% with 429 + Retry-After, drops 1% of the
-//! connections, adds 2–10 ms of latency, closes every watch stream every 3 s and expires
-//! the history every 7 s (so watches resume into 410 Gone and re-list).
+//! connections, adds 2–10 ms of latency, closes every watch stream every 2 s and expires
+//! the history every 3 s (so watches resume into 410 Gone and re-list).
 //!
 //! Asserted (see `reactor_common/soak.rs`): every object converges (each handler succeeded,
 //! re-runs only where a write of that object failed), no finalizer is left behind, the

@@ -150,8 +150,8 @@ impl Soak {
             Chaos::start(
                 &cluster.emu,
                 ChaosPlan {
-                    close_watches_every: Some(Duration::from_secs(3)),
-                    expire_history_every: Some(Duration::from_secs(7)),
+                    close_watches_every: Some(Duration::from_secs(2)),
+                    expire_history_every: Some(Duration::from_secs(3)),
                 },
             )
         });
