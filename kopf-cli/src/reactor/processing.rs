@@ -832,8 +832,11 @@ impl ObjectProcessor for ResourceProcessor {
                         .unwrap_or(1.0);
                     memory.errors += 1;
                     tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
+                    // Remembered (not only returned): an echo of an earlier successful
+                    // patch may arrive before the wake-up and must not make us forget it.
+                    memory.retry_at = Some(Instant::now() + seconds(pause));
                     return Verdict {
-                        wake_at: Some(Instant::now() + seconds(pause)),
+                        wake_at: memory.retry_at,
                         ..Default::default()
                     };
                 }
