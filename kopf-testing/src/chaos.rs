@@ -14,8 +14,9 @@ use crate::EmulatorHandle;
 pub struct ChaosPlan {
     /// End every open watch stream this often (clients re-watch from their position).
     pub close_watches_every: Option<Duration>,
-    /// Forget the event history this often (watches resumed from older positions get
-    /// 410 Gone and must re-list).
+    /// Advance the resourceVersion and forget the event history this often: every watch
+    /// gets 410 Gone when it next resumes (e.g. after `close_watches_every`) and must
+    /// re-list.
     pub expire_history_every: Option<Duration>,
 }
 
@@ -35,7 +36,38 @@ struct Tally {
 }
 
 /// One periodic chaos action.
-type Action = fn(&EmulatorHandle, &Tally);
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    CloseWatches,
+    ExpireHistory,
+}
+
+impl Action {
+    async fn run(self, emu: &EmulatorHandle, tally: &Tally) {
+        match self {
+            Self::CloseWatches => {
+                emu.faults().close_watches();
+                tally.watch_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            Self::ExpireHistory => {
+                // Advance the resourceVersion first (as other resources' writes do in a
+                // real cluster): then even a watcher that saw the latest event of its
+                // resource is behind the compaction and gets 410 when it resumes.
+                let n = tally.history_expiries.fetch_add(1, Ordering::Relaxed) + 1;
+                let tick = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "kopf-testing-chaos", "namespace": "default"},
+                    "data": {"expiries": n.to_string()},
+                });
+                if let Err(error) = emu.apply_object(tick).await {
+                    tracing::warn!("chaos: cannot advance the resourceVersion: {error}");
+                }
+                emu.faults().expire_history();
+            }
+        }
+    }
+}
 
 /// A running chaos driver; stops on [`Chaos::stop`] or when dropped.
 #[derive(Debug)]
@@ -49,15 +81,9 @@ impl Chaos {
     pub fn start(emulator: &EmulatorHandle, plan: ChaosPlan) -> Self {
         let stop = CancellationToken::new();
         let tally = Arc::new(Tally::default());
-        let actions: [(Option<Duration>, Action); 2] = [
-            (plan.close_watches_every, |emu, tally| {
-                emu.faults().close_watches();
-                tally.watch_closes.fetch_add(1, Ordering::Relaxed);
-            }),
-            (plan.expire_history_every, |emu, tally| {
-                emu.faults().expire_history();
-                tally.history_expiries.fetch_add(1, Ordering::Relaxed);
-            }),
+        let actions = [
+            (plan.close_watches_every, Action::CloseWatches),
+            (plan.expire_history_every, Action::ExpireHistory),
         ];
         for (every, action) in actions {
             let Some(every) = every.filter(|d| !d.is_zero()) else {
@@ -69,7 +95,7 @@ impl Chaos {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = ticks.tick() => action(&emu, &tally),
+                        _ = ticks.tick() => action.run(&emu, &tally).await,
                     }
                 }
             });

@@ -313,12 +313,31 @@ impl Soak {
             .join("\n")
     }
 
+    /// With faults: strands every watch behind a history compaction (advance the
+    /// resourceVersion, expire the history, close the streams), so that the phase that
+    /// follows is only seen by an operator that re-lists on 410 Gone.
+    async fn force_relist(&self) {
+        if !self.opts.faults {
+            return;
+        }
+        let tick = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "soak-tick", "namespace": super::NS},
+            "data": {"at": format!("{:?}", self.started.elapsed())},
+        });
+        self.cluster.emu.apply_object(tick).await.unwrap();
+        self.cluster.emu.faults().expire_history();
+        self.cluster.emu.faults().close_watches();
+    }
+
     /// Creation, update and deletion of all objects, with kills during each phase.
     pub async fn run_lifecycle(&mut self) {
         self.started = Instant::now();
         self.names = (0..self.opts.objects)
             .map(|i| format!("kex-soak-{i:04}"))
             .collect();
+        self.force_relist().await;
         for name in self.names.clone() {
             let obj = self.cluster.create(&name, "v1").await;
             let uid = obj["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -327,12 +346,14 @@ impl Soak {
         self.kills(300, 2000).await;
         self.wait_all("all create handlers done", created).await;
 
+        self.force_relist().await;
         for name in self.names.clone() {
             self.cluster.set_field(&name, "v2").await;
         }
         self.kills(100, 1200).await;
         self.wait_all("all update handlers done", updated).await;
 
+        self.force_relist().await;
         for name in self.names.clone() {
             self.cluster.delete(&name).await;
         }
