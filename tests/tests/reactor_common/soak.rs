@@ -18,7 +18,8 @@
 //!   watches, peering, discovery) within [`BACKGROUND_REQUESTS_PER_SECOND`] per second
 //!   per operator process;
 //! - Retry-After is honoured: no request repeats a request answered with 429 before its
-//!   Retry-After elapsed (within one operator process).
+//!   Retry-After elapsed (within one operator process; resource requests only, and not
+//!   with two replicas, which share a User-Agent the log cannot tell apart).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -399,7 +400,12 @@ impl Soak {
         let kopf_log: Vec<&RequestRecord> =
             log.iter().filter(|r| r.user_agent.starts_with("kopf/")).collect();
         let mut segments: Vec<Vec<RequestRecord>> = vec![Vec::new(); self.kills.len() + 1];
-        for r in &kopf_log {
+        // Non-resource paths (discovery) all look alike in the log, and two replicas share
+        // one User-Agent: check only resource requests, and only with a single replica.
+        let checkable = kopf_log
+            .iter()
+            .filter(|r| !r.resource.is_empty() && self.replicas.len() == 1);
+        for r in checkable {
             let segment = self.kills.iter().filter(|k| **k <= r.arrived).count();
             segments[segment].push((*r).clone());
         }
