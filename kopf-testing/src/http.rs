@@ -317,13 +317,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let r = route(&path);
     let method = req.method().clone();
     let info = classify(&r, &method, &query);
-    let latency = shared.faults.latency();
+    let arrived = std::time::Instant::now();
+    let latency = shared.faults.request_delay();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let resp = match shared.faults.take(&info) {
         Some(FaultKind::DropConnection) => {
             shared.counters.record(&info, &user_agent, &user, 0);
+            shared.faults.log_request(&info, arrived, &user_agent, 0, None);
             let mut r = Response::new(Body::empty());
             r.extensions_mut().insert(DropConnection);
             return r;
@@ -348,6 +350,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     shared
         .counters
         .record(&info, &user_agent, &user, resp.status().as_u16());
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    shared
+        .faults
+        .log_request(&info, arrived, &user_agent, resp.status().as_u16(), retry_after);
     tracing::debug!(%method, %path, status = resp.status().as_u16(), verb = %info.verb, "request");
     resp
 }

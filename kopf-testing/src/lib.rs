@@ -23,6 +23,7 @@
 
 mod admission;
 mod api;
+mod chaos;
 mod defaults;
 mod error;
 mod faults;
@@ -52,8 +53,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::{AdmissionDecision, AdmissionHook, AdmissionRequest, Operation};
+pub use chaos::{Chaos, ChaosCounts, ChaosPlan};
 pub use error::{ApiError, EmulatorError};
-pub use faults::{Counters, FaultKind, FaultMatch, Faults};
+pub use faults::{Counters, FaultKind, FaultMatch, Faults, RequestRecord, retry_after_violations};
 pub use resources::{GroupResource, ResourceDef};
 pub use selectors::{FieldSelector, LabelSelector};
 

@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use kopf_e2e::KopfProcess;
 use reactor_common::{
-    Cluster, DEADLINE, Rng, env_usize, fixture, has_finalizer, last_handled, progress_annotations,
-    read_records,
+    Cluster, DEADLINE, LIFECYCLE_MULTI, Rng, created, env_usize, fixture, read_records, updated,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Handler sleep: longer than the reactor's 200 ms batch window.
 const SLEEP_MS: &str = "300";
@@ -79,28 +78,6 @@ impl Run<'_> {
     }
 }
 
-fn created(o: Option<&Value>) -> bool {
-    o.is_some_and(|o| {
-        o.pointer("/status/create_fn") == Some(&json!({"created": true}))
-            && o.pointer("/status/create_gated") == Some(&json!({"gated": true}))
-            && o.pointer("/status/create_more") == Some(&json!({"more": true}))
-            && o.pointer("/status/field_fn~1spec.field/new") == Some(&json!("v1"))
-            && last_handled(o).and_then(|b| b.pointer("/spec/field").cloned()) == Some(json!("v1"))
-            && has_finalizer(o)
-            && progress_annotations(o).is_empty()
-    })
-}
-
-fn updated(o: Option<&Value>) -> bool {
-    o.is_some_and(|o| {
-        o.pointer("/status/update_fn") == Some(&json!({"updated": true}))
-            && o.pointer("/status/field_fn~1spec.field") == Some(&json!({"old": "v1", "new": "v2"}))
-            && last_handled(o).and_then(|b| b.pointer("/spec/field").cloned()) == Some(json!("v2"))
-            && has_finalizer(o)
-            && progress_annotations(o).is_empty()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_reruns_at_most_the_handler_in_flight() {
     let objects = env_usize("KOPF_RESTART_OBJECTS", 30);
@@ -156,15 +133,7 @@ async fn kill_9_at_random_moments_reruns_at_most_the_handler_in_flight() {
 
     // What really ran.
     let records = read_records(&record);
-    let expected: Vec<(&str, &str)> = vec![
-        ("create_fn", "create"),
-        ("create_gated", "create"),
-        ("create_more", "create"),
-        ("field_fn/spec.field", "create"),
-        ("update_fn", "update"),
-        ("field_fn/spec.field", "update"),
-        ("delete_fn", "delete"),
-    ];
+    let expected = LIFECYCLE_MULTI;
     let kills = run.kills;
     let mut reruns_total = 0;
     let mut failures = Vec::new();

@@ -30,12 +30,30 @@ impl GroupFilter {
     }
 }
 
+/// Pauses before the retries of a failed discovery request (Kopf's default
+/// `networking.error_backoffs`): a passing server error must not stop the operator.
+const RETRY_BACKOFFS: [u64; 8] = [1, 1, 2, 3, 5, 8, 13, 21];
+
 async fn get_json(client: &Client, path: &str) -> Result<Value, ApiError> {
-    let request = http::Request::get(path)
-        .header(ACCEPT, "application/json")
-        .body(Vec::new())
-        .map_err(|e| ApiError::Request(e.to_string()))?;
-    Ok(client.request::<Value>(request).await?)
+    let mut backoffs = RETRY_BACKOFFS.iter();
+    loop {
+        let request = http::Request::get(path)
+            .header(ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| ApiError::Request(e.to_string()))?;
+        let error = match client.request::<Value>(request).await {
+            Ok(value) => return Ok(value),
+            Err(error) => ApiError::from(error),
+        };
+        match backoffs.next() {
+            Some(secs) if error.is_retriable() => {
+                let delay = std::time::Duration::from_secs(*secs);
+                tracing::warn!(%path, "discovery failed ({error}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+            _ => return Err(error),
+        }
+    }
 }
 
 /// Scans the API for resources of the wanted groups: one request for `/api` plus one per

@@ -140,6 +140,8 @@ pub struct ObjectMemory {
     essence: Option<u64>,
     /// The object's uid (to stop its daemons and timers when the body is not kept).
     uid: Option<String>,
+    /// A patch failed without a clear answer: the body must be re-read before use.
+    stale: bool,
     /// Events that arrived while waiting for the indices to be ready.
     pending: Vec<RawEvent>,
     /// When the next delayed handler is due: kept across runs that only see the echo of
@@ -691,6 +693,21 @@ impl ResourceProcessor {
         }
     }
 
+    /// Reads the object as the API server has it now.
+    async fn reread(&self, body: &Value) -> Result<Applied, ApiError> {
+        let Some(name) = text(body, "/metadata/name") else {
+            return Err(ApiError::Unexpected("an object without a name".into()));
+        };
+        let url = self
+            .resource
+            .url(text(body, "/metadata/namespace"), Some(name), None);
+        match patching::get(&self.shared.client, &url).await {
+            Ok(fresh) => Ok(Applied::Fresh(fresh)),
+            Err(e) if e.is_not_found() => Ok(Applied::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends the patch (merge patches first, then JSON-patch ops computed on the freshest
     /// body); returns the freshest body, if any request was sent.
     async fn apply(&self, body: &Value, patch: &Patch) -> Result<Applied, ApiError> {
@@ -901,12 +918,33 @@ impl ObjectProcessor for ResourceProcessor {
         }
         if newest_from_events {
             memory.body = events.pop().map(|event| event.body);
+            memory.stale = false;
         }
         drop(events);
         // Taken out of the memory while processing (no copy); put back before returning.
         let Some(mut body) = memory.body.take() else {
             return Verdict::default();
         };
+        if memory.stale {
+            match self.reread(&body).await {
+                Ok(Applied::Fresh(fresh)) => {
+                    memory.stale = false;
+                    body = fresh;
+                }
+                Ok(Applied::Gone) => {
+                    *memory = ObjectMemory::default();
+                    return Verdict::default();
+                }
+                Ok(Applied::Unchanged) | Err(_) => {
+                    memory.body = Some(body);
+                    memory.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    return Verdict {
+                        wake_at: memory.retry_at,
+                        ..Default::default()
+                    };
+                }
+            }
+        }
         self.adjust_background(memory, &body).await;
 
         // Cycles: a finalizer change is persisted before handlers run, then go on.
@@ -943,8 +981,15 @@ impl ObjectProcessor for ResourceProcessor {
                     memory.errors += 1;
                     tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
                     memory.body = Some(body);
+                    // The failed request may still have been applied (e.g. a dropped
+                    // connection): the body is re-read before the retry, so that the retry
+                    // does not purge or store against a state older than the object's.
+                    memory.stale = true;
+                    // Remembered (not only returned): an echo of an earlier successful
+                    // patch may arrive before the wake-up and must not make us forget it.
+                    memory.retry_at = Some(Instant::now() + seconds(pause));
                     return Verdict {
-                        wake_at: Some(Instant::now() + seconds(pause)),
+                        wake_at: memory.retry_at,
                         ..Default::default()
                     };
                 }

@@ -3,6 +3,8 @@
 //! condition polling with deadlines.
 #![allow(dead_code)]
 
+pub mod soak;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,18 +103,19 @@ impl Cluster {
     /// Starts `kopf run --standalone -A <plugin>` against this cluster and waits until it
     /// watches.
     pub fn spawn_kopf(&self, plugin: &Path, envs: &[(&str, String)]) -> KopfProcess {
+        self.spawn_kopf_with(&["--standalone"], plugin, envs)
+    }
+
+    /// Starts `kopf run <args> -A <plugin>` against this cluster and waits until it
+    /// watches.
+    pub fn spawn_kopf_with(&self, args: &[&str], plugin: &Path, envs: &[(&str, String)]) -> KopfProcess {
         let mut envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         envs.push(("KUBECONFIG".into(), self.kubeconfig.display().to_string()));
         let mut kopf = tokio::task::block_in_place(|| {
-            KopfProcess::spawn_with_env(
-                [
-                    "run".as_ref(),
-                    "--standalone".as_ref(),
-                    "-A".as_ref(),
-                    plugin.as_os_str(),
-                ],
-                envs,
-            )
+            let mut all: Vec<&std::ffi::OsStr> = vec!["run".as_ref()];
+            all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+            all.extend(["-A".as_ref(), plugin.as_os_str()]);
+            KopfProcess::spawn_with_env(all, envs)
         })
         .unwrap();
         tokio::task::block_in_place(|| kopf.wait_for_line("The operator is ready", DEADLINE)).unwrap();
@@ -295,3 +298,39 @@ pub fn progress_annotations(obj: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Whether all create handlers of `lifecycle-multi` are done (with `spec.field` = `v1`).
+pub fn created(o: Option<&Value>) -> bool {
+    o.is_some_and(|o| {
+        o.pointer("/status/create_fn") == Some(&json!({"created": true}))
+            && o.pointer("/status/create_gated") == Some(&json!({"gated": true}))
+            && o.pointer("/status/create_more") == Some(&json!({"more": true}))
+            && o.pointer("/status/field_fn~1spec.field/new") == Some(&json!("v1"))
+            && last_handled(o).and_then(|b| b.pointer("/spec/field").cloned()) == Some(json!("v1"))
+            && has_finalizer(o)
+            && progress_annotations(o).is_empty()
+    })
+}
+
+/// Whether the update handlers of `lifecycle-multi` are done (`spec.field` `v1` → `v2`).
+pub fn updated(o: Option<&Value>) -> bool {
+    o.is_some_and(|o| {
+        o.pointer("/status/update_fn") == Some(&json!({"updated": true}))
+            && o.pointer("/status/field_fn~1spec.field") == Some(&json!({"old": "v1", "new": "v2"}))
+            && last_handled(o).and_then(|b| b.pointer("/spec/field").cloned()) == Some(json!("v2"))
+            && has_finalizer(o)
+            && progress_annotations(o).is_empty()
+    })
+}
+
+/// The handler successes one `lifecycle-multi` object's create → update → delete
+/// lifecycle must record: (handler id, reason).
+pub const LIFECYCLE_MULTI: [(&str, &str); 7] = [
+    ("create_fn", "create"),
+    ("create_gated", "create"),
+    ("create_more", "create"),
+    ("field_fn/spec.field", "create"),
+    ("update_fn", "update"),
+    ("field_fn/spec.field", "update"),
+    ("delete_fn", "delete"),
+];
