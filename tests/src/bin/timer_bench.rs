@@ -28,7 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kopf_e2e::{Profile, plugin_path_with, target_dir, workspace_root};
+use kopf_e2e::bench::{Guard, cpu_seconds, peak_rss_mib, release_kopf, rss_mib};
+use kopf_e2e::{Profile, plugin_path_with, workspace_root};
 use kopf_testing::{Emulator, EmulatorHandle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,52 +40,6 @@ const INTERVAL_S: f64 = 10.0;
 const TARGET_CPU_PERCENT: f64 = 2.0;
 const TARGET_RSS_MIB: f64 = 50.0;
 const FINALIZER: &str = "kopf.zalando.org/KopfFinalizerMarker";
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32, hz: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
-    Ok((utime + stime) / hz)
-}
-
-/// A `/proc/<pid>/status` memory line (`VmRSS`, `VmHWM`) in MiB.
-fn status_mib(pid: u32, key: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .with_context(|| format!("bad {key} line {line:?}"))?
-        .parse()?;
-    Ok(kib / 1024.0)
-}
 
 /// One reading of the fixture's `ticks` probe.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,18 +97,6 @@ async fn fresh_probe(port: u16, after: Option<Probe>, deadline: Duration) -> Res
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn release_kopf() -> Result<PathBuf> {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "-p", "kopf-cli", "--bin", "kopf"])
-        .current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", target_dir())
-        .status()?;
-    if !status.success() {
-        bail!("cannot build the release kopf binary");
-    }
-    Ok(target_dir().join("release").join("kopf"))
 }
 
 fn spawn_kopf(kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path, port: u16) -> Result<Child> {
@@ -250,7 +193,6 @@ async fn wait_settled(
 }
 
 async fn run(opts: &Options, kopf: &Path, plugin: &Path) -> Result<Figures> {
-    let hz = clock_ticks();
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     let log = dir.path().join("operator.log");
@@ -274,7 +216,7 @@ async fn run(opts: &Options, kopf: &Path, plugin: &Path) -> Result<Figures> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let baseline_rss_mib = status_mib(pid, "VmRSS:")?;
+    let baseline_rss_mib = rss_mib(pid)?;
 
     eprintln!("creating {} objects...", opts.objects);
     let created = Instant::now();
@@ -295,16 +237,16 @@ async fn run(opts: &Options, kopf: &Path, plugin: &Path) -> Result<Figures> {
     eprintln!("measuring a {:?} steady-state window...", opts.window);
     emu.reset_counters();
     let p0 = fresh_probe(port, None, Duration::from_secs(1)).await?;
-    let cpu0 = cpu_seconds(pid, hz)?;
+    let cpu0 = cpu_seconds(pid)?;
     let t0 = Instant::now();
     tokio::time::sleep(opts.window).await;
     // The probe cache (10 s) has expired by now unless the window is shorter than that.
     let p1 = fresh_probe(port, Some(p0), Duration::from_secs(15)).await?;
-    let cpu1 = cpu_seconds(pid, hz)?;
+    let cpu1 = cpu_seconds(pid)?;
     let window_s = t0.elapsed().as_secs_f64();
     let counters = emu.counters();
-    let rss_mib = status_mib(pid, "VmRSS:")?;
-    let hwm_mib = status_mib(pid, "VmHWM:")?;
+    let rss_mib = rss_mib(pid)?;
+    let hwm_mib = peak_rss_mib(pid)?;
 
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let stop = Instant::now();
