@@ -42,6 +42,30 @@ fn cargo() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cargo"))
 }
 
+/// A `cargo` command without the variables cargo sets for the running test (its
+/// package's `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): some build scripts (ring's) rerun
+/// when they change, so builds from different test packages would keep rebuilding the
+/// dependency tree from there up (~25 s each time).
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let per_test = matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_TARGET_TMPDIR"
+        ) || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_");
+        if per_test {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// Build profiles the helpers can build with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Profile {
@@ -71,7 +95,7 @@ fn cargo_build(args: &[&str], profile: Profile) -> Result<()> {
     if guard.contains_key(&key) {
         return Ok(());
     }
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo_command();
     cmd.arg("build")
         .args(args)
         .current_dir(workspace_root())

@@ -1,8 +1,6 @@
 //! `kopf new`: the scaffold builds with `cargo build` as is (against the workspace SDK via
 //! a path dependency) and `kopf inspect` lists its handler.
 
-use std::process::Command;
-
 use kopf_e2e::{run_kopf, target_dir, workspace_root};
 
 #[test]
@@ -42,8 +40,7 @@ fn the_scaffold_builds_and_inspects() {
     // the compiled dependencies).
     std::fs::copy(workspace_root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
     let target = target_dir().join("scaffold");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build = Command::new(cargo)
+    let build = kopf_e2e::cargo_command()
         .args(["build", "--offline"])
         .current_dir(&crate_dir)
         .env("CARGO_TARGET_DIR", &target)

@@ -27,8 +27,11 @@ fn kopf_bin() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = profile_dir().parent().expect("target root").to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Without this test's own CARGO_MANIFEST_DIR: ring's build script reruns when it
+    // changes, which would rebuild the dependency tree for every test package.
     let status = Command::new(cargo)
         .args(["build", "-p", "kopf-cli"])
+        .env_remove("CARGO_MANIFEST_DIR")
         .current_dir(&workspace)
         .env("CARGO_TARGET_DIR", &target)
         .status()
@@ -129,8 +132,14 @@ async fn the_operator_handles_the_whole_lifecycle() {
     .unwrap();
 
     // The create handler's result lands in the status; the finalizer guards deletion.
-    let obj = eventually("status.create_fn", &log, || {
-        get().filter(|o| o.pointer("/status/create_fn").is_some())
+    // Waiting for the diff-base too (the creation is fully processed) makes the replace
+    // below start from the object as the operator left it.
+    let obj = eventually("status.create_fn and the diff-base", &log, || {
+        get().filter(|o| {
+            o.pointer("/status/create_fn").is_some()
+                && o.pointer("/metadata/annotations/kopf.zalando.org~1last-handled-configuration")
+                    .is_some()
+        })
     })
     .await;
     assert_eq!(

@@ -156,6 +156,8 @@ struct Cycle {
     again: bool,
     /// Seconds until the next delayed handler is due.
     delay: Option<f64>,
+    /// The essence the cycle saw (to tell whether the patch response brings news).
+    essence: Option<Value>,
 }
 
 fn text<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -308,11 +310,41 @@ impl ResourceProcessor {
     /// One changing cycle on `body`: decides the cause, runs the due handlers, and
     /// accumulates everything to persist in `patch`.
     async fn changing_cycle(&self, memory: &mut ObjectMemory, body: &Value, patch: &mut Patch) -> Cycle {
+        let new = self
+            .shared
+            .diffbase
+            .essence(&self.shared.progress, body, &self.extra_fields);
+        let mut cycle = self.changing_cycle_on(memory, body, &new, patch).await;
+        cycle.essence = Some(new);
+        cycle
+    }
+
+    /// Whether the patch response `after` differs from `before` (the body the cycle saw,
+    /// with essence `seen`) in what decides the causes: someone else's change that landed
+    /// between our read and our patch, or a handler's own patch of the spec. Such news
+    /// needs another cycle now: the echo of the patch is not processed again.
+    fn brings_news(&self, before: &Value, seen: Option<&Value>, after: &Value) -> bool {
+        if is_deletion_ongoing(before) != is_deletion_ongoing(after) {
+            return true;
+        }
+        let Some(seen) = seen else { return false };
+        let now = self
+            .shared
+            .diffbase
+            .essence(&self.shared.progress, after, &self.extra_fields);
+        &now != seen
+    }
+
+    /// The changing cycle on `body` whose essence is `new`.
+    async fn changing_cycle_on(
+        &self,
+        memory: &mut ObjectMemory,
+        body: &Value,
+        new: &Value,
+        patch: &mut Patch,
+    ) -> Cycle {
         let shared = &self.shared;
         let reference = object_ref(body);
-        let new = shared
-            .diffbase
-            .essence(&shared.progress, body, &self.extra_fields);
         let old = match shared.diffbase.fetch(body) {
             Ok(old) => old,
             Err(error) => {
@@ -320,13 +352,13 @@ impl ResourceProcessor {
                 None
             }
         };
-        let diff = diffs::diff(old.as_ref(), Some(&new));
+        let diff = diffs::diff(old.as_ref(), Some(new));
         let cause = causes::detect_changing_cause(&CauseInputs {
             event_type: None,
             body,
             finalizer: self.finalizer(),
             old: old.as_ref(),
-            new: Some(&new),
+            new: Some(new),
             diff: &diff,
             initial: memory.initial,
         });
@@ -380,15 +412,15 @@ impl ResourceProcessor {
         }
         // An essence too big for the annotations could never be stored: the handlers would
         // re-run after every failed patch. Refuse the change clearly and touch nothing.
-        if cause.reason != Reason::Delete && old.as_ref() != Some(&new) {
-            let size = shared.diffbase.annotations_size_with(body, &new);
+        if cause.reason != Reason::Delete && old.as_ref() != Some(new) {
+            let size = shared.diffbase.annotations_size_with(body, new);
             if size > ANNOTATIONS_SIZE_LIMIT {
                 tracing::error!(target: "kopf.objects", "[{reference}] {} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
                     capitalize(cause.reason.title()));
                 return Cycle::default();
             }
         }
-        let handlers = self.select_handlers(body, &cause, old.as_ref(), &new).await;
+        let handlers = self.select_handlers(body, &cause, old.as_ref(), new).await;
         let all_ids: Vec<&str> = self.changing.iter().map(HandlerRef::id).collect();
         let now = Timestamp::now();
         let state = match State::from_storage(&shared.progress, body, all_ids.iter().copied(), now) {
@@ -441,7 +473,7 @@ impl ResourceProcessor {
                         body,
                         &cause,
                         old.as_ref(),
-                        &new,
+                        new,
                         &diff,
                         attempt,
                         &handler_state.started,
@@ -542,8 +574,8 @@ impl ResourceProcessor {
                     *patch = Patch::new();
                 }
                 patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
-            } else if old.as_ref() != Some(&new) {
-                shared.diffbase.store(body, patch, &new);
+            } else if old.as_ref() != Some(new) {
+                shared.diffbase.store(body, patch, new);
             }
             shared.progress.touch(body, patch, None);
             Cycle::default()
@@ -554,6 +586,7 @@ impl ResourceProcessor {
                 // Handlers left for after the persisting patch go on at once.
                 again: persist_first,
                 delay: state.delay(&now),
+                ..Default::default()
             }
         }
     }
@@ -952,6 +985,7 @@ impl ObjectProcessor for ResourceProcessor {
         for _ in 0..MAX_CYCLES {
             let cycle = self.changing_cycle(memory, &body, &mut patch).await;
             delay = cycle.delay;
+            let mut news = false;
             if patch.is_empty() {
                 break;
             }
@@ -965,6 +999,7 @@ impl ObjectProcessor for ResourceProcessor {
                         let timeout = seconds(self.shared.settings.persistence.consistency_timeout);
                         memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
                     }
+                    news = !cycle.again && self.brings_news(&body, cycle.essence.as_ref(), &fresh);
                     body = fresh;
                 }
                 Ok(Applied::Gone) => {
@@ -995,7 +1030,7 @@ impl ObjectProcessor for ResourceProcessor {
                 }
             }
             patch = Patch::new();
-            if !cycle.again {
+            if !cycle.again && !news {
                 break;
             }
         }

@@ -81,7 +81,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Builds the release `kopf` binary and returns its path.
 pub fn release_kopf() -> Result<PathBuf> {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let status = crate::cargo_command()
         .args(["build", "--release", "-p", "kopf-cli", "--bin", "kopf"])
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", target_dir())
