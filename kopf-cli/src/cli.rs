@@ -105,6 +105,20 @@ pub struct RunArgs {
     )]
     pub no_log_prefix: bool,
 
+    /// Post log lines about objects as Kubernetes Events (reason `Logging`), at this level
+    /// and above (default INFO); off by default, as in Kopf 1.44+. Sets
+    /// `settings.posting.loggers` and `level` (startup handlers may still change them).
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "INFO",
+        env = "KOPF_RUN_POST_LOGS",
+        value_parser = parse_posting_level
+    )]
+    pub post_logs: Option<String>,
+
     /// Serve these namespaces: repeatable; globs (`*`, `?`), `!` negation, comma-separated parts.
     #[arg(
         short = 'n',
@@ -233,6 +247,8 @@ pub struct RunOptions {
     pub embedded: Option<EmbeddedCluster>,
     /// Logging settings.
     pub log: LogConfig,
+    /// `--post-logs[=LEVEL]`: post object log lines as events at this level and above.
+    pub post_logs: Option<String>,
 }
 
 impl RunArgs {
@@ -279,8 +295,19 @@ impl RunArgs {
                 kubeconfig: self.embedded_kubeconfig.clone(),
             }),
             log: self.log_config(),
+            post_logs: self.post_logs.clone(),
         }
     }
+}
+
+/// Validates a `--post-logs` level: a name (`DEBUG`, `INFO`, `WARNING`, `ERROR`,
+/// `CRITICAL`) or Python's level number.
+pub fn parse_posting_level(value: &str) -> Result<String, String> {
+    crate::engines::posting::level_number(value)
+        .map(|_| value.trim().to_ascii_uppercase())
+        .ok_or_else(|| {
+            format!("{value:?} is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL or a number)")
+        })
 }
 
 /// Validates the syntax of a `-n` value: comma-separated parts, each an optional `!`

@@ -206,6 +206,7 @@ impl Operator {
                 webhooks: Default::default(),
                 embedded: None,
                 log: Default::default(),
+                post_logs: None,
             },
             modules: Vec::new(),
             files: Vec::new(),

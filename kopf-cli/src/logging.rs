@@ -92,7 +92,8 @@ pub enum LoggingError {
     Install(String),
 }
 
-/// Installs the global `tracing` subscriber writing to stderr.
+/// Installs the global `tracing` subscriber writing to stderr (and posting object log
+/// lines as events when an operator enables it, see [`crate::engines::posting`]).
 ///
 /// `RUST_LOG`, when set, replaces the level directives chosen by the verbosity.
 pub fn init(config: &LogConfig) -> Result<(), LoggingError> {
@@ -101,11 +102,16 @@ pub fn init(config: &LogConfig) -> Result<(), LoggingError> {
         .filter(|s| !s.trim().is_empty())
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(config.verbosity.directives()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .event_format(KopfFormat::new(config))
+        .event_format(KopfFormat::new(config));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .with(crate::engines::posting::ObjectEventsLayer)
         .try_init()
         .map_err(|e| LoggingError::Install(e.to_string()))
 }

@@ -22,6 +22,7 @@ use crate::{
         urls::ResourcePath,
         watching::{WatchItem, WatchSettings, watch_continuously},
     },
+    engines::posting,
     plugin::{CallerInfo, HandlerRef, HostServices, PluginSet},
     reactor::{
         daemons::StopRegistry,
@@ -96,6 +97,15 @@ pub async fn run_controlled(
         indices.clone(),
         credentials.clone(),
     ));
+    // Object log lines as events (`posting.loggers`), until the operator exits.
+    let _log_posting = match (&services.events, settings.posting.loggers) {
+        (Some(events), true) => Some(posting::activate(posting::LogPoster {
+            level: posting_level(&settings),
+            events: events.clone(),
+            reporter: services.reporter.clone(),
+        })),
+        _ => None,
+    };
     plugins.set_services(services);
     let plugins = match settings.execution.max_workers {
         Some(max_workers) => plugins.with_max_workers(max_workers),
@@ -130,14 +140,17 @@ pub async fn run_controlled(
             Ok(()) => break,
             Err(error) => error,
         };
-        let retriable = error
+        let Some(api_error) = error
             .downcast_ref::<crate::clients::ApiError>()
-            .is_some_and(crate::clients::ApiError::is_retriable);
-        if !retriable {
+            .filter(|e| e.is_retriable())
+        else {
             return Err(error.context("cannot discover the API resources"));
-        }
+        };
         let delays = &settings.networking.error_backoffs;
         let pause = delays.get(failures).or(delays.last()).copied().unwrap_or(1.0);
+        let pause = api_error
+            .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
+            .as_secs_f64();
         failures += 1;
         tracing::error!(
             target: "kopf.reactor",
@@ -309,6 +322,10 @@ fn settings_from(options: &RunOptions) -> OperatorSettings {
     settings.peering.priority = options.priority;
     settings.peering.standalone = options.standalone;
     settings.peering.clusterwide = options.clusterwide;
+    if let Some(level) = &options.post_logs {
+        settings.posting.loggers = true;
+        settings.posting.level = level.clone();
+    }
     if let Some(name) = &options.peering_name {
         settings.peering.name = name.clone();
         settings.peering.mandatory = true;
@@ -368,6 +385,7 @@ impl Reactor {
             inactivity_timeout: seconds(settings.watching.inactivity_timeout),
             reconnect_backoff: seconds(settings.watching.reconnect_backoff),
             client_timeout: settings.watching.client_timeout.map(seconds),
+            enforce_retry_after: settings.networking.enforce_retry_after,
             error_backoffs: settings
                 .networking
                 .error_backoffs
@@ -556,10 +574,20 @@ impl Reactor {
     }
 }
 
+/// `settings.posting.level` as Python's level number (INFO if it is not a level).
+fn posting_level(settings: &OperatorSettings) -> u32 {
+    posting::level_number(&settings.posting.level).unwrap_or_else(|| {
+        tracing::warn!(target: "kopf.activities", "settings.posting.level {:?} is not a level; using INFO.", settings.posting.level);
+        20
+    })
+}
+
 /// The host services of the engine: what plugins may ask through `HostTable::call`.
 struct EngineServices {
     events: Option<mpsc::UnboundedSender<Value>>,
     reporter: events::Reporter,
+    /// `settings.posting.level` as Python's level number.
+    posting_level: u32,
     stops: Arc<StopRegistry>,
     indices: Arc<Indices>,
     /// The source of `client.config`: the operator's current connection settings.
@@ -584,10 +612,12 @@ impl EngineServices {
             instance: settings.posting.reporting_instance.clone(),
             name_prefix: settings.posting.event_name_prefix.clone(),
         };
+        let posting_level = posting_level(settings);
         if !settings.posting.enabled {
             return Self {
                 events: None,
                 reporter,
+                posting_level,
                 stops,
                 indices,
                 credentials,
@@ -614,6 +644,7 @@ impl EngineServices {
         Self {
             events: Some(tx),
             reporter,
+            posting_level,
             stops,
             indices,
             credentials,
@@ -691,6 +722,16 @@ impl HostServices for EngineServices {
                 let payload: Value = serde_json::from_str(payload)
                     .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("event.post: {e}")))?;
                 let text = |key: &str| payload.get(key).and_then(Value::as_str).unwrap_or_default();
+                // `ctx.info/warn/exception` say their level: below `posting.level`, they
+                // are not posted (Kopf's `kopf.info/warn/exception`); `ctx.event` has none.
+                if let Some(level) = payload
+                    .get("level")
+                    .and_then(Value::as_str)
+                    .and_then(posting::level_number)
+                    && level < self.posting_level
+                {
+                    return Ok("{}".into());
+                }
                 let object = payload.get("object").cloned().unwrap_or(Value::Null);
                 let event = events::build_event(
                     &events::InvolvedObject::from_body(&object),

@@ -37,7 +37,9 @@ pub struct PostingSettings {
     pub enabled: bool,
     /// Post object log lines as events (off by default since Kopf 1.44).
     pub loggers: bool,
-    /// The minimum level to post: `DEBUG`, `INFO`, `WARNING`, `ERROR`.
+    /// The minimum level to post: `DEBUG`, `INFO`, `WARNING`, `ERROR`, or Python's level
+    /// number (`logging.WARNING` is 30), as Kopf's settings hold it.
+    #[serde(deserialize_with = "level_name")]
     pub level: String,
     /// `reportingComponent` and `source.component`.
     pub reporting_component: String,
@@ -58,6 +60,25 @@ impl Default for PostingSettings {
             event_name_prefix: "kopf-event-".into(),
         }
     }
+}
+
+/// A log level given by name or by Python's number (stored by name when it has one).
+fn level_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Level {
+        Number(u32),
+        Name(String),
+    }
+    Ok(match Level::deserialize(deserializer)? {
+        Level::Name(name) => name,
+        Level::Number(10) => "DEBUG".into(),
+        Level::Number(20) => "INFO".into(),
+        Level::Number(30) => "WARNING".into(),
+        Level::Number(40) => "ERROR".into(),
+        Level::Number(50) => "CRITICAL".into(),
+        Level::Number(other) => other.to_string(),
+    })
 }
 
 /// `settings.peering`.
@@ -281,5 +302,19 @@ mod tests {
         assert_eq!(s.queueing.worker_limit, Some(3));
         assert_eq!(s.queueing.idle_timeout, 5.0);
         assert_eq!(seconds(-1.0), std::time::Duration::ZERO);
+    }
+
+    #[test]
+    fn the_posting_level_reads_names_and_python_numbers() {
+        let level = |json: &str| {
+            serde_json::from_str::<OperatorSettings>(json)
+                .unwrap()
+                .posting
+                .level
+        };
+        assert_eq!(level(r#"{"posting": {"level": 30}}"#), "WARNING");
+        assert_eq!(level(r#"{"posting": {"level": "ERROR"}}"#), "ERROR");
+        assert_eq!(level(r#"{"posting": {"level": 25}}"#), "25");
+        assert_eq!(level(r#"{}"#), "INFO");
     }
 }

@@ -476,29 +476,44 @@ impl Context {
     }
 
     /// Posts a `Normal` Kubernetes Event about the object (`kopf.info`).
+    ///
+    /// Not posted when the operator's `settings.posting.level` is above `INFO`.
     pub fn info(&self, reason: &str, message: impl fmt::Display) {
-        self.event("Normal", reason, message);
+        self.post("Normal", Some("INFO"), reason, message);
     }
 
     /// Posts a `Warning` Kubernetes Event about the object (`kopf.warn`).
+    ///
+    /// Not posted when the operator's `settings.posting.level` is above `WARNING`.
     pub fn warn(&self, reason: &str, message: impl fmt::Display) {
-        self.event("Warning", reason, message);
+        self.post("Warning", Some("WARNING"), reason, message);
     }
 
     /// Posts an `Error` Kubernetes Event about the object (`kopf.exception`).
+    ///
+    /// Not posted when the operator's `settings.posting.level` is above `ERROR`.
     pub fn exception(&self, reason: &str, message: impl fmt::Display) {
-        self.event("Error", reason, message);
+        self.post("Error", Some("ERROR"), reason, message);
     }
 
     /// Posts a Kubernetes Event of any type about the object (`kopf.event`). Failures are
     /// logged at debug level and otherwise ignored, as in Kopf.
     pub fn event(&self, event_type: &str, reason: &str, message: impl fmt::Display) {
-        let payload = json!({
+        self.post(event_type, None, reason, message);
+    }
+
+    /// Posts an event; `level` (Python's level name) lets the operator drop it below
+    /// `settings.posting.level`.
+    fn post(&self, event_type: &str, level: Option<&str>, reason: &str, message: impl fmt::Display) {
+        let mut payload = json!({
             "object": self.object_reference(),
             "type": event_type,
             "reason": reason,
             "message": message.to_string(),
         });
+        if let Some(level) = level {
+            payload["level"] = Value::from(level);
+        }
         if let Err(e) = host::call::<_, Value>(host_methods::EVENT_POST, 1, &payload) {
             self.logger().debug(format_args!("Failed to post an event: {e}"));
         }

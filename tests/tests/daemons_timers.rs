@@ -103,7 +103,10 @@ fn daemons_run_per_object_and_release_it_when_stopped() {
     let plugin = plugin_path("example-14-daemons").unwrap();
     let kopf = cluster.run_kopf(
         &plugin,
-        &[("KOPF_EXAMPLE_MARKERS", markers.display().to_string())],
+        &[
+            ("KOPF_EXAMPLE_MARKERS", markers.display().to_string()),
+            ("KOPF_RUN_VERBOSE", "1".to_owned()),
+        ],
     );
     let read = || std::fs::read_to_string(&markers).unwrap_or_default();
 
@@ -129,6 +132,16 @@ fn daemons_run_per_object_and_release_it_when_stopped() {
     })
     .unwrap();
     assert!(read().contains("sync exited default/kex-daemons"), "{}", read());
+    // The slow daemon (no cancellation timeout) was waited for, with reminders paced by
+    // its `cancellation_polling`, and the finalizer stayed until it had exited.
+    assert!(read().contains("slow exited default/kex-daemons"), "{}", read());
+    assert!(
+        kopf.lines()
+            .iter()
+            .any(|l| l.contains("\"background_slow_exit\" is still exiting. Next check is in 0.3 seconds.")),
+        "{}",
+        kopf.lines().join("\n")
+    );
     let starts = read().lines().filter(|l| l.starts_with("sync started")).count();
     assert_eq!(starts, 1, "a daemon runs once per object: {}", read());
     stop(kopf);

@@ -240,6 +240,100 @@ async fn example_04_events() {
     ex.finish().await;
 }
 
+/// The events about `name` in `default`, as (type, reason, message), sorted.
+fn events_about(ex: &Example, name: &str) -> Vec<(String, String, String, Value)> {
+    let mut found: Vec<(String, String, String, Value)> = ex
+        .emu
+        .list_objects("v1", "events", Some("default"), None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.pointer("/involvedObject/name") == Some(&json!(name)))
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("type"), s("reason"), s("message"), e["involvedObject"].clone())
+        })
+        .collect();
+    found.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+    found
+}
+
+/// `--post-logs`: the operator's log lines about an object become Events with reason
+/// `Logging` (Kopf's `settings.posting.loggers`), linked to the object by uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_logs_turns_object_log_lines_into_events() {
+    let ex = Example::start("example-04-events", &[("KOPF_RUN_POST_LOGS", "INFO")]).await;
+    let kex = kopfexamples();
+    ex.create(&kex, example_object("kopf-example-1")).await;
+    let logged = ex
+        .wait("a Logging event about the handler's success", || {
+            let events = events_about(&ex, "kopf-example-1");
+            events
+                .iter()
+                .any(|(_, reason, message, _)| {
+                    reason == "Logging" && message == "Handler \"create_fn\" succeeded."
+                })
+                .then_some(events)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", events_about(&ex, "kopf-example-1")));
+    let uid = ex.get(&kex, "kopf-example-1").unwrap()["metadata"]["uid"].clone();
+    for (kind, reason, message, involved) in &logged {
+        assert_eq!(
+            involved,
+            &json!({"apiVersion": "kopf.dev/v1", "kind": "KopfExample", "name": "kopf-example-1",
+                    "uid": uid, "namespace": "default"}),
+            "{kind} {reason} {message}"
+        );
+        if reason == "Logging" {
+            assert_eq!(kind, "Normal", "INFO lines are Normal events: {message}");
+            assert!(
+                !message.starts_with('['),
+                "posted without the object prefix: {message}"
+            );
+        }
+    }
+    // The handler's own events are still there (all four at INFO).
+    assert_eq!(
+        logged.iter().filter(|e| e.1 == "SomeReason").count(),
+        4,
+        "{logged:?}"
+    );
+    ex.finish().await;
+}
+
+/// `posting.level` (here via `--post-logs=ERROR`) also gates `ctx.info` and `ctx.warn`,
+/// as Kopf's level gates `kopf.info/warn`; `ctx.event` and `ctx.exception` still post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_posting_level_gates_info_and_warn_events() {
+    let ex = Example::start("example-04-events", &[("KOPF_RUN_POST_LOGS", "ERROR")]).await;
+    let kex = kopfexamples();
+    ex.create(&kex, example_object("kopf-example-1")).await;
+    // Events are posted in order by one queue: once the exception's event (the handler's
+    // last) is there, the dropped info and warn events would have been posted before it.
+    ex.wait("the exception's event", || {
+        events_about(&ex, "kopf-example-1")
+            .iter()
+            .any(|e| e.0 == "Error")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    ex.wait_line("succeeded.").await;
+    let kinds: Vec<(String, String)> = events_about(&ex, "kopf-example-1")
+        .into_iter()
+        .map(|(kind, reason, _, _)| (kind, reason))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("Error".to_owned(), "SomeReason".to_owned()),
+            ("SomeType".to_owned(), "SomeReason".to_owned())
+        ],
+        "no Normal/Warning events and no INFO log lines posted"
+    );
+    ex.finish().await;
+}
+
 /// 05-handlers: create → update of spec.field → restart (resume) → delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_05_handlers() {

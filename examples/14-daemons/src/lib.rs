@@ -4,6 +4,9 @@
 //!   the operator keeps the object's finalizer until then.
 //! - `background_async` ignores the stop flag; it is cancelled `cancellation_backoff`
 //!   seconds after the stop request, and the object is released anyway.
+//! - `background_slow_exit` takes 1.5 s to wind down after the stop request and has no
+//!   `cancellation_timeout`: the operator waits for it however long it takes (logging
+//!   "still exiting" every `cancellation_polling` seconds) and keeps the finalizer.
 //!
 //! When `KOPF_EXAMPLE_MARKERS` names a file, each daemon appends its life events to it
 //! (`<daemon> <event> <namespace/name>`), which the end-to-end test reads.
@@ -46,4 +49,18 @@ pub async fn background_async(ctx: &kopf::Context) {
         tracing::info!("Ping from an async daemon: field={}", ctx.spec()["field"]);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// A sync daemon that needs a while to wind down: without `cancellation_timeout` it is
+/// never cancelled; the object keeps its finalizer until the daemon has exited.
+#[kopf::daemon("kopfexamples", cancellation_polling = 0.3)]
+pub fn background_slow_exit(ctx: &kopf::Context) {
+    mark(ctx, "slow", "started");
+    let stopped = ctx.stopped();
+    while !stopped.is_set() {
+        stopped.wait(Some(Duration::from_secs(1)));
+    }
+    // Cleaning up, slowly (a real daemon might flush or close connections here).
+    std::thread::sleep(Duration::from_millis(1500));
+    mark(ctx, "slow", "exited");
 }

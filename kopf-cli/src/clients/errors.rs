@@ -1,5 +1,7 @@
 //! Errors of API requests, classified the way the engine needs to react to them.
 
+use std::time::Duration;
+
 /// An API request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -12,6 +14,9 @@ pub enum ApiError {
         reason: String,
         /// The human-readable message.
         message: String,
+        /// How long the server asked us to wait before retrying (the `Retry-After`
+        /// header or the Status's `details.retryAfterSeconds`), if it did.
+        retry_after: Option<Duration>,
     },
     /// The request could not be sent or the response could not be read.
     #[error("API request failed: {0}")]
@@ -54,6 +59,24 @@ impl ApiError {
         matches!(self.code(), Some(401) | Some(403))
     }
 
+    /// The server's `Retry-After`, if it sent one with this failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The pause before retrying after this failure, given the caller's own `backoff`:
+    /// the server's `Retry-After` wins when it is longer, or always when `enforce` is set
+    /// (Kopf's `settings.networking.enforce_retry_after`).
+    pub fn retry_delay(&self, backoff: Duration, enforce: bool) -> Duration {
+        match self.retry_after() {
+            Some(asked) if enforce || asked > backoff => asked,
+            _ => backoff,
+        }
+    }
+
     /// Whether retrying the same request later may succeed.
     pub fn is_retriable(&self) -> bool {
         match self.code() {
@@ -70,8 +93,41 @@ impl From<kube::Error> for ApiError {
                 code: status.code,
                 reason: status.reason.clone(),
                 message: status.message.clone(),
+                retry_after: None,
             },
             other => Self::Transport(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttled(seconds: u64) -> ApiError {
+        ApiError::Status {
+            code: 429,
+            reason: "TooManyRequests".into(),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(seconds)),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_the_minimum_delay_unless_enforced() {
+        let backoff = Duration::from_secs(2);
+        assert_eq!(throttled(5).retry_delay(backoff, false), Duration::from_secs(5));
+        assert_eq!(
+            throttled(1).retry_delay(backoff, false),
+            backoff,
+            "the longer backoff wins"
+        );
+        assert_eq!(
+            throttled(1).retry_delay(backoff, true),
+            Duration::from_secs(1),
+            "enforced: the server's value, even if shorter"
+        );
+        let plain = ApiError::Unexpected("x".into());
+        assert_eq!(plain.retry_delay(backoff, true), backoff);
     }
 }

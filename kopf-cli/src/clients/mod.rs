@@ -8,6 +8,7 @@ pub mod connection;
 pub mod errors;
 pub mod events;
 pub mod patching;
+pub mod requests;
 pub mod scanning;
 pub mod urls;
 pub mod watching;

@@ -26,7 +26,7 @@ impl PatchType {
 
 /// Sends a request and records it in the metrics by verb and status code.
 async fn send(client: &Client, verb: &str, request: http::Request<Vec<u8>>) -> Result<Value, ApiError> {
-    let result = client.request::<Value>(request).await.map_err(ApiError::from);
+    let result = super::requests::request_json(client, request).await;
     let code = match &result {
         Ok(_) => 200,
         Err(error) => error.code().unwrap_or(0),

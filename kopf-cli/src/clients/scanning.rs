@@ -41,13 +41,13 @@ async fn get_json(client: &Client, path: &str) -> Result<Value, ApiError> {
             .header(ACCEPT, "application/json")
             .body(Vec::new())
             .map_err(|e| ApiError::Request(e.to_string()))?;
-        let error = match client.request::<Value>(request).await {
+        let error = match super::requests::request_json(client, request).await {
             Ok(value) => return Ok(value),
-            Err(error) => ApiError::from(error),
+            Err(error) => error,
         };
         match backoffs.next() {
             Some(secs) if error.is_retriable() => {
-                let delay = std::time::Duration::from_secs(*secs);
+                let delay = error.retry_delay(std::time::Duration::from_secs(*secs), false);
                 tracing::warn!(%path, "discovery failed ({error}); retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
             }

@@ -73,6 +73,9 @@ pub struct WatchSettings {
     /// End each watch request after this long and reconnect from the last position
     /// (Kopf's `settings.watching.client_timeout`); `None`: no client-side limit.
     pub client_timeout: Option<Duration>,
+    /// Wait for the server's `Retry-After` even when it is shorter than the backoff
+    /// (Kopf's `settings.networking.enforce_retry_after`).
+    pub enforce_retry_after: bool,
 }
 
 impl Default for WatchSettings {
@@ -88,6 +91,7 @@ impl Default for WatchSettings {
             page_size: 500,
             label_selector: None,
             client_timeout: None,
+            enforce_retry_after: false,
         }
     }
 }
@@ -162,7 +166,10 @@ pub async fn watch_continuously(
             }
             Err(StepError::ConsumerGone) => return WatchEnd::ConsumerGone,
             Err(StepError::Api { error, resume }) => {
-                let delay = backoff.next(&settings.error_backoffs);
+                let delay = error.retry_delay(
+                    backoff.next(&settings.error_backoffs),
+                    settings.enforce_retry_after,
+                );
                 if error.is_permission() {
                     tracing::error!(%url, "no permission to list/watch ({error}); retrying in {delay:?}");
                 } else {
@@ -216,7 +223,9 @@ async fn list_all(
         let request = kube::core::Request::new(url)
             .list(&params)
             .map_err(|e| api_err(ApiError::Request(e.to_string())))?;
-        let mut page: Value = client.request(request).await.map_err(|e| api_err(e.into()))?;
+        let mut page = super::requests::request_json(client, request)
+            .await
+            .map_err(api_err)?;
         let items = match page.get_mut("items").map(Value::take) {
             Some(Value::Array(items)) => items,
             Some(Value::Null) | None => Vec::new(),
@@ -338,6 +347,7 @@ async fn watch_once(
                     code: status.code,
                     reason: status.reason,
                     message: status.message,
+                    retry_after: None,
                 };
                 return Err(StepError::Api {
                     error,

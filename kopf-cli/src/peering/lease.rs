@@ -135,7 +135,7 @@ async fn replace(client: &Client, url: &str, object: &Value) -> Result<Value, Ap
         .header(ACCEPT, "application/json")
         .body(body)
         .map_err(|e| ApiError::Request(e.to_string()))?;
-    Ok(client.request::<Value>(request).await?)
+    crate::clients::requests::request_json(client, request).await
 }
 
 /// One replica's side of the election.

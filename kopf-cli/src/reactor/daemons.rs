@@ -349,11 +349,11 @@ impl Background {
         }
         running.stop.set(reason);
         let options = &handler.spec().options;
-        // Kopf gives daemons a moment to exit "instantly" before any escalation.
-        let instant = self
-            .shared
-            .settings
-            .background
+        let background = &self.shared.settings.background;
+        // Kopf gives daemons a moment to exit "instantly" before any escalation: a few
+        // zero-time yields (async daemons that check the flag), then a short wait.
+        let zero_time_cycles = background.instant_exit_zero_time_cycles;
+        let instant = background
             .instant_exit_timeout
             .map(seconds)
             .unwrap_or(INSTANT_EXIT);
@@ -363,15 +363,35 @@ impl Background {
             .unwrap_or_default()
             .max(instant);
         let timeout = options.cancellation_timeout.map(seconds);
+        let polling = seconds(
+            options
+                .cancellation_polling
+                .unwrap_or(background.cancellation_polling),
+        )
+        .max(Duration::from_millis(10));
         let cancel = running.cancel.clone();
         let mut done = running.done.clone();
         let id = handler.id().to_owned();
         tokio::spawn(async move {
+            for _ in 0..zero_time_cycles {
+                if *done.borrow() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
             if tokio::time::timeout(backoff, done.wait_for(|d| *d)).await.is_ok() {
                 return;
             }
             let Some(timeout) = timeout else {
-                return; // No timeout: wait for the daemon to exit by itself, however long.
+                // No timeout: the daemon exits by itself, however long it takes; the
+                // object keeps its finalizer until then (released the moment it exits,
+                // not at the next poll). The polling only paces the reminders.
+                loop {
+                    tracing::debug!(target: "kopf.objects", "Daemon {id:?} is still exiting. Next check is in {} seconds.", polling.as_secs_f64());
+                    if tokio::time::timeout(polling, done.wait_for(|d| *d)).await.is_ok() {
+                        return;
+                    }
+                }
             };
             tracing::debug!(target: "kopf.objects", "Daemon {id:?} did not exit in time; cancelling it.");
             cancel.cancel();

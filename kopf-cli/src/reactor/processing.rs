@@ -1007,12 +1007,16 @@ impl ObjectProcessor for ResourceProcessor {
                     return Verdict::default();
                 }
                 Err(error) => {
-                    let delays = &self.shared.settings.queueing.error_delays;
+                    let settings = &self.shared.settings;
+                    let delays = &settings.queueing.error_delays;
                     let pause = delays
                         .get(memory.errors)
                         .or(delays.last())
                         .copied()
                         .unwrap_or(1.0);
+                    let pause = error
+                        .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
+                        .as_secs_f64();
                     memory.errors += 1;
                     tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
                     memory.body = Some(body);

@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::clients::watching::{EventType, WatchItem};
-use crate::engines::metrics;
+use crate::engines::{metrics, posting};
 
 /// One raw event of one object, as Kopf's handlers see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,8 +300,9 @@ pub async fn multiplex<P: ObjectProcessor>(
                 // object starts a new one (unless one was started meanwhile).
                 if let Ok(key) = done
                     && entries.get(&key).is_some_and(|entry| entry.mailbox.is_closed())
+                    && let Some(entry) = entries.remove(&key)
                 {
-                    entries.remove(&key);
+                    posting::unregister(&entry.stub);
                 }
             }
         }
@@ -310,6 +311,7 @@ pub async fn multiplex<P: ObjectProcessor>(
     metrics::queue_depth(&stream, -depth);
     for (_, entry) in entries.drain() {
         entry.mailbox.end();
+        posting::unregister(&entry.stub);
     }
     let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
@@ -342,13 +344,17 @@ fn dispatch<P: ObjectProcessor>(
     let mailbox = Arc::new(Mailbox::default());
     // Cannot fail: the mailbox is fresh.
     let _ = mailbox.push(event, coalesce);
-    entries.insert(
+    posting::register(&stub);
+    let replaced = entries.insert(
         key.clone(),
         Entry {
             mailbox: mailbox.clone(),
             stub,
         },
     );
+    if let Some(replaced) = replaced {
+        posting::unregister(&replaced.stub);
+    }
     let worker = worker(key, mailbox, processor.clone(), settings.clone(), limit.clone());
     workers.spawn(worker);
 }

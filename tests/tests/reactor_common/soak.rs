@@ -143,7 +143,7 @@ impl Soak {
             faults.fail_ratio(
                 0.01,
                 FaultMatch::any(),
-                FaultKind::TooManyRequests { retry_after_secs: 1 },
+                FaultKind::TooManyRequests { retry_after_secs: 3 },
             );
             faults.fail_ratio(0.01, FaultMatch::any(), FaultKind::DropConnection);
             faults.set_latency(Duration::from_millis(2));
