@@ -231,8 +231,62 @@ fn object_key(body: &Value) -> Option<String> {
 
 struct Entry {
     mailbox: Arc<Mailbox>,
-    /// A minimal body to build a synthetic deletion from, should the object vanish.
-    stub: Value,
+    /// What a synthetic deletion needs, should the object vanish.
+    stub: Stub,
+}
+
+/// The few fields a synthetic deletion event needs of an object: a handful of short
+/// strings (~200 bytes) rather than a `Value` tree (~1.3 KB) per watched object.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Stub {
+    api_version: Option<Box<str>>,
+    kind: Option<Box<str>>,
+    name: Option<Box<str>>,
+    namespace: Option<Box<str>>,
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+}
+
+impl Stub {
+    fn of(body: &Value) -> Self {
+        let text = |pointer: &str| body.pointer(pointer).and_then(Value::as_str).map(Box::from);
+        Self {
+            api_version: text("/apiVersion"),
+            kind: text("/kind"),
+            name: text("/metadata/name"),
+            namespace: text("/metadata/namespace"),
+            uid: text("/metadata/uid"),
+            resource_version: text("/metadata/resourceVersion"),
+        }
+    }
+
+    /// Follows a newer version of the same object (only the resourceVersion changes).
+    fn update(&mut self, body: &Value) {
+        let version = body.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        if version != self.resource_version.as_deref() {
+            self.resource_version = version.map(Box::from);
+        }
+    }
+
+    /// A minimal body: `apiVersion`, `kind` and `metadata` (name, namespace, uid,
+    /// resourceVersion), as far as known.
+    fn to_body(&self) -> Value {
+        let pairs = |fields: &[(&str, &Option<Box<str>>)]| {
+            fields
+                .iter()
+                .filter_map(|(key, value)| Some(((*key).to_owned(), Value::from(&**value.as_ref()?))))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let meta = pairs(&[
+            ("name", &self.name),
+            ("namespace", &self.namespace),
+            ("uid", &self.uid),
+            ("resourceVersion", &self.resource_version),
+        ]);
+        let mut body = pairs(&[("apiVersion", &self.api_version), ("kind", &self.kind)]);
+        body.insert("metadata".into(), Value::Object(meta));
+        Value::Object(body)
+    }
 }
 
 /// Consumes a watch stream and dispatches its events to per-object workers until the
@@ -267,7 +321,7 @@ pub async fn multiplex<P: ObjectProcessor>(
                             let gone: Vec<String> = entries.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                             for key in gone {
                                 if let Some(entry) = entries.get(&key) {
-                                    let event = RawEvent::new(Some(EventType::Deleted), entry.stub.clone());
+                                    let event = RawEvent::new(Some(EventType::Deleted), entry.stub.to_body());
                                     dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
                                 }
                             }
@@ -301,8 +355,9 @@ pub async fn multiplex<P: ObjectProcessor>(
                 if let Ok(key) = done
                     && entries.get(&key).is_some_and(|entry| entry.mailbox.is_closed())
                     && let Some(entry) = entries.remove(&key)
+                    && posting::is_active()
                 {
-                    posting::unregister(&entry.stub);
+                    posting::unregister(&entry.stub.to_body());
                 }
             }
         }
@@ -311,7 +366,9 @@ pub async fn multiplex<P: ObjectProcessor>(
     metrics::queue_depth(&stream, -depth);
     for (_, entry) in entries.drain() {
         entry.mailbox.end();
-        posting::unregister(&entry.stub);
+        if posting::is_active() {
+            posting::unregister(&entry.stub.to_body());
+        }
     }
     let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
@@ -328,11 +385,10 @@ fn dispatch<P: ObjectProcessor>(
     key: String,
     event: RawEvent,
 ) {
-    let stub = stub_of(&event.body);
     let coalesce = !processor.needs_every_event();
     let event = match entries.get_mut(&key) {
         Some(entry) => {
-            entry.stub = stub.clone();
+            entry.stub.update(&event.body);
             match entry.mailbox.push(event, coalesce) {
                 Ok(()) => return,
                 // The worker exited just now; start a new one with this event.
@@ -341,10 +397,13 @@ fn dispatch<P: ObjectProcessor>(
         }
         None => event,
     };
+    let stub = Stub::of(&event.body);
     let mailbox = Arc::new(Mailbox::default());
     // Cannot fail: the mailbox is fresh.
     let _ = mailbox.push(event, coalesce);
-    posting::register(&stub);
+    if posting::is_active() {
+        posting::register(&stub.to_body());
+    }
     let replaced = entries.insert(
         key.clone(),
         Entry {
@@ -352,29 +411,13 @@ fn dispatch<P: ObjectProcessor>(
             stub,
         },
     );
-    if let Some(replaced) = replaced {
-        posting::unregister(&replaced.stub);
+    if let Some(replaced) = replaced
+        && posting::is_active()
+    {
+        posting::unregister(&replaced.stub.to_body());
     }
     let worker = worker(key, mailbox, processor.clone(), settings.clone(), limit.clone());
     workers.spawn(worker);
-}
-
-/// Keeps only what a synthetic deletion event needs.
-fn stub_of(body: &Value) -> Value {
-    let mut stub = serde_json::Map::new();
-    for key in ["apiVersion", "kind"] {
-        if let Some(v) = body.get(key) {
-            stub.insert(key.into(), v.clone());
-        }
-    }
-    let mut meta = serde_json::Map::new();
-    for key in ["name", "namespace", "uid", "resourceVersion"] {
-        if let Some(v) = body.pointer(&format!("/metadata/{key}")) {
-            meta.insert(key.into(), v.clone());
-        }
-    }
-    stub.insert("metadata".into(), Value::Object(meta));
-    Value::Object(stub)
 }
 
 async fn worker<P: ObjectProcessor>(
@@ -529,6 +572,23 @@ mod tests {
             !seen
                 .iter()
                 .any(|(n, t, _)| n == "a" && *t == Some(EventType::Deleted))
+        );
+    }
+
+    #[test]
+    fn stubs_keep_what_a_synthetic_deletion_needs() {
+        let mut body = obj("a");
+        body["apiVersion"] = json!("kopf.dev/v1");
+        body["kind"] = json!("KopfExample");
+        body["metadata"]["resourceVersion"] = json!("1");
+        body["spec"] = json!({"big": "x".repeat(1000)});
+        let mut stub = Stub::of(&body);
+        body["metadata"]["resourceVersion"] = json!("2");
+        stub.update(&body);
+        assert_eq!(
+            stub.to_body(),
+            json!({"apiVersion": "kopf.dev/v1", "kind": "KopfExample", "metadata":
+                {"name": "a", "namespace": "ns", "uid": "uid-a", "resourceVersion": "2"}})
         );
     }
 
