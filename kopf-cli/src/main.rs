@@ -8,15 +8,17 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options: one arena instead of four per CPU. The operator's threads are few
-/// and mostly idle; per-CPU arenas each kept their own free pages (10,000 objects with
-/// timers: 3 MB less at the end, peak 84 instead of 108 MiB; no CPU difference measured).
+/// jemalloc's options: one arena instead of four per CPU, and thread caches only for
+/// small sizes (up to 1 KiB). The operator's threads are many (plugins' blocking pools)
+/// and mostly idle; per-CPU arenas and per-thread caches of large sizes each kept their
+/// own free memory. Measured with 10,000 objects with timers: RSS at the end 50.1 → 45.4
+/// MiB, peak 88.0 → 59.0 MiB; the 1,000-object lifecycle showed no CPU difference.
 /// `_RJEM_MALLOC_CONF` in the environment still overrides it.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 // SAFETY: jemalloc reads this C string (a pointer to NUL-terminated bytes) once, at its
 // initialisation; it is immutable and static.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &u8 = &b"narenas:1\0"[0];
+static MALLOC_CONF: &u8 = &b"narenas:1,tcache_max:1024\0"[0];
 
 use anyhow::Result;
 use clap::Parser;

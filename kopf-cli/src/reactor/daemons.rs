@@ -11,11 +11,7 @@
 //! `cancellation_backoff`, an async daemon is cancelled, and after `cancellation_timeout`
 //! the task is abandoned. While a deleted object's daemons run, the finalizer stays.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use kopf_abi::protocol::{HandlerKind, Invocation, ResourceInfo};
 use parking_lot::{Condvar, Mutex};
@@ -282,9 +278,11 @@ struct Running {
 #[derive(Default)]
 struct ObjectTasks {
     live: Option<Arc<LiveCell>>,
-    running: HashMap<String, Running>,
+    /// Running tasks by handler index (into `Background::handlers`): a few at most, so a
+    /// vector, not a map (~200 bytes less per object).
+    running: Vec<(usize, Running)>,
     /// Handlers that returned or failed permanently: not restarted in this process.
-    finished: HashSet<String>,
+    finished: Vec<usize>,
 }
 
 /// The daemons and timers of one resource's objects.
@@ -362,11 +360,12 @@ impl Background {
                 }))
             }
         }
-        tasks.running.retain(|_, r| !r.done.is_set());
-        for handler in &self.handlers {
+        tasks.running.retain(|(_, r)| !r.done.is_set());
+        for (index, handler) in self.handlers.iter().enumerate() {
             let id = handler.id();
-            let wanted = !deleting && matching.iter().any(|m| m == id) && !tasks.finished.contains(id);
-            match (tasks.running.get(id), wanted) {
+            let wanted = !deleting && matching.iter().any(|m| m == id) && !tasks.finished.contains(&index);
+            let running = tasks.running.iter().find(|(i, _)| *i == index).map(|(_, r)| r);
+            match (running, wanted) {
                 (Some(running), false) => {
                     let reason = if deleting {
                         StopReason::ResourceDeleted
@@ -379,8 +378,8 @@ impl Background {
                     let Some(live) = tasks.live.clone() else {
                         continue;
                     };
-                    let running = self.spawn(handler.clone(), live, uid.to_owned());
-                    tasks.running.insert(id.to_owned(), running);
+                    let running = self.spawn(index, live, uid.to_owned());
+                    tasks.running.push((index, running));
                 }
                 _ => {}
             }
@@ -394,7 +393,7 @@ impl Background {
         let Some(tasks) = objects.get_mut(uid) else {
             return false;
         };
-        tasks.running.retain(|_, r| !r.done.is_set());
+        tasks.running.retain(|(_, r)| !r.done.is_set());
         !tasks.running.is_empty()
     }
 
@@ -402,8 +401,8 @@ impl Background {
     pub fn forget(&self, body: &Value) {
         if let Some(uid) = uid_of(body) {
             let removed = self.objects.lock().remove(uid);
-            for (id, running) in removed.map(|t| t.running).unwrap_or_default() {
-                if let Some(handler) = self.handlers.iter().find(|h| h.id() == id) {
+            for (index, running) in removed.map(|t| t.running).unwrap_or_default() {
+                if let Some(handler) = self.handlers.get(index) {
                     self.stop_one(handler, &running, StopReason::ResourceDeleted);
                 }
             }
@@ -418,8 +417,8 @@ impl Background {
             return;
         };
         let mut waits = Vec::new();
-        for (id, running) in tasks.running {
-            if let Some(handler) = self.handlers.iter().find(|h| *h.id() == id) {
+        for (index, running) in tasks.running {
+            if let Some(handler) = self.handlers.get(index) {
                 self.stop_one(handler, &running, reason);
             }
             waits.push(running.done);
@@ -488,7 +487,8 @@ impl Background {
         });
     }
 
-    fn spawn(&self, handler: HandlerRef, live: Arc<LiveCell>, uid: String) -> Running {
+    fn spawn(&self, index: usize, live: Arc<LiveCell>, uid: String) -> Running {
+        let handler = self.handlers[index].clone();
         let stop = Arc::new(StopFlag::default());
         let cancel = CancellationToken::new();
         let done = Arc::new(Latch::default());
@@ -505,13 +505,12 @@ impl Background {
         };
         let objects = Arc::downgrade(&self.objects);
         tokio::spawn(async move {
-            let id = task.handler.id().to_owned();
             if task.run().await
                 && let Some(objects) = objects.upgrade()
                 && let Some(tasks) = objects.lock().get_mut(&uid)
             {
                 // Returned or failed permanently: not restarted in this process.
-                tasks.finished.insert(id);
+                tasks.finished.push(index);
             }
             drop(ended);
         });
@@ -535,8 +534,10 @@ impl Task {
     /// Runs the daemon or timer until stopped; returns true when it is done forever.
     async fn run(self) -> bool {
         let options = &self.handler.spec().options;
+        // Rare waits are boxed: the task's future (one per object and timer, kept for the
+        // object's lifetime) then holds only the interval sleep's state inline.
         if let Some(delay) = options.initial_delay
-            && self.stop.sleep(seconds(delay)).await
+            && Box::pin(self.stop.sleep(seconds(delay))).await
         {
             return false;
         }
@@ -556,7 +557,7 @@ impl Task {
                     if since >= idle {
                         break;
                     }
-                    if self.stop.sleep(idle - since).await {
+                    if Box::pin(self.stop.sleep(idle - since)).await {
                         return false;
                     }
                 }
@@ -583,18 +584,8 @@ impl Task {
                         Some(interval) => interval,
                         None if options.idle.is_some() => {
                             // Idle-only timers wait for the next change, then idle again.
-                            let before = self.live.get().changed_at;
-                            loop {
-                                let changed = self.live.changed.notified();
-                                tokio::pin!(changed);
-                                changed.as_mut().enable();
-                                if self.live.get().changed_at != before {
-                                    break;
-                                }
-                                tokio::select! {
-                                    () = changed => {}
-                                    _ = self.stop.sleep(Duration::from_secs(3600)) => return false,
-                                }
+                            if !Box::pin(self.wait_for_change()).await {
+                                return false;
                             }
                             0.0
                         }
@@ -614,6 +605,24 @@ impl Task {
             };
             if self.stop.sleep_until(wake_at).await {
                 return false;
+            }
+        }
+    }
+
+    /// Waits until the object's essence changes; false if stopped meanwhile (or after an
+    /// hour without change).
+    async fn wait_for_change(&self) -> bool {
+        let before = self.live.get().changed_at;
+        loop {
+            let changed = self.live.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.live.get().changed_at != before {
+                return true;
+            }
+            tokio::select! {
+                () = changed => {}
+                _ = self.stop.sleep(Duration::from_secs(3600)) => return false,
             }
         }
     }
