@@ -11,8 +11,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options: one arena instead of four per CPU, and thread caches only for
 /// small sizes (up to 1 KiB). The operator's threads are many (plugins' blocking pools)
 /// and mostly idle; per-CPU arenas and per-thread caches of large sizes each kept their
-/// own free memory. Measured with 10,000 objects with timers: RSS at the end 50.1 → 45.4
-/// MiB, peak 88.0 → 59.0 MiB; the 1,000-object lifecycle showed no CPU difference.
+/// own free memory. With 10,000 objects with timers, one arena took ~3 MiB off the RSS
+/// and ~20 MiB off the peak; small-only caches lowered the peak further in most runs
+/// (runs vary by ±4 MiB); the 1,000-object lifecycle showed no CPU difference (docs/benchmarks.md).
 /// `_RJEM_MALLOC_CONF` in the environment still overrides it.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 // SAFETY: jemalloc reads this C string (a pointer to NUL-terminated bytes) once, at its
