@@ -135,11 +135,12 @@ impl KopfFormat {
     }
 }
 
-/// The fields of one event, as collected for formatting.
+/// The fields of one event, as collected for formatting (and for posting object lines,
+/// see [`crate::engines::posting`]).
 #[derive(Default)]
-struct Collected {
-    message: String,
-    object: String,
+pub(crate) struct Collected {
+    pub(crate) message: String,
+    pub(crate) object: String,
     target: String,
     extra: Vec<(&'static str, Value)>,
 }

@@ -72,12 +72,10 @@ fn level_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Strin
     }
     Ok(match Level::deserialize(deserializer)? {
         Level::Name(name) => name,
-        Level::Number(10) => "DEBUG".into(),
-        Level::Number(20) => "INFO".into(),
-        Level::Number(30) => "WARNING".into(),
-        Level::Number(40) => "ERROR".into(),
-        Level::Number(50) => "CRITICAL".into(),
-        Level::Number(other) => other.to_string(),
+        Level::Number(number) => crate::engines::posting::LEVELS
+            .iter()
+            .find(|(_, known)| *known == number)
+            .map_or_else(|| number.to_string(), |(name, _)| (*name).to_owned()),
     })
 }
 

@@ -19,25 +19,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
 use crate::clients::events::{self, InvolvedObject, Reporter};
+use crate::logging::Collected;
 
 /// The `reason` of posted log lines (Kopf's).
 pub const REASON: &str = "Logging";
 
-/// Python's level numbers, as Kopf's `settings.posting.level` holds them.
+/// Python's level names and numbers, as Kopf's `settings.posting.level` holds them.
+pub const LEVELS: [(&str, u32); 5] = [
+    ("DEBUG", 10),
+    ("INFO", 20),
+    ("WARNING", 30),
+    ("ERROR", 40),
+    ("CRITICAL", 50),
+];
+
+/// A level's Python number, from its name (`WARN` and `FATAL` too) or a number.
 pub fn level_number(level: &str) -> Option<u32> {
-    match level.trim().to_ascii_uppercase().as_str() {
-        "DEBUG" => Some(10),
-        "INFO" => Some(20),
-        "WARNING" | "WARN" => Some(30),
-        "ERROR" => Some(40),
-        "CRITICAL" | "FATAL" => Some(50),
-        other => other.parse().ok(),
-    }
+    let level = level.trim().to_ascii_uppercase();
+    let name = match level.as_str() {
+        "WARN" => "WARNING",
+        "FATAL" => "CRITICAL",
+        other => other,
+    };
+    LEVELS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, number)| *number)
+        .or_else(|| name.parse().ok())
 }
 
 fn tracing_level_number(level: &Level) -> u32 {
@@ -152,32 +164,8 @@ pub fn unregister(stub: &Value) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ObjectEventsLayer;
 
-#[derive(Default)]
-struct Fields {
-    message: String,
-    object: String,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message = value.to_owned(),
-            "object" => self.object = value.to_owned(),
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "message" => self.message = format!("{value:?}"),
-            "object" => self.object = format!("{value:?}"),
-            _ => {}
-        }
-    }
-}
-
 /// The object a line is about and the line without its `[namespace/name]` prefix.
-fn split_reference(target: &str, fields: Fields) -> Option<(String, String)> {
+fn split_reference(target: &str, fields: Collected) -> Option<(String, String)> {
     if !fields.object.is_empty() {
         return Some((fields.object, fields.message));
     }
@@ -202,7 +190,7 @@ impl<S: Subscriber> Layer<S> for ObjectEventsLayer {
         if level < poster.level {
             return;
         }
-        let mut fields = Fields::default();
+        let mut fields = Collected::default();
         event.record(&mut fields);
         let Some((object, message)) = split_reference(meta.target(), fields) else {
             return;
