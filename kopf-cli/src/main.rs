@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 /// jemalloc instead of glibc's allocator: under a burst of objects the operator spent
 /// a quarter of its CPU in glibc's malloc/free (see docs/benchmarks.md).
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -15,7 +15,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// and ~20 MiB off the peak; small-only caches lowered the peak further in most runs
 /// (runs vary by ±4 MiB); the 1,000-object lifecycle showed no CPU difference (docs/benchmarks.md).
 /// `_RJEM_MALLOC_CONF` in the environment still overrides it.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
 // SAFETY: jemalloc reads this C string (a pointer to NUL-terminated bytes) once, at its
 // initialisation; it is immutable and static.
 #[unsafe(export_name = "_rjem_malloc_conf")]

@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use crate::error::InvokeError;
 use crate::handler::handlers;
 use crate::runtime::panic_message;
-use crate::{host, logging, memo, runtime};
+use crate::{host, logging, memo, pool, runtime};
 
 /// The root module value of this plugin (what the export macro leaks into the prefix
 /// type). Tests can call its functions in-process.
@@ -216,11 +216,20 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
             {
                 *entry = Running::Task(work.abort_handle());
             }
-        } else {
+        } else if handler.spec().kind == kopf_abi::protocol::HandlerKind::Daemon {
+            // A daemon holds its thread for the object's lifetime: a thread of its own.
             rt.spawn_blocking(move || {
                 let outcome = submitted_invocation(call_id, &payload).map(|inv| handler.run(inv));
                 guard.finish(outcome);
             });
+        } else {
+            // Short calls (timer ticks above all) share a pool that wakes few threads.
+            pool::sync_pool()
+                .execute(Box::new(move || {
+                    let outcome = submitted_invocation(call_id, &payload).map(|inv| handler.run(inv));
+                    guard.finish(outcome);
+                }))
+                .map_err(|e| Failure::new(FailureKind::INTERNAL, format!("no thread for the call: {e}")))?;
         }
         Ok(String::new())
     });

@@ -149,6 +149,7 @@ pub mod hierarchies;
 mod host;
 mod logging;
 pub mod memo;
+mod pool;
 mod runtime;
 mod selector;
 pub mod subhandlers;

@@ -456,23 +456,17 @@ impl PluginSet {
         handler.invoke_blocking(inv)
     }
 
-    /// Runs a handler's blocking `invoke` on tokio's blocking pool, at most
-    /// [`default_max_workers`] (or [`PluginSet::with_max_workers`]) at once: a burst of
-    /// objects then needs a few threads, not hundreds.
+    /// Runs a handler through the plugin's non-blocking `submit`, at most
+    /// [`default_max_workers`] (or [`PluginSet::with_max_workers`]) at once, as Kopf's
+    /// executor bounds sync handlers. The plugin runs sync handlers on a pool that wakes
+    /// few threads for a burst of calls, and decodes the payload on that thread; the
+    /// host's threads only encode and await. Dropping the future cancels the call.
     pub async fn invoke(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
+        let call_id = inv.call_id.unwrap_or_else(next_call_id);
         let payload = handler.encode(inv)?;
         // The semaphore is never closed; a failure would only mean "unbounded".
         let _slot = self.workers.acquire().await.ok();
-        let h = handler.clone();
-        let answer = tokio::task::spawn_blocking(move || h.plugin.invoke_raw(&h.spec.id, &payload))
-            .await
-            .map_err(|e| PluginError::Lost {
-                plugin: handler.plugin.name(),
-                handler: handler.spec.id.clone(),
-                reason: format!("the blocking worker failed: {e}"),
-            })?
-            .map_err(|f| handler.call_error(f))?;
-        handler.decode(&answer)
+        self.submit_payload(handler, call_id, &payload, None).await
     }
 
     /// Runs a handler on the current thread from async code without the hand-off to the
@@ -511,7 +505,8 @@ impl PluginSet {
                 (call_id, handler.encode(&inv)?)
             }
         };
-        self.submit_payload(handler, call_id, &payload, cancel).await
+        self.submit_payload(handler, call_id, &payload, Some(cancel))
+            .await
     }
 
     /// [`PluginSet::invoke_submitted`] for an invocation whose object body is already
@@ -541,7 +536,8 @@ impl PluginSet {
             handler.encode(&inv)?
         };
         let payload = splice_body(&rest, body_json).ok_or_else(|| encode_error("not a JSON object"))?;
-        self.submit_payload(handler, call_id, &payload, cancel).await
+        self.submit_payload(handler, call_id, &payload, Some(cancel))
+            .await
     }
 
     /// Submits an encoded invocation and awaits its outcome (see [`PluginSet::invoke_submitted`]).
@@ -550,7 +546,7 @@ impl PluginSet {
         handler: &HandlerRef,
         call_id: u64,
         payload: &str,
-        cancel: &CancellationToken,
+        cancel: Option<&CancellationToken>,
     ) -> Result<Outcome, PluginError> {
         let plugin = &handler.plugin;
 
@@ -570,12 +566,15 @@ impl PluginSet {
             return Err(handler.call_error(failure));
         }
 
-        let completion = tokio::select! {
-            done = &mut rx => done,
-            () = cancel.cancelled() => {
-                (plugin.module.cancel())(call_id);
-                rx.await
-            }
+        let completion = match cancel {
+            None => rx.await,
+            Some(cancel) => tokio::select! {
+                done = &mut rx => done,
+                () = cancel.cancelled() => {
+                    (plugin.module.cancel())(call_id);
+                    rx.await
+                }
+            },
         };
         guard.armed = false;
         let answer = completion
