@@ -11,7 +11,14 @@
 //! `cancellation_backoff`, an async daemon is cancelled, and after `cancellation_timeout`
 //! the task is abandoned. While a deleted object's daemons run, the finalizer stays.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use kopf_abi::protocol::{HandlerKind, Invocation, ResourceInfo};
 use parking_lot::{Condvar, Mutex};
@@ -22,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     execution::{self, Attempt, Decision},
     processing::Shared,
+    wheel::Wheel,
 };
 use crate::{
     clients::patching,
@@ -273,6 +281,8 @@ struct Running {
     stop: Arc<StopFlag>,
     cancel: CancellationToken,
     done: Arc<Latch>,
+    /// A timer's key in the resource's wheel, where it waits between ticks.
+    wheel_key: Option<u64>,
 }
 
 #[derive(Default)]
@@ -294,6 +304,16 @@ pub struct Background {
     handlers: Vec<HandlerRef>,
     registry: Arc<StopRegistry>,
     objects: Arc<Mutex<HashMap<String, ObjectTasks>>>,
+    /// Timers between ticks.
+    wheel: Wheel<Box<TimerRun>>,
+    next_wheel_key: AtomicU64,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Parked timers hold the wheel: closing it breaks the cycle and ends them.
+        self.wheel.close();
+    }
 }
 
 fn uid_of(body: &Value) -> Option<&str> {
@@ -320,6 +340,10 @@ impl Background {
             handlers,
             registry,
             objects: Arc::default(),
+            wheel: Wheel::new(|run: Box<TimerRun>| {
+                tokio::spawn(run.tick());
+            }),
+            next_wheel_key: AtomicU64::new(1),
         }
     }
 
@@ -434,6 +458,10 @@ impl Background {
             return;
         }
         running.stop.set(reason);
+        if let Some(key) = running.wheel_key {
+            // A timer waiting for its next tick ends here (a ticking one after its tick).
+            drop(self.wheel.take(key));
+        }
         let options = &handler.spec().options;
         let background = &self.shared.settings.background;
         // Kopf gives daemons a moment to exit "instantly" before any escalation: a few
@@ -489,10 +517,16 @@ impl Background {
 
     fn spawn(&self, index: usize, live: Arc<LiveCell>, uid: String) -> Running {
         let handler = self.handlers[index].clone();
+        let is_timer = handler.kind() == HandlerKind::Timer;
         let stop = Arc::new(StopFlag::default());
         let cancel = CancellationToken::new();
         let done = Arc::new(Latch::default());
-        let ended = SetOnDrop(done.clone());
+        let end = TaskEnd {
+            index,
+            uid,
+            objects: Arc::downgrade(&self.objects),
+            _ended: SetOnDrop(done.clone()),
+        };
         let task = Task {
             shared: self.shared.clone(),
             resource: self.resource.clone(),
@@ -503,19 +537,115 @@ impl Background {
             cancel: cancel.clone(),
             registry: self.registry.clone(),
         };
-        let objects = Arc::downgrade(&self.objects);
-        tokio::spawn(async move {
-            if task.run().await
-                && let Some(objects) = objects.upgrade()
-                && let Some(tasks) = objects.lock().get_mut(&uid)
-            {
-                // Returned or failed permanently: not restarted in this process.
-                tasks.finished.push(index);
-            }
-            drop(ended);
-        });
-        Running { stop, cancel, done }
+        let wheel_key = if is_timer {
+            let key = self.next_wheel_key.fetch_add(1, Ordering::Relaxed);
+            let run = Box::new(TimerRun {
+                task,
+                progress: None,
+                key,
+                wheel: self.wheel.clone(),
+                end,
+            });
+            tokio::spawn(run.tick());
+            Some(key)
+        } else {
+            tokio::spawn(async move {
+                if task.run().await {
+                    end.done_forever();
+                }
+            });
+            None
+        };
+        Running {
+            stop,
+            cancel,
+            done,
+            wheel_key,
+        }
     }
+}
+
+/// The end of a daemon's or timer's life: sets its latch when dropped.
+struct TaskEnd {
+    index: usize,
+    uid: String,
+    objects: Weak<Mutex<HashMap<String, ObjectTasks>>>,
+    _ended: SetOnDrop,
+}
+
+impl TaskEnd {
+    /// Returned or failed permanently: not restarted in this process.
+    fn done_forever(self) {
+        if let Some(objects) = self.objects.upgrade()
+            && let Some(tasks) = objects.lock().get_mut(&self.uid)
+        {
+            tasks.finished.push(self.index);
+        }
+    }
+}
+
+/// A timer: a task only while it ticks; between ticks it waits in the resource's wheel.
+struct TimerRun {
+    task: Task,
+    /// `None` until the initial delay has passed.
+    progress: Option<Progress>,
+    key: u64,
+    wheel: Wheel<Box<TimerRun>>,
+    end: TaskEnd,
+}
+
+impl TimerRun {
+    async fn tick(mut self: Box<Self>) {
+        let this = &mut *self;
+        let progress = match &mut this.progress {
+            Some(progress) => progress,
+            None => {
+                if !this.task.initial_delay().await {
+                    return;
+                }
+                this.progress.insert(Progress::start())
+            }
+        };
+        match this.task.step(progress).await {
+            Step::Done => self.end.done_forever(),
+            Step::Stopped => {}
+            Step::Sleep(until) => {
+                let (wheel, key, stop) = (self.wheel.clone(), self.key, self.task.stop.clone());
+                // Stopped meanwhile: whoever stopped it may have looked for it in the
+                // wheel before it got there, so it takes itself out again.
+                if wheel.park(key, until, self).is_ok() && stop.reason().is_some() {
+                    drop(wheel.take(key));
+                }
+            }
+        }
+    }
+}
+
+/// Where a daemon's or timer's loop stands between its steps.
+struct Progress {
+    retries: u32,
+    started: Box<str>,
+    started_at: Instant,
+}
+
+impl Progress {
+    fn start() -> Self {
+        Self {
+            retries: 0,
+            started: Timestamp::now().to_string().into_boxed_str(),
+            started_at: Instant::now(),
+        }
+    }
+}
+
+/// What follows one step of a daemon or timer.
+enum Step {
+    /// Done forever (returned, failed permanently, or a one-shot timer ticked).
+    Done,
+    /// Stopped while waiting.
+    Stopped,
+    /// Sleep until then, then step again.
+    Sleep(Instant),
 }
 
 struct Task {
@@ -531,82 +661,96 @@ struct Task {
 }
 
 impl Task {
-    /// Runs the daemon or timer until stopped; returns true when it is done forever.
+    /// Waits out the handler's initial delay; false if stopped meanwhile.
+    async fn initial_delay(&self) -> bool {
+        match self.handler.spec().options.initial_delay {
+            // Boxed: a rare wait, kept out of the futures that live long.
+            Some(delay) => !Box::pin(self.stop.sleep(seconds(delay))).await,
+            None => true,
+        }
+    }
+
+    /// Runs a daemon until stopped; returns true when it is done forever. (Timers run
+    /// step by step through [`TimerRun::tick`].)
     async fn run(self) -> bool {
-        let options = &self.handler.spec().options;
-        // Rare waits are boxed: the task's future (one per object and timer, kept for the
-        // object's lifetime) then holds only the interval sleep's state inline.
-        if let Some(delay) = options.initial_delay
-            && Box::pin(self.stop.sleep(seconds(delay))).await
-        {
+        if !self.initial_delay().await {
             return false;
         }
-        let started = Timestamp::now().to_string();
-        let started_at = Instant::now();
-        let mut retries: u32 = 0;
-        let is_timer = self.handler.kind() == HandlerKind::Timer;
+        let mut progress = Progress::start();
         loop {
-            if self.stop.reason().is_some() {
-                return false;
-            }
-            if is_timer && let Some(idle) = options.idle {
-                // Wait until the object has been unchanged for `idle` seconds.
-                let idle = seconds(idle);
-                loop {
-                    let since = self.live.get().changed_at.elapsed();
-                    if since >= idle {
-                        break;
-                    }
-                    if Box::pin(self.stop.sleep(idle - since)).await {
+            match self.step(&mut progress).await {
+                Step::Done => return true,
+                Step::Stopped => return false,
+                Step::Sleep(until) => {
+                    if self.stop.sleep_until(until).await {
                         return false;
                     }
                 }
             }
-            let tick = Instant::now();
-            let attempt = Attempt {
-                retries,
-                runtime: started_at.elapsed().as_secs_f64(),
-            };
-            let decision = match execution::precheck(self.handler.spec(), attempt) {
-                Some(decision) => decision,
-                // Boxed: the call's state exists only during the call, so an idle task
-                // (a timer between ticks, for every object) stays small.
-                None => Box::pin(self.invoke(attempt, &started)).await,
-            };
-            let delay = match decision {
-                Decision::Success if is_timer => {
-                    retries = 0;
-                    match options.interval {
-                        Some(interval) if options.sharp.unwrap_or(false) => {
-                            let elapsed = tick.elapsed().as_secs_f64();
-                            interval - (elapsed % interval)
-                        }
-                        Some(interval) => interval,
-                        None if options.idle.is_some() => {
-                            // Idle-only timers wait for the next change, then idle again.
-                            if !Box::pin(self.wait_for_change()).await {
-                                return false;
-                            }
-                            0.0
-                        }
-                        None => return true, // A one-shot timer.
-                    }
+        }
+    }
+
+    /// One call of the handler (after an idle timer's wait), and what comes next.
+    async fn step(&self, progress: &mut Progress) -> Step {
+        let options = &self.handler.spec().options;
+        let is_timer = self.handler.kind() == HandlerKind::Timer;
+        if self.stop.reason().is_some() {
+            return Step::Stopped;
+        }
+        if is_timer && let Some(idle) = options.idle {
+            // Wait until the object has been unchanged for `idle` seconds.
+            let idle = seconds(idle);
+            loop {
+                let since = self.live.get().changed_at.elapsed();
+                if since >= idle {
+                    break;
                 }
-                Decision::Success | Decision::Failure { .. } => return true,
-                Decision::Retry { delay, .. } => {
-                    retries += 1;
-                    delay
+                if Box::pin(self.stop.sleep(idle - since)).await {
+                    return Step::Stopped;
                 }
-            };
-            let wake_at = if is_timer {
-                tick_deadline(seconds(delay))
-            } else {
-                Instant::now() + seconds(delay)
-            };
-            if self.stop.sleep_until(wake_at).await {
-                return false;
             }
         }
+        let tick = Instant::now();
+        let attempt = Attempt {
+            retries: progress.retries,
+            runtime: progress.started_at.elapsed().as_secs_f64(),
+        };
+        let decision = match execution::precheck(self.handler.spec(), attempt) {
+            Some(decision) => decision,
+            // Boxed: the call's state exists only during the call, so a daemon's
+            // long-lived future stays small.
+            None => Box::pin(self.invoke(attempt, &progress.started)).await,
+        };
+        let delay = match decision {
+            Decision::Success if is_timer => {
+                progress.retries = 0;
+                match options.interval {
+                    Some(interval) if options.sharp.unwrap_or(false) => {
+                        let elapsed = tick.elapsed().as_secs_f64();
+                        interval - (elapsed % interval)
+                    }
+                    Some(interval) => interval,
+                    None if options.idle.is_some() => {
+                        // Idle-only timers wait for the next change, then idle again.
+                        if !Box::pin(self.wait_for_change()).await {
+                            return Step::Stopped;
+                        }
+                        0.0
+                    }
+                    None => return Step::Done, // A one-shot timer.
+                }
+            }
+            Decision::Success | Decision::Failure { .. } => return Step::Done,
+            Decision::Retry { delay, .. } => {
+                progress.retries += 1;
+                delay
+            }
+        };
+        Step::Sleep(if is_timer {
+            tick_deadline(seconds(delay))
+        } else {
+            Instant::now() + seconds(delay)
+        })
     }
 
     /// Waits until the object's essence changes; false if stopped meanwhile (or after an

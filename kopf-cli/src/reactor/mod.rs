@@ -8,3 +8,4 @@ pub mod pausing;
 pub mod processing;
 pub mod queueing;
 pub mod subhandling;
+pub mod wheel;
