@@ -111,9 +111,9 @@ extern "C" fn invoke(handler: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
 enum Running {
     /// An async handler: a task on the plugin's runtime, aborted on cancellation.
     Task(AbortHandle),
-    /// A sync handler on the runtime's blocking pool (or an async one not spawned yet): it
-    /// cannot be interrupted, so cancellation completes the call at once and its late
-    /// outcome is dropped.
+    /// A sync handler on the SDK's pool or, for a daemon, on a thread of its own (or an
+    /// async one not spawned yet): it cannot be interrupted, so cancellation completes the
+    /// call at once and its late outcome is dropped.
     Blocking,
 }
 
@@ -174,8 +174,9 @@ fn submitted_invocation(call_id: u64, payload: &str) -> Result<Invocation, Failu
     Ok(invocation)
 }
 
-/// Starts a call: async handlers as one task on the plugin's runtime, sync handlers
-/// directly on its blocking pool; whichever runs the call decodes the payload and
+/// Starts a call: async handlers as one task on the plugin's runtime, sync daemons on
+/// threads of their own, other sync handlers on the SDK's pool for short calls
+/// (`pool.rs`); whichever runs the call decodes the payload and
 /// completes the call (one hand-off between threads per call, not three, and no JSON
 /// work on the host's thread).
 extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RResult<(), Failure> {

@@ -439,7 +439,7 @@ impl HandlerBuilder {
     }
 
     /// The handler function, synchronous: it runs on the host's calling thread (or on the
-    /// plugin runtime's blocking pool for submitted calls).
+    /// plugin's threads for submitted calls).
     pub fn sync_fn<F, T, E>(mut self, f: F) -> Self
     where
         F: Fn(&Context) -> Result<T, E> + Send + Sync + 'static,
