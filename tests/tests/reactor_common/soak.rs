@@ -475,8 +475,15 @@ impl Soak {
             let failed = per_object.get(name.as_str()).map(|(_, f)| *f).unwrap_or(0);
             let allowed = RERUNS_PER_FAILED_WRITE * failed + kills;
             if reruns > allowed {
+                let detail: Vec<String> = LIFECYCLE_MULTI
+                    .iter()
+                    .map(|(id, reason)| {
+                        let key = (id.to_string(), obj.clone(), uid.clone(), reason.to_string());
+                        format!("{id}/{reason}={}", records.get(&key).copied().unwrap_or(0))
+                    })
+                    .collect();
                 failures.push(format!(
-                    "{obj}: {reruns} handler re-runs with {failed} failed requests and {kills} kills (at most {allowed} allowed)"
+                    "{obj}: {reruns} handler re-runs with {failed} failed requests and {kills} kills (at most {allowed} allowed) {detail:?}"
                 ));
             }
             reruns_total += reruns;
