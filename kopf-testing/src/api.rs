@@ -757,10 +757,15 @@ impl Shared {
             _ => None,
         };
         let gr = def.group_resource();
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         let coll = st.collections.get(&gr);
+        // Continued pages come from the snapshot taken when the list began.
+        let snapshot = match (&token, coll) {
+            (Some(t), Some(c)) => c.snapshots.get(&t.rv).cloned(),
+            _ => None,
+        };
         if let (Some(t), Some(c)) = (&token, coll)
-            && t.rv < c.compacted_rv
+            && (t.rv < c.compacted_rv || snapshot.is_none())
         {
             return Err(ApiError::expired(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new \
@@ -774,7 +779,7 @@ impl Shared {
         let mut items = vec![];
         let mut next = None;
         let mut remaining = 0u64;
-        if let Some(c) = coll {
+        if let Some(objects) = snapshot.as_deref().or(coll.map(|c| &c.objects)) {
             let start = match &token {
                 Some(t) => std::ops::Bound::Excluded((t.ns.clone(), t.name.clone())),
                 None => match ns {
@@ -782,7 +787,7 @@ impl Shared {
                     None => std::ops::Bound::Unbounded,
                 },
             };
-            for ((ons, oname), s) in c.objects.range((start, std::ops::Bound::Unbounded)) {
+            for ((ons, oname), s) in objects.range((start, std::ops::Bound::Unbounded)) {
                 if let Some(n) = ns
                     && ons != n
                 {
@@ -816,6 +821,20 @@ impl Shared {
                     continue;
                 }
                 items.push((ons.clone(), oname.clone(), s.json.clone()));
+            }
+        }
+        // The first page of a paginated list: keep the objects as they are now.
+        if token.is_none()
+            && next.is_some()
+            && let Some(c) = st.collections.get_mut(&gr)
+            && !c.snapshots.contains_key(&list_rv)
+        {
+            let objects = Arc::new(c.objects.clone());
+            let compacted = c.compacted_rv;
+            c.snapshots.retain(|rv, _| *rv >= compacted);
+            c.snapshots.insert(list_rv, objects);
+            while c.snapshots.len() > crate::store::LIST_SNAPSHOTS_KEPT {
+                c.snapshots.pop_first();
             }
         }
         let continue_token = next.map(|mut t| {

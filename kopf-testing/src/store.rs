@@ -74,7 +74,16 @@ pub struct Collection {
     pub history: VecDeque<Arc<Change>>,
     /// Watches from resourceVersions below this get 410 Gone.
     pub compacted_rv: u64,
+    /// The objects as they were when a paginated list began, by that list's
+    /// resourceVersion: continued pages are served from them, as the API server serves
+    /// them from etcd's snapshot (not from the current state, which may be newer than
+    /// the list's resourceVersion that the client then watches from).
+    pub snapshots: BTreeMap<u64, Arc<BTreeMap<(String, String), Stored>>>,
 }
+
+/// How many list snapshots a collection keeps for continued pages (oldest dropped first;
+/// a continue token whose snapshot is gone gets 410 Gone, as after a compaction).
+pub const LIST_SNAPSHOTS_KEPT: usize = 16;
 
 /// A reference to one object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -786,6 +795,7 @@ impl State {
         for c in self.collections.values_mut() {
             c.history.clear();
             c.compacted_rv = rv;
+            c.snapshots.clear();
         }
     }
 }

@@ -545,6 +545,44 @@ async fn label_field_selectors_and_pagination() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
+    // Continued pages show the objects as of the list's resourceVersion, as etcd's
+    // snapshot does: changes after the first page are seen by a watch from that version.
+    let first = cms.list(&ListParams::default().limit(10)).await.unwrap();
+    let list_rv = first.metadata.resource_version.clone().unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    let last = names.last().unwrap().clone();
+    let mut changed = cms.get(&last).await.unwrap();
+    changed.data = Some([("after".to_string(), "the first page".to_string())].into());
+    cms.replace(&last, &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    cms.delete("cm-20", &Default::default()).await.unwrap();
+    let mut rest = vec![];
+    let mut lp = ListParams::default().limit(10).continue_token(&token);
+    loop {
+        let page = cms.list(&lp).await.unwrap();
+        assert_eq!(page.metadata.resource_version.as_deref(), Some(list_rv.as_str()));
+        rest.extend(page.items);
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = ListParams::default().limit(10).continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        rest.len(),
+        16,
+        "{:?}",
+        rest.iter().map(|o| &o.metadata.name).collect::<Vec<_>>()
+    );
+    let old_last = rest
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some(last.as_str()))
+        .unwrap();
+    assert!(
+        old_last.data.as_ref().is_none_or(|d| !d.contains_key("after")),
+        "{old_last:?}"
+    );
+    assert!(rest.iter().any(|o| o.metadata.name.as_deref() == Some("cm-20")));
     // A continue token older than the history gets 410.
     let first = cms.list(&ListParams::default().limit(5)).await.unwrap();
     let token = first.metadata.continue_.unwrap();

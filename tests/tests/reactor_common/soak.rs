@@ -200,11 +200,15 @@ impl Soak {
             ("KOPF_PEERING_LIFETIME", "4".to_string()),
         ];
         let priority = replica.priority.to_string();
-        let args: Vec<&str> = if self.opts.peering {
+        let mut args: Vec<&str> = if self.opts.peering {
             vec!["--priority", &priority]
         } else {
             vec!["--standalone"]
         };
+        // Debug logs of the operator(s) in failure messages, when asked.
+        if std::env::var_os("KOPF_SOAK_DEBUG").is_some() {
+            args.push("--debug");
+        }
         let process = self.cluster.spawn_kopf_with(&args, &self.plugin, &envs);
         self.replicas[index].process = Some(process);
         self.processes_started += 1;
@@ -295,11 +299,12 @@ impl Soak {
 
     /// The recorded requests naming `name`, one per line, with times since the start.
     fn requests_of(&self, name: &str) -> String {
-        self.cluster
-            .emu
-            .faults()
-            .requests()
-            .iter()
+        self.requests_in(&self.cluster.emu.faults().requests(), name)
+    }
+
+    /// The requests naming `name` in `log`, one per line, with times since the start.
+    fn requests_in(&self, log: &[RequestRecord], name: &str) -> String {
+        log.iter()
             .filter(|r| r.name.as_deref() == Some(name))
             .map(|r| {
                 format!(
@@ -373,6 +378,7 @@ impl Soak {
         let log = faults.requests();
         faults.record_requests(false);
         let mut failures = Vec::new();
+        let mut operator_lines: Vec<String> = Vec::new();
 
         // No crash: alive until told to stop, a clean exit, no panic.
         for replica in &mut self.replicas {
@@ -390,9 +396,11 @@ impl Soak {
                 Ok(status) => failures.push(format!("kopf {} exited with {status}", replica.identity)),
                 Err(e) => failures.push(format!("kopf {} did not exit: {e}", replica.identity)),
             }
-            if let Some(line) = process.lines().into_iter().find(|l| l.contains("panicked")) {
+            let lines = process.lines();
+            if let Some(line) = lines.iter().find(|l| l.contains("panicked")) {
                 failures.push(format!("kopf {} panicked: {line}", replica.identity));
             }
+            operator_lines.extend(lines);
         }
 
         // The requests of each operator process, split at the kills (a new process does
@@ -482,8 +490,23 @@ impl Soak {
                         format!("{id}/{reason}={}", records.get(&key).copied().unwrap_or(0))
                     })
                     .collect();
+                // The first few in full: the object's requests and the operators' lines about it.
+                let history = if failures.len() < 3 {
+                    let about: Vec<&str> = operator_lines
+                        .iter()
+                        .filter(|l| l.contains(name.as_str()))
+                        .map(String::as_str)
+                        .collect();
+                    format!(
+                        "\n its requests:\n{}\n its log lines:\n{}",
+                        self.requests_in(&log, name),
+                        about.join("\n")
+                    )
+                } else {
+                    String::new()
+                };
                 failures.push(format!(
-                    "{obj}: {reruns} handler re-runs with {failed} failed requests and {kills} kills (at most {allowed} allowed) {detail:?}"
+                    "{obj}: {reruns} handler re-runs with {failed} failed requests and {kills} kills (at most {allowed} allowed) {detail:?}{history}"
                 ));
             }
             reruns_total += reruns;
