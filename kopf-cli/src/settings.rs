@@ -141,11 +141,18 @@ impl Default for WatchingSettings {
     }
 }
 
+/// The default of `settings.queueing.worker_limit` (Kopf's is unbounded): bounds the
+/// memory of a burst of objects, not throughput (the API requests in flight are bounded
+/// lower, see `clients::connection::MAX_REQUESTS_IN_FLIGHT`); a handler call that runs
+/// longer than `reactor::queueing::SLOT_HOLD_LIMIT` gives its slot back meanwhile.
+pub const DEFAULT_WORKER_LIMIT: usize = 64;
+
 /// `settings.queueing`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QueueingSettings {
-    /// The most objects processed at once; `None` for no limit.
+    /// The most objects processed at once; `None` for no limit (Kopf's default), by
+    /// default [`DEFAULT_WORKER_LIMIT`].
     pub worker_limit: Option<usize>,
     /// Seconds an idle per-object worker lives.
     pub idle_timeout: f64,
@@ -158,7 +165,7 @@ pub struct QueueingSettings {
 impl Default for QueueingSettings {
     fn default() -> Self {
         Self {
-            worker_limit: None,
+            worker_limit: Some(DEFAULT_WORKER_LIMIT),
             idle_timeout: 5.0,
             exit_timeout: 2.0,
             error_delays: vec![

@@ -65,11 +65,14 @@ pub struct Change {
     pub prev_labels: Option<Labels>,
 }
 
+/// Objects by (namespace, name), ordered like etcd keys.
+pub type Objects = BTreeMap<(String, String), Stored>;
+
 /// Objects of one resource.
 #[derive(Debug, Default)]
 pub struct Collection {
     /// (namespace, name) → object; ordered like etcd keys.
-    pub objects: BTreeMap<(String, String), Stored>,
+    pub objects: Objects,
     /// Recent changes, oldest first.
     pub history: VecDeque<Arc<Change>>,
     /// Watches from resourceVersions below this get 410 Gone.
@@ -78,7 +81,7 @@ pub struct Collection {
     /// resourceVersion: continued pages are served from them, as the API server serves
     /// them from etcd's snapshot (not from the current state, which may be newer than
     /// the list's resourceVersion that the client then watches from).
-    pub snapshots: BTreeMap<u64, Arc<BTreeMap<(String, String), Stored>>>,
+    pub snapshots: BTreeMap<u64, Arc<Objects>>,
 }
 
 /// How many list snapshots a collection keeps for continued pages (oldest dropped first;

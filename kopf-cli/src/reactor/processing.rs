@@ -662,7 +662,7 @@ impl ResourceProcessor {
         limit: Option<Duration>,
     ) -> Outcome {
         let started = std::time::Instant::now();
-        let invocation = self.shared.plugins.invoke(handler, inv);
+        let invocation = super::queueing::release_slot_if_slow(self.shared.plugins.invoke(handler, inv));
         let invoked = match limit {
             None => invocation.await,
             Some(limit) => match tokio::time::timeout(limit, invocation).await {

@@ -8,18 +8,59 @@
 //! synthetic `DELETED` event; and the number of workers processing at once is bounded
 //! by a semaphore shared by all watchers.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{cell::RefCell, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::{
-    sync::{Notify, Semaphore, mpsc},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
     time::Instant,
 };
 
 use crate::clients::watching::{EventType, WatchItem};
 use crate::engines::{metrics, posting};
+
+/// How long a call may keep its worker slot (see [`release_slot_if_slow`]).
+pub const SLOT_HOLD_LIMIT: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// The worker slot held by the processing that runs in this task, if any.
+    static SLOT: RefCell<WorkerSlot>;
+}
+
+/// A worker's place among those processing at once (`settings.queueing.worker_limit`).
+struct WorkerSlot {
+    limit: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Awaits `call`; if it takes longer than [`SLOT_HOLD_LIMIT`], the processing that runs
+/// it gives its worker slot back until it is done (then waits for a slot again). The
+/// limit keeps the memory of objects in processing bounded during bursts, while a
+/// handler that runs for minutes does not hold up other objects.
+pub async fn release_slot_if_slow<F: Future>(call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    tokio::select! {
+        biased;
+        output = &mut call => return output,
+        () = tokio::time::sleep(SLOT_HOLD_LIMIT) => {}
+    }
+    let released = SLOT
+        .try_with(|slot| {
+            let mut slot = slot.borrow_mut();
+            slot.permit.take().map(|_| slot.limit.clone())
+        })
+        .ok()
+        .flatten();
+    let output = call.await;
+    if let Some(limit) = released
+        && let Ok(permit) = limit.acquire_owned().await
+    {
+        let _ = SLOT.try_with(|slot| slot.borrow_mut().permit = Some(permit));
+    }
+    output
+}
 
 /// One raw event of one object, as Kopf's handlers see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,8 +105,9 @@ impl RawEvent {
 
     /// Replaces `older` (queued, not processed yet) with this newer event: only the
     /// newest body is kept, so a busy object queues one body, not one per event.
-    fn supersede(&mut self, older: RawEvent) {
+    fn supersede(&mut self, older: Queued) {
         let older_version = older.resource_version().map(str::to_owned);
+        let older = older.event;
         let mut superseded = older.superseded;
         superseded.extend(older_version);
         superseded.append(&mut self.superseded);
@@ -75,6 +117,56 @@ impl RawEvent {
         if older.event_type.is_none() && self.event_type == Some(EventType::Modified) {
             self.event_type = None;
         }
+    }
+}
+
+/// An event in a mailbox. While no worker slot is free (a burst of objects), bodies wait
+/// as JSON text: a `Value` tree takes several times the memory of its text.
+struct Queued {
+    /// The event; its body is `Null` while the text holds it.
+    event: RawEvent,
+    compact: Option<CompactBody>,
+}
+
+struct CompactBody {
+    json: Box<str>,
+    resource_version: Option<Box<str>>,
+}
+
+impl Queued {
+    fn new(mut event: RawEvent, compact: bool) -> Self {
+        if !compact {
+            return Self { event, compact: None };
+        }
+        let resource_version = event.resource_version().map(Box::from);
+        let json = event.body.take().to_string().into_boxed_str();
+        Self {
+            event,
+            compact: Some(CompactBody {
+                json,
+                resource_version,
+            }),
+        }
+    }
+
+    fn resource_version(&self) -> Option<&str> {
+        match &self.compact {
+            Some(compact) => compact.resource_version.as_deref(),
+            None => self.event.resource_version(),
+        }
+    }
+
+    fn into_event(self) -> RawEvent {
+        let mut event = self.event;
+        if let Some(compact) = self.compact {
+            // Our own serialisation of a `Value`: it parses back (floats exactly, with
+            // serde_json's `float_roundtrip`).
+            match serde_json::from_str(&compact.json) {
+                Ok(body) => event.body = body,
+                Err(error) => tracing::error!("A queued event's body does not parse back: {error}"),
+            }
+        }
+        event
     }
 }
 
@@ -88,7 +180,7 @@ struct Mailbox {
 
 #[derive(Default)]
 struct MailboxState {
-    events: Vec<RawEvent>,
+    events: Vec<Queued>,
     /// The worker has exited; pushes must start a new worker.
     closed: bool,
     /// The stream is over: the worker flushes and exits once the queue is empty.
@@ -96,24 +188,25 @@ struct MailboxState {
 }
 
 impl Mailbox {
-    /// Queues an event; gives it back if the worker has exited.
-    fn push(&self, mut event: RawEvent, coalesce: bool) -> Result<(), RawEvent> {
+    /// Queues an event (as text if `compact`); gives it back if the worker has exited.
+    fn push(&self, mut event: RawEvent, coalesce: bool, compact: bool) -> Result<(), RawEvent> {
         {
             let mut state = self.state.lock();
             if state.closed {
                 return Err(event);
             }
-            if coalesce && let Some(older) = state.events.pop_if(|older| !older.is_deletion()) {
+            if coalesce && let Some(older) = state.events.pop_if(|older| !older.event.is_deletion()) {
                 event.supersede(older);
             }
-            state.events.push(event);
+            state.events.push(Queued::new(event, compact));
         }
         self.notify.notify_one();
         Ok(())
     }
 
     fn take(&self) -> Vec<RawEvent> {
-        std::mem::take(&mut self.state.lock().events)
+        let queued = std::mem::take(&mut self.state.lock().events);
+        queued.into_iter().map(Queued::into_event).collect()
     }
 
     fn end(&self) {
@@ -386,10 +479,12 @@ fn dispatch<P: ObjectProcessor>(
     event: RawEvent,
 ) {
     let coalesce = !processor.needs_every_event();
+    // No free slot: the event will wait (a burst), so it waits small.
+    let compact = limit.available_permits() == 0;
     let event = match entries.get_mut(&key) {
         Some(entry) => {
             entry.stub.update(&event.body);
-            match entry.mailbox.push(event, coalesce) {
+            match entry.mailbox.push(event, coalesce, compact) {
                 Ok(()) => return,
                 // The worker exited just now; start a new one with this event.
                 Err(event) => event,
@@ -400,7 +495,7 @@ fn dispatch<P: ObjectProcessor>(
     let stub = Stub::of(&event.body);
     let mailbox = Arc::new(Mailbox::default());
     // Cannot fail: the mailbox is fresh.
-    let _ = mailbox.push(event, coalesce);
+    let _ = mailbox.push(event, coalesce, compact);
     if posting::is_active() {
         posting::register(&stub.to_body());
     }
@@ -463,13 +558,19 @@ async fn worker<P: ObjectProcessor>(
             continue;
         }
         let deleted = events.last().is_some_and(RawEvent::is_deletion);
-        let Ok(_permit) = limit.acquire().await else {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
             mailbox.try_close();
             return key;
         };
+        let slot = RefCell::new(WorkerSlot {
+            limit: limit.clone(),
+            permit: Some(permit),
+        });
         // Boxed: the processing state exists only while processing, so an idle worker
         // stays small.
-        verdict = Box::pin(processor.process(&mut memory, events, wakeup)).await;
+        verdict = SLOT
+            .scope(slot, Box::pin(processor.process(&mut memory, events, wakeup)))
+            .await;
         if deleted && !verdict.keep_alive && mailbox.try_close() {
             return key;
         }
@@ -572,6 +673,117 @@ mod tests {
             !seen
                 .iter()
                 .any(|(n, t, _)| n == "a" && *t == Some(EventType::Deleted))
+        );
+    }
+
+    /// Object "slow" makes a call that only returns once "fast" was processed.
+    #[derive(Default)]
+    struct SlowAndFast {
+        fast_done: Notify,
+        order: Mutex<Vec<String>>,
+    }
+
+    impl ObjectProcessor for SlowAndFast {
+        type Memory = ();
+        async fn process(&self, _memory: &mut (), events: Vec<RawEvent>, _wakeup: Wakeup) -> Verdict {
+            for event in events {
+                let name = event.body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                if name == "slow" {
+                    release_slot_if_slow(self.fast_done.notified()).await;
+                } else {
+                    self.fast_done.notify_one();
+                }
+                self.order.lock().push(name);
+            }
+            Verdict::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_call_gives_its_worker_slot_to_other_objects() {
+        let (tx, rx) = mpsc::channel(16);
+        let processor = Arc::new(SlowAndFast::default());
+        let limit = Arc::new(Semaphore::new(1));
+        let task = tokio::spawn(multiplex(
+            "test".into(),
+            rx,
+            processor.clone(),
+            QueueSettings::default(),
+            limit.clone(),
+        ));
+        tx.send(WatchItem::Event(EventType::Added, obj("slow")))
+            .await
+            .unwrap();
+        tx.send(WatchItem::Event(EventType::Added, obj("fast")))
+            .await
+            .unwrap();
+        // With one slot, "fast" runs only after "slow" gave the slot back (after
+        // SLOT_HOLD_LIMIT of paused, auto-advancing time); "slow" then finishes.
+        let deadline = Instant::now() + SLOT_HOLD_LIMIT * 10;
+        while processor.order.lock().len() < 2 {
+            assert!(Instant::now() < deadline, "stuck: {:?}", processor.order.lock());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*processor.order.lock(), ["fast", "slow"]);
+        assert_eq!(
+            limit.available_permits(),
+            1,
+            "the slot was taken back and returned"
+        );
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_call_keeps_its_worker_slot() {
+        let limit = Arc::new(Semaphore::new(1));
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let slot = RefCell::new(WorkerSlot {
+            limit: limit.clone(),
+            permit: Some(permit),
+        });
+        let output = SLOT
+            .scope(slot, async {
+                let output = release_slot_if_slow(async { 7 }).await;
+                let held = SLOT.with(|slot| slot.borrow().permit.is_some());
+                (output, held)
+            })
+            .await;
+        assert_eq!(output, (7, true));
+        assert_eq!(limit.available_permits(), 1);
+    }
+
+    #[test]
+    fn events_queued_as_text_come_back_whole_and_coalesce() {
+        let body = |rv: &str| {
+            let mut body = obj("a");
+            body["metadata"]["resourceVersion"] = json!(rv);
+            body["spec"] =
+                json!({"ratio": 0.1 + 0.2, "big": 12345678901234567_u64, "list": [1, "two", null]});
+            body
+        };
+        let mailbox = Mailbox::default();
+        mailbox.push(RawEvent::new(None, body("1")), true, true).unwrap();
+        mailbox
+            .push(RawEvent::new(Some(EventType::Modified), body("2")), true, true)
+            .unwrap();
+        let events = mailbox.take();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].body, body("2"));
+        assert_eq!(events[0].event_type, None, "a listed object stays listed");
+        assert_eq!(events[0].superseded, ["1"]);
+        assert!(events[0].has_seen("1") && events[0].has_seen("2"));
+        // Mixed: a text event superseded by a tree event, and every event kept if asked.
+        mailbox
+            .push(RawEvent::new(Some(EventType::Modified), body("3")), false, true)
+            .unwrap();
+        mailbox
+            .push(RawEvent::new(Some(EventType::Modified), body("4")), false, false)
+            .unwrap();
+        let events = mailbox.take();
+        assert_eq!(
+            events.iter().map(|e| e.body.clone()).collect::<Vec<_>>(),
+            [body("3"), body("4")]
         );
     }
 
