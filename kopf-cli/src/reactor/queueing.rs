@@ -209,6 +209,10 @@ impl Mailbox {
         queued.into_iter().map(Queued::into_event).collect()
     }
 
+    fn is_empty(&self) -> bool {
+        self.state.lock().events.is_empty()
+    }
+
     fn end(&self) {
         self.state.lock().ended = true;
         self.notify.notify_one();
@@ -545,9 +549,7 @@ async fn worker<P: ObjectProcessor>(
             }
             }
         };
-        // Take everything queued meanwhile: the processor sees all events, in order.
-        let events = mailbox.take();
-        if events.is_empty() && wakeup == Wakeup::Events {
+        if wakeup == Wakeup::Events && mailbox.is_empty() {
             if mailbox.ended() {
                 // The stream stopped: flush once, then exit.
                 let _permit = limit.acquire().await;
@@ -557,11 +559,15 @@ async fn worker<P: ObjectProcessor>(
             }
             continue;
         }
-        let deleted = events.last().is_some_and(RawEvent::is_deletion);
         let Ok(permit) = limit.clone().acquire_owned().await else {
             mailbox.try_close();
             return key;
         };
+        // Taken only now, with a slot: while waiting for one, the events stay compact
+        // in the mailbox (and newer ones replace older ones there). The processor sees
+        // all events, in order.
+        let events = mailbox.take();
+        let deleted = events.last().is_some_and(RawEvent::is_deletion);
         let slot = RefCell::new(WorkerSlot {
             limit: limit.clone(),
             permit: Some(permit),

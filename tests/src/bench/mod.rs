@@ -79,8 +79,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Builds the release `kopf` binary and returns its path.
+/// Builds the release `kopf` binary and returns its path (or `$KOPF_BENCH_KOPF`, unbuilt).
 pub fn release_kopf() -> Result<PathBuf> {
+    // Another binary or a wrapper (e.g. `heaptrack` around a glibc build), for profiling.
+    if let Some(path) = std::env::var_os("KOPF_BENCH_KOPF") {
+        return Ok(PathBuf::from(path));
+    }
     let status = crate::cargo_command()
         .args(["build", "--release", "-p", "kopf-cli", "--bin", "kopf"])
         .current_dir(workspace_root())
