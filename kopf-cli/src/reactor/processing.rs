@@ -40,7 +40,7 @@
 //! `tests/tests/reactor_restart.rs` kills the operator at random moments of a
 //! multi-handler lifecycle over many objects and asserts exactly this.
 
-use std::{sync::Arc, time::Duration};
+use std::{cmp::Ordering, sync::Arc, time::Duration};
 
 use kopf_abi::protocol::{HandlerKind, Invocation, Outcome, Purpose};
 use kube::Client;
@@ -72,6 +72,7 @@ use crate::{
         diffs,
         patches::{Patch, PatchFn, is_deletion_blocked, is_deletion_ongoing},
         references::Resource,
+        versions,
     },
 };
 
@@ -147,6 +148,19 @@ pub struct ObjectMemory {
     /// When the next delayed handler is due: kept across runs that only see the echo of
     /// our own patch, so that the retry is not forgotten.
     retry_at: Option<Instant>,
+    /// The resourceVersion of the newest state processed (from events, patch responses
+    /// and re-reads): older events are skipped when versions are comparable.
+    known_version: Option<Box<str>>,
+}
+
+impl ObjectMemory {
+    fn remember_version(&mut self, body: &Value) {
+        if let Some(version) = text(body, "/metadata/resourceVersion")
+            && self.known_version.as_deref() != Some(version)
+        {
+            self.known_version = Some(version.into());
+        }
+    }
 }
 
 /// The result of one changing cycle.
@@ -925,7 +939,21 @@ impl ObjectProcessor for ResourceProcessor {
                 .awaited
                 .as_ref()
                 .is_some_and(|(awaited, _)| events.iter().any(|e| e.has_seen(awaited)));
+            // Never back to a state older than one already processed, however late it
+            // comes (a watch stream lagging behind our patches and re-reads for longer
+            // than the consistency timeout): comparable resource versions tell.
+            let older = match (last.resource_version(), memory.known_version.as_deref()) {
+                (Some(version), Some(known)) => {
+                    versions::compare(version, known).is_some_and(Ordering::is_lt)
+                }
+                _ => false,
+            };
             match (&memory.awaited, echo_seen) {
+                _ if older => {
+                    if patch.is_empty() {
+                        return self.idle_verdict(memory);
+                    }
+                }
                 (Some(_), true) if echo_last => {
                     // The echo of our own patch: its state was processed from the response.
                     memory.awaited = None;
@@ -952,6 +980,13 @@ impl ObjectProcessor for ResourceProcessor {
         if newest_from_events {
             memory.body = events.pop().map(|event| event.body);
             memory.stale = false;
+            if let Some(version) = memory
+                .body
+                .as_ref()
+                .and_then(|body| text(body, "/metadata/resourceVersion"))
+            {
+                memory.known_version = Some(version.into());
+            }
         }
         drop(events);
         // Taken out of the memory while processing (no copy); put back before returning.
@@ -962,6 +997,7 @@ impl ObjectProcessor for ResourceProcessor {
             match self.reread(&body).await {
                 Ok(Applied::Fresh(fresh)) => {
                     memory.stale = false;
+                    memory.remember_version(&fresh);
                     body = fresh;
                 }
                 Ok(Applied::Gone) => {
@@ -1000,6 +1036,7 @@ impl ObjectProcessor for ResourceProcessor {
                         memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
                     }
                     news = !cycle.again && self.brings_news(&body, cycle.essence.as_ref(), &fresh);
+                    memory.remember_version(&fresh);
                     body = fresh;
                 }
                 Ok(Applied::Gone) => {

@@ -9,3 +9,4 @@ pub mod diffs;
 pub mod patches;
 pub mod pyjson;
 pub mod references;
+pub mod versions;
