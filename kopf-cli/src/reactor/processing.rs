@@ -978,15 +978,12 @@ impl ObjectProcessor for ResourceProcessor {
             }
         }
         if newest_from_events {
-            memory.body = events.pop().map(|event| event.body);
-            memory.stale = false;
-            if let Some(version) = memory
-                .body
-                .as_ref()
-                .and_then(|body| text(body, "/metadata/resourceVersion"))
-            {
-                memory.known_version = Some(version.into());
+            let newest = events.pop().map(|event| event.body);
+            if let Some(body) = &newest {
+                memory.remember_version(body);
             }
+            memory.body = newest;
+            memory.stale = false;
         }
         drop(events);
         // Taken out of the memory while processing (no copy); put back before returning.
