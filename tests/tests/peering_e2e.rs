@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kopf_e2e::{KopfProcess, plugin_path, run_kopf, wait_for, workspace_root};
-use kopf_testing::{Emulator, EmulatorHandle};
+use kopf_testing::{Emulator, EmulatorHandle, FaultKind, FaultMatch};
 use serde_json::{Value, json};
 
 /// Generous: a loaded 2-core machine.
@@ -189,6 +189,62 @@ fn higher_priority_works_lower_takes_over_after_kill9() {
         (!status.contains_key("high") && status.contains_key("low")).then_some(())
     })
     .unwrap();
+}
+
+/// A replica that starts while the peering object cannot be read or written must not
+/// work before it has seen the peers: a live higher-priority peer may be working.
+#[test]
+fn a_replica_stays_paused_until_its_first_keepalive_is_answered() {
+    let cluster = Cluster::start(&files());
+    // A live higher-priority peer (no `lastseen`: Kopf takes it as seen now).
+    let peering = |status: Value| {
+        json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": "default"},
+            "status": status,
+        })
+    };
+    let ghost = peering(json!({"ghost": {"priority": 500, "lifetime": 3600}}));
+    cluster.runtime.block_on(cluster.emu.apply_object(ghost)).unwrap();
+    cluster.create("g1");
+    let faults = cluster.emu.faults();
+    let peerings = FaultMatch {
+        resource: Some("clusterkopfpeerings".into()),
+        ..FaultMatch::default()
+    };
+    faults.fail_ratio(1.0, peerings, FaultKind::Status(503));
+
+    let plugin = plugin_path("example-06-peering").unwrap();
+    let args = ["run", "-v", "-A", "--priority", "100"].map(String::from);
+    let args = args.into_iter().chain([plugin.display().to_string()]);
+    let mut low = KopfProcess::spawn_with_env(args, cluster.envs("low")).unwrap();
+    // The start does not wait for peering forever: the reactor starts, paused.
+    low.wait_for_line("The operator is ready", DEADLINE).unwrap();
+    let refused = low.lines().iter().filter(|l| l.contains("503")).count();
+    assert!(refused > 0, "the keep-alives were not refused");
+    let watched = |c: &Cluster| {
+        let counters = c.emu.counters();
+        counters.get("list", "kopfexamples") + counters.get("watch", "kopfexamples")
+    };
+    assert_eq!(watched(&cluster), 0, "watched before seeing the peers");
+
+    faults.clear();
+    low.wait_for_line("Pausing operations in favour of ghost", DEADLINE)
+        .unwrap();
+    assert_eq!(watched(&cluster), 0, "watched beside a higher-priority peer");
+    assert!(
+        cluster.effects().is_empty(),
+        "handled beside a higher-priority peer"
+    );
+
+    // The peer leaves: the replica resumes and handles what waited.
+    cluster
+        .runtime
+        .block_on(cluster.emu.apply_object(peering(json!({}))))
+        .unwrap();
+    low.wait_for_line("Resuming operations", DEADLINE).unwrap();
+    assert_eq!(cluster.wait_handled("g1"), ["low"]);
 }
 
 #[test]

@@ -376,6 +376,8 @@ struct TargetState {
     next_touch: Instant,
     /// The last keep-alive (rate limit for re-adding a removed record).
     last_touch: Option<Instant>,
+    /// Whether the first decision was made (before it, the target is paused silently).
+    decided: bool,
 }
 
 impl Target {
@@ -398,9 +400,19 @@ impl Target {
             warned_same: BTreeSet::new(),
             next_touch: Instant::now(),
             last_touch: None,
+            decided: false,
         };
-        // The first keep-alive, then the first decision from the patched object.
-        self.keepalive(&mut state).await;
+        // Paused until the first decision: a replica that starts while the API fails must
+        // not work beside a live higher-priority peer it has not seen yet.
+        self.board.set(&self.key(), true);
+        // The first keep-alive (retried until the API answers), then the first decision
+        // from the patched object.
+        while !self.keepalive(&mut state).await {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(state.next_touch) => {}
+            }
+        }
         self.evaluate(&mut state).await;
         let _ = ready.send(());
 
@@ -510,7 +522,8 @@ impl Target {
         true
     }
 
-    async fn keepalive(&self, state: &mut TargetState) {
+    /// Writes our record; returns whether the API answered (the object or its absence).
+    async fn keepalive(&self, state: &mut TargetState) -> bool {
         let lifetime = i64::try_from(self.config.settings.lifetime).unwrap_or(i64::MAX);
         let result = touch(
             &self.client,
@@ -537,19 +550,23 @@ impl Target {
                 tracing::warn!(target: "kopf.peering", "Keep-alive in {} failed: {error}", self.where_());
                 // Retry sooner than the regular period.
                 state.next_touch = Instant::now() + Duration::from_secs(1);
-                return;
+                return false;
             }
         };
         if !self.config.settings.stealth || outcome != "ok" {
             tracing::debug!(target: "kopf.peering", "Keep-alive in {}: {outcome}.", self.where_());
         }
+        true
     }
 
     async fn evaluate(&self, state: &mut TargetState) {
         let key = self.key();
+        // The pause held until the first decision is not one to announce the end of.
+        let first = !std::mem::replace(&mut state.decided, true);
+        let was_paused = !first && self.board.is_set(&key);
         let Some(body) = state.body.clone() else {
             if self.config.settings.mandatory {
-                if !self.board.is_set(&key) {
+                if !was_paused {
                     tracing::warn!(
                         target: "kopf.peering",
                         "The peering object {} does not exist: pausing until it does (mandatory peering).",
@@ -558,7 +575,9 @@ impl Target {
                 }
                 self.board.set(&key, true);
             } else if self.board.is_set(&key) {
-                tracing::info!(target: "kopf.peering", "The peering object {} is gone: resuming operations.", self.where_());
+                if was_paused {
+                    tracing::info!(target: "kopf.peering", "The peering object {} is gone: resuming operations.", self.where_());
+                }
                 self.board.set(&key, false);
             }
             state.recheck = None;
@@ -603,7 +622,6 @@ impl Target {
             state.next_touch = state.next_touch.min(soon);
         }
 
-        let was_paused = self.board.is_set(&key);
         if !decision.higher.is_empty() {
             if !was_paused {
                 tracing::info!(
