@@ -68,12 +68,16 @@ impl Pool {
     /// Queues a job. Fails only if a needed thread could not be started and no other
     /// thread exists to run the job (the job is then dropped, unrun).
     pub(crate) fn execute(&'static self, job: Job) -> Result<(), std::io::Error> {
-        let mut state = self.lock();
+        self.submit(&mut self.lock(), job)
+    }
+
+    /// [`Pool::execute`] with the lock held by the caller.
+    fn submit(&'static self, state: &mut State, job: Job) -> Result<(), std::io::Error> {
         state.queue.push_back(job);
         if state.searching > 0 {
             return Ok(());
         }
-        match self.wake_one(&mut state) {
+        match self.wake_one(state) {
             Err(e) if state.threads == 0 => {
                 state.queue.pop_back();
                 Err(e)
@@ -161,25 +165,54 @@ mod tests {
         Box::leak(Box::new(Pool::new("test-pool", max_threads)))
     }
 
+    /// Waits (with a deadline) until every thread of the pool is parked.
+    fn all_parked(pool: &Pool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let state = pool.lock();
+            if state.parked == state.threads && state.queue.is_empty() {
+                return true;
+            }
+            drop(state);
+            std::thread::yield_now();
+        }
+        false
+    }
+
     #[test]
-    fn a_burst_of_short_jobs_needs_few_threads() {
+    fn a_burst_wakes_one_thread_not_one_per_job() {
         let pool = leaked(64);
         let (tx, rx) = mpsc::channel();
-        for round in 0..20 {
+        let burst = |tx: &mpsc::Sender<usize>| {
+            // Submitted under one lock: no thread can take a job meanwhile, so the
+            // count shows the submissions' own decisions (Tokio's pool: one per job).
+            let mut state = pool.lock();
             for i in 0..50 {
                 let tx = tx.clone();
-                pool.execute(Box::new(move || {
-                    let _ = tx.send(round * 50 + i);
-                }))
+                pool.submit(
+                    &mut state,
+                    Box::new(move || {
+                        let _ = tx.send(i);
+                    }),
+                )
                 .expect("queued");
             }
-            for _ in 0..50 {
-                rx.recv_timeout(Duration::from_secs(10)).expect("every job runs");
-            }
+            (state.threads, state.searching)
+        };
+        assert_eq!(burst(&tx), (1, 1), "the first burst starts one thread");
+        for _ in 0..50 {
+            rx.recv_timeout(Duration::from_secs(10)).expect("every job runs");
         }
-        // Tokio's pool would have started up to 50 here (one per job of a round); a few
-        // more than the cores can appear when the test's thread is preempted mid-round.
-        assert!(pool.threads() <= 16, "threads: {}", pool.threads());
+        assert!(all_parked(pool), "idle threads park");
+        let threads = pool.threads();
+        assert_eq!(
+            burst(&tx),
+            (threads, 1),
+            "the next burst wakes one parked thread and starts none"
+        );
+        for _ in 0..50 {
+            rx.recv_timeout(Duration::from_secs(10)).expect("every job runs");
+        }
     }
 
     #[test]
