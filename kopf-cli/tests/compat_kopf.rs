@@ -86,8 +86,12 @@ fn annotation_keys() {
         assert_eq!(conventions::make_suffix(key), s(&c["suffix"]), "{c}");
         assert_eq!(conv.make_v1_key(key), s(&c["v1"]), "{c}");
         assert_eq!(conv.make_v2_key(key), s(&c["v2"]), "{c}");
-        assert_eq!(conv.make_keys(key, None), strings(&c["keys"]), "{c}");
-        assert_eq!(nov1.make_keys(key, None), strings(&c["keys_no_v1"]), "{c}");
+        assert_eq!(conv.make_keys(key, None).to_vec(), strings(&c["keys"]), "{c}");
+        assert_eq!(
+            nov1.make_keys(key, None).to_vec(),
+            strings(&c["keys_no_v1"]),
+            "{c}"
+        );
     }
 }
 
@@ -96,7 +100,7 @@ fn annotation_keys_marked_for_replicasets() {
     let conv = KeyConvention::new("kopf.zalando.org", true).unwrap();
     for c in cases("marked_keys") {
         assert_eq!(
-            conv.make_keys(s(&c["key"]), Some(&c["body"])),
+            conv.make_keys(s(&c["key"]), Some(&c["body"])).to_vec(),
             strings(&c["keys"]),
             "{c}"
         );

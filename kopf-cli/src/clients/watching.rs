@@ -355,11 +355,11 @@ async fn watch_once(
                 });
             }
         };
-        if let Some(rv) = object
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
+        if let Some(rv) =
+            crate::structs::dicts::pointer(&object, "/metadata/resourceVersion").and_then(Value::as_str)
         {
-            position = rv.to_owned();
+            position.clear();
+            position.push_str(rv);
         }
         send(sink, WatchItem::Event(kind, object)).await?;
     }

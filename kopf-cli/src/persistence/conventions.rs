@@ -5,13 +5,15 @@
 //! Lengths are counted in Unicode code points, as Python's `len(str)`.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::alphabet::Alphabet;
 use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
 use blake2::Blake2bVar;
 use blake2::digest::{Update, VariableOutput};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::structs::dicts;
@@ -124,12 +126,31 @@ pub fn has_any_prefix(key: &str, prefixes: &BTreeSet<&str>) -> bool {
     key.split_once('/').is_some_and(|(p, _)| prefixes.contains(p))
 }
 
+/// The most record keys whose annotation keys are remembered (handler ids are few; the
+/// bound only matters for sub-handlers with ids made from data).
+const KEY_CACHE_LIMIT: usize = 1024;
+
+/// Record key → its annotation keys (see [`KeyConvention`]).
+type FormedKeys = HashMap<Box<str>, Arc<[String]>>;
+
 /// Key forming for one annotation prefix (Kopf's `StorageKeyFormingConvention`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KeyConvention {
     prefix: String,
     v1: bool,
+    /// Record key (after the `-ofDRS` mark) → its annotation keys: they are formed for
+    /// every handler on every processing cycle, and forming them (sanitising, counting
+    /// code points, hashing long keys) cost more than the lookup. Shared by clones.
+    cache: Arc<Mutex<FormedKeys>>,
 }
+
+impl PartialEq for KeyConvention {
+    fn eq(&self, other: &Self) -> bool {
+        self.prefix == other.prefix && self.v1 == other.v1
+    }
+}
+
+impl Eq for KeyConvention {}
 
 impl KeyConvention {
     /// A convention for the prefix; `v1` also writes the legacy V1 keys (Kopf's default).
@@ -140,6 +161,7 @@ impl KeyConvention {
         Ok(Self {
             prefix: prefix.to_owned(),
             v1,
+            cache: Arc::default(),
         })
     }
 
@@ -183,15 +205,28 @@ impl KeyConvention {
 
     /// All keys to read/write for a record key, V2 first, then V1 if enabled and different.
     /// With a body, the `-ofDRS` mark is applied first.
-    pub fn make_keys(&self, key: &str, body: Option<&Value>) -> Vec<String> {
+    pub fn make_keys(&self, key: &str, body: Option<&Value>) -> Arc<[String]> {
         let key = match body {
             Some(body) => mark_key(key, body),
             None => Cow::Borrowed(key),
         };
-        let v2 = self.make_v2_key(&key);
+        if let Some(keys) = self.cache.lock().get(key.as_ref()) {
+            return keys.clone();
+        }
+        let keys: Arc<[String]> = self.form_keys(&key).into();
+        let mut cache = self.cache.lock();
+        if cache.len() >= KEY_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key.into(), keys.clone());
+        keys
+    }
+
+    fn form_keys(&self, key: &str) -> Vec<String> {
+        let v2 = self.make_v2_key(key);
         let mut keys = Vec::with_capacity(2);
         if self.v1 {
-            let v1 = self.make_v1_key(&key);
+            let v1 = self.make_v1_key(key);
             keys.push(v2);
             if v1 != keys[0] {
                 keys.push(v1);
@@ -236,6 +271,22 @@ mod tests {
             format!("my-operator.example.com/{}xx-tEokcg", "x".repeat(30))
         );
         assert!(KeyConvention::new("", true).is_err());
+    }
+
+    #[test]
+    fn formed_keys_are_remembered_within_a_bound() {
+        let c = KeyConvention::new("kopf.zalando.org", true).unwrap();
+        let long = "handler/".repeat(10);
+        let first = c.make_keys(&long, None);
+        assert_eq!(&*first, [c.make_v2_key(&long), c.make_v1_key(&long)]);
+        assert!(Arc::ptr_eq(&first, &c.make_keys(&long, None)), "formed once");
+        let rs = json!({"kind": "ReplicaSet", "metadata": {"ownerReferences": [{"kind": "Deployment"}]}});
+        assert_eq!(c.make_keys("h", Some(&rs))[0], "kopf.zalando.org/h-ofDRS");
+        for i in 0..KEY_CACHE_LIMIT * 2 {
+            c.make_keys(&format!("h{i}"), None);
+        }
+        assert!(c.cache.lock().len() <= KEY_CACHE_LIMIT);
+        assert_eq!(c.make_keys("h7", None)[0], "kopf.zalando.org/h7");
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl DiffBaseStorage {
 
     /// Read the last handled essence (V2 key, then V1); `None` if never stored.
     pub fn fetch(&self, body: &Value) -> Result<Option<Value>, DiffBaseError> {
-        for full_key in self.keys.make_keys(&self.key, Some(body)) {
+        for full_key in self.keys.make_keys(&self.key, Some(body)).iter() {
             let Some(Value::String(encoded)) =
                 dicts::resolve(body, &["metadata", "annotations", full_key.as_str()])
             else {
@@ -189,8 +189,8 @@ impl DiffBaseStorage {
     /// Store the essence into the patch under all keys (plus the marker for custom prefixes).
     pub fn store(&self, body: &Value, patch: &mut Patch, essence: &Value) {
         let encoded = encode_essence(essence);
-        for full_key in self.keys.make_keys(&self.key, Some(body)) {
-            let _ = patch.set_annotation(&full_key, Some(&encoded));
+        for full_key in self.keys.make_keys(&self.key, Some(body)).iter() {
+            let _ = patch.set_annotation(full_key, Some(&encoded));
         }
         self.keys.store_marker(patch, body);
     }

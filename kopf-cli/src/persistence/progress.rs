@@ -314,7 +314,7 @@ impl ProgressStorage {
 
     /// Read a handler's record: annotations (V2, then V1), then the legacy status field.
     pub fn fetch(&self, key: &str, body: &Value) -> Result<Option<ProgressRecord>, ProgressError> {
-        for full_key in self.keys.make_keys(key, Some(body)) {
+        for full_key in self.keys.make_keys(key, Some(body)).iter() {
             let Some(encoded) = dicts::resolve(body, &["metadata", "annotations", full_key.as_str()]) else {
                 continue;
             };
@@ -324,12 +324,12 @@ impl ProgressStorage {
                     source,
                 })?,
                 Value::Null => continue,
-                _ => return Err(ProgressError::NotAnObject(full_key)),
+                _ => return Err(ProgressError::NotAnObject(full_key.clone())),
             };
             match decoded {
                 Value::Null => continue,
                 Value::Object(record) => return Ok(Some(record)),
-                _ => return Err(ProgressError::NotAnObject(full_key)),
+                _ => return Err(ProgressError::NotAnObject(full_key.clone())),
             }
         }
         let container = dicts::resolve(body, &self.status_field);
@@ -343,15 +343,15 @@ impl ProgressStorage {
     /// Write a handler's state into the patch (annotations only, as Kopf ≥ 1.44).
     pub fn store(&self, key: &str, state: &HandlerState, body: &Value, patch: &mut Patch) {
         let encoded = state.to_json_text(self.verbose);
-        for full_key in self.keys.make_keys(key, Some(body)) {
-            let _ = patch.set_annotation(&full_key, Some(&encoded));
+        for full_key in self.keys.make_keys(key, Some(body)).iter() {
+            let _ = patch.set_annotation(full_key, Some(&encoded));
         }
         self.keys.store_marker(patch, body);
     }
 
     /// Purge a handler's record from all locations.
     pub fn purge(&self, key: &str, body: &Value, patch: &mut Patch) {
-        for full_key in self.keys.make_keys(key, Some(body)) {
+        for full_key in self.keys.make_keys(key, Some(body)).iter() {
             purge_path(body, patch, &["metadata", "annotations", full_key.as_str()]);
         }
         let mut path: Vec<&str> = self.status_field.iter().map(String::as_str).collect();
@@ -362,11 +362,11 @@ impl ProgressStorage {
     /// Set (or with `None`, clear) the `touch-dummy` annotation if it differs from the body.
     /// Kopf clears it whenever a real patch is about to be sent.
     pub fn touch(&self, body: &Value, patch: &mut Patch, value: Option<&str>) {
-        for full_key in self.keys.make_keys(&self.touch_key, Some(body)) {
+        for full_key in self.keys.make_keys(&self.touch_key, Some(body)).iter() {
             let current = dicts::resolve(body, &["metadata", "annotations", full_key.as_str()]);
             let current = current.and_then(Value::as_str);
             if current != value {
-                let _ = patch.set_annotation(&full_key, value);
+                let _ = patch.set_annotation(full_key, value);
                 self.keys.store_marker(patch, body);
             }
         }

@@ -175,7 +175,7 @@ struct Cycle {
 }
 
 fn text<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
-    body.pointer(pointer).and_then(Value::as_str)
+    dicts::pointer(body, pointer).and_then(Value::as_str)
 }
 
 /// `[namespace/name]`-style reference for logs.

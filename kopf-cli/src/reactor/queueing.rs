@@ -20,6 +20,7 @@ use tokio::{
 
 use crate::clients::watching::{EventType, WatchItem};
 use crate::engines::{metrics, posting};
+use crate::structs::dicts;
 
 /// How long a call may keep its worker slot (see [`release_slot_if_slow`]).
 pub const SLOT_HOLD_LIMIT: Duration = Duration::from_secs(1);
@@ -92,9 +93,7 @@ impl RawEvent {
 
     /// The body's `metadata.resourceVersion`.
     pub fn resource_version(&self) -> Option<&str> {
-        self.body
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
+        dicts::pointer(&self.body, "/metadata/resourceVersion").and_then(Value::as_str)
     }
 
     /// Whether this event or one it replaced carries this resource version.
@@ -185,6 +184,9 @@ struct MailboxState {
     closed: bool,
     /// The stream is over: the worker flushes and exits once the queue is empty.
     ended: bool,
+    /// The worker is processing (it holds a slot): its events will be taken soon, so
+    /// they are not worth compacting (the echoes of its own patches above all).
+    busy: bool,
 }
 
 impl Mailbox {
@@ -198,15 +200,26 @@ impl Mailbox {
             if coalesce && let Some(older) = state.events.pop_if(|older| !older.event.is_deletion()) {
                 event.supersede(older);
             }
+            let compact = compact && !state.busy;
             state.events.push(Queued::new(event, compact));
         }
         self.notify.notify_one();
         Ok(())
     }
 
+    /// Takes the queued events; the worker is busy until [`Mailbox::done`].
     fn take(&self) -> Vec<RawEvent> {
-        let queued = std::mem::take(&mut self.state.lock().events);
+        let queued = {
+            let mut state = self.state.lock();
+            state.busy = true;
+            std::mem::take(&mut state.events)
+        };
         queued.into_iter().map(Queued::into_event).collect()
+    }
+
+    /// The worker finished processing what it took.
+    fn done(&self) {
+        self.state.lock().busy = false;
     }
 
     fn is_empty(&self) -> bool {
@@ -310,7 +323,7 @@ impl Default for QueueSettings {
 
 /// The identity of an object within one watch stream.
 fn object_key(body: &Value) -> Option<String> {
-    let text = |p: &str| body.pointer(p).and_then(Value::as_str);
+    let text = |p: &str| dicts::pointer(body, p).and_then(Value::as_str);
     if let Some(uid) = text("/metadata/uid").filter(|u| !u.is_empty()) {
         return Some(uid.to_owned());
     }
@@ -346,7 +359,11 @@ struct Stub {
 
 impl Stub {
     fn of(body: &Value) -> Self {
-        let text = |pointer: &str| body.pointer(pointer).and_then(Value::as_str).map(Box::from);
+        let text = |pointer: &str| {
+            dicts::pointer(body, pointer)
+                .and_then(Value::as_str)
+                .map(Box::from)
+        };
         Self {
             api_version: text("/apiVersion"),
             kind: text("/kind"),
@@ -359,7 +376,7 @@ impl Stub {
 
     /// Follows a newer version of the same object (only the resourceVersion changes).
     fn update(&mut self, body: &Value) {
-        let version = body.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        let version = dicts::pointer(body, "/metadata/resourceVersion").and_then(Value::as_str);
         if version != self.resource_version.as_deref() {
             self.resource_version = version.map(Box::from);
         }
@@ -577,6 +594,7 @@ async fn worker<P: ObjectProcessor>(
         verdict = SLOT
             .scope(slot, Box::pin(processor.process(&mut memory, events, wakeup)))
             .await;
+        mailbox.done();
         if deleted && !verdict.keep_alive && mailbox.try_close() {
             return key;
         }
@@ -779,6 +797,7 @@ mod tests {
         assert_eq!(events[0].event_type, None, "a listed object stays listed");
         assert_eq!(events[0].superseded, ["1"]);
         assert!(events[0].has_seen("1") && events[0].has_seen("2"));
+        mailbox.done();
         // Mixed: a text event superseded by a tree event, and every event kept if asked.
         mailbox
             .push(RawEvent::new(Some(EventType::Modified), body("3")), false, true)
@@ -791,6 +810,34 @@ mod tests {
             events.iter().map(|e| e.body.clone()).collect::<Vec<_>>(),
             [body("3"), body("4")]
         );
+    }
+
+    #[test]
+    fn events_of_an_object_in_processing_are_not_compacted() {
+        let mailbox = Mailbox::default();
+        let compacted = |mailbox: &Mailbox| {
+            mailbox
+                .state
+                .lock()
+                .events
+                .iter()
+                .map(|q| q.compact.is_some())
+                .collect::<Vec<_>>()
+        };
+        mailbox.push(RawEvent::new(None, obj("a")), false, true).unwrap();
+        assert_eq!(compacted(&mailbox), [true]);
+        let _ = mailbox.take();
+        // Its worker is busy: the event (e.g. the echo of its own patch) is taken soon.
+        mailbox
+            .push(RawEvent::new(Some(EventType::Modified), obj("a")), false, true)
+            .unwrap();
+        assert_eq!(compacted(&mailbox), [false]);
+        let _ = mailbox.take();
+        mailbox.done();
+        mailbox
+            .push(RawEvent::new(Some(EventType::Modified), obj("a")), false, true)
+            .unwrap();
+        assert_eq!(compacted(&mailbox), [true]);
     }
 
     #[test]
