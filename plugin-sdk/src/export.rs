@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use abi_stable::std_types::{RResult, RStr, RString};
@@ -34,6 +35,9 @@ pub fn plugin_module() -> PluginModule {
 /// The `InitConfig.extra` flag a host sets when it calls this module in-process (embedded
 /// operators): the SDK then leaves the process's `tracing` subscriber alone.
 pub const IN_PROCESS_KEY: &str = "in_process";
+
+/// Whether the host calls this module in-process (see [`IN_PROCESS_KEY`]).
+static IN_PROCESS: AtomicBool = AtomicBool::new(false);
 
 fn guarded(f: impl FnOnce() -> Result<String, Failure>) -> RResult<RString, Failure> {
     let _quiet = runtime::QuietPanics::enter();
@@ -82,12 +86,13 @@ extern "C" fn init(host_table: HostTable, config: RStr<'_>) -> RResult<RString, 
         runtime::install_panic_hook();
         // In-process (embedded) plugins share the host's `tracing`: forwarding events to
         // the host would loop back into the same subscriber.
-        if config
+        let in_process = config
             .extra
             .get(IN_PROCESS_KEY)
             .and_then(serde_json::Value::as_bool)
-            != Some(true)
-        {
+            == Some(true);
+        IN_PROCESS.store(in_process, Ordering::Relaxed);
+        if !in_process {
             logging::install_subscriber();
         }
         // Surface registration problems now rather than at the first call.
@@ -202,13 +207,30 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
             .insert(call_id, Running::Blocking);
         let guard = CallGuard(call_id);
         if handler.is_async() {
-            let work = rt.spawn(async move {
+            let daemon = handler.spec().kind == kopf_abi::protocol::HandlerKind::Daemon;
+            let mut work = Box::pin(async move {
                 let outcome = match submitted_invocation(call_id, &payload) {
                     Ok(invocation) => Ok(handler.run_async(invocation).await),
                     Err(failure) => Err(failure),
                 };
                 guard.finish(outcome);
             });
+            // Most async handlers finish without ever waiting: their first poll runs
+            // here, on the caller's thread, and completes the call before `submit`
+            // returns (no hand-off to the runtime's threads and back, which cost more
+            // than such a handler). Only what waits is spawned; the runtime polls it on
+            // from there. As in Kopf, where async handlers share the operator's event
+            // loop, an async handler that computes long before its first `.await`
+            // holds up its caller meanwhile. Not for daemons (they live long), and not
+            // in-process, where the caller's thread runs the host's copy of tokio.
+            if !daemon && !IN_PROCESS.load(Ordering::Relaxed) {
+                let _entered = rt.enter();
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if work.as_mut().poll(&mut cx).is_ready() {
+                    return Ok(String::new());
+                }
+            }
+            let work = rt.spawn(work);
             // Unless it already finished (or was cancelled), make it abortable.
             if let Some(entry) = calls()
                 .lock()

@@ -75,9 +75,13 @@
 //!   `std::error::Error`, or [`TemporaryError`], [`PermanentError`], [`AdmissionError`]);
 //!   or any plain `T: Serialize`, or nothing. A return type is treated as a `Result` when
 //!   its last path segment is named `Result`.
-//! * **sync or async**: sync handlers run on the host's calling thread; `async fn` handlers
-//!   run on the plugin's own multi-thread tokio runtime (a plugin's tokio is separate from
-//!   the host's).
+//! * **sync or async**: sync handlers run on the SDK's thread pool (sync daemons on threads
+//!   of their own); `async fn` handlers run on the plugin's own multi-thread tokio runtime
+//!   (a plugin's tokio is separate from the host's). An async handler's first poll runs on
+//!   the operator's calling thread, so one that never waits completes without a hand-off
+//!   between threads; whatever waits goes on on the runtime. As in Kopf, where async
+//!   handlers share the operator's event loop, do not compute for long (or block) in an
+//!   `async fn` before its first `.await`: use a sync handler for that.
 //! * **Panics** never cross into the host: a panicking handler yields an arbitrary error
 //!   with `panicked: true`, treated per the `errors` mode.
 //!

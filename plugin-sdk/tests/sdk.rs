@@ -571,6 +571,26 @@ fn submitted_calls_complete_once() {
     let o: Outcome = serde_json::from_str(&wait_completion(104).unwrap()).unwrap();
     assert!(o.result.is_some() && o.error.is_none(), "{o:?}");
 
+    // An async handler that never waits completes on the caller's thread, before
+    // `submit` returns (its first poll runs there); one that waits (t_async, above)
+    // goes on on the plugin's runtime.
+    (m.submit)(
+        107,
+        RStr::from("t_async_panic_id"),
+        RStr::from(invocation(json!({})).as_str()),
+    )
+    .unwrap();
+    let (id, outcome) = COMPLETED
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .try_recv()
+        .expect("completed before submit returned");
+    assert_eq!(id, 107);
+    let o: Outcome = serde_json::from_str(&outcome.unwrap()).unwrap();
+    assert!(o.error.unwrap().panicked);
+
     // The payload is decoded by the call's own thread: a bad one fails the call.
     for (call_id, handler) in [(105, "t_create"), (106, "t_async")] {
         (m.submit)(call_id, RStr::from(handler), RStr::from("{not json")).unwrap();
