@@ -410,6 +410,7 @@ impl Target {
         while !self.keepalive(&mut state).await {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = release.cancelled() => return,
                 _ = tokio::time::sleep_until(state.next_touch) => {}
             }
         }
