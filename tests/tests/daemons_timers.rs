@@ -46,6 +46,7 @@ impl Cluster {
         let mut kopf = KopfProcess::spawn_with_env(
             [
                 "run".as_ref(),
+                "--verbose".as_ref(),
                 "-n".as_ref(),
                 "default".as_ref(),
                 "--standalone".as_ref(),
@@ -176,7 +177,7 @@ fn timers_tick_into_status_and_idle_timers_wait() {
     wait_for(DEADLINE, "the object to be released", || {
         cluster.get("kex-timers").is_none().then_some(())
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}; the operator's log:\n{}", kopf.lines().join("\n")));
     stop(kopf);
 }
 
