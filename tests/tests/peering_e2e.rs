@@ -119,14 +119,20 @@ impl Cluster {
         map
     }
 
-    /// Waits until `name` was handled (its status has the handler's result).
+    /// Waits until `name` was handled and that is persisted: the handler's result in its
+    /// status and the diff-base in its annotations (two patches; an operator killed
+    /// between them re-runs the handler elsewhere, which is Kopf's at-least-once).
     fn wait_handled(&self, name: &str) -> Vec<String> {
         wait_for(DEADLINE, &format!("{name} to be handled"), || {
             let obj = self.object("kopf.dev/v1", "kopfexamples", Some("default"), name)?;
             obj.pointer("/status/create_fn")?;
+            obj.pointer("/metadata/annotations/kopf.zalando.org~1last-handled-configuration")?;
             self.effects().get(&format!("default/{name}")).cloned()
         })
-        .unwrap()
+        .unwrap_or_else(|e| {
+            let obj = self.object("kopf.dev/v1", "kopfexamples", Some("default"), name);
+            panic!("{e}: {obj:#?}; effects: {:?}", self.effects())
+        })
     }
 
     /// Asserts that every object was handled exactly once, and returns who handled it.

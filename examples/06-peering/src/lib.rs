@@ -25,7 +25,9 @@ pub fn create_fn(ctx: &kopf::Context) -> Result<Value, kopf::Error> {
             .append(true)
             .open(&path)
             .map_err(|e| kopf::Error::temporary(format!("cannot open {path}: {e}"), 1.0))?;
-        writeln!(file, "{object} {identity}")
+        // One write per line: handlers of several objects append at once, and `writeln!`
+        // would write the pieces of a line separately, interleaving them.
+        file.write_all(format!("{object} {identity}\n").as_bytes())
             .map_err(|e| kopf::Error::temporary(format!("cannot write {path}: {e}"), 1.0))?;
     }
     Ok(json!({"message": format!("handled by {identity}")}))
