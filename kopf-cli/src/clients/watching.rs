@@ -356,7 +356,7 @@ async fn watch_once(
             }
         };
         if let Some(rv) =
-            crate::structs::dicts::pointer(&object, "/metadata/resourceVersion").and_then(Value::as_str)
+            crate::structs::dicts::resolve(&object, &["metadata", "resourceVersion"]).and_then(Value::as_str)
         {
             position.clear();
             position.push_str(rv);

@@ -155,7 +155,7 @@ pub struct ObjectMemory {
 
 impl ObjectMemory {
     fn remember_version(&mut self, body: &Value) {
-        if let Some(version) = text(body, "/metadata/resourceVersion")
+        if let Some(version) = text(body, &["metadata", "resourceVersion"])
             && self.known_version.as_deref() != Some(version)
         {
             self.known_version = Some(version.into());
@@ -174,14 +174,14 @@ struct Cycle {
     essence: Option<Value>,
 }
 
-fn text<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
-    dicts::pointer(body, pointer).and_then(Value::as_str)
+fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
+    dicts::resolve(body, path).and_then(Value::as_str)
 }
 
 /// `[namespace/name]`-style reference for logs.
 fn object_ref(body: &Value) -> String {
-    let name = text(body, "/metadata/name").unwrap_or("?");
-    match text(body, "/metadata/namespace") {
+    let name = text(body, &["metadata", "name"]).unwrap_or("?");
+    match text(body, &["metadata", "namespace"]) {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_owned(),
     }
@@ -742,12 +742,12 @@ impl ResourceProcessor {
 
     /// Reads the object as the API server has it now.
     async fn reread(&self, body: &Value) -> Result<Applied, ApiError> {
-        let Some(name) = text(body, "/metadata/name") else {
+        let Some(name) = text(body, &["metadata", "name"]) else {
             return Err(ApiError::Unexpected("an object without a name".into()));
         };
         let url = self
             .resource
-            .url(text(body, "/metadata/namespace"), Some(name), None);
+            .url(text(body, &["metadata", "namespace"]), Some(name), None);
         match patching::get(&self.shared.client, &url).await {
             Ok(fresh) => Ok(Applied::Fresh(fresh)),
             Err(e) if e.is_not_found() => Ok(Applied::Gone),
@@ -759,8 +759,8 @@ impl ResourceProcessor {
     /// body); returns the freshest body, if any request was sent.
     async fn apply(&self, body: &Value, patch: &Patch) -> Result<Applied, ApiError> {
         let client = &self.shared.client;
-        let namespace = text(body, "/metadata/namespace");
-        let Some(name) = text(body, "/metadata/name") else {
+        let namespace = text(body, &["metadata", "namespace"]);
+        let Some(name) = text(body, &["metadata", "name"]) else {
             return Err(ApiError::Unexpected("an object without a name".into()));
         };
         let url = |sub: Option<&str>| self.resource.url(namespace, Some(name), sub);
@@ -847,7 +847,7 @@ impl ObjectProcessor for ResourceProcessor {
         }
         match item {
             WatchItem::Listed(body) => {
-                if let Some(uid) = text(body, "/metadata/uid") {
+                if let Some(uid) = text(body, &["metadata", "uid"]) {
                     self.shared.indices.listed(stream, uid);
                 }
             }
@@ -913,18 +913,18 @@ impl ObjectProcessor for ResourceProcessor {
         if let Some(last) = events.last() {
             if last.is_deletion() {
                 tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", object_ref(&last.body));
-                if let Some(uid) = text(&last.body, "/metadata/uid") {
+                if let Some(uid) = text(&last.body, &["metadata", "uid"]) {
                     self.handled.lock().remove(uid);
                 }
                 self.background.forget(&last.body);
-                if let Some(uid) = text(&last.body, "/metadata/uid") {
+                if let Some(uid) = text(&last.body, &["metadata", "uid"]) {
                     self.shared.plugins.forget_object(uid);
                 }
                 *memory = ObjectMemory::default();
                 return Verdict::default();
             }
             if events.iter().any(|e| e.event_type.is_none())
-                && let Some(uid) = text(&last.body, "/metadata/uid")
+                && let Some(uid) = text(&last.body, &["metadata", "uid"])
             {
                 memory.initial = !self.handled.lock().contains(uid);
             }
@@ -1026,8 +1026,8 @@ impl ObjectProcessor for ResourceProcessor {
                 Ok(Applied::Unchanged) => memory.errors = 0,
                 Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
-                    if let Some(rv) = text(&fresh, "/metadata/resourceVersion")
-                        && Some(rv) != text(&body, "/metadata/resourceVersion")
+                    if let Some(rv) = text(&fresh, &["metadata", "resourceVersion"])
+                        && Some(rv) != text(&body, &["metadata", "resourceVersion"])
                     {
                         let timeout = seconds(self.shared.settings.persistence.consistency_timeout);
                         memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
@@ -1139,7 +1139,7 @@ impl ResourceProcessor {
             }
         }
         if event.event_type.is_none()
-            && let Some(uid) = text(body, "/metadata/uid")
+            && let Some(uid) = text(body, &["metadata", "uid"])
         {
             self.shared.indices.indexed(uid);
         }
@@ -1162,7 +1162,7 @@ impl ResourceProcessor {
         };
         let changed = memory.essence != Some(digest);
         memory.essence = Some(digest);
-        let uid = text(body, "/metadata/uid");
+        let uid = text(body, &["metadata", "uid"]);
         if memory.uid.as_deref() != uid {
             memory.uid = uid.map(str::to_owned);
         }
@@ -1178,7 +1178,7 @@ impl ResourceProcessor {
 
     fn mark_handled(&self, memory: &mut ObjectMemory, body: &Value) {
         memory.initial = false;
-        if let Some(uid) = text(body, "/metadata/uid") {
+        if let Some(uid) = text(body, &["metadata", "uid"]) {
             let mut handled = self.handled.lock();
             if !handled.contains(uid) {
                 handled.insert(uid.to_owned());

@@ -93,7 +93,7 @@ impl RawEvent {
 
     /// The body's `metadata.resourceVersion`.
     pub fn resource_version(&self) -> Option<&str> {
-        dicts::pointer(&self.body, "/metadata/resourceVersion").and_then(Value::as_str)
+        dicts::resolve(&self.body, &["metadata", "resourceVersion"]).and_then(Value::as_str)
     }
 
     /// Whether this event or one it replaced carries this resource version.
@@ -323,19 +323,19 @@ impl Default for QueueSettings {
 
 /// The identity of an object within one watch stream.
 fn object_key(body: &Value) -> Option<String> {
-    let text = |p: &str| dicts::pointer(body, p).and_then(Value::as_str);
-    if let Some(uid) = text("/metadata/uid").filter(|u| !u.is_empty()) {
+    let text = |path: &[&str]| dicts::resolve(body, path).and_then(Value::as_str);
+    if let Some(uid) = text(&["metadata", "uid"]).filter(|u| !u.is_empty()) {
         return Some(uid.to_owned());
     }
     // Kopf's fallback for objects without a uid.
-    let name = text("/metadata/name")?;
+    let name = text(&["metadata", "name"])?;
     Some(format!(
         "{}//{}//{}//{}//{}",
-        text("/kind").unwrap_or_default(),
-        text("/apiVersion").unwrap_or_default(),
+        text(&["kind"]).unwrap_or_default(),
+        text(&["apiVersion"]).unwrap_or_default(),
         name,
-        text("/metadata/namespace").unwrap_or_default(),
-        text("/metadata/creationTimestamp").unwrap_or_default()
+        text(&["metadata", "namespace"]).unwrap_or_default(),
+        text(&["metadata", "creationTimestamp"]).unwrap_or_default()
     ))
 }
 
@@ -359,24 +359,20 @@ struct Stub {
 
 impl Stub {
     fn of(body: &Value) -> Self {
-        let text = |pointer: &str| {
-            dicts::pointer(body, pointer)
-                .and_then(Value::as_str)
-                .map(Box::from)
-        };
+        let text = |path: &[&str]| dicts::resolve(body, path).and_then(Value::as_str).map(Box::from);
         Self {
-            api_version: text("/apiVersion"),
-            kind: text("/kind"),
-            name: text("/metadata/name"),
-            namespace: text("/metadata/namespace"),
-            uid: text("/metadata/uid"),
-            resource_version: text("/metadata/resourceVersion"),
+            api_version: text(&["apiVersion"]),
+            kind: text(&["kind"]),
+            name: text(&["metadata", "name"]),
+            namespace: text(&["metadata", "namespace"]),
+            uid: text(&["metadata", "uid"]),
+            resource_version: text(&["metadata", "resourceVersion"]),
         }
     }
 
     /// Follows a newer version of the same object (only the resourceVersion changes).
     fn update(&mut self, body: &Value) {
-        let version = dicts::pointer(body, "/metadata/resourceVersion").and_then(Value::as_str);
+        let version = dicts::resolve(body, &["metadata", "resourceVersion"]).and_then(Value::as_str);
         if version != self.resource_version.as_deref() {
             self.resource_version = version.map(Box::from);
         }

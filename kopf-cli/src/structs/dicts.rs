@@ -38,47 +38,6 @@ pub fn format_field<S: AsRef<str>>(path: &[S]) -> String {
     out
 }
 
-/// [`Value::pointer`] (RFC 6901) without its allocations: serde_json unescapes every
-/// segment into a new string, even without escapes; this one only those with `~`. The
-/// reactor reads a few fields of every event this way.
-///
-/// ```
-/// use kopf_cli::structs::dicts::pointer;
-/// let body = serde_json::json!({"metadata": {"name": "x", "a/b": [1, 2]}});
-/// assert_eq!(pointer(&body, "/metadata/name"), Some(&serde_json::json!("x")));
-/// assert_eq!(pointer(&body, "/metadata/a~1b/1"), Some(&serde_json::json!(2)));
-/// assert_eq!(pointer(&body, "/metadata/a~1b/01"), None);
-/// ```
-pub fn pointer<'a>(value: &'a Value, pointer: &str) -> Option<&'a Value> {
-    if pointer.is_empty() {
-        return Some(value);
-    }
-    let mut target = value;
-    for token in pointer.strip_prefix('/')?.split('/') {
-        let unescaped;
-        let token = if token.contains('~') {
-            unescaped = token.replace("~1", "/").replace("~0", "~");
-            unescaped.as_str()
-        } else {
-            token
-        };
-        target = match target {
-            Value::Object(map) => map.get(token)?,
-            Value::Array(list) => list.get(array_index(token)?)?,
-            _ => return None,
-        };
-    }
-    Some(target)
-}
-
-/// An array index as RFC 6901 (and serde_json) accept it: digits, no sign, no leading zero.
-fn array_index(token: &str) -> Option<usize> {
-    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
-        return None;
-    }
-    token.parse().ok()
-}
-
 /// Resolve a nested field; `None` if absent or if any intermediate value is not an object.
 /// The empty path resolves to the value itself.
 pub fn resolve<'a, S: AsRef<str>>(value: &'a Value, path: &[S]) -> Option<&'a Value> {
@@ -193,35 +152,6 @@ pub fn resolve_strict<'a, S: AsRef<str>>(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn pointer_agrees_with_serde_json() {
-        let body = json!({
-            "a": {"b/c": {"d~e": [10, {"f": null}]}, "": 1},
-            "list": [0, 1, 2],
-        });
-        for path in [
-            "",
-            "/",
-            "/a",
-            "/a/b~1c",
-            "/a/b~1c/d~0e",
-            "/a/b~1c/d~0e/1/f",
-            "/a/b~1c/d~0e/2",
-            "/list/0",
-            "/list/00",
-            "/list/+1",
-            "/list/-1",
-            "/list/2",
-            "/list/3",
-            "a",
-            "/a/",
-            "/x/y",
-            "/list/0/z",
-        ] {
-            assert_eq!(pointer(&body, path), body.pointer(path), "{path:?}");
-        }
-    }
 
     #[test]
     fn parse_and_format() {
