@@ -376,8 +376,6 @@ struct TargetState {
     next_touch: Instant,
     /// The last keep-alive (rate limit for re-adding a removed record).
     last_touch: Option<Instant>,
-    /// Whether the first decision was made (before it, the target is paused silently).
-    decided: bool,
 }
 
 impl Target {
@@ -400,7 +398,6 @@ impl Target {
             warned_same: BTreeSet::new(),
             next_touch: Instant::now(),
             last_touch: None,
-            decided: false,
         };
         // Paused until the first decision: a replica that starts while the API fails must
         // not work beside a live higher-priority peer it has not seen yet.
@@ -414,7 +411,7 @@ impl Target {
                 _ = tokio::time::sleep_until(state.next_touch) => {}
             }
         }
-        self.evaluate(&mut state).await;
+        self.evaluate(&mut state, true).await;
         let _ = ready.send(());
 
         let (tx, mut rx) = mpsc::channel::<WatchItem>(16);
@@ -462,16 +459,16 @@ impl Target {
                         }
                     };
                     if changed {
-                        self.evaluate(&mut state).await;
+                        self.evaluate(&mut state, false).await;
                     }
                 }
                 _ = tokio::time::sleep_until(state.next_touch) => {
                     self.keepalive(&mut state).await;
-                    self.evaluate(&mut state).await;
+                    self.evaluate(&mut state, false).await;
                 }
                 _ = sleep_until_opt(state.recheck) => {
                     state.recheck = None;
-                    self.evaluate(&mut state).await;
+                    self.evaluate(&mut state, false).await;
                 }
             }
         }
@@ -560,10 +557,10 @@ impl Target {
         true
     }
 
-    async fn evaluate(&self, state: &mut TargetState) {
+    /// Decides about pausing from the latest peering object. `first`: the target's first
+    /// decision, made while it holds its initial pause (not one to announce the end of).
+    async fn evaluate(&self, state: &mut TargetState, first: bool) {
         let key = self.key();
-        // The pause held until the first decision is not one to announce the end of.
-        let first = !std::mem::replace(&mut state.decided, true);
         let was_paused = !first && self.board.is_set(&key);
         let Some(body) = state.body.clone() else {
             if self.config.settings.mandatory {
