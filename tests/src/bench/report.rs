@@ -22,6 +22,8 @@ pub struct Machine {
     pub load: String,
     /// `kopf version`'s first line.
     pub kopf: String,
+    /// The git commit of the sources measured (`-dirty` with uncommitted changes).
+    pub source: String,
     /// `rustc --version`.
     pub rustc: String,
     /// `python3 --version`.
@@ -47,6 +49,21 @@ fn command_line(program: &str, args: &[&str]) -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The commit checked out where the report runs (the binaries are built from it), marked
+/// `-dirty` when tracked files differ from it.
+fn source_commit() -> String {
+    let commit = command_line("git", &["rev-parse", "--short=12", "HEAD"]);
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if dirty && commit != "unknown" {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    }
 }
 
 impl Machine {
@@ -77,6 +94,7 @@ impl Machine {
             memory_gib,
             load,
             kopf: command_line(&kopf.display().to_string(), &["version"]),
+            source: source_commit(),
             rustc: command_line("rustc", &["--version"]),
             python: command_line("python3", &["--version"]),
             python_kopf: super::python_kopf_version().unwrap_or_else(|| "not installed".into()),
@@ -86,13 +104,14 @@ impl Machine {
     /// A Markdown table of the machine and versions.
     pub fn markdown_table(&self) -> String {
         format!(
-            "| | |\n|---|---|\n| CPU | {} |\n| cores | {} |\n| memory | {:.1} GiB |\n| kernel | {} |\n| load (1 min) at start | {} |\n| kopf | {} |\n| rustc | {} |\n| Python | {} |\n| Python Kopf | {} |\n",
+            "| | |\n|---|---|\n| CPU | {} |\n| cores | {} |\n| memory | {:.1} GiB |\n| kernel | {} |\n| load (1 min) at start | {} |\n| kopf | {} |\n| source | {} |\n| rustc | {} |\n| Python | {} |\n| Python Kopf | {} |\n",
             self.cpu,
             self.cores,
             self.memory_gib,
             self.kernel,
             self.load,
             self.kopf,
+            self.source,
             self.rustc,
             self.python,
             self.python_kopf
