@@ -10,7 +10,10 @@ mod reactor_common;
 
 use std::path::Path;
 
-use reactor_common::{Cluster, DEADLINE, fixture, has_finalizer, last_handled, read_records};
+use kopf_testing::{FaultKind, FaultMatch};
+use reactor_common::{
+    Cluster, DEADLINE, fixture, has_finalizer, last_handled, progress_annotations, read_records,
+};
 use serde_json::json;
 
 /// Starts the operator with the gate at `dir`, creates `name`, and waits until a create
@@ -95,14 +98,7 @@ async fn a_deletion_during_the_handlers_is_handled_after_them() {
     assert!(has_finalizer(&held), "{held}");
     std::fs::write(gate.join("release"), b"").unwrap();
 
-    cluster
-        .wait_obj(
-            "kex-race",
-            "the object to be released and gone",
-            Some(&kopf),
-            |o| o.is_none().then_some(()),
-        )
-        .await;
+    wait_released(&cluster, "kex-race", &kopf).await;
     let expected: Vec<(String, String, usize)> = [
         ("create_fn", "create"),
         ("delete_fn", "delete"),
@@ -112,6 +108,107 @@ async fn a_deletion_during_the_handlers_is_handled_after_them() {
     .map(|(id, reason)| (id.to_string(), reason.to_string(), 1))
     .collect();
     assert_eq!(runs(&cluster), expected, "each handler exactly once");
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// Starts the operator (no gate), creates `name` and waits until its creation is fully
+/// handled: after that, the operator sends nothing until the object changes.
+async fn create_and_settle(cluster: &Cluster, name: &str) -> kopf_e2e::KopfProcess {
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-lifecycle-basic"),
+        &[(
+            "KOPF_LIFECYCLE_RECORD",
+            cluster.path("record.txt").display().to_string(),
+        )],
+    );
+    cluster.create(name, "one").await;
+    cluster
+        .wait_obj(name, "the creation to be handled", Some(&kopf), |o| {
+            let o = o?;
+            (last_handled(o).is_some() && has_finalizer(o) && progress_annotations(o).is_empty())
+                .then_some(())
+        })
+        .await;
+    kopf
+}
+
+/// Refuses the next `n` patches of the object as a failed `test` of its resourceVersion
+/// does (the API server answers 422; 409 for a stale `resourceVersion` in the body).
+fn refuse_patches(cluster: &Cluster, name: &str, n: usize, code: u16) {
+    let matcher = FaultMatch {
+        verb: Some("patch".into()),
+        resource: Some("kopfexamples".into()),
+        name: Some(name.into()),
+        ..FaultMatch::default()
+    };
+    cluster
+        .emu
+        .faults()
+        .fail_next(n, matcher, FaultKind::Status(code));
+}
+
+async fn wait_released(cluster: &Cluster, name: &str, kopf: &kopf_e2e::KopfProcess) {
+    cluster
+        .wait_obj(name, "the object to be released and gone", Some(kopf), |o| {
+            o.is_none().then_some(())
+        })
+        .await;
+}
+
+fn patch_count(cluster: &Cluster) -> u64 {
+    cluster.emu.counters().get("patch", "kopfexamples")
+}
+
+fn delete_runs(cluster: &Cluster) -> usize {
+    runs(cluster)
+        .into_iter()
+        .filter(|(id, reason, _)| id == "delete_fn" && reason == "delete")
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+// The finalizer's removal is the only request of a deletion (nothing else is written on an
+// object that vanishes with it). Refused because the object changed meanwhile (a timer's
+// status patch, another controller), it must be decided again on the re-read object at
+// once: the echoes up to that state count as our own, so no later event would bring the
+// object back, and it stayed undeleted for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_finalizer_removal_is_decided_again_on_the_fresh_object() {
+    let cluster = Cluster::start().await;
+    let kopf = create_and_settle(&cluster, "kex-refused").await;
+    let patches_before = patch_count(&cluster);
+
+    refuse_patches(&cluster, "kex-refused", 1, 409);
+    cluster.delete("kex-refused").await;
+    wait_released(&cluster, "kex-refused", &kopf).await;
+
+    let patches = patch_count(&cluster) - patches_before;
+    assert_eq!(patches, 2, "the refused removal and its repetition, nothing else");
+    // The delete cause's record went with the refused request: its handler runs again,
+    // at least once as after any failed write.
+    assert_eq!(delete_runs(&cluster), 2);
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+// A patch refused again and again (an object changing all the time, or a 422 that is no
+// conflict) is not re-sent in a tight loop: after a few immediate repetitions the object is
+// throttled like after any failed patch, and handled once the refusals stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_refused_again_and_again_is_throttled() {
+    let cluster = Cluster::start().await;
+    let mut kopf = create_and_settle(&cluster, "kex-refused").await;
+    let patches_before = patch_count(&cluster);
+
+    refuse_patches(&cluster, "kex-refused", 6, 422);
+    cluster.delete("kex-refused").await;
+    tokio::task::block_in_place(|| kopf.wait_for_line("the patch was refused 4 times in a row", DEADLINE))
+        .expect("the object is throttled after 4 refusals");
+    wait_released(&cluster, "kex-refused", &kopf).await;
+
+    let patches = patch_count(&cluster) - patches_before;
+    assert_eq!(patches, 7, "6 refused, then the removal");
     drop(kopf);
     cluster.emu.shutdown().await;
 }

@@ -84,6 +84,11 @@ const BATCH_WINDOW: Duration = Duration::from_millis(200);
 /// Cycles per processing run at most (finalizer changes, persisted slow batches).
 const MAX_CYCLES: usize = 64;
 
+/// Refused patches (failed `test` of the resourceVersion) re-cycled at once per processing
+/// run; beyond, the object is throttled like after an error (a 422 that is no conflict
+/// would otherwise be re-sent in a tight loop).
+const MAX_CONFLICTS: usize = 3;
+
 /// What all processors of an operator share.
 pub struct Shared {
     /// The API client.
@@ -793,7 +798,7 @@ impl ResourceProcessor {
                     // The object changed under us: re-read it and let the next cycle decide.
                     tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", object_ref(body));
                     return match patching::get(client, &url(None)).await {
-                        Ok(current) => Ok(Applied::Fresh(current)),
+                        Ok(current) => Ok(Applied::Conflicted(current)),
                         Err(e) if e.is_not_found() => Ok(Applied::Gone),
                         Err(e) => Err(e),
                     };
@@ -809,10 +814,27 @@ impl ResourceProcessor {
 enum Applied {
     /// The object as the API server returned it after the last request.
     Fresh(Value),
+    /// A JSON patch was refused because the object changed (its `test` of the
+    /// resourceVersion failed): the object as re-read. What that patch would have done is
+    /// not done (merge patches before it are), so another cycle must decide on this body.
+    Conflicted(Value),
     /// Nothing needed sending: the body is as it was.
     Unchanged,
     /// The object is gone.
     Gone,
+}
+
+/// Takes the object as the API server answered our patch (or re-read it after a refused
+/// one) as the newest state; until its echo arrives, older events are not processed.
+fn adopt_patched(memory: &mut ObjectMemory, body: &mut Value, fresh: Value, settings: &OperatorSettings) {
+    if let Some(rv) = text(&fresh, &["metadata", "resourceVersion"])
+        && Some(rv) != text(body, &["metadata", "resourceVersion"])
+    {
+        let timeout = seconds(settings.persistence.consistency_timeout);
+        memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
+    }
+    memory.remember_version(&fresh);
+    *body = fresh;
 }
 
 fn capitalize(text: &str) -> String {
@@ -992,7 +1014,7 @@ impl ObjectProcessor for ResourceProcessor {
         };
         if memory.stale {
             match self.reread(&body).await {
-                Ok(Applied::Fresh(fresh)) => {
+                Ok(Applied::Fresh(fresh) | Applied::Conflicted(fresh)) => {
                     memory.stale = false;
                     memory.remember_version(&fresh);
                     body = fresh;
@@ -1015,6 +1037,7 @@ impl ObjectProcessor for ResourceProcessor {
 
         // Cycles: a finalizer change is persisted before handlers run, then go on.
         let mut delay = None;
+        let mut conflicts = 0;
         for _ in 0..MAX_CYCLES {
             let cycle = self.changing_cycle(memory, &body, &mut patch).await;
             delay = cycle.delay;
@@ -1022,19 +1045,33 @@ impl ObjectProcessor for ResourceProcessor {
             if patch.is_empty() {
                 break;
             }
-            match self.apply(&body, &patch).await {
+            let applied = match self.apply(&body, &patch).await {
+                Ok(Applied::Conflicted(_)) if conflicts >= MAX_CONFLICTS => {
+                    Err(ApiError::Unexpected(format!(
+                        "the patch was refused {} times in a row (the object keeps changing, or the patch is invalid)",
+                        conflicts + 1
+                    )))
+                }
+                Ok(Applied::Conflicted(fresh)) => {
+                    conflicts += 1;
+                    Ok(Applied::Conflicted(fresh))
+                }
+                other => other,
+            };
+            match applied {
                 Ok(Applied::Unchanged) => memory.errors = 0,
                 Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
-                    if let Some(rv) = text(&fresh, &["metadata", "resourceVersion"])
-                        && Some(rv) != text(&body, &["metadata", "resourceVersion"])
-                    {
-                        let timeout = seconds(self.shared.settings.persistence.consistency_timeout);
-                        memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
-                    }
                     news = !cycle.again && self.brings_news(&body, cycle.essence.as_ref(), &fresh);
-                    memory.remember_version(&fresh);
-                    body = fresh;
+                    adopt_patched(memory, &mut body, fresh, &self.shared.settings);
+                }
+                Ok(Applied::Conflicted(fresh)) => {
+                    // The refused part is not done, and the events up to the re-read
+                    // state count as our own echo: nothing else would look at it again
+                    // (a finalizer's removal racing a timer's status patch stayed undone).
+                    memory.errors = 0;
+                    news = true;
+                    adopt_patched(memory, &mut body, fresh, &self.shared.settings);
                 }
                 Ok(Applied::Gone) => {
                     *memory = ObjectMemory::default();
