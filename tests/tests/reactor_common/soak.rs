@@ -1,7 +1,8 @@
 //! The soak workload shared by `soak_faults.rs` and `soak_kill.rs`: many KopfExamples
 //! through create → update → delete with the `lifecycle-multi` fixture (every handler
 //! success is a line in a record file), while the emulator injects random faults
-//! (500/503, 429 with Retry-After, dropped connections, added latency), a chaos driver
+//! (500/503, 429 with Retry-After, dropped connections, patches refused with 409 as after
+//! a concurrent change, added latency), a chaos driver
 //! closes watch streams and expires the history (forcing 410 relists), and optionally the
 //! operator is killed with SIGKILL and restarted (also across a peering hand-over).
 //!
@@ -146,6 +147,15 @@ impl Soak {
                 FaultKind::TooManyRequests { retry_after_secs: 3 },
             );
             faults.fail_ratio(0.01, FaultMatch::any(), FaultKind::DropConnection);
+            // 1% of patches refused as if the object had changed since it was read.
+            faults.fail_ratio(
+                0.01,
+                FaultMatch {
+                    verb: Some("patch".into()),
+                    ..FaultMatch::default()
+                },
+                FaultKind::Status(409),
+            );
             faults.set_latency(Duration::from_millis(2));
             faults.set_latency_jitter(Duration::from_millis(8));
             Chaos::start(
