@@ -194,21 +194,27 @@ async fn a_refused_finalizer_removal_is_decided_again_on_the_fresh_object() {
 
 // A patch refused again and again (an object changing all the time, or a 422 that is no
 // conflict) is not re-sent in a tight loop: after a few immediate repetitions the object is
-// throttled like after any failed patch, and handled once the refusals stop.
+// throttled like after any failed patch, longer each time (Kopf's error delays 1, 1, 2, ...
+// s), and handled once the refusals stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_patch_refused_again_and_again_is_throttled() {
+async fn a_patch_refused_again_and_again_is_throttled_longer_each_time() {
     let cluster = Cluster::start().await;
     let mut kopf = create_and_settle(&cluster, "kex-refused").await;
     let patches_before = patch_count(&cluster);
 
-    refuse_patches(&cluster, "kex-refused", 6, 422);
+    // 3 processing runs of 4 refusals each (the last one throttled for 2 s), then 2 more.
+    refuse_patches(&cluster, "kex-refused", 14, 422);
     cluster.delete("kex-refused").await;
-    tokio::task::block_in_place(|| kopf.wait_for_line("the patch was refused 4 times in a row", DEADLINE))
-        .expect("the object is throttled after 4 refusals");
+    tokio::task::block_in_place(|| {
+        kopf.wait_for_line("the patch was refused 4 times in a row", DEADLINE)?;
+        kopf.wait_for_line("throttling for 1s", DEADLINE)?;
+        kopf.wait_for_line("throttling for 2s", DEADLINE)
+    })
+    .expect("throttled after 4 refusals, longer the third time");
     wait_released(&cluster, "kex-refused", &kopf).await;
 
     let patches = patch_count(&cluster) - patches_before;
-    assert_eq!(patches, 7, "6 refused, then the removal");
+    assert_eq!(patches, 15, "14 refused, then the removal");
     drop(kopf);
     cluster.emu.shutdown().await;
 }

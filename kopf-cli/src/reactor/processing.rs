@@ -1069,7 +1069,7 @@ impl ObjectProcessor for ResourceProcessor {
                     // The refused part is not done, and the events up to the re-read
                     // state count as our own echo: nothing else would look at it again
                     // (a finalizer's removal racing a timer's status patch stayed undone).
-                    memory.errors = 0;
+                    // The error count stays: repeated refusals throttle longer and longer.
                     news = true;
                     adopt_patched(memory, &mut body, fresh, &self.shared.settings);
                 }
