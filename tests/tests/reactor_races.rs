@@ -201,6 +201,7 @@ async fn a_patch_refused_again_and_again_is_throttled_longer_each_time() {
     let cluster = Cluster::start().await;
     let mut kopf = create_and_settle(&cluster, "kex-refused").await;
     let patches_before = patch_count(&cluster);
+    let reads_before = cluster.emu.counters().get("get", "kopfexamples");
 
     // 3 processing runs of 4 refusals each (the last one throttled for 2 s), then 2 more.
     refuse_patches(&cluster, "kex-refused", 14, 422);
@@ -215,6 +216,11 @@ async fn a_patch_refused_again_and_again_is_throttled_longer_each_time() {
 
     let patches = patch_count(&cluster) - patches_before;
     assert_eq!(patches, 15, "14 refused, then the removal");
+    let reads = cluster.emu.counters().get("get", "kopfexamples") - reads_before;
+    assert_eq!(
+        reads, 14,
+        "one re-read per refusal, none more before a throttled retry"
+    );
     drop(kopf);
     cluster.emu.shutdown().await;
 }

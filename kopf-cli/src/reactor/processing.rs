@@ -797,10 +797,9 @@ impl ResourceProcessor {
                 Err(e) if e.is_conflict() => {
                     // The object changed under us: re-read it and let the next cycle decide.
                     tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", object_ref(body));
-                    return match patching::get(client, &url(None)).await {
-                        Ok(current) => Ok(Applied::Conflicted(current)),
-                        Err(e) if e.is_not_found() => Ok(Applied::Gone),
-                        Err(e) => Err(e),
+                    return match self.reread(body).await {
+                        Ok(Applied::Fresh(current)) => Ok(Applied::Conflicted(current)),
+                        other => other,
                     };
                 }
                 Err(e) => return Err(e),
@@ -1045,20 +1044,7 @@ impl ObjectProcessor for ResourceProcessor {
             if patch.is_empty() {
                 break;
             }
-            let applied = match self.apply(&body, &patch).await {
-                Ok(Applied::Conflicted(_)) if conflicts >= MAX_CONFLICTS => {
-                    Err(ApiError::Unexpected(format!(
-                        "the patch was refused {} times in a row (the object keeps changing, or the patch is invalid)",
-                        conflicts + 1
-                    )))
-                }
-                Ok(Applied::Conflicted(fresh)) => {
-                    conflicts += 1;
-                    Ok(Applied::Conflicted(fresh))
-                }
-                other => other,
-            };
-            match applied {
+            match self.apply(&body, &patch).await {
                 Ok(Applied::Unchanged) => memory.errors = 0,
                 Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
@@ -1070,39 +1056,25 @@ impl ObjectProcessor for ResourceProcessor {
                     // state count as our own echo: nothing else would look at it again
                     // (a finalizer's removal racing a timer's status patch stayed undone).
                     // The error count stays: repeated refusals throttle longer and longer.
-                    news = true;
+                    conflicts += 1;
                     adopt_patched(memory, &mut body, fresh, &self.shared.settings);
+                    if conflicts > MAX_CONFLICTS {
+                        let error = ApiError::Unexpected(format!(
+                            "the patch was refused {conflicts} times in a row (the object keeps changing, or the patch is invalid)"
+                        ));
+                        // The body was just re-read: no second read before the retry.
+                        return self.throttle(memory, body, &error, false);
+                    }
+                    news = true;
                 }
                 Ok(Applied::Gone) => {
                     *memory = ObjectMemory::default();
                     return Verdict::default();
                 }
-                Err(error) => {
-                    let settings = &self.shared.settings;
-                    let delays = &settings.queueing.error_delays;
-                    let pause = delays
-                        .get(memory.errors)
-                        .or(delays.last())
-                        .copied()
-                        .unwrap_or(1.0);
-                    let pause = error
-                        .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
-                        .as_secs_f64();
-                    memory.errors += 1;
-                    tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
-                    memory.body = Some(body);
-                    // The failed request may still have been applied (e.g. a dropped
-                    // connection): the body is re-read before the retry, so that the retry
-                    // does not purge or store against a state older than the object's.
-                    memory.stale = true;
-                    // Remembered (not only returned): an echo of an earlier successful
-                    // patch may arrive before the wake-up and must not make us forget it.
-                    memory.retry_at = Some(Instant::now() + seconds(pause));
-                    return Verdict {
-                        wake_at: memory.retry_at,
-                        ..Default::default()
-                    };
-                }
+                // The failed request may still have been applied (e.g. a dropped
+                // connection): the body is re-read before the retry, so that the retry
+                // does not purge or store against a state older than the object's.
+                Err(error) => return self.throttle(memory, body, &error, true),
             }
             patch = Patch::new();
             if !cycle.again && !news {
@@ -1120,6 +1092,33 @@ impl ObjectProcessor for ResourceProcessor {
 }
 
 impl ResourceProcessor {
+    /// Pauses the object's processing after a failed patch, longer after each failure in a
+    /// row (`queueing.error_delays`, or the server's Retry-After); `stale` when `body` may be
+    /// older than the object, to be re-read before the retry.
+    fn throttle(&self, memory: &mut ObjectMemory, body: Value, error: &ApiError, stale: bool) -> Verdict {
+        let settings = &self.shared.settings;
+        let delays = &settings.queueing.error_delays;
+        let pause = delays
+            .get(memory.errors)
+            .or(delays.last())
+            .copied()
+            .unwrap_or(1.0);
+        let pause = error
+            .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
+            .as_secs_f64();
+        memory.errors += 1;
+        tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
+        memory.body = Some(body);
+        memory.stale = stale;
+        // Remembered (not only returned): an echo of an earlier successful patch may
+        // arrive before the wake-up and must not make us forget it.
+        memory.retry_at = Some(Instant::now() + seconds(pause));
+        Verdict {
+            wake_at: memory.retry_at,
+            ..Default::default()
+        }
+    }
+
     fn idle_verdict(&self, memory: &mut ObjectMemory) -> Verdict {
         // The body is needed later only to retry a delayed handler, or to apply event
         // handlers' patches while our own patch's echo is awaited; otherwise the next
