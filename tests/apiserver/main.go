@@ -29,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -171,6 +172,9 @@ func run(opts options) error {
 	if err := waitReady(server, certDir, adminToken, opts.readyTimeout, serverDone); err != nil {
 		return fmt.Errorf("%w (its log: %s)", err, logFile)
 	}
+	if err := createDefaultServiceAccounts(server, certDir, adminToken); err != nil {
+		return err
+	}
 	caFile := filepath.Join(certDir, "apiserver.crt")
 	ca, err := os.ReadFile(caFile)
 	if err != nil {
@@ -300,6 +304,35 @@ func probe(client *http.Client, address, token string) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: %d %s", address, resp.StatusCode, body)
+	}
+	return nil
+}
+
+// createDefaultServiceAccounts does what the controller manager (not run here) would: pods are
+// refused in a namespace without its "default" ServiceAccount.
+func createDefaultServiceAccounts(server, certDir, token string) error {
+	client, err := verifiedClient(filepath.Join(certDir, "apiserver.crt"))
+	if err != nil {
+		return err
+	}
+	for _, ns := range []string{"default", "kube-system", "kube-public", "kube-node-lease"} {
+		body := `{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}`
+		address := fmt.Sprintf("%s/api/v1/namespaces/%s/serviceaccounts", server, ns)
+		req, err := http.NewRequest(http.MethodPost, address, strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusConflict {
+			return fmt.Errorf("creating %s/default ServiceAccount: %d %s", ns, resp.StatusCode, text)
+		}
 	}
 	return nil
 }

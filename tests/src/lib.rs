@@ -3,6 +3,7 @@
 //! and waiting for conditions with deadlines.
 
 pub mod bench;
+pub mod cluster;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kopf_e2e::cluster::TestCluster;
 use kopf_e2e::{KopfProcess, plugin_path, workspace_root};
-use kopf_testing::{Emulator, EmulatorHandle};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::Value;
 
 /// How long any single condition may take.
@@ -23,11 +22,11 @@ pub const LAST_HANDLED: &str = "kopf.zalando.org/last-handled-configuration";
 
 /// One running example: emulator, operator, client.
 pub struct Example {
-    /// The API emulator (in this process).
-    pub emu: EmulatorHandle,
+    /// The cluster: the emulator in this process, or a real API server (`KOPF_TEST_CLUSTER`).
+    pub emu: TestCluster,
     /// The running operator.
     pub kopf: KopfProcess,
-    /// A client over HTTP with the same kubeconfig.
+    /// The test's own client over HTTP (the admin identity on a real server).
     pub client: kube::Client,
     /// Holds the kubeconfig and any files of the example.
     pub dir: tempfile::TempDir,
@@ -70,17 +69,11 @@ impl Example {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        let emu = Emulator::builder().start().await.unwrap();
+        let emu = TestCluster::start().await.unwrap();
         emu.write_kubeconfig(&kubeconfig).unwrap();
         let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
         emu.apply_yaml(&crd).await.unwrap();
-        let config = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        let client = kube::Client::try_from(config).unwrap();
+        let client = emu.admin_client().await.unwrap();
         let dir_text = dir.path().display().to_string();
         let envs: Vec<(String, String)> = envs
             .iter()
@@ -145,7 +138,7 @@ impl Example {
         self.api(ar).delete(name, &DeleteParams::default()).await.unwrap();
     }
 
-    /// Reads an object from the emulator's store.
+    /// Reads an object (from the emulator's store, or over HTTP from a real server).
     pub fn get(&self, ar: &ApiResource, name: &str) -> Option<Value> {
         self.emu
             .get_object(&ar.api_version, &ar.plural, Some("default"), name)
