@@ -218,6 +218,18 @@ impl TestCluster {
         }
     }
 
+    /// Creates an object, or replaces it when it exists (its current resourceVersion taken).
+    pub async fn apply_object(&self, obj: Value) -> Result<Value> {
+        match &self.backend {
+            BackendHandle::Emulator(emu) => Ok(emu.apply_object(obj).await?),
+            BackendHandle::ApiServer(real) => {
+                let client = real.client.clone();
+                real.run(async move { create_or_replace(&client, obj).await })
+                    .await
+            }
+        }
+    }
+
     /// One object (`api_version` like `kopf.dev/v1` or `v1`; `plural` like `kopfexamples`).
     /// Blocking on the real server (callable from sync code and from multi-thread runtimes).
     pub fn get_object(
@@ -355,6 +367,24 @@ async fn create(client: &kube::Client, obj: Value) -> Result<Value> {
     let obj: DynamicObject = serde_json::from_value(obj)?;
     let api = scoped_api(client, &resource, namespaced, obj.metadata.namespace.as_deref());
     Ok(to_value(api.create(&PostParams::default(), &obj).await?))
+}
+
+async fn create_or_replace(client: &kube::Client, obj: Value) -> Result<Value> {
+    let (resource, namespaced) = resolve(client, &obj).await?;
+    let mut obj: DynamicObject = serde_json::from_value(obj)?;
+    let api = scoped_api(client, &resource, namespaced, obj.metadata.namespace.as_deref());
+    let name = obj.metadata.name.clone().context("an object without a name")?;
+    loop {
+        let Some(current) = api.get_opt(&name).await? else {
+            return Ok(to_value(api.create(&PostParams::default(), &obj).await?));
+        };
+        obj.metadata.resource_version = current.metadata.resource_version;
+        match api.replace(&name, &PostParams::default(), &obj).await {
+            // Changed since the read: read again and replace that.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            other => return Ok(to_value(other?)),
+        }
+    }
 }
 
 fn scoped_api(

@@ -144,6 +144,7 @@ fn refuse_patches(cluster: &Cluster, name: &str, n: usize, code: u16) {
     };
     cluster
         .emu
+        .expect_emulator("refusing patches")
         .faults()
         .fail_next(n, matcher, FaultKind::Status(code));
 }
@@ -175,7 +176,8 @@ fn delete_runs(cluster: &Cluster) -> usize {
 // object back, and it stayed undeleted for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_finalizer_removal_is_decided_again_on_the_fresh_object() {
-    let cluster = Cluster::start().await;
+    // Emulator-only: refusals are injected faults.
+    let cluster = Cluster::start_emulator().await;
     let kopf = create_and_settle(&cluster, "kex-refused").await;
     let patches_before = patch_count(&cluster);
 
@@ -198,7 +200,8 @@ async fn a_refused_finalizer_removal_is_decided_again_on_the_fresh_object() {
 // s), and handled once the refusals stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_refused_again_and_again_is_throttled_longer_each_time() {
-    let cluster = Cluster::start().await;
+    // Emulator-only: refusals are injected faults.
+    let cluster = Cluster::start_emulator().await;
     let mut kopf = create_and_settle(&cluster, "kex-refused").await;
     let patches_before = patch_count(&cluster);
     let reads_before = cluster.emu.counters().get("get", "kopfexamples");

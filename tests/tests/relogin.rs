@@ -23,7 +23,8 @@ fn requests_by(cluster: &Cluster, token: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_re_runs_the_login_and_retries_with_the_fresh_token() {
-    let cluster = Cluster::start().await;
+    // Emulator-only: injected 401s and tokens of its own.
+    let cluster = Cluster::start_emulator().await;
     let login = write_login(&cluster, "token-1");
     let plugin = fixture("fixture-relogin-token");
     let mut kopf = cluster.spawn_kopf(&plugin, &[("KOPF_RELOGIN_FILE", login.display().to_string())]);
@@ -42,7 +43,7 @@ async fn a_401_re_runs_the_login_and_retries_with_the_fresh_token() {
 
     // The token is rotated; the API starts refusing the old one.
     write_login(&cluster, "token-2");
-    cluster.emu.faults().fail_next(
+    cluster.emu.expect_emulator("fault injection").faults().fail_next(
         1,
         FaultMatch::verb_resource("patch", "kopfexamples"),
         FaultKind::Status(401),
@@ -82,14 +83,15 @@ async fn a_401_re_runs_the_login_and_retries_with_the_fresh_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_re_login_passes_the_401_through_and_backs_off() {
-    let cluster = Cluster::start().await;
+    // Emulator-only: injected 401s and tokens of its own.
+    let cluster = Cluster::start_emulator().await;
     let login = write_login(&cluster, "token-1");
     let plugin = fixture("fixture-relogin-token");
     let mut kopf = cluster.spawn_kopf(&plugin, &[("KOPF_RELOGIN_FILE", login.display().to_string())]);
 
     // The login source breaks; two refusals in a row.
     std::fs::write(&login, "not json").unwrap();
-    cluster.emu.faults().fail_next(
+    cluster.emu.expect_emulator("fault injection").faults().fail_next(
         2,
         FaultMatch::verb_resource("patch", "kopfexamples"),
         FaultKind::Status(401),

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kopf_e2e::cluster::TestCluster;
 use kopf_e2e::{KopfProcess, plugin_path, workspace_root};
-use kopf_testing::{AdmissionDecision, AdmissionHook, AdmissionRequest, Emulator, EmulatorHandle, Operation};
+use kopf_testing::{AdmissionDecision, AdmissionHook, AdmissionRequest, Operation};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -63,30 +64,41 @@ impl AdmissionHook for Recorder {
     }
 }
 
-/// An emulator with the KopfExample CRD, a kubeconfig in a temporary directory, and a
-/// log of the writes to kopfexamples.
+/// A cluster (the emulator, or a real API server with `KOPF_TEST_CLUSTER=apiserver`) with
+/// the KopfExample CRD, a kubeconfig in a temporary directory, and (on the emulator) a log
+/// of the writes to kopfexamples.
 pub struct Cluster {
-    /// The emulator.
-    pub emu: EmulatorHandle,
+    /// The cluster.
+    pub emu: TestCluster,
     /// A temporary directory (kubeconfig, record files, logs).
     pub dir: tempfile::TempDir,
     /// The kubeconfig pointing at the emulator.
     pub kubeconfig: PathBuf,
-    /// The admitted writes.
+    /// The admitted writes (recorded on the emulator only).
     pub writes: Arc<WriteLog>,
 }
 
 impl Cluster {
-    /// Starts the emulator and applies `examples/crd.yaml`.
+    /// Starts the cluster of this run's backend and applies `examples/crd.yaml`.
     pub async fn start() -> Self {
+        Self::with(TestCluster::start().await.unwrap()).await
+    }
+
+    /// Starts an emulator whatever the backend, for tests of emulator-only powers (faults).
+    pub async fn start_emulator() -> Self {
+        Self::with(TestCluster::start_emulator().await.unwrap()).await
+    }
+
+    async fn with(emu: TestCluster) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        let emu = Emulator::builder().start().await.unwrap();
         emu.write_kubeconfig(&kubeconfig).unwrap();
         let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
         emu.apply_yaml(&crd).await.unwrap();
         let writes = Arc::new(WriteLog::default());
-        emu.add_admission_hook(Arc::new(Recorder(writes.clone())));
+        if let Some(emulator) = emu.emulator() {
+            emulator.add_admission_hook(Arc::new(Recorder(writes.clone())));
+        }
         Self {
             emu,
             dir,
@@ -132,12 +144,12 @@ impl Cluster {
         })
     }
 
-    /// Creates a KopfExample without HTTP (not counted).
+    /// Creates a KopfExample (not counted: in-process, or the admin user on a real server).
     pub async fn create(&self, name: &str, field: &str) -> Value {
         self.emu.create_object(Self::example(name, field)).await.unwrap()
     }
 
-    /// Sets `spec.field` without HTTP (not counted): a replace of the current object.
+    /// Sets `spec.field` (not counted): a replace of the current object.
     pub async fn set_field(&self, name: &str, field: &str) {
         let mut obj = self.get(name).expect("the object to update exists");
         obj["spec"]["field"] = json!(field);
@@ -148,7 +160,7 @@ impl Cluster {
         self.emu.apply_object(obj).await.unwrap();
     }
 
-    /// Deletes a KopfExample without HTTP (not counted).
+    /// Deletes a KopfExample (not counted).
     pub async fn delete(&self, name: &str) {
         self.emu
             .delete_object("kopf.dev/v1", "kopfexamples", Some(NS), name)

@@ -126,7 +126,7 @@ fn phase_deadline(objects: usize, kills: usize) -> Duration {
 impl Soak {
     /// Starts the emulator (with the faults, if asked) and the operator(s).
     pub async fn start(opts: SoakOptions) -> Self {
-        let cluster = Cluster::start().await;
+        let cluster = Cluster::start_emulator().await;
         if opts.peering {
             for file in ["deploy/peering-crds.yaml", "deploy/peering-objects.yaml"] {
                 let text = std::fs::read_to_string(kopf_e2e::workspace_root().join(file)).unwrap();
@@ -134,7 +134,7 @@ impl Soak {
             }
         }
         let mut rng = Rng::from_env(opts.seed_env);
-        let faults = cluster.emu.faults();
+        let faults = cluster.emu.expect_emulator("fault injection").faults();
         faults.seed(rng.range(0, u64::MAX));
         faults.record_requests(true);
         let chaos = opts.faults.then(|| {
@@ -159,7 +159,7 @@ impl Soak {
             faults.set_latency(Duration::from_millis(2));
             faults.set_latency_jitter(Duration::from_millis(8));
             Chaos::start(
-                &cluster.emu,
+                cluster.emu.expect_emulator("chaos"),
                 ChaosPlan {
                     close_watches_every: Some(Duration::from_secs(2)),
                     expire_history_every: Some(Duration::from_secs(3)),
@@ -309,7 +309,15 @@ impl Soak {
 
     /// The recorded requests naming `name`, one per line, with times since the start.
     fn requests_of(&self, name: &str) -> String {
-        self.requests_in(&self.cluster.emu.faults().requests(), name)
+        self.requests_in(
+            &self
+                .cluster
+                .emu
+                .expect_emulator("fault injection")
+                .faults()
+                .requests(),
+            name,
+        )
     }
 
     /// The requests naming `name` in `log`, one per line, with times since the start.
@@ -343,8 +351,16 @@ impl Soak {
             "data": {"at": format!("{:?}", self.started.elapsed())},
         });
         self.cluster.emu.apply_object(tick).await.unwrap();
-        self.cluster.emu.faults().expire_history();
-        self.cluster.emu.faults().close_watches();
+        self.cluster
+            .emu
+            .expect_emulator("fault injection")
+            .faults()
+            .expire_history();
+        self.cluster
+            .emu
+            .expect_emulator("fault injection")
+            .faults()
+            .close_watches();
     }
 
     /// Creation, update and deletion of all objects, with kills during each phase.
@@ -383,7 +399,7 @@ impl Soak {
     /// checks everything listed in the module docs. Panics with all failures at once.
     pub async fn verify(mut self) -> SoakReport {
         let chaos = self.chaos.take().map(Chaos::stop).unwrap_or_default();
-        let faults = self.cluster.emu.faults();
+        let faults = self.cluster.emu.expect_emulator("fault injection").faults();
         faults.clear();
         let log = faults.requests();
         faults.record_requests(false);
