@@ -1,23 +1,26 @@
 //! Admission webhooks end to end: the real `kopf` binary serving the 17-admission example
-//! over HTTPS, managed webhook configurations, and the emulator calling them as
-//! kube-apiserver does for `kubectl` requests.
+//! over HTTPS and managing the webhook configurations, and the API server calling the
+//! webhooks for `kubectl` requests: the emulator (the default), or with
+//! `KOPF_TEST_CLUSTER=apiserver` a real kube-apiserver, which reaches kopf's server through
+//! the configurations kopf writes (TLS verified with their `caBundle`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use kopf_e2e::cluster::TestCluster;
 use kopf_e2e::{KopfProcess, plugin_path, wait_for, workspace_root};
-use kopf_testing::{Emulator, EmulatorHandle};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 struct Setup {
-    _runtime: tokio::runtime::Runtime,
-    _emulator: EmulatorHandle,
-    dir: tempfile::TempDir,
+    // Dropped in this order: the operator before the cluster, the cluster before its runtime.
     kopf: KopfProcess,
+    cluster: TestCluster,
+    _runtime: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
     port: u16,
 }
 
@@ -28,13 +31,17 @@ impl Setup {
             .enable_all()
             .build()
             .unwrap();
-        let emulator = runtime.block_on(Emulator::builder().start()).unwrap();
+        let cluster = runtime.block_on(TestCluster::start()).unwrap();
         let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
-        runtime.block_on(emulator.apply_yaml(&crd)).unwrap();
+        runtime.block_on(cluster.apply_yaml(&crd)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        emulator.write_kubeconfig(dir.path().join("kubeconfig")).unwrap();
-        let plugin = plugin_path("example-17-admission").unwrap();
+        // The operator's identity for kopf, the test's own (admin) for kubectl.
         let kubeconfig = dir.path().join("kubeconfig");
+        cluster.write_kubeconfig(&kubeconfig).unwrap();
+        cluster
+            .write_admin_kubeconfig(dir.path().join("admin.kubeconfig"))
+            .unwrap();
+        let plugin = plugin_path("example-17-admission").unwrap();
         let cadump = dir.path().join("ca.pem");
         let mut kopf = KopfProcess::spawn_with_env(
             [
@@ -67,18 +74,27 @@ impl Setup {
             .unwrap_or_else(|| panic!("no port in {line:?}"));
         kopf.wait_for_line("The operator is ready", DEADLINE).unwrap();
         Self {
-            _runtime: runtime,
-            _emulator: emulator,
-            dir,
             kopf,
+            cluster,
+            _runtime: runtime,
+            dir,
             port,
         }
+    }
+
+    /// The operator's log and, on a real server, the tail of the server's log.
+    fn logs(&self) -> String {
+        format!(
+            "kopf:\n{}\nserver:\n{}",
+            self.kopf.lines().join("\n"),
+            self.cluster.server_log_tail(40)
+        )
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new("kubectl")
             .args(args)
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("KUBECONFIG", self.dir.path().join("admin.kubeconfig"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -187,7 +203,11 @@ fn webhooks_validate_mutate_and_survive_panics() {
     assert_eq!(mutating["webhooks"][0]["name"], "defaults.auto.kopf.dev");
     // An invalid object is rejected with the handler's message.
     let out = setup.apply(&example("bad", json!({"field": "wrong"}), json!({})), &[]);
-    assert!(!out.status.success(), "the invalid object was accepted");
+    assert!(
+        !out.status.success(),
+        "the invalid object was accepted\n{}",
+        setup.logs()
+    );
     let text = stderr(&out);
     assert!(text.contains("spec.field must not be 'wrong'."), "{text}");
     assert!(text.contains("check-spec.auto.kopf.dev"), "{text}");
@@ -200,6 +220,15 @@ fn webhooks_validate_mutate_and_survive_panics() {
     assert_eq!(stored["spec"]["replicas"], 1, "{stored}");
     assert_eq!(stored["metadata"]["labels"]["defaulted-by"], "kopf", "{stored}");
     assert_eq!(stored["spec"]["field"], "ok");
+    // An update to an invalid spec is rejected as well (operations CREATE and UPDATE).
+    let out = setup.apply(&example("good", json!({"field": "wrong"}), json!({})), &[]);
+    assert!(!out.status.success(), "the invalid update was accepted");
+    assert!(
+        stderr(&out).contains("spec.field must not be 'wrong'."),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(setup.get("kex", "good").unwrap()["spec"]["field"], "ok");
 
     // Dry-run requests reach the handlers with `dryrun` set (the mutation marks them).
     let out = setup.apply(
@@ -210,7 +239,24 @@ fn webhooks_validate_mutate_and_survive_panics() {
     let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(dry["metadata"]["annotations"]["kopf.dev/dryrun"], "true", "{dry}");
     assert!(setup.get("kex", "dry").is_none(), "a dry run stored the object");
+    // The side-effect handler is called on dry runs; its warning reaches kubectl (as a
+    // `Warning` header, which only the real API server sends: the emulator drops warnings).
+    let warnings = setup.cluster.is_real();
+    assert!(
+        !warnings || stderr(&out).contains("Warning: dry run of CREATE by "),
+        "{}",
+        stderr(&out)
+    );
     assert!(stored["metadata"]["annotations"]["kopf.dev/dryrun"].is_null());
+
+    // Warnings of allowed requests reach kubectl.
+    let out = setup.apply(&example("unset", json!({}), json!({})), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !warnings || stderr(&out).contains("Warning: spec.field is not set."),
+        "{}",
+        stderr(&out)
+    );
 
     // A panicking handler denies; with ignore_failures it allows; the server keeps serving.
     let out = setup.apply(
@@ -292,7 +338,24 @@ fn webhooks_validate_mutate_and_survive_panics() {
     let (code, _) = setup.curl("/check_spec", &review.to_string());
     assert_eq!(code, 200);
 
-    drop(setup.kopf);
+    // On exit, the non-persistent webhooks (all of this example's) are removed from the
+    // configurations, which stay.
+    let mut setup = setup;
+    setup.kopf.signal("TERM").unwrap();
+    let status = setup.kopf.wait_exit(DEADLINE).unwrap();
+    assert!(
+        status.success(),
+        "kopf exited with {status}:\n{}",
+        setup.kopf.lines().join("\n")
+    );
+    for kind in ["validatingwebhookconfiguration", "mutatingwebhookconfiguration"] {
+        let config = setup.get(kind, "auto.kopf.dev").unwrap();
+        let webhooks = config["webhooks"].as_array().map_or(0, Vec::len);
+        assert_eq!(webhooks, 0, "{kind}: {config}");
+    }
+    // With no webhooks left, the API server admits what the handlers would have denied.
+    let out = setup.apply(&example("bad3", json!({"field": "wrong"}), json!({})), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]
@@ -302,9 +365,9 @@ fn webhook_handlers_require_a_server() {
         .enable_all()
         .build()
         .unwrap();
-    let emulator = runtime.block_on(Emulator::builder().start()).unwrap();
+    let cluster = runtime.block_on(TestCluster::start()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    emulator.write_kubeconfig(dir.path().join("kubeconfig")).unwrap();
+    cluster.write_kubeconfig(dir.path().join("kubeconfig")).unwrap();
     let plugin = plugin_path("example-17-admission").unwrap();
     let mut kopf = KopfProcess::spawn_with_env(
         [
@@ -320,4 +383,5 @@ fn webhook_handlers_require_a_server() {
     assert!(!status.success());
     let log = kopf.lines().join("\n");
     assert!(log.contains("--webhook-server"), "{log}");
+    drop(cluster);
 }
