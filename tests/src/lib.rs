@@ -349,3 +349,47 @@ impl Drop for KopfProcess {
         }
     }
 }
+
+/// The variable that lets a run skip tests whose external tool (Python Kopf, kubectl, Go) is
+/// missing. CI never sets it: there a missing tool fails the test.
+pub const ALLOW_MISSING_TOOLS: &str = "KOPF_TESTS_ALLOW_MISSING_TOOLS";
+
+/// Whether an external tool is usable: true if `probe` succeeds; otherwise a panic naming
+/// the tool and how to install it, or (with [`ALLOW_MISSING_TOOLS`]`=1`) false and a line
+/// saying the test was skipped.
+pub fn require_tool(tool: &str, install: &str, probe: &mut Command) -> bool {
+    let works = probe
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return true;
+    }
+    if std::env::var(ALLOW_MISSING_TOOLS).is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {tool} is missing ({ALLOW_MISSING_TOOLS}=1)");
+        return false;
+    }
+    panic!(
+        "{tool} is required by this test and is missing: {install} (or set {ALLOW_MISSING_TOOLS}=1 to skip)"
+    );
+}
+
+/// [`require_tool`] for Python Kopf (`python3 -c 'import kopf'`).
+pub fn python_kopf_available() -> bool {
+    require_tool(
+        "Python Kopf",
+        "python3 -m pip install 'kopf==1.45.2'",
+        Command::new("python3").args(["-c", "import kopf"]),
+    )
+}
+
+/// [`require_tool`] for kubectl.
+pub fn kubectl_available() -> bool {
+    require_tool(
+        "kubectl",
+        "install kubectl (v1.32 or newer) on PATH",
+        Command::new("kubectl").args(["version", "--client"]),
+    )
+}

@@ -23,15 +23,6 @@ const LAST_HANDLED: &str = "kopf.zalando.org/last-handled-configuration";
 const DEADLINE: Duration = Duration::from_secs(60);
 const NAME: &str = "kex-lifecycle";
 
-fn python_kopf_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import kopf"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Kills (and reaps) the Kopf child on drop, so a failing test never leaks the process.
 struct ChildGuard {
     child: Child,
@@ -151,11 +142,7 @@ fn last_handled(obj: &Value) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kopf_full_lifecycle() {
-    if !python_kopf_available() {
-        eprintln!(
-            "SKIPPED python_kopf_full_lifecycle: `python3 -c 'import kopf'` failed; \
-             install Python Kopf (pip install kopf) to run this test"
-        );
+    if !kopf_e2e::python_kopf_available() {
         return;
     }
 

@@ -515,15 +515,6 @@ fn lease_replicas_share_a_peering_record_and_yield_to_a_higher_priority() {
 
 // ---- Interoperability with Python Kopf on the same peering object ----
 
-fn python_kopf_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import kopf"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A Python Kopf process, killed on drop.
 struct PythonKopf {
     child: Child,
@@ -604,8 +595,7 @@ fn peer_exists(cluster: &Cluster, identity: &str) -> bool {
 
 #[test]
 fn python_kopf_with_higher_priority_pauses_kopf_and_vice_versa() {
-    if !python_kopf_available() {
-        eprintln!("SKIPPED: `python3 -c 'import kopf'` failed; install Python Kopf to run this test");
+    if !kopf_e2e::python_kopf_available() {
         return;
     }
     let cluster = Cluster::start(&files());

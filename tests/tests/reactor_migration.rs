@@ -22,15 +22,6 @@ use reactor_common::{
 };
 use serde_json::{Value, json};
 
-fn python_kopf_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import kopf"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Python Kopf as a child process; killed on drop, its log printed if the test fails.
 struct PythonKopf {
     child: Child,
@@ -174,8 +165,7 @@ async fn finish_lifecycle(cluster: &Cluster, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kopf_to_kopf() {
-    if !python_kopf_available() {
-        eprintln!("SKIPPED python_kopf_to_kopf: `python3 -c 'import kopf'` failed");
+    if !kopf_e2e::python_kopf_available() {
         return;
     }
     let cluster = Cluster::start().await;
@@ -216,8 +206,7 @@ async fn python_kopf_to_kopf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kopf_to_python_kopf() {
-    if !python_kopf_available() {
-        eprintln!("SKIPPED kopf_to_python_kopf: `python3 -c 'import kopf'` failed");
+    if !kopf_e2e::python_kopf_available() {
         return;
     }
     let cluster = Cluster::start().await;

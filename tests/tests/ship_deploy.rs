@@ -138,13 +138,7 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_deploy_manifest_passes_kubectl_client_dry_runs() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
-        eprintln!("kubectl is not installed: skipped");
+    if !kopf_e2e::kubectl_available() {
         return;
     }
     let deploy = workspace_root().join("deploy");

@@ -205,16 +205,7 @@ async fn permanently_failed_child_is_final_and_the_parent_finishes_as_in_kopf() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kopf_continues_python_kopfs_pending_subhandlers() {
     use std::process::{Command, Stdio};
-    let available = Command::new("python3")
-        .args(["-c", "import kopf"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        eprintln!(
-            "SKIPPED kopf_continues_python_kopfs_pending_subhandlers: `python3 -c 'import kopf'` failed"
-        );
+    if !kopf_e2e::python_kopf_available() {
         return;
     }
     let cluster = Cluster::start().await;
@@ -297,16 +288,7 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kopf_continues_kopfs_pending_subhandlers() {
     use std::process::{Command, Stdio};
-    let available = Command::new("python3")
-        .args(["-c", "import kopf"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        eprintln!(
-            "SKIPPED python_kopf_continues_kopfs_pending_subhandlers: `python3 -c 'import kopf'` failed"
-        );
+    if !kopf_e2e::python_kopf_available() {
         return;
     }
     let cluster = Cluster::start().await;
