@@ -520,6 +520,8 @@ fn list_opts(q: &HashMap<String, String>) -> Result<ListOpts, ApiError> {
 fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
     let mut o = DeleteOpts {
         propagation: q.get("propagationPolicy").cloned(),
+        // `?dryRun=All` (kubectl delete --dry-run=server) as well as DeleteOptions.dryRun.
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
         ..Default::default()
     };
     if !body.is_empty() {

@@ -423,7 +423,9 @@ pub fn crd_to_def(crd: &Value) -> Result<ResourceDef, Vec<(&'static str, String)
         custom: true,
         printer_columns: columns,
         schemas,
-        returns_deleted_object: true,
+        // kube-apiserver answers a DELETE that removes a custom resource at once with a
+        // Success Status (the object only while finalizers keep it).
+        returns_deleted_object: false,
         unconditional_update: false,
     })
 }
