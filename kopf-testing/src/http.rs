@@ -639,6 +639,11 @@ async fn resource(
             parse_json_body(b)
         }
     };
+    if method == Method::GET || method == Method::DELETE && p.name.is_none() {
+        let fields = FieldSelector::parse(q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        crate::selectors::check_supported(&def, &fields).map_err(ApiError::bad_request)?;
+    }
     match (method.as_str(), &p.name) {
         ("GET", None) if p.watch_path || is_true(q, "watch") => {
             let opts = list_opts(q)?;

@@ -66,6 +66,9 @@ pub struct ResourceDef {
     pub returns_deleted_object: bool,
     /// Whether PUT without resourceVersion is allowed.
     pub unconditional_update: bool,
+    /// Field-selector fields beyond `metadata.name`/`metadata.namespace` (a CRD's
+    /// `selectableFields`, as `spec.color`); built-ins have theirs in `selectors.rs`.
+    pub selectable_fields: Vec<String>,
 }
 
 impl ResourceDef {
@@ -134,6 +137,7 @@ fn builtin(
         schemas: HashMap::new(),
         returns_deleted_object: returns_obj,
         unconditional_update: true,
+        selectable_fields: vec![],
     }
 }
 
@@ -334,7 +338,21 @@ pub fn crd_to_def(crd: &Value) -> Result<ResourceDef, Vec<(&'static str, String)
     let mut scale = None;
     let mut columns = vec![];
     let mut schemas = HashMap::new();
+    let mut selectable = vec![];
     for v in &versions {
+        for f in v
+            .get("selectableFields")
+            .and_then(|x| x.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = f.get("jsonPath").and_then(|x| x.as_str()) {
+                let p = p.trim_start_matches('.').to_string();
+                if !selectable.contains(&p) {
+                    selectable.push(p);
+                }
+            }
+        }
         let vname = v
             .get("name")
             .and_then(|x| x.as_str())
@@ -427,6 +445,7 @@ pub fn crd_to_def(crd: &Value) -> Result<ResourceDef, Vec<(&'static str, String)
         // Success Status (the object only while finalizers keep it).
         returns_deleted_object: false,
         unconditional_update: false,
+        selectable_fields: selectable,
     })
 }
 

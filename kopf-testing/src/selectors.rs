@@ -230,6 +230,72 @@ impl FieldSelector {
     }
 }
 
+/// Fields kube-apiserver lets a field selector use on a resource, beyond `metadata.name` and
+/// `metadata.namespace`, and whether an unknown one is refused with the resource's own field-label
+/// conversion wording (`field label not supported: X`) or the generic one.
+fn extra_fields(def: &crate::resources::ResourceDef) -> (Vec<&str>, bool) {
+    if def.custom {
+        return (def.selectable_fields.iter().map(|s| s.as_str()).collect(), true);
+    }
+    match (def.group.as_str(), def.plural.as_str()) {
+        ("", "pods") => (
+            vec![
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.podIPs",
+                "status.nominatedNodeName",
+            ],
+            true,
+        ),
+        ("", "events") | ("events.k8s.io", "events") => (
+            vec![
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
+            true,
+        ),
+        ("", "secrets") => (vec!["type"], true),
+        ("", "namespaces") => (vec!["status.phase", "name"], true),
+        ("", "services") => (vec!["spec.clusterIP", "spec.type"], true),
+        _ => (vec![], false),
+    }
+}
+
+/// 400 BadRequest for a field selector on a field the resource does not support, worded as
+/// kube-apiserver words it (lists and watches alike).
+pub(crate) fn check_supported(
+    def: &crate::resources::ResourceDef,
+    sel: &FieldSelector,
+) -> Result<(), String> {
+    let (extra, own_wording) = extra_fields(def);
+    for r in &sel.0 {
+        let p = r.path.as_str();
+        if p == "metadata.name" || p == "metadata.namespace" || extra.contains(&p) {
+            continue;
+        }
+        return Err(if own_wording {
+            format!("field label not supported: {p}")
+        } else {
+            format!("\"{p}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,13 @@ async fn start() -> (EmulatorHandle, Client) {
 }
 
 /// One raw request: the status code and the JSON body (Null when not JSON).
-async fn call(client: &Client, method: &str, path: &str, body: Option<Value>, content_type: &str) -> (u16, Value) {
+async fn call(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    content_type: &str,
+) -> (u16, Value) {
     let mut req = http::Request::builder().method(method).uri(path);
     let bytes = match body {
         Some(b) => {
@@ -68,7 +74,14 @@ async fn delete_with_dry_run_query_keeps_the_object() {
     let (code, body) = get(&client, &format!("{CMS}/dry")).await;
     assert_eq!(code, 200);
     assert!(body.pointer("/metadata/deletionTimestamp").is_none(), "{body}");
-    let (code, _) = call(&client, "DELETE", &format!("{CMS}/dry-plain?dryRun=All"), None, "").await;
+    let (code, _) = call(
+        &client,
+        "DELETE",
+        &format!("{CMS}/dry-plain?dryRun=All"),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(get(&client, &format!("{CMS}/dry-plain")).await.0, 200);
     emu.shutdown().await;
@@ -94,5 +107,78 @@ async fn deleting_a_custom_resource_at_once_answers_a_success_status() {
     assert_eq!(code, 200);
     assert_eq!(body["kind"], "KopfExample");
     assert!(body.pointer("/metadata/deletionTimestamp").is_some());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_field_selectors_are_refused() {
+    let (emu, client) = start().await;
+    emu.apply_yaml(CRD).await.unwrap();
+    for (path, sel, message) in [
+        (
+            CMS,
+            "data.x=1",
+            "\"data.x\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+        ),
+        (KEX, "spec.field=x", "field label not supported: spec.field"),
+        (
+            "/api/v1/namespaces/default/pods",
+            "spec.containers=x",
+            "field label not supported: spec.containers",
+        ),
+    ] {
+        for watch in ["", "&watch=true"] {
+            let (code, body) = get(&client, &format!("{path}?fieldSelector={sel}{watch}")).await;
+            assert_eq!(code, 400, "{path} {sel} {watch}: {body}");
+            assert_eq!(body["reason"], "BadRequest");
+            assert_eq!(body["message"], message);
+        }
+    }
+    for (path, sel) in [
+        (CMS, "metadata.name=x,metadata.namespace!=y"),
+        (KEX, "metadata.name=x"),
+        (
+            "/api/v1/namespaces/default/pods",
+            "status.phase=Running,spec.nodeName=n",
+        ),
+        ("/api/v1/namespaces/default/secrets", "type=Opaque"),
+        (
+            "/api/v1/namespaces/default/events",
+            "involvedObject.name=x,reason=y",
+        ),
+        ("/api/v1/namespaces", "status.phase=Active"),
+    ] {
+        assert_eq!(
+            get(&client, &format!("{path}?fieldSelector={sel}")).await.0,
+            200,
+            "{path} {sel}"
+        );
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn crd_selectable_fields_can_be_selected() {
+    let (emu, client) = start().await;
+    let crd = CRD.replace(
+        "      subresources: { status: { } }",
+        "      subresources: { status: { } }\n      selectableFields: [{jsonPath: .spec.color}]",
+    );
+    assert!(crd.contains("selectableFields"));
+    emu.apply_yaml(&crd).await.unwrap();
+    for (name, color) in [("a", "red"), ("b", "blue")] {
+        let kex = json!({"apiVersion": "kopf.dev/v1", "kind": "KopfExample", "metadata": {"name": name},
+            "spec": {"color": color}});
+        post(&client, KEX, kex).await;
+    }
+    let (code, body) = get(&client, &format!("{KEX}?fieldSelector=spec.color%3Dred")).await;
+    assert_eq!(code, 200, "{body}");
+    let names: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"]);
     emu.shutdown().await;
 }
