@@ -1,11 +1,11 @@
 //! Daemons and timers end to end: the real `kopf` binary with the 14-daemons and 15-timers
-//! example plugins against the emulator.
+//! example plugins against the emulator or a real API server (`KOPF_TEST_CLUSTER`).
 
 use std::path::Path;
 use std::time::Duration;
 
+use kopf_e2e::cluster::TestCluster;
 use kopf_e2e::{KopfProcess, plugin_path, wait_for, workspace_root};
-use kopf_testing::{Emulator, EmulatorHandle};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -13,7 +13,7 @@ const FINALIZER: &str = "kopf.zalando.org/KopfFinalizerMarker";
 
 struct Cluster {
     runtime: tokio::runtime::Runtime,
-    emulator: EmulatorHandle,
+    emulator: TestCluster,
     dir: tempfile::TempDir,
 }
 
@@ -24,7 +24,7 @@ impl Cluster {
             .enable_all()
             .build()
             .unwrap();
-        let emulator = runtime.block_on(Emulator::builder().start()).unwrap();
+        let emulator = runtime.block_on(TestCluster::start()).unwrap();
         let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
         runtime.block_on(emulator.apply_yaml(&crd)).unwrap();
         let dir = tempfile::tempdir().unwrap();

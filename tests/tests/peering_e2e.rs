@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kopf_e2e::cluster::TestCluster;
 use kopf_e2e::{KopfProcess, plugin_path, run_kopf, wait_for, workspace_root};
-use kopf_testing::{Emulator, EmulatorHandle, FaultKind, FaultMatch};
+use kopf_testing::{FaultKind, FaultMatch};
 use serde_json::{Value, json};
 
 /// Generous: a loaded 2-core machine.
@@ -19,10 +20,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// The peering lifetime used in these tests (seconds).
 const LIFETIME: u64 = 4;
 
-/// An emulator on its own runtime (the test thread blocks while waiting), plus files.
+/// A cluster (emulator or real API server) on its own runtime (the test thread blocks while waiting), plus files.
 struct Cluster {
     runtime: tokio::runtime::Runtime,
-    emu: EmulatorHandle,
+    emu: TestCluster,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     effects: PathBuf,
@@ -35,7 +36,7 @@ impl Cluster {
             .enable_all()
             .build()
             .unwrap();
-        let emu = runtime.block_on(Emulator::builder().start()).unwrap();
+        let emu = runtime.block_on(TestCluster::start()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         emu.write_kubeconfig(&kubeconfig).unwrap();
@@ -201,6 +202,9 @@ fn higher_priority_works_lower_takes_over_after_kill9() {
 /// work before it has seen the peers: a live higher-priority peer may be working.
 #[test]
 fn a_replica_stays_paused_until_its_first_keepalive_is_answered() {
+    if kopf_e2e::cluster::emulator_only("503s injected on the peering object") {
+        return;
+    }
     let cluster = Cluster::start(&files());
     // A live higher-priority peer (no `lastseen`: Kopf takes it as seen now).
     let peering = |status: Value| {
@@ -214,7 +218,7 @@ fn a_replica_stays_paused_until_its_first_keepalive_is_answered() {
     let ghost = peering(json!({"ghost": {"priority": 500, "lifetime": 3600}}));
     cluster.runtime.block_on(cluster.emu.apply_object(ghost)).unwrap();
     cluster.create("g1");
-    let faults = cluster.emu.faults();
+    let faults = cluster.emu.expect_emulator("fault injection").faults();
     let peerings = FaultMatch {
         resource: Some("clusterkopfpeerings".into()),
         ..FaultMatch::default()
