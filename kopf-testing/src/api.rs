@@ -140,6 +140,7 @@ fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, strict: bool)
         .or_else(|| def.schemas.get(&def.storage_version))
     {
         default_and_prune(obj, schema, true, "", &mut pruned);
+        crate::schema::drop_non_nullable_nulls(obj, schema);
     }
     if strict && !pruned.is_empty() {
         let fields: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
@@ -149,6 +150,28 @@ fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, strict: bool)
             kind = def.kind,
             v = version
         )));
+    }
+    // Then the schema's types, enums and required fields: 422 Invalid, as kube-apiserver.
+    if let Some(schema) = def
+        .schemas
+        .get(version)
+        .or_else(|| def.schemas.get(&def.storage_version))
+    {
+        let mut causes = vec![];
+        crate::schema::validate(obj, schema, true, "", &mut causes);
+        if !causes.is_empty() {
+            let name = obj
+                .pointer("/metadata/name")
+                .or_else(|| obj.pointer("/metadata/generateName"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let causes: Vec<(&str, &str, String)> = causes
+                .iter()
+                .map(|(r, f, m)| (*r, f.as_str(), m.clone()))
+                .collect();
+            return Err(ApiError::invalid(&def.group, &def.kind, &name, &causes));
+        }
     }
     Ok(())
 }
@@ -488,6 +511,10 @@ impl Shared {
             }
             if let Some(mf) = new.pointer("/metadata/managedFields") {
                 meta_mut(&mut r).insert("managedFields".into(), mf.clone());
+            }
+            // Status writes are pruned and validated by the schema too.
+            if def.custom {
+                apply_schema(def, version, &mut r, strict)?;
             }
             if !def.custom {
                 for key in ["labels", "annotations"] {

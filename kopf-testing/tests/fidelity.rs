@@ -49,7 +49,6 @@ async fn post(client: &Client, path: &str, body: Value) -> (u16, Value) {
     call(client, "POST", path, Some(body), "application/json").await
 }
 
-#[allow(dead_code)]
 async fn merge(client: &Client, path: &str, body: Value) -> (u16, Value) {
     call(client, "PATCH", path, Some(body), "application/merge-patch+json").await
 }
@@ -180,5 +179,93 @@ async fn crd_selectable_fields_can_be_selected() {
         .map(|i| i["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["a"]);
+    emu.shutdown().await;
+}
+
+const STRICT_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: fidstricts.fid.kopf.dev}
+spec:
+  scope: Namespaced
+  group: fid.kopf.dev
+  names: {kind: FidStrict, plural: fidstricts, singular: fidstrict}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources: {status: {}}
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                count: {type: integer}
+                mode: {type: string, enum: [auto, manual]}
+            status:
+              type: object
+              properties:
+                phase: {type: string}
+"#;
+const FID: &str = "/apis/fid.kopf.dev/v1/namespaces/default/fidstricts";
+
+fn fid(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "fid.kopf.dev/v1", "kind": "FidStrict", "metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test]
+async fn schema_types_and_enums_are_validated() {
+    let (emu, client) = start().await;
+    emu.apply_yaml(STRICT_CRD).await.unwrap();
+    let (code, body) = post(&client, FID, fid("typed", json!({"count": "three"}))).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["reason"], "Invalid");
+    assert_eq!(
+        body["message"],
+        "FidStrict.fid.kopf.dev \"typed\" is invalid: spec.count: Invalid value: \"string\": spec.count in body \
+         must be of type integer: \"string\""
+    );
+    assert_eq!(
+        body["details"]["causes"][0],
+        json!({"reason": "FieldValueTypeInvalid", "field": "spec.count",
+            "message": "Invalid value: \"string\": spec.count in body must be of type integer: \"string\""})
+    );
+    assert_eq!(post(&client, FID, fid("ok", json!({"count": 3}))).await.0, 201);
+    let (code, body) = merge(
+        &client,
+        &format!("{FID}/ok"),
+        json!({"spec": {"mode": "sometimes"}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["reason"], "FieldValueNotSupported");
+    let (code, body) = merge(
+        &client,
+        &format!("{FID}/ok/status"),
+        json!({"status": {"phase": 1}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "status.phase");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_subresource_writes_are_pruned() {
+    let (emu, client) = start().await;
+    emu.apply_yaml(STRICT_CRD).await.unwrap();
+    post(&client, FID, fid("p", json!({"count": 1}))).await;
+    let (code, body) = merge(
+        &client,
+        &format!("{FID}/p/status"),
+        json!({"status": {"phase": "Q", "other": 2}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], json!({"phase": "Q"}));
+    let (_, body) = get(&client, &format!("{FID}/p")).await;
+    assert_eq!(body["status"], json!({"phase": "Q"}));
     emu.shutdown().await;
 }
