@@ -220,6 +220,34 @@ fn validate_meta(def: &ResourceDef, obj: &Value, creating: bool) -> Result<(), A
             )),
         }
     }
+    if let Some(m) = obj.pointer("/metadata/labels").and_then(|l| l.as_object()) {
+        for (k, v) in m {
+            if let Some(msg) = qualified_name_error(k) {
+                causes.push(("FieldValueInvalid", "metadata.labels", msg));
+            }
+            if let Some(v) = v.as_str()
+                && !valid_label_value(v)
+            {
+                causes.push((
+                    "FieldValueInvalid",
+                    "metadata.labels",
+                    format!(
+                        "Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric \
+                         characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. \
+                         'MyValue',  or 'my_value',  or '12345', regex used for validation is \
+                         '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(m) = obj.pointer("/metadata/annotations").and_then(|l| l.as_object()) {
+        for k in m.keys() {
+            if let Some(msg) = qualified_name_error(k) {
+                causes.push(("FieldValueInvalid", "metadata.annotations", msg));
+            }
+        }
+    }
     if let Some(ann) = obj.pointer("/metadata/annotations") {
         match ann.as_object() {
             Some(m) if m.values().all(|v| v.is_string()) => {}
@@ -247,6 +275,49 @@ fn validate_meta(def: &ResourceDef, obj: &Value, creating: bool) -> Result<(), A
         let shown = if name.is_empty() { gen_name } else { name };
         Err(ApiError::invalid(&def.group, &def.kind, shown, &causes))
     }
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters (label values may be empty).
+fn valid_label_value(v: &str) -> bool {
+    v.is_empty()
+        || v.len() <= 63
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// kube's message for a label or annotation key that is not a qualified name (`prefix/name`).
+fn qualified_name_error(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && !valid_subdomain(p)
+    {
+        return Some(format!(
+            "Invalid value: \"{key}\": prefix part a lowercase RFC 1123 subdomain must consist of lower case \
+             alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. \
+             'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        ));
+    }
+    if name.is_empty() {
+        return Some(format!("Invalid value: \"{key}\": name part must be non-empty"));
+    }
+    if name.len() > 63 {
+        return Some(format!(
+            "Invalid value: \"{key}\": name part must be no more than 63 characters"
+        ));
+    }
+    if !valid_label_value(name) {
+        return Some(format!(
+            "Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.', and \
+             must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex \
+             used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        ));
+    }
+    None
 }
 
 fn finalizer_list(v: &Value) -> Vec<String> {

@@ -188,6 +188,12 @@ impl ApiError {
         Self::new(500, "InternalError", message, None)
     }
 
+    /// 500 with no `reason`, as kube-apiserver answers some refusals (e.g. creating an object
+    /// that has a resourceVersion).
+    pub fn internal_without_reason(message: impl Into<String>) -> Self {
+        Self::new(500, "", message, None)
+    }
+
     /// Any status code, with a reason picked like kube does for injected faults.
     pub fn with_code(code: u16) -> Self {
         let reason = match code {
@@ -218,6 +224,11 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        if self.reason.is_empty()
+            && let Some(map) = v.as_object_mut()
+        {
+            map.remove("reason");
+        }
         if let (Some(d), Some(map)) = (&self.details, v.as_object_mut()) {
             map.insert("details".into(), d.clone());
         }

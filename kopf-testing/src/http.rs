@@ -704,6 +704,17 @@ async fn resource(
         ("POST", None) => {
             let body = read_body(shared, body_stream, &headers).await?;
             let obj = decode_body(&body)?;
+            if obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| !v.is_empty())
+            {
+                // kube-apiserver's answer (a 500 without a reason) to creating an object that
+                // still carries the resourceVersion it was read with.
+                return Err(ApiError::internal_without_reason(
+                    "resourceVersion should not be set on objects to be created",
+                ));
+            }
             let created = shared.create(&def, &version, &ns, obj, user).await?;
             let bytes = Bytes::from(serde_json::to_vec(&created).unwrap_or_default());
             Ok(json_response(

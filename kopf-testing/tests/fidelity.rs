@@ -269,3 +269,48 @@ async fn status_subresource_writes_are_pruned() {
     assert_eq!(body["status"], json!({"phase": "Q"}));
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn label_values_and_keys_are_validated() {
+    let (emu, client) = start().await;
+    let mut obj = cm("lbl");
+    obj["metadata"]["labels"] = json!({"a": "b c"});
+    let (code, body) = post(&client, CMS, obj).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "metadata.labels");
+    assert!(
+        body["message"].as_str().unwrap().starts_with(
+            "ConfigMap \"lbl\" is invalid: metadata.labels: Invalid value: \"b c\": a valid label"
+        )
+    );
+    let mut obj = cm("key");
+    obj["metadata"]["annotations"] = json!({"Bad_Prefix/x": "1"});
+    assert_eq!(post(&client, CMS, obj).await.0, 422);
+    let mut obj = cm("fine");
+    obj["metadata"]["labels"] = json!({"example.com/a-b_c.d": "", "x": "Y_1.z"});
+    obj["metadata"]["annotations"] = json!({"kopf.zalando.org/last-handled-configuration": "{\"a\": 1}"});
+    assert_eq!(post(&client, CMS, obj).await.0, 201);
+    let (code, _) = merge(
+        &client,
+        &format!("{CMS}/fine"),
+        json!({"metadata": {"labels": {"x": "-no"}}}),
+    )
+    .await;
+    assert_eq!(code, 422);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn creating_an_object_with_a_resource_version_is_refused() {
+    let (emu, client) = start().await;
+    let mut obj = cm("with-rv");
+    obj["metadata"]["resourceVersion"] = json!("5");
+    let (code, body) = post(&client, CMS, obj).await;
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(
+        body,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 500,
+            "message": "resourceVersion should not be set on objects to be created"})
+    );
+    emu.shutdown().await;
+}
