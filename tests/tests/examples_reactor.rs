@@ -6,6 +6,51 @@ mod examples_support;
 use examples_support::{Example, example_object, has_diff_base, has_finalizer, kopfexamples, pods, progress};
 use serde_json::{Value, json};
 
+/// 01-minimal: the create handler's result lands in the status, an update runs nothing,
+/// and a deletion (no delete handler: no finalizer) needs nothing from the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_01_minimal() {
+    let ex = Example::start("example-01-minimal", &[]).await;
+    let kex = kopfexamples();
+    ex.create(&kex, example_object("kopf-example-1")).await;
+    let created = ex
+        .wait_object(&kex, "kopf-example-1", "the result and the diff-base", |o| {
+            let o = o?;
+            (has_diff_base(o) && o.pointer("/status/create_fn").is_some()).then(|| o.clone())
+        })
+        .await;
+    assert_eq!(created["status"]["create_fn"], json!({"message": "hello world"}));
+    assert!(
+        !has_finalizer(&created),
+        "no delete handler, no finalizer: {created}"
+    );
+    ex.wait_line("And here we are! Creating:").await;
+
+    ex.patch(&kex, "kopf-example-1", json!({"spec": {"field": "changed"}}))
+        .await;
+    ex.wait_object(&kex, "kopf-example-1", "the new diff-base", |o| {
+        let base = o?
+            .pointer("/metadata/annotations")?
+            .get(examples_support::LAST_HANDLED)?
+            .as_str()?;
+        base.contains("changed").then_some(())
+    })
+    .await;
+    assert_eq!(
+        ex.lines_with("And here we are!").len(),
+        1,
+        "the create handler ran once"
+    );
+
+    ex.delete(&kex, "kopf-example-1").await;
+    ex.wait("the object to be gone", || {
+        ex.get(&kex, "kopf-example-1").is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    ex.finish().await;
+}
+
 /// 02-children: the create handler creates a Pod through the plugin's own client
 /// (`client.config`), adopted by the KopfExample.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
