@@ -510,6 +510,15 @@ struct RealApiServer {
     client: kube::Client,
 }
 
+/// The Kubernetes release the real-apiserver lane builds (from `tests/apiserver/go.mod`).
+pub fn apiserver_version() -> String {
+    let go_mod = std::fs::read_to_string(workspace_root().join("tests/apiserver/go.mod")).unwrap_or_default();
+    go_mod
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("k8s.io/kubernetes "))
+        .map_or_else(|| "(unknown version)".to_owned(), |v| v.trim().to_owned())
+}
+
 /// The path of the built `kopf-apiserver` binary: `tests/apiserver/run --build-only` once per
 /// test process (a first build takes minutes; later ones find the cached binary).
 pub fn apiserver_binary() -> Result<PathBuf> {

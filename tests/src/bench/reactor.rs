@@ -1,12 +1,13 @@
 //! The reactor scenario: one object lifecycle (create → update → delete, with create,
 //! update, delete and a `spec.field` handler, each returning a dict, on a CRD with a
 //! status subresource) for many objects, run by kopf or by Python Kopf against an
-//! in-process API emulator.
+//! in-process API emulator or a real kube-apiserver ([`Backend`]).
 //!
 //! Figures per operator: CPU time (user + system) per object from readiness to the last
 //! deletion, peak RSS (`VmHWM`), every object's latency from its creation to its
-//! `status.create_fn` being stored (seen by an admission hook in the emulator), API and
-//! PATCH requests per object (emulator counters, reset at readiness), and the wall time.
+//! `status.create_fn` being stored (seen by an admission hook in the emulator, by a watch on
+//! a real server), API and PATCH requests per object (the emulator's counters, or the real
+//! server's audit log of the operator's user; reset at readiness), and the wall time.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,17 +16,48 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use kopf_testing::{AdmissionDecision, AdmissionHook, AdmissionRequest, Emulator, EmulatorHandle};
+use futures::StreamExt;
+use kopf_testing::{AdmissionDecision, AdmissionHook, AdmissionRequest};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::{Guard, cpu_seconds, peak_rss_mib, percentile};
+use crate::cluster::{Backend, TestCluster};
 use crate::workspace_root;
 
 /// When each object got its `status.create_fn`.
 #[derive(Default)]
 struct Latencies {
     stored: Mutex<HashMap<String, Instant>>,
+}
+
+impl Latencies {
+    fn stored(&self, name: String) {
+        self.stored.lock().entry(name).or_insert_with(Instant::now);
+    }
+}
+
+/// On a real server: a watch of the test's own sees each object's `status.create_fn`.
+async fn watch_latencies(client: kube::Client, latencies: Arc<Latencies>) {
+    let resource = kube::api::ApiResource {
+        group: "kopf.dev".into(),
+        version: "v1".into(),
+        api_version: "kopf.dev/v1".into(),
+        kind: "KopfExample".into(),
+        plural: "kopfexamples".into(),
+    };
+    let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(client, "default", &resource);
+    let stream = kube::runtime::watcher(api, kube::runtime::watcher::Config::default());
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        if let Ok(kube::runtime::watcher::Event::Apply(obj) | kube::runtime::watcher::Event::InitApply(obj)) =
+            event
+            && obj.data.pointer("/status/create_fn").is_some()
+            && let Some(name) = obj.metadata.name
+        {
+            latencies.stored(name);
+        }
+    }
 }
 
 impl AdmissionHook for Latencies {
@@ -39,10 +71,7 @@ impl AdmissionHook for Latencies {
                 .as_ref()
                 .is_some_and(|o| o.pointer("/status/create_fn").is_some())
         {
-            self.stored
-                .lock()
-                .entry(request.name)
-                .or_insert_with(Instant::now);
+            self.stored(request.name);
         }
         Box::pin(async { AdmissionDecision::Allow })
     }
@@ -130,7 +159,7 @@ pub fn comparison(kopf: &Figures, python: &Figures) -> String {
 }
 
 async fn wait_all(
-    emu: &EmulatorHandle,
+    emu: &TestCluster,
     what: &str,
     timeout: Duration,
     ready: impl Fn(&[Value]) -> bool,
@@ -191,20 +220,38 @@ fn spawn(which: Which, kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path
         .spawn()?)
 }
 
-/// Runs the scenario with `objects` objects. `kopf` and `plugin` are only used for
-/// [`Which::Kopf`].
-pub async fn run(which: Which, objects: usize, kopf: &Path, plugin: &Path) -> Result<Figures> {
+/// Runs the scenario with `objects` objects on a fresh cluster of `backend`. `kopf` and
+/// `plugin` are only used for [`Which::Kopf`].
+pub async fn run(
+    backend: Backend,
+    which: Which,
+    objects: usize,
+    kopf: &Path,
+    plugin: &Path,
+) -> Result<Figures> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     let log = dir.path().join("operator.log");
-    let emu = Emulator::builder().start().await?;
+    let emu = match backend {
+        Backend::Emulator => TestCluster::start_emulator().await?,
+        Backend::ApiServer => TestCluster::start_apiserver().await?,
+    };
     emu.write_kubeconfig(&kubeconfig)?;
     emu.apply_yaml(&std::fs::read_to_string(
         workspace_root().join("examples/crd.yaml"),
     )?)
     .await?;
     let latencies = Arc::new(Latencies::default());
-    emu.add_admission_hook(latencies.clone());
+    let watcher = match emu.emulator() {
+        Some(emulator) => {
+            emulator.add_admission_hook(latencies.clone());
+            None
+        }
+        None => Some(tokio::spawn(watch_latencies(
+            emu.admin_client().await?,
+            latencies.clone(),
+        ))),
+    };
 
     let mut child = Guard(spawn(which, &kubeconfig, &log, kopf, plugin)?);
     let pid = child.0.id();
@@ -299,6 +346,9 @@ pub async fn run(which: Which, objects: usize, kopf: &Path, plugin: &Path) -> Re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(child);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     emu.shutdown().await;
     let patches = counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status");
     Ok(Figures {

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use kopf_e2e::bench::reactor::{self, Which};
 use kopf_e2e::bench::report::{Machine, latency_cdf_svg, resources_svg};
 use kopf_e2e::bench::{python_kopf_version, release_kopf, scale};
+use kopf_e2e::cluster::Backend;
 use kopf_e2e::{Profile, plugin_path_with, workspace_root};
 
 struct Options {
@@ -27,6 +28,7 @@ struct Options {
     window: f64,
     python: bool,
     scale: bool,
+    apiserver_objects: usize,
     out: PathBuf,
 }
 
@@ -38,6 +40,7 @@ fn parse() -> Result<Option<Options>> {
         window: 30.0,
         python: true,
         scale: true,
+        apiserver_objects: 300,
         out: workspace_root().join("docs/benchmark-report.md"),
     };
     let mut args = std::env::args().skip(1);
@@ -49,10 +52,16 @@ fn parse() -> Result<Option<Options>> {
             "--window" => o.window = args.next().context("--window SECONDS")?.parse()?,
             "--no-python" => o.python = false,
             "--no-scale" => o.scale = false,
+            "--apiserver-objects" => {
+                o.apiserver_objects = args
+                    .next()
+                    .context("--apiserver-objects N (0: no real-server section)")?
+                    .parse()?
+            }
             "--out" => o.out = PathBuf::from(args.next().context("--out FILE.md")?),
             "--help" | "-h" => {
                 println!(
-                    "bench_report [--objects 1000] [--scale-objects 10000] [--namespaces 100] [--window 30] [--no-python] [--no-scale] [--out docs/benchmark-report.md]"
+                    "bench_report [--objects 1000] [--scale-objects 10000] [--namespaces 100] [--window 30] [--no-python] [--no-scale] [--apiserver-objects 300] [--out docs/benchmark-report.md]"
                 );
                 return Ok(None);
             }
@@ -63,6 +72,28 @@ fn parse() -> Result<Option<Options>> {
         bail!("--objects must be positive");
     }
     Ok(Some(o))
+}
+
+/// The lifecycle scenario for kopf and (if wanted) Python Kopf, on fresh clusters of `backend`.
+async fn lifecycle_rows(
+    backend: Backend,
+    n: usize,
+    python: bool,
+    kopf: &Path,
+    plugin: &Path,
+) -> Result<Vec<reactor::Figures>> {
+    eprintln!("reactor scenario ({backend:?}): kopf with {n} objects...");
+    let mut rows = vec![reactor::run(backend, Which::Kopf, n, kopf, plugin).await?];
+    if python {
+        match python_kopf_version() {
+            Some(version) => {
+                eprintln!("reactor scenario ({backend:?}): Python Kopf {version} with {n} objects...");
+                rows.push(reactor::run(backend, Which::Python, n, Path::new(""), Path::new("")).await?);
+            }
+            None => eprintln!("Python Kopf is not installed (pip install kopf): skipped"),
+        }
+    }
+    Ok(rows)
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -82,16 +113,13 @@ async fn main() -> Result<()> {
     let plugin = plugin_path_with("fixture-lifecycle-basic", Profile::Release)?;
     let n = options.objects;
     eprintln!("reactor scenario: kopf with {n} objects...");
-    let mut rows = vec![reactor::run(Which::Kopf, n, &kopf, &plugin).await?];
-    if options.python {
-        match python_kopf_version() {
-            Some(version) => {
-                eprintln!("reactor scenario: Python Kopf {version} with {n} objects...");
-                rows.push(reactor::run(Which::Python, n, Path::new(""), Path::new("")).await?);
-            }
-            None => eprintln!("Python Kopf is not installed (pip install kopf): skipped"),
-        }
-    }
+    let rows = lifecycle_rows(Backend::Emulator, n, options.python, &kopf, &plugin).await?;
+    let real_n = options.apiserver_objects;
+    let real_rows = if real_n > 0 {
+        lifecycle_rows(Backend::ApiServer, real_n, options.python, &kopf, &plugin).await?
+    } else {
+        Vec::new()
+    };
     let scaled = if options.scale {
         let plugin = plugin_path_with("fixture-scale-events", Profile::Release)?;
         eprintln!(
@@ -162,6 +190,37 @@ async fn main() -> Result<()> {
             r.p99_ms(),
             r.latencies_ms.last().copied().unwrap_or(f64::NAN)
         );
+    }
+    if !real_rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Object lifecycle on a real kube-apiserver\n\n\
+             The same lifecycle with {real_n} objects, each operator on a fresh real \
+             kube-apiserver {} with an in-process etcd (`tests/apiserver/run`, on this machine, so \
+             the server's CPU competes with the operator's). Requests are the operator's own, \
+             counted from the server's audit log (the operator runs as a user of its own); \
+             latencies are seen by a watch of the benchmark's own.\n",
+            kopf_e2e::cluster::apiserver_version()
+        );
+        md.push_str(&reactor::markdown_table(&real_rows));
+        if let [k, p] = &real_rows[..] {
+            let _ = writeln!(md, "\n{}", reactor::comparison(k, p));
+        }
+        let _ = writeln!(
+            md,
+            "\nLatency percentiles (ms):\n\n| operator | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|"
+        );
+        for r in &real_rows {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                r.name,
+                r.p50_ms(),
+                r.p95_ms(),
+                r.p99_ms(),
+                r.latencies_ms.last().copied().unwrap_or(f64::NAN)
+            );
+        }
     }
     if let Some(s) = &scaled {
         let _ = writeln!(
