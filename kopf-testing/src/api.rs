@@ -946,7 +946,11 @@ impl Shared {
         Ok(ListResult {
             items: items.into_iter().map(|(_, _, b)| b).collect(),
             rv: list_rv,
-            remaining: continue_token.as_ref().map(|_| remaining),
+            // kube-apiserver counts the remaining items only for lists without selectors.
+            remaining: continue_token
+                .as_ref()
+                .filter(|_| opts.labels.is_empty() && opts.fields.is_empty())
+                .map(|_| remaining),
             continue_token,
         })
     }

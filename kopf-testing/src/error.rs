@@ -183,6 +183,20 @@ impl ApiError {
         )
     }
 
+    /// 504 Timeout for a list from a resourceVersion the server has not reached (kube-apiserver
+    /// waits 3 s for its cache first; client-go's reflector recognises the cause).
+    pub fn resource_version_too_large(requested: u64, current: u64) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+            Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
+        )
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message, None)

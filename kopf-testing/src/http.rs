@@ -100,12 +100,11 @@ pub(crate) fn value_response(code: u16, v: &Value) -> Response<Body> {
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = value_response(e.code, &e.to_status());
-    if e.code == 429
-        && let Some(secs) = e
-            .details
-            .as_ref()
-            .and_then(|d| d.get("retryAfterSeconds"))
-            .and_then(|s| s.as_u64())
+    if let Some(secs) = e
+        .details
+        .as_ref()
+        .and_then(|d| d.get("retryAfterSeconds"))
+        .and_then(|s| s.as_u64())
         && let Ok(v) = HeaderValue::from_str(&secs.to_string())
     {
         r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -506,15 +505,70 @@ fn list_opts(q: &HashMap<String, String>) -> Result<ListOpts, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
         fields: FieldSelector::parse(q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
             .map_err(ApiError::bad_request)?,
+        // A negative limit means no limit, as in kube-apiserver.
         limit: match q.get("limit") {
-            Some(l) if !l.is_empty() => Some(
-                l.parse::<usize>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
-            ),
+            Some(l) if !l.is_empty() => {
+                let n = l
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?;
+                usize::try_from(n).ok()
+            }
             _ => None,
         },
         continue_token: q.get("continue").cloned(),
     })
+}
+
+/// kube-apiserver's checks of a list's `resourceVersion` and `resourceVersionMatch` against the
+/// current resourceVersion; adjusts `opts` as kube does (a list "from the cache", rv=0, is not
+/// paginated).
+fn check_list_rv(q: &HashMap<String, String>, current: u64, opts: &mut ListOpts) -> Result<(), ApiError> {
+    let rv = q.get("resourceVersion").map(|s| s.as_str()).unwrap_or("");
+    let rvm = q.get("resourceVersionMatch").map(|s| s.as_str()).unwrap_or("");
+    if !rvm.is_empty() && rv.is_empty() {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+            )],
+        ));
+    }
+    if !matches!(rvm, "" | "NotOlderThan" | "Exact") {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[(
+                "FieldValueNotSupported",
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{rvm}\": supported values: \"Exact\", \"NotOlderThan\", \"\""),
+            )],
+        ));
+    }
+    if rv.is_empty() {
+        return Ok(());
+    }
+    let n = rv.parse::<u64>().map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid resource version: resourceVersion: Invalid value: \"{rv}\": strconv.ParseUint: parsing \"{rv}\": {}",
+            if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) {
+                "value out of range"
+            } else {
+                "invalid syntax"
+            }
+        ))
+    })?;
+    if n == 0 && rvm != "Exact" && opts.continue_token.as_deref().unwrap_or("").is_empty() {
+        opts.limit = None;
+    }
+    if n > current {
+        return Err(ApiError::resource_version_too_large(n, current));
+    }
+    Ok(())
 }
 
 fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
@@ -675,7 +729,9 @@ async fn resource(
             ))
         }
         ("GET", None) => {
-            let opts = list_opts(q)?;
+            let mut opts = list_opts(q)?;
+            let current = shared.state.lock().rv;
+            check_list_rv(q, current, &mut opts)?;
             let res = shared.list(&def, p.namespace.as_deref(), &opts)?;
             Ok(json_response(
                 200,

@@ -314,3 +314,58 @@ async fn creating_an_object_with_a_resource_version_is_refused() {
     );
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn list_resource_version_parameters_are_checked() {
+    let (emu, client) = start().await;
+    for i in 0..3 {
+        post(&client, CMS, cm(&format!("c{i}"))).await;
+    }
+    let (code, body) = get(&client, &format!("{CMS}?resourceVersionMatch=NotOlderThan")).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "resourceVersionMatch");
+    let (code, body) = get(&client, &format!("{CMS}?resourceVersion=abc")).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        "invalid resource version: resourceVersion: Invalid value: \"abc\": strconv.ParseUint: parsing \"abc\": \
+         invalid syntax"
+    );
+    let future = emu.resource_version() + 100_000;
+    let (code, body) = get(
+        &client,
+        &format!("{CMS}?resourceVersion={future}&resourceVersionMatch=NotOlderThan"),
+    )
+    .await;
+    assert_eq!(code, 504, "{body}");
+    assert_eq!(body["reason"], "Timeout");
+    assert_eq!(body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+    assert_eq!(body["details"]["retryAfterSeconds"], 1);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_pagination_details_match_kube() {
+    let (emu, client) = start().await;
+    for i in 0..5 {
+        let mut obj = cm(&format!("p{i}"));
+        obj["metadata"]["labels"] = json!({"page": "yes"});
+        post(&client, CMS, obj).await;
+    }
+    // A list "from the cache" (resourceVersion=0) is not paginated.
+    let (code, body) = get(&client, &format!("{CMS}?limit=2&resourceVersion=0")).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["items"].as_array().unwrap().len(), 5);
+    assert!(body["metadata"].get("continue").is_none(), "{body}");
+    // No remainingItemCount when a selector is used.
+    let (_, body) = get(&client, &format!("{CMS}?limit=2&labelSelector=page%3Dyes")).await;
+    assert!(body["metadata"]["continue"].is_string());
+    assert!(body["metadata"].get("remainingItemCount").is_none(), "{body}");
+    let (_, body) = get(&client, &format!("{CMS}?limit=2")).await;
+    assert_eq!(body["metadata"]["remainingItemCount"], 3);
+    // A negative limit is no limit.
+    let (code, body) = get(&client, &format!("{CMS}?limit=-1")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 5);
+    emu.shutdown().await;
+}
