@@ -131,15 +131,17 @@ pub(crate) fn watch(
         Some(t) => Duration::from_secs(t),
         None => Duration::from_secs(1800 + rand::random_range(0..1800)),
     };
-    if send_initial == Some(true) && !bookmarks {
+    // kube-apiserver 1.37 requires resourceVersionMatch=NotOlderThan with sendInitialEvents (true
+    // or false), not bookmarks: without them the initial events just have no end marker.
+    if send_initial.is_some() && q.get("resourceVersionMatch").map(|s| s.as_str()) != Some("NotOlderThan") {
         return error_response(&ApiError::invalid(
             "meta.k8s.io",
             "ListOptions",
             "",
             &[(
                 "FieldValueForbidden",
-                "allowWatchBookmarks",
-                "Forbidden: allowWatchBookmarks required when sendInitialEvents is true".into(),
+                "resourceVersionMatch",
+                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
             )],
         ));
     }
@@ -235,7 +237,10 @@ pub(crate) fn watch(
         if initial {
             last = last.max(snapshot_rv);
         }
-        if send_initial == Some(true) && tx.send(Ok(filter.bookmark(snapshot_rv, true))).await.is_err() {
+        if send_initial == Some(true)
+            && bookmarks
+            && tx.send(Ok(filter.bookmark(snapshot_rv, true))).await.is_err()
+        {
             return;
         }
         for ch in backlog {

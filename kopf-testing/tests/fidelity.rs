@@ -369,3 +369,79 @@ async fn list_pagination_details_match_kube() {
     assert_eq!(body["items"].as_array().unwrap().len(), 5);
     emu.shutdown().await;
 }
+
+/// The first lines of a watch that the server ends after `timeoutSeconds`.
+async fn watch_lines(client: &Client, path: &str) -> (u16, Vec<Value>) {
+    let req = http::Request::builder()
+        .uri(path)
+        .body(Vec::new().into())
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    let code = resp.status().as_u16();
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let lines = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (code, lines)
+}
+
+#[tokio::test]
+async fn send_initial_events_needs_resource_version_match_not_bookmarks() {
+    let (emu, client) = start().await;
+    post(&client, CMS, cm("w")).await;
+    let (code, lines) = watch_lines(
+        &client,
+        &format!("{CMS}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&timeoutSeconds=1"),
+    )
+    .await;
+    assert_eq!(code, 422, "{lines:?}");
+    assert_eq!(lines[0]["details"]["causes"][0]["field"], "resourceVersionMatch");
+    let (code, lines) = watch_lines(
+        &client,
+        &format!(
+            "{CMS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1"
+        ),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED"]);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn apply_patch_without_kind_is_refused() {
+    let (emu, client) = start().await;
+    let path = format!("{CMS}/ssa?fieldManager=alice");
+    let (code, body) = call(
+        &client,
+        "PATCH",
+        &path,
+        Some(json!({"data": {"a": "1"}})),
+        "application/apply-patch+yaml",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["message"], "invalid object type: /, Kind=");
+    let (code, body) = call(
+        &client,
+        "PATCH",
+        &path,
+        Some(json!({"apiVersion": "v1", "data": {"a": "1"}})),
+        "application/apply-patch+yaml",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["message"], "invalid object type: /v1, Kind=");
+    let ok =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    assert_eq!(
+        call(&client, "PATCH", &path, Some(ok), "application/apply-patch+yaml")
+            .await
+            .0,
+        201
+    );
+    emu.shutdown().await;
+}
