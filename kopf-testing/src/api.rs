@@ -742,6 +742,18 @@ impl Shared {
                     )],
                 ));
             };
+            // An apply patch must name its apiVersion and kind (kube: 400 "invalid object type").
+            let av = patch
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let pk = patch.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+            if av.is_empty() || pk.is_empty() {
+                let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
+                return Err(ApiError::bad_request(format!(
+                    "invalid object type: {g}/{v}, Kind={pk}"
+                )));
+            }
             let exists = self.state.lock().get(&def.group_resource(), ns, name).is_some();
             if !exists && sub.is_none() {
                 let mut obj = server_side_apply(
