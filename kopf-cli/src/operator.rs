@@ -238,7 +238,7 @@ pub async fn run_controlled(
             }
             Some(item) = crd_rx.recv() => {
                 // Debounce bursts of CRD events into one re-discovery.
-                if matches!(item, WatchItem::Event(..) | WatchItem::ListDone) && rescan_at.is_none() {
+                if reactor.crd_item_needs_rescan(item) && rescan_at.is_none() {
                     rescan_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
                 }
             }
@@ -376,6 +376,10 @@ struct Reactor {
     listing: Option<BTreeSet<String>>,
     /// Whether the operator is paused (no watch streams run).
     paused: bool,
+    /// What the last discovery scanned and found: `(group, version, plural)`.
+    discovered: (GroupFilter, BTreeSet<(String, String, String)>),
+    /// CRDs of the CRD watch's first listing; None once it is done.
+    first_crd_listing: Option<Vec<Value>>,
 }
 
 impl Reactor {
@@ -415,6 +419,51 @@ impl Reactor {
             namespaces: BTreeSet::new(),
             listing: None,
             paused: false,
+            discovered: (GroupFilter::All, BTreeSet::new()),
+            first_crd_listing: Some(Vec::new()),
+        }
+    }
+
+    /// Whether a CRD's served versions were all found by the last discovery (or its group was
+    /// not scanned for): then its listing needs no re-discovery.
+    fn knows_crd(&self, crd: &Value) -> bool {
+        let (filter, found) = &self.discovered;
+        let group = crd
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let GroupFilter::Only(groups) = filter
+            && !groups.contains(group)
+        {
+            return true;
+        }
+        let plural = crd
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        crd.pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|v| v.get("served").and_then(Value::as_bool) != Some(false))
+            .filter_map(|v| v.get("name").and_then(Value::as_str))
+            .all(|version| found.contains(&(group.to_owned(), version.to_owned(), plural.to_owned())))
+    }
+
+    /// Whether a CRD watch item calls for a re-discovery. The first listing follows the
+    /// discovery at start: it does only if it shows a CRD that discovery did not find.
+    fn crd_item_needs_rescan(&mut self, item: WatchItem) -> bool {
+        match (item, self.first_crd_listing.as_mut()) {
+            (WatchItem::Listed(crd), Some(listed)) => {
+                listed.push(crd);
+                false
+            }
+            (WatchItem::ListDone, Some(_)) => {
+                let listed = self.first_crd_listing.take().unwrap_or_default();
+                !listed.iter().all(|crd| self.knows_crd(crd))
+            }
+            (WatchItem::Event(..) | WatchItem::ListDone, _) => true,
+            _ => false,
         }
     }
 
@@ -442,6 +491,11 @@ impl Reactor {
             None => GroupFilter::All,
         };
         let discovered = scanning::scan(&self.client, &filter).await?;
+        let found = discovered
+            .iter()
+            .map(|r| (r.group.clone(), r.version.clone(), r.plural.clone()))
+            .collect();
+        self.discovered = (filter, found);
         let mut by_resource: BTreeMap<String, (Resource, Vec<HandlerRef>)> = BTreeMap::new();
         for handler in &handlers {
             let Some(selector) = handler.spec().selector.as_ref() else {

@@ -315,6 +315,23 @@ impl TestCluster {
         }
     }
 
+    /// On a real server, `apiserver_request_total` from its `/metrics` for a verb (upper case,
+    /// as the metric has it: `PATCH`), resource and subresource (`""` for none), summed over
+    /// response codes and all users; None on the emulator.
+    pub fn metrics_request_total(&self, verb: &str, resource: &str, subresource: &str) -> Option<u64> {
+        let BackendHandle::ApiServer(real) = &self.backend else {
+            return None;
+        };
+        let client = real.client.clone();
+        let text = real
+            .block_on(async move {
+                let request = http::Request::get("/metrics").body(Vec::new())?;
+                Ok::<_, anyhow::Error>(client.request_text(request).await?)
+            })
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        Some(sum_request_total(&text, verb, resource, subresource))
+    }
+
     /// Starts counting anew.
     pub fn reset_counters(&self) {
         match &self.backend {
@@ -721,6 +738,25 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sums `apiserver_request_total` samples of a Prometheus text exposition by labels.
+pub fn sum_request_total(text: &str, verb: &str, resource: &str, subresource: &str) -> u64 {
+    let wanted = [
+        format!("verb=\"{verb}\""),
+        format!("resource=\"{resource}\""),
+        format!("subresource=\"{subresource}\""),
+    ];
+    text.lines()
+        .filter_map(|line| line.strip_prefix("apiserver_request_total{"))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(labels, _)| {
+            let labels: Vec<&str> = labels.split(',').collect();
+            wanted.iter().all(|w| labels.contains(&w.as_str()))
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Counts the requests of one user in a kube-apiserver JSON audit log from a byte offset:

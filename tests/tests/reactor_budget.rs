@@ -16,6 +16,15 @@ use serde_json::json;
 /// PATCH requests (body, status) the operator spent on one lifecycle of `plugin`.
 async fn lifecycle_patches(plugin: &str) -> (u64, u64) {
     let cluster = Cluster::start().await;
+    // On a real server, /metrics counts every user's PATCHes; the test itself only creates,
+    // replaces and deletes, so its PATCH count must equal the operator's from the audit log.
+    let metric_patches = |c: &Cluster| {
+        Some(
+            c.emu.metrics_request_total("PATCH", "kopfexamples", "")?
+                + c.emu.metrics_request_total("PATCH", "kopfexamples", "status")?,
+        )
+    };
+    let metric_patches_before = metric_patches(&cluster);
     let kopf = cluster.spawn_kopf(&reactor_common::fixture(plugin), &[]);
     let name = "kex-budget";
     cluster.create(name, "v1").await;
@@ -56,6 +65,23 @@ async fn lifecycle_patches(plugin: &str) -> (u64, u64) {
         .await;
 
     let counters = cluster.emu.counters();
+    if let (Some(before), Some(after)) = (metric_patches_before, metric_patches(&cluster)) {
+        assert_eq!(
+            after - before,
+            counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status"),
+            "PATCHes in the server's /metrics vs the operator's in its audit log: {counters:?}"
+        );
+    }
+    if cluster.emu.is_real() {
+        // Aggregated discovery: everything in the requests for /api and /apis.
+        let discovery: u64 = counters
+            .by_verb_resource
+            .iter()
+            .filter(|(key, _)| key.starts_with("get /api"))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(discovery, 2, "discovery requests: {counters:?}");
+    }
     eprintln!("{plugin}: operator requests after one lifecycle:");
     for (k, n) in &counters.by_verb_resource {
         eprintln!("  {n:>5}  {k}");
