@@ -7,6 +7,11 @@ use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 
+mod json_patch_ops;
+
+/// The real server's message for any failing JSON-patch operation (it does not say which).
+const JSON_PATCH_REJECTED: &str = "the server rejected our request due to an error in our request";
+
 /// The patch flavour, from the request's Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchKind {
@@ -53,6 +58,9 @@ pub fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError> {
     match kind {
         PatchKind::Apply => serde_yaml::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
+        PatchKind::Json => {
+            serde_json::from_slice::<Value>(body).map_err(|_| ApiError::bad_request("invalid JSON patch"))
+        }
         _ => serde_json::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("{e}"))),
     }
 }
@@ -67,21 +75,17 @@ pub fn apply_patch(kind: PatchKind, doc: &mut Value, patch: &Value) -> Result<()
             json_patch::merge(doc, patch);
             Ok(())
         }
-        PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
-            json_patch::patch(doc, &ops).map_err(|e| match e.kind {
-                json_patch::PatchErrorKind::TestFailed => ApiError::unprocessable(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                )),
-                _ => ApiError::unprocessable(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                )),
-            })
-        }
+        PatchKind::Json => match json_patch_ops::apply(doc, patch) {
+            Err(e) => Err(ApiError::bad_request(e.to_string())),
+            Ok(Err(e)) => {
+                // The real server says no more than its bare message; the emulator adds
+                // which operation failed and why.
+                let mut err = ApiError::unprocessable(format!("{JSON_PATCH_REJECTED}: {e}"));
+                err.details = Some(json!({}));
+                Err(err)
+            }
+            Ok(Ok(())) => Ok(()),
+        },
         PatchKind::Strategic => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request(
