@@ -80,7 +80,7 @@ fn minimal_example_cluster_wide() {
                 &["list", "watch"]
             ),
             ("kopf.dev clusterkopfpeerings", &["get", "list", "patch", "watch"]),
-            ("kopf.dev kopfexamples", &["list", "patch", "watch"]),
+            ("kopf.dev kopfexamples", &["get", "list", "patch", "watch"]),
             ("kopf.dev kopfexamples/status", &["patch"]),
         ])
     );
@@ -118,7 +118,7 @@ fn minimal_example_namespaced_standalone_with_lease() {
             rules_of(&docs, "Role", Some(ns)),
             expect(&[
                 (" events", &["create"]),
-                ("kopf.dev kopfexamples", &["list", "patch", "watch"]),
+                ("kopf.dev kopfexamples", &["get", "list", "patch", "watch"]),
                 ("kopf.dev kopfexamples/status", &["patch"]),
             ]),
             "{ns}"
@@ -154,21 +154,21 @@ fn all_at_once_example_gets_pods_and_webhook_configurations() {
         expect(&[
             (" events", &["create"]),
             // Event spies may patch; index handlers alone would only list and watch.
-            (" pods", &["list", "patch", "watch"]),
+            (" pods", &["get", "list", "patch", "watch"]),
             (" pods/status", &["patch"]),
             (
                 "admissionregistration.k8s.io mutatingwebhookconfigurations",
-                &["create", "patch"]
+                &["create", "get", "patch"]
             ),
             (
                 "admissionregistration.k8s.io validatingwebhookconfigurations",
-                &["create", "patch"]
+                &["create", "get", "patch"]
             ),
             (
                 "apiextensions.k8s.io customresourcedefinitions",
                 &["list", "watch"]
             ),
-            ("kopf.dev kopfexamples", &["list", "patch", "watch"]),
+            ("kopf.dev kopfexamples", &["get", "list", "patch", "watch"]),
             ("kopf.dev kopfexamples/status", &["patch"]),
         ])
     );

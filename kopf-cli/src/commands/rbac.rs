@@ -3,15 +3,17 @@
 //! The rules come from what the operator actually does (Kopf's `docs/deployment-rbac.yaml`,
 //! narrowed to the handlers declared):
 //!
-//! * every served resource: `list`, `watch`; plus `patch` (and `patch` on `<plural>/status`
-//!   when the resource has a status subresource, or when that is unknown) unless the
-//!   resource is served only by index handlers;
+//! * every served resource: `list`, `watch`; plus `get` and `patch` (and `patch` on
+//!   `<plural>/status` when the resource has a status subresource, or when that is unknown)
+//!   unless the resource is served only by index handlers: the engine re-reads an object
+//!   with `get` after a patch that was refused (the object changed) or failed;
 //! * `customresourcedefinitions` `list`, `watch` (the operator observes CRDs);
 //! * `namespaces` `list`, `watch` only for `-n` glob patterns;
 //! * `events` `create` where objects live;
 //! * peering objects `get`, `list`, `watch`, `patch` (`clusterkopfpeerings` with `-A`,
 //!   `kopfpeerings` per namespace with `-n`), unless `--standalone`;
-//! * webhook configurations `create`, `patch` only when validate/mutate handlers exist;
+//! * webhook configurations `get`, `create`, `patch` only when validate/mutate handlers
+//!   exist (the configuration is read first, then created or patched);
 //! * `leases` `get`, `create`, `update`, `patch` only with `--lease`.
 //!
 //! Selectors are resolved to API groups and plurals without a cluster: against the
@@ -171,7 +173,8 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
             need.namespaced = res.namespaced;
             need.verbs.extend(["list", "watch"]);
             if spec.kind != HandlerKind::Index {
-                need.verbs.insert("patch");
+                // `get`: the object is re-read after a refused or failed patch.
+                need.verbs.extend(["get", "patch"]);
             }
             need.status = if res.subresources.contains("?") {
                 None
@@ -245,7 +248,7 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
             cluster
                 .entry(("admissionregistration.k8s.io".into(), plural.into()))
                 .or_default()
-                .extend(["create", "patch"]);
+                .extend(["get", "create", "patch"]);
         }
     }
     for ((group, plural), need) in &needs {
@@ -269,7 +272,7 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         cluster
             .entry(("*".into(), "*".into()))
             .or_default()
-            .extend(["list", "watch", "patch"]);
+            .extend(["get", "list", "watch", "patch"]);
     }
 
     let name = &args.name;
