@@ -59,6 +59,20 @@ impl ApiError {
         matches!(self.code(), Some(401) | Some(403))
     }
 
+    /// How a failed request reads in a log line: for 401/403 a permission error naming the
+    /// verb and the resource the operator's credentials lack (`resource` as RBAC names it,
+    /// e.g. `"kopfexamples" in API group "kopf.dev"`), otherwise the error itself.
+    pub fn describe(&self, verb: &str, resource: &str) -> String {
+        if self.is_permission() {
+            format!(
+                "permission denied: the operator may not {verb} {resource} ({self}); \
+                 its role needs the verb {verb:?} on that resource (see `kopf rbac`)"
+            )
+        } else {
+            format!("{verb} {resource} failed: {self}")
+        }
+    }
+
     /// The server's `Retry-After`, if it sent one with this failure.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -111,6 +125,29 @@ mod tests {
             message: "slow down".into(),
             retry_after: Some(Duration::from_secs(seconds)),
         }
+    }
+
+    #[test]
+    fn permission_errors_name_the_verb_and_the_resource() {
+        let forbidden = ApiError::Status {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: "no".into(),
+            retry_after: None,
+        };
+        let resource = r#""kopfexamples" in API group "kopf.dev""#;
+        let text = forbidden.describe("get", resource);
+        assert!(
+            text.starts_with(
+                r#"permission denied: the operator may not get "kopfexamples" in API group "kopf.dev""#
+            ) && text.contains(r#"the verb "get""#),
+            "{text}"
+        );
+        let other = ApiError::Unexpected("x".into()).describe("patch", resource);
+        assert!(
+            other.starts_with("patch \"kopfexamples\"") && !other.contains("permission"),
+            "{other}"
+        );
     }
 
     #[test]

@@ -846,6 +846,11 @@ impl Task {
                 patching::patch(&self.shared.client, &url, patching::PatchType::Merge, &merge).await
                 && !error.is_not_found()
             {
+                let error = if error.is_permission() {
+                    error.describe("patch", &self.resource.rbac_text(sub))
+                } else {
+                    error.to_string()
+                };
                 tracing::warn!(target: "kopf.objects", "[{}] Patching after {:?} failed: {error}", object.reference(), self.handler.id());
             }
         }

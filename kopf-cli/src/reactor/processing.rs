@@ -746,9 +746,11 @@ impl ResourceProcessor {
     }
 
     /// Reads the object as the API server has it now.
-    async fn reread(&self, body: &Value) -> Result<Applied, ApiError> {
+    async fn reread(&self, body: &Value) -> Result<Applied, Failed> {
         let Some(name) = text(body, &["metadata", "name"]) else {
-            return Err(ApiError::Unexpected("an object without a name".into()));
+            return Err(Failed::get(ApiError::Unexpected(
+                "an object without a name".into(),
+            )));
         };
         let url = self
             .resource
@@ -756,17 +758,20 @@ impl ResourceProcessor {
         match patching::get(&self.shared.client, &url).await {
             Ok(fresh) => Ok(Applied::Fresh(fresh)),
             Err(e) if e.is_not_found() => Ok(Applied::Gone),
-            Err(e) => Err(e),
+            Err(e) => Err(Failed::get(e)),
         }
     }
 
     /// Sends the patch (merge patches first, then JSON-patch ops computed on the freshest
     /// body); returns the freshest body, if any request was sent.
-    async fn apply(&self, body: &Value, patch: &Patch) -> Result<Applied, ApiError> {
+    async fn apply(&self, body: &Value, patch: &Patch) -> Result<Applied, Failed> {
         let client = &self.shared.client;
         let namespace = text(body, &["metadata", "namespace"]);
         let Some(name) = text(body, &["metadata", "name"]) else {
-            return Err(ApiError::Unexpected("an object without a name".into()));
+            return Err(Failed::patch(
+                None,
+                ApiError::Unexpected("an object without a name".into()),
+            ));
         };
         let url = |sub: Option<&str>| self.resource.url(namespace, Some(name), sub);
         let status_sub = self.resource.has_status_subresource();
@@ -783,7 +788,7 @@ impl ResourceProcessor {
                 match patching::patch(client, &url(sub), patching::PatchType::Merge, &merge).await {
                     Ok(result) => fresh = Some(result),
                     Err(e) if e.is_not_found() => return Ok(Applied::Gone),
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(Failed::patch(sub, e)),
                 }
             }
         }
@@ -802,10 +807,55 @@ impl ResourceProcessor {
                         other => other,
                     };
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(Failed::patch(sub, e)),
             }
         }
         Ok(fresh.map_or(Applied::Unchanged, Applied::Fresh))
+    }
+}
+
+/// A request of the object's processing that failed: what was asked, for the log (a 403
+/// names the verb and the resource the operator's role lacks), and the error.
+#[derive(Debug)]
+struct Failed {
+    verb: &'static str,
+    subresource: Option<&'static str>,
+    error: ApiError,
+}
+
+impl Failed {
+    fn get(error: ApiError) -> Self {
+        Self {
+            verb: "get",
+            subresource: None,
+            error,
+        }
+    }
+
+    fn patch(subresource: Option<&'static str>, error: ApiError) -> Self {
+        Self {
+            verb: "patch",
+            subresource,
+            error,
+        }
+    }
+
+    /// The log's account of the failure.
+    fn describe(&self, resource: &Resource) -> String {
+        if self.error.is_permission() {
+            let text = self
+                .error
+                .describe(self.verb, &resource.rbac_text(self.subresource));
+            let mut chars = text.chars();
+            chars
+                .next()
+                .map(|first| first.to_uppercase().chain(chars).collect())
+                .unwrap_or(text)
+        } else if self.verb == "get" {
+            format!("Re-reading the object failed ({})", self.error)
+        } else {
+            format!("Patching failed ({})", self.error)
+        }
     }
 }
 
@@ -1022,7 +1072,7 @@ impl ObjectProcessor for ResourceProcessor {
                     *memory = ObjectMemory::default();
                     return Verdict::default();
                 }
-                Ok(Applied::Unchanged) | Err(_) => {
+                Ok(Applied::Unchanged) => {
                     memory.body = Some(body);
                     memory.retry_at = Some(Instant::now() + Duration::from_secs(1));
                     return Verdict {
@@ -1030,6 +1080,9 @@ impl ObjectProcessor for ResourceProcessor {
                         ..Default::default()
                     };
                 }
+                // Logged (a refused GET names the verb and the resource) and throttled like
+                // a failed patch; the body stays stale until a read succeeds.
+                Err(failed) => return self.throttle(memory, body, &failed, true),
             }
         }
         self.adjust_background(memory, &body).await;
@@ -1059,9 +1112,12 @@ impl ObjectProcessor for ResourceProcessor {
                     conflicts += 1;
                     adopt_patched(memory, &mut body, fresh, &self.shared.settings);
                     if conflicts > MAX_CONFLICTS {
-                        let error = ApiError::Unexpected(format!(
-                            "the patch was refused {conflicts} times in a row (the object keeps changing, or the patch is invalid)"
-                        ));
+                        let error = Failed::patch(
+                            None,
+                            ApiError::Unexpected(format!(
+                                "the patch was refused {conflicts} times in a row (the object keeps changing, or the patch is invalid)"
+                            )),
+                        );
                         // The body was just re-read: no second read before the retry.
                         return self.throttle(memory, body, &error, false);
                     }
@@ -1092,10 +1148,11 @@ impl ObjectProcessor for ResourceProcessor {
 }
 
 impl ResourceProcessor {
-    /// Pauses the object's processing after a failed patch, longer after each failure in a
-    /// row (`queueing.error_delays`, or the server's Retry-After); `stale` when `body` may be
-    /// older than the object, to be re-read before the retry.
-    fn throttle(&self, memory: &mut ObjectMemory, body: Value, error: &ApiError, stale: bool) -> Verdict {
+    /// Pauses the object's processing after a failed patch or re-read, longer after each
+    /// failure in a row (`queueing.error_delays`, or the server's Retry-After); `stale` when
+    /// `body` may be older than the object, to be re-read before the retry.
+    fn throttle(&self, memory: &mut ObjectMemory, body: Value, failed: &Failed, stale: bool) -> Verdict {
+        let error = &failed.error;
         let settings = &self.shared.settings;
         let delays = &settings.queueing.error_delays;
         let pause = delays
@@ -1107,7 +1164,7 @@ impl ResourceProcessor {
             .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
             .as_secs_f64();
         memory.errors += 1;
-        tracing::error!(target: "kopf.objects", "[{}] Patching failed ({error}); throttling for {pause}s.", object_ref(&body));
+        tracing::error!(target: "kopf.objects", "[{}] {}; throttling for {pause}s.", object_ref(&body), failed.describe(&self.resource));
         memory.body = Some(body);
         memory.stale = stale;
         // Remembered (not only returned): an echo of an earlier successful patch may

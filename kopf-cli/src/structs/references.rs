@@ -127,6 +127,20 @@ impl Resource {
         self.subresources.contains("status")
     }
 
+    /// The resource as RBAC and the API server's refusals name it: `"pods/status" in the
+    /// core API group`, `"kopfexamples" in API group "kopf.dev"`.
+    pub fn rbac_text(&self, subresource: Option<&str>) -> String {
+        let name = match subresource {
+            Some(sub) => format!("{}/{sub}", self.plural),
+            None => self.plural.clone(),
+        };
+        if self.group.is_empty() {
+            format!("{name:?} in the core API group")
+        } else {
+            format!("{name:?} in API group {:?}", self.group)
+        }
+    }
+
     /// The API path (Kopf's `get_url` without a server): the list URL without a name, the
     /// object URL with one; namespaced URLs only for namespaced resources with a namespace.
     pub fn url(&self, namespace: Option<&str>, name: Option<&str>, subresource: Option<&str>) -> String {
