@@ -272,7 +272,7 @@ rules:
     verbs: [get, list, patch, watch]
   - apiGroups: [kopf.dev]
     resources: [kopfexamples]
-    verbs: [list, patch, watch]
+    verbs: [get, list, patch, watch]
   - apiGroups: [kopf.dev]
     resources: [kopfexamples/status]
     verbs: [patch]
