@@ -357,6 +357,17 @@ impl TestCluster {
     }
 }
 
+/// The examples' `KopfExample` resource (`examples/crd.yaml`), for kube-rs APIs.
+pub fn kopfexamples() -> ApiResource {
+    ApiResource {
+        group: "kopf.dev".into(),
+        version: "v1".into(),
+        api_version: "kopf.dev/v1".into(),
+        kind: "KopfExample".into(),
+        plural: "kopfexamples".into(),
+    }
+}
+
 /// A kube client from a kubeconfig text.
 pub async fn client_from_yaml(yaml: &str) -> Result<kube::Client> {
     let kubeconfig = Kubeconfig::from_yaml(yaml)?;

@@ -7,13 +7,14 @@
 //! `test /metadata/finalizers == [..]` + `add /metadata/finalizers/-` otherwise; it removes the
 //! finalizer with `test /metadata/finalizers/N == name` + `remove`.
 
+use kopf_e2e::cluster::kopfexamples;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kopf_e2e::cluster::{TestCluster, client_from_yaml};
 use kopf_e2e::workspace_root;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
@@ -29,16 +30,6 @@ const FOREIGN: &str = "example.com/foreign";
 
 /// How long any single condition may take.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn kopfexamples() -> ApiResource {
-    ApiResource {
-        group: "kopf.dev".into(),
-        version: "v1".into(),
-        api_version: "kopf.dev/v1".into(),
-        kind: "KopfExample".into(),
-        plural: "kopfexamples".into(),
-    }
-}
 
 /// What the controller did, for the test to see.
 #[derive(Default)]

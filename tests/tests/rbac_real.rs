@@ -8,13 +8,14 @@
 //! resourceVersion) is refused and the engine must re-read the object with GET. The
 //! admission run manages webhook configurations (GET, then create or patch).
 
+use kopf_e2e::cluster::kopfexamples;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kopf_e2e::cluster::TestCluster;
 use kopf_e2e::{KopfProcess, plugin_path, run_kopf, wait_for, workspace_root};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -199,16 +200,6 @@ impl Rbac {
             kopf.lines().join("\n")
         );
         kopf.lines()
-    }
-}
-
-fn kopfexamples() -> ApiResource {
-    ApiResource {
-        group: "kopf.dev".into(),
-        version: "v1".into(),
-        api_version: "kopf.dev/v1".into(),
-        kind: "KopfExample".into(),
-        plural: "kopfexamples".into(),
     }
 }
 

@@ -39,13 +39,7 @@ impl Latencies {
 
 /// On a real server: a watch of the test's own sees each object's `status.create_fn`.
 async fn watch_latencies(client: kube::Client, latencies: Arc<Latencies>) {
-    let resource = kube::api::ApiResource {
-        group: "kopf.dev".into(),
-        version: "v1".into(),
-        api_version: "kopf.dev/v1".into(),
-        kind: "KopfExample".into(),
-        plural: "kopfexamples".into(),
-    };
+    let resource = crate::cluster::kopfexamples();
     let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(client, "default", &resource);
     let stream = kube::runtime::watcher(api, kube::runtime::watcher::Config::default());
     let mut stream = std::pin::pin!(stream);

@@ -96,6 +96,25 @@ async fn lifecycle_rows(
     Ok(rows)
 }
 
+/// The latency percentiles of some runs, as a Markdown table with its heading line.
+fn percentiles_table(rows: &[reactor::Figures]) -> String {
+    let mut md = String::from(
+        "\nLatency percentiles (ms):\n\n| operator | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.name,
+            r.p50_ms(),
+            r.p95_ms(),
+            r.p99_ms(),
+            r.latencies_ms.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    md
+}
+
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
     let stem = out
         .file_stem()
@@ -176,21 +195,7 @@ async fn main() -> Result<()> {
         name(&latency_svg),
         name(&resources_svg_path)
     );
-    let _ = writeln!(
-        md,
-        "Latency percentiles (ms):\n\n| operator | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|"
-    );
-    for r in &rows {
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            r.name,
-            r.p50_ms(),
-            r.p95_ms(),
-            r.p99_ms(),
-            r.latencies_ms.last().copied().unwrap_or(f64::NAN)
-        );
-    }
+    md.push_str(&percentiles_table(&rows));
     if !real_rows.is_empty() {
         let _ = writeln!(
             md,
@@ -206,21 +211,7 @@ async fn main() -> Result<()> {
         if let [k, p] = &real_rows[..] {
             let _ = writeln!(md, "\n{}", reactor::comparison(k, p));
         }
-        let _ = writeln!(
-            md,
-            "\nLatency percentiles (ms):\n\n| operator | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|"
-        );
-        for r in &real_rows {
-            let _ = writeln!(
-                md,
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                r.name,
-                r.p50_ms(),
-                r.p95_ms(),
-                r.p99_ms(),
-                r.latencies_ms.last().copied().unwrap_or(f64::NAN)
-            );
-        }
+        md.push_str(&percentiles_table(&real_rows));
     }
     if let Some(s) = &scaled {
         let _ = writeln!(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kopf_e2e::cluster::TestCluster;
+pub use kopf_e2e::cluster::kopfexamples;
 use kopf_e2e::{KopfProcess, plugin_path, workspace_root};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::Value;
@@ -33,17 +34,6 @@ pub struct Example {
     plugin: PathBuf,
     kubeconfig: PathBuf,
     envs: Vec<(String, String)>,
-}
-
-/// The `KopfExample` resource.
-pub fn kopfexamples() -> ApiResource {
-    ApiResource {
-        group: "kopf.dev".into(),
-        version: "v1".into(),
-        api_version: "kopf.dev/v1".into(),
-        kind: "KopfExample".into(),
-        plural: "kopfexamples".into(),
-    }
 }
 
 /// The core `Pod` resource.
