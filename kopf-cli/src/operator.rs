@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::structs::backoff::{Backoff, sleep_until_opt};
 use crate::{
     cli::RunOptions,
     clients::{
@@ -134,7 +135,7 @@ pub async fn run_controlled(
     reactor.paused = toggles.is_paused();
     // The API server may be unreachable or failing at start: retry with the networking
     // backoffs (the last one repeated) until it answers or the operator is stopped.
-    let mut failures = 0usize;
+    let mut backoff = Backoff::from_seconds(&settings.networking.error_backoffs);
     loop {
         let error = match reactor.rescan().await {
             Ok(()) => break,
@@ -146,20 +147,17 @@ pub async fn run_controlled(
         else {
             return Err(error.context("cannot discover the API resources"));
         };
-        let delays = &settings.networking.error_backoffs;
-        let pause = delays.get(failures).or(delays.last()).copied().unwrap_or(1.0);
-        let pause = api_error
-            .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
-            .as_secs_f64();
-        failures += 1;
+        let pause = api_error.retry_delay(backoff.next_backoff(), settings.networking.enforce_retry_after);
         tracing::error!(
             target: "kopf.reactor",
-            "Cannot discover the API resources at {} (attempt {failures}): {error:#}; retrying in {pause}s.",
-            context.config.cluster_url
+            "Cannot discover the API resources at {} (attempt {}): {error:#}; retrying in {}s.",
+            context.config.cluster_url,
+            backoff.failures(),
+            pause.as_secs_f64()
         );
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(seconds(pause)) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
     tracing::info!(
@@ -307,13 +305,6 @@ async fn start_embedded(
     tracing::info!(target: "kopf.reactor", "The embedded cluster is serving at {}.", emulator.url());
     let config = connection::config_from_yaml(&emulator.kubeconfig_yaml()).await?;
     Ok((config, emulator))
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The settings implied by the command line.

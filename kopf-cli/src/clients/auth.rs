@@ -24,6 +24,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use super::connection::{self, ConnectionError};
+use crate::structs::backoff::Backoff;
 
 /// The longest pause between two failed re-logins.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -71,16 +72,25 @@ struct Current {
     generation: u64,
 }
 
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
+/// The re-login backoff and when the next attempt may start.
+struct Refreshing {
+    backoff: Backoff,
     retry_at: Option<Instant>,
+}
+
+impl Default for Refreshing {
+    fn default() -> Self {
+        Refreshing {
+            backoff: Backoff::exponential(Duration::from_secs(1), MAX_BACKOFF),
+            retry_at: None,
+        }
+    }
 }
 
 /// The current credentials of the engine and the way to renew them. See the module docs.
 pub struct Credentials {
     current: RwLock<Current>,
-    refreshing: tokio::sync::Mutex<Backoff>,
+    refreshing: tokio::sync::Mutex<Refreshing>,
     relogin: Relogin,
     /// Timeouts applied to every inner client (`settings.networking`).
     networking: RwLock<Option<crate::settings::NetworkingSettings>>,
@@ -142,7 +152,7 @@ impl Credentials {
         let now = Instant::now();
         if let Some(at) = backoff.retry_at.filter(|at| *at > now) {
             return Err(AuthError::BackingOff {
-                failures: backoff.failures,
+                failures: backoff.backoff.failures(),
                 remaining: at - now,
             });
         }
@@ -160,7 +170,7 @@ impl Credentials {
                 current.generation += 1;
                 current.client = client;
                 current.config = config;
-                *backoff = Backoff::default();
+                *backoff = Refreshing::default();
                 tracing::info!(
                     target: "kopf.activities",
                     "Re-authenticated: new credentials are in use (generation {}).",
@@ -169,25 +179,17 @@ impl Credentials {
                 Ok(current.generation)
             }
             Err(error) => {
-                backoff.failures += 1;
-                let delay = backoff_delay(backoff.failures);
+                let delay = backoff.backoff.next_backoff();
                 backoff.retry_at = Some(Instant::now() + delay);
                 tracing::error!(
                     target: "kopf.activities",
                     "{error} (failure {}); the next attempt in no less than {delay:?}.",
-                    backoff.failures
+                    backoff.backoff.failures()
                 );
                 Err(error)
             }
         }
     }
-}
-
-/// The pause after `failures` consecutive failed re-logins: 1 s, 2 s, 4 s... up to
-/// [`MAX_BACKOFF`].
-pub fn backoff_delay(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
 }
 
 /// Builds the engine's client on a [`Credentials`] vault: see the module docs.
@@ -203,7 +205,7 @@ pub fn reauthenticating_client(
             config,
             generation: 0,
         }),
-        refreshing: tokio::sync::Mutex::new(Backoff::default()),
+        refreshing: tokio::sync::Mutex::new(Refreshing::default()),
         relogin,
         networking: RwLock::new(None),
     });
@@ -296,9 +298,11 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_up_to_a_bound() {
-        let delays: Vec<u64> = (1..=8).map(|n| backoff_delay(n).as_secs()).collect();
+        let mut refreshing = Refreshing::default();
+        let delays: Vec<u64> = (1..=8)
+            .map(|_| refreshing.backoff.next_backoff().as_secs())
+            .collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
-        assert_eq!(backoff_delay(u32::MAX), MAX_BACKOFF);
     }
 
     #[tokio::test]
@@ -332,7 +336,7 @@ mod tests {
         // A 401 seen with the old credentials does not log in again; the backoff is reset.
         assert_eq!(creds.refresh(0).await.unwrap(), 1);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        assert_eq!(creds.refreshing.lock().await.failures, 0);
+        assert_eq!(creds.refreshing.lock().await.backoff.failures(), 0);
     }
 
     #[tokio::test]

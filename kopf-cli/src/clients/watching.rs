@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, urls::ResourcePath};
+use crate::structs::backoff::{Backoff, Delays};
 
 /// The raw event type, as in the watch protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,28 +106,6 @@ pub enum WatchEnd {
     ConsumerGone,
 }
 
-/// A consecutive-error counter giving the next backoff delay.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: usize,
-}
-
-impl Backoff {
-    fn next(&mut self, delays: &[Duration]) -> Duration {
-        let delay = delays
-            .get(self.failures)
-            .or_else(|| delays.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1));
-        self.failures += 1;
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 /// Lists and watches `path` in `namespace` (or cluster-wide) until `stop` is cancelled
 /// or `sink` is closed, sending every item to `sink`. Never returns an error: failures
 /// are logged and retried with backoff, and `410 Gone` leads to a re-list.
@@ -139,7 +118,7 @@ pub async fn watch_continuously(
     stop: CancellationToken,
 ) -> WatchEnd {
     let url = path.collection(namespace.as_deref());
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(Delays::Steps(settings.error_backoffs.clone()));
     let mut resource_version: Option<String> = None;
     loop {
         let step = async {
@@ -166,10 +145,7 @@ pub async fn watch_continuously(
             }
             Err(StepError::ConsumerGone) => return WatchEnd::ConsumerGone,
             Err(StepError::Api { error, resume }) => {
-                let delay = error.retry_delay(
-                    backoff.next(&settings.error_backoffs),
-                    settings.enforce_retry_after,
-                );
+                let delay = error.retry_delay(backoff.next_backoff(), settings.enforce_retry_after);
                 if error.is_permission() {
                     tracing::error!(%url, "no permission to list/watch ({error}); retrying in {delay:?}");
                 } else {

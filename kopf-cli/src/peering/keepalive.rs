@@ -27,6 +27,7 @@ use super::{
     records::{self, Peer},
     resources::{self, PeeringResource, Scope},
 };
+use crate::structs::backoff::sleep_until_opt;
 use crate::{
     clients::{
         ApiError, patching,
@@ -663,12 +664,5 @@ impl Target {
             };
             Instant::now() + wait + Duration::from_millis(50)
         });
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

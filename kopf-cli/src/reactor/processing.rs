@@ -68,6 +68,7 @@ use crate::{
     plugin::{HandlerRef, PluginSet},
     settings::{OperatorSettings, seconds},
     structs::{
+        backoff::Delays,
         dicts::{self, FieldPath},
         diffs,
         patches::{Patch, PatchFn, is_deletion_blocked, is_deletion_ongoing},
@@ -1154,14 +1155,9 @@ impl ResourceProcessor {
     fn throttle(&self, memory: &mut ObjectMemory, body: Value, failed: &Failed, stale: bool) -> Verdict {
         let error = &failed.error;
         let settings = &self.shared.settings;
-        let delays = &settings.queueing.error_delays;
-        let pause = delays
-            .get(memory.errors)
-            .or(delays.last())
-            .copied()
-            .unwrap_or(1.0);
+        let pause = Delays::from_seconds(&settings.queueing.error_delays).after(memory.errors as u32);
         let pause = error
-            .retry_delay(seconds(pause), settings.networking.enforce_retry_after)
+            .retry_delay(pause, settings.networking.enforce_retry_after)
             .as_secs_f64();
         memory.errors += 1;
         tracing::error!(target: "kopf.objects", "[{}] {}; throttling for {pause}s.", object_ref(&body), failed.describe(&self.resource));

@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::clients::watching::{EventType, WatchItem};
 use crate::engines::{metrics, posting};
-use crate::structs::dicts;
+use crate::structs::{backoff::sleep_until_opt, dicts};
 
 /// How long a call may keep its worker slot (see [`release_slot_if_slow`]).
 pub const SLOT_HOLD_LIMIT: Duration = Duration::from_secs(1);
@@ -604,13 +604,6 @@ async fn wait_unblocked(blocker: Option<tokio::sync::watch::Receiver<bool>>) {
                 std::future::pending::<()>().await;
             }
         }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

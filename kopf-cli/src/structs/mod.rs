@@ -4,6 +4,7 @@
 //! must be identical to Python Kopf's; golden vectors produced by Kopf itself are checked in
 //! `kopf-cli/tests/compat_*.rs`.
 
+pub mod backoff;
 pub mod dicts;
 pub mod diffs;
 pub mod patches;
