@@ -139,12 +139,6 @@ pub fn plugin_path_with(package: &str, profile: Profile) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Whether a workspace member directory exists (e.g. `tests/fixtures/sdk-plugin-a`):
-/// lets suites skip cases whose fixtures another team has not delivered yet.
-pub fn member_exists(relative: &str) -> bool {
-    workspace_root().join(relative).join("Cargo.toml").exists()
-}
-
 /// The `kopf` binary, built first.
 pub fn kopf_bin() -> Result<PathBuf> {
     cargo_build(&["-p", "kopf-cli", "--bin", "kopf"], Profile::Debug)?;

@@ -8,7 +8,7 @@ use kopf_abi::protocol::{HandlerErrorKind, HandlerKind, Invocation};
 use kopf_abi::{Failure, FailureKind};
 use kopf_cli::logging::{KopfFormat, LogConfig, LogFormat};
 use kopf_cli::plugin::{CallerInfo, HandlerRef, HostServices, PluginError, PluginSet};
-use kopf_e2e::{isolated_copy, member_exists, plugin_path};
+use kopf_e2e::{isolated_copy, plugin_path};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -362,23 +362,10 @@ fn broken_plugins_fail_to_load_with_typed_errors() {
     assert!(layout.detail().unwrap().lines().count() > 20);
 }
 
-// ---- SDK-built plugins (delivered by the SDK team; skipped until they exist) ----
-
-fn sdk_fixtures_ready(names: &[&str]) -> bool {
-    let ready = names
-        .iter()
-        .all(|n| member_exists(&format!("tests/fixtures/{n}")));
-    if !ready {
-        eprintln!("SKIPPED: SDK fixtures {names:?} are not there yet");
-    }
-    ready
-}
+// ---- SDK-built plugins ----
 
 #[test]
 fn sdk_plugin_invoke_echoes_the_spec() {
-    if !sdk_fixtures_ready(&["sdk-plugin-a"]) {
-        return;
-    }
     let (_dir, _paths, set) = load(&["fixture-sdk-plugin-a"]);
     let body = body_of(2000);
     let outcome = set
@@ -390,9 +377,6 @@ fn sdk_plugin_invoke_echoes_the_spec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_async_handler_via_invoke_and_submit() {
-    if !sdk_fixtures_ready(&["sdk-plugin-a"]) {
-        return;
-    }
     let (_dir, _paths, set) = load(&["fixture-sdk-plugin-a"]);
     let h = handler(&set, "async_fn");
     assert!(h.spec().is_async);
@@ -408,9 +392,6 @@ async fn sdk_async_handler_via_invoke_and_submit() {
 
 #[test]
 fn sdk_handler_panic_is_reported_as_panicked() {
-    if !sdk_fixtures_ready(&["sdk-plugin-a"]) {
-        return;
-    }
     let (_dir, _paths, set) = load(&["fixture-sdk-plugin-a"]);
     let outcome = set
         .invoke_blocking(&handler(&set, "panic_fn"), &invocation(body_of(10)))
@@ -429,9 +410,6 @@ fn sdk_handler_panic_is_reported_as_panicked() {
 
 #[test]
 fn sdk_plugin_logs_reach_the_host_log() {
-    if !sdk_fixtures_ready(&["sdk-plugin-a"]) {
-        return;
-    }
     let (_dir, _paths, set) = load(&["fixture-sdk-plugin-a"]);
     let h = handler(&set, "log_fn");
     let logs = capture_logs(LogConfig::default(), || {
@@ -446,9 +424,6 @@ fn sdk_plugin_logs_reach_the_host_log() {
 
 #[test]
 fn two_sdk_plugins_at_once_give_distinct_results() {
-    if !sdk_fixtures_ready(&["sdk-plugin-a", "sdk-plugin-b"]) {
-        return;
-    }
     let (_dir, _paths, set) = load(&["fixture-sdk-plugin-a", "fixture-sdk-plugin-b"]);
     assert_eq!(set.plugins().len(), 2);
     assert_eq!(set.plugins()[0].name(), "fixture-sdk-plugin-a");
@@ -467,9 +442,6 @@ fn two_sdk_plugins_at_once_give_distinct_results() {
 
 #[test]
 fn sdk_duplicate_plugin_is_refused() {
-    if !sdk_fixtures_ready(&["sdk-plugin-a", "sdk-plugin-dup"]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let a = isolated_copy(&plugin_path("fixture-sdk-plugin-a").unwrap(), dir.path(), "a").unwrap();
     let dup = isolated_copy(&plugin_path("fixture-sdk-plugin-dup").unwrap(), dir.path(), "dup").unwrap();

@@ -201,7 +201,8 @@ async fn permanently_failed_child_is_final_and_the_parent_finishes_as_in_kopf() 
 
 /// Python Kopf (PyPI 1.45) handles the object partway — `item-a` done, `item-flaky`
 /// delayed — and is stopped; kopf continues from Kopf's records without re-running the
-/// finished sub-handler, then purges everything. Skips when `import kopf` fails.
+/// finished sub-handler, then purges everything. Needs Python Kopf (see
+/// `kopf_e2e::python_kopf_available`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kopf_continues_python_kopfs_pending_subhandlers() {
     use std::process::{Command, Stdio};
@@ -283,8 +284,7 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
 
 /// The other way: kopf handles the object partway — `item-a` done, `item-flaky` delayed —
 /// and is stopped; Python Kopf (PyPI 1.45) continues from kopf's records without
-/// re-running the finished sub-handler, and purges everything. Skips when `import kopf`
-/// fails.
+/// re-running the finished sub-handler, and purges everything. Needs Python Kopf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kopf_continues_kopfs_pending_subhandlers() {
     use std::process::{Command, Stdio};
