@@ -286,6 +286,17 @@ pub enum SdkError {
         /// The second handler's kind.
         second: String,
     },
+    /// Attributes stacked on one function share its id in a way that cannot work.
+    #[error(
+        "handler id {id:?} is shared by attributes stacked on one function, but {reason}; \
+         give one of them an explicit `id = \"...\"`"
+    )]
+    SharedId {
+        /// The id.
+        id: String,
+        /// What makes the sharing impossible.
+        reason: String,
+    },
     /// A handler has no function attached.
     #[error("handler {0:?} has no function; call `sync_fn` or `async_fn` on the builder")]
     NoFunction(String),

@@ -196,6 +196,17 @@ struct Callbacks {
     when: Option<WhenCallback>,
 }
 
+impl Callbacks {
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+            && self.annotations.is_empty()
+            && self.value.is_none()
+            && self.old.is_none()
+            && self.new.is_none()
+            && self.when.is_none()
+    }
+}
+
 /// Builds one handler; the macros generate calls to it. Invalid options are collected
 /// and reported together by [`HandlerBuilder::build`].
 #[must_use]
@@ -530,6 +541,14 @@ impl HandlerBuilder {
                 "`old`/`new` filters are only for update and field handlers, not {kind}"
             ));
         }
+        if kind == HandlerKind::Index
+            && (options.retries.is_some() || options.timeout.is_some() || options.backoff.is_some())
+        {
+            problems.push(
+                "index handlers are not retried: `retries`, `timeout` and `backoff` are not supported"
+                    .to_owned(),
+            );
+        }
         if let Some(p) = problems.first() {
             return Err(option_err(&id, p.clone()));
         }
@@ -555,6 +574,7 @@ impl HandlerBuilder {
             spec,
             func,
             callbacks,
+            function: None,
         })
     }
 }
@@ -586,6 +606,8 @@ pub struct Handler {
     spec: HandlerSpec,
     func: Func,
     callbacks: Callbacks,
+    /// The annotated function of an attribute-declared handler (see [`Registry::collect`]).
+    function: Option<&'static str>,
 }
 
 impl fmt::Debug for Handler {
@@ -818,7 +840,9 @@ impl Registry {
             registry.set_plugin_info(meta.name, meta.version);
         }
         for r in regs {
-            registry.add((r.build)().build()?)?;
+            let mut handler = (r.build)().build()?;
+            handler.function = Some(r.function);
+            registry.add(handler)?;
         }
         for s in setups {
             (s.setup)(&mut registry)?;
@@ -826,18 +850,57 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Adds a handler; ids must be unique within a plugin.
+    /// Adds a handler; ids must be unique within a plugin, except for changing handlers
+    /// declared by attributes stacked on one function (Kopf's `@on.resume` +
+    /// `@on.create`), which share the function's id.
     pub fn add(&mut self, handler: Handler) -> Result<&mut Self, SdkError> {
-        if let Some(&i) = self.by_id.get(handler.id()) {
-            return Err(SdkError::DuplicateId {
-                id: handler.id().to_owned(),
-                first: self.handlers[i].spec.kind.to_string(),
-                second: handler.spec.kind.to_string(),
-            });
+        let index = self.handlers.len();
+        if self.by_id.contains_key(handler.id()) {
+            self.check_shared_id(&handler)?;
+            // Filters are asked for by id: they go to the one handler with callbacks.
+            if !handler.callbacks.is_empty() {
+                self.by_id.insert(handler.id().to_owned(), index);
+            }
+        } else {
+            self.by_id.insert(handler.id().to_owned(), index);
         }
-        self.by_id.insert(handler.id().to_owned(), self.handlers.len());
         self.handlers.push(handler);
         Ok(self)
+    }
+
+    /// Whether `handler` may share its id with the handlers already added under it.
+    fn check_shared_id(&self, handler: &Handler) -> Result<(), SdkError> {
+        let id = handler.id();
+        let shared = |reason: &str| SdkError::SharedId {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        for other in self.handlers.iter().filter(|h| h.id() == id) {
+            if handler.function.is_none() || handler.function != other.function {
+                return Err(SdkError::DuplicateId {
+                    id: id.to_owned(),
+                    first: other.spec.kind.to_string(),
+                    second: handler.spec.kind.to_string(),
+                });
+            }
+            if !handler.spec.kind.is_changing() || !other.spec.kind.is_changing() {
+                return Err(shared(
+                    "only changing handlers (resume, create, update, delete, field) can share an id",
+                ));
+            }
+            if handler.spec.kind == other.spec.kind && handler.spec.selector == other.spec.selector {
+                return Err(shared(
+                    "two attributes declare the same kind for the same resource",
+                ));
+            }
+            if !handler.callbacks.is_empty() && !other.callbacks.is_empty() {
+                return Err(shared(
+                    "more than one of the attributes has callback filters (the operator asks for \
+                     a handler's filters by its id)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// All handlers, in registration order.
@@ -885,4 +948,86 @@ pub fn handlers() -> Result<&'static Registry, SdkError> {
         .get_or_init(Registry::collect)
         .as_ref()
         .map_err(Clone::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(_: &Context) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn yes(_: &Context) -> bool {
+        true
+    }
+
+    /// A handler as an attribute on the function `function` would declare it.
+    fn declared(
+        kind: HandlerKind,
+        function: &'static str,
+        edit: fn(HandlerBuilder) -> HandlerBuilder,
+    ) -> Handler {
+        let builder = HandlerBuilder::new(kind, "reconcile")
+            .resource(["kopfexamples"])
+            .sync_fn(ok);
+        let mut handler = edit(builder).build().unwrap();
+        handler.function = Some(function);
+        handler
+    }
+
+    fn same(b: HandlerBuilder) -> HandlerBuilder {
+        b
+    }
+
+    #[test]
+    fn stacked_changing_attributes_share_the_id() {
+        let mut registry = Registry::new();
+        registry.add(declared(HandlerKind::Resume, "f", same)).unwrap();
+        registry.add(declared(HandlerKind::Create, "f", same)).unwrap();
+        registry
+            .add(declared(HandlerKind::Update, "f", |b| b.when(yes)))
+            .unwrap();
+        let kinds: Vec<HandlerKind> = registry.describe().handlers.iter().map(|h| h.kind).collect();
+        assert_eq!(
+            kinds,
+            [HandlerKind::Resume, HandlerKind::Create, HandlerKind::Update]
+        );
+        // Filters are asked for by id: the one with callbacks answers.
+        assert_eq!(
+            registry.get("reconcile").map(|h| h.spec.kind),
+            Some(HandlerKind::Update)
+        );
+    }
+
+    #[test]
+    fn sharing_an_id_is_refused_where_it_cannot_work() {
+        let refused = |first: Handler, second: Handler| {
+            let mut registry = Registry::new();
+            registry.add(first).unwrap();
+            registry.add(second).unwrap_err().to_string()
+        };
+        let err = refused(
+            declared(HandlerKind::Create, "f", same),
+            declared(HandlerKind::Resume, "g", same),
+        );
+        assert!(err.contains("duplicate handler id \"reconcile\""), "{err}");
+        let err = refused(
+            declared(HandlerKind::Create, "f", same),
+            declared(HandlerKind::Event, "f", same),
+        );
+        assert!(err.contains("only changing handlers"), "{err}");
+        let err = refused(
+            declared(HandlerKind::Create, "f", same),
+            declared(HandlerKind::Create, "f", same),
+        );
+        assert!(err.contains("the same kind for the same resource"), "{err}");
+        let err = refused(
+            declared(HandlerKind::Create, "f", |b| {
+                b.label("app", |_: Option<&str>, _: &Context| true)
+            }),
+            declared(HandlerKind::Update, "f", |b| b.when(yes)),
+        );
+        assert!(err.contains("callback filters"), "{err}");
+    }
 }

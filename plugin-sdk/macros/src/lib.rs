@@ -128,7 +128,10 @@ impl Kind {
             Kind::Update | Kind::Field => &[SELECTOR, RETRYING, FILTERS, CHANGES],
             Kind::Delete => &[SELECTOR, RETRYING, FILTERS, &["optional"]],
             Kind::Event => &[SELECTOR, FILTERS],
-            Kind::Index => &[SELECTOR, RETRYING, FILTERS],
+            // Kopf retries failed indexers; the operator here does not (an error drops
+            // the object from the index until its next event), so the options that
+            // would shape retries are refused rather than ignored.
+            Kind::Index => &[SELECTOR, &["errors"], FILTERS],
             Kind::Timer => &[
                 SELECTOR,
                 RETRYING,
@@ -259,6 +262,16 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
             Arg::Keyword(key, value) => {
                 seen_keyword = true;
                 let name = key.to_string();
+                if kind == Kind::Index && RETRYING.contains(&name.as_str()) && name != "errors" {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!(
+                            "`{name}` is not supported on `index` handlers: this operator does not \
+                             retry failed indexers (an error drops the object from the index until \
+                             its next event)"
+                        ),
+                    ));
+                }
                 if !allowed.contains(&name.as_str()) {
                     return Err(syn::Error::new(
                         key.span(),
@@ -363,6 +376,13 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
         }
     };
 
+    // Identifies the function across stacked attributes (each expands on its own): the
+    // position of its name, which every expansion sees with the same span.
+    let position = quote_spanned! {fn_ident.span()=> ::core::line!(), ":", ::core::column!() };
+    let function_key = quote! {
+        ::core::concat!(::core::module_path!(), "::", #default_id, "@", ::core::file!(), ":", #position)
+    };
+
     Ok(quote! {
         const _: () = {
             fn __kopf_build() -> ::kopf::HandlerBuilder {
@@ -380,6 +400,7 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
                     file: ::core::file!(),
                     line: ::core::line!(),
                     build: __kopf_build,
+                    function: #function_key,
                 }
             }
         };
