@@ -68,8 +68,9 @@
 //!   [`Context::spec_as`], [`Context::stopped`], [`Context::index`], webhook details
 //!   ([`Context::operation`], [`Context::dryrun`], [`Context::userinfo`],
 //!   [`Context::headers`], [`Context::add_warning`]...), events
-//!   ([`Context::info`], [`Context::warn`], [`Context::exception`]), and the in-memory
-//!   [`Context::memo`] (see the [`memo`] module).
+//!   ([`Context::info`], [`Context::warn`], [`Context::exception`]; about other objects:
+//!   [`info`], [`warn`], [`exception`], [`event`]), and the in-memory [`Context::memo`]
+//!   (see the [`memo`] module).
 //! * **Return types**: `Result<T, E>` with `T: Serialize` (`()`, `serde_json::Value` or your
 //!   own struct; `null` means "no result") and `E: Into<kopf::Error>` (any
 //!   `std::error::Error`, or [`TemporaryError`], [`PermanentError`], [`AdmissionError`]);
@@ -113,12 +114,32 @@
 //!   `cancellation_timeout`, `cancellation_polling` (daemon), `operations = ["CREATE"]`,
 //!   `subresource`, `persistent`, `side_effects`, `ignore_failures` (validate, mutate).
 //!
-//! Options that Kopf does not accept for a handler kind are compile errors.
+//! Options that Kopf does not accept for a handler kind are compile errors, and so are
+//! `retries`, `timeout` and `backoff` on `#[kopf::index]` (Kopf accepts them; this
+//! operator does not retry failed indexers, so it refuses them rather than ignore them).
+//! The compile-fail tests in `plugin-sdk/tests/compile_fail/` show each case.
 //!
-//! Handler ids must be unique within a plugin (the host invokes handlers by id), so
-//! stacking two attributes on one function (Kopf's `@on.create` + `@on.resume` idiom)
-//! needs an explicit `id = "..."` on one of them; otherwise `describe` fails with a clear
-//! "duplicate handler id" error.
+//! Attributes stack on one function, as Kopf's decorators do (`@kopf.on.resume` +
+//! `@kopf.on.create`):
+//!
+//! ```no_run
+//! #[kopf::on::resume("kopfexamples")]
+//! #[kopf::on::create("kopfexamples")]
+//! #[kopf::on::update("kopfexamples")]
+//! fn reconcile(ctx: &kopf::Context) {
+//!     tracing::info!("reconciling for {:?}", ctx.reason());
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! All of them get the function's id (`reconcile`), so, as in Kopf, they share one progress
+//! record and one `status.reconcile` result, and the function runs once per cause even when
+//! several of them match it (a resumed object that was changed while the operator was
+//! down runs it once, as an update). Sharing an id is for changing handlers (resume,
+//! create, update, delete, field) on one function, and at most one of the stacked
+//! attributes may have callback filters (the operator asks a plugin for filters by id);
+//! otherwise, and for different functions, handler ids must be unique within a plugin and
+//! `describe` fails with a clear "duplicate handler id" error.
 //!
 //! ## Without macros
 //!
@@ -147,6 +168,7 @@ pub mod client;
 mod connection;
 mod context;
 mod error;
+pub mod events;
 mod export;
 mod handler;
 pub mod hierarchies;
@@ -167,6 +189,7 @@ pub use error::{
     AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
     SdkError, TemporaryError,
 };
+pub use events::{event, exception, info, warn};
 pub use export::{IN_PROCESS_KEY, plugin_module};
 pub use handler::{
     Handler, HandlerBuilder, HandlerResult, IntoMetaFilter, IntoValueFilter, MetaCallback, MetaFilter,
@@ -282,6 +305,9 @@ pub mod __private {
         pub line: u32,
         /// Builds the handler.
         pub build: fn() -> HandlerBuilder,
+        /// The annotated function (path and source position): attributes stacked on one
+        /// function may share its default id, as in Kopf.
+        pub function: &'static str,
     }
 
     /// One [`crate::setup!`] function.
