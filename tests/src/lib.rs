@@ -321,6 +321,17 @@ impl KopfProcess {
         Ok(())
     }
 
+    /// Stops the process gracefully (SIGTERM) and waits up to `timeout` for a successful
+    /// exit; fails with the log otherwise.
+    pub fn stop_gracefully(&mut self, timeout: Duration) -> Result<()> {
+        self.signal("TERM")?;
+        let status = self.wait_exit(timeout)?;
+        if !status.success() {
+            bail!("exited with {status}:\n{}", self.lines().join("\n"));
+        }
+        Ok(())
+    }
+
     /// Waits for the process to exit, up to `timeout` (then kills it and fails).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let waited = wait_for(timeout, "kopf to exit", || self.child.try_wait().ok().flatten());

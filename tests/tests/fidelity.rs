@@ -1,0 +1,340 @@
+//! Kopf idioms end to end, with the real `kopf` binary and the `fixture-fidelity` plugin
+//! (`tests/fixtures/fidelity`): one function under stacked attributes, the timing options
+//! of timers against the clock, and indices under a worker limit smaller than the number
+//! of indexed objects.
+//!
+//! The fixture appends a line per handler run (`<handler> <name> <reason> <unix ms>`) to a
+//! record file, so the tests know exactly what ran, and when.
+
+mod reactor_common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kopf_e2e::KopfProcess;
+use reactor_common::{Cluster, DEADLINE, NS, fixture, last_handled, progress_annotations};
+use serde_json::{Value, json};
+
+const PLUGIN: &str = "fixture-fidelity";
+
+/// One handler run: (handler, object name, reason, unix ms at its start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    handler: String,
+    name: String,
+    reason: String,
+    at_ms: u64,
+}
+
+fn runs(path: &Path, handler: &str, name: &str) -> Vec<Run> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| match line.split(' ').collect::<Vec<_>>()[..] {
+            [handler, name, reason, ms] => Run {
+                handler: handler.to_owned(),
+                name: name.to_owned(),
+                reason: reason.to_owned(),
+                at_ms: ms
+                    .parse()
+                    .unwrap_or_else(|_| panic!("a malformed record line: {line:?}")),
+            },
+            _ => panic!("a malformed record line: {line:?}"),
+        })
+        .filter(|r| r.handler == handler && r.name == name)
+        .collect()
+}
+
+fn reasons(runs: &[Run]) -> Vec<&str> {
+    runs.iter().map(|r| r.reason.as_str()).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn create_labelled(cluster: &Cluster, name: &str, group: &str, field: &str) {
+    let mut body = Cluster::example(name, field);
+    body["metadata"]["labels"] = json!({"fidelity": group});
+    cluster.emu.create_object(body).await.unwrap();
+}
+
+fn record_env(cluster: &Cluster) -> (std::path::PathBuf, Vec<(&'static str, String)>) {
+    let record = cluster.path("record");
+    let envs = vec![("KOPF_FIDELITY_RECORD", record.display().to_string())];
+    (record, envs)
+}
+
+/// Stops the operator gracefully and waits for its exit.
+fn stop(mut kopf: KopfProcess) {
+    tokio::task::block_in_place(|| kopf.stop_gracefully(DEADLINE)).unwrap();
+}
+
+/// Waits until the object's last cycle is done: the diff-base holds `field` and no progress
+/// record is left.
+async fn wait_handled(cluster: &Cluster, name: &str, field: &str, kopf: &KopfProcess) -> Value {
+    cluster
+        .wait_obj(name, &format!("spec.field {field:?} handled"), Some(kopf), |o| {
+            let o = o?;
+            (last_handled(o)?.pointer("/spec/field") == Some(&json!(field))
+                && progress_annotations(o).is_empty())
+            .then(|| o.clone())
+        })
+        .await
+}
+
+/// `#[kopf::on::resume] #[kopf::on::create] #[kopf::on::update]` on one function, as Kopf's
+/// decorators: one id (`reconcile`), one result in `status.reconcile`, and one run per cause
+/// even when several of the attributes match it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_attributes_share_one_id_as_in_kopf() {
+    let cluster = Cluster::start().await;
+    let plugin = fixture(PLUGIN);
+    let (record, envs) = record_env(&cluster);
+    let name = "stacked-1";
+    let reconcile = |expected: &[&str]| {
+        let seen = runs(&record, "reconcile", name);
+        assert_eq!(reasons(&seen), expected, "reconcile runs: {seen:?}");
+    };
+
+    // The three attributes are three handlers with one id.
+    let inspect = tokio::task::block_in_place(|| {
+        kopf_e2e::run_kopf(["inspect".as_ref(), "--json".as_ref(), plugin.as_os_str()])
+    })
+    .unwrap();
+    let doc: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let kinds: Vec<&str> = doc[0]["description"]["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["id"] == "reconcile")
+        .filter_map(|h| h["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["resume", "create", "update"], "{doc}");
+
+    // Creation: the function runs once, as a create handler.
+    let kopf = cluster.spawn_kopf(&plugin, &envs);
+    create_labelled(&cluster, name, "stacked", "a").await;
+    let obj = wait_handled(&cluster, name, "a", &kopf).await;
+    assert_eq!(
+        obj["status"]["reconcile"],
+        json!({"reason": "create", "field": "a"})
+    );
+    reconcile(&["create"]);
+
+    cluster.set_field(name, "b").await;
+    let obj = wait_handled(&cluster, name, "b", &kopf).await;
+    assert_eq!(
+        obj["status"]["reconcile"],
+        json!({"reason": "update", "field": "b"})
+    );
+    reconcile(&["create", "update"]);
+
+    // Changed while the operator was down: on restart the update and the resume attribute
+    // both match the object; with one id the function runs once.
+    stop(kopf);
+    cluster.set_field(name, "c").await;
+    let kopf = cluster.spawn_kopf(&plugin, &envs);
+    let obj = wait_handled(&cluster, name, "c", &kopf).await;
+    assert_eq!(
+        obj["status"]["reconcile"],
+        json!({"reason": "update", "field": "c"})
+    );
+    reconcile(&["create", "update", "update"]);
+
+    // Unchanged across a restart: only the resume attribute matches, and its result lands
+    // in the same `status.reconcile`.
+    stop(kopf);
+    let kopf = cluster.spawn_kopf(&plugin, &envs);
+    cluster
+        .wait_obj(name, "the resume result", Some(&kopf), |o| {
+            (o?.pointer("/status/reconcile/reason")? == "resume").then_some(())
+        })
+        .await;
+    reconcile(&["create", "update", "update", "resume"]);
+
+    // The `when` callback of the update attribute still decides for it (the operator asks
+    // the plugin for the filters of the id).
+    cluster.set_field(name, "skip").await;
+    wait_handled(&cluster, name, "skip", &kopf).await;
+    reconcile(&["create", "update", "update", "resume"]);
+    stop(kopf);
+}
+
+/// A timer's `initial_delay`, `idle` and `sharp` against the clock, with tolerances that
+/// still fail when an option is ignored: without `initial_delay` the first run comes at
+/// once; without `idle` the 0.3 s timer runs while the object keeps changing; without
+/// `sharp` a run of 1 s pushes the next start 3 s away instead of 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_options_hold_against_the_clock() {
+    let cluster = Cluster::start().await;
+    let plugin = fixture(PLUGIN);
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&plugin, &envs);
+
+    let delay_created = now_ms();
+    create_labelled(&cluster, "delay-1", "delay", "a").await;
+    create_labelled(&cluster, "sharp-1", "sharp", "a").await;
+
+    // The idle timer's object changes every 0.5 s for 4 s (the creation counts as a change).
+    let mut changes: Vec<(u64, u64)> = Vec::new();
+    let before = now_ms();
+    create_labelled(&cluster, "idle-1", "idle", "v0").await;
+    changes.push((before, now_ms()));
+    for i in 1..=8 {
+        // The pace of the changes is what the test is about, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = now_ms();
+        cluster.set_field("idle-1", &format!("v{i}")).await;
+        changes.push((before, now_ms()));
+    }
+    let (last_change, _) = *changes.last().unwrap();
+
+    let wait_runs = |handler: &'static str, name: &'static str, count: usize, after: u64| {
+        let record = record.clone();
+        let kopf = &kopf;
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let seen = runs(&record, handler, name);
+                if seen.iter().filter(|r| r.at_ms >= after).count() >= count {
+                    return seen;
+                }
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "timed out waiting for {count} runs of {handler} on {name}: {seen:?}\nkopf log:\n{}",
+                    kopf.lines().join("\n")
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // initial_delay = 3: the first run no sooner than 3 s after the object appeared.
+    let delayed = wait_runs("delayed", "delay-1", 1, 0).await;
+    let first = delayed[0].at_ms - delay_created;
+    assert!(
+        (3_000..8_000).contains(&first),
+        "the first run of a timer with initial_delay = 3 came {first} ms after the object"
+    );
+
+    // idle = 3: no run while a change seen less than 3 s ago (a change is seen no sooner
+    // than its write starts, and surely within 1 s after it ended).
+    let idle = wait_runs("idle", "idle-1", 1, last_change).await;
+    for run in &idle {
+        for &(started, ended) in &changes {
+            let too_soon = run.at_ms >= ended + 1_000 && run.at_ms < started + 3_000;
+            assert!(
+                !too_soon,
+                "an idle = 3 timer ran {} ms after a change: {run:?}, changes {changes:?}",
+                run.at_ms - started
+            );
+        }
+    }
+    let after_last = idle.iter().find(|r| r.at_ms >= last_change).unwrap().at_ms - last_change;
+    assert!(
+        (3_000..9_000).contains(&after_last),
+        "the idle = 3 timer first ran {after_last} ms after the last change"
+    );
+
+    // sharp, interval = 2: runs start 2 s apart although each takes 1 s.
+    let sharp = wait_runs("sharp", "sharp-1", 4, 0).await;
+    let gaps: Vec<u64> = sharp
+        .windows(2)
+        .map(|w| w[1].at_ms - w[0].at_ms)
+        .take(3)
+        .collect();
+    assert!(
+        gaps.iter().all(|g| (1_850..2_600).contains(g)),
+        "a sharp timer of 2 s with 1 s runs started {gaps:?} ms apart"
+    );
+    stop(kopf);
+}
+
+/// Indices with a worker limit of 1 and six indexed objects listed at start: in Kopf the
+/// one worker waits for the index while the other objects wait for the worker. Here every
+/// object is handled, and every create handler sees the complete index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indices_do_not_deadlock_under_a_small_worker_limit() {
+    let cluster = Cluster::start().await;
+    let plugin = fixture(PLUGIN);
+    let settings = fixture("fixture-settings-probe");
+    let names: Vec<String> = (1..=6).map(|i| format!("indexed-{i}")).collect();
+    for name in &names {
+        create_labelled(&cluster, name, "index", "a").await;
+    }
+    let envs = vec![
+        (
+            "KOPF_FIXTURE_SETTINGS",
+            json!({"queueing": {"worker_limit": 1}}).to_string(),
+        ),
+        ("KOPF_FIXTURE_SLEEP_MS", "300".to_owned()),
+    ];
+    let settings = settings.display().to_string();
+    let kopf = cluster.spawn_kopf_with(&["--standalone", &settings], &plugin, &envs);
+    let mut expected: Vec<Value> = names.iter().map(|n| json!(n)).collect();
+    expected.sort_by_key(Value::to_string);
+    for name in &names {
+        let mut seen: Vec<Value> = cluster
+            .wait_obj(name, "sees_index's result", Some(&kopf), |o| {
+                o?.pointer("/status/sees_index/all")?.as_array().cloned()
+            })
+            .await;
+        seen.sort_by_key(Value::to_string);
+        assert_eq!(seen, expected, "{name} saw a partial index");
+        // The settings fixture's handler counts its calls in flight: one at a time shows
+        // that the limit applies.
+        assert_eq!(
+            cluster.get(name).unwrap().pointer("/status/slow/concurrent"),
+            Some(&json!(1)),
+            "{name}: the worker limit did not apply"
+        );
+    }
+    stop(kopf);
+}
+
+/// `kopf::info` / `kopf::exception` post Events about other objects than the one handled
+/// (Kopf's module-level `kopf.info(objs, ...)`), one per object of an array.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_about_other_objects() {
+    let cluster = Cluster::start().await;
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &[]);
+    create_labelled(&cluster, "teller", "events", "a").await;
+    let about = |name: &str, reason: &str| {
+        let events = cluster.emu.list_objects("v1", "events", Some(NS), None).unwrap();
+        events
+            .into_iter()
+            .find(|e| e.pointer("/involvedObject/name") == Some(&json!(name)) && e["reason"] == reason)
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let found = loop {
+        if let (Some(a), Some(b), Some(failed)) = (
+            about("teller-a", "Noticed"),
+            about("teller-b", "Noticed"),
+            about("teller-a", "Failed"),
+        ) {
+            break [a, b, failed];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the events about teller-a and teller-b:\n{}",
+            kopf.lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let [a, b, failed] = found;
+    for (event, suffix) in [(&a, "a"), (&b, "b")] {
+        assert_eq!(event["type"], "Normal", "{event}");
+        assert_eq!(event["message"], "by teller", "{event}");
+        assert_eq!(
+            event["involvedObject"],
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "name": format!("teller-{suffix}"),
+                   "namespace": NS, "uid": format!("uid-{suffix}")}),
+            "{event}"
+        );
+    }
+    assert_eq!(failed["type"], "Error", "{failed}");
+    assert_eq!(failed["message"], "could not write: the disk is full", "{failed}");
+    stop(kopf);
+}
