@@ -584,6 +584,9 @@ pub mod host_methods {
     pub const EVENT_POST: &str = "event.post";
     /// Look up an index: payload `{"index": "name", "key": <value>}`.
     pub const INDEX_GET: &str = "index.get";
+    /// The whole index, for Kopf's mapping API: payload `{"index": "name"}`, answer
+    /// `[[key, [value, ...]], ...]` (every key with the values stored under it).
+    pub const INDEX_ITEMS: &str = "index.items";
     /// Whether a daemon was asked to stop: payload `{"call_id": n}`, answer
     /// `{"stopped": bool, "reason": "..."}`.
     pub const DAEMON_STOPPED: &str = "daemon.stopped";

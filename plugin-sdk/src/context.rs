@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::HostCallError;
 use crate::host;
+use crate::index::IndexRef;
 use crate::logging::ObjectLogger;
 use crate::memo::{self, Memo};
 use crate::subhandlers::{
@@ -579,9 +580,7 @@ impl Context {
 
     /// An index declared with `#[kopf::index]`, looked up through the host.
     pub fn index(&self, name: &str) -> IndexRef {
-        IndexRef {
-            name: name.to_owned(),
-        }
+        IndexRef::new(name)
     }
 
     pub(crate) fn take_patch(&self) -> Patch {
@@ -824,32 +823,6 @@ impl DaemonStopped {
         tokio::task::spawn_blocking(move || this.wait(timeout))
             .await
             .unwrap_or(false)
-    }
-}
-
-/// A named index, looked up through the host (`index.get`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexRef {
-    name: String,
-}
-
-impl IndexRef {
-    /// The index name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The values stored under `key` (the host's JSON answer).
-    pub fn get(&self, key: impl Serialize) -> Result<Value, HostCallError> {
-        let key = serde_json::to_value(key).map_err(|e| HostCallError::BadJson {
-            method: host_methods::INDEX_GET.to_owned(),
-            message: e.to_string(),
-        })?;
-        host::call(
-            host_methods::INDEX_GET,
-            1,
-            &json!({ "index": self.name, "key": key }),
-        )
     }
 }
 

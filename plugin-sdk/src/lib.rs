@@ -173,6 +173,7 @@ mod export;
 mod handler;
 pub mod hierarchies;
 mod host;
+pub mod index;
 mod logging;
 pub mod memo;
 mod pool;
@@ -182,8 +183,8 @@ pub mod subhandlers;
 
 pub use connection::ConnectionInfo;
 pub use context::{
-    Context, DaemonStopped, DiffItem, DiffOperation, IndexRef, Patch, PatchGuard, SETTINGS_KEY,
-    SettingsGuard, StopState,
+    Context, DaemonStopped, DiffItem, DiffOperation, Patch, PatchGuard, SETTINGS_KEY, SettingsGuard,
+    StopState,
 };
 pub use error::{
     AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
@@ -201,6 +202,7 @@ pub use hierarchies::{
     harmonize_naming, label, remove_owner_reference,
 };
 pub use host::{call as host_call, is_initialised};
+pub use index::{IndexRef, IndexSnapshot, Store};
 pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
 pub use memo::{Memo, MemoError, operator_memo};

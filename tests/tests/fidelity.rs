@@ -338,3 +338,31 @@ async fn events_about_other_objects() {
     assert_eq!(failed["message"], "could not write: the disk is full", "{failed}");
     stop(kopf);
 }
+
+/// Kopf's mapping API on an index (`keys`, `len`, iteration, `contains`, each key's store):
+/// five objects indexed under their `spec.field` (`a` ×3, `b` ×2), listed at start so that
+/// every create handler sees all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the host method index.items in kopf-cli (operator.rs, reactor/indexing.rs), added at merge"]
+async fn index_mapping_api() {
+    let cluster = Cluster::start().await;
+    let names = ["census-1", "census-2", "census-3", "census-4", "census-5"];
+    for (name, field) in names.iter().zip(["a", "b", "a", "b", "a"]) {
+        create_labelled(&cluster, name, "census", field).await;
+    }
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &[]);
+    for name in names {
+        let seen = cluster
+            .wait_obj(name, "census's result", Some(&kopf), |o| {
+                o?.pointer("/status/census").cloned()
+            })
+            .await;
+        assert_eq!(
+            seen,
+            json!({"keys": ["a", "b"], "len": 2, "sizes": {"a": 3, "b": 2}, "has_a": true,
+                   "has_none": false, "values": names}),
+            "{name}"
+        );
+    }
+    stop(kopf);
+}
