@@ -131,4 +131,6 @@ pub mod user_guide {
     pub mod settings {}
     #[doc = include_str!("../../../docs/memo.md")]
     pub mod memo {}
+    #[doc = include_str!("../../../docs/coming-from-python-kopf.md")]
+    pub mod coming_from_python_kopf {}
 }
