@@ -118,7 +118,9 @@ async fn example_02_children() {
 /// error path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_03_exceptions() {
-    let ex = Example::start("example-03-exceptions", &[]).await;
+    let port = kopf_e2e::free_port().unwrap();
+    let liveness = format!("http://127.0.0.1:{port}/healthz");
+    let ex = Example::start("example-03-exceptions", &[("KOPF_RUN_LIVENESS", &liveness)]).await;
     let kex = kopfexamples();
     ex.create(&kex, example_object("kopf-example-1")).await;
 
@@ -219,6 +221,29 @@ async fn example_03_exceptions() {
     }
     ex.wait_line("Creation is processed: 1 succeeded; 3 failed.")
         .await;
+
+    // Resource handlers are counted like every other kind: each attempt by its outcome,
+    // each retry (create_fn: temporary, arbitrary, then permanent: 2 retries).
+    let (status, metrics) = tokio::task::spawn_blocking(move || {
+        kopf_e2e::http_get(port, "/metrics", std::time::Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    for needle in [
+        r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="temporary"} 1"#,
+        r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="arbitrary"} 1"#,
+        r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="permanent"} 1"#,
+        r#"kopf_handler_retries_total{kind="create",handler="create_fn"} 2"#,
+        r#"kopf_handler_retries_total{kind="create",handler="eventual_success"} 2"#,
+        r#"kopf_handler_invocations_total{kind="create",handler="permanent_errors",outcome="arbitrary"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(r#"kopf_handler_retries_total{kind="create",handler="permanent_errors"}"#),
+        "{metrics}"
+    );
     ex.finish().await;
 }
 

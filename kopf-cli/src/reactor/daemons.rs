@@ -26,13 +26,13 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    execution::{self, Attempt, Decision},
-    processing::Shared,
-    wheel::Wheel,
-};
+use super::{shared::Shared, wheel::Wheel};
 use crate::{
-    clients::patching,
+    actions::{
+        application,
+        execution::{self, Attempt, Decision},
+        invocation::{self, Call},
+    },
     persistence::times::Timestamp,
     plugin::{HandlerRef, next_call_id},
     settings::seconds,
@@ -783,76 +783,50 @@ impl Task {
             call_id: Some(call_id),
             ..Default::default()
         };
-        self.registry.register(call_id, self.stop.clone());
-        let outcome = self
-            .shared
-            .plugins
-            .invoke_submitted_with_body(&self.handler, &inv, &object.json, &self.cancel)
-            .await;
-        self.registry.unregister(call_id);
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                let reference = object.reference();
-                tracing::error!(target: "kopf.objects", "[{reference}] {} {:?} could not run: {error}", self.handler.kind(), self.handler.id());
-                return Decision::Retry {
-                    delay: self.shared.settings.execution.default_backoff,
-                    message: error.to_string(),
-                };
-            }
+        let reference = object.reference();
+        // No deadline: a daemon runs for as long as its object lives (a timer's call, too,
+        // ends by its own or by the stop flag and cancellation).
+        let call = Call {
+            body_json: Some(&object.json),
+            cancel: Some(&self.cancel),
+            ..Call::new(&self.handler, &inv).about(&reference)
         };
-        let decision = execution::decide(
-            self.handler.spec(),
-            attempt,
-            &outcome,
-            self.shared.settings.execution.default_backoff,
+        self.registry.register(call_id, self.stop.clone());
+        let outcome = invocation::invoke(&self.shared.plugins, call).await;
+        self.registry.unregister(call_id);
+        let default_backoff = self.shared.settings.execution.default_backoff;
+        let decision = execution::conclude(self.handler.spec(), attempt, &outcome, default_backoff);
+        execution::log_decision(
+            self.handler.kind(),
+            self.handler.id(),
+            &decision,
+            Some(&reference),
         );
         let mut patch = Patch::new();
-        if let Some(p) = &outcome.patch {
-            patch.merge_from(p);
-        }
-        if decision == Decision::Success
-            && let Some(result) = outcome.result.as_ref().filter(|r| !r.is_null())
-        {
-            patch.deliver_result(self.handler.id(), result);
-        }
-        match &decision {
-            Decision::Success => {
-                tracing::debug!(target: "kopf.objects", "[{}] {} {:?} succeeded.", object.reference(), self.handler.kind(), self.handler.id())
-            }
-            Decision::Retry { delay, message } => {
-                tracing::error!(target: "kopf.objects", "[{}] {} {:?} failed temporarily: {message}; retrying in {delay}s.", object.reference(), self.handler.kind(), self.handler.id())
-            }
-            Decision::Failure { message } => {
-                tracing::error!(target: "kopf.objects", "[{}] {} {:?} failed permanently: {message}", object.reference(), self.handler.kind(), self.handler.id())
-            }
-        }
+        application::collect(
+            &mut patch,
+            self.handler.id(),
+            &outcome,
+            decision == Decision::Success,
+        );
         if !patch.is_empty() {
-            self.apply(&object, &patch).await;
+            self.apply(&object, &patch, &reference).await;
         }
         decision
     }
 
-    async fn apply(&self, object: &Snapshot, patch: &Patch) {
-        let namespace = object.namespace.as_deref();
-        let Some(name) = object.name.as_deref() else {
-            return;
-        };
-        let requests = patch.requests(self.resource.has_status_subresource());
-        for (merge, sub) in [(requests.body, None), (requests.status, Some("status"))] {
-            let Some(merge) = merge else { continue };
-            let url = self.resource.url(namespace, Some(name), sub);
-            if let Err(error) =
-                patching::patch(&self.shared.client, &url, patching::PatchType::Merge, &merge).await
-                && !error.is_not_found()
-            {
-                let error = if error.is_permission() {
-                    error.describe("patch", &self.resource.rbac_text(sub))
-                } else {
-                    error.to_string()
-                };
-                tracing::warn!(target: "kopf.objects", "[{}] Patching after {:?} failed: {error}", object.reference(), self.handler.id());
+    /// Persists a daemon's or timer's patch and result the one way outcomes are applied
+    /// (status first; nothing is sent when nothing would change).
+    async fn apply(&self, object: &Snapshot, patch: &Patch, reference: &str) {
+        let body: Value = match serde_json::from_str(&object.json) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(target: "kopf.objects", "[{reference}] Cannot read the object back for patching after {:?}: {error}", self.handler.id());
+                return;
             }
+        };
+        if let Err(failed) = application::apply(&self.shared.client, &self.resource, &body, patch).await {
+            tracing::warn!(target: "kopf.objects", "[{reference}] Patching after {:?} failed: {}", self.handler.id(), failed.describe(&self.resource));
         }
     }
 }
