@@ -637,3 +637,54 @@ fn undecidable_filters_keep_the_finalizer_until_they_decide() {
     .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
     stop(kopf);
 }
+
+/// An unreadable diff-base (issue 18): logged, and the object is left as it is; before,
+/// it counted as absent, which invented a creation and re-ran the creation handlers.
+#[test]
+fn unreadable_diff_base_invents_no_creation() {
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    cluster.create("scrambled", json!({"mode": "fine"}));
+    cluster.wait_handled(&kopf, "scrambled");
+    let created = |kopf: &KopfProcess| {
+        kopf.lines()
+            .iter()
+            .filter(|l| l.contains("[default/scrambled]") && l.contains("Handler \"witness\" succeeded."))
+            .count()
+    };
+    assert_eq!(created(&kopf), 1, "{}", kopf.lines().join("\n"));
+
+    let mut scrambled = cluster.get("scrambled");
+    scrambled["metadata"]["annotations"][DIFF_BASE] = json!("{this is not json");
+    scrambled["spec"]["mode"] = json!("changed");
+    cluster
+        .runtime
+        .block_on(cluster.emulator.apply_object(scrambled))
+        .unwrap();
+    wait_line(&mut kopf, &["[default/scrambled]", "The diff-base is unreadable"]);
+    // A second change is refused the same way (had the first one been handled as a
+    // creation, the diff-base would be readable again); its object is processed after the
+    // first, so any re-run of the handlers would be logged by now.
+    let mut again = cluster.get("scrambled");
+    again["spec"]["mode"] = json!("changed again");
+    cluster
+        .runtime
+        .block_on(cluster.emulator.apply_object(again))
+        .unwrap();
+    wait_for(DEADLINE, "the second change to be refused", || {
+        let refusals = kopf
+            .lines()
+            .iter()
+            .filter(|l| l.contains("[default/scrambled]") && l.contains("The diff-base is unreadable"))
+            .count();
+        (refusals >= 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
+    assert_eq!(
+        created(&kopf),
+        1,
+        "the creation handlers must not run again:\n{}",
+        kopf.lines().join("\n")
+    );
+    stop(kopf);
+}

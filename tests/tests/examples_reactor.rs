@@ -686,5 +686,37 @@ async fn example_11_filtering_handlers() {
     ] {
         assert!(ex.lines_with(message).is_empty(), "{:?}", ex.lines_with(message));
     }
+
+    // Changes: `old=`/`new=` callbacks see the field's old and new values, `when=` sees
+    // the cause (reason, old, new, diff). Growing to 5 is not "big"; 5 -> 20 is.
+    ex.patch(&kex, "kopf-example-1", json!({"spec": {"size": 5}}))
+        .await;
+    let small = ex
+        .wait_object(&kex, "kopf-example-1", "the first update handled", |o| {
+            o.filter(|o| o.pointer("/status/update_with_cause_in_when").is_some())
+                .cloned()
+        })
+        .await;
+    assert!(
+        small
+            .pointer("/status/update_when_growing_big~1spec.size")
+            .is_none(),
+        "{small}"
+    );
+    ex.patch(&kex, "kopf-example-1", json!({"spec": {"size": 20}}))
+        .await;
+    let big = ex
+        .wait_object(&kex, "kopf-example-1", "the growth handled", |o| {
+            o.filter(|o| o.pointer("/status/update_when_growing_big~1spec.size").is_some())
+                .cloned()
+        })
+        .await;
+    assert_eq!(
+        big.pointer("/status/update_when_growing_big~1spec.size"),
+        Some(&json!(true)),
+        "{big}"
+    );
+    ex.wait_line("The size grew big: Some(Number(5)) -> Some(Number(20)).")
+        .await;
     ex.finish().await;
 }

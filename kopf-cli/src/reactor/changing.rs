@@ -12,10 +12,7 @@ use kopf_abi::protocol::{HandlerKind, Invocation};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{
-    processing::{ObjectMemory, ResourceProcessor},
-    subhandling,
-};
+use super::{memory::ObjectMemory, processing::ResourceProcessor, subhandling};
 use crate::{
     actions::{
         application,
@@ -227,8 +224,15 @@ impl ResourceProcessor {
         Cycle::default()
     }
 
-    /// The changing handlers selected for a cause, after all filters.
+    /// The changing handlers selected for a cause, after all filters. Callback filters get
+    /// what the handler would get (reason, old, new, diff: narrowed to its field), as in
+    /// Kopf, where they receive every kwarg of the handler.
     async fn select_handlers(&self, view: &CauseView<'_>) -> Result<Vec<HandlerRef>, FilterError> {
+        let now = Timestamp::now();
+        let first = Attempt {
+            retries: 0,
+            runtime: 0.0,
+        };
         let subject = FilterSubject {
             body: view.body,
             essences: Some((view.old, Some(view.new))),
@@ -241,7 +245,8 @@ impl ResourceProcessor {
             if selected.iter().any(|h| h.id() == handler.id()) {
                 continue;
             }
-            if self.matches(handler, &subject, true, None).await? {
+            let invocation = || self.changing_invocation(handler, view, first, &now);
+            if self.matches(handler, &subject, true, Some(&invocation)).await? {
                 selected.push(handler.clone());
             }
         }
@@ -253,13 +258,10 @@ impl ResourceProcessor {
     fn load_state(&self, view: &CauseView<'_>, handlers: &[HandlerRef], now: Timestamp) -> State {
         let reference = view.reference;
         let all_ids = self.changing.iter().map(HandlerRef::id);
-        let state = match State::from_storage(&self.shared.progress, view.body, all_ids, now) {
-            Ok(state) => state,
-            Err(error) => {
-                tracing::warn!(target: "kopf.objects", "[{reference}] Progress records are unreadable, starting over: {error}");
-                State::default()
-            }
-        };
+        let (state, unreadable) = State::from_storage(&self.shared.progress, view.body, all_ids, now);
+        for (id, error) in unreadable {
+            tracing::warn!(target: "kopf.objects", "[{reference}] The progress record of {id:?} is unreadable; that handler starts over: {error}");
+        }
         let reason = view.cause.reason;
         let selected_ids = handlers.iter().map(HandlerRef::id);
         let mut state = state.with_purpose(Some(reason.as_str()), selected_ids.clone());

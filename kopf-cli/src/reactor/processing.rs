@@ -48,10 +48,12 @@ use tokio::time::Instant;
 
 use super::{
     changing::Cycle,
-    daemons::{Background, StopReason},
+    daemons::Background,
     indexing,
+    memory::{ObjectMemory, adopt_patched},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
     shared::Shared,
+    stopping::StopReason,
 };
 use crate::{
     actions::{
@@ -65,7 +67,7 @@ use crate::{
         filters::{self, FilterMatch, FilterSubject},
     },
     plugin::HandlerRef,
-    settings::{OperatorSettings, seconds},
+    settings::seconds,
     structs::{
         backoff::Delays,
         dicts::{self, FieldPath},
@@ -102,44 +104,6 @@ pub struct ResourceProcessor {
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
-}
-
-/// What a worker remembers about one object between runs.
-#[derive(Debug, Default)]
-pub struct ObjectMemory {
-    /// The freshest known body (from the watch or from our own patch responses).
-    body: Option<Value>,
-    /// The object came from a listing and was not fully handled in this process yet.
-    pub(super) initial: bool,
-    /// The resourceVersion our last patch produced, and how long to wait for its echo.
-    awaited: Option<(String, Instant)>,
-    /// Consecutive unexpected errors (for throttling).
-    errors: usize,
-    /// A digest of the essence last seen (to tell idle timers about changes); a digest,
-    /// not a copy, keeps objects with timers small.
-    essence: Option<u64>,
-    /// The object's uid (to stop its daemons and timers when the body is not kept).
-    uid: Option<String>,
-    /// A patch failed without a clear answer: the body must be re-read before use.
-    stale: bool,
-    /// Events that arrived while waiting for the indices to be ready.
-    pending: Vec<RawEvent>,
-    /// When the next delayed handler is due: kept across runs that only see the echo of
-    /// our own patch, so that the retry is not forgotten.
-    retry_at: Option<Instant>,
-    /// The resourceVersion of the newest state processed (from events, patch responses
-    /// and re-reads): older events are skipped when versions are comparable.
-    known_version: Option<Box<str>>,
-}
-
-impl ObjectMemory {
-    fn remember_version(&mut self, body: &Value) {
-        if let Some(version) = text(body, &["metadata", "resourceVersion"])
-            && self.known_version.as_deref() != Some(version)
-        {
-            self.known_version = Some(version.into());
-        }
-    }
 }
 
 fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -207,7 +171,7 @@ impl ResourceProcessor {
         handler: &HandlerRef,
         subject: &FilterSubject<'_>,
         full: bool,
-        inv: Option<&Invocation>,
+        invocation: Option<&(dyn Fn() -> Invocation + Sync)>,
     ) -> Result<bool, FilterError> {
         let spec = handler.spec();
         let verdict = if full {
@@ -218,13 +182,13 @@ impl ResourceProcessor {
         match verdict {
             FilterMatch::Match => Ok(true),
             FilterMatch::NoMatch => Ok(false),
-            FilterMatch::NeedsCallback => match inv {
-                Some(inv) => invocation::check_filters(&self.shared.plugins, handler, inv).await,
-                None => {
-                    let inv = self.base_invocation(subject.body);
-                    invocation::check_filters(&self.shared.plugins, handler, &inv).await
-                }
-            },
+            FilterMatch::NeedsCallback => {
+                let inv = match invocation {
+                    Some(make) => make(),
+                    None => self.base_invocation(subject.body),
+                };
+                invocation::check_filters(&self.shared.plugins, handler, &inv).await
+            }
         }
     }
 
@@ -250,7 +214,10 @@ impl ResourceProcessor {
         let subject = FilterSubject { body, essences: None };
         let reference = object_ref(body);
         for handler in &self.watching {
-            match self.matches(handler, &subject, false, Some(&inv)).await {
+            match self
+                .matches(handler, &subject, false, Some(&|| inv.clone()))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => continue,
                 // The event is gone once this run ends: it is skipped for this handler,
@@ -293,19 +260,6 @@ enum Stall {
     Api(Failed),
     /// Filters could not decide.
     Filters(FilterError),
-}
-
-/// Takes the object as the API server answered our patch (or re-read it after a refused
-/// one) as the newest state; until its echo arrives, older events are not processed.
-fn adopt_patched(memory: &mut ObjectMemory, body: &mut Value, fresh: Value, settings: &OperatorSettings) {
-    if let Some(rv) = text(&fresh, &["metadata", "resourceVersion"])
-        && Some(rv) != text(body, &["metadata", "resourceVersion"])
-    {
-        let timeout = seconds(settings.persistence.consistency_timeout);
-        memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
-    }
-    memory.remember_version(&fresh);
-    *body = fresh;
 }
 
 impl ObjectProcessor for ResourceProcessor {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kube::Client;
 
-use super::{daemons::StopRegistry, indexing::Indices};
+use super::{indexing::Indices, stopping::StopRegistry};
 use crate::{
     persistence::{diffbase::DiffBaseStorage, progress::ProgressStorage},
     plugin::PluginSet,
