@@ -6,6 +6,7 @@
 //! (the reactor); `cli`, `logging` and `commands` are the binary's edges.
 #![deny(missing_docs)]
 
+pub mod actions;
 pub mod admission;
 pub mod cli;
 pub mod clients;

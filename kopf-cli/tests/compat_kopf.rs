@@ -536,10 +536,10 @@ fn progress_lifecycles() {
             let reason = s(&step["reason"]);
             let selected = strings(&step["selected"]);
             let sel = || selected.iter().map(String::as_str);
-            let mut state = State::from_storage(&storage, body, owned.iter().map(String::as_str), now)
-                .unwrap()
-                .with_purpose(Some(reason), [])
-                .with_handlers(sel(), now);
+            let (state, unreadable) =
+                State::from_storage(&storage, body, owned.iter().map(String::as_str), now);
+            assert!(unreadable.is_empty(), "{ctx:?}: {unreadable:?}");
+            let mut state = state.with_purpose(Some(reason), []).with_handlers(sel(), now);
             let extras = state.extras();
             let extras_json: serde_json::Map<String, Value> = extras
                 .iter()

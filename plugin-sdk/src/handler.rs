@@ -674,7 +674,10 @@ impl Handler {
 
     /// Evaluates the callback filters (labels, annotations, value/old/new, when) for
     /// [`Purpose::Filter`]. Literal and PRESENT/ABSENT filters are the host's business.
+    /// `old=`/`new=` belong to a cause: without one (the host's pre-match, which decides
+    /// the finalizer) they are not asked, as in Kopf's `prematch`.
     pub fn matches(&self, ctx: &Context) -> bool {
+        let for_cause = ctx.reason().is_some();
         let cb = &self.callbacks;
         let labels = ctx.labels();
         let annotations = ctx.annotations();
@@ -692,8 +695,8 @@ impl Handler {
                 .iter()
                 .all(|(k, f)| f(annotations.get(k).map(String::as_str), ctx))
             && cb.value.as_ref().is_none_or(|f| f(field_value, ctx))
-            && cb.old.as_ref().is_none_or(|f| f(ctx.old(), ctx))
-            && cb.new.as_ref().is_none_or(|f| f(ctx.new(), ctx))
+            && (!for_cause || cb.old.as_ref().is_none_or(|f| f(ctx.old(), ctx)))
+            && (!for_cause || cb.new.as_ref().is_none_or(|f| f(ctx.new(), ctx)))
             && cb.when.as_ref().is_none_or(|f| f(ctx))
     }
 

@@ -2,11 +2,9 @@
 //! (startup retried and adjusting settings, login, probes over HTTP, metrics, cleanup on
 //! SIGTERM) and a startup handler that fails permanently.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use kopf_e2e::{KopfProcess, plugin_path, wait_for};
+use kopf_e2e::{KopfProcess, free_port, http_get, plugin_path, wait_for};
 use kopf_testing::{Emulator, EmulatorHandle, KUBECONFIG_USER};
 use serde_json::{Value, json};
 
@@ -51,41 +49,11 @@ impl Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 #[test]
 fn hooks_example_runs_startup_login_probes_metrics_and_cleanup() {
     let cluster = Cluster::start();
     let plugin = plugin_path("example-13-hooks").unwrap();
-    let port = free_port();
+    let port = free_port().unwrap();
     let liveness = format!("http://127.0.0.1:{port}/healthz");
     let mut kopf = KopfProcess::spawn_with_env(
         [
@@ -123,7 +91,7 @@ fn hooks_example_runs_startup_login_probes_metrics_and_cleanup() {
     assert!(log.contains("Handler \"startup_fn_retried\" succeeded."), "{log}");
 
     // Probes over HTTP: results by id; the failing one is reported, with status 500.
-    let (status, body) = http_get(port, "/healthz").unwrap();
+    let (status, body) = http_get(port, "/healthz", DEADLINE).unwrap();
     assert_eq!(status, 500, "{body}");
     let probes: Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -138,12 +106,12 @@ fn hooks_example_runs_startup_login_probes_metrics_and_cleanup() {
         "{probes}"
     );
     // Cached for 10 s: a second request answers the same timestamp.
-    let (_, again) = http_get(port, "/healthz").unwrap();
+    let (_, again) = http_get(port, "/healthz", DEADLINE).unwrap();
     let again: Value = serde_json::from_str(&again).unwrap();
     assert_eq!(again["now"], probes["now"]);
 
     // Metrics on the same listener.
-    let (status, metrics) = http_get(port, "/metrics").unwrap();
+    let (status, metrics) = http_get(port, "/metrics", DEADLINE).unwrap();
     assert_eq!(status, 200);
     for needle in [
         r#"kopf_handler_invocations_total{kind="startup",handler="startup_fn_retried",outcome="temporary"} 2"#,

@@ -540,3 +540,151 @@ fn leaking_handler_does_not_block_shutdown() {
     }
     stop(kopf);
 }
+
+// ---------------------------------------------------------------- filters
+
+/// Filters that cannot decide fail closed (issue 18): a `when=` callback that panics on a
+/// deleting object keeps the finalizer and runs no deletion handler (before, the failure
+/// counted as "no match" and the object was released unhandled); once the callback
+/// decides again, the deletion handler runs and releases the object.
+#[test]
+fn undecidable_filters_keep_the_finalizer_until_they_decide() {
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    let guarded = json!({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+        "metadata": {"name": "guarded", "namespace": "default", "labels": {"guarded": "yes"}},
+        "spec": {"mode": "fine"},
+    });
+    cluster
+        .runtime
+        .block_on(cluster.emulator.create_object(guarded))
+        .unwrap();
+    cluster.wait_handled(&kopf, "guarded");
+    let finalizer = json!("kopf.zalando.org/KopfFinalizerMarker");
+    assert!(
+        cluster.get("guarded")["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.contains(&finalizer)),
+        "the deletion handler needs the finalizer: {}",
+        cluster.get("guarded")
+    );
+
+    let mut undecidable = cluster.get("guarded");
+    undecidable["spec"]["mode"] = json!("filter-panic");
+    cluster
+        .runtime
+        .block_on(cluster.emulator.apply_object(undecidable))
+        .unwrap();
+    wait_line(
+        &mut kopf,
+        &["[default/guarded]", "Nothing is decided", "guarded_delete"],
+    );
+    cluster
+        .runtime
+        .block_on(
+            cluster
+                .emulator
+                .delete_object("kopf.dev/v1", "kopfexamples", Some("default"), "guarded"),
+        )
+        .unwrap();
+    // The deletion is seen and refused to be decided on (more than once: it is retried).
+    let refusals = |kopf: &KopfProcess| {
+        kopf.lines()
+            .iter()
+            .filter(|l| l.contains("[default/guarded]") && l.contains("Nothing is decided"))
+            .count()
+    };
+    let before = refusals(&kopf);
+    wait_for(DEADLINE, "the deletion to be refused a decision", || {
+        (refusals(&kopf) > before).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
+    let held = cluster.get("guarded");
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    assert!(
+        held["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.contains(&finalizer)),
+        "the finalizer must stay while the filters cannot decide: {held}"
+    );
+    assert!(
+        !kopf
+            .lines()
+            .iter()
+            .any(|l| l.contains("guarded_delete") && l.contains("succeeded")),
+        "the deletion handler must not run on a guess:\n{}",
+        kopf.lines().join("\n")
+    );
+
+    let mut decidable = held;
+    decidable["spec"]["mode"] = json!("fine");
+    cluster
+        .runtime
+        .block_on(cluster.emulator.apply_object(decidable))
+        .unwrap();
+    wait_line(
+        &mut kopf,
+        &["[default/guarded]", "Handler \"guarded_delete\" succeeded."],
+    );
+    wait_for(DEADLINE, "the object to be released", || {
+        cluster
+            .emulator
+            .get_object("kopf.dev/v1", "kopfexamples", Some("default"), "guarded")
+            .is_none()
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
+    stop(kopf);
+}
+
+/// An unreadable diff-base (issue 18): logged, and the object is left as it is; before,
+/// it counted as absent, which invented a creation and re-ran the creation handlers.
+#[test]
+fn unreadable_diff_base_invents_no_creation() {
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    cluster.create("scrambled", json!({"mode": "fine"}));
+    cluster.wait_handled(&kopf, "scrambled");
+    let created = |kopf: &KopfProcess| {
+        kopf.lines()
+            .iter()
+            .filter(|l| l.contains("[default/scrambled]") && l.contains("Handler \"witness\" succeeded."))
+            .count()
+    };
+    assert_eq!(created(&kopf), 1, "{}", kopf.lines().join("\n"));
+
+    let mut scrambled = cluster.get("scrambled");
+    scrambled["metadata"]["annotations"][DIFF_BASE] = json!("{this is not json");
+    scrambled["spec"]["mode"] = json!("changed");
+    cluster
+        .runtime
+        .block_on(cluster.emulator.apply_object(scrambled))
+        .unwrap();
+    wait_line(&mut kopf, &["[default/scrambled]", "The diff-base is unreadable"]);
+    // A second change is refused the same way (had the first one been handled as a
+    // creation, the diff-base would be readable again); its object is processed after the
+    // first, so any re-run of the handlers would be logged by now.
+    let mut again = cluster.get("scrambled");
+    again["spec"]["mode"] = json!("changed again");
+    cluster
+        .runtime
+        .block_on(cluster.emulator.apply_object(again))
+        .unwrap();
+    wait_for(DEADLINE, "the second change to be refused", || {
+        let refusals = kopf
+            .lines()
+            .iter()
+            .filter(|l| l.contains("[default/scrambled]") && l.contains("The diff-base is unreadable"))
+            .count();
+        (refusals >= 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
+    assert_eq!(
+        created(&kopf),
+        1,
+        "the creation handlers must not run again:\n{}",
+        kopf.lines().join("\n")
+    );
+    stop(kopf);
+}

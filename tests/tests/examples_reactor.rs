@@ -118,7 +118,9 @@ async fn example_02_children() {
 /// error path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_03_exceptions() {
-    let ex = Example::start("example-03-exceptions", &[]).await;
+    let port = kopf_e2e::free_port().unwrap();
+    let liveness = format!("http://127.0.0.1:{port}/healthz");
+    let ex = Example::start("example-03-exceptions", &[("KOPF_RUN_LIVENESS", &liveness)]).await;
     let kex = kopfexamples();
     ex.create(&kex, example_object("kopf-example-1")).await;
 
@@ -219,6 +221,29 @@ async fn example_03_exceptions() {
     }
     ex.wait_line("Creation is processed: 1 succeeded; 3 failed.")
         .await;
+
+    // Resource handlers are counted like every other kind: each attempt by its outcome,
+    // each retry (create_fn: temporary, arbitrary, then permanent: 2 retries).
+    let (status, metrics) = tokio::task::spawn_blocking(move || {
+        kopf_e2e::http_get(port, "/metrics", std::time::Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    for needle in [
+        r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="temporary"} 1"#,
+        r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="arbitrary"} 1"#,
+        r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="permanent"} 1"#,
+        r#"kopf_handler_retries_total{kind="create",handler="create_fn"} 2"#,
+        r#"kopf_handler_retries_total{kind="create",handler="eventual_success"} 2"#,
+        r#"kopf_handler_invocations_total{kind="create",handler="permanent_errors",outcome="arbitrary"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(r#"kopf_handler_retries_total{kind="create",handler="permanent_errors"}"#),
+        "{metrics}"
+    );
     ex.finish().await;
 }
 
@@ -661,5 +686,37 @@ async fn example_11_filtering_handlers() {
     ] {
         assert!(ex.lines_with(message).is_empty(), "{:?}", ex.lines_with(message));
     }
+
+    // Changes: `old=`/`new=` callbacks see the field's old and new values, `when=` sees
+    // the cause (reason, old, new, diff). Growing to 5 is not "big"; 5 -> 20 is.
+    ex.patch(&kex, "kopf-example-1", json!({"spec": {"size": 5}}))
+        .await;
+    let small = ex
+        .wait_object(&kex, "kopf-example-1", "the first update handled", |o| {
+            o.filter(|o| o.pointer("/status/update_with_cause_in_when").is_some())
+                .cloned()
+        })
+        .await;
+    assert!(
+        small
+            .pointer("/status/update_when_growing_big~1spec.size")
+            .is_none(),
+        "{small}"
+    );
+    ex.patch(&kex, "kopf-example-1", json!({"spec": {"size": 20}}))
+        .await;
+    let big = ex
+        .wait_object(&kex, "kopf-example-1", "the growth handled", |o| {
+            o.filter(|o| o.pointer("/status/update_when_growing_big~1spec.size").is_some())
+                .cloned()
+        })
+        .await;
+    assert_eq!(
+        big.pointer("/status/update_when_growing_big~1spec.size"),
+        Some(&json!(true)),
+        "{big}"
+    );
+    ex.wait_line("The size grew big: Some(Number(5)) -> Some(Number(20)).")
+        .await;
     ex.finish().await;
 }

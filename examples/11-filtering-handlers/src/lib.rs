@@ -180,3 +180,36 @@ pub fn create_with_combined_filters() -> bool {
     tracing::info!("Combined filters are satisfied.");
     true
 }
+
+// --- Changes: old=/new= and when= with the cause ----------------------------------------------
+
+fn is_big(value: Option<&Value>, _ctx: &kopf::Context) -> bool {
+    value.and_then(Value::as_i64).is_some_and(|size| size > 10)
+}
+
+fn was_small(value: Option<&Value>, _ctx: &kopf::Context) -> bool {
+    value.and_then(Value::as_i64).is_none_or(|size| size <= 10)
+}
+
+/// A `when=` callback of a changing handler gets what the handler gets: the cause's
+/// reason, old, new and diff (Kopf passes every kwarg).
+fn is_a_spec_update(ctx: &kopf::Context) -> bool {
+    ctx.reason() == Some("update")
+        && ctx.old().is_some_and(|old| old.get("spec").is_some())
+        && ctx.new().is_some()
+        && !ctx.diff().is_empty()
+}
+
+/// `spec.size` grows past 10: `old=`/`new=` callbacks get the field's old and new values.
+#[kopf::on::update("kopf.dev", "v1", "kopfexamples", field = "spec.size", old = was_small, new = is_big)]
+pub fn update_when_growing_big(ctx: &kopf::Context) -> bool {
+    tracing::info!("The size grew big: {:?} -> {:?}.", ctx.old(), ctx.new());
+    true
+}
+
+/// An update whose `when=` looks at the cause.
+#[kopf::on::update("kopf.dev", "v1", "kopfexamples", when = is_a_spec_update)]
+pub fn update_with_cause_in_when() -> bool {
+    tracing::info!("The when-filter saw the cause.");
+    true
+}

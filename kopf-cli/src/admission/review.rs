@@ -4,15 +4,19 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use kopf_abi::protocol::{
-    AdmissionInfo, HandlerErrorKind, HandlerKind, Invocation, Outcome, Purpose, ResourceInfo,
-};
+use kopf_abi::protocol::{AdmissionInfo, HandlerErrorKind, HandlerKind, Invocation, ResourceInfo};
 use serde_json::{Value, json};
 
+use crate::actions::invocation::{self, Call};
 use crate::intents::filters::{self, FilterMatch, FilterSubject};
 use crate::plugin::{HandlerRef, PluginSet};
 use crate::structs::diffs;
 use crate::structs::references::{self, Resource};
+
+/// How long a webhook handler may take unless its `timeout` says: below the API server's
+/// default webhook timeout (10 s), so that the server gets our answer, not its own
+/// time-out (which with `failurePolicy: Fail` denies, and with `Ignore` admits unchecked).
+const HANDLER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Why a review cannot be processed (answered with HTTP 400).
 #[derive(Debug, thiserror::Error)]
@@ -281,35 +285,26 @@ pub async fn review(
             essences: Some((old.as_ref(), new.as_ref())),
         };
         let selected = match filters::matches(&handler.spec().filters, &subject, false) {
-            FilterMatch::Match => true,
-            FilterMatch::NoMatch => false,
-            FilterMatch::NeedsCallback => {
-                let mut check = inv.clone();
-                check.purpose = Purpose::Filter;
-                match plugins.invoke(handler, &check).await {
-                    Ok(outcome) => outcome.matches.unwrap_or(false),
-                    Err(error) => {
-                        tracing::error!(target: "kopf.admission", "Filters of webhook {:?} failed: {error}", handler.id());
-                        false
-                    }
-                }
-            }
+            FilterMatch::Match => Ok(true),
+            FilterMatch::NoMatch => Ok(false),
+            FilterMatch::NeedsCallback => invocation::check_filters(plugins, handler, &inv).await,
         };
-        if !selected {
-            continue;
-        }
-        let outcome = match plugins.invoke(handler, &inv).await {
-            Ok(outcome) => outcome,
-            Err(error) => Outcome {
-                error: Some(kopf_abi::protocol::HandlerError {
-                    kind: HandlerErrorKind::Arbitrary,
-                    message: error.to_string(),
-                    delay: None,
-                    code: None,
-                    panicked: false,
-                }),
-                ..Outcome::default()
-            },
+        let outcome = match selected {
+            Ok(false) => continue,
+            Ok(true) => {
+                let timeout = handler
+                    .spec()
+                    .options
+                    .timeout
+                    .map_or(HANDLER_DEADLINE, std::time::Duration::from_secs_f64);
+                invocation::invoke(plugins, Call::new(handler, &inv).with_timeout(Some(timeout))).await
+            }
+            // A webhook whose filters cannot decide does not admit on a guess: the request
+            // is denied as if the handler had failed (unless its failures are ignored).
+            Err(error) => {
+                tracing::error!(target: "kopf.admission", "{error}");
+                invocation::failed(HandlerErrorKind::Arbitrary, error.to_string())
+            }
         };
         warnings.extend(outcome.warnings.iter().cloned());
         if let Some(error) = outcome.error {

@@ -26,10 +26,12 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engines::metrics,
+    actions::{
+        execution::{Attempt, Decision, conclude, log_decision, precheck},
+        invocation::{Call, invoke},
+    },
     operator::OperatorContext,
     plugin::{HandlerRef, PluginSet},
-    reactor::execution::{Attempt, Decision, decide, precheck},
     settings::{OperatorSettings, seconds},
 };
 
@@ -85,18 +87,6 @@ fn handlers_of(plugins: &PluginSet, kind: HandlerKind) -> Vec<HandlerRef> {
 
 fn to_json(settings: &OperatorSettings) -> Value {
     serde_json::to_value(settings).unwrap_or(Value::Null)
-}
-
-/// The metrics label of an outcome.
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    use kopf_abi::protocol::HandlerErrorKind as K;
-    match outcome.error.as_ref().map(|e| e.kind) {
-        None => "success",
-        Some(K::Temporary) => "temporary",
-        Some(K::Permanent) => "permanent",
-        Some(K::Arbitrary) => "arbitrary",
-        Some(K::Admission) => "admission",
-    }
 }
 
 struct HandlerState {
@@ -156,29 +146,10 @@ async fn run_activity(
                         param: spec.options.param.clone(),
                         ..Invocation::default()
                     };
-                    let began = Instant::now();
-                    let outcome = match plugins.invoke(&state.handler, &invocation).await {
-                        Ok(outcome) => outcome,
-                        // A failure across the ABI (a panic outside the handler, an
-                        // unknown id): an arbitrary error, as Kopf treats any exception.
-                        Err(error) => Outcome {
-                            error: Some(kopf_abi::protocol::HandlerError {
-                                kind: kopf_abi::protocol::HandlerErrorKind::Arbitrary,
-                                message: error.to_string(),
-                                delay: None,
-                                code: None,
-                                panicked: false,
-                            }),
-                            ..Outcome::default()
-                        },
-                    };
-                    metrics::handler_invoked(
-                        kind.as_str(),
-                        spec.id.as_str(),
-                        outcome_label(&outcome),
-                        began.elapsed().as_secs_f64(),
-                    );
-                    let decision = decide(spec, attempt, &outcome, settings.execution.default_backoff);
+                    let timeout = spec.options.timeout.map(|t| seconds(t - attempt.runtime));
+                    let call = Call::new(&state.handler, &invocation).with_timeout(timeout);
+                    let outcome = invoke(plugins, call).await;
+                    let decision = conclude(spec, attempt, &outcome, settings.execution.default_backoff);
                     if decision == Decision::Success
                         && kind == HandlerKind::Startup
                         && let Some(adjusted) = outcome.extra.get("settings")
@@ -193,22 +164,11 @@ async fn run_activity(
                 }
             };
             state.retries += 1;
+            log_decision(kind, &spec.id, &decision, None);
             match decision {
-                Decision::Success => {
-                    tracing::info!(target: "kopf.activities", "Handler {:?} succeeded.", spec.id);
-                    state.done = true;
-                }
-                Decision::Retry { delay, message } => {
-                    tracing::error!(
-                        target: "kopf.activities",
-                        "Handler {:?} failed temporarily: {message} (retrying in {delay}s)",
-                        spec.id
-                    );
-                    metrics::handler_retried(kind.as_str(), spec.id.as_str());
-                    state.delayed = Some(Instant::now() + seconds(delay));
-                }
+                Decision::Success => state.done = true,
+                Decision::Retry { delay, .. } => state.delayed = Some(Instant::now() + seconds(delay)),
                 Decision::Failure { message } => {
-                    tracing::error!(target: "kopf.activities", "Handler {:?} failed permanently: {message}", spec.id);
                     failures.push((spec.id.clone(), message));
                     state.done = true;
                 }
@@ -310,27 +270,17 @@ pub async fn run_probes(plugins: &PluginSet, settings: &OperatorSettings) -> (BT
             param: handler.spec().options.param.clone(),
             ..Invocation::default()
         };
-        let began = Instant::now();
-        let value = match plugins.invoke(&handler, &invocation).await {
-            Ok(Outcome {
+        let timeout = handler.spec().options.timeout.map(seconds);
+        let value = match invoke(plugins, Call::new(&handler, &invocation).with_timeout(timeout)).await {
+            Outcome {
                 error: None, result, ..
-            }) => {
-                metrics::handler_invoked("probe", handler.id(), "success", began.elapsed().as_secs_f64());
-                result.unwrap_or(Value::Null)
-            }
-            Ok(outcome) => {
-                let label = outcome_label(&outcome);
-                metrics::handler_invoked("probe", handler.id(), label, began.elapsed().as_secs_f64());
+            } => result.unwrap_or(Value::Null),
+            Outcome {
+                error: Some(error), ..
+            } => {
                 failed = true;
-                let message = outcome.error.map(|e| e.message).unwrap_or_default();
-                tracing::warn!(target: "kopf.activities", "Probe {:?} failed: {message}", handler.id());
-                json!({ "error": message })
-            }
-            Err(error) => {
-                metrics::handler_invoked("probe", handler.id(), "failure", began.elapsed().as_secs_f64());
-                failed = true;
-                tracing::warn!(target: "kopf.activities", "Probe {:?} failed: {error}", handler.id());
-                json!({ "error": error.to_string() })
+                tracing::warn!(target: "kopf.activities", "Probe {:?} failed: {}", handler.id(), error.message);
+                json!({ "error": error.message })
             }
         };
         results.insert(handler.id().to_owned(), value);

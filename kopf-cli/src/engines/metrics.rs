@@ -7,7 +7,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `kopf_handler_invocations_total` | counter | `kind`, `handler`, `outcome` (`success`, `temporary`, `permanent`, `arbitrary`, `ignored`, `failure`) |
+//! | `kopf_handler_invocations_total` | counter | `kind`, `handler`, `outcome` (`success`, `temporary`, `permanent`, `arbitrary`, `admission`, `timeout`: the call was abandoned, `failure`: the plugin could not run it) |
 //! | `kopf_handler_duration_seconds` | histogram | `kind`, `handler` |
 //! | `kopf_handler_retries_total` | counter | `kind`, `handler` |
 //! | `kopf_queue_depth` | gauge | `resource` (events waiting in per-object queues) |

@@ -110,6 +110,24 @@ fn parse_time(record: &ProgressRecord, field: &str, key: &str) -> Result<Option<
     }
 }
 
+/// The longest error message stored in a progress record, in bytes: records of every
+/// handler share the object's 256 KiB of annotations with the diff-base, and a handler's
+/// error text (a dump, a stack) must not push them over it.
+pub const MAX_STORED_MESSAGE: usize = 1024;
+
+/// `message`, cut at [`MAX_STORED_MESSAGE`] bytes (on a character boundary) with an
+/// ellipsis when longer.
+fn bounded_message(message: &str) -> String {
+    if message.len() <= MAX_STORED_MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MAX_STORED_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
 /// Python's `str(value)` for the JSON scalars that may sit in a `message` field.
 fn py_str(v: &Value) -> String {
     match v {
@@ -198,7 +216,7 @@ impl HandlerState {
             retries: self.retries + 1,
             success: outcome.final_ && outcome.error.is_none(),
             failure: outcome.final_ && outcome.error.is_some(),
-            message: outcome.error.clone(),
+            message: outcome.error.as_deref().map(bounded_message),
             subrefs: subrefs.into_iter().collect(),
             origin: self.origin.clone(),
         }
@@ -442,23 +460,34 @@ pub struct State {
 }
 
 impl State {
-    /// Read the stored states of these handlers (all handlers of the resource).
+    /// Read the stored states of these handlers (all handlers of the resource). A record
+    /// that cannot be read is left out (its handler starts over) and returned with its
+    /// error: one bad record does not reset the others.
     pub fn from_storage<'a>(
         storage: &ProgressStorage,
         body: &Value,
         handler_ids: impl IntoIterator<Item = &'a str>,
         now: Timestamp,
-    ) -> Result<Self, ProgressError> {
+    ) -> (Self, Vec<(String, ProgressError)>) {
         let mut states = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for id in handler_ids {
-            if let Some(record) = storage.fetch(id, body)? {
-                states.insert(id.to_owned(), HandlerState::from_record(&record, now, id)?);
+            let state = storage
+                .fetch(id, body)
+                .and_then(|record| record.map(|r| HandlerState::from_record(&r, now, id)).transpose());
+            match state {
+                Ok(Some(state)) => {
+                    states.insert(id.to_owned(), state);
+                }
+                Ok(None) => {}
+                Err(error) => unreadable.push((id.to_owned(), error)),
             }
         }
-        Ok(Self {
+        let state = Self {
             states,
             purpose: None,
-        })
+        };
+        (state, unreadable)
     }
 
     /// Set the current purpose; re-purpose the given handlers' states.
@@ -636,5 +665,43 @@ mod tests {
         state.purge(&storage, &body, &mut patch, ["a", "b"]);
         assert_eq!(patch.annotation("kopf.zalando.org/a"), Some(None));
         assert_eq!(patch.annotation("kopf.zalando.org/b"), None);
+    }
+
+    #[test]
+    fn one_unreadable_record_does_not_reset_the_others() {
+        let storage = ProgressStorage::default();
+        let now = t("2026-01-01T00:00:10Z");
+        let readable = HandlerState::from_scratch(t("2026-01-01T00:00:00Z"), Some("create"))
+            .with_outcome(&StepOutcome::default(), now)
+            .to_json_text(false);
+        let body = json!({"metadata": {"annotations": {
+            "kopf.zalando.org/a": readable,
+            "kopf.zalando.org/b": "{not json",
+        }}});
+        let (state, unreadable) = State::from_storage(&storage, &body, ["a", "b", "c"], now);
+        assert_eq!(state.states.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(state.states["a"].retries, 1, "{:?}", state.states["a"]);
+        assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+        assert_eq!(unreadable[0].0, "b");
+    }
+
+    #[test]
+    fn stored_messages_are_bounded() {
+        let now = t("2026-01-01T00:00:00Z");
+        let long = "é".repeat(MAX_STORED_MESSAGE);
+        let outcome = StepOutcome {
+            error: Some(long),
+            ..Default::default()
+        };
+        let state = HandlerState::from_scratch(now, None).with_outcome(&outcome, now);
+        let message = state.message.unwrap_or_default();
+        assert!(message.len() <= MAX_STORED_MESSAGE, "{}", message.len());
+        assert!(message.ends_with('…'));
+        let short = StepOutcome {
+            error: Some("short".into()),
+            ..Default::default()
+        };
+        let state = HandlerState::from_scratch(now, None).with_outcome(&short, now);
+        assert_eq!(state.message.as_deref(), Some("short"));
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi_stable::std_types::{RStr, RString};
 use kopf_abi::protocol::{
-    HandlerKind, HandlerSpec, InitConfig, Invocation, Outcome, PluginDescription, ResourceSelector,
+    HandlerKind, HandlerSpec, InitConfig, Invocation, Outcome, PluginDescription, Purpose, ResourceSelector,
 };
 use kopf_abi::{Failure, PluginModuleRef};
 use tokio::sync::oneshot;
@@ -317,9 +317,35 @@ impl Drop for PendingGuard<'_> {
 pub struct PluginSet {
     plugins: Vec<Arc<Plugin>>,
     handlers: Vec<HandlerRef>,
-    /// Bounds the handlers running at once on the blocking pool (Kopf's sync-handler
-    /// executor, `settings.execution.max_workers`); shared by clones.
+    /// Bounds the sync handlers running at once on the plugins' blocking pools (Kopf's
+    /// sync-handler executor, `settings.execution.max_workers`); shared by clones.
     workers: Arc<tokio::sync::Semaphore>,
+    /// The same for webhook handlers: a burst of admission requests neither waits for
+    /// slow resource handlers nor starves them.
+    admission: Arc<tokio::sync::Semaphore>,
+}
+
+/// Which budget a call waits for (see [`PluginSet::invoke`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Sync resource handlers, daemons, timers, activities: `max_workers`.
+    Workers,
+    /// Sync webhook handlers: their own budget of the same size.
+    Admission,
+    /// Async handlers (they take no thread) and filter callbacks (quick, and never to
+    /// queue behind the handlers they select): no budget.
+    Unbounded,
+}
+
+impl Budget {
+    /// The budget of a call of a handler of this kind.
+    pub fn of(kind: HandlerKind, is_async: bool, purpose: Purpose) -> Self {
+        match (kind, is_async, purpose) {
+            (_, _, Purpose::Filter) | (_, true, _) => Budget::Unbounded,
+            (HandlerKind::Validate | HandlerKind::Mutate, ..) => Budget::Admission,
+            _ => Budget::Workers,
+        }
+    }
 }
 
 impl Default for PluginSet {
@@ -328,6 +354,7 @@ impl Default for PluginSet {
             plugins: Vec::new(),
             handlers: Vec::new(),
             workers: Arc::new(tokio::sync::Semaphore::new(default_max_workers())),
+            admission: Arc::new(tokio::sync::Semaphore::new(default_max_workers())),
         }
     }
 }
@@ -393,10 +420,12 @@ impl PluginSet {
         Ok(set)
     }
 
-    /// Limits how many handlers run at once through [`PluginSet::invoke`] (the
-    /// others wait for a slot); applies to this set and its later clones.
+    /// Limits how many sync handlers (and, separately, how many sync webhook handlers)
+    /// run at once through [`PluginSet::invoke`] (the others wait for a slot); applies to
+    /// this set and its later clones.
     pub fn with_max_workers(mut self, max_workers: usize) -> Self {
         self.workers = Arc::new(tokio::sync::Semaphore::new(max_workers.max(1)));
+        self.admission = Arc::new(tokio::sync::Semaphore::new(max_workers.max(1)));
         self
     }
 
@@ -456,16 +485,27 @@ impl PluginSet {
         handler.invoke_blocking(inv)
     }
 
-    /// Runs a handler through the plugin's non-blocking `submit`, at most
-    /// [`default_max_workers`] (or [`PluginSet::with_max_workers`]) at once, as Kopf's
-    /// executor bounds sync handlers. The plugin runs sync handlers on a pool that wakes
-    /// few threads for a burst of calls, and decodes the payload on that thread; the
-    /// host's threads only encode and await. Dropping the future cancels the call.
+    /// Runs a handler through the plugin's non-blocking `submit`. Sync handlers run at
+    /// most [`default_max_workers`] (or [`PluginSet::with_max_workers`]) at once, as
+    /// Kopf's executor bounds them, webhooks within their own budget of that size; async
+    /// handlers and filter callbacks wait for no slot ([`Budget`]). The plugin runs sync
+    /// handlers on a pool that wakes few threads for a burst of calls, and decodes the
+    /// payload on that thread; the host's threads only encode and await. Dropping the
+    /// future cancels the call. (Daemons and timers, through
+    /// [`PluginSet::invoke_submitted`], are bounded by their objects, not by a budget.)
     pub async fn invoke(&self, handler: &HandlerRef, inv: &Invocation) -> Result<Outcome, PluginError> {
         let call_id = inv.call_id.unwrap_or_else(next_call_id);
         let payload = handler.encode(inv)?;
-        // The semaphore is never closed; a failure would only mean "unbounded".
-        let _slot = self.workers.acquire().await.ok();
+        let budget = match Budget::of(handler.kind(), handler.spec().is_async, inv.purpose) {
+            Budget::Workers => Some(&self.workers),
+            Budget::Admission => Some(&self.admission),
+            Budget::Unbounded => None,
+        };
+        // The semaphores are never closed; a failure would only mean "unbounded".
+        let _slot = match budget {
+            Some(budget) => budget.acquire().await.ok(),
+            None => None,
+        };
         self.submit_payload(handler, call_id, &payload, None).await
     }
 
@@ -758,5 +798,17 @@ mod tests {
              rebuild the plugin against a matching kopf SDK"
         );
         assert!(e.detail().is_none());
+    }
+
+    #[test]
+    fn only_sync_handler_calls_wait_for_a_worker_and_webhooks_have_their_own_budget() {
+        use HandlerKind as K;
+        assert_eq!(Budget::of(K::Create, false, Purpose::Handle), Budget::Workers);
+        assert_eq!(Budget::of(K::Startup, false, Purpose::Handle), Budget::Workers);
+        assert_eq!(Budget::of(K::Create, true, Purpose::Handle), Budget::Unbounded);
+        assert_eq!(Budget::of(K::Create, false, Purpose::Filter), Budget::Unbounded);
+        assert_eq!(Budget::of(K::Validate, false, Purpose::Handle), Budget::Admission);
+        assert_eq!(Budget::of(K::Mutate, true, Purpose::Handle), Budget::Unbounded);
+        assert_eq!(Budget::of(K::Validate, false, Purpose::Filter), Budget::Unbounded);
     }
 }

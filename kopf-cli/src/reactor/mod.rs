@@ -1,11 +1,15 @@
 //! The reactor: from watch streams to per-object processing.
 
+pub mod changing;
+pub mod daemon_task;
 pub mod daemons;
-pub mod execution;
 pub mod indexing;
+pub mod memory;
 pub mod orchestration;
 pub mod pausing;
 pub mod processing;
 pub mod queueing;
+pub mod shared;
+pub mod stopping;
 pub mod subhandling;
 pub mod wheel;

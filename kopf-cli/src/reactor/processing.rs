@@ -42,45 +42,40 @@
 
 use std::{cmp::Ordering, sync::Arc, time::Duration};
 
-use kopf_abi::protocol::{HandlerKind, Invocation, Outcome, Purpose};
-use kube::Client;
+use kopf_abi::protocol::{HandlerKind, Invocation};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    daemons::{Background, StopReason, StopRegistry},
-    execution::{self, Attempt, Decision},
-    indexing::{self, Indices},
+    changing::Cycle,
+    daemons::Background,
+    indexing,
+    memory::{ObjectMemory, adopt_patched},
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
-    subhandling,
+    shared::Shared,
+    stopping::StopReason,
 };
 use crate::{
-    clients::{ApiError, patching},
+    actions::{
+        application::{self, Applied, Failed},
+        execution,
+        invocation::{self, Call, FilterError},
+    },
+    clients::ApiError,
     intents::{
-        causes::{self, CauseInputs, ChangingCause, Reason},
+        causes,
         filters::{self, FilterMatch, FilterSubject},
     },
-    persistence::{
-        diffbase::{ANNOTATIONS_SIZE_LIMIT, DiffBaseStorage},
-        progress::{ProgressStorage, State, StepOutcome},
-        times::Timestamp,
-    },
-    plugin::{HandlerRef, PluginSet},
-    settings::{OperatorSettings, seconds},
+    plugin::HandlerRef,
+    settings::seconds,
     structs::{
         backoff::Delays,
         dicts::{self, FieldPath},
-        diffs,
-        patches::{Patch, PatchFn, is_deletion_blocked, is_deletion_ongoing},
+        patches::{Patch, is_deletion_ongoing},
         references::Resource,
         versions,
     },
 };
-
-/// A cycle's handlers run as one batch (one persisting patch) while they take less than
-/// this in total; once a batch took longer, each further handler starts only after the
-/// outcomes so far are persisted. Bounds what a crash can make re-run (see the header).
-const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
 /// Cycles per processing run at most (finalizer changes, persisted slow batches).
 const MAX_CYCLES: usize = 64;
@@ -90,94 +85,25 @@ const MAX_CYCLES: usize = 64;
 /// would otherwise be re-sent in a tight loop).
 const MAX_CONFLICTS: usize = 3;
 
-/// What all processors of an operator share.
-pub struct Shared {
-    /// The API client.
-    pub client: Client,
-    /// The loaded plugins.
-    pub plugins: PluginSet,
-    /// The settings in force.
-    pub settings: OperatorSettings,
-    /// Where progress records live.
-    pub progress: ProgressStorage,
-    /// Where the diff-base lives.
-    pub diffbase: DiffBaseStorage,
-    /// Stop flags of running daemons, for the `daemon.*` host methods.
-    pub stops: Arc<StopRegistry>,
-    /// Cancelled when the operator exits (as opposed to pausing).
-    pub exiting: tokio_util::sync::CancellationToken,
-    /// The in-memory indices of `index` handlers.
-    pub indices: Arc<Indices>,
-}
-
 /// The processor of one served resource.
 pub struct ResourceProcessor {
-    shared: Arc<Shared>,
-    resource: Resource,
+    pub(super) shared: Arc<Shared>,
+    pub(super) resource: Resource,
     /// Changing handlers (resume, create, update, delete, field) of this resource.
-    changing: Vec<HandlerRef>,
+    pub(super) changing: Vec<HandlerRef>,
     /// Event handlers of this resource.
-    watching: Vec<HandlerRef>,
+    pub(super) watching: Vec<HandlerRef>,
     /// Handlers that need the finalizer (non-optional delete, daemons, timers).
-    finalizing: Vec<HandlerRef>,
+    pub(super) finalizing: Vec<HandlerRef>,
     /// `field=` paths of all handlers, kept in the essence (Kopf's "extra fields").
-    extra_fields: Vec<FieldPath>,
+    pub(super) extra_fields: Vec<FieldPath>,
     /// Daemons and timers of this resource's objects.
-    background: Background,
+    pub(super) background: Background,
     /// Index handlers of this resource.
-    indexers: Vec<HandlerRef>,
+    pub(super) indexers: Vec<HandlerRef>,
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
-}
-
-/// What a worker remembers about one object between runs.
-#[derive(Debug, Default)]
-pub struct ObjectMemory {
-    /// The freshest known body (from the watch or from our own patch responses).
-    body: Option<Value>,
-    /// The object came from a listing and was not fully handled in this process yet.
-    initial: bool,
-    /// The resourceVersion our last patch produced, and how long to wait for its echo.
-    awaited: Option<(String, Instant)>,
-    /// Consecutive unexpected errors (for throttling).
-    errors: usize,
-    /// A digest of the essence last seen (to tell idle timers about changes); a digest,
-    /// not a copy, keeps objects with timers small.
-    essence: Option<u64>,
-    /// The object's uid (to stop its daemons and timers when the body is not kept).
-    uid: Option<String>,
-    /// A patch failed without a clear answer: the body must be re-read before use.
-    stale: bool,
-    /// Events that arrived while waiting for the indices to be ready.
-    pending: Vec<RawEvent>,
-    /// When the next delayed handler is due: kept across runs that only see the echo of
-    /// our own patch, so that the retry is not forgotten.
-    retry_at: Option<Instant>,
-    /// The resourceVersion of the newest state processed (from events, patch responses
-    /// and re-reads): older events are skipped when versions are comparable.
-    known_version: Option<Box<str>>,
-}
-
-impl ObjectMemory {
-    fn remember_version(&mut self, body: &Value) {
-        if let Some(version) = text(body, &["metadata", "resourceVersion"])
-            && self.known_version.as_deref() != Some(version)
-        {
-            self.known_version = Some(version.into());
-        }
-    }
-}
-
-/// The result of one changing cycle.
-#[derive(Debug, Default)]
-struct Cycle {
-    /// Run another cycle at once on the patched body (the finalizer was just changed).
-    again: bool,
-    /// Seconds until the next delayed handler is due.
-    delay: Option<f64>,
-    /// The essence the cycle saw (to tell whether the patch response brings news).
-    essence: Option<Value>,
 }
 
 fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -185,7 +111,7 @@ fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// `[namespace/name]`-style reference for logs.
-fn object_ref(body: &Value) -> String {
+pub(super) fn object_ref(body: &Value) -> String {
     let name = text(body, &["metadata", "name"]).unwrap_or("?");
     match text(body, &["metadata", "namespace"]) {
         Some(ns) => format!("{ns}/{name}"),
@@ -233,20 +159,20 @@ impl ResourceProcessor {
         }
     }
 
-    fn finalizer(&self) -> &str {
+    pub(super) fn finalizer(&self) -> &str {
         &self.shared.settings.persistence.finalizer
     }
 
     /// Evaluates a handler's filters; callbacks are asked from the plugin with `inv`, or
     /// with a plain invocation of the subject's body (built only when a callback is due:
     /// most filters need no body copy at all).
-    async fn matches(
+    pub(super) async fn matches(
         &self,
         handler: &HandlerRef,
         subject: &FilterSubject<'_>,
         full: bool,
-        inv: Option<&Invocation>,
-    ) -> bool {
+        invocation: Option<&(dyn Fn() -> Invocation + Sync)>,
+    ) -> Result<bool, FilterError> {
         let spec = handler.spec();
         let verdict = if full {
             filters::matches(&spec.filters, subject, causes::field_needs_change(spec.kind))
@@ -254,26 +180,19 @@ impl ResourceProcessor {
             filters::prematch(&spec.filters, subject)
         };
         match verdict {
-            FilterMatch::Match => true,
-            FilterMatch::NoMatch => false,
+            FilterMatch::Match => Ok(true),
+            FilterMatch::NoMatch => Ok(false),
             FilterMatch::NeedsCallback => {
-                let mut inv = match inv {
-                    Some(inv) => inv.clone(),
+                let inv = match invocation {
+                    Some(make) => make(),
                     None => self.base_invocation(subject.body),
                 };
-                inv.purpose = Purpose::Filter;
-                match self.shared.plugins.invoke(handler, &inv).await {
-                    Ok(outcome) => outcome.matches.unwrap_or(false),
-                    Err(error) => {
-                        tracing::error!(target: "kopf.objects", "[{}] Filters of handler {:?} failed: {error}", object_ref(subject.body), spec.id);
-                        false
-                    }
-                }
+                invocation::check_filters(&self.shared.plugins, handler, &inv).await
             }
         }
     }
 
-    fn base_invocation(&self, body: &Value) -> Invocation {
+    pub(super) fn base_invocation(&self, body: &Value) -> Invocation {
         Invocation {
             body: Some(body.clone()),
             resource: Some(self.resource.info()),
@@ -293,50 +212,29 @@ impl ResourceProcessor {
         inv.extra
             .insert("event".into(), json!({"type": event_type, "object": body}));
         let subject = FilterSubject { body, essences: None };
+        let reference = object_ref(body);
         for handler in &self.watching {
-            if !self.matches(handler, &subject, false, Some(&inv)).await {
-                continue;
+            match self
+                .matches(handler, &subject, false, Some(&|| inv.clone()))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                // The event is gone once this run ends: it is skipped for this handler,
+                // loudly (nothing is released or admitted on a guess here).
+                Err(error) => {
+                    tracing::error!(target: "kopf.objects", "[{reference}] The event is not handled by {:?}: {error}", handler.id());
+                    continue;
+                }
             }
             inv.param = handler.spec().options.param.clone();
-            match self.shared.plugins.invoke(handler, &inv).await {
-                Ok(outcome) => {
-                    if let Some(error) = &outcome.error {
-                        tracing::warn!(target: "kopf.objects", "[{}] Handler {:?} failed with an error (ignored): {}", object_ref(body), handler.id(), error.message);
-                    } else if let Some(result) = &outcome.result {
-                        patch.deliver_result(handler.id(), result);
-                    }
-                    if let Some(p) = &outcome.patch {
-                        patch.merge_from(p);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(target: "kopf.objects", "[{}] Handler {:?} failed (ignored): {error}", object_ref(body), handler.id());
-                }
+            let outcome =
+                invocation::invoke(&self.shared.plugins, Call::new(handler, &inv).about(&reference)).await;
+            if let Some(error) = &outcome.error {
+                tracing::warn!(target: "kopf.objects", "[{reference}] Handler {:?} failed with an error (ignored): {}", handler.id(), error.message);
             }
+            application::collect(patch, handler.id(), &outcome, outcome.error.is_none());
         }
-    }
-
-    /// Whether any finalizer-requiring handler pre-matches the object.
-    async fn needs_finalizer(&self, body: &Value) -> bool {
-        let subject = FilterSubject { body, essences: None };
-        for handler in &self.finalizing {
-            if self.matches(handler, &subject, false, None).await {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// One changing cycle on `body`: decides the cause, runs the due handlers, and
-    /// accumulates everything to persist in `patch`.
-    async fn changing_cycle(&self, memory: &mut ObjectMemory, body: &Value, patch: &mut Patch) -> Cycle {
-        let new = self
-            .shared
-            .diffbase
-            .essence(&self.shared.progress, body, &self.extra_fields);
-        let mut cycle = self.changing_cycle_on(memory, body, &new, patch).await;
-        cycle.essence = Some(new);
-        cycle
     }
 
     /// Whether the patch response `after` differs from `before` (the body the cycle saw,
@@ -354,559 +252,14 @@ impl ResourceProcessor {
             .essence(&self.shared.progress, after, &self.extra_fields);
         &now != seen
     }
-
-    /// The changing cycle on `body` whose essence is `new`.
-    async fn changing_cycle_on(
-        &self,
-        memory: &mut ObjectMemory,
-        body: &Value,
-        new: &Value,
-        patch: &mut Patch,
-    ) -> Cycle {
-        let shared = &self.shared;
-        let reference = object_ref(body);
-        let old = match shared.diffbase.fetch(body) {
-            Ok(old) => old,
-            Err(error) => {
-                tracing::warn!(target: "kopf.objects", "[{reference}] The diff-base is unreadable, treating as new: {error}");
-                None
-            }
-        };
-        let diff = diffs::diff(old.as_ref(), Some(new));
-        let cause = causes::detect_changing_cause(&CauseInputs {
-            event_type: None,
-            body,
-            finalizer: self.finalizer(),
-            old: old.as_ref(),
-            new: Some(new),
-            diff: &diff,
-            initial: memory.initial,
-        });
-        if matches!(cause.reason, Reason::Free | Reason::Gone) {
-            return Cycle::default();
-        }
-
-        // The finalizer goes on before any handler runs, and comes off when unneeded.
-        let deleting = is_deletion_ongoing(body);
-        let blocked = is_deletion_blocked(body, self.finalizer());
-        if !deleting {
-            let needed = self.needs_finalizer(body).await;
-            if needed && !blocked {
-                tracing::debug!(target: "kopf.objects", "[{reference}] Adding the finalizer, thus preventing the actual deletion.");
-                patch.push_fn(PatchFn::AddFinalizer(self.finalizer().to_owned()));
-                return Cycle {
-                    again: true,
-                    ..Default::default()
-                };
-            }
-            if !needed && blocked {
-                tracing::debug!(target: "kopf.objects", "[{reference}] Removing the finalizer, as there are no handlers requiring it.");
-                patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
-                return Cycle {
-                    again: true,
-                    ..Default::default()
-                };
-            }
-        }
-
-        if !cause.reason.invokes_handlers() {
-            self.mark_handled(memory, body);
-            return Cycle::default();
-        }
-
-        // Objects that no changing handler pre-matches get no change-handling at all (no
-        // progress, no diff-base), as in Kopf.
-        if !self.any_changing_prematches(body).await {
-            // Still, a deleted object held only for daemons and timers is released once
-            // they have exited.
-            if cause.reason == Reason::Delete {
-                if self.background.alive(body) {
-                    return Cycle {
-                        delay: Some(0.5),
-                        ..Default::default()
-                    };
-                }
-                patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
-            }
-            return Cycle::default();
-        }
-        // An essence too big for the annotations could never be stored: the handlers would
-        // re-run after every failed patch. Refuse the change clearly and touch nothing.
-        if cause.reason != Reason::Delete && old.as_ref() != Some(new) {
-            let size = shared.diffbase.annotations_size_with(body, new);
-            if size > ANNOTATIONS_SIZE_LIMIT {
-                tracing::error!(target: "kopf.objects", "[{reference}] {} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
-                    capitalize(cause.reason.title()));
-                return Cycle::default();
-            }
-        }
-        let handlers = self.select_handlers(body, &cause, old.as_ref(), new).await;
-        let all_ids: Vec<&str> = self.changing.iter().map(HandlerRef::id).collect();
-        let now = Timestamp::now();
-        let state = match State::from_storage(&shared.progress, body, all_ids.iter().copied(), now) {
-            Ok(state) => state,
-            Err(error) => {
-                tracing::warn!(target: "kopf.objects", "[{reference}] Progress records are unreadable, starting over: {error}");
-                State::default()
-            }
-        };
-        let selected_ids: Vec<&str> = handlers.iter().map(HandlerRef::id).collect();
-        let mut state = state.with_purpose(Some(cause.reason.as_str()), selected_ids.iter().copied());
-        for (purpose, counts) in state.extras() {
-            if counts.running > 0 {
-                tracing::info!(target: "kopf.objects", "[{reference}] {} is superseded by {}: {} succeeded; {} failed; {} left to the moment.",
-                    capitalize(&purpose), cause.reason.title(), counts.success, counts.failure, counts.running);
-            }
-        }
-        state
-            .states
-            .retain(|_, s| s.purpose.is_none() || s.purpose.as_deref() == Some(cause.reason.as_str()));
-        state = state.with_handlers(selected_ids.iter().copied(), now);
-
-        // Run every handler that is due, in declaration order, all in this cycle, unless
-        // the batch gets slow: then persist what is done before starting the next one.
-        let mut outcomes: Vec<(String, StepOutcome)> = Vec::new();
-        let mut children: Vec<subhandling::Settled> = Vec::new();
-        let batch_started = Instant::now();
-        let mut persist_first = false;
-        for handler in &handlers {
-            let Some(handler_state) = state.states.get(handler.id()) else {
-                continue;
-            };
-            if handler_state.finished() || handler_state.sleeping(&now) {
-                continue;
-            }
-            if !outcomes.is_empty() && batch_started.elapsed() >= BATCH_WINDOW {
-                persist_first = true;
-                break;
-            }
-            let attempt = Attempt {
-                retries: u32::try_from(handler_state.retries.max(0)).unwrap_or(u32::MAX),
-                runtime: handler_state.runtime(&now),
-            };
-            let mut settled: Option<subhandling::Settled> = None;
-            let decision = match execution::precheck(handler.spec(), attempt) {
-                Some(decision) => decision,
-                None => {
-                    let mut inv = self.changing_invocation(
-                        handler,
-                        body,
-                        &cause,
-                        old.as_ref(),
-                        new,
-                        &diff,
-                        attempt,
-                        &handler_state.started,
-                    );
-                    let known = subhandling::known_children(
-                        &shared.progress,
-                        body,
-                        handler.id(),
-                        handler_state,
-                        Some(cause.reason.as_str()),
-                        now,
-                    );
-                    inv.subhandlers = subhandling::invocation_states(&known, &now);
-                    // A handler with a timeout is not waited for past it (Kopf only checks
-                    // between attempts): a hung call is abandoned and fails the handler.
-                    let limit = handler
-                        .spec()
-                        .options
-                        .timeout
-                        .map(|timeout| seconds(timeout - attempt.runtime));
-                    let outcome = self.invoke_logged(handler, &inv, &reference, limit).await;
-                    if let Some(p) = &outcome.patch {
-                        patch.merge_from(p);
-                    }
-                    let mut decision = execution::decide(
-                        handler.spec(),
-                        attempt,
-                        &outcome,
-                        shared.settings.execution.default_backoff,
-                    );
-                    if !outcome.children.is_empty() {
-                        let s = subhandling::settle(
-                            handler.spec(),
-                            &outcome.children,
-                            known,
-                            Some(cause.reason.as_str()),
-                            Timestamp::now(),
-                            shared.settings.execution.default_backoff,
-                            patch,
-                        );
-                        for (id, child_decision) in &s.decisions {
-                            log_decision(&reference, id, child_decision);
-                        }
-                        decision = subhandling::parent_decision(decision, &s);
-                        settled = Some(s);
-                    }
-                    if decision == Decision::Success
-                        && let Some(result) = outcome.result.as_ref().filter(|r| !r.is_null())
-                    {
-                        patch.deliver_result(handler.id(), result);
-                    }
-                    decision
-                }
-            };
-            match (&decision, &settled) {
-                (Decision::Retry { .. }, Some(s)) if s.pending_delay.is_some() => {
-                    tracing::debug!(target: "kopf.objects", "[{reference}] Handler {:?} has unfinished sub-handlers. Will retry soon.", handler.id());
-                }
-                _ => log_decision(&reference, handler.id(), &decision),
-            }
-            let mut step = subhandling::step_outcome(decision);
-            if let Some(s) = settled {
-                step.subrefs = s.subrefs.clone();
-                children.push(s);
-            }
-            outcomes.push((handler.id().to_owned(), step));
-        }
-        let now = Timestamp::now();
-        state = state.with_outcomes(outcomes.iter().map(|(id, o)| (id.as_str(), o)), now);
-        // Children's records go first; if the cause is done, the purge below drops them.
-        for settled in &children {
-            subhandling::store(&shared.progress, settled, body, patch);
-        }
-
-        if state.done() {
-            let counts = state.counts();
-            if !handlers.is_empty() {
-                tracing::info!(target: "kopf.objects", "[{reference}] {} is processed: {} succeeded; {} failed.",
-                    capitalize(cause.reason.title()), counts.success, counts.failure);
-            }
-            state.purge(&shared.progress, body, patch, all_ids.iter().copied());
-            self.mark_handled(memory, body);
-            if cause.reason == Reason::Delete && self.background.alive(body) {
-                // Daemons and timers are still exiting: keep the finalizer, look again soon.
-                return Cycle {
-                    delay: Some(0.5),
-                    ..Default::default()
-                };
-            }
-            if cause.reason == Reason::Delete {
-                let others = body
-                    .pointer("/metadata/finalizers")
-                    .and_then(Value::as_array)
-                    .is_some_and(|list| list.iter().any(|f| f.as_str() != Some(self.finalizer())));
-                if !others {
-                    // The object vanishes with our finalizer: writing results or purging
-                    // records on it would be wasted requests.
-                    *patch = Patch::new();
-                }
-                patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
-            } else if old.as_ref() != Some(new) {
-                shared.diffbase.store(body, patch, new);
-            }
-            shared.progress.touch(body, patch, None);
-            Cycle::default()
-        } else {
-            state.store(&shared.progress, body, patch);
-            shared.progress.touch(body, patch, None);
-            Cycle {
-                // Handlers left for after the persisting patch go on at once.
-                again: persist_first,
-                delay: state.delay(&now),
-                ..Default::default()
-            }
-        }
-    }
-
-    /// The changing handlers selected for a cause, after all filters.
-    async fn select_handlers(
-        &self,
-        body: &Value,
-        cause: &ChangingCause,
-        old: Option<&Value>,
-        new: &Value,
-    ) -> Vec<HandlerRef> {
-        let subject = FilterSubject {
-            body,
-            essences: Some((old, Some(new))),
-        };
-        let mut selected: Vec<HandlerRef> = Vec::new();
-        for handler in &self.changing {
-            if !causes::changing_handler_applies(handler.kind(), handler.spec().options.deleted, cause) {
-                continue;
-            }
-            if selected.iter().any(|h| h.id() == handler.id()) {
-                continue;
-            }
-            if self.matches(handler, &subject, true, None).await {
-                selected.push(handler.clone());
-            }
-        }
-        selected
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn changing_invocation(
-        &self,
-        handler: &HandlerRef,
-        body: &Value,
-        cause: &ChangingCause,
-        old: Option<&Value>,
-        new: &Value,
-        diff: &[diffs::DiffItem],
-        attempt: Attempt,
-        started: &Timestamp,
-    ) -> Invocation {
-        let spec = handler.spec();
-        let mut inv = self.base_invocation(body);
-        inv.reason = Some(cause.reason.as_str().to_owned());
-        inv.retry = attempt.retries;
-        inv.runtime = attempt.runtime;
-        inv.started = Some(started.to_string());
-        inv.param = spec.options.param.clone();
-        match spec.filters.field.as_deref() {
-            Some(field) if spec.kind != HandlerKind::Resume => {
-                let path = dicts::parse_field(field);
-                let (old, new, diff) = causes::narrow_to_field(&path, old, Some(new), diff);
-                inv.old = Some(old);
-                inv.new = Some(new);
-                inv.diff = Some(diffs::diff_to_json(&diff));
-            }
-            _ => {
-                inv.old = Some(old.cloned().unwrap_or(Value::Null));
-                inv.new = Some(new.clone());
-                inv.diff = Some(diffs::diff_to_json(diff));
-            }
-        }
-        inv
-    }
-
-    async fn invoke_logged(
-        &self,
-        handler: &HandlerRef,
-        inv: &Invocation,
-        reference: &str,
-        limit: Option<Duration>,
-    ) -> Outcome {
-        let started = std::time::Instant::now();
-        let invocation = super::queueing::release_slot_if_slow(self.shared.plugins.invoke(handler, inv));
-        let invoked = match limit {
-            None => invocation.await,
-            Some(limit) => match tokio::time::timeout(limit, invocation).await {
-                Ok(invoked) => invoked,
-                Err(_) => {
-                    tracing::error!(target: "kopf.objects", "[{reference}] Handler {:?} did not return within its timeout ({:.1}s left of {:.1}s); the call is abandoned (it keeps its thread until it returns).",
-                        handler.id(), limit.as_secs_f64(), handler.spec().options.timeout.unwrap_or_default());
-                    crate::engines::metrics::handler_invoked(
-                        handler.kind().as_str(),
-                        handler.id(),
-                        "timeout",
-                        started.elapsed().as_secs_f64(),
-                    );
-                    return Outcome {
-                        error: Some(kopf_abi::protocol::HandlerError {
-                            kind: kopf_abi::protocol::HandlerErrorKind::Permanent,
-                            message: format!(
-                                "{} has timed out after {:.1}s (the call did not return).",
-                                handler.id(),
-                                handler.spec().options.timeout.unwrap_or_default()
-                            ),
-                            delay: None,
-                            code: None,
-                            panicked: false,
-                        }),
-                        ..Default::default()
-                    };
-                }
-            },
-        };
-        let label = match &invoked {
-            Ok(Outcome { error: None, .. }) => "success",
-            Ok(Outcome { error: Some(e), .. }) => match e.kind {
-                kopf_abi::protocol::HandlerErrorKind::Temporary => "temporary",
-                kopf_abi::protocol::HandlerErrorKind::Permanent => "permanent",
-                _ => "error",
-            },
-            Err(_) => "error",
-        };
-        crate::engines::metrics::handler_invoked(
-            handler.kind().as_str(),
-            handler.id(),
-            label,
-            started.elapsed().as_secs_f64(),
-        );
-        match invoked {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                tracing::error!(target: "kopf.objects", "[{reference}] Handler {:?} could not be invoked: {error}", handler.id());
-                Outcome {
-                    error: Some(kopf_abi::protocol::HandlerError {
-                        kind: kopf_abi::protocol::HandlerErrorKind::Arbitrary,
-                        message: error.to_string(),
-                        delay: None,
-                        code: None,
-                        panicked: false,
-                    }),
-                    ..Default::default()
-                }
-            }
-        }
-    }
-
-    /// Reads the object as the API server has it now.
-    async fn reread(&self, body: &Value) -> Result<Applied, Failed> {
-        let Some(name) = text(body, &["metadata", "name"]) else {
-            return Err(Failed::get(ApiError::Unexpected(
-                "an object without a name".into(),
-            )));
-        };
-        let url = self
-            .resource
-            .url(text(body, &["metadata", "namespace"]), Some(name), None);
-        match patching::get(&self.shared.client, &url).await {
-            Ok(fresh) => Ok(Applied::Fresh(fresh)),
-            Err(e) if e.is_not_found() => Ok(Applied::Gone),
-            Err(e) => Err(Failed::get(e)),
-        }
-    }
-
-    /// Sends the patch (merge patches first, then JSON-patch ops computed on the freshest
-    /// body); returns the freshest body, if any request was sent.
-    async fn apply(&self, body: &Value, patch: &Patch) -> Result<Applied, Failed> {
-        let client = &self.shared.client;
-        let namespace = text(body, &["metadata", "namespace"]);
-        let Some(name) = text(body, &["metadata", "name"]) else {
-            return Err(Failed::patch(
-                None,
-                ApiError::Unexpected("an object without a name".into()),
-            ));
-        };
-        let url = |sub: Option<&str>| self.resource.url(namespace, Some(name), sub);
-        let status_sub = self.resource.has_status_subresource();
-        let mut fresh: Option<Value> = None;
-
-        // Skip merge patches that would change nothing.
-        if patch.merge_changes(body) {
-            let requests = patch.requests(status_sub);
-            // Status first: a crash between the two requests then leaves the results
-            // stored and the handlers unmarked (they re-run), never the handlers marked
-            // done (progress, diff-base) with their results lost.
-            for (merge, sub) in [(requests.status, Some("status")), (requests.body, None)] {
-                let Some(merge) = merge else { continue };
-                match patching::patch(client, &url(sub), patching::PatchType::Merge, &merge).await {
-                    Ok(result) => fresh = Some(result),
-                    Err(e) if e.is_not_found() => return Ok(Applied::Gone),
-                    Err(e) => return Err(Failed::patch(sub, e)),
-                }
-            }
-        }
-        let base = fresh.as_ref().unwrap_or(body);
-        let (body_ops, status_ops) = patch.json_requests(base, status_sub);
-        for (ops, sub) in [(body_ops, None), (status_ops, Some("status"))] {
-            let Some(ops) = ops else { continue };
-            match patching::patch(client, &url(sub), patching::PatchType::Json, &Value::Array(ops)).await {
-                Ok(result) => fresh = Some(result),
-                Err(e) if e.is_not_found() => return Ok(Applied::Gone),
-                Err(e) if e.is_conflict() => {
-                    // The object changed under us: re-read it and let the next cycle decide.
-                    tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", object_ref(body));
-                    return match self.reread(body).await {
-                        Ok(Applied::Fresh(current)) => Ok(Applied::Conflicted(current)),
-                        other => other,
-                    };
-                }
-                Err(e) => return Err(Failed::patch(sub, e)),
-            }
-        }
-        Ok(fresh.map_or(Applied::Unchanged, Applied::Fresh))
-    }
 }
 
-/// A request of the object's processing that failed: what was asked, for the log (a 403
-/// names the verb and the resource the operator's role lacks), and the error.
-#[derive(Debug)]
-struct Failed {
-    verb: &'static str,
-    subresource: Option<&'static str>,
-    error: ApiError,
-}
-
-impl Failed {
-    fn get(error: ApiError) -> Self {
-        Self {
-            verb: "get",
-            subresource: None,
-            error,
-        }
-    }
-
-    fn patch(subresource: Option<&'static str>, error: ApiError) -> Self {
-        Self {
-            verb: "patch",
-            subresource,
-            error,
-        }
-    }
-
-    /// The log's account of the failure.
-    fn describe(&self, resource: &Resource) -> String {
-        if self.error.is_permission() {
-            let text = self
-                .error
-                .describe(self.verb, &resource.rbac_text(self.subresource));
-            let mut chars = text.chars();
-            chars
-                .next()
-                .map(|first| first.to_uppercase().chain(chars).collect())
-                .unwrap_or(text)
-        } else if self.verb == "get" {
-            format!("Re-reading the object failed ({})", self.error)
-        } else {
-            format!("Patching failed ({})", self.error)
-        }
-    }
-}
-
-/// What sending a patch produced.
-enum Applied {
-    /// The object as the API server returned it after the last request.
-    Fresh(Value),
-    /// A JSON patch was refused because the object changed (its `test` of the
-    /// resourceVersion failed): the object as re-read. What that patch would have done is
-    /// not done (merge patches before it are), so another cycle must decide on this body.
-    Conflicted(Value),
-    /// Nothing needed sending: the body is as it was.
-    Unchanged,
-    /// The object is gone.
-    Gone,
-}
-
-/// Takes the object as the API server answered our patch (or re-read it after a refused
-/// one) as the newest state; until its echo arrives, older events are not processed.
-fn adopt_patched(memory: &mut ObjectMemory, body: &mut Value, fresh: Value, settings: &OperatorSettings) {
-    if let Some(rv) = text(&fresh, &["metadata", "resourceVersion"])
-        && Some(rv) != text(body, &["metadata", "resourceVersion"])
-    {
-        let timeout = seconds(settings.persistence.consistency_timeout);
-        memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
-    }
-    memory.remember_version(&fresh);
-    *body = fresh;
-}
-
-fn capitalize(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-fn log_decision(reference: &str, id: &str, decision: &Decision) {
-    match decision {
-        Decision::Success => {
-            tracing::info!(target: "kopf.objects", "[{reference}] Handler {id:?} succeeded.")
-        }
-        Decision::Retry { delay, message } => {
-            tracing::error!(target: "kopf.objects", "[{reference}] Handler {id:?} failed temporarily: {message}; retrying in {delay}s.")
-        }
-        Decision::Failure { message } => {
-            tracing::error!(target: "kopf.objects", "[{reference}] Handler {id:?} failed permanently: {message}")
-        }
-    }
+/// Why an object's processing pauses.
+enum Stall {
+    /// A request failed.
+    Api(Failed),
+    /// Filters could not decide.
+    Filters(FilterError),
 }
 
 impl ObjectProcessor for ResourceProcessor {
@@ -1063,7 +416,7 @@ impl ObjectProcessor for ResourceProcessor {
             return Verdict::default();
         };
         if memory.stale {
-            match self.reread(&body).await {
+            match application::reread(&self.shared.client, &self.resource, &body).await {
                 Ok(Applied::Fresh(fresh) | Applied::Conflicted(fresh)) => {
                     memory.stale = false;
                     memory.remember_version(&fresh);
@@ -1083,7 +436,7 @@ impl ObjectProcessor for ResourceProcessor {
                 }
                 // Logged (a refused GET names the verb and the resource) and throttled like
                 // a failed patch; the body stays stale until a read succeeds.
-                Err(failed) => return self.throttle(memory, body, &failed, true),
+                Err(failed) => return self.throttle(memory, body, &Stall::Api(failed), true),
             }
         }
         self.adjust_background(memory, &body).await;
@@ -1092,13 +445,21 @@ impl ObjectProcessor for ResourceProcessor {
         let mut delay = None;
         let mut conflicts = 0;
         for _ in 0..MAX_CYCLES {
-            let cycle = self.changing_cycle(memory, &body, &mut patch).await;
+            let (cycle, undecided) = match self.changing_cycle(memory, &body, &mut patch).await {
+                Ok(cycle) => (cycle, None),
+                // Nothing is decided on a guess: what earlier steps collected is sent,
+                // then the object waits (the finalizer stays, no handler runs).
+                Err(error) => (Cycle::default(), Some(error)),
+            };
             delay = cycle.delay;
             let mut news = false;
             if patch.is_empty() {
+                if let Some(error) = undecided {
+                    return self.throttle(memory, body, &Stall::Filters(error), false);
+                }
                 break;
             }
-            match self.apply(&body, &patch).await {
+            match application::apply(&self.shared.client, &self.resource, &body, &patch).await {
                 Ok(Applied::Unchanged) => memory.errors = 0,
                 Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
@@ -1120,7 +481,7 @@ impl ObjectProcessor for ResourceProcessor {
                             )),
                         );
                         // The body was just re-read: no second read before the retry.
-                        return self.throttle(memory, body, &error, false);
+                        return self.throttle(memory, body, &Stall::Api(error), false);
                     }
                     news = true;
                 }
@@ -1131,9 +492,12 @@ impl ObjectProcessor for ResourceProcessor {
                 // The failed request may still have been applied (e.g. a dropped
                 // connection): the body is re-read before the retry, so that the retry
                 // does not purge or store against a state older than the object's.
-                Err(error) => return self.throttle(memory, body, &error, true),
+                Err(error) => return self.throttle(memory, body, &Stall::Api(error), true),
             }
             patch = Patch::new();
+            if let Some(error) = undecided {
+                return self.throttle(memory, body, &Stall::Filters(error), false);
+            }
             if !cycle.again && !news {
                 break;
             }
@@ -1149,18 +513,25 @@ impl ObjectProcessor for ResourceProcessor {
 }
 
 impl ResourceProcessor {
-    /// Pauses the object's processing after a failed patch or re-read, longer after each
-    /// failure in a row (`queueing.error_delays`, or the server's Retry-After); `stale` when
-    /// `body` may be older than the object, to be re-read before the retry.
-    fn throttle(&self, memory: &mut ObjectMemory, body: Value, failed: &Failed, stale: bool) -> Verdict {
-        let error = &failed.error;
+    /// Pauses the object's processing after a failed patch or re-read, or filters that
+    /// could not decide: longer after each failure in a row (`queueing.error_delays`, or the
+    /// server's Retry-After); `stale` when `body` may be older than the object, to be
+    /// re-read before the retry.
+    fn throttle(&self, memory: &mut ObjectMemory, body: Value, why: &Stall, stale: bool) -> Verdict {
         let settings = &self.shared.settings;
         let pause = Delays::from_seconds(&settings.queueing.error_delays).after(memory.errors as u32);
-        let pause = error
-            .retry_delay(pause, settings.networking.enforce_retry_after)
-            .as_secs_f64();
+        let (pause, account) = match why {
+            Stall::Api(failed) => (
+                failed
+                    .error
+                    .retry_delay(pause, settings.networking.enforce_retry_after),
+                failed.describe(&self.resource),
+            ),
+            Stall::Filters(error) => (pause, format!("Nothing is decided: {error}")),
+        };
+        let pause = pause.as_secs_f64();
         memory.errors += 1;
-        tracing::error!(target: "kopf.objects", "[{}] {}; throttling for {pause}s.", object_ref(&body), failed.describe(&self.resource));
+        tracing::error!(target: "kopf.objects", "[{}] {account}; throttling for {pause}s.", object_ref(&body));
         memory.body = Some(body);
         memory.stale = stale;
         // Remembered (not only returned): an echo of an earlier successful patch may
@@ -1206,13 +577,23 @@ impl ResourceProcessor {
         }
         let subject = FilterSubject { body, essences: None };
         for indexer in &self.indexers {
-            if !self.matches(indexer, &subject, false, None).await {
-                self.shared.indices.remove(indexer.id(), &object);
-                continue;
+            match self.matches(indexer, &subject, false, None).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.shared.indices.remove(indexer.id(), &object);
+                    continue;
+                }
+                // Undecided: the index keeps what it had for the object.
+                Err(error) => {
+                    tracing::error!(target: "kopf.objects", "[{}] The index {:?} is not updated: {error}", object_ref(body), indexer.id());
+                    continue;
+                }
             }
             let mut inv = self.base_invocation(body);
             inv.param = indexer.spec().options.param.clone();
-            let outcome = self.invoke_logged(indexer, &inv, &object_ref(body), None).await;
+            let reference = object_ref(body);
+            let outcome =
+                invocation::invoke(&self.shared.plugins, Call::new(indexer, &inv).about(&reference)).await;
             match &outcome.error {
                 None => self.shared.indices.store(
                     indexer.id(),
@@ -1258,14 +639,20 @@ impl ResourceProcessor {
         let subject = FilterSubject { body, essences: None };
         let mut matching = Vec::new();
         for handler in self.background.handlers() {
-            if self.matches(handler, &subject, false, None).await {
-                matching.push(handler.id().to_owned());
+            match self.matches(handler, &subject, false, None).await {
+                Ok(true) => matching.push(handler.id().to_owned()),
+                Ok(false) => {}
+                // Undecided: no daemon or timer is started or stopped on a guess.
+                Err(error) => {
+                    tracing::error!(target: "kopf.objects", "[{}] Daemons and timers are left as they are: {error}", object_ref(body));
+                    return;
+                }
             }
         }
         self.background.adjust(body, &matching, changed);
     }
 
-    fn mark_handled(&self, memory: &mut ObjectMemory, body: &Value) {
+    pub(super) fn mark_handled(&self, memory: &mut ObjectMemory, body: &Value) {
         memory.initial = false;
         if let Some(uid) = text(body, &["metadata", "uid"]) {
             let mut handled = self.handled.lock();
@@ -1273,15 +660,5 @@ impl ResourceProcessor {
                 handled.insert(uid.to_owned());
             }
         }
-    }
-
-    async fn any_changing_prematches(&self, body: &Value) -> bool {
-        let subject = FilterSubject { body, essences: None };
-        for handler in &self.changing {
-            if self.matches(handler, &subject, false, None).await {
-                return true;
-            }
-        }
-        false
     }
 }

@@ -25,7 +25,10 @@ use std::collections::BTreeMap;
 use kopf_abi::protocol::{HandlerSpec, Outcome, SubhandlerOutcome, SubhandlerState};
 use serde_json::Value;
 
-use super::execution::{self, Attempt, Decision};
+use crate::actions::{
+    application,
+    execution::{self, Attempt, Decision},
+};
 use crate::persistence::{
     progress::{HandlerState, ProgressStorage, StepOutcome},
     times::Timestamp,
@@ -155,19 +158,14 @@ pub fn settle(
         let decision = if state.finished() {
             None
         } else if child.invoked {
-            if let Some(p) = &child.patch {
-                patch.merge_from(p);
-            }
             let outcome = Outcome {
                 error: child.error.clone(),
+                patch: child.patch.clone(),
+                result: child.result.clone(),
                 ..Default::default()
             };
-            let decision = execution::decide(&spec, attempt, &outcome, default_backoff);
-            if decision == Decision::Success
-                && let Some(result) = child.result.as_ref().filter(|r| !r.is_null())
-            {
-                patch.deliver_result(&child.id, result);
-            }
+            let decision = execution::conclude(&spec, attempt, &outcome, default_backoff);
+            application::collect(patch, &child.id, &outcome, decision == Decision::Success);
             Some(decision)
         } else {
             execution::precheck(&spec, attempt)

@@ -95,10 +95,6 @@ async fn fresh_probe(port: u16, after: Option<Probe>, deadline: Duration) -> Res
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn spawn_kopf(kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path, port: u16) -> Result<Child> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
@@ -203,7 +199,7 @@ async fn run(opts: &Options, kopf: &Path, plugin: &Path) -> Result<Figures> {
     )?)
     .await?;
 
-    let port = free_port()?;
+    let port = kopf_e2e::free_port()?;
     let mut child = Guard(spawn_kopf(&kubeconfig, &log, kopf, plugin, port)?);
     let pid = child.0.id();
     let start = Instant::now();

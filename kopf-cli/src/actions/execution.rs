@@ -5,8 +5,13 @@
 //! retried after its delay (or turned permanent if the delay would cross the timeout or
 //! the retry limit), a permanent error fails the handler for this cause, and arbitrary
 //! errors follow the handler's errors mode with its backoff.
+//!
+//! Every handler kind that retries (resource handlers and sub-handlers, daemons and timers,
+//! activities) decides with [`conclude`] and logs with [`log_decision`].
 
 use kopf_abi::protocol::{ErrorsMode, HandlerErrorKind, HandlerKind, HandlerSpec, Outcome};
+
+use crate::engines::metrics;
 
 /// How far a handler got before this attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,6 +102,49 @@ pub fn decide(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default_b
     Decision::Retry {
         delay: delay.max(0.0),
         message,
+    }
+}
+
+/// [`decide`], counting a retry in `kopf_handler_retries_total`.
+pub fn conclude(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default_backoff: f64) -> Decision {
+    let decision = decide(spec, attempt, outcome, default_backoff);
+    if matches!(decision, Decision::Retry { .. }) {
+        metrics::handler_retried(spec.kind.as_str(), &spec.id);
+    }
+    decision
+}
+
+/// Logs a decision as Kopf does, under the kind's logger: resource handlers and daemons
+/// about their object (`reference`), activities about the operator. Successes of daemons
+/// and timers are logged at debug level (a timer succeeds every interval).
+pub fn log_decision(kind: HandlerKind, id: &str, decision: &Decision, reference: Option<&str>) {
+    let prefix = reference.map(|r| format!("[{r}] ")).unwrap_or_default();
+    let noun = match kind {
+        HandlerKind::Daemon => "Daemon",
+        HandlerKind::Timer => "Timer",
+        _ => "Handler",
+    };
+    let activity = matches!(
+        kind,
+        HandlerKind::Startup | HandlerKind::Cleanup | HandlerKind::Login | HandlerKind::Probe
+    );
+    let background = matches!(kind, HandlerKind::Daemon | HandlerKind::Timer);
+    match decision {
+        Decision::Success if activity => {
+            tracing::info!(target: "kopf.activities", "{noun} {id:?} succeeded.")
+        }
+        Decision::Success if background => {
+            tracing::debug!(target: "kopf.objects", "{prefix}{noun} {id:?} succeeded.")
+        }
+        Decision::Success => tracing::info!(target: "kopf.objects", "{prefix}{noun} {id:?} succeeded."),
+        Decision::Retry { delay, message } if activity => tracing::error!(target: "kopf.activities",
+            "{noun} {id:?} failed temporarily: {message}; retrying in {delay}s."),
+        Decision::Retry { delay, message } => tracing::error!(target: "kopf.objects",
+            "{prefix}{noun} {id:?} failed temporarily: {message}; retrying in {delay}s."),
+        Decision::Failure { message } if activity => tracing::error!(target: "kopf.activities",
+            "{noun} {id:?} failed permanently: {message}"),
+        Decision::Failure { message } => tracing::error!(target: "kopf.objects",
+            "{prefix}{noun} {id:?} failed permanently: {message}"),
     }
 }
 

@@ -1,0 +1,174 @@
+//! Persisting what handlers returned, as Kopf's `actions/application.py`.
+//!
+//! [`collect`] puts an outcome's patch and result into the object's [`Patch`]; [`apply`]
+//! sends a patch: merge patches first (**status before body**, so that a crash between
+//! them re-runs a handler whose result is stored rather than marking a handler done whose
+//! result was lost), then the JSON-patch operations computed on the freshest body. A
+//! JSON patch refused because the object changed is answered with the re-read object.
+//! Resource handlers, event handlers, daemons and timers all persist this way.
+
+use kopf_abi::protocol::Outcome;
+use kube::Client;
+use serde_json::Value;
+
+use crate::{
+    clients::{ApiError, patching},
+    structs::{dicts, patches::Patch, references::Resource},
+};
+
+/// What sending a patch (or re-reading) produced.
+#[derive(Debug)]
+pub enum Applied {
+    /// The object as the API server returned it after the last request.
+    Fresh(Value),
+    /// A JSON patch was refused because the object changed (its `test` of the
+    /// resourceVersion failed): the object as re-read. What that patch would have done is
+    /// not done (merge patches before it are), so another cycle must decide on this body.
+    Conflicted(Value),
+    /// Nothing needed sending: the body is as it was.
+    Unchanged,
+    /// The object is gone.
+    Gone,
+}
+
+/// A request that failed: what was asked, for the log (a 403 names the verb and the
+/// resource the operator's role lacks), and the error.
+#[derive(Debug)]
+pub struct Failed {
+    /// `get` or `patch`.
+    pub verb: &'static str,
+    /// `status` for the status subresource.
+    pub subresource: Option<&'static str>,
+    /// What the API answered.
+    pub error: ApiError,
+}
+
+impl Failed {
+    /// A failed GET of the object.
+    pub fn get(error: ApiError) -> Self {
+        Self {
+            verb: "get",
+            subresource: None,
+            error,
+        }
+    }
+
+    /// A failed PATCH of the object (or its `subresource`).
+    pub fn patch(subresource: Option<&'static str>, error: ApiError) -> Self {
+        Self {
+            verb: "patch",
+            subresource,
+            error,
+        }
+    }
+
+    /// The log's account of the failure, a sentence without the final period.
+    pub fn describe(&self, resource: &Resource) -> String {
+        if self.error.is_permission() {
+            let text = self
+                .error
+                .describe(self.verb, &resource.rbac_text(self.subresource));
+            let mut chars = text.chars();
+            chars
+                .next()
+                .map(|first| first.to_uppercase().chain(chars).collect())
+                .unwrap_or(text)
+        } else if self.verb == "get" {
+            format!("Re-reading the object failed ({})", self.error)
+        } else {
+            format!("Patching failed ({})", self.error)
+        }
+    }
+}
+
+/// Puts what a handler returned into `patch`: its own patch always (Kopf applies a
+/// handler's patch whatever its outcome), its result only when `deliver` (the handler
+/// succeeded) and the result is not null.
+pub fn collect(patch: &mut Patch, handler_id: &str, outcome: &Outcome, deliver: bool) {
+    if let Some(own) = &outcome.patch {
+        patch.merge_from(own);
+    }
+    if deliver && let Some(result) = outcome.result.as_ref().filter(|r| !r.is_null()) {
+        patch.deliver_result(handler_id, result);
+    }
+}
+
+fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
+    dicts::resolve(body, path).and_then(Value::as_str)
+}
+
+/// `namespace/name` of a body, for logs.
+fn reference(body: &Value) -> String {
+    let name = text(body, &["metadata", "name"]).unwrap_or("?");
+    match text(body, &["metadata", "namespace"]) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// Reads the object of `body` as the API server has it now.
+pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Result<Applied, Failed> {
+    let Some(name) = text(body, &["metadata", "name"]) else {
+        return Err(Failed::get(ApiError::Unexpected(
+            "an object without a name".into(),
+        )));
+    };
+    let url = resource.url(text(body, &["metadata", "namespace"]), Some(name), None);
+    match patching::get(client, &url).await {
+        Ok(fresh) => Ok(Applied::Fresh(fresh)),
+        Err(e) if e.is_not_found() => Ok(Applied::Gone),
+        Err(e) => Err(Failed::get(e)),
+    }
+}
+
+/// Sends `patch` for the object of `body` (see the module docs); returns the freshest
+/// body, if any request was sent.
+pub async fn apply(
+    client: &Client,
+    resource: &Resource,
+    body: &Value,
+    patch: &Patch,
+) -> Result<Applied, Failed> {
+    let namespace = text(body, &["metadata", "namespace"]);
+    let Some(name) = text(body, &["metadata", "name"]) else {
+        return Err(Failed::patch(
+            None,
+            ApiError::Unexpected("an object without a name".into()),
+        ));
+    };
+    let url = |sub: Option<&str>| resource.url(namespace, Some(name), sub);
+    let status_sub = resource.has_status_subresource();
+    let mut fresh: Option<Value> = None;
+
+    // Merge patches that would change nothing are not sent.
+    if patch.merge_changes(body) {
+        let requests = patch.requests(status_sub);
+        for (merge, sub) in [(requests.status, Some("status")), (requests.body, None)] {
+            let Some(merge) = merge else { continue };
+            match patching::patch(client, &url(sub), patching::PatchType::Merge, &merge).await {
+                Ok(result) => fresh = Some(result),
+                Err(e) if e.is_not_found() => return Ok(Applied::Gone),
+                Err(e) => return Err(Failed::patch(sub, e)),
+            }
+        }
+    }
+    let base = fresh.as_ref().unwrap_or(body);
+    let (body_ops, status_ops) = patch.json_requests(base, status_sub);
+    for (ops, sub) in [(body_ops, None), (status_ops, Some("status"))] {
+        let Some(ops) = ops else { continue };
+        match patching::patch(client, &url(sub), patching::PatchType::Json, &Value::Array(ops)).await {
+            Ok(result) => fresh = Some(result),
+            Err(e) if e.is_not_found() => return Ok(Applied::Gone),
+            Err(e) if e.is_conflict() => {
+                // The object changed under us: re-read it and let the next cycle decide.
+                tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", reference(body));
+                return match reread(client, resource, body).await {
+                    Ok(Applied::Fresh(current)) => Ok(Applied::Conflicted(current)),
+                    other => other,
+                };
+            }
+            Err(e) => return Err(Failed::patch(sub, e)),
+        }
+    }
+    Ok(fresh.map_or(Applied::Unchanged, Applied::Fresh))
+}

@@ -1,0 +1,506 @@
+//! The changing cycle of one object: from its newest body to the cause, the finalizer
+//! decision, the selected handlers, their batch, and the patch that ends the cause.
+//!
+//! Kopf's `processing.process_changing_cause` and `handling.execute`, in four steps (see
+//! [`ResourceProcessor::changing_cycle`]): decide the finalizer, select the handlers, run
+//! the batch, finish the cause. The batching rule and what a crash can make re-run are
+//! described in [`super::processing`]'s header.
+
+use std::time::Duration;
+
+use kopf_abi::protocol::{HandlerKind, Invocation};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{memory::ObjectMemory, processing::ResourceProcessor, subhandling};
+use crate::{
+    actions::{
+        application,
+        execution::{self, Attempt, Decision},
+        invocation::{self, Call, FilterError},
+    },
+    intents::{
+        causes::{self, CauseInputs, ChangingCause, Reason},
+        filters::FilterSubject,
+    },
+    persistence::{
+        diffbase::ANNOTATIONS_SIZE_LIMIT,
+        progress::{HandlerState, State, StepOutcome},
+        times::Timestamp,
+    },
+    plugin::HandlerRef,
+    settings::seconds,
+    structs::{
+        dicts,
+        diffs::{self, DiffItem},
+        patches::{Patch, PatchFn, is_deletion_blocked, is_deletion_ongoing},
+    },
+};
+
+/// A cycle's handlers run as one batch (one persisting patch) while they take less than
+/// this in total; once a batch took longer, each further handler starts only after the
+/// outcomes so far are persisted. Bounds what a crash can make re-run (see the header of
+/// [`super::processing`]).
+const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+/// How soon a deleted object held only for exiting daemons and timers is looked at again.
+const BACKGROUND_EXIT_RECHECK: f64 = 0.5;
+
+/// The result of one changing cycle.
+#[derive(Debug, Default)]
+pub(super) struct Cycle {
+    /// Run another cycle at once on the patched body (the finalizer was just changed).
+    pub again: bool,
+    /// Seconds until the next delayed handler is due.
+    pub delay: Option<f64>,
+    /// The essence the cycle saw (to tell whether the patch response brings news).
+    pub essence: Option<Value>,
+}
+
+impl Cycle {
+    fn again() -> Self {
+        Cycle {
+            again: true,
+            ..Default::default()
+        }
+    }
+
+    fn recheck_in(delay: f64) -> Self {
+        Cycle {
+            delay: Some(delay),
+            ..Default::default()
+        }
+    }
+}
+
+/// One object's cause, as every handler of the cycle sees it.
+struct CauseView<'a> {
+    body: &'a Value,
+    cause: &'a ChangingCause,
+    old: Option<&'a Value>,
+    new: &'a Value,
+    diff: &'a [DiffItem],
+    reference: &'a str,
+}
+
+/// The handlers a batch ran, and how they ended.
+#[derive(Default)]
+struct Batch {
+    outcomes: Vec<(String, StepOutcome)>,
+    children: Vec<subhandling::Settled>,
+    /// The batch got slow: what is done is persisted before the rest run.
+    persist_first: bool,
+}
+
+impl ResourceProcessor {
+    /// One changing cycle on `body`: decides the cause, runs the due handlers, and
+    /// accumulates everything to persist in `patch`. A filter that cannot decide stops the
+    /// cycle before it adds anything to `patch`.
+    pub(super) async fn changing_cycle(
+        &self,
+        memory: &mut ObjectMemory,
+        body: &Value,
+        patch: &mut Patch,
+    ) -> Result<Cycle, FilterError> {
+        let new = self
+            .shared
+            .diffbase
+            .essence(&self.shared.progress, body, &self.extra_fields);
+        let mut cycle = self.changing_cycle_on(memory, body, &new, patch).await?;
+        cycle.essence = Some(new);
+        Ok(cycle)
+    }
+
+    async fn changing_cycle_on(
+        &self,
+        memory: &mut ObjectMemory,
+        body: &Value,
+        new: &Value,
+        patch: &mut Patch,
+    ) -> Result<Cycle, FilterError> {
+        let reference = super::processing::object_ref(body);
+        let deleting = is_deletion_ongoing(body);
+        let old = match self.shared.diffbase.fetch(body) {
+            Ok(old) => old,
+            // Treating it as absent would invent a creation (and re-run create handlers);
+            // a deletion needs no diff-base, so only deletions go on.
+            Err(error) if !deleting => {
+                tracing::error!(target: "kopf.objects", "[{reference}] The diff-base is unreadable; the object is left as it is until it is fixed: {error}");
+                return Ok(Cycle::default());
+            }
+            Err(_) => None,
+        };
+        let diff = diffs::diff(old.as_ref(), Some(new));
+        let cause = causes::detect_changing_cause(&CauseInputs {
+            event_type: None,
+            body,
+            finalizer: self.finalizer(),
+            old: old.as_ref(),
+            new: Some(new),
+            diff: &diff,
+            initial: memory.initial,
+        });
+        if matches!(cause.reason, Reason::Free | Reason::Gone) {
+            return Ok(Cycle::default());
+        }
+        if let Some(cycle) = self.decide_finalizer(body, &reference, patch).await? {
+            return Ok(cycle);
+        }
+        if !cause.reason.invokes_handlers() {
+            self.mark_handled(memory, body);
+            return Ok(Cycle::default());
+        }
+        // Objects that no changing handler pre-matches get no change-handling at all (no
+        // progress, no diff-base), as in Kopf.
+        if !self.any_changing_prematches(body).await? {
+            return Ok(self.release_unhandled(body, &cause, patch));
+        }
+        // An essence too big for the annotations could never be stored: the handlers would
+        // re-run after every failed patch. Refuse the change clearly and touch nothing.
+        if cause.reason != Reason::Delete && old.as_ref() != Some(new) {
+            let size = self.shared.diffbase.annotations_size_with(body, new);
+            if size > ANNOTATIONS_SIZE_LIMIT {
+                tracing::error!(target: "kopf.objects", "[{reference}] {} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
+                    capitalize(cause.reason.title()));
+                return Ok(Cycle::default());
+            }
+        }
+        let view = CauseView {
+            body,
+            cause: &cause,
+            old: old.as_ref(),
+            new,
+            diff: &diff,
+            reference: &reference,
+        };
+        let handlers = self.select_handlers(&view).await?;
+        let now = Timestamp::now();
+        let mut state = self.load_state(&view, &handlers, now);
+        let batch = self.run_batch(&view, &handlers, &state, now, patch).await;
+        let now = Timestamp::now();
+        state = state.with_outcomes(batch.outcomes.iter().map(|(id, o)| (id.as_str(), o)), now);
+        // Children's records go first; if the cause is done, the purge drops them.
+        for settled in &batch.children {
+            subhandling::store(&self.shared.progress, settled, body, patch);
+        }
+        Ok(self.finish_cause(memory, &view, &handlers, &state, batch.persist_first, now, patch))
+    }
+
+    /// The finalizer goes on before any handler runs, and comes off when unneeded: then
+    /// the cycle ends with that change alone. A failed filter changes nothing.
+    async fn decide_finalizer(
+        &self,
+        body: &Value,
+        reference: &str,
+        patch: &mut Patch,
+    ) -> Result<Option<Cycle>, FilterError> {
+        if is_deletion_ongoing(body) {
+            return Ok(None);
+        }
+        let needed = self.needs_finalizer(body).await?;
+        let blocked = is_deletion_blocked(body, self.finalizer());
+        if needed && !blocked {
+            tracing::debug!(target: "kopf.objects", "[{reference}] Adding the finalizer, thus preventing the actual deletion.");
+            patch.push_fn(PatchFn::AddFinalizer(self.finalizer().to_owned()));
+            return Ok(Some(Cycle::again()));
+        }
+        if !needed && blocked {
+            tracing::debug!(target: "kopf.objects", "[{reference}] Removing the finalizer, as there are no handlers requiring it.");
+            patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
+            return Ok(Some(Cycle::again()));
+        }
+        Ok(None)
+    }
+
+    /// A deleted object that no changing handler matches, held only for daemons and
+    /// timers, is released once they have exited.
+    fn release_unhandled(&self, body: &Value, cause: &ChangingCause, patch: &mut Patch) -> Cycle {
+        if cause.reason == Reason::Delete {
+            if self.background.alive(body) {
+                return Cycle::recheck_in(BACKGROUND_EXIT_RECHECK);
+            }
+            patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
+        }
+        Cycle::default()
+    }
+
+    /// The changing handlers selected for a cause, after all filters. Callback filters get
+    /// what the handler would get (reason, old, new, diff: narrowed to its field), as in
+    /// Kopf, where they receive every kwarg of the handler.
+    async fn select_handlers(&self, view: &CauseView<'_>) -> Result<Vec<HandlerRef>, FilterError> {
+        let now = Timestamp::now();
+        let first = Attempt {
+            retries: 0,
+            runtime: 0.0,
+        };
+        let subject = FilterSubject {
+            body: view.body,
+            essences: Some((view.old, Some(view.new))),
+        };
+        let mut selected: Vec<HandlerRef> = Vec::new();
+        for handler in &self.changing {
+            if !causes::changing_handler_applies(handler.kind(), handler.spec().options.deleted, view.cause) {
+                continue;
+            }
+            if selected.iter().any(|h| h.id() == handler.id()) {
+                continue;
+            }
+            let invocation = || self.changing_invocation(handler, view, first, &now);
+            if self.matches(handler, &subject, true, Some(&invocation)).await? {
+                selected.push(handler.clone());
+            }
+        }
+        Ok(selected)
+    }
+
+    /// The object's progress for this cause: records of other causes are superseded,
+    /// the selected handlers are added.
+    fn load_state(&self, view: &CauseView<'_>, handlers: &[HandlerRef], now: Timestamp) -> State {
+        let reference = view.reference;
+        let all_ids = self.changing.iter().map(HandlerRef::id);
+        let (state, unreadable) = State::from_storage(&self.shared.progress, view.body, all_ids, now);
+        for (id, error) in unreadable {
+            tracing::warn!(target: "kopf.objects", "[{reference}] The progress record of {id:?} is unreadable; that handler starts over: {error}");
+        }
+        let reason = view.cause.reason;
+        let selected_ids = handlers.iter().map(HandlerRef::id);
+        let mut state = state.with_purpose(Some(reason.as_str()), selected_ids.clone());
+        for (purpose, counts) in state.extras() {
+            if counts.running > 0 {
+                tracing::info!(target: "kopf.objects", "[{reference}] {} is superseded by {}: {} succeeded; {} failed; {} left to the moment.",
+                    capitalize(&purpose), reason.title(), counts.success, counts.failure, counts.running);
+            }
+        }
+        state
+            .states
+            .retain(|_, s| s.purpose.is_none() || s.purpose.as_deref() == Some(reason.as_str()));
+        state.with_handlers(selected_ids, now)
+    }
+
+    /// Runs every handler that is due, in declaration order, all in this cycle, unless the
+    /// batch gets slow: then what is done is persisted before the next one starts.
+    async fn run_batch(
+        &self,
+        view: &CauseView<'_>,
+        handlers: &[HandlerRef],
+        state: &State,
+        now: Timestamp,
+        patch: &mut Patch,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        let started = Instant::now();
+        for handler in handlers {
+            let Some(handler_state) = state.states.get(handler.id()) else {
+                continue;
+            };
+            if handler_state.finished() || handler_state.sleeping(&now) {
+                continue;
+            }
+            if !batch.outcomes.is_empty() && started.elapsed() >= BATCH_WINDOW {
+                batch.persist_first = true;
+                break;
+            }
+            let (decision, settled) = self
+                .run_changing_handler(view, handler, handler_state, now, patch)
+                .await;
+            match (&decision, &settled) {
+                (Decision::Retry { .. }, Some(s)) if s.pending_delay.is_some() => {
+                    tracing::debug!(target: "kopf.objects", "[{}] Handler {:?} has unfinished sub-handlers. Will retry soon.", view.reference, handler.id());
+                }
+                _ => execution::log_decision(handler.kind(), handler.id(), &decision, Some(view.reference)),
+            }
+            let mut step = subhandling::step_outcome(decision);
+            if let Some(s) = settled {
+                step.subrefs = s.subrefs.clone();
+                batch.children.push(s);
+            }
+            batch.outcomes.push((handler.id().to_owned(), step));
+        }
+        batch
+    }
+
+    /// One attempt of one changing handler (unless it is past its limits), its
+    /// sub-handlers settled, its outcome collected into `patch`.
+    async fn run_changing_handler(
+        &self,
+        view: &CauseView<'_>,
+        handler: &HandlerRef,
+        handler_state: &HandlerState,
+        now: Timestamp,
+        patch: &mut Patch,
+    ) -> (Decision, Option<subhandling::Settled>) {
+        let shared = &self.shared;
+        let attempt = Attempt {
+            retries: u32::try_from(handler_state.retries.max(0)).unwrap_or(u32::MAX),
+            runtime: handler_state.runtime(&now),
+        };
+        if let Some(decision) = execution::precheck(handler.spec(), attempt) {
+            return (decision, None);
+        }
+        let purpose = Some(view.cause.reason.as_str());
+        let mut inv = self.changing_invocation(handler, view, attempt, &handler_state.started);
+        let known = subhandling::known_children(
+            &shared.progress,
+            view.body,
+            handler.id(),
+            handler_state,
+            purpose,
+            now,
+        );
+        inv.subhandlers = subhandling::invocation_states(&known, &now);
+        // A handler with a timeout is not waited for past it (Kopf only checks between
+        // attempts): a hung call is abandoned and fails the handler.
+        let timeout = handler
+            .spec()
+            .options
+            .timeout
+            .map(|timeout| seconds(timeout - attempt.runtime));
+        let call = Call::new(handler, &inv)
+            .with_timeout(timeout)
+            .about(view.reference);
+        let outcome = super::queueing::release_slot_if_slow(invocation::invoke(&shared.plugins, call)).await;
+        let default_backoff = shared.settings.execution.default_backoff;
+        let mut decision = execution::conclude(handler.spec(), attempt, &outcome, default_backoff);
+        let mut settled = None;
+        if !outcome.children.is_empty() {
+            let s = subhandling::settle(
+                handler.spec(),
+                &outcome.children,
+                known,
+                purpose,
+                Timestamp::now(),
+                default_backoff,
+                patch,
+            );
+            for (id, child_decision) in &s.decisions {
+                execution::log_decision(handler.kind(), id, child_decision, Some(view.reference));
+            }
+            decision = subhandling::parent_decision(decision, &s);
+            settled = Some(s);
+        }
+        application::collect(patch, handler.id(), &outcome, decision == Decision::Success);
+        (decision, settled)
+    }
+
+    fn changing_invocation(
+        &self,
+        handler: &HandlerRef,
+        view: &CauseView<'_>,
+        attempt: Attempt,
+        started: &Timestamp,
+    ) -> Invocation {
+        let spec = handler.spec();
+        let mut inv = self.base_invocation(view.body);
+        inv.reason = Some(view.cause.reason.as_str().to_owned());
+        inv.retry = attempt.retries;
+        inv.runtime = attempt.runtime;
+        inv.started = Some(started.to_string());
+        inv.param = spec.options.param.clone();
+        match spec.filters.field.as_deref() {
+            Some(field) if spec.kind != HandlerKind::Resume => {
+                let path = dicts::parse_field(field);
+                let (old, new, diff) = causes::narrow_to_field(&path, view.old, Some(view.new), view.diff);
+                inv.old = Some(old);
+                inv.new = Some(new);
+                inv.diff = Some(diffs::diff_to_json(&diff));
+            }
+            _ => {
+                inv.old = Some(view.old.cloned().unwrap_or(Value::Null));
+                inv.new = Some(view.new.clone());
+                inv.diff = Some(diffs::diff_to_json(view.diff));
+            }
+        }
+        inv
+    }
+
+    /// Ends the cycle: a finished cause purges its records and stores the diff-base (or,
+    /// for a deletion, releases the finalizer); an unfinished one stores its progress.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_cause(
+        &self,
+        memory: &mut ObjectMemory,
+        view: &CauseView<'_>,
+        handlers: &[HandlerRef],
+        state: &State,
+        persist_first: bool,
+        now: Timestamp,
+        patch: &mut Patch,
+    ) -> Cycle {
+        let shared = &self.shared;
+        let body = view.body;
+        let reason = view.cause.reason;
+        if !state.done() {
+            state.store(&shared.progress, body, patch);
+            shared.progress.touch(body, patch, None);
+            return Cycle {
+                // Handlers left for after the persisting patch go on at once.
+                again: persist_first,
+                delay: state.delay(&now),
+                ..Default::default()
+            };
+        }
+        if !handlers.is_empty() {
+            let counts = state.counts();
+            tracing::info!(target: "kopf.objects", "[{}] {} is processed: {} succeeded; {} failed.",
+                view.reference, capitalize(reason.title()), counts.success, counts.failure);
+        }
+        state.purge(
+            &shared.progress,
+            body,
+            patch,
+            self.changing.iter().map(HandlerRef::id),
+        );
+        self.mark_handled(memory, body);
+        if reason == Reason::Delete {
+            if self.background.alive(body) {
+                // Daemons and timers are still exiting: keep the finalizer, look again soon.
+                return Cycle::recheck_in(BACKGROUND_EXIT_RECHECK);
+            }
+            let others = body
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|list| list.iter().any(|f| f.as_str() != Some(self.finalizer())));
+            if !others {
+                // The object vanishes with our finalizer: writing results or purging
+                // records on it would be wasted requests.
+                *patch = Patch::new();
+            }
+            patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
+        } else if view.old != Some(view.new) {
+            shared.diffbase.store(body, patch, view.new);
+        }
+        shared.progress.touch(body, patch, None);
+        Cycle::default()
+    }
+
+    /// Whether any finalizer-requiring handler pre-matches the object.
+    async fn needs_finalizer(&self, body: &Value) -> Result<bool, FilterError> {
+        let subject = FilterSubject { body, essences: None };
+        for handler in &self.finalizing {
+            if self.matches(handler, &subject, false, None).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether any changing handler pre-matches the object.
+    pub(super) async fn any_changing_prematches(&self, body: &Value) -> Result<bool, FilterError> {
+        let subject = FilterSubject { body, essences: None };
+        for handler in &self.changing {
+            if self.matches(handler, &subject, false, None).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The text with its first letter in upper case (Kopf's cause titles start sentences).
+pub(super) fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,73 @@
+//! What a per-object worker remembers about its object between runs: the freshest body,
+//! the echo of our own patch it waits for, the newest resourceVersion processed, the
+//! error count of the throttle, the next retry.
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::queueing::RawEvent;
+use crate::{
+    settings::{OperatorSettings, seconds},
+    structs::dicts,
+};
+
+/// What a worker remembers about one object between runs.
+#[derive(Debug, Default)]
+pub struct ObjectMemory {
+    /// The freshest known body (from the watch or from our own patch responses).
+    pub(super) body: Option<Value>,
+    /// The object came from a listing and was not fully handled in this process yet.
+    pub(super) initial: bool,
+    /// The resourceVersion our last patch produced, and how long to wait for its echo.
+    pub(super) awaited: Option<(String, Instant)>,
+    /// Consecutive unexpected errors (for throttling).
+    pub(super) errors: usize,
+    /// A digest of the essence last seen (to tell idle timers about changes); a digest,
+    /// not a copy, keeps objects with timers small.
+    pub(super) essence: Option<u64>,
+    /// The object's uid (to stop its daemons and timers when the body is not kept).
+    pub(super) uid: Option<String>,
+    /// A patch failed without a clear answer: the body must be re-read before use.
+    pub(super) stale: bool,
+    /// Events that arrived while waiting for the indices to be ready.
+    pub(super) pending: Vec<RawEvent>,
+    /// When the next delayed handler is due: kept across runs that only see the echo of
+    /// our own patch, so that the retry is not forgotten.
+    pub(super) retry_at: Option<Instant>,
+    /// The resourceVersion of the newest state processed (from events, patch responses
+    /// and re-reads): older events are skipped when versions are comparable.
+    pub(super) known_version: Option<Box<str>>,
+}
+
+impl ObjectMemory {
+    /// Remembers the resourceVersion of `body` as the newest processed.
+    pub(super) fn remember_version(&mut self, body: &Value) {
+        if let Some(version) = resource_version(body)
+            && self.known_version.as_deref() != Some(version)
+        {
+            self.known_version = Some(version.into());
+        }
+    }
+}
+
+/// Takes the object as the API server answered our patch (or re-read it after a refused
+/// one) as the newest state; until its echo arrives, older events are not processed.
+pub(super) fn adopt_patched(
+    memory: &mut ObjectMemory,
+    body: &mut Value,
+    fresh: Value,
+    settings: &OperatorSettings,
+) {
+    if let Some(rv) = resource_version(&fresh)
+        && Some(rv) != resource_version(body)
+    {
+        let timeout = seconds(settings.persistence.consistency_timeout);
+        memory.awaited = Some((rv.to_owned(), Instant::now() + timeout));
+    }
+    memory.remember_version(&fresh);
+    *body = fresh;
+}
+
+fn resource_version(body: &Value) -> Option<&str> {
+    dicts::resolve(body, &["metadata", "resourceVersion"]).and_then(Value::as_str)
+}
