@@ -805,6 +805,19 @@ impl HostServices for EngineServices {
                     )),
                 }
             }
+            host_methods::INDEX_ITEMS => {
+                let payload: Value = serde_json::from_str(payload)
+                    .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: {e}")))?;
+                let name = payload.get("index").and_then(Value::as_str).unwrap_or_default();
+                match self.indices.items(name) {
+                    Some(items) => Ok(serde_json::to_string(&items)
+                        .map_err(|e| Failure::new(FailureKind::INTERNAL, format!("{method}: {e}")))?),
+                    None => Err(Failure::new(
+                        FailureKind::BAD_PAYLOAD,
+                        format!("no index named {name:?}"),
+                    )),
+                }
+            }
             host_methods::DAEMON_STOPPED | host_methods::DAEMON_WAIT => {
                 let payload: Value = serde_json::from_str(payload)
                     .map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, format!("{method}: {e}")))?;

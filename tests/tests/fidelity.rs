@@ -343,7 +343,6 @@ async fn events_about_other_objects() {
 /// five objects indexed under their `spec.field` (`a` ×3, `b` ×2), listed at start so that
 /// every create handler sees all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host method index.items in kopf-cli (operator.rs, reactor/indexing.rs), added at merge"]
 async fn index_mapping_api() {
     let cluster = Cluster::start().await;
     let names = ["census-1", "census-2", "census-3", "census-4", "census-5"];

@@ -111,6 +111,23 @@ impl Indices {
         )
     }
 
+    /// Every key of an index with the values stored under it (Kopf's mapping API); `None`
+    /// if no such index exists.
+    pub fn items(&self, name: &str) -> Option<Vec<(Value, Vec<Value>)>> {
+        let indices = self.indices.read();
+        let index = indices.get(name)?;
+        Some(
+            index
+                .by_key
+                .iter()
+                .map(|(key, store)| {
+                    let key = serde_json::from_str(key).unwrap_or(Value::Null);
+                    (key, store.values().cloned().collect())
+                })
+                .collect(),
+        )
+    }
+
     /// A stream of an indexed resource starts: readiness waits for its first listing.
     pub fn stream_started(&self, stream: &str) {
         self.streams.lock().entry(stream.to_owned()).or_default();
