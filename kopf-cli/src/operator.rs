@@ -85,7 +85,7 @@ pub async fn run_controlled(
         .set_networking(&settings.networking)
         .context("cannot apply settings.networking")?;
     crate::engines::probing::start(&context).await?;
-    crate::peering::start(&context).await?;
+    let peering = crate::peering::start(&context).await?;
     crate::admission::start(&context).await?;
 
     let stops = Arc::new(StopRegistry::default());
@@ -254,7 +254,7 @@ pub async fn run_controlled(
     reactor.orchestrator.stop_all().await;
     crate::admission::shutdown(&context).await;
     crate::engines::activities::run_cleanup(&context).await;
-    crate::peering::shutdown(&context).await;
+    peering.shutdown().await;
     Ok(())
 }
 
