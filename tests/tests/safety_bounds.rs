@@ -1,5 +1,6 @@
 //! Bounds of issue 18 outside the handler pipeline: the real `kopf` binary against the
-//! emulator with fault injection (relists after 410 Gone).
+//! emulator with fault injection (relists after 410 Gone, the webhook server under slow
+//! and flooding clients).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -123,4 +124,182 @@ async fn relists_after_410_gone_back_off() {
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+}
+
+// ---- The webhook server under slow and flooding clients ----
+
+/// `kopf run` with the admission example's webhook server on loopback (no managed
+/// configurations): the process, the port and a TLS client trusting the dumped CA.
+struct Webhooks {
+    kopf: KopfProcess,
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Webhooks {
+    fn start(cluster: &Cluster) -> Self {
+        let cadump = cluster.dir.path().join("ca.pem");
+        let cadump_arg = cadump.display().to_string();
+        let args = [
+            "-A",
+            "--standalone",
+            "--webhook-server",
+            "https://127.0.0.1:0",
+            "--webhook-cadump",
+            &cadump_arg,
+        ];
+        let kopf = cluster.kopf(&args, "example-17-admission", &[]);
+        let line = kopf
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("Serving admission webhooks at https://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no serving line:\n{}", kopf.lines().join("\n")));
+        let port: u16 = line
+            .split("https://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&cadump).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Self {
+            kopf,
+            port,
+            tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        }
+    }
+
+    /// A TLS connection (HTTP/1.1: no ALPN offered).
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        self.tls.connect(name, tcp).await.unwrap()
+    }
+}
+
+/// Reads until the server closes the connection (or fails it); returns what it sent.
+async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn review(uid: &str) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+            "requestKind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+            "requestResource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+            "name": "x", "namespace": "default", "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": {
+                "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+                "metadata": {"name": "x", "namespace": "default"},
+                "spec": {"field": "ok"},
+            },
+            "oldObject": null, "dryRun": false, "options": null,
+        },
+    })
+    .to_string()
+}
+
+/// Slow clients (headers trickled in, or a huge announced body) are cut off by the
+/// server's timeouts and limits instead of holding a connection for ever, and while
+/// dozens of them are connected, a real review is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_server_cuts_off_slow_and_oversized_clients() {
+    use tokio::io::AsyncWriteExt as _;
+    let cluster = Cluster::start().await;
+    let webhooks = Webhooks::start(&cluster);
+
+    // Slowloris: headers that never end, one more line every half second.
+    let mut slow = Vec::new();
+    for i in 0..40 {
+        let mut stream = webhooks.connect().await;
+        let head = format!("POST /check_spec HTTP/1.1\r\nHost: localhost\r\nX-Slow: {i}\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            let trickle = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if writer.write_all(b"X-More: x\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = trickle => {}
+                _ = read_to_close(&mut reader) => {}
+            }
+            started.elapsed()
+        }));
+    }
+    // Meanwhile, a real review is answered promptly.
+    let started = Instant::now();
+    let mut stream = webhooks.connect().await;
+    let body = review("uid-real");
+    let request = format!(
+        "POST /check_spec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut stream))
+        .await
+        .expect("the review was not answered beside slow clients");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("uid-real"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A body announced far over the limit is refused before it is read.
+    let mut stream = webhooks.connect().await;
+    let head = "POST /check_spec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000000000\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut stream))
+        .await
+        .expect("an oversized body was waited for");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // Every slow client was disconnected within the header timeout (plus a margin for a
+    // loaded machine), none held on for ever.
+    for task in slow {
+        let held = tokio::time::timeout(Duration::from_secs(45), task)
+            .await
+            .expect("a slowloris connection was held open")
+            .unwrap();
+        assert!(held < Duration::from_secs(45), "held {held:?}");
+    }
+    let lines = webhooks.kopf.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("panicked")),
+        "{}",
+        lines.join("\n")
+    );
 }
