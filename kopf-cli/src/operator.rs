@@ -86,7 +86,7 @@ pub async fn run_controlled(
         .context("cannot apply settings.networking")?;
     crate::engines::probing::start(&context).await?;
     let peering = crate::peering::start(&context).await?;
-    crate::admission::start(&context).await?;
+    let admission = crate::admission::start(&context).await?;
 
     let stops = Arc::new(StopRegistry::default());
     let indices = Arc::new(Indices::default());
@@ -252,7 +252,7 @@ pub async fn run_controlled(
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
     stop.cancel();
     reactor.orchestrator.stop_all().await;
-    crate::admission::shutdown(&context).await;
+    admission.shutdown().await;
     crate::engines::activities::run_cleanup(&context).await;
     peering.shutdown().await;
     Ok(())

@@ -221,6 +221,14 @@ where
         .output()?)
 }
 
+/// A free TCP port on loopback (bound and released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on loopback: {e}"))
+}
+
 /// Polls `condition` every 20 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;

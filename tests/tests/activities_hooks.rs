@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use kopf_e2e::{KopfProcess, plugin_path, wait_for};
+use kopf_e2e::{KopfProcess, free_port, plugin_path, wait_for};
 use kopf_testing::{Emulator, EmulatorHandle, KUBECONFIG_USER};
 use serde_json::{Value, json};
 
@@ -49,14 +49,6 @@ impl Cluster {
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.

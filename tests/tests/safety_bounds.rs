@@ -1,12 +1,12 @@
 //! Bounds of issue 18 outside the handler pipeline: the real `kopf` binary against the
 //! emulator with fault injection (relists after 410 Gone, the webhook server under slow
-//! and flooding clients).
+//! and flooding clients, managed webhook configurations shared by replicas).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kopf_e2e::cluster::TestCluster;
-use kopf_e2e::{KopfProcess, plugin_path, wait_for, workspace_root};
+use kopf_e2e::{KopfProcess, free_port, plugin_path, wait_for, workspace_root};
 use kopf_testing::{FaultKind, FaultMatch, RequestRecord};
 use serde_json::{Value, json};
 
@@ -302,4 +302,161 @@ async fn the_webhook_server_cuts_off_slow_and_oversized_clients() {
         "{}",
         lines.join("\n")
     );
+}
+
+// ---- Managed webhook configurations shared by replicas ----
+
+/// Creates a KopfExample through the API (so the webhooks are called); the error text
+/// if refused.
+async fn admit(client: &kube::Client, name: &str, field: &str) -> Result<(), String> {
+    use kube::api::{Api, DynamicObject, PostParams};
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &kopf_e2e::cluster::kopfexamples());
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"field": field},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &object)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn webhooks_in(cluster: &Cluster, plural: &str) -> Option<usize> {
+    let config =
+        cluster
+            .cluster
+            .get_object("admissionregistration.k8s.io/v1", plural, None, "auto.kopf.dev")?;
+    Some(config["webhooks"].as_array().map_or(0, Vec::len))
+}
+
+/// Two replicas of the admission example managing `auto.kopf.dev` behind one URL (one
+/// port on two loopback addresses; the API server reaches the first), with `extra`
+/// arguments each.
+fn two_replicas(cluster: &Cluster, extra: &[&str]) -> (KopfProcess, KopfProcess) {
+    let port = free_port();
+    let replica = |address: &str| {
+        let server = format!("https://{address}:{port}");
+        let mut args = vec![
+            "-A",
+            "--standalone",
+            "--webhook-server",
+            &server,
+            "--webhook-host",
+            "localhost",
+            "--webhook-managed",
+            "auto.kopf.dev",
+        ];
+        args.extend_from_slice(extra);
+        let envs = [("KOPF_WEBHOOK_RECONCILE_INTERVAL", "2".to_owned())];
+        cluster.kopf(&args, "example-17-admission", &envs)
+    };
+    let first = replica("127.0.0.1");
+    // The second replica writes the configurations last.
+    let second = replica("127.0.0.2");
+    (first, second)
+}
+
+fn logs(first: &KopfProcess, second: &KopfProcess) -> String {
+    format!(
+        "first:\n{}\nsecond:\n{}",
+        first.lines().join("\n"),
+        second.lines().join("\n")
+    )
+}
+
+/// Both replicas generate their certificates, yet the API server can verify either: one
+/// CA shared through a Secret, one `caBundle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_generated_certificates_share_one_ca() {
+    let cluster = Cluster::start().await;
+    let client = cluster.cluster.admin_client().await.unwrap();
+    let (first, second) = two_replicas(&cluster, &[]);
+    let refused = admit(&client, "wrong-1", "wrong").await.unwrap_err();
+    assert!(
+        refused.contains("spec.field must not be 'wrong'."),
+        "{refused}\n{}",
+        logs(&first, &second)
+    );
+    admit(&client, "good-1", "ok")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&first, &second)));
+    let secret = cluster
+        .cluster
+        .get_object("v1", "secrets", Some("default"), "auto.kopf.dev-ca")
+        .expect("no Secret of the shared CA");
+    assert!(secret.pointer("/data/ca.crt").is_some(), "{secret}");
+}
+
+/// With one certificate for both (files, as from cert-manager): a replica that exits
+/// leaves the webhooks to the live one; configurations emptied behind the operator's
+/// back are restored; the last replica removes its webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_last_replica_removes_the_webhooks() {
+    let cluster = Cluster::start().await;
+    let client = cluster.cluster.admin_client().await.unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = cluster.dir.path().join("tls.crt");
+    let key_path = cluster.dir.path().join("tls.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.display().to_string(), key_path.display().to_string());
+    let files = ["--webhook-cert", &cert_arg, "--webhook-key", &key_arg];
+    let (mut first, mut second) = two_replicas(&cluster, &files);
+    let refused = admit(&client, "wrong-1", "wrong").await.unwrap_err();
+    assert!(
+        refused.contains("spec.field must not be 'wrong'."),
+        "{refused}\n{}",
+        logs(&first, &second)
+    );
+
+    // A rolling update: the second replica exits while the first lives on.
+    second.signal("TERM").unwrap();
+    assert!(
+        tokio::task::block_in_place(|| second.wait_exit(DEADLINE))
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        webhooks_in(&cluster, "validatingwebhookconfigurations"),
+        Some(4),
+        "{}",
+        logs(&first, &second)
+    );
+    let refused = admit(&client, "wrong-2", "wrong").await.unwrap_err();
+    assert!(refused.contains("spec.field must not be 'wrong'."), "{refused}");
+
+    // Emptied behind the operator's back: restored by the live replica.
+    cluster
+        .cluster
+        .apply_yaml(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\n\
+             metadata: {name: auto.kopf.dev}\nwebhooks: []\n",
+        )
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the emptied configuration to be restored", || {
+            (webhooks_in(&cluster, "validatingwebhookconfigurations") == Some(4)).then_some(())
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&first, &second)));
+
+    // The last replica removes its (non-persistent) webhooks.
+    first.signal("TERM").unwrap();
+    assert!(
+        tokio::task::block_in_place(|| first.wait_exit(DEADLINE))
+            .unwrap()
+            .success()
+    );
+    for plural in ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"] {
+        assert_eq!(webhooks_in(&cluster, plural), Some(0), "{plural}");
+    }
+    admit(&client, "wrong-3", "wrong")
+        .await
+        .expect("webhooks left behind by the last replica");
 }
