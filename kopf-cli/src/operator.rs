@@ -86,8 +86,8 @@ pub async fn run_controlled(
         .set_networking(&settings.networking)
         .context("cannot apply settings.networking")?;
     crate::engines::probing::start(&context).await?;
-    crate::peering::start(&context).await?;
-    crate::admission::start(&context).await?;
+    let peering = crate::peering::start(&context).await?;
+    let admission = crate::admission::start(&context).await?;
 
     let stops = Arc::new(StopRegistry::default());
     let indices = Arc::new(Indices::default());
@@ -253,9 +253,9 @@ pub async fn run_controlled(
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
     stop.cancel();
     reactor.orchestrator.stop_all().await;
-    crate::admission::shutdown(&context).await;
+    admission.shutdown().await;
     crate::engines::activities::run_cleanup(&context).await;
-    crate::peering::shutdown(&context).await;
+    peering.shutdown().await;
     Ok(())
 }
 

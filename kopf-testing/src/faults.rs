@@ -22,6 +22,9 @@ pub struct FaultMatch {
     pub namespace: Option<String>,
     /// Object name.
     pub name: Option<String>,
+    /// The client's user: its bearer token, or the user of basic auth (so that one of
+    /// several clients can be singled out by giving each a kubeconfig with its own token).
+    pub user: Option<String>,
 }
 
 impl FaultMatch {
@@ -56,6 +59,7 @@ impl FaultMatch {
                 .as_ref()
                 .is_none_or(|n| Some(n) == r.namespace.as_ref())
             && self.name.as_ref().is_none_or(|n| Some(n) == r.name.as_ref())
+            && self.user.as_ref().is_none_or(|u| Some(u) == r.user.as_ref())
     }
 }
 
@@ -75,6 +79,9 @@ pub enum FaultKind {
     },
     /// Close the TCP connection without any response.
     DropConnection,
+    /// Never answer: the request is held until the client gives up or the emulator
+    /// stops (a black-holed or wedged server, as a network partition looks to a client).
+    BlackHole,
     /// Answer with this status code, content type and raw body bytes, as they are (for
     /// garbage responses: invalid UTF-8, HTML error pages, truncated JSON).
     RawBody {
@@ -117,6 +124,8 @@ pub struct RequestInfo {
     pub namespace: Option<String>,
     /// Name, if any.
     pub name: Option<String>,
+    /// The client's user (see [`FaultMatch::user`]), if known.
+    pub user: Option<String>,
 }
 
 #[derive(Debug)]

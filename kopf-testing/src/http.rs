@@ -315,7 +315,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let user = user_of(&req);
     let r = route(&path);
     let method = req.method().clone();
-    let info = classify(&r, &method, &query);
+    let info = RequestInfo {
+        user: Some(user.clone()),
+        ..classify(&r, &method, &query)
+    };
     let arrived = std::time::Instant::now();
     let latency = shared.faults.request_delay();
     if !latency.is_zero() {
@@ -325,6 +328,16 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         Some(FaultKind::DropConnection) => {
             shared.counters.record(&info, &user_agent, &user, 0);
             shared.faults.log_request(&info, arrived, &user_agent, 0, None);
+            let mut r = Response::new(Body::empty());
+            r.extensions_mut().insert(DropConnection);
+            return r;
+        }
+        Some(FaultKind::BlackHole) => {
+            shared.counters.record(&info, &user_agent, &user, 0);
+            shared.faults.log_request(&info, arrived, &user_agent, 0, None);
+            // Dropped with the connection when the client gives up; else held until the
+            // emulator stops, and then the connection is closed without an answer.
+            shared.shutdown.cancelled().await;
             let mut r = Response::new(Body::empty());
             r.extensions_mut().insert(DropConnection);
             return r;
@@ -371,7 +384,7 @@ fn authorize(shared: &Shared, token: &str, r: &Route, info: &RequestInfo) -> Res
         resource: &p.plural,
         subresource: p.sub.as_deref(),
         namespace: p.namespace.as_deref(),
-        name: p.name.as_deref(),
+        name: info.name.as_deref(),
     };
     crate::rbac::authorize(&shared.tokens, &shared.state.lock(), token, &attributes)
 }
@@ -397,12 +410,26 @@ fn classify(r: &Route, method: &Method, q: &HashMap<String, String>) -> RequestI
                     };
                 }
             };
+            // As kube-apiserver: a list or watch of one name (fieldSelector
+            // `metadata.name=NAME`) is authorised as a request for that name.
+            let selected = (p.name.is_none() && matches!(verb, "list" | "watch"))
+                .then(|| q.get("fieldSelector"))
+                .flatten()
+                .and_then(|s| {
+                    let mut terms = s.split(',');
+                    let only = terms.next()?;
+                    terms.next().is_none().then_some(only)?;
+                    let (key, value) = only.split_once('=')?;
+                    let value = value.strip_prefix('=').unwrap_or(value);
+                    (key.trim() == "metadata.name" && !value.is_empty()).then(|| value.to_owned())
+                });
             RequestInfo {
                 verb: verb.into(),
                 resource: p.plural.clone(),
                 subresource: p.sub.clone(),
                 namespace: p.namespace.clone(),
-                name: p.name.clone(),
+                name: p.name.clone().or(selected),
+                user: None,
             }
         }
         _ => RequestInfo {

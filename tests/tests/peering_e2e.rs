@@ -79,6 +79,27 @@ impl Cluster {
         process
     }
 
+    /// As [`Self::kopf`], with a kubeconfig of its own holding the token
+    /// [`token_of`]`(identity)` (the emulator lets unknown tokens through unchecked).
+    fn kopf_with_token(&self, identity: &str, args: &[&str]) -> KopfProcess {
+        let kubeconfig = self.dir.path().join(format!("kubeconfig-{identity}"));
+        std::fs::write(
+            &kubeconfig,
+            self.emu.kubeconfig_yaml_with_token(&token_of(identity)),
+        )
+        .unwrap();
+        let plugin = plugin_path("example-06-peering").unwrap();
+        let mut all: Vec<String> = vec!["run".into(), "-v".into()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.push(plugin.display().to_string());
+        let mut envs = self.envs(identity);
+        envs.retain(|(k, _)| k != "KUBECONFIG");
+        envs.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        let mut process = KopfProcess::spawn_with_env(all, envs).unwrap();
+        process.wait_for_line("The operator is ready", DEADLINE).unwrap();
+        process
+    }
+
     /// Runs `kopf peering ARGS...` to completion against the emulator.
     fn peering(&self, args: &[&str]) -> std::process::Output {
         let bin = kopf_e2e::kopf_bin().unwrap();
@@ -146,6 +167,11 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// The bearer token of a replica started with [`Cluster::kopf_with_token`].
+fn token_of(identity: &str) -> String {
+    format!("token-{identity}")
 }
 
 fn kill9(process: &KopfProcess) {
@@ -475,6 +501,73 @@ fn lease_keeps_exactly_one_of_three_replicas_active() {
     assert!(process.lines().iter().any(|l| l.contains("Released the Lease")));
     assert_eq!(holder(&cluster), None);
     assert_eq!(cluster.assert_exactly_once().len(), handled + 1);
+}
+
+/// A Lease holder whose Lease requests hang (a black hole: no answer, no error) pauses
+/// itself once its renew deadline passes, before the follower can take the Lease over:
+/// the two replicas are never active at once. Each replica has its own token, so the
+/// emulator can single out the holder's requests.
+#[test]
+fn a_lease_holder_with_hung_renewals_pauses_before_a_follower_takes_over() {
+    if kopf_e2e::cluster::emulator_only("the holder's Lease requests black-holed") {
+        return;
+    }
+    let cluster = Cluster::start(&["examples/crd.yaml"]);
+    let lease = ["-A", "--standalone", "--lease", "default/kopf-hang"];
+    let mut replicas: BTreeMap<String, KopfProcess> = ["h1", "h2"]
+        .into_iter()
+        .map(|id| (id.to_owned(), cluster.kopf_with_token(id, &lease)))
+        .collect();
+    let holder = wait_for(DEADLINE, "a lease holder", || {
+        cluster
+            .object("coordination.k8s.io/v1", "leases", Some("default"), "kopf-hang")?
+            .pointer("/spec/holderIdentity")?
+            .as_str()
+            .filter(|h| replicas.contains_key(*h))
+            .map(str::to_owned)
+    })
+    .unwrap();
+    let follower = replicas.keys().find(|id| **id != holder).unwrap().clone();
+    replicas
+        .get_mut(&holder)
+        .unwrap()
+        .wait_for_line("Acquired the Lease", DEADLINE)
+        .unwrap();
+    cluster.create("hang-0");
+    assert_eq!(cluster.wait_handled("hang-0"), std::slice::from_ref(&holder));
+
+    let faults = cluster.emu.expect_emulator("fault injection").faults();
+    let holders_leases = FaultMatch {
+        resource: Some("leases".into()),
+        user: Some(token_of(&holder)),
+        ..FaultMatch::default()
+    };
+    faults.fail_ratio(1.0, holders_leases, FaultKind::BlackHole);
+    // The follower takes over after the Lease stays unchanged for its duration; by then
+    // the holder must have paused (its renew deadline is shorter than the duration).
+    let taken = wait_for(DEADLINE, "the follower to take the Lease over", || {
+        let lines = replicas[&follower].lines();
+        lines
+            .iter()
+            .any(|l| l.contains("Acquired the Lease"))
+            .then_some(())
+    });
+    let holder_lines = replicas[&holder].lines();
+    taken.unwrap_or_else(|e| panic!("{e}\nholder:\n{}", holder_lines.join("\n")));
+    assert!(
+        holder_lines.iter().any(|l| l.contains("pausing operations")),
+        "the follower took over while the hung holder was still active:\n{}",
+        holder_lines.join("\n")
+    );
+    // Objects created now are handled by the new holder only.
+    cluster.create("hang-1");
+    assert_eq!(cluster.wait_handled("hang-1"), std::slice::from_ref(&follower));
+
+    // The black hole ends: the old holder sees the new one and stays paused.
+    faults.clear();
+    cluster.create("hang-2");
+    assert_eq!(cluster.wait_handled("hang-2"), std::slice::from_ref(&follower));
+    assert_eq!(cluster.assert_exactly_once().len(), 3);
 }
 
 #[test]

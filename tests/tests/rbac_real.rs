@@ -370,7 +370,15 @@ async fn managed_webhooks_under_the_generated_rbac() {
     let plugin = plugin("example-17-admission");
     let rbac = Rbac::start(
         &["examples/crd.yaml"],
-        &["-A", "--standalone", "-f", &crd(), &plugin],
+        &[
+            "-A",
+            "--standalone",
+            "--webhook-managed",
+            "auto.kopf.dev",
+            "-f",
+            &crd(),
+            &plugin,
+        ],
     )
     .await;
     let kopf = rbac.spawn_kopf(

@@ -148,7 +148,15 @@ fn namespace_globs_need_cluster_roles_and_namespace_watching() {
 #[test]
 fn all_at_once_example_gets_pods_and_webhook_configurations() {
     let plugin = plugin_path("example-99-all-at-once").unwrap();
-    let docs = rbac(&["-A", "--standalone", "-f", &crd(), plugin.to_str().unwrap()]);
+    let docs = rbac(&[
+        "-A",
+        "--standalone",
+        "--webhook-managed",
+        "auto.kopf.dev",
+        "-f",
+        &crd(),
+        plugin.to_str().unwrap(),
+    ]);
     assert_eq!(
         rules_of(&docs, "ClusterRole", None),
         expect(&[
@@ -172,6 +180,136 @@ fn all_at_once_example_gets_pods_and_webhook_configurations() {
             ("kopf.dev kopfexamples/status", &["patch"]),
         ])
     );
+}
+
+/// Every rule of every (Cluster)Role that grants `resource`.
+fn granting(docs: &[Value], resource: &str) -> Vec<Value> {
+    docs.iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|rule| {
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == resource)
+        })
+        .collect()
+}
+
+/// The verbs granted on `resource` without naming the objects (no `resourceNames`).
+fn unnamed_verbs(docs: &[Value], resource: &str) -> BTreeSet<String> {
+    granting(docs, resource)
+        .into_iter()
+        .filter(|rule| rule.get("resourceNames").is_none())
+        .flat_map(|rule| rule["verbs"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The `resourceNames` of every rule granting `resource`.
+fn named(docs: &[Value], resource: &str) -> BTreeSet<String> {
+    granting(docs, resource)
+        .into_iter()
+        .flat_map(|rule| rule["resourceNames"].as_array().cloned().unwrap_or_default())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Managed webhook configurations, their CA Secret and the peering object are the
+/// operator's own, by name: only `create` (which cannot be limited by name) is unnamed.
+#[test]
+fn managed_objects_are_granted_by_name() {
+    let plugin = plugin_path("example-17-admission").unwrap();
+    let docs = rbac(&[
+        "-A",
+        "--webhook-managed",
+        "auto.kopf.dev",
+        "-f",
+        &crd(),
+        plugin.to_str().unwrap(),
+    ]);
+    for resource in ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"] {
+        assert_eq!(
+            unnamed_verbs(&docs, resource),
+            BTreeSet::from(["create".to_owned()]),
+            "{resource}"
+        );
+        assert_eq!(
+            named(&docs, resource),
+            BTreeSet::from(["auto.kopf.dev".to_owned()])
+        );
+    }
+    assert!(
+        unnamed_verbs(&docs, "clusterkopfpeerings").is_empty(),
+        "{docs:#?}"
+    );
+    assert_eq!(
+        named(&docs, "clusterkopfpeerings"),
+        BTreeSet::from(["default".to_owned()])
+    );
+    // The shared CA of generated certificates: one Secret in the operator's namespace.
+    assert_eq!(
+        unnamed_verbs(&docs, "secrets"),
+        BTreeSet::from(["create".to_owned()])
+    );
+    assert_eq!(
+        named(&docs, "secrets"),
+        BTreeSet::from(["auto.kopf.dev-ca".to_owned()])
+    );
+    let secrets_role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kopf-operator-webhook-ca")
+        .unwrap_or_else(|| panic!("{docs:#?}"));
+    assert_eq!(secrets_role["metadata"]["namespace"], "default");
+
+    // Without --webhook-managed, the operator does not touch any configuration.
+    let docs = rbac(&["-A", "--standalone", "-f", &crd(), plugin.to_str().unwrap()]);
+    assert!(unnamed_verbs(&docs, "validatingwebhookconfigurations").is_empty());
+    assert!(named(&docs, "validatingwebhookconfigurations").is_empty());
+    assert!(unnamed_verbs(&docs, "secrets").is_empty());
+}
+
+/// EVERYTHING handlers get one explicit rule per known resource, not `*`/`*`, and no
+/// Secrets unless asked for, with a warning saying so.
+#[test]
+fn everything_handlers_get_explicit_rules_without_secrets() {
+    let plugin = plugin_path("fixture-raw-plugin").unwrap();
+    let args = [
+        "rbac",
+        "-A",
+        "--standalone",
+        "-f",
+        &crd(),
+        plugin.to_str().unwrap(),
+    ];
+    let out = run_kopf(args).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("EVERYTHING") && stderr.contains("--include-secrets"),
+        "{stderr}"
+    );
+    let docs = docs(&String::from_utf8(out.stdout).unwrap());
+    let rules = rules_of(&docs, "ClusterRole", None);
+    assert!(
+        rules.keys().all(|k| !k.split(' ').any(|part| part == "*")),
+        "a wildcard rule: {rules:#?}"
+    );
+    let all = ["get", "list", "patch", "watch"].map(String::from).into();
+    assert_eq!(rules.get(" configmaps"), Some(&all), "{rules:#?}");
+    assert_eq!(rules.get("apps deployments"), Some(&all), "{rules:#?}");
+    assert!(!rules.contains_key(" secrets"), "{rules:#?}");
+
+    let with = rbac(&[
+        "-A",
+        "--standalone",
+        "--include-secrets",
+        "-f",
+        &crd(),
+        plugin.to_str().unwrap(),
+    ]);
+    assert_eq!(rules_of(&with, "ClusterRole", None).get(" secrets"), Some(&all));
 }
 
 #[test]

@@ -1,10 +1,19 @@
 //! Certificates of the webhook server: a self-signed CA and a server certificate generated
 //! at start (with [`rcgen`]), or certificate/key files given by the user and reloaded when
 //! they change.
+//!
+//! Generated certificates are short-lived and re-issued while serving; the CA may only
+//! sign end-entity certificates (path length 0). With managed configurations, the CA is
+//! shared by all replicas through a Secret (see [`shared_ca`]): the one `caBundle` in the
+//! configurations then verifies whichever replica the API server reaches. Loaded files
+//! are checked: the key must belong to the certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
 
 use parking_lot::RwLock;
 use rcgen::{
@@ -42,7 +51,27 @@ pub enum CertError {
     /// rustls cannot use the key.
     #[error("unusable webhook private key: {0}")]
     Key(#[from] rustls::Error),
+    /// The private key does not belong to the certificate.
+    #[error("the webhook private key does not belong to the certificate")]
+    KeyMismatch,
+    /// The shared CA could not be read from or stored in its Secret.
+    #[error("the shared webhook CA in the Secret {namespace}/{name}: {reason}")]
+    SharedCa {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
 }
+
+/// How long a generated CA is valid.
+pub const CA_VALIDITY_DAYS: i64 = 365;
+/// How long a generated server certificate is valid.
+pub const SERVER_VALIDITY_DAYS: i64 = 30;
+/// How often a generated server certificate is re-issued (well within its validity).
+pub const REISSUE_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A server certificate chain with its key and the CA bundle that verifies it.
 #[derive(Debug)]
@@ -59,8 +88,171 @@ impl ServerCert {
     /// The rustls form of the chain and key.
     pub fn certified_key(&self) -> Result<CertifiedKey, CertError> {
         let signing = rustls::crypto::ring::sign::any_supported_type(&self.key)?;
-        Ok(CertifiedKey::new(self.chain.clone(), signing))
+        let certified = CertifiedKey::new(self.chain.clone(), signing);
+        match certified.keys_match() {
+            Ok(()) => Ok(certified),
+            // The key cannot tell its public half: nothing to compare.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
+            Err(rustls::Error::InconsistentKeys(_)) => Err(CertError::KeyMismatch),
+            Err(error) => Err(CertError::Key(error)),
+        }
     }
+}
+
+/// A CA that signs server certificates: its certificate and key in PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaPair {
+    /// The CA certificate (PEM): the `caBundle`.
+    pub cert_pem: String,
+    /// The CA's private key (PKCS#8 PEM).
+    pub key_pem: String,
+}
+
+/// The calendar date `days` from today (UTC), as rcgen's validity bounds take it (day
+/// precision is enough for validity).
+fn days_from_today(days: i64) -> Result<(i32, u8, u8), CertError> {
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let date = today
+        .checked_add(jiff::Span::new().days(days))
+        .map_err(|_| CertError::Generate(rcgen::Error::Time))?;
+    let month = u8::try_from(date.month()).map_err(|_| CertError::Generate(rcgen::Error::Time))?;
+    let day = u8::try_from(date.day()).map_err(|_| CertError::Generate(rcgen::Error::Time))?;
+    Ok((i32::from(date.year()), month, day))
+}
+
+/// Sets the validity: from yesterday (clocks of API servers may lag) for `days`.
+fn set_validity(params: &mut CertificateParams, days: i64) -> Result<(), CertError> {
+    let (y, m, d) = days_from_today(-1)?;
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = days_from_today(days)?;
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    Ok(())
+}
+
+/// The CA's parameters. Issuing needs only its name and key, so a CA stored as PEM is
+/// used again by rebuilding these around its key.
+fn ca_params() -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kopf webhook CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// Generates a self-signed CA that may sign end-entity certificates only (path length 0),
+/// valid for [`CA_VALIDITY_DAYS`].
+pub fn generate_ca() -> Result<CaPair, CertError> {
+    let mut params = ca_params()?;
+    set_validity(&mut params, CA_VALIDITY_DAYS)?;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CaPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a server certificate for `hosts` (see [`subject_names`]) signed by `ca`, valid
+/// for [`SERVER_VALIDITY_DAYS`].
+pub fn issue(ca: &CaPair, hosts: &[String]) -> Result<ServerCert, CertError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| CertError::Pem {
+        path: PathBuf::from("<CA>"),
+        reason: format!("bad CA certificate: {e}"),
+    })?;
+    // The CA certificate must hold the key's public half (its SubjectPublicKeyInfo).
+    let public = ca_key.public_key_raw();
+    if public.is_empty() || !ca_der.windows(public.len()).any(|w| w == public) {
+        return Err(CertError::KeyMismatch);
+    }
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let names = subject_names(hosts);
+    let mut params = CertificateParams::new(names.clone())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "localhost".into()),
+    );
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    set_validity(&mut params, SERVER_VALIDITY_DAYS)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|reason| CertError::Pem {
+        path: PathBuf::from("<generated>"),
+        reason: reason.to_owned(),
+    })?;
+    Ok(ServerCert {
+        chain: vec![cert.der().clone(), ca_der],
+        key: key_der,
+        ca_pem: ca.cert_pem.clone(),
+    })
+}
+
+/// The CA shared by the replicas, from the Secret `namespace/name` (data `ca.crt` and
+/// `ca.key`); the first replica generates it and creates the Secret. Of replicas racing
+/// to create it, the losers read the winner's.
+pub async fn shared_ca(client: &kube::Client, namespace: &str, name: &str) -> Result<CaPair, CertError> {
+    use crate::clients::patching;
+    let fail = |reason: String| CertError::SharedCa {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        reason,
+    };
+    let url = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
+    for _ in 0..2 {
+        match patching::get(client, &url).await {
+            Ok(secret) => return ca_from_secret(&secret).map_err(fail),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        let ca = generate_ca()?;
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "type": "Opaque",
+            "data": {"ca.crt": b64(&ca.cert_pem), "ca.key": b64(&ca.key_pem)},
+        });
+        let collection = format!("/api/v1/namespaces/{namespace}/secrets");
+        match patching::create(client, &collection, &secret).await {
+            Ok(_) => return Ok(ca),
+            // Another replica created it meanwhile: use theirs.
+            Err(e) if e.code() == Some(409) => continue,
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    Err(fail("created and deleted again meanwhile".into()))
+}
+
+fn ca_from_secret(secret: &Value) -> Result<CaPair, String> {
+    let field = |key: &str| -> Result<String, String> {
+        let text = secret
+            .pointer(&format!("/data/{}", key.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no data {key:?}"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("data {key:?} is not base64: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| format!("data {key:?} is not PEM text"))
+    };
+    let pair = CaPair {
+        cert_pem: field("ca.crt")?,
+        key_pem: field("ca.key")?,
+    };
+    // Unusable contents are an error here, not at the first certificate issued.
+    issue(&pair, &[]).map_err(|e| format!("unusable CA: {e}"))?;
+    Ok(pair)
 }
 
 /// The names a generated certificate covers: the configured host names plus `localhost`
@@ -79,43 +271,7 @@ pub fn subject_names(hosts: &[String]) -> Vec<String> {
 /// Generates a self-signed CA and a server certificate signed by it for `hosts` (see
 /// [`subject_names`]).
 pub fn generate(hosts: &[String]) -> Result<ServerCert, CertError> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kopf webhook CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let names = subject_names(hosts);
-    let mut params = CertificateParams::new(names.clone())?;
-    params.distinguished_name.push(
-        DnType::CommonName,
-        names.first().cloned().unwrap_or_else(|| "localhost".into()),
-    );
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|reason| CertError::Pem {
-        path: PathBuf::from("<generated>"),
-        reason: reason.to_owned(),
-    })?;
-    Ok(ServerCert {
-        chain: vec![cert.der().clone(), ca_cert.der().clone()],
-        key: key_der,
-        ca_pem: ca_cert.pem(),
-    })
+    issue(&generate_ca()?, hosts)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -194,34 +350,101 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Watches the certificate and key files and reloads them into `target` when their
-/// modification times change, until `stop`. Bad files are logged and the old certificate
-/// is kept.
+/// The files of a user-given certificate.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
+    /// The CA bundle (PEM), if not the certificate file itself.
+    pub ca: Option<PathBuf>,
+}
+
+/// Watches the certificate, key and CA files and reloads them into `target` when their
+/// modification times change, until `stop`; each reload's CA bundle goes to `bundle` (the
+/// managed configurations follow it). Bad files are logged and the old certificate is
+/// kept.
 pub async fn watch_files(
-    cert: PathBuf,
-    key: PathBuf,
+    files: CertFiles,
     target: Arc<SwappableCert>,
+    bundle: tokio::sync::watch::Sender<String>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut seen = (modified(&cert), modified(&key));
+    let stamps = |f: &CertFiles| {
+        (
+            modified(&f.cert),
+            modified(&f.key),
+            f.ca.as_deref().and_then(modified),
+        )
+    };
+    let mut seen = stamps(&files);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let now = (modified(&cert), modified(&key));
+        let now = stamps(&files);
         if now == seen {
             continue;
         }
         seen = now;
-        match load(&cert, &key, None).and_then(|c| c.certified_key()) {
-            Ok(certified) => {
+        let loaded = load(&files.cert, &files.key, files.ca.as_deref())
+            .and_then(|c| c.certified_key().map(|k| (k, c.ca_pem)));
+        match loaded {
+            Ok((certified, ca_pem)) => {
                 target.replace(certified);
-                tracing::info!(target: "kopf.admission", "Reloaded the webhook certificate from {}.", cert.display());
+                bundle.send_if_modified(|current| {
+                    let changed = *current != ca_pem;
+                    *current = ca_pem;
+                    changed
+                });
+                tracing::info!(target: "kopf.admission", "Reloaded the webhook certificate from {}.", files.cert.display());
             }
             Err(error) => {
                 tracing::warn!(target: "kopf.admission", "Cannot reload the webhook certificate: {error}");
+            }
+        }
+    }
+}
+
+/// Re-issues a generated server certificate every [`REISSUE_EVERY`] from `ca` (or, with
+/// a shared CA, from the Secret's current CA: a replaced CA reaches the configurations
+/// through `bundle`), until `stop`.
+pub async fn reissue_periodically(
+    mut ca: CaPair,
+    shared: Option<(kube::Client, String, String)>,
+    hosts: Vec<String>,
+    target: Arc<SwappableCert>,
+    bundle: tokio::sync::watch::Sender<String>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REISSUE_EVERY) => {}
+        }
+        if let Some((client, namespace, name)) = &shared {
+            match shared_ca(client, namespace, name).await {
+                Ok(current) => ca = current,
+                Err(error) => {
+                    tracing::warn!(target: "kopf.admission", "{error}; the known CA signs meanwhile.")
+                }
+            }
+        }
+        match issue(&ca, &hosts).and_then(|c| c.certified_key()) {
+            Ok(certified) => {
+                target.replace(certified);
+                bundle.send_if_modified(|current| {
+                    let changed = *current != ca.cert_pem;
+                    current.clone_from(&ca.cert_pem);
+                    changed
+                });
+                tracing::info!(target: "kopf.admission", "Re-issued the webhook certificate.");
+            }
+            Err(error) => {
+                tracing::warn!(target: "kopf.admission", "Cannot re-issue the webhook certificate: {error}")
             }
         }
     }
@@ -245,6 +468,78 @@ mod tests {
         assert!(leaf.verify_is_valid_for_subject_name(&other).is_err());
         assert!(cert.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         cert.certified_key().unwrap();
+    }
+
+    #[test]
+    fn generated_certificates_are_short_lived_and_the_ca_signs_leaves_only() {
+        use x509_check::*;
+        let ca = generate_ca().unwrap();
+        let cert = issue(&ca, &["a.test".to_owned()]).unwrap();
+        let days = |der: &[u8]| validity_days(der);
+        assert!(
+            days(&cert.chain[0]) <= SERVER_VALIDITY_DAYS + 2,
+            "{}",
+            days(&cert.chain[0])
+        );
+        assert!(
+            days(&cert.chain[1]) <= CA_VALIDITY_DAYS + 2,
+            "{}",
+            days(&cert.chain[1])
+        );
+        // BasicConstraints: cA TRUE, pathLenConstraint 0 (DER: 30 06 01 01 ff 02 01 00).
+        assert!(
+            contains(&cert.chain[1], &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00]),
+            "the CA's path length is not 0"
+        );
+        // Another CA's key cannot issue under this CA's certificate.
+        let other = generate_ca().unwrap();
+        let mixed = CaPair {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: other.key_pem,
+        };
+        assert!(matches!(issue(&mixed, &[]), Err(CertError::KeyMismatch)));
+    }
+
+    /// Just enough DER reading for the checks above.
+    mod x509_check {
+        pub fn contains(der: &[u8], needle: &[u8]) -> bool {
+            der.windows(needle.len()).any(|w| w == needle)
+        }
+
+        /// Days between notBefore and notAfter (both UTCTime, `YYMMDDhhmmssZ`).
+        pub fn validity_days(der: &[u8]) -> i64 {
+            let mut times = Vec::new();
+            let mut i = 0;
+            while i + 15 <= der.len() && times.len() < 2 {
+                if der[i] == 0x17 && der[i + 1] == 13 && der[i + 14] == b'Z' {
+                    let text = std::str::from_utf8(&der[i + 2..i + 8]).unwrap();
+                    let date = jiff::civil::Date::strptime("%y%m%d", text).unwrap();
+                    times.push(date);
+                    i += 15;
+                } else {
+                    i += 1;
+                }
+            }
+            assert_eq!(times.len(), 2, "no validity found");
+            (times[1] - times[0]).get_days().into()
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = generate(&["a.test".to_owned()]).unwrap();
+        let two = generate(&["a.test".to_owned()]).unwrap();
+        let cert_path = dir.path().join("tls.crt");
+        let key_path = dir.path().join("tls.key");
+        std::fs::write(&cert_path, der_to_pem(&one.chain[0])).unwrap();
+        let key_pem = match &two.key {
+            PrivateKeyDer::Pkcs8(k) => der_to_pem_labelled(k.secret_pkcs8_der(), "PRIVATE KEY"),
+            _ => unreachable!(),
+        };
+        std::fs::write(&key_path, key_pem).unwrap();
+        let error = load(&cert_path, &key_path, None).unwrap_err();
+        assert!(matches!(error, CertError::KeyMismatch), "{error}");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Managed webhook configurations: one `ValidatingWebhookConfiguration` and one
 //! `MutatingWebhookConfiguration`, each with one webhook per handler (Kopf's
 //! `build_webhooks` and `configuration_manager`).
+//!
+//! Several replicas may manage the same configurations: each keeps an annotation
+//! `replica.kopf.dev/<replica>` on them with the time its claim expires (renewed on every
+//! reconciliation). A replica that exits removes the webhooks only when no other replica's
+//! claim is still live; else it only withdraws its own claim.
 
 use base64::Engine as _;
 use kopf_abi::protocol::{FilterValue, HandlerKind};
@@ -43,6 +48,57 @@ pub struct ClientConfig {
     pub url: String,
     /// PEM of the CA that signs the server certificate.
     pub ca_pem: String,
+    /// A namespace the webhooks never apply to (the operator's own: its own objects stay
+    /// writable when its webhooks fail).
+    pub exclude_namespace: Option<String>,
+}
+
+/// How long the API server waits for a webhook: short, so that a stuck webhook fails
+/// its request long before the API server's own request timeout.
+pub const TIMEOUT_SECONDS: u64 = 10;
+
+/// The prefix of the replicas' claims on the configurations.
+pub const CLAIM_PREFIX: &str = "replica.kopf.dev/";
+
+/// The annotation key of a replica's claim: its identity made a valid name part (the
+/// tail, where generated identities differ, is kept).
+pub fn claim_key(identity: &str) -> String {
+    let cleaned: String = identity
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let tail: String = cleaned
+        .chars()
+        .rev()
+        .take(63)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let trimmed = tail.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!(
+        "{CLAIM_PREFIX}{}",
+        if trimmed.is_empty() { "replica" } else { trimmed }
+    )
+}
+
+/// Whether another replica's claim on a configuration is live at `now`.
+pub fn others_alive(config: &Value, own_key: &str, now: jiff::Timestamp) -> usize {
+    config
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(CLAIM_PREFIX) && k.as_str() != own_key)
+        .filter_map(|(_, v)| v.as_str()?.parse::<jiff::Timestamp>().ok())
+        .filter(|expires| *expires > now)
+        .count()
 }
 
 /// Kopf's webhook name: the handler id with `/`→`.`, `_`→`-`, other characters outside
@@ -143,6 +199,12 @@ pub fn build_webhooks(
     persistent_only: bool,
 ) -> Vec<Value> {
     let ca = base64::engine::general_purpose::STANDARD.encode(&client.ca_pem);
+    let namespace_selector = match &client.exclude_namespace {
+        Some(ns) => json!({"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns]},
+        ]}),
+        None => json!({}),
+    };
     handlers
         .iter()
         .filter(|h| h.kind() == kind)
@@ -156,12 +218,13 @@ pub fn build_webhooks(
                 "matchPolicy": "Equivalent",
                 "rules": rules(h, discovered),
                 "objectSelector": object_selector(h),
+                "namespaceSelector": namespace_selector,
                 "clientConfig": {
                     "url": format!("{}/{}", client.url.trim_end_matches('/'), handler_path(h.id())),
                     "caBundle": ca,
                 },
-                "timeoutSeconds": 30,
-                "admissionReviewVersions": ["v1", "v1beta1"],
+                "timeoutSeconds": TIMEOUT_SECONDS,
+                "admissionReviewVersions": ["v1"],
             })
         })
         .collect()
@@ -187,32 +250,44 @@ fn api_resource(kind: HandlerKind) -> (ApiResource, &'static str) {
     )
 }
 
-/// Creates the configuration if absent, else overwrites its `webhooks`.
+/// Wraps the API's errors about one configuration.
+fn api_error(kind: &'static str, name: &str) -> impl Fn(kube::Error) -> ConfigError + use<> {
+    let name = name.to_owned();
+    move |source| ConfigError::Api {
+        kind,
+        name: name.clone(),
+        source,
+    }
+}
+
+/// Creates the configuration if absent, else overwrites its `webhooks`; `annotations`
+/// (a JSON object, `null` values removing keys) are merged into its metadata.
 pub async fn apply(
     client: &Client,
     kind: HandlerKind,
     name: &str,
     webhooks: Vec<Value>,
+    annotations: Value,
 ) -> Result<(), ConfigError> {
     let (ar, kind_name) = api_resource(kind);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let fail = |source| ConfigError::Api {
-        kind: kind_name,
-        name: name.to_owned(),
-        source,
-    };
-    let patch = json!({"webhooks": webhooks});
-    match api.get_opt(name).await.map_err(fail)? {
+    let fail = api_error(kind_name, name);
+    let patch = json!({"metadata": {"annotations": annotations}, "webhooks": webhooks});
+    match api.get_opt(name).await.map_err(&fail)? {
         Some(_) => {
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map_err(fail)?;
+                .map_err(&fail)?;
         }
         None => {
+            let mut annotations = annotations.clone();
+            if let Some(map) = annotations.as_object_mut() {
+                map.retain(|_, v| !v.is_null());
+            }
             let body = json!({
                 "apiVersion": ar.api_version,
                 "kind": kind_name,
-                "metadata": {"name": name},
+                "metadata": {"name": name, "annotations": annotations},
                 "webhooks": webhooks,
             });
             let object: DynamicObject =
@@ -227,13 +302,63 @@ pub async fn apply(
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
-                        .map_err(fail)?;
+                        .map_err(&fail)?;
                 }
                 Err(error) => return Err(fail(error)),
             }
         }
     }
     Ok(())
+}
+
+/// What an exiting replica did to a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Other live replicas serve it: only this replica's claim was withdrawn.
+    ToOthers(usize),
+    /// No other live replica: the webhooks were replaced by `remaining` (the persistent ones).
+    Removed,
+    /// The configuration does not exist.
+    Absent,
+}
+
+/// On exit: withdraws this replica's claim, and replaces the webhooks by `remaining`
+/// only when no other replica's claim is live.
+pub async fn leave(
+    client: &Client,
+    kind: HandlerKind,
+    name: &str,
+    own_key: &str,
+    remaining: Vec<Value>,
+) -> Result<Left, ConfigError> {
+    let (ar, kind_name) = api_resource(kind);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let fail = api_error(kind_name, name);
+    let Some(current) = api.get_opt(name).await.map_err(&fail)? else {
+        return Ok(Left::Absent);
+    };
+    let current = serde_json::to_value(&current).map_err(|source| ConfigError::Build {
+        kind: kind_name,
+        name: name.to_owned(),
+        source,
+    })?;
+    let others = others_alive(&current, own_key, jiff::Timestamp::now());
+    let withdraw = json!({own_key: null});
+    let (patch, left) = if others > 0 {
+        (
+            json!({"metadata": {"annotations": withdraw}}),
+            Left::ToOthers(others),
+        )
+    } else {
+        (
+            json!({"metadata": {"annotations": withdraw}, "webhooks": remaining}),
+            Left::Removed,
+        )
+    };
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(&fail)?;
+    Ok(left)
 }
 
 #[cfg(test)]
@@ -248,6 +373,26 @@ mod tests {
         );
         assert_eq!(webhook_name("a/b", "x"), "a.b.x");
         assert_eq!(webhook_name("Aé", "x"), "x41xc3xa9.x");
+    }
+
+    #[test]
+    fn claims_are_valid_annotation_keys_and_expire() {
+        let key = claim_key("user@host.example/20261205073230/xyz");
+        assert_eq!(key, "replica.kopf.dev/user-host.example-20261205073230-xyz");
+        let long = claim_key(&format!("{}/tail9", "a".repeat(100)));
+        let name = long.strip_prefix(CLAIM_PREFIX).unwrap();
+        assert!(name.len() <= 63 && name.ends_with("tail9"), "{long}");
+        assert_eq!(claim_key("@@@"), "replica.kopf.dev/replica");
+        let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let config = json!({"metadata": {"annotations": {
+            "replica.kopf.dev/me": "2026-01-01T00:01:00Z",
+            "replica.kopf.dev/live": "2026-01-01T00:01:00Z",
+            "replica.kopf.dev/dead": "2025-12-31T23:59:00Z",
+            "replica.kopf.dev/garbage": "soon",
+            "other": "2026-01-01T00:01:00Z",
+        }}});
+        assert_eq!(others_alive(&config, "replica.kopf.dev/me", now), 1);
+        assert_eq!(others_alive(&json!({}), "replica.kopf.dev/me", now), 0);
     }
 
     #[test]

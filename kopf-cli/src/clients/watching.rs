@@ -4,8 +4,10 @@
 //! as a pseudo-event of type `None`, then watch from the listing's resourceVersion with
 //! bookmarks; `410 Gone` means re-list; a silent stream is reconnected after an
 //! inactivity timeout. Differences: the listing is paginated (bounded memory on large
-//! clusters), and list boundaries are reported so that the consumer can treat objects
-//! that vanished during a re-list as deleted.
+//! clusters), list boundaries are reported so that the consumer can treat objects
+//! that vanished during a re-list as deleted, and consecutive re-lists back off (as
+//! client-go's reflector: from 800 ms doubling to 30 s, with jitter), so that a server
+//! answering every watch with 410 Gone is not flooded with full listings.
 
 use std::time::Duration;
 
@@ -71,6 +73,9 @@ pub struct WatchSettings {
     pub page_size: u32,
     /// A label selector applied server-side, if any.
     pub label_selector: Option<String>,
+    /// A field selector applied server-side, if any (`metadata.name=NAME` watches one
+    /// object, and needs RBAC for that name only).
+    pub field_selector: Option<String>,
     /// End each watch request after this long and reconnect from the last position
     /// (Kopf's `settings.watching.client_timeout`); `None`: no client-side limit.
     pub client_timeout: Option<Duration>,
@@ -91,11 +96,21 @@ impl Default for WatchSettings {
                 .collect(),
             page_size: 500,
             label_selector: None,
+            field_selector: None,
             client_timeout: None,
             enforce_retry_after: false,
         }
     }
 }
+
+/// The first pause before a re-list that follows another re-list without any watch
+/// progress in between (client-go's reflector backoff).
+pub const RELIST_BACKOFF_INITIAL: Duration = Duration::from_millis(800);
+/// The longest such pause (before jitter).
+pub const RELIST_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The random fraction added to each re-list pause: replicas and resources do not
+/// re-list in lockstep.
+pub const RELIST_BACKOFF_JITTER: f64 = 0.2;
 
 /// Why a watch loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +134,19 @@ pub async fn watch_continuously(
 ) -> WatchEnd {
     let url = path.collection(namespace.as_deref());
     let mut backoff = Backoff::new(Delays::Steps(settings.error_backoffs.clone()));
+    // Separate from the error backoff: a successful listing must not reset it, or a
+    // server that expires every watch at once gets a listing per round trip.
+    let mut relists =
+        Backoff::exponential(RELIST_BACKOFF_INITIAL, RELIST_BACKOFF_MAX).with_jitter(RELIST_BACKOFF_JITTER);
+    // Whether a watch delivered anything since the last listing: a 410 after a healthy
+    // watch (a compaction) re-lists at once; one right after a listing backs off.
+    let mut progressed = true;
     let mut resource_version: Option<String> = None;
     loop {
         let step = async {
             match resource_version.take() {
                 None => list_all(&client, &url, &settings, &sink).await.map(Some),
-                Some(rv) => watch_once(&client, &url, &settings, rv, &sink).await,
+                Some(rv) => watch_once(&client, &url, &settings, rv, &sink, &mut progressed).await,
             }
         };
         let outcome = tokio::select! {
@@ -138,10 +160,17 @@ pub async fn watch_continuously(
                 settings.reconnect_backoff
             }
             Ok(None) => {
-                // 410 Gone or a lost position: re-list from scratch at once.
+                // 410 Gone or a lost position: re-list from scratch.
                 crate::engines::metrics::watch_restarted(&path.plural);
                 backoff.reset();
-                Duration::ZERO
+                if std::mem::replace(&mut progressed, false) {
+                    relists.reset();
+                    Duration::ZERO
+                } else {
+                    let delay = relists.next_backoff();
+                    tracing::debug!(%url, "re-listing again without watch progress; waiting {delay:?}");
+                    delay
+                }
             }
             Err(StepError::ConsumerGone) => return WatchEnd::ConsumerGone,
             Err(StepError::Api { error, resume }) => {
@@ -193,6 +222,9 @@ async fn list_all(
         if let Some(selector) = &settings.label_selector {
             params = params.labels(selector);
         }
+        if let Some(selector) = &settings.field_selector {
+            params = params.fields(selector);
+        }
         if let Some(token) = &continue_token {
             params = params.continue_token(token);
         }
@@ -241,6 +273,7 @@ async fn watch_once(
     settings: &WatchSettings,
     rv: String,
     sink: &mpsc::Sender<WatchItem>,
+    progressed: &mut bool,
 ) -> Result<Option<String>, StepError> {
     // Bookmarks are on by default.
     let mut params = WatchParams {
@@ -249,6 +282,9 @@ async fn watch_once(
     };
     if let Some(selector) = &settings.label_selector {
         params = params.labels(selector);
+    }
+    if let Some(selector) = &settings.field_selector {
+        params = params.fields(selector);
     }
     let request = match kube::core::Request::new(url).watch(&params, &rv) {
         Ok(request) => request,
@@ -312,6 +348,7 @@ async fn watch_once(
             WatchEvent::Deleted(object) => (EventType::Deleted, object),
             WatchEvent::Bookmark(bookmark) => {
                 position = bookmark.metadata.resource_version;
+                *progressed = true;
                 continue;
             }
             WatchEvent::Error(status) if status.code == 410 => {
@@ -337,6 +374,7 @@ async fn watch_once(
             position.clear();
             position.push_str(rv);
         }
+        *progressed = true;
         send(sink, WatchItem::Event(kind, object)).await?;
     }
 }

@@ -10,11 +10,18 @@
 //! * `customresourcedefinitions` `list`, `watch` (the operator observes CRDs);
 //! * `namespaces` `list`, `watch` only for `-n` glob patterns;
 //! * `events` `create` where objects live;
-//! * peering objects `get`, `list`, `watch`, `patch` (`clusterkopfpeerings` with `-A`,
-//!   `kopfpeerings` per namespace with `-n`), unless `--standalone`;
-//! * webhook configurations `get`, `create`, `patch` only when validate/mutate handlers
-//!   exist (the configuration is read first, then created or patched);
-//! * `leases` `get`, `create`, `update`, `patch` only with `--lease`.
+//! * the peering object `get`, `list`, `watch`, `patch` by name (`clusterkopfpeerings`
+//!   with `-A`, `kopfpeerings` per namespace with `-n`; `--peering NAME`, default
+//!   `default`: the operator watches it with `fieldSelector=metadata.name=NAME`), unless
+//!   `--standalone`;
+//! * with `--webhook-managed NAME` (and validate/mutate handlers): the two webhook
+//!   configurations `get`, `patch` by that name, `create` (which cannot be
+//!   limited by name); and in the operator's namespace the Secret `NAME-ca` of the CA the
+//!   replicas share (`get` by name, `create`);
+//! * `leases` `get`, `create`, `update`, `patch` only with `--lease`;
+//! * EVERYTHING handlers: one rule per resource known at generation time (no `*`), and
+//!   no Secrets unless `--include-secrets`; a warning says so, since resources added
+//!   later are not covered.
 //!
 //! Selectors are resolved to API groups and plurals without a cluster: against the
 //! built-in resources of Kubernetes and the CRDs given with `-f`. A selector naming a group
@@ -53,6 +60,16 @@ pub struct RbacArgs {
     /// The operator runs with `--lease [NAMESPACE/]NAME`: permissions on that Lease.
     #[arg(long, value_name = "[NAMESPACE/]NAME")]
     pub lease: Option<String>,
+    /// The operator runs with `--peering NAME`: permissions on that peering object only.
+    #[arg(short = 'P', long, value_name = "NAME", default_value = "default")]
+    pub peering: String,
+    /// The operator runs with `--webhook-managed NAME`: permissions on those webhook
+    /// configurations and on the Secret of the replicas' shared CA (`NAME-ca`).
+    #[arg(long, value_name = "NAME")]
+    pub webhook_managed: Option<String>,
+    /// With EVERYTHING handlers: include Secrets (left out by default).
+    #[arg(long)]
+    pub include_secrets: bool,
     /// The name of the ServiceAccount, roles and bindings.
     #[arg(long, default_value = "kopf-operator")]
     pub name: String,
@@ -82,8 +99,14 @@ struct Need {
     status: Option<bool>,
 }
 
-/// A rule: `(group, resource)` with verbs.
+/// A rule: `(group, resource)` with verbs, for any object of the resource.
 type Rules = BTreeMap<(String, String), BTreeSet<&'static str>>;
+
+/// Rules limited to named objects: `(group, resource, name)` with verbs.
+type NamedRules = BTreeMap<(String, String, String), BTreeSet<&'static str>>;
+
+/// Resources EVERYTHING handlers never get without asking.
+const SENSITIVE: [(&str, &str); 1] = [("", "secrets")];
 
 /// Returns the RBAC manifests as YAML text.
 pub fn run(args: RbacArgs) -> Result<String> {
@@ -168,7 +191,12 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         if sel.everything {
             everything = true;
         }
-        for res in resolve(sel, catalog)? {
+        let resolved = if sel.everything {
+            everything_resources(catalog, args.include_secrets)
+        } else {
+            resolve(sel, catalog)?
+        };
+        for res in resolved {
             let need = needs.entry((res.group.clone(), res.plural.clone())).or_default();
             need.namespaced = res.namespaced;
             need.verbs.extend(["list", "watch"]);
@@ -206,6 +234,8 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
 
     let mut cluster: Rules = BTreeMap::new();
     let mut local: Rules = BTreeMap::new();
+    let mut cluster_named: NamedRules = BTreeMap::new();
+    let mut local_named: NamedRules = BTreeMap::new();
     cluster
         .entry(("apiextensions.k8s.io".into(), "customresourcedefinitions".into()))
         .or_default()
@@ -226,30 +256,60 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         .or_default()
         .insert("create");
     if !args.standalone {
+        let peering = args.peering.clone();
+        let verbs = ["get", "list", "watch", "patch"];
         if role_namespaces.is_some() {
-            local
-                .entry(("kopf.dev".into(), "kopfpeerings".into()))
+            local_named
+                .entry(("kopf.dev".into(), "kopfpeerings".into(), peering))
                 .or_default()
-                .extend(["get", "list", "watch", "patch"]);
+                .extend(verbs);
         } else if globs {
-            cluster
-                .entry(("kopf.dev".into(), "kopfpeerings".into()))
+            cluster_named
+                .entry(("kopf.dev".into(), "kopfpeerings".into(), peering))
                 .or_default()
-                .extend(["get", "list", "watch", "patch"]);
+                .extend(verbs);
         } else {
-            cluster
-                .entry(("kopf.dev".into(), "clusterkopfpeerings".into()))
+            cluster_named
+                .entry(("kopf.dev".into(), "clusterkopfpeerings".into(), peering))
                 .or_default()
-                .extend(["get", "list", "watch", "patch"]);
+                .extend(verbs);
         }
     }
-    if webhooks {
+    let managed = args.webhook_managed.as_ref().filter(|_| webhooks);
+    if webhooks && managed.is_none() {
+        eprintln!(
+            "kopf rbac: no permissions on webhook configurations: the operator manages none \
+             without --webhook-managed NAME (pass the same option here if it does)."
+        );
+    }
+    if let Some(managed) = managed {
         for plural in ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"] {
             cluster
                 .entry(("admissionregistration.k8s.io".into(), plural.into()))
                 .or_default()
-                .extend(["get", "create", "patch"]);
+                .insert("create");
+            cluster_named
+                .entry((
+                    "admissionregistration.k8s.io".into(),
+                    plural.into(),
+                    managed.clone(),
+                ))
+                .or_default()
+                .extend(["get", "patch"]);
         }
+    }
+    if everything {
+        eprintln!(
+            "kopf rbac: warning: EVERYTHING handlers get rules for the {} resources known now \
+             (resources added later are not covered: regenerate, or use --discover against the \
+             cluster){}.",
+            everything_resources(catalog, args.include_secrets).len(),
+            if args.include_secrets {
+                ""
+            } else {
+                "; Secrets are left out (--include-secrets to grant them)"
+            }
+        );
     }
     for ((group, plural), need) in &needs {
         let rules = if need.namespaced && role_namespaces.is_some() {
@@ -268,12 +328,6 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
                 .insert("patch");
         }
     }
-    if everything {
-        cluster
-            .entry(("*".into(), "*".into()))
-            .or_default()
-            .extend(["get", "list", "watch", "patch"]);
-    }
 
     let name = &args.name;
     let sa_ns = &args.service_account_namespace;
@@ -288,7 +342,7 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
     docs.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": name},
-        "rules": render_rules(&cluster),
+        "rules": render_all(&cluster, &cluster_named),
     }));
     docs.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -296,9 +350,29 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
         "subjects": subject,
     }));
-    let mut per_ns: BTreeMap<String, Rules> = BTreeMap::new();
+    let mut per_ns: BTreeMap<String, (Rules, NamedRules)> = BTreeMap::new();
     for ns in role_namespaces.iter().flatten() {
-        per_ns.insert(ns.clone(), local.clone());
+        per_ns.insert(ns.clone(), (local.clone(), local_named.clone()));
+    }
+    if let Some(managed) = managed {
+        // The CA shared by the replicas (generated certificates): in the operator's
+        // namespace, as `kopf run` looks for it (POD_NAMESPACE, else `default`).
+        let secret = format!("{managed}-ca");
+        let role = format!("{name}-webhook-ca");
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": role, "namespace": sa_ns},
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]},
+            ],
+        }));
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": sa_ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": subject,
+        }));
     }
     if let Some(lease) = &args.lease {
         let (ns, lease_name) = match lease.split_once('/') {
@@ -325,11 +399,11 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
             "subjects": subject,
         }));
     }
-    for (ns, rules) in &per_ns {
+    for (ns, (rules, named)) in &per_ns {
         docs.push(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": name, "namespace": ns},
-            "rules": render_rules(rules),
+            "rules": render_all(rules, named),
         }));
         docs.push(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -350,6 +424,37 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         out.push_str(&serde_yaml::to_string(&doc)?);
     }
     Ok(out)
+}
+
+/// The resources EVERYTHING handlers serve: every listable and watchable resource of the
+/// catalog except events (Kopf's EVERYTHING excludes them) and, unless asked, Secrets.
+fn everything_resources(catalog: &[Resource], include_secrets: bool) -> Vec<Resource> {
+    let mut seen = BTreeSet::new();
+    catalog
+        .iter()
+        .filter(|r| r.verbs.contains("list") && r.verbs.contains("watch"))
+        .filter(|r| !(r.plural == "events" && matches!(r.group.as_str(), "" | "events.k8s.io")))
+        .filter(|r| include_secrets || !SENSITIVE.contains(&(r.group.as_str(), r.plural.as_str())))
+        .filter(|r| seen.insert((r.group.clone(), r.plural.clone())))
+        .cloned()
+        .collect()
+}
+
+/// Unnamed rules, then rules limited to named objects.
+fn render_all(rules: &Rules, named: &NamedRules) -> Value {
+    let mut out = match render_rules(rules) {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    out.extend(named.iter().map(|((group, resource, name), verbs)| {
+        json!({
+            "apiGroups": [group],
+            "resources": [resource],
+            "resourceNames": [name],
+            "verbs": verbs.iter().collect::<Vec<_>>(),
+        })
+    }));
+    Value::Array(out)
 }
 
 /// Rules as RBAC `PolicyRule`s: one per (group, resource), sorted.

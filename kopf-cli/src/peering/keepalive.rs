@@ -417,8 +417,10 @@ impl Target {
 
         let (tx, mut rx) = mpsc::channel::<WatchItem>(16);
         let watch_stop = CancellationToken::new();
+        // Only the peering object itself: RBAC may grant just that name.
         let watch = WatchSettings {
             page_size: 100,
+            field_selector: Some(format!("metadata.name={}", self.name())),
             ..WatchSettings::default()
         };
         tokio::spawn(watch_continuously(

@@ -9,8 +9,13 @@
 //! down first, so two replicas are never active at once (barring process freezes
 //! longer than the duration). On exit, the holder releases the Lease (empty holder),
 //! and a follower takes over at its next poll.
+//!
+//! The step-down must not depend on the API answering: the elector runs on a thread of
+//! its own (a busy engine cannot delay it), with a client of its own (short timeouts,
+//! not queued behind the engine's requests), every round has a deadline, and a leader's
+//! round is cut off at its renew deadline (the watchdog), after which it pauses.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use http::header::{ACCEPT, CONTENT_TYPE};
 use kube::Client;
@@ -21,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{LEASE_DURATION_ENV, LEASE_TOGGLE, PeeringError};
 use crate::{
     cli::RunOptions,
-    clients::{ApiError, patching},
+    clients::{ApiError, auth::Credentials, connection, patching},
     reactor::pausing::PauseToggles,
 };
 
@@ -105,6 +110,12 @@ impl LeaseConfig {
         self.duration * 2 / 3
     }
 
+    /// The longest one round (a read and a write) may take: a third of the duration, so
+    /// that a hung request leaves time for another attempt before the renew deadline.
+    pub fn round_timeout(&self) -> Duration {
+        (self.duration / 3).max(Duration::from_millis(100))
+    }
+
     fn url(&self) -> String {
         format!(
             "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}",
@@ -183,15 +194,40 @@ impl Elector {
                 Ok(leading)
             }
             Err(error) => {
-                if self.leading
-                    && self
-                        .last_renew
-                        .is_none_or(|t| t.elapsed() >= self.config.renew_deadline())
-                {
-                    self.leading = false;
-                }
+                self.step_down_if_overdue();
                 Err(error)
             }
+        }
+    }
+
+    /// A round with a deadline: [`LeaseConfig::round_timeout`], and for a leader no later
+    /// than its renew deadline (the watchdog: a hung request cannot keep it leading).
+    pub async fn bounded_round(&mut self) -> Result<bool, ApiError> {
+        let mut limit = self.config.round_timeout();
+        if self.leading {
+            let left = self.renew_deadline_at().saturating_duration_since(Instant::now());
+            limit = limit.min(left);
+        }
+        match tokio::time::timeout(limit, self.round()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.step_down_if_overdue();
+                Err(ApiError::Request(format!(
+                    "no answer within {limit:?} (the Lease round was abandoned)"
+                )))
+            }
+        }
+    }
+
+    /// When a leader must have renewed by (now if it never did).
+    fn renew_deadline_at(&self) -> Instant {
+        self.last_renew
+            .map_or_else(Instant::now, |t| t + self.config.renew_deadline())
+    }
+
+    fn step_down_if_overdue(&mut self) {
+        if self.leading && Instant::now() >= self.renew_deadline_at() {
+            self.leading = false;
         }
     }
 
@@ -305,11 +341,24 @@ impl Elector {
     }
 }
 
-/// Spawns the election loop: the `"lease"` toggle is on (paused) from now until this
-/// replica acquires the Lease. The returned future resolves after the first round. The
-/// task keeps renewing until `release` (or a while after `stop`), then releases the Lease.
+/// The elector's own client: the credentials in force, with every connect, read and
+/// write bounded by the round timeout, and its own request limit (never queued behind
+/// the engine's requests).
+fn elector_client(credentials: &Credentials, config: &LeaseConfig) -> Result<Client, ApiError> {
+    let mut kube_config = credentials.config();
+    let timeout = config.round_timeout();
+    kube_config.connect_timeout = Some(timeout);
+    kube_config.read_timeout = Some(timeout);
+    kube_config.write_timeout = Some(timeout);
+    connection::make_client(kube_config).map_err(|e| ApiError::Request(e.to_string()))
+}
+
+/// Spawns the election loop on a thread of its own: the `"lease"` toggle is on (paused)
+/// from now until this replica acquires the Lease. The returned future resolves after
+/// the first round. The task keeps renewing until `release` (or a while after `stop`),
+/// then releases the Lease.
 pub fn spawn(
-    client: Client,
+    credentials: Arc<Credentials>,
     config: LeaseConfig,
     toggles: PauseToggles,
     stop: CancellationToken,
@@ -317,57 +366,96 @@ pub fn spawn(
 ) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
     toggles.set(LEASE_TOGGLE, true);
     let (ready_tx, ready_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let mut elector = Elector::new(client, config);
-        let where_ = format!("{}/{}", elector.config.namespace, elector.config.name);
-        tracing::info!(
-            target: "kopf.peering",
-            "Electing the active replica through the Lease {where_} as {:?}.",
-            elector.config.identity
-        );
-        let ended = super::keepalive::ended(stop, release);
-        tokio::pin!(ended);
-        loop {
-            let was_leading = elector.is_leading();
-            let result = elector.round().await;
-            if let Err(error) = &result {
-                tracing::warn!(target: "kopf.peering", "Lease {where_}: {error}");
-            }
-            let leading = elector.is_leading();
-            if leading && !was_leading {
-                tracing::info!(target: "kopf.peering", "Acquired the Lease {where_}: this replica is active.");
-                toggles.set(LEASE_TOGGLE, false);
-            } else if !leading && was_leading {
-                tracing::warn!(target: "kopf.peering", "Lost the Lease {where_}: pausing operations.");
-                toggles.set(LEASE_TOGGLE, true);
-            } else if !leading && ready_tx.is_some() {
-                tracing::info!(target: "kopf.peering", "The Lease {where_} is held by another replica: standing by.");
-            }
-            if let Some(tx) = ready_tx.take() {
-                let _ = tx.send(());
-            }
-            let period = if leading {
-                elector.config.renew_period()
-            } else {
-                elector.config.retry_period()
-            };
-            tokio::select! {
-                _ = &mut ended => break,
-                _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
-            }
-        }
-        match elector.release().await {
-            Ok(true) => tracing::info!(target: "kopf.peering", "Released the Lease {where_}."),
-            Ok(false) => {}
+    let task = tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
             Err(error) => {
-                tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}")
+                tracing::error!(target: "kopf.peering", "Cannot start the Lease elector: {error}");
+                return;
             }
-        }
+        };
+        runtime.block_on(elect(credentials, config, toggles, stop, release, ready_tx));
     });
     (task, async move {
         let _ = ready_rx.await;
     })
+}
+
+/// The election loop (see [`spawn`]).
+async fn elect(
+    credentials: Arc<Credentials>,
+    config: LeaseConfig,
+    toggles: PauseToggles,
+    stop: CancellationToken,
+    release: CancellationToken,
+    ready_tx: oneshot::Sender<()>,
+) {
+    let mut ready_tx = Some(ready_tx);
+    let client = match elector_client(&credentials, &config) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(target: "kopf.peering", "Cannot build the Lease elector's client: {error}");
+            return;
+        }
+    };
+    let mut generation = credentials.generation();
+    let mut elector = Elector::new(client, config);
+    let where_ = format!("{}/{}", elector.config.namespace, elector.config.name);
+    tracing::info!(
+        target: "kopf.peering",
+        "Electing the active replica through the Lease {where_} as {:?}.",
+        elector.config.identity
+    );
+    let ended = super::keepalive::ended(stop, release);
+    tokio::pin!(ended);
+    loop {
+        // After a re-login, the elector follows the new credentials.
+        if credentials.generation() != generation {
+            generation = credentials.generation();
+            match elector_client(&credentials, &elector.config) {
+                Ok(client) => elector.client = client,
+                Err(error) => tracing::warn!(target: "kopf.peering", "Lease {where_}: {error}"),
+            }
+        }
+        let was_leading = elector.is_leading();
+        let result = elector.bounded_round().await;
+        if let Err(error) = &result {
+            tracing::warn!(target: "kopf.peering", "Lease {where_}: {error}");
+        }
+        let leading = elector.is_leading();
+        if leading && !was_leading {
+            tracing::info!(target: "kopf.peering", "Acquired the Lease {where_}: this replica is active.");
+            toggles.set(LEASE_TOGGLE, false);
+        } else if !leading && was_leading {
+            tracing::warn!(target: "kopf.peering", "Lost the Lease {where_}: pausing operations.");
+            toggles.set(LEASE_TOGGLE, true);
+        } else if !leading && ready_tx.is_some() {
+            tracing::info!(target: "kopf.peering", "The Lease {where_} is held by another replica: standing by.");
+        }
+        if let Some(tx) = ready_tx.take() {
+            let _ = tx.send(());
+        }
+        let period = if leading && result.is_ok() {
+            elector.config.renew_period()
+        } else {
+            elector.config.retry_period()
+        };
+        tokio::select! {
+            _ = &mut ended => break,
+            _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
+        }
+    }
+    let release = tokio::time::timeout(elector.config.round_timeout(), elector.release());
+    match release
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Request("no answer in time".into())))
+    {
+        Ok(true) => tracing::info!(target: "kopf.peering", "Released the Lease {where_}."),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +583,40 @@ mod tests {
             assert_eq!(winners, 1, "round {round}: {winners} winners");
             assert!(holder(&emu).is_some_and(|h| h.starts_with(&format!("r{round}-"))));
         }
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_requests_hang_steps_down_by_its_renew_deadline() {
+        let (emu, client) = cluster().await;
+        let mut a = Elector::new(client.clone(), config("a", 900));
+        assert!(a.bounded_round().await.unwrap());
+        let renewed = Instant::now();
+        let leases = kopf_testing::FaultMatch {
+            resource: Some("leases".into()),
+            ..Default::default()
+        };
+        emu.faults()
+            .fail_ratio(1.0, leases, kopf_testing::FaultKind::BlackHole);
+        while a.is_leading() {
+            assert!(a.bounded_round().await.is_err(), "a hung round succeeded");
+            assert!(
+                renewed.elapsed() < Duration::from_secs(5),
+                "a hung leader never stepped down"
+            );
+        }
+        // Stepped down by the renew deadline (a margin for a loaded machine), well before
+        // the Lease expires for the followers.
+        let after = renewed.elapsed();
+        assert!(
+            after >= a.config().renew_deadline(),
+            "stepped down early: {after:?}"
+        );
+        assert!(
+            after < a.config().duration,
+            "stepped down after expiry: {after:?}"
+        );
+        emu.faults().clear();
+        emu.shutdown().await;
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! object is missing); `"lease"` is on while another replica holds the Lease. The
 //! reactor stops all watch streams while any toggle is on, and re-lists on resume.
 //!
-//! On exit, the tasks keep their records alive until [`shutdown`] is called (after the
+//! On exit, the tasks keep their records alive until [`Peering::shutdown`] is called (after the
 //! reactor has let in-flight handlers finish), then remove the keep-alive record and
 //! release the Lease.
 
@@ -17,7 +17,6 @@ pub mod resources;
 
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -90,16 +89,38 @@ struct Registered {
     task: JoinHandle<()>,
 }
 
-static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+/// Peering and the Lease election of a running operator, owned by it:
+/// [`Peering::shutdown`] runs their exit steps.
+#[derive(Default)]
+#[must_use = "the operator awaits Peering::shutdown on exit"]
+pub struct Peering {
+    registered: Vec<Registered>,
+}
 
-fn register(release: CancellationToken, task: JoinHandle<()>) {
-    REGISTRY.lock().push(Registered { release, task });
+impl Peering {
+    /// Ends peering and the Lease election: removes this operator's keep-alive records
+    /// and releases the Lease. Call after the reactor stopped (in-flight handlers
+    /// finished).
+    pub async fn shutdown(self) {
+        for r in &self.registered {
+            r.release.cancel();
+        }
+        for r in self.registered {
+            if tokio::time::timeout(Duration::from_secs(5), r.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "kopf.peering", "Peering did not finish its exit steps in time.");
+            }
+        }
+    }
 }
 
 /// Starts peering (keep-alives and the pause decision) unless the operator is
 /// standalone, and the Lease election if `--lease` is given. Returns once the initial
 /// decision is made (so that a paused operator never starts its watch streams).
-pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
+pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
+    let mut peering = Peering::default();
     let identity = detect_own_id(false);
     // With a Lease, the replicas share one peering identity (`lease:NAMESPACE/NAME`): they
     // do not conflict with each other as same-priority peers, and a new leader takes the
@@ -112,19 +133,19 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
         shared_identity = true;
         let release = CancellationToken::new();
         let (task, ready) = lease::spawn(
-            context.client.clone(),
+            context.credentials.clone(),
             config,
             context.toggles.clone(),
             context.stop.clone(),
             release.clone(),
         );
-        register(release, task);
+        peering.registered.push(Registered { release, task });
         // Wait briefly for the first election round: a follower stays paused from the start.
         let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
     }
     if context.settings.peering.standalone {
         tracing::debug!(target: "kopf.peering", "Standalone mode: no peering.");
-        return Ok(());
+        return Ok(peering);
     }
     let mut settings = context.settings.peering.clone();
     if let Some(lifetime) = std::env::var(LIFETIME_ENV)
@@ -149,26 +170,9 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
         context.stop.clone(),
         release.clone(),
     );
-    register(release, task);
+    peering.registered.push(Registered { release, task });
     let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
-    Ok(())
-}
-
-/// Ends peering and the Lease election: removes this operator's keep-alive records and
-/// releases the Lease. Call after the reactor stopped (in-flight handlers finished).
-pub async fn shutdown(_context: &OperatorContext) {
-    let registered: Vec<Registered> = std::mem::take(&mut *REGISTRY.lock());
-    for r in &registered {
-        r.release.cancel();
-    }
-    for r in registered {
-        if tokio::time::timeout(Duration::from_secs(5), r.task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(target: "kopf.peering", "Peering did not finish its exit steps in time.");
-        }
-    }
+    Ok(peering)
 }
 
 #[cfg(test)]
