@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 
 use crate::clients::scanning::{self, GroupFilter};
-use crate::operator::OperatorContext;
+use crate::contexts::OperatorContext;
 use crate::plugin::HandlerRef;
 use crate::structs::references::Resource;
 
@@ -184,7 +184,7 @@ async fn discover(client: &kube::Client, handlers: &[HandlerRef]) -> anyhow::Res
 /// Starts the webhook server and the configuration managers if webhook handlers exist.
 pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
     let handlers = webhook_handlers(context);
-    let args: &WebhookOptions = &context.options.webhooks;
+    let args = &context.options.webhooks;
     if handlers.is_empty() {
         if args.webhook_server.is_some() {
             tracing::info!(target: "kopf.admission", "No validate/mutate handlers: the webhook server is not started.");

@@ -139,7 +139,7 @@ pub async fn watch_continuously(
             }
             Ok(None) => {
                 // 410 Gone or a lost position: re-list from scratch at once.
-                crate::engines::metrics::watch_restarted(&path.plural);
+                crate::observability::metrics::watch_restarted(&path.plural);
                 backoff.reset();
                 Duration::ZERO
             }

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engines::metrics,
-    operator::OperatorContext,
+    contexts::OperatorContext,
+    observability::metrics,
     plugin::{HandlerRef, PluginSet},
     reactor::execution::{Attempt, Decision, decide, precheck},
     settings::{OperatorSettings, seconds},

@@ -33,8 +33,8 @@ use crate::{
         ApiError, patching,
         watching::{EventType, WatchItem, WatchSettings, watch_continuously},
     },
-    reactor::pausing::PauseToggles,
     settings::PeeringSettings,
+    signals::PauseToggles,
     structs::references::{self, NamespacePattern},
 };
 
@@ -121,7 +121,7 @@ impl PauseBoard {
 
 /// Spawns the peering supervisor. The returned future resolves after the first decision
 /// (or when peering turns out to be unavailable); the task ends after `release` (or
-/// [`EXIT_GRACE`] after `stop`), having removed this operator's records.
+/// `EXIT_GRACE` after `stop`), having removed this operator's records.
 pub fn spawn(
     client: Client,
     config: PeeringConfig,

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::operator::OperatorContext;
+use crate::contexts::OperatorContext;
 
 /// The pause toggle of Kopf peering.
 pub const PEERING_TOGGLE: &str = "peering";

@@ -4,7 +4,6 @@ pub mod daemons;
 pub mod execution;
 pub mod indexing;
 pub mod orchestration;
-pub mod pausing;
 pub mod processing;
 pub mod queueing;
 pub mod subhandling;

@@ -25,7 +25,7 @@
 //!   purge of a finished cause) never runs again for that cause.
 //! - Handlers of one cycle run as one batch and are persisted by one patch (that is what
 //!   keeps the request budget) **only while the batch is fast**: once the handlers of a
-//!   cycle took [`BATCH_WINDOW`] (200 ms) in total, the outcomes so far are persisted
+//!   cycle took `BATCH_WINDOW` (200 ms) in total, the outcomes so far are persisted
 //!   before the next handler starts. So a crash re-runs the handler that was running, plus
 //!   at most the handlers that completed within the last 200 ms of the same batch and
 //!   were not persisted yet. For handlers that take longer than the window (those where a
@@ -690,7 +690,7 @@ impl ResourceProcessor {
                 Err(_) => {
                     tracing::error!(target: "kopf.objects", "[{reference}] Handler {:?} did not return within its timeout ({:.1}s left of {:.1}s); the call is abandoned (it keeps its thread until it returns).",
                         handler.id(), limit.as_secs_f64(), handler.spec().options.timeout.unwrap_or_default());
-                    crate::engines::metrics::handler_invoked(
+                    crate::observability::metrics::handler_invoked(
                         handler.kind().as_str(),
                         handler.id(),
                         "timeout",
@@ -722,7 +722,7 @@ impl ResourceProcessor {
             },
             Err(_) => "error",
         };
-        crate::engines::metrics::handler_invoked(
+        crate::observability::metrics::handler_invoked(
             handler.kind().as_str(),
             handler.id(),
             label,
