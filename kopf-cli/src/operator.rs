@@ -43,6 +43,7 @@ use crate::{
 /// graceful stop. `connection`, when given (an embedding application's, or the
 /// emulator of `kopf run --embedded`), is used instead of the inferred kubeconfig; it
 /// cannot be re-read, so re-authentication then relies on the login handlers alone.
+#[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn run(
     options: RunOptions,
     plugins: PluginSet,

@@ -182,6 +182,7 @@ async fn discover(client: &kube::Client, handlers: &[HandlerRef]) -> anyhow::Res
 }
 
 /// Starts the webhook server and the configuration managers if webhook handlers exist.
+#[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
     let handlers = webhook_handlers(context);
     let args = &context.options.webhooks;

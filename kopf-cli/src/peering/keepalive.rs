@@ -147,6 +147,7 @@ pub async fn ended(stop: CancellationToken, release: CancellationToken) {
 
 const DETECTION: &str = "<detection>";
 
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn supervise(
     client: Client,
     config: PeeringConfig,
@@ -560,6 +561,7 @@ impl Target {
 
     /// Decides about pausing from the latest peering object. `first`: the target's first
     /// decision, made while it holds its initial pause (not one to announce the end of).
+    #[allow(clippy::too_many_lines)] // split under issue 19
     async fn evaluate(&self, state: &mut TargetState, first: bool) {
         let key = self.key();
         let was_paused = !first && self.board.is_set(&key);

@@ -356,6 +356,7 @@ impl ResourceProcessor {
     }
 
     /// The changing cycle on `body` whose essence is `new`.
+    #[allow(clippy::too_many_lines)] // split under issue 19
     async fn changing_cycle_on(
         &self,
         memory: &mut ObjectMemory,
@@ -945,6 +946,7 @@ impl ObjectProcessor for ResourceProcessor {
         }
     }
 
+    #[allow(clippy::too_many_lines)] // split under issue 19
     async fn process(&self, memory: &mut ObjectMemory, events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
         if wakeup == Wakeup::Stopping {
             if let Some(uid) = &memory.uid {
