@@ -1,4 +1,5 @@
-//! Command-line definitions (clap) and the options the engine consumes.
+//! Command-line definitions (clap), converted here into the plain options the engine
+//! consumes ([`crate::options`]).
 //!
 //! Every `kopf run` option has a `KOPF_RUN_*` environment variable, as Python Kopf's
 //! `auto_envvar_prefix='KOPF'` gives (`KOPF_RUN_PEERING`, `KOPF_RUN_NAMESPACE`, ...).
@@ -7,7 +8,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::logging::{LogConfig, LogFormat, Verbosity};
+use crate::admission::WebhookArgs;
+use crate::commands::run::EmbeddedCluster;
+use crate::observability::logging::{LogConfig, LogFormat, Verbosity};
+use crate::options::{DEV_PRIORITY, RunOptions, WebhookOptions};
+use crate::structs::references;
 
 /// Exit codes, shown at the end of `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -125,7 +130,7 @@ pub struct RunArgs {
         long = "namespace",
         value_name = "PATTERN",
         env = "KOPF_RUN_NAMESPACE",
-        value_parser = parse_namespace_pattern
+        value_parser = references::parse_namespace_pattern
     )]
     pub namespaces: Vec<String>,
     /// Serve the whole cluster (cluster-wide watches).
@@ -178,7 +183,7 @@ pub struct RunArgs {
     pub lease: Option<String>,
     /// Admission webhook server options.
     #[command(flatten)]
-    pub webhooks: crate::admission::WebhookArgs,
+    pub webhooks: WebhookArgs,
 
     /// With --embedded: write the emulator's kubeconfig here, for kubectl.
     #[arg(
@@ -207,50 +212,6 @@ pub struct InspectArgs {
     pub debug: bool,
 }
 
-/// The priority `--dev` sets.
-pub const DEV_PRIORITY: i64 = 666;
-
-/// An in-process API emulator for `kopf run --embedded`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EmbeddedCluster {
-    /// YAML files to apply before the operator starts.
-    pub apply: Vec<PathBuf>,
-    /// Where to write the emulator's kubeconfig, if anywhere.
-    pub kubeconfig: Option<PathBuf>,
-}
-
-/// What `kopf run` asks of the engine: a plain struct, independent of clap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunOptions {
-    /// The plugin files, in command-line order.
-    pub plugins: Vec<PathBuf>,
-    /// Namespace patterns as given (each may hold comma-separated parts, globs and `!`).
-    /// Empty together with `clusterwide == false` means Kopf's default (cluster-wide with
-    /// a warning).
-    pub namespaces: Vec<String>,
-    /// `-A/--all-namespaces`.
-    pub clusterwide: bool,
-    /// `--standalone`: no peering.
-    pub standalone: bool,
-    /// `-P/--peering`: the peering name (mandatory peering).
-    pub peering_name: Option<String>,
-    /// `-p/--priority` or 666 for `--dev`.
-    pub priority: i64,
-    /// `-L/--liveness`: the probe endpoint URL.
-    pub liveness_endpoint: Option<String>,
-    /// `--lease`: the Lease electing one active replica.
-    pub lease: Option<String>,
-    /// Admission webhook server options.
-    pub webhooks: crate::admission::WebhookArgs,
-    /// `--embedded`: run against an in-process emulator, with these files applied and
-    /// its kubeconfig written there (if given).
-    pub embedded: Option<EmbeddedCluster>,
-    /// Logging settings.
-    pub log: LogConfig,
-    /// `--post-logs[=LEVEL]`: post object log lines as events at this level and above.
-    pub post_logs: Option<String>,
-}
-
 impl RunArgs {
     /// The logging settings of these arguments.
     pub fn log_config(&self) -> LogConfig {
@@ -275,7 +236,17 @@ impl RunArgs {
             verbosity,
             refkey: self.log_refkey.clone(),
             prefix,
+            // `RUST_LOG` is added by the binary's `main`.
+            filter: None,
         }
+    }
+
+    /// `--embedded` with its files and kubeconfig path, if given.
+    pub fn embedded_cluster(&self) -> Option<EmbeddedCluster> {
+        self.embedded.then(|| EmbeddedCluster {
+            apply: self.embedded_apply.clone(),
+            kubeconfig: self.embedded_kubeconfig.clone(),
+        })
     }
 
     /// Converts the parsed arguments into engine options.
@@ -289,54 +260,35 @@ impl RunArgs {
             priority: if self.dev { DEV_PRIORITY } else { self.priority },
             liveness_endpoint: self.liveness.clone(),
             lease: self.lease.clone(),
-            webhooks: self.webhooks.clone(),
-            embedded: self.embedded.then(|| EmbeddedCluster {
-                apply: self.embedded_apply.clone(),
-                kubeconfig: self.embedded_kubeconfig.clone(),
-            }),
+            webhooks: webhook_options(&self.webhooks),
             log: self.log_config(),
             post_logs: self.post_logs.clone(),
         }
     }
 }
 
+/// The plain webhook options of the clap arguments.
+fn webhook_options(args: &WebhookArgs) -> WebhookOptions {
+    let args: &crate::admission::WebhookOptions = args;
+    WebhookOptions {
+        webhook_server: args.webhook_server.clone(),
+        webhook_host: args.webhook_host.clone(),
+        webhook_cert: args.webhook_cert.clone(),
+        webhook_key: args.webhook_key.clone(),
+        webhook_ca: args.webhook_ca.clone(),
+        webhook_cadump: args.webhook_cadump.clone(),
+        webhook_managed: args.webhook_managed.clone(),
+    }
+}
+
 /// Validates a `--post-logs` level: a name (`DEBUG`, `INFO`, `WARNING`, `ERROR`,
 /// `CRITICAL`) or Python's level number.
 pub fn parse_posting_level(value: &str) -> Result<String, String> {
-    crate::engines::posting::level_number(value)
+    crate::observability::fields::level_number(value)
         .map(|_| value.trim().to_ascii_uppercase())
         .ok_or_else(|| {
             format!("{value:?} is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL or a number)")
         })
-}
-
-/// Validates the syntax of a `-n` value: comma-separated parts, each an optional `!`
-/// and a namespace name that may contain the globs `*`, `?` and `[...]`.
-pub fn parse_namespace_pattern(value: &str) -> Result<String, String> {
-    if value.trim().is_empty() {
-        return Err("a namespace pattern must not be empty".to_owned());
-    }
-    for part in value.split(',') {
-        let part = part.trim();
-        let name = part.strip_prefix('!').unwrap_or(part);
-        if name.is_empty() {
-            return Err(format!("empty namespace pattern part in {value:?}"));
-        }
-        if let Some(bad) = name.chars().find(|c| {
-            !(c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || matches!(c, '-' | '.' | '*' | '?' | '[' | ']' | '!'))
-        }) {
-            return Err(format!(
-                "invalid character {bad:?} in namespace pattern {part:?} \
-                 (namespaces are lowercase letters, digits and '-'; globs: * ? [...]; negation: a leading !)"
-            ));
-        }
-        if name.matches('[').count() != name.matches(']').count() {
-            return Err(format!("unbalanced brackets in namespace pattern {part:?}"));
-        }
-    }
-    Ok(value.to_owned())
 }
 
 /// Validates a liveness endpoint: an `http://host:port/path` URL.
@@ -362,17 +314,6 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn namespace_patterns() {
-        assert!(parse_namespace_pattern("default").is_ok());
-        assert!(parse_namespace_pattern("ns-*,!ns-secret,dev?").is_ok());
-        assert!(parse_namespace_pattern("").is_err());
-        assert!(parse_namespace_pattern("a,,b").is_err());
-        assert!(parse_namespace_pattern("Bad").is_err());
-        assert!(parse_namespace_pattern("!").is_err());
-        assert!(parse_namespace_pattern("ns[ab").is_err());
     }
 
     #[test]

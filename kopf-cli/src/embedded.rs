@@ -22,143 +22,23 @@
 //! with a [`CancellationToken`] and a [`ReadySignal`].
 //!
 //! An embedded operator installs no OS signal handlers: the application decides when to
-//! stop. It does not install a `tracing` subscriber either; the application's is used.
+//! stop. It does not install a `tracing` subscriber either; the application's is used
+//! (with [`crate::observability::objects::ObjectsLayer`] in it, lines about objects are
+//! attributed to them; [`crate::observability::logging::init`] installs one).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use kopf_abi::PluginModule;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunOptions;
+use crate::observability::objects::LogLines;
+use crate::options::RunOptions;
 use crate::plugin::PluginSet;
-
-/// A latch that becomes set once the operator is ready (watching has started): Kopf's
-/// `ready_flag`. Cheap to clone; every clone sees the same state.
-#[derive(Debug, Clone)]
-pub struct ReadySignal {
-    tx: Arc<watch::Sender<bool>>,
-}
-
-impl Default for ReadySignal {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ReadySignal {
-    /// A fresh, unset signal.
-    pub fn new() -> Self {
-        Self {
-            tx: Arc::new(watch::channel(false).0),
-        }
-    }
-
-    /// Sets the signal (done by the operator).
-    pub fn set(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// Whether the signal is set.
-    pub fn is_set(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    /// Waits until the signal is set.
-    pub async fn wait(&self) {
-        let mut rx = self.tx.subscribe();
-        // The sender lives in `self`, so `wait_for` cannot fail while we wait.
-        let _ = rx.wait_for(|ready| *ready).await;
-    }
-}
-
-/// How a running operator is told to stop and reports readiness: OS signals (the `kopf`
-/// binary) or an application's stop token (embedding). Used by [`crate::operator`].
-#[derive(Debug, Default)]
-pub struct Control {
-    /// Cancelled to stop the operator (by the application, or by a SIGINT/SIGTERM).
-    pub stop: CancellationToken,
-    /// Set once watching has started.
-    pub ready: Option<ReadySignal>,
-    /// Listen to SIGINT and SIGTERM (the binary) or not (embedding).
-    pub os_signals: bool,
-    /// A connection to use instead of the inferred kubeconfig.
-    pub config: Option<kube::Config>,
-}
-
-/// Waits for the stop of a [`Control`]: see [`Control::install`].
-#[derive(Debug)]
-pub struct Stopper {
-    stop: CancellationToken,
-    reason: Arc<Mutex<&'static str>>,
-}
-
-impl Stopper {
-    /// Waits until the operator is asked to stop; returns why (`SIGTERM`, `SIGINT`,
-    /// or `the stop signal`).
-    pub async fn recv(&mut self) -> &'static str {
-        self.stop.cancelled().await;
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The token cancelled on stop; the operator's own stop token may be its child, so
-    /// that startup retries end on a signal too.
-    pub fn token(&self) -> &CancellationToken {
-        &self.stop
-    }
-}
-
-impl Control {
-    /// The control of the `kopf` binary: SIGINT and SIGTERM stop the operator.
-    pub fn signals() -> Self {
-        Self {
-            os_signals: true,
-            ..Self::default()
-        }
-    }
-
-    /// Installs the OS signal listeners (if asked) and returns the stop waiter. Must run
-    /// inside a tokio runtime.
-    pub fn install(&self) -> std::io::Result<Stopper> {
-        let reason = Arc::new(Mutex::new("the stop signal"));
-        if self.os_signals {
-            let mut signals = crate::operator::StopSignals::install()?;
-            let stop = self.stop.clone();
-            let slot = reason.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    name = signals.recv() => {
-                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = name;
-                        stop.cancel();
-                    }
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
-        Ok(Stopper {
-            stop: self.stop.clone(),
-            reason,
-        })
-    }
-
-    /// The connection: the one given, else the inferred kubeconfig / in-cluster config.
-    pub async fn load_config(&mut self) -> anyhow::Result<kube::Config> {
-        match self.config.take() {
-            Some(config) => Ok(config),
-            None => Ok(crate::clients::connection::load_config(None).await?),
-        }
-    }
-
-    /// Marks the operator as ready.
-    pub fn ready(&self) {
-        if let Some(ready) = &self.ready {
-            ready.set();
-        }
-    }
-}
+use crate::signals::Control;
+pub use crate::signals::ReadySignal;
 
 /// An operator to embed; see the module docs.
 #[derive(Debug)]
@@ -166,6 +46,7 @@ pub struct Operator {
     options: RunOptions,
     plugins: PluginSet,
     config: Option<kube::Config>,
+    log_lines: LogLines,
 }
 
 /// Builds an [`Operator`].
@@ -175,6 +56,7 @@ pub struct OperatorBuilder {
     modules: Vec<(String, PluginModule)>,
     files: Vec<PathBuf>,
     config: Option<kube::Config>,
+    log_lines: LogLines,
 }
 
 impl std::fmt::Debug for OperatorBuilder {
@@ -194,23 +76,11 @@ impl Operator {
     /// A builder with Kopf's defaults (cluster-wide unless namespaces are given).
     pub fn builder() -> OperatorBuilder {
         OperatorBuilder {
-            options: RunOptions {
-                plugins: Vec::new(),
-                namespaces: Vec::new(),
-                clusterwide: false,
-                standalone: false,
-                peering_name: None,
-                priority: 0,
-                liveness_endpoint: None,
-                lease: None,
-                webhooks: Default::default(),
-                embedded: None,
-                log: Default::default(),
-                post_logs: None,
-            },
+            options: RunOptions::default(),
             modules: Vec::new(),
             files: Vec::new(),
             config: None,
+            log_lines: LogLines::default(),
         }
     }
 
@@ -227,9 +97,9 @@ impl Operator {
             stop,
             ready: Some(ready),
             os_signals: false,
-            config: self.config,
+            log_lines: self.log_lines,
         };
-        crate::operator::run_controlled(self.options, self.plugins, control).await
+        crate::operator::run(self.options, self.plugins, control, self.config).await
     }
 
     /// Runs the operator on its own thread with its own tokio runtime (Kopf's
@@ -318,6 +188,14 @@ impl OperatorBuilder {
         self
     }
 
+    /// Posts object log lines as events (`settings.posting.loggers`) through this switch:
+    /// the one of the [`ObjectsLayer`](crate::observability::objects::ObjectsLayer) in
+    /// the application's `tracing` subscriber.
+    pub fn log_lines(mut self, lines: LogLines) -> Self {
+        self.log_lines = lines;
+        self
+    }
+
     /// Replaces all options at once (the CLI's plain options struct).
     pub fn options(mut self, options: RunOptions) -> Self {
         self.options = options;
@@ -338,6 +216,7 @@ impl OperatorBuilder {
             options: self.options,
             plugins,
             config: self.config,
+            log_lines: self.log_lines,
         })
     }
 }

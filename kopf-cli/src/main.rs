@@ -25,7 +25,8 @@ use anyhow::Result;
 use clap::Parser;
 use kopf_cli::cli::{Cli, Command};
 use kopf_cli::commands;
-use kopf_cli::logging::{self, LogConfig, Verbosity};
+use kopf_cli::observability::logging::{self, LogConfig, Verbosity};
+use kopf_cli::observability::objects::LogLines;
 use kopf_cli::plugin::{PluginError, PluginSet};
 
 /// How long `kopf run` waits for still-running handler calls after the operator stopped.
@@ -95,7 +96,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             } else {
                 Verbosity::Quiet
             };
-            logging::init(&LogConfig {
+            init_logging(LogConfig {
                 verbosity,
                 ..LogConfig::default()
             })?;
@@ -108,22 +109,22 @@ fn dispatch(cli: Cli) -> Result<()> {
             write_stdout(&text)
         }
         Command::Peering(args) => {
-            logging::init(&LogConfig::default())?;
+            init_logging(LogConfig::default())?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(commands::peering::run(args))
         }
         Command::Rbac(args) => write_stdout(&commands::rbac::run(args)?),
         Command::New(args) => commands::new::run(args),
         Command::Emulator(args) => {
-            logging::init(&LogConfig::default())?;
+            init_logging(LogConfig::default())?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(commands::emulator::run(args))
         }
         Command::Run(args) => {
             let options = args.to_options();
-            logging::init(&options.log)?;
+            let lines = init_logging(options.log.clone())?;
             let runtime = engine_runtime()?;
-            let result = runtime.block_on(commands::run::run(options));
+            let result = runtime.block_on(commands::run::run(options, args.embedded_cluster(), lines));
             // Handler calls that never return (abandoned after their timeout) must not keep
             // the process alive: give running calls a grace period, then exit anyway.
             let started = std::time::Instant::now();
@@ -137,6 +138,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             result
         }
     }
+}
+
+/// Installs the log subscriber with `RUST_LOG` (if set) replacing the verbosity's levels;
+/// returns the switch through which an operator posts object log lines as events.
+fn init_logging(config: LogConfig) -> Result<LogLines> {
+    let config = LogConfig {
+        filter: std::env::var("RUST_LOG").ok(),
+        ..config
+    };
+    let lines = LogLines::default();
+    logging::init(&config, &lines)?;
+    Ok(lines)
 }
 
 /// Writes to stdout; a closed pipe (`kopf inspect ... | head`) is not an error.

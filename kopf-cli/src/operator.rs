@@ -16,52 +16,47 @@ use tokio_util::sync::CancellationToken;
 
 use crate::structs::backoff::{Backoff, sleep_until_opt};
 use crate::{
-    cli::RunOptions,
     clients::{
         auth, connection, events,
         scanning::{self, GroupFilter},
         urls::ResourcePath,
         watching::{WatchItem, WatchSettings, watch_continuously},
     },
+    contexts::OperatorContext,
     engines::posting,
+    observability::fields,
+    options::RunOptions,
     plugin::{CallerInfo, HandlerRef, HostServices, PluginSet},
     reactor::{
         indexing::Indices,
         orchestration::{NamespaceScope, Orchestrator, wanted_streams},
-        pausing::PauseToggles,
         processing::ResourceProcessor,
         queueing::QueueSettings,
         shared::Shared,
         stopping::StopRegistry,
     },
     settings::{OperatorSettings, seconds},
+    signals::{Control, PauseToggles},
     structs::references::{self, NamespacePattern, Resource},
 };
 
-/// Runs the operator with the loaded plugins until SIGINT or SIGTERM; `Ok(())` on a
-/// graceful stop.
-pub async fn run(options: RunOptions, plugins: PluginSet) -> anyhow::Result<()> {
-    run_controlled(options, plugins, crate::embedded::Control::signals()).await
-}
-
-/// [`run`] with an explicit stop/ready control and connection (embedding: [`crate::embedded`]).
-pub async fn run_controlled(
+/// Runs the operator with the loaded plugins until `control` stops it; `Ok(())` on a
+/// graceful stop. `connection`, when given (an embedding application's, or the
+/// emulator of `kopf run --embedded`), is used instead of the inferred kubeconfig; it
+/// cannot be re-read, so re-authentication then relies on the login handlers alone.
+#[allow(clippy::too_many_lines)] // split under issue 19
+pub async fn run(
     options: RunOptions,
     plugins: PluginSet,
-    mut control: crate::embedded::Control,
+    control: Control,
+    connection: Option<kube::Config>,
 ) -> anyhow::Result<()> {
     // Install the handlers before anything slow, so no early signal is lost.
     let mut signals = control.install()?;
-    // A connection given by the embedding application or the embedded emulator cannot be
-    // re-read: re-authentication then relies on the login handlers alone.
-    let fixed_config = control.config.is_some() || options.embedded.is_some();
-    // Keep the embedded emulator (if any) alive for as long as the operator runs.
-    let (config, _embedded) = match &options.embedded {
-        Some(embedded) => {
-            let (config, emulator) = start_embedded(embedded).await?;
-            (config, Some(emulator))
-        }
-        None => (control.load_config().await?, None),
+    let fixed_config = connection.is_some();
+    let config = match connection {
+        Some(config) => config,
+        None => connection::load_config(None).await?,
     };
     let relogin = crate::engines::activities::relogin(&plugins, &config, fixed_config);
     let config = crate::engines::activities::login(&plugins, config).await?;
@@ -101,11 +96,12 @@ pub async fn run_controlled(
     ));
     // Object log lines as events (`posting.loggers`), until the operator exits.
     let _log_posting = match (&services.events, settings.posting.loggers) {
-        (Some(events), true) => Some(posting::activate(posting::LogPoster {
-            level: posting_level(&settings),
-            events: events.clone(),
-            reporter: services.reporter.clone(),
-        })),
+        (Some(events), true) => Some(posting::start(
+            &control.log_lines,
+            posting_level(&settings),
+            events.clone(),
+            services.reporter.clone(),
+        )),
         _ => None,
     };
     plugins.set_services(services);
@@ -257,55 +253,6 @@ pub async fn run_controlled(
     crate::engines::activities::run_cleanup(&context).await;
     peering.shutdown().await;
     Ok(())
-}
-
-/// What the operator-level parts (activities, probes, peering, admission, ...) share.
-/// Each part's `start` spawns its tasks, which end when `stop` is cancelled.
-#[derive(Clone)]
-pub struct OperatorContext {
-    /// The API client.
-    pub client: Client,
-    /// The configuration the client was first built from.
-    pub config: kube::Config,
-    /// The credentials in force, renewed on 401 (see [`crate::clients::auth`]).
-    pub credentials: Arc<auth::Credentials>,
-    /// The loaded plugins.
-    pub plugins: PluginSet,
-    /// The settings in force (after startup handlers).
-    pub settings: OperatorSettings,
-    /// The command-line options.
-    pub options: RunOptions,
-    /// Pause toggles: peering and lease set theirs; any pauses the watch streams.
-    pub toggles: PauseToggles,
-    /// Cancelled when the operator stops.
-    pub stop: CancellationToken,
-}
-
-/// Starts the in-process emulator of `--embedded`, applies the files, writes the
-/// kubeconfig if asked, and returns the client configuration pointing to it.
-async fn start_embedded(
-    embedded: &crate::cli::EmbeddedCluster,
-) -> anyhow::Result<(kube::Config, kopf_testing::EmulatorHandle)> {
-    let emulator = kopf_testing::Emulator::builder()
-        .start()
-        .await
-        .context("cannot start the embedded emulator")?;
-    for file in &embedded.apply {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        emulator
-            .apply_yaml(&text)
-            .await
-            .with_context(|| format!("cannot apply {}", file.display()))?;
-    }
-    if let Some(path) = &embedded.kubeconfig {
-        emulator
-            .write_kubeconfig(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    tracing::info!(target: "kopf.reactor", "The embedded cluster is serving at {}.", emulator.url());
-    let config = connection::config_from_yaml(&emulator.kubeconfig_yaml()).await?;
-    Ok((config, emulator))
 }
 
 /// The settings implied by the command line.
@@ -622,7 +569,7 @@ impl Reactor {
 
 /// `settings.posting.level` as Python's level number (INFO if it is not a level).
 fn posting_level(settings: &OperatorSettings) -> u32 {
-    posting::level_number(&settings.posting.level).unwrap_or_else(|| {
+    fields::level_number(&settings.posting.level).unwrap_or_else(|| {
         tracing::warn!(target: "kopf.activities", "settings.posting.level {:?} is not a level; using INFO.", settings.posting.level);
         20
     })
@@ -773,7 +720,7 @@ impl HostServices for EngineServices {
                 if let Some(level) = payload
                     .get("level")
                     .and_then(Value::as_str)
-                    .and_then(posting::level_number)
+                    .and_then(fields::level_number)
                     && level < self.posting_level
                 {
                     return Ok("{}".into());
@@ -840,49 +787,6 @@ impl HostServices for EngineServices {
                 FailureKind::UNSUPPORTED,
                 format!("host method {other:?} is not supported yet"),
             )),
-        }
-    }
-}
-
-/// SIGINT and SIGTERM listeners, installed eagerly.
-#[derive(Debug)]
-pub struct StopSignals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    /// Installs the listeners (must run inside a tokio runtime).
-    pub fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
-    }
-
-    /// Waits for the next SIGINT or SIGTERM and returns its name.
-    pub async fn recv(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => "SIGTERM",
-                _ = self.int.recv() => "SIGINT",
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
         }
     }
 }

@@ -72,7 +72,7 @@ fn level_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Strin
     }
     Ok(match Level::deserialize(deserializer)? {
         Level::Name(name) => name,
-        Level::Number(number) => crate::engines::posting::LEVELS
+        Level::Number(number) => crate::observability::fields::LEVELS
             .iter()
             .find(|(_, known)| *known == number)
             .map_or_else(|| number.to_string(), |(name, _)| (*name).to_owned()),

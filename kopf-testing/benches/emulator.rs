@@ -43,6 +43,7 @@ fn main() {
     rt.block_on(run());
 }
 
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn run() {
     let objects = env_or("BENCH_OBJECTS", 10_000);
     let secs = env_or("BENCH_SECS", 5) as u64;

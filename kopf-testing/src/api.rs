@@ -511,6 +511,7 @@ impl Shared {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_lines)] // split under issue 19
     fn prepare_update(
         &self,
         def: &ResourceDef,
@@ -853,6 +854,7 @@ impl Shared {
     }
 
     /// LIST with selectors and pagination. `ns` None lists all namespaces.
+    #[allow(clippy::too_many_lines)] // split under issue 19
     pub fn list(&self, def: &ResourceDef, ns: Option<&str>, opts: &ListOpts) -> Result<ListResult, ApiError> {
         let token = match &opts.continue_token {
             Some(t) if !t.is_empty() => {

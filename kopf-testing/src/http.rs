@@ -645,6 +645,7 @@ fn deleted_status(def: &ResourceDef, obj: &Value) -> Value {
                     "uid": obj.pointer("/metadata/uid")}})
 }
 
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn resource(
     shared: &Arc<Shared>,
     p: ResourcePath,

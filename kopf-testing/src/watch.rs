@@ -112,6 +112,7 @@ fn error_frame(e: &ApiError) -> Bytes {
 }
 
 /// Start a watch; the response streams events until timeout, close or disconnect.
+#[allow(clippy::too_many_lines)] // split under issue 19
 pub(crate) fn watch(
     shared: Arc<Shared>,
     def: Arc<ResourceDef>,

@@ -177,6 +177,7 @@ async fn crud_conflicts_and_errors() {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn crd_lifecycle_status_rules_and_generation() {
     let (emu, client) = start().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -476,6 +477,7 @@ async fn owner_references_garbage_collection() {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn label_field_selectors_and_pagination() {
     let (emu, client) = start().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
@@ -939,6 +941,7 @@ async fn scale_subresource_and_server_side_apply() {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn bad_requests_get_kube_status_codes() {
     let emu = Emulator::builder()
         .max_body_bytes(64 * 1024)

@@ -166,6 +166,7 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // split under issue 19
 fn webhooks_validate_mutate_and_survive_panics() {
     let setup = Setup::start();
 

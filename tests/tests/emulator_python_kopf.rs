@@ -142,6 +142,7 @@ fn last_handled(obj: &Value) -> Option<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn python_kopf_full_lifecycle() {
     if !kopf_e2e::python_kopf_available() {
         return;

@@ -130,6 +130,7 @@ fn applied(obj: &Value) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn kube_rs_finalizer_full_lifecycle() {
     let cluster = TestCluster::start().await.unwrap();
     let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();

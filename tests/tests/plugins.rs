@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use kopf_abi::protocol::{HandlerErrorKind, HandlerKind, Invocation};
 use kopf_abi::{Failure, FailureKind};
-use kopf_cli::logging::{KopfFormat, LogConfig, LogFormat};
+use kopf_cli::observability::logging::{KopfFormat, LogConfig, LogFormat};
+use kopf_cli::observability::objects::ObjectsLayer;
 use kopf_cli::plugin::{CallerInfo, HandlerRef, HostServices, PluginError, PluginSet};
 use kopf_e2e::{isolated_copy, plugin_path};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
 
 /// Loads a private copy of a fixture (a separate image, so parallel tests do not share
 /// the plugin's globals).
@@ -224,7 +226,8 @@ fn capture_logs(config: LogConfig, f: impl FnOnce()) -> String {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(out.clone())
         .event_format(KopfFormat::new(&config))
-        .finish();
+        .finish()
+        .with(ObjectsLayer::default());
     tracing::subscriber::with_default(subscriber, f);
     let bytes = out.0.lock().unwrap().clone();
     String::from_utf8(bytes).unwrap()

@@ -49,7 +49,11 @@ fn cleanup_fn() {
 }
 
 fn main() -> anyhow::Result<()> {
-    kopf_cli::logging::init(&Default::default()).context("cannot set up logging")?;
+    let log = kopf_cli::observability::logging::LogConfig {
+        filter: std::env::var("RUST_LOG").ok(),
+        ..Default::default()
+    };
+    kopf_cli::observability::logging::init(&log, &Default::default()).context("cannot set up logging")?;
 
     let app = kopf::operator_memo().insert_typed(AppState::default());
 

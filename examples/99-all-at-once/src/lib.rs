@@ -11,7 +11,8 @@
 //! * `check_field` is a validating admission webhook (needs `--webhook-*` options to run).
 //!
 //! The crate is also an `rlib` so that `cargo test --doc -p example-99-all-at-once`
-//! compiles every Rust snippet of the user guide in `docs/` (see [`user_guide`]).
+//! compiles every Rust snippet of the user guide in `docs/` (the `user_guide` module,
+//! built for doctests only).
 
 use std::time::Duration;
 

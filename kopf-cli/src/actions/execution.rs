@@ -11,7 +11,7 @@
 
 use kopf_abi::protocol::{ErrorsMode, HandlerErrorKind, HandlerKind, HandlerSpec, Outcome};
 
-use crate::engines::metrics;
+use crate::observability::metrics;
 
 /// How far a handler got before this attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]

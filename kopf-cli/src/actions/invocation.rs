@@ -13,7 +13,7 @@ use kopf_abi::protocol::{HandlerError, HandlerErrorKind, HandlerKind, Invocation
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engines::metrics,
+    observability::metrics,
     plugin::{HandlerRef, PluginError, PluginSet},
 };
 

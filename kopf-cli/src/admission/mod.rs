@@ -27,7 +27,7 @@ use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 
 use crate::clients::scanning::{self, GroupFilter};
-use crate::operator::OperatorContext;
+use crate::contexts::OperatorContext;
 use crate::plugin::HandlerRef;
 use crate::structs::references::Resource;
 
@@ -226,9 +226,10 @@ async fn discover(client: &kube::Client, handlers: &[HandlerRef]) -> anyhow::Res
 }
 
 /// Starts the webhook server and the configuration managers if webhook handlers exist.
+#[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
     let handlers = webhook_handlers(context);
-    let args: &WebhookOptions = &context.options.webhooks;
+    let args = &context.options.webhooks;
     if handlers.is_empty() {
         if args.webhook_server.is_some() {
             tracing::info!(target: "kopf.admission", "No validate/mutate handlers: the webhook server is not started.");

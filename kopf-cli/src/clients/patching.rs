@@ -31,7 +31,7 @@ async fn send(client: &Client, verb: &str, request: http::Request<Vec<u8>>) -> R
         Ok(_) => 200,
         Err(error) => error.code().unwrap_or(0),
     };
-    crate::engines::metrics::api_request(verb, code);
+    crate::observability::metrics::api_request(verb, code);
     result
 }
 

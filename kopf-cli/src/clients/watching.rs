@@ -161,7 +161,7 @@ pub async fn watch_continuously(
             }
             Ok(None) => {
                 // 410 Gone or a lost position: re-list from scratch.
-                crate::engines::metrics::watch_restarted(&path.plural);
+                crate::observability::metrics::watch_restarted(&path.plural);
                 backoff.reset();
                 if std::mem::replace(&mut progressed, false) {
                     relists.reset();

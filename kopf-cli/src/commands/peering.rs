@@ -143,7 +143,7 @@ pub async fn run(args: PeeringArgs) -> Result<()> {
         PeeringCommand::Freeze(freeze) => {
             let identity = freeze.id.clone().unwrap_or_else(|| detect_own_id(true));
             let priority = if freeze.dev {
-                crate::cli::DEV_PRIORITY
+                crate::options::DEV_PRIORITY
             } else {
                 freeze.priority
             };

@@ -7,7 +7,7 @@
 //!   the status is `500` (Kopf answers 500 too, with a traceback instead of JSON), so a
 //!   Kubernetes liveness probe sees the failure.
 //! * `GET /metrics` (unless the probe path is `/metrics` itself) serves
-//!   [`crate::engines::metrics`] in the OpenMetrics text format. Kopf has no metrics
+//!   [`crate::observability::metrics`] in the OpenMetrics text format. Kopf has no metrics
 //!   endpoint; it shares the liveness listener so no extra port is needed.
 
 use std::sync::Arc;
@@ -25,9 +25,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::{
-    engines::{activities, metrics},
-    operator::OperatorContext,
-    plugin::PluginSet,
+    contexts::OperatorContext, engines::activities, observability::metrics, plugin::PluginSet,
     settings::OperatorSettings,
 };
 

@@ -33,8 +33,8 @@ use crate::{
         ApiError, patching,
         watching::{EventType, WatchItem, WatchSettings, watch_continuously},
     },
-    reactor::pausing::PauseToggles,
     settings::PeeringSettings,
+    signals::PauseToggles,
     structs::references::{self, NamespacePattern},
 };
 
@@ -121,7 +121,7 @@ impl PauseBoard {
 
 /// Spawns the peering supervisor. The returned future resolves after the first decision
 /// (or when peering turns out to be unavailable); the task ends after `release` (or
-/// [`EXIT_GRACE`] after `stop`), having removed this operator's records.
+/// `EXIT_GRACE` after `stop`), having removed this operator's records.
 pub fn spawn(
     client: Client,
     config: PeeringConfig,
@@ -147,6 +147,7 @@ pub async fn ended(stop: CancellationToken, release: CancellationToken) {
 
 const DETECTION: &str = "<detection>";
 
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn supervise(
     client: Client,
     config: PeeringConfig,
@@ -562,6 +563,7 @@ impl Target {
 
     /// Decides about pausing from the latest peering object. `first`: the target's first
     /// decision, made while it holds its initial pause (not one to announce the end of).
+    #[allow(clippy::too_many_lines)] // split under issue 19
     async fn evaluate(&self, state: &mut TargetState, first: bool) {
         let key = self.key();
         let was_paused = !first && self.board.is_set(&key);

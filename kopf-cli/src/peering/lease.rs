@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LEASE_DURATION_ENV, LEASE_TOGGLE, PeeringError};
 use crate::{
-    cli::RunOptions,
     clients::{ApiError, auth::Credentials, connection, patching},
-    reactor::pausing::PauseToggles,
+    options::RunOptions,
+    signals::PauseToggles,
 };
 
 /// The default Lease duration (client-go's default).

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::operator::OperatorContext;
+use crate::contexts::OperatorContext;
 
 /// The pause toggle of Kopf peering.
 pub const PEERING_TOGGLE: &str = "peering";

@@ -14,6 +14,8 @@ use kopf_abi::{Failure, FailureKind, HostTable, LogLevel};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
+use crate::observability::objects;
+
 /// Identifies the plugin that calls into the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerInfo {
@@ -69,6 +71,54 @@ pub(crate) struct HostContext {
     pub(crate) services: RwLock<Arc<dyn HostServices>>,
     /// Submitted calls waiting for `complete`, by call id.
     pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Completion>>>,
+    /// The callers' `object` spans of submitted calls, by the object's `namespace/name`
+    /// (as the plugin names it in its log lines) and call id: a plugin's lines from its
+    /// own threads are logged in the span of the object's processing.
+    calls: Mutex<HashMap<String, Vec<(u64, tracing::Span)>>>,
+}
+
+impl HostContext {
+    /// Keeps the current `object` span (if any) for the plugin's lines about that object
+    /// until the returned guard is dropped.
+    pub(crate) fn enter_call(self: &Arc<Self>, call_id: u64) -> Option<CallSpan> {
+        let reference = objects::current()?.reference();
+        let span = tracing::Span::current();
+        self.calls
+            .lock()
+            .entry(reference.clone())
+            .or_default()
+            .push((call_id, span));
+        Some(CallSpan {
+            context: self.clone(),
+            reference,
+            call_id,
+        })
+    }
+
+    /// The span of a submitted call about this object, if one is in flight.
+    fn call_span(&self, reference: &str) -> Option<tracing::Span> {
+        let calls = self.calls.lock();
+        calls.get(reference)?.last().map(|(_, span)| span.clone())
+    }
+}
+
+/// Forgets a call's span when the call is over (see [`HostContext::enter_call`]).
+pub(crate) struct CallSpan {
+    context: Arc<HostContext>,
+    reference: String,
+    call_id: u64,
+}
+
+impl Drop for CallSpan {
+    fn drop(&mut self) {
+        let mut calls = self.context.calls.lock();
+        if let Some(spans) = calls.get_mut(&self.reference) {
+            spans.retain(|(call_id, _)| *call_id != self.call_id);
+            if spans.is_empty() {
+                calls.remove(&self.reference);
+            }
+        }
+    }
 }
 
 fn registry() -> &'static RwLock<Vec<Arc<HostContext>>> {
@@ -82,6 +132,7 @@ pub(crate) fn register(caller: CallerInfo) -> (usize, Arc<HostContext>) {
         caller: RwLock::new(caller),
         services: RwLock::new(Arc::new(NoServices)),
         pending: Mutex::new(HashMap::new()),
+        calls: Mutex::new(HashMap::new()),
     });
     let mut reg = registry().write();
     reg.push(ctx.clone());
@@ -102,11 +153,32 @@ pub(crate) fn host_table(context: usize) -> HostTable {
     }
 }
 
-/// Emits one plugin log line into the host's `tracing` at a runtime-chosen level.
+/// Emits one plugin log line into the host's `tracing` at a runtime-chosen level, in the
+/// span of the object it is about (`object`, the plugin's `namespace/name`): the current
+/// one (a handler's first poll on the engine's thread), the caller's span of a submitted
+/// call (a handler on the plugin's threads), or else a span naming the object only.
 ///
 /// The tracing target is always `kopf.plugin` (so the level filters apply); the plugin's
 /// own target travels in the `log.target` field, which the formatters display instead.
-pub(crate) fn emit(level: LogLevel, plugin: &str, target: &str, object: &str, message: &str) {
+pub(crate) fn emit(
+    context: Option<&HostContext>,
+    level: LogLevel,
+    plugin: &str,
+    target: &str,
+    object: &str,
+    message: &str,
+) {
+    let emit = || emit_here(level, plugin, target, message);
+    if object.is_empty() || objects::current().is_some_and(|current| current.reference() == object) {
+        return emit();
+    }
+    match context.and_then(|context| context.call_span(object)) {
+        Some(span) => span.in_scope(emit),
+        None => objects::reference_span(object).in_scope(emit),
+    }
+}
+
+fn emit_here(level: LogLevel, plugin: &str, target: &str, message: &str) {
     macro_rules! ev {
         ($lvl:expr) => {
             tracing::event!(
@@ -114,7 +186,6 @@ pub(crate) fn emit(level: LogLevel, plugin: &str, target: &str, object: &str, me
                 $lvl,
                 plugin = plugin,
                 log.target = target,
-                object = object,
                 "{}",
                 message
             )
@@ -137,10 +208,19 @@ extern "C" fn host_log(
     message: RStr<'_>,
 ) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        let plugin = lookup(context)
+        let context = lookup(context);
+        let plugin = context
+            .as_ref()
             .map(|c| c.caller.read().name.clone())
             .unwrap_or_default();
-        emit(level, &plugin, target.as_str(), object.as_str(), message.as_str());
+        emit(
+            context.as_deref(),
+            level,
+            &plugin,
+            target.as_str(),
+            object.as_str(),
+            message.as_str(),
+        );
     }));
 }
 

@@ -592,6 +592,8 @@ impl PluginSet {
 
         let (tx, mut rx) = oneshot::channel();
         plugin.context.pending.lock().insert(call_id, tx);
+        // The plugin's lines about the object, from its threads, go into the caller's span.
+        let _span = plugin.context.enter_call(call_id);
         let mut guard = PendingGuard {
             handler,
             call_id,

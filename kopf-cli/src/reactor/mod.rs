@@ -6,7 +6,6 @@ pub mod daemons;
 pub mod indexing;
 pub mod memory;
 pub mod orchestration;
-pub mod pausing;
 pub mod processing;
 pub mod queueing;
 pub mod shared;

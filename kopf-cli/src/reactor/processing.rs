@@ -25,7 +25,7 @@
 //!   purge of a finished cause) never runs again for that cause.
 //! - Handlers of one cycle run as one batch and are persisted by one patch (that is what
 //!   keeps the request budget) **only while the batch is fast**: once the handlers of a
-//!   cycle took [`BATCH_WINDOW`] (200 ms) in total, the outcomes so far are persisted
+//!   cycle took `BATCH_WINDOW` (200 ms) in total, the outcomes so far are persisted
 //!   before the next handler starts. So a crash re-runs the handler that was running, plus
 //!   at most the handlers that completed within the last 200 ms of the same batch and
 //!   were not persisted yet. For handlers that take longer than the window (those where a

@@ -19,7 +19,9 @@ use tokio::{
 };
 
 use crate::clients::watching::{EventType, WatchItem};
-use crate::engines::{metrics, posting};
+use tracing::Instrument as _;
+
+use crate::observability::{metrics, objects::object_span};
 use crate::structs::{backoff::sleep_until_opt, dicts};
 
 /// How long a call may keep its worker slot (see [`release_slot_if_slow`]).
@@ -464,10 +466,8 @@ pub async fn multiplex<P: ObjectProcessor>(
                 // object starts a new one (unless one was started meanwhile).
                 if let Ok(key) = done
                     && entries.get(&key).is_some_and(|entry| entry.mailbox.is_closed())
-                    && let Some(entry) = entries.remove(&key)
-                    && posting::is_active()
                 {
-                    posting::unregister(&entry.stub.to_body());
+                    entries.remove(&key);
                 }
             }
         }
@@ -476,9 +476,6 @@ pub async fn multiplex<P: ObjectProcessor>(
     metrics::queue_depth(&stream, -depth);
     for (_, entry) in entries.drain() {
         entry.mailbox.end();
-        if posting::is_active() {
-            posting::unregister(&entry.stub.to_body());
-        }
     }
     let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
@@ -510,26 +507,20 @@ fn dispatch<P: ObjectProcessor>(
         None => event,
     };
     let stub = Stub::of(&event.body);
+    // Lines logged while the object is processed name it (see `observability::objects`).
+    let span = object_span(&event.body);
     let mailbox = Arc::new(Mailbox::default());
     // Cannot fail: the mailbox is fresh.
     let _ = mailbox.push(event, coalesce, compact);
-    if posting::is_active() {
-        posting::register(&stub.to_body());
-    }
-    let replaced = entries.insert(
+    entries.insert(
         key.clone(),
         Entry {
             mailbox: mailbox.clone(),
             stub,
         },
     );
-    if let Some(replaced) = replaced
-        && posting::is_active()
-    {
-        posting::unregister(&replaced.stub.to_body());
-    }
     let worker = worker(key, mailbox, processor.clone(), settings.clone(), limit.clone());
-    workers.spawn(worker);
+    workers.spawn(worker.instrument(span));
 }
 
 async fn worker<P: ObjectProcessor>(

@@ -493,9 +493,49 @@ pub fn match_namespaces(name: &str, patterns: &[NamespacePattern]) -> bool {
     patterns.iter().any(|p| p.matches(name))
 }
 
+/// Validates the syntax of a namespace pattern (`kopf run -n`, `kopf rbac -n`): comma-separated parts, each an optional `!`
+/// and a namespace name that may contain the globs `*`, `?` and `[...]`.
+pub fn parse_namespace_pattern(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("a namespace pattern must not be empty".to_owned());
+    }
+    for part in value.split(',') {
+        let part = part.trim();
+        let name = part.strip_prefix('!').unwrap_or(part);
+        if name.is_empty() {
+            return Err(format!("empty namespace pattern part in {value:?}"));
+        }
+        if let Some(bad) = name.chars().find(|c| {
+            !(c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, '-' | '.' | '*' | '?' | '[' | ']' | '!'))
+        }) {
+            return Err(format!(
+                "invalid character {bad:?} in namespace pattern {part:?} \
+                 (namespaces are lowercase letters, digits and '-'; globs: * ? [...]; negation: a leading !)"
+            ));
+        }
+        if name.matches('[').count() != name.matches(']').count() {
+            return Err(format!("unbalanced brackets in namespace pattern {part:?}"));
+        }
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_patterns() {
+        assert!(parse_namespace_pattern("default").is_ok());
+        assert!(parse_namespace_pattern("ns-*,!ns-secret,dev?").is_ok());
+        assert!(parse_namespace_pattern("").is_err());
+        assert!(parse_namespace_pattern("a,,b").is_err());
+        assert!(parse_namespace_pattern("Bad").is_err());
+        assert!(parse_namespace_pattern("!").is_err());
+        assert!(parse_namespace_pattern("ns[ab").is_err());
+    }
 
     fn res(group: &str, version: &str, plural: &str, preferred: bool) -> Resource {
         Resource {

@@ -203,6 +203,7 @@ fn returns_result(ret: &ReturnType) -> bool {
     }
 }
 
+#[allow(clippy::too_many_lines)] // split under issue 19
 fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {

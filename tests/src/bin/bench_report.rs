@@ -123,6 +123,7 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // split under issue 19
 async fn main() -> Result<()> {
     let Some(options) = parse()? else {
         return Ok(());

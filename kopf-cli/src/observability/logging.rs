@@ -7,20 +7,24 @@
 //! * `json`: one JSON object per line: `timestamp`, `severity`, `target`, `message`, and
 //!   the object reference under the `--log-refkey` key (default `object`).
 //!
-//! Any event may carry an `object` field (`"namespace/name"`): the plain and full
-//! formats prefix the message with `[namespace/name]` unless `--no-log-prefix`; the JSON
-//! format puts it under the refkey instead (and prefixes only with `--log-prefix`).
-//! A `log.target` field overrides the displayed target (used for plugin logs).
+//! Lines about an object (the object loggers' and the plugins', inside the object's span,
+//! see [`super::objects`]): the plain and full formats prefix the message with
+//! `[namespace/name]` unless `--no-log-prefix`; the JSON format puts the reference under
+//! the refkey instead (and prefixes only with `--log-prefix`). A message that already
+//! starts with its `[namespace/name]` is not prefixed twice. A `log.target` field
+//! overrides the displayed target (used for plugin logs).
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde_json::{Map, Value};
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+
+use super::fields::Collected;
+use super::objects::{self, LogLines, ObjectsLayer};
 
 /// The log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -71,6 +75,8 @@ pub struct LogConfig {
     pub refkey: String,
     /// Whether to prefix messages with `[namespace/name]`; `None` = the format's default.
     pub prefix: Option<bool>,
+    /// `tracing` filter directives replacing the verbosity's (`RUST_LOG`, read at the edge).
+    pub filter: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -80,6 +86,7 @@ impl Default for LogConfig {
             verbosity: Verbosity::Normal,
             refkey: "object".to_owned(),
             prefix: None,
+            filter: None,
         }
     }
 }
@@ -92,16 +99,24 @@ pub enum LoggingError {
     Install(String),
 }
 
-/// Installs the global `tracing` subscriber writing to stderr (and posting object log
-/// lines as events when an operator enables it, see [`crate::engines::posting`]).
+/// Installs the global `tracing` subscriber writing to stderr, with the objects' spans
+/// (handing object lines to `lines` while an operator posts them, see
+/// [`super::objects`]).
 ///
-/// `RUST_LOG`, when set, replaces the level directives chosen by the verbosity.
-pub fn init(config: &LogConfig) -> Result<(), LoggingError> {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
+/// [`LogConfig::filter`] (`RUST_LOG`), when set, replaces the level directives chosen
+/// by the verbosity.
+pub fn init(config: &LogConfig, lines: &LogLines) -> Result<(), LoggingError> {
+    let filter = config
+        .filter
+        .as_deref()
         .filter(|s| !s.trim().is_empty())
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(config.verbosity.directives()));
+    // The objects' spans exist at every verbosity: they name the object of a line.
+    let filter = match format!("{}=info", super::objects::SPAN_TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let output = tracing_subscriber::fmt::layer()
@@ -111,7 +126,7 @@ pub fn init(config: &LogConfig) -> Result<(), LoggingError> {
     tracing_subscriber::registry()
         .with(filter)
         .with(output)
-        .with(crate::engines::posting::ObjectEventsLayer)
+        .with(ObjectsLayer::new(lines.clone()))
         .try_init()
         .map_err(|e| LoggingError::Install(e.to_string()))
 }
@@ -135,53 +150,6 @@ impl KopfFormat {
     }
 }
 
-/// The fields of one event, as collected for formatting (and for posting object lines,
-/// see [`crate::engines::posting`]).
-#[derive(Default)]
-pub(crate) struct Collected {
-    pub(crate) message: String,
-    pub(crate) object: String,
-    target: String,
-    extra: Vec<(&'static str, Value)>,
-}
-
-impl Visit for Collected {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message = value.to_owned(),
-            "object" => self.object = value.to_owned(),
-            "log.target" => self.target = value.to_owned(),
-            name => self.extra.push((name, Value::from(value))),
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match field.name() {
-            "message" => self.message = format!("{value:?}"),
-            "object" => self.object = format!("{value:?}"),
-            "log.target" => self.target = format!("{value:?}"),
-            name if name.starts_with("log.") => {}
-            name => self.extra.push((name, Value::from(format!("{value:?}")))),
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.extra.push((field.name(), Value::from(value)));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.extra.push((field.name(), Value::from(value)));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.extra.push((field.name(), Value::from(value)));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.extra.push((field.name(), Value::from(value)));
-    }
-}
-
 /// Python's level names, as Kopf prints them.
 fn level_name(level: &Level) -> &'static str {
     match *level {
@@ -193,18 +161,13 @@ fn level_name(level: &Level) -> &'static str {
     }
 }
 
-/// `namespace/name` (or `name`) as a JSON object reference.
-fn object_ref(object: &str) -> Value {
+/// The object's reference as JSON: `namespace` (if any) and `name`.
+fn object_ref(object: &objects::LoggedObject) -> Value {
     let mut map = Map::new();
-    match object.split_once('/') {
-        Some((ns, name)) => {
-            map.insert("namespace".to_owned(), Value::from(ns));
-            map.insert("name".to_owned(), Value::from(name));
-        }
-        None => {
-            map.insert("name".to_owned(), Value::from(object));
-        }
+    if !object.namespace.is_empty() {
+        map.insert("namespace".to_owned(), Value::from(object.namespace.as_str()));
     }
+    map.insert("name".to_owned(), Value::from(object.name.as_str()));
     Value::Object(map)
 }
 
@@ -215,7 +178,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -227,9 +190,20 @@ where
         } else {
             fields.target.as_str()
         };
+        let object = if objects::is_object_line(meta.target()) {
+            objects::find(ctx.event_scope())
+        } else {
+            None
+        };
         let mut message = String::new();
-        if self.prefix && !fields.object.is_empty() {
-            write!(message, "[{}] ", fields.object)?;
+        if self.prefix
+            && let Some(object) = &object
+        {
+            let prefix = format!("[{}] ", object.reference());
+            // Messages that still name their object by hand are not prefixed twice.
+            if !fields.message.starts_with(&prefix) {
+                message.push_str(&prefix);
+            }
         }
         message.push_str(&fields.message);
 
@@ -274,8 +248,8 @@ where
                 for (name, value) in fields.extra {
                     map.insert(name.to_owned(), value);
                 }
-                if !fields.object.is_empty() {
-                    map.insert(self.refkey.clone(), object_ref(&fields.object));
+                if let Some(object) = &object {
+                    map.insert(self.refkey.clone(), object_ref(object));
                 }
                 let line = serde_json::to_string(&Value::Object(map)).map_err(|_| fmt::Error)?;
                 writeln!(writer, "{line}")
