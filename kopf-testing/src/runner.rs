@@ -154,10 +154,11 @@ pub fn wait_until<T>(
     }
 }
 
-/// The shared library cargo built for the crate under test (`crate_name` with `_`, e.g.
-/// `env!("CARGO_CRATE_NAME")`), next to the running test binary:
-/// `target/<profile>/lib<crate_name>.so`. Cargo builds a `cdylib` crate's library before
-/// its integration tests run.
+/// The shared library cargo built for the package under test, next to the running test
+/// binary: `target/<profile>/lib<name>.so` with `-` in `crate_name` read as `_`. Pass
+/// `env!("CARGO_PKG_NAME")` from an integration test (its own `CARGO_CRATE_NAME` is the
+/// test's), or the `[lib] name` if the package sets one. Cargo builds a `cdylib` crate's
+/// library before its integration tests run.
 pub fn cdylib_path(crate_name: &str) -> Result<PathBuf, RunnerError> {
     let file = format!(
         "{}{}{}",

@@ -19,7 +19,7 @@ fn kopf_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os(kopf_testing::runner::KOPF_BIN) {
         return bin.into();
     }
-    let plugin = cdylib_path(env!("CARGO_CRATE_NAME")).expect("the plugin is built");
+    let plugin = cdylib_path(env!("CARGO_PKG_NAME")).expect("the plugin is built");
     let target = plugin
         .parent()
         .and_then(|p| p.parent())
@@ -41,7 +41,7 @@ fn kopf_bin() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_handles_the_whole_lifecycle() {
-    let plugin = cdylib_path(env!("CARGO_CRATE_NAME")).unwrap();
+    let plugin = cdylib_path(env!("CARGO_PKG_NAME")).unwrap();
     let mut runner = KopfRunner::builder(plugin)
         .kopf_bin(kopf_bin())
         .apply_yaml(include_str!("../../crd.yaml"))
