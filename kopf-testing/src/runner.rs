@@ -82,6 +82,9 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
+    /// The runner was configured in a way it cannot honour.
+    #[error("{0}")]
+    Usage(&'static str),
     /// The emulator failed.
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
@@ -424,6 +427,11 @@ impl KopfRunnerBuilder {
     /// `kopf run ARGS... PLUGINS...`. It does not wait for the operator to be ready: use
     /// [`KopfRunner::wait_for_line`] (`"The operator is ready"`).
     pub async fn start(self) -> Result<KopfRunner, RunnerError> {
+        if self.kubeconfig.is_some() && !self.yaml.is_empty() {
+            return Err(RunnerError::Usage(
+                "apply_yaml applies to the emulator only: with a kubeconfig, apply with your own tools",
+            ));
+        }
         for plugin in &self.plugins {
             if !plugin.exists() {
                 return Err(RunnerError::PluginNotFound(plugin.clone()));
@@ -565,4 +573,74 @@ fn unique_temp_path(what: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("kopf-runner-{}-{n}.{what}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> KopfProcess {
+        KopfProcess::spawn_program("sh", ["-c", script], std::iter::empty::<(&str, &str)>())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn lines_signals_and_exit_statuses() {
+        // Runs until signalled: `exec` makes the signal reach the waiting program itself.
+        let mut p = sh("echo starting >&2; echo ready >&2; exec tail -f /dev/null");
+        let line = p.wait_for_line("ready", Duration::from_secs(10)).unwrap();
+        assert_eq!(line, "ready");
+        assert_eq!(p.lines(), ["starting", "ready"]);
+        p.signal("TERM").unwrap();
+        let status = p.wait_exit(Duration::from_secs(10)).unwrap();
+        assert!(!status.success());
+    }
+
+    #[test]
+    fn an_early_exit_fails_the_wait_with_the_log() {
+        let mut p = sh("echo boom >&2; exit 3");
+        match p.wait_for_line("never", Duration::from_secs(10)) {
+            Err(RunnerError::Exited { status, log, .. }) => {
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(log, "boom");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn eventually_returns_the_value_or_times_out() {
+        let mut n = 0;
+        let v = eventually(Duration::from_secs(10), "three polls", || {
+            n += 1;
+            (n == 3).then_some(n)
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+        let e = eventually(Duration::from_millis(50), "nothing", || None::<()>)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("timed out after 50ms waiting for nothing"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_plugin_or_a_kubeconfig_with_yaml_is_refused() {
+        let e = KopfRunner::builder("/nonexistent/libx.so")
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RunnerError::PluginNotFound(_)), "{e}");
+        let e = KopfRunner::builder("/nonexistent/libx.so")
+            .kubeconfig("/nonexistent/kubeconfig")
+            .apply_yaml("{}")
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RunnerError::Usage(_)), "{e}");
+    }
 }

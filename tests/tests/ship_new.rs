@@ -60,6 +60,7 @@ fn the_scaffold_is_complete_and_consistent() {
         "src/lib.rs",
         "Dockerfile",
         ".dockerignore",
+        "Dockerfile.dockerignore",
         "README.md",
         "deploy/crd.yaml",
         "deploy/obj.yaml",

@@ -170,7 +170,9 @@ pub fn files(name: &str, sdk_dependency: &str) -> Vec<(&'static str, String)> {
         ("src/lib.rs", fill(LIB_RS)),
         ("README.md", fill(README)),
         (".gitignore", "/target\n".to_owned()),
-        (".dockerignore", "**/target\n**/.git\n".to_owned()),
+        (".dockerignore", DOCKERIGNORE.to_owned()),
+        // BuildKit reads this one also when the context is a parent directory (`-f`).
+        ("Dockerfile.dockerignore", DOCKERIGNORE.to_owned()),
         ("Dockerfile", fill(DOCKERFILE)),
         ("deploy/crd.yaml", CRD.to_owned()),
         ("deploy/obj.yaml", OBJ.to_owned()),
@@ -284,6 +286,8 @@ pub fn run(args: NewArgs) -> Result<()> {
     }
     Ok(())
 }
+
+const DOCKERIGNORE: &str = "**/target\n**/.git\n";
 
 const CARGO_TOML: &str = r#"[package]
 name = "{{name}}"
