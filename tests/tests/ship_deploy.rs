@@ -362,6 +362,12 @@ async fn every_deploy_manifest_passes_kubectl_client_dry_runs() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("(dry run)"));
     }
+    // The kustomization and the objects of the CRDs: on a cluster where the CRDs are installed.
+    for crds in ["crd.yaml", "peering-crds.yaml"] {
+        emu.apply_yaml(&std::fs::read_to_string(deploy.join(crds)).unwrap())
+            .await
+            .unwrap();
+    }
     let out = kubectl(
         &kubeconfig,
         &["apply", "--dry-run=client", "-k", deploy.to_str().unwrap()],
@@ -379,12 +385,6 @@ async fn every_deploy_manifest_passes_kubectl_client_dry_runs() {
         "deployment.apps/kopf-operator",
     ] {
         assert!(stdout.contains(what), "{what} not applied by -k:\n{stdout}");
-    }
-    // Objects of the CRDs: on a cluster where the CRDs are installed.
-    for crds in ["crd.yaml", "peering-crds.yaml"] {
-        emu.apply_yaml(&std::fs::read_to_string(deploy.join(crds)).unwrap())
-            .await
-            .unwrap();
     }
     for file in needs_crds {
         let out = kubectl(

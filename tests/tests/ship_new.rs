@@ -92,27 +92,32 @@ fn the_scaffold_is_complete_and_consistent() {
         };
         assert_eq!(version(&lock), version(&workspace_lock), "{package}");
     }
-    // The image build reaches the SDK: the build context is the common directory, and the
-    // printed command names the crate's place in it.
+    // The image build reaches the SDK: the build context is the deepest directory holding
+    // the crate and the SDK's workspace, and the printed command names the crate's place in it.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("--build-arg CRATE_DIR=ops/my-operator"),
-        "{stdout}"
-    );
-    let context = dir.path().canonicalize().unwrap();
-    let context_root = stdout
+    let crate_abs = crate_dir.canonicalize().unwrap();
+    let workspace_abs = workspace_root().canonicalize().unwrap();
+    let context: PathBuf = crate_abs
+        .components()
+        .zip(workspace_abs.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.as_os_str())
+        .collect();
+    let crate_in_context = crate_abs.strip_prefix(&context).unwrap().to_str().unwrap();
+    let command = stdout
         .lines()
         .find(|l| l.contains("docker build -f"))
-        .and_then(|l| l.split_whitespace().last())
-        .map(PathBuf::from)
-        .unwrap();
+        .unwrap_or_else(|| panic!("no docker command in:\n{stdout}"));
     assert!(
-        crate_dir.canonicalize().unwrap().starts_with(&context_root)
-            && sdk.canonicalize().unwrap().starts_with(&context_root),
-        "{}",
-        context_root.display()
+        command.contains(&format!(
+            "-f {crate_in_context}/Dockerfile --build-arg CRATE_DIR={crate_in_context} "
+        )),
+        "{command}"
     );
-    assert!(context.starts_with(&context_root));
+    assert_eq!(
+        command.split_whitespace().last().map(PathBuf::from),
+        Some(context)
+    );
 
     // The CRD has a real schema: spec.field is a required string.
     let crd = &yaml_docs(&std::fs::read_to_string(crate_dir.join("deploy/crd.yaml")).unwrap())[0];
