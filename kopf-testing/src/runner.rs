@@ -6,9 +6,10 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use kopf_testing::runner::{KopfRunner, cdylib_path, eventually};
+//! use kopf_testing::runner::{KopfRunner, build_cdylib, eventually};
 //!
-//! let runner = KopfRunner::builder(cdylib_path("my_operator")?)
+//! let plugin = build_cdylib(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))?;
+//! let mut runner = KopfRunner::builder(plugin)
 //!     .apply_yaml(std::fs::read_to_string("deploy/crd.yaml")?)
 //!     .start()
 //!     .await?;
@@ -160,8 +161,8 @@ pub fn wait_until<T>(
 /// The shared library cargo built for the package under test, next to the running test
 /// binary: `target/<profile>/lib<name>.so` with `-` in `crate_name` read as `_`. Pass
 /// `env!("CARGO_PKG_NAME")` from an integration test (its own `CARGO_CRATE_NAME` is the
-/// test's), or the `[lib] name` if the package sets one. Cargo builds a `cdylib` crate's
-/// library before its integration tests run.
+/// test's), or the `[lib] name` if the package sets one. `cargo test` does not build a
+/// `cdylib`-only library for the integration tests: [`build_cdylib`] does.
 pub fn cdylib_path(crate_name: &str) -> Result<PathBuf, RunnerError> {
     let file = format!(
         "{}{}{}",
@@ -184,6 +185,51 @@ pub fn cdylib_path(crate_name: &str) -> Result<PathBuf, RunnerError> {
     } else {
         Err(RunnerError::PluginNotFound(path))
     }
+}
+
+/// Builds the plugin of the package under test (`cargo build --lib`, with the running
+/// test's profile and target directory) and returns its path: call it from an integration
+/// test as `build_cdylib(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))`.
+pub fn build_cdylib(manifest_dir: &str, package: &str) -> Result<PathBuf, RunnerError> {
+    let exe = std::env::current_exe().map_err(|source| RunnerError::Spawn {
+        program: "the test binary".into(),
+        source,
+    })?;
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent);
+    let target = profile_dir.and_then(Path::parent);
+    let (Some(profile_dir), Some(target)) = (profile_dir, target) else {
+        return Err(RunnerError::Usage(
+            "the test binary is not in a cargo target directory",
+        ));
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--lib", "--manifest-path"])
+        .arg(Path::new(manifest_dir).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target)
+        // The test's own package variables would make some build scripts rerun.
+        .env_remove("CARGO_MANIFEST_DIR");
+    match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd.status().map_err(|source| RunnerError::Spawn {
+        program: "cargo build --lib".into(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(RunnerError::Spawn {
+            program: "cargo build --lib".into(),
+            source: std::io::Error::other(format!("exited with {status}")),
+        });
+    }
+    cdylib_path(package)
 }
 
 /// The `kopf` binary: `$KOPF_BIN`, else `kopf` found on `PATH`.

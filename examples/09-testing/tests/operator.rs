@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kopf_testing::eventually;
-use kopf_testing::runner::{KopfRunner, cdylib_path};
+use kopf_testing::runner::{KopfRunner, build_cdylib};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -19,7 +19,7 @@ fn kopf_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os(kopf_testing::runner::KOPF_BIN) {
         return bin.into();
     }
-    let plugin = cdylib_path(env!("CARGO_PKG_NAME")).expect("the plugin is built");
+    let plugin = build_cdylib(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME")).expect("the plugin builds");
     let target = plugin
         .parent()
         .and_then(|p| p.parent())
@@ -41,7 +41,7 @@ fn kopf_bin() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_handles_the_whole_lifecycle() {
-    let plugin = cdylib_path(env!("CARGO_PKG_NAME")).unwrap();
+    let plugin = build_cdylib(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME")).unwrap();
     let mut runner = KopfRunner::builder(plugin)
         .kopf_bin(kopf_bin())
         .apply_yaml(include_str!("../../crd.yaml"))
