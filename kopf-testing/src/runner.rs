@@ -252,6 +252,8 @@ pub fn kopf_bin() -> Result<PathBuf, RunnerError> {
 pub struct KopfProcess {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr until EOF: after an exit, the last lines are in once it is done.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl KopfProcess {
@@ -284,15 +286,15 @@ impl KopfProcess {
             .spawn()
             .map_err(spawn_error)?;
         let lines = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let reader = child.stderr.take().map(|stderr| {
             let sink = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
-            });
-        }
-        Ok(Self { child, lines })
+            })
+        });
+        Ok(Self { child, lines, reader })
     }
 
     /// The process id.
@@ -314,7 +316,10 @@ impl KopfProcess {
         if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
             return Some(Ok(line));
         }
-        self.try_wait().map(Err)
+        let status = self.try_wait()?;
+        // Exited: report it once the last lines are read (they may hold the needle).
+        let read = self.reader.as_ref().is_none_or(|r| r.is_finished());
+        read.then_some(Err(status))
     }
 
     fn line_error(
