@@ -32,7 +32,16 @@
 //!    with a new root module type. The host reads the revision from the plain exported
 //!    symbol [`REVISION_SYMBOL`] *before* the abi_stable layout check, so a plugin of
 //!    another revision is refused with both revisions named, not with a layout dump.
-//! 3. The crate version stays `0.1.x`: abi_stable also compares package versions.
+//! 3. The crate's version is not the workspace's: its **major version is the ABI
+//!    revision** (`1.y.z` for revision 1), checked at compile time. abi_stable records the
+//!    defining crate's version in every type layout and refuses a plugin whose major
+//!    differs, so releases of `kopf`, the SDK and this crate's `1.y` line all keep loading
+//!    plugins built before. The root module's version strings are the revision itself
+//!    ([`ABI_VERSION`]), not the crate version, so a newer `1.y` host does not demand a
+//!    plugin built with at least its own minor version.
+//!
+//! `tests/abi1/` holds a plugin built against a frozen copy of revision 1; every future
+//! `kopf` must load and run it (`tests/tests/abi_frozen.rs`).
 //!
 //! # Safety contract for plugins
 //!
@@ -46,7 +55,6 @@
 use abi_stable::{
     StableAbi, declare_root_module_statics,
     library::RootModule,
-    package_version_strings,
     sabi_types::VersionStrings,
     std_types::{RResult, RStr, RString},
 };
@@ -55,6 +63,22 @@ pub mod protocol;
 
 /// The ABI revision of this crate. A host loads only plugins of the same revision.
 pub const ABI_REVISION: u32 = 1;
+
+/// The version abi_stable checks for the root module: `ABI_REVISION.0.0`.
+///
+/// Fixed per revision, so that it never follows the crate's minor or patch releases.
+pub const ABI_VERSION: &str = "1.0.0";
+
+// The crate's major version must be the revision: abi_stable compares it in every layout.
+const _: () = {
+    let major = env!("CARGO_PKG_VERSION_MAJOR").as_bytes();
+    let revision = ABI_VERSION.as_bytes();
+    assert!(
+        major.len() == 1 && revision[0] == major[0] && revision[1] == b'.',
+        "kopf-abi's major version must equal ABI_REVISION (see the crate docs)"
+    );
+    assert!(revision[0] - b'0' == ABI_REVISION as u8);
+};
 
 /// The name of the plain `u32` static every plugin exports next to the abi_stable header.
 ///
@@ -205,7 +229,7 @@ impl RootModule for PluginModuleRef {
     declare_root_module_statics! {PluginModuleRef}
     const BASE_NAME: &'static str = "kopf_plugin";
     const NAME: &'static str = "kopf_plugin";
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(ABI_VERSION);
 }
 
 /// Exports a [`PluginModule`] from a `cdylib`: the abi_stable root module and the

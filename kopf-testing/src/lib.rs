@@ -34,6 +34,7 @@ mod protobuf;
 mod rbac;
 mod render;
 mod resources;
+pub mod runner;
 mod scale;
 mod schema;
 mod selectors;
@@ -57,6 +58,7 @@ pub use chaos::{Chaos, ChaosCounts, ChaosPlan};
 pub use error::{ApiError, EmulatorError};
 pub use faults::{Counters, FaultKind, FaultMatch, Faults, RequestRecord, retry_after_violations};
 pub use resources::{GroupResource, ResourceDef};
+pub use runner::{KopfRunner, RunnerError, eventually};
 pub use selectors::{FieldSelector, LabelSelector};
 
 use api::{Config, ListOpts, Shared};

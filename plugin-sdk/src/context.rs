@@ -21,6 +21,7 @@ use crate::memo::{self, Memo};
 use crate::subhandlers::{
     self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError, WhenFn,
 };
+use crate::testing::EventRecorder;
 
 static NULL: Value = Value::Null;
 
@@ -46,6 +47,8 @@ struct Inner {
     children: Mutex<Children>,
     /// This context is a sub-handler's.
     is_child: bool,
+    /// Built by `testing::ContextBuilder`: events are recorded here instead of posted.
+    events: Option<EventRecorder>,
 }
 
 impl fmt::Debug for Context {
@@ -95,8 +98,26 @@ impl Context {
                 memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
                 is_child: false,
+                events: None,
             }),
         }
+    }
+
+    /// The same context, recording posted events instead of sending them to a host.
+    pub(crate) fn with_event_recorder(self, recorder: EventRecorder) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.events = Some(recorder);
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    pub(crate) fn event_recorder(&self) -> Option<&EventRecorder> {
+        self.inner.events.as_ref()
     }
 
     /// The context of a sub-handler of this handler: the same object and cause, with the
@@ -119,6 +140,7 @@ impl Context {
                 memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
                 is_child: true,
+                events: self.inner.events.clone(),
             }),
         }
     }
@@ -514,6 +536,10 @@ impl Context {
         });
         if let Some(level) = level {
             payload["level"] = Value::from(level);
+        }
+        if let Some(recorder) = &self.inner.events {
+            recorder.record(payload);
+            return;
         }
         if let Err(e) = host::call::<_, Value>(host_methods::EVENT_POST, 1, &payload) {
             self.logger().debug(format_args!("Failed to post an event: {e}"));

@@ -158,6 +158,14 @@
 //!
 //! `tracing` events inside handlers reach the host's log with the object's
 //! `[namespace/name]` prefix; [`Context::logger`] does the same explicitly.
+//!
+//! ## Testing
+//!
+//! Unit tests call handler functions directly with a context from
+//! [`testing::ContextBuilder`] (no cluster, no `kopf` binary) and check the result, the
+//! patch and [`testing::posted_events`]. End-to-end tests run the plugin with the real
+//! `kopf` binary against an emulated cluster: `kopf_testing::KopfRunner` in the
+//! `kopf-testing` crate. See `docs/testing.md`.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
@@ -180,6 +188,7 @@ mod pool;
 mod runtime;
 mod selector;
 pub mod subhandlers;
+pub mod testing;
 
 pub use connection::ConnectionInfo;
 pub use context::{

@@ -4,13 +4,13 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod dockerfile;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -244,24 +244,28 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u1
     Ok((status, body))
 }
 
-/// Polls `condition` every 20 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = condition() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// Polls `condition` until it returns `Some` or `timeout` passes (the test kit's
+/// [`kopf_testing::runner::wait_until`], with an `anyhow` error).
+pub fn wait_for<T>(timeout: Duration, what: &str, condition: impl FnMut() -> Option<T>) -> Result<T> {
+    Ok(kopf_testing::runner::wait_until(timeout, what, condition)?)
+}
+
+/// A running `kopf` child process whose stderr is collected line by line: the test kit's
+/// [`kopf_testing::runner::KopfProcess`] (its methods through `Deref`), started with the
+/// workspace's freshly built `kopf`.
+pub struct KopfProcess(kopf_testing::runner::KopfProcess);
+
+impl std::ops::Deref for KopfProcess {
+    type Target = kopf_testing::runner::KopfProcess;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-/// A running `kopf` child process whose stderr is collected line by line.
-pub struct KopfProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+impl std::ops::DerefMut for KopfProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl KopfProcess {
@@ -296,58 +300,19 @@ impl KopfProcess {
         K: AsRef<std::ffi::OsStr>,
         V: AsRef<std::ffi::OsStr>,
     {
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(envs)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().context("no stderr pipe")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        Ok(Self { child, lines })
-    }
-
-    /// All stderr lines so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        Ok(Self(kopf_testing::runner::KopfProcess::spawn_program(
+            program, args, envs,
+        )?))
     }
 
     /// Waits until a stderr line contains `needle`; fails with the log so far otherwise.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let found = wait_for(timeout, &format!("a kopf log line containing {needle:?}"), || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(Err(status));
-            }
-            self.lines().into_iter().find(|l| l.contains(needle)).map(Ok)
-        });
-        match found {
-            Ok(Ok(line)) => Ok(line),
-            Ok(Err(status)) => bail!(
-                "kopf exited ({status}) before logging {needle:?}:\n{}",
-                self.lines().join("\n")
-            ),
-            Err(e) => bail!("{e}; log so far:\n{}", self.lines().join("\n")),
-        }
+        Ok(self.0.wait_for_line(needle, timeout)?)
     }
 
     /// Sends a signal (e.g. `TERM`, `INT`) with the system's `kill`.
     pub fn signal(&self, name: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{name} {} failed", self.child.id());
-        }
-        Ok(())
+        Ok(self.0.signal(name)?)
     }
 
     /// Stops the process gracefully (SIGTERM) and waits up to `timeout` for a successful
@@ -363,25 +328,43 @@ impl KopfProcess {
 
     /// Waits for the process to exit, up to `timeout` (then kills it and fails).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let waited = wait_for(timeout, "kopf to exit", || self.child.try_wait().ok().flatten());
-        match waited {
-            Ok(status) => Ok(status),
-            Err(e) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!("{e}; log so far:\n{}", self.lines().join("\n"))
-            }
-        }
+        Ok(self.0.wait_exit(timeout)?)
     }
 }
 
-impl Drop for KopfProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+/// Runs `kopf run --embedded -A -f FILE... PLUGIN` with the given `kopf` binary, waits for
+/// `first_line` and then for a line saying `handler` succeeded, and stops it with SIGTERM,
+/// expecting a graceful exit (0). Fails with the log otherwise.
+pub fn embedded_run_succeeds(
+    kopf: PathBuf,
+    files: &[&Path],
+    plugin: &Path,
+    envs: &[(&str, &std::ffi::OsStr)],
+    first_line: &str,
+    handler: &str,
+) -> Result<()> {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), "--embedded".as_ref(), "-A".as_ref()];
+    for file in files {
+        args.push("-f".as_ref());
+        args.push(file.as_os_str());
     }
+    args.push(plugin.as_os_str());
+    let mut run = KopfProcess::spawn_program(kopf, args, envs.iter().copied())?;
+    run.wait_for_line(first_line, Duration::from_secs(60))?;
+    let succeeded = wait_for(Duration::from_secs(30), &format!("{handler} to succeed"), || {
+        run.lines()
+            .into_iter()
+            .find(|l| l.contains(handler) && l.contains("succeeded"))
+    });
+    if let Err(e) = succeeded {
+        bail!("{e}\n{}", run.lines().join("\n"));
+    }
+    run.signal("TERM")?;
+    let status = run.wait_exit(Duration::from_secs(30))?;
+    if !status.success() {
+        bail!("kopf exited with {status}:\n{}", run.lines().join("\n"));
+    }
+    Ok(())
 }
 
 /// The variable that lets a run skip tests whose external tool (Python Kopf, kubectl, Go) is

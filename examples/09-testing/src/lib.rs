@@ -22,3 +22,32 @@ pub fn field_fn(ctx: &kopf::Context) -> Value {
 pub fn delete_fn(ctx: &kopf::Context) {
     tracing::info!("deleting {}", ctx.object_ref());
 }
+
+/// Unit tests: the handler functions called directly with contexts from the SDK's
+/// `kopf::testing::ContextBuilder`, no cluster and no `kopf` binary.
+#[cfg(test)]
+mod tests {
+    use kopf::testing::ContextBuilder;
+    use serde_json::json;
+
+    #[test]
+    fn create_fn_reports_the_field() {
+        let ctx = ContextBuilder::new("kopf.dev/v1", "KopfExample")
+            .namespace("default")
+            .name("kex-1")
+            .spec(json!({"field": "one"}))
+            .reason("create")
+            .build();
+        assert_eq!(super::create_fn(&ctx), json!({"message": "created with \"one\""}));
+    }
+
+    #[test]
+    fn field_fn_returns_the_new_value() {
+        let ctx = ContextBuilder::new("kopf.dev/v1", "KopfExample")
+            .reason("update")
+            .old(json!("one"))
+            .new_value(json!("two"))
+            .build();
+        assert_eq!(super::field_fn(&ctx), json!({"new": "two"}));
+    }
+}

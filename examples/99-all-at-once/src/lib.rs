@@ -134,4 +134,10 @@ pub mod user_guide {
     pub mod memo {}
     #[doc = include_str!("../../../docs/coming-from-python-kopf.md")]
     pub mod coming_from_python_kopf {}
+    #[doc = include_str!("../../../docs/tutorial.md")]
+    pub mod tutorial {}
+    #[doc = include_str!("../../../docs/coming-from-kube-rs.md")]
+    pub mod coming_from_kube_rs {}
+    #[doc = include_str!("../../../docs/troubleshooting.md")]
+    pub mod troubleshooting {}
 }
