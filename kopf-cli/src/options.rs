@@ -59,3 +59,38 @@ pub struct WebhookOptions {
     /// `--webhook-managed`: keep the Validating/MutatingWebhookConfiguration of this name.
     pub webhook_managed: Option<String>,
 }
+
+/// This operator's identity: `POD_ID` if set, else `user@host/YYYYmmddHHMMSS/xyz` (or
+/// `user@host` for manual commands like `kopf peering freeze`), as Kopf's `detect_own_id`.
+pub fn detect_own_id(manual: bool) -> String {
+    if let Ok(pod) = std::env::var("POD_ID") {
+        return pod;
+    }
+    let user = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    let host = hostname();
+    if manual {
+        return format!("{user}@{host}");
+    }
+    let now = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%d%H%M%S")
+        .to_string();
+    const ALPHABET: &[u8] = b"abcdefhijklmnopqrstuvwxyz0123456789";
+    let rnd: String = (0..3)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{user}@{host}/{now}/{rnd}")
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -222,8 +222,13 @@ async fn example_03_exceptions() {
     ex.wait_line("Creation is processed: 1 succeeded; 3 failed.")
         .await;
 
-    // Resource handlers are counted like every other kind: each attempt by its outcome,
-    // each retry (create_fn: temporary, arbitrary, then permanent: 2 retries).
+    assert_resource_handler_metrics(port).await;
+    ex.finish().await;
+}
+
+/// Resource handlers are counted like every other kind: each attempt by its outcome, each
+/// retry (03-exceptions' create_fn: temporary, arbitrary, then permanent: 2 retries).
+async fn assert_resource_handler_metrics(port: u16) {
     let (status, metrics) = tokio::task::spawn_blocking(move || {
         kopf_e2e::http_get(port, "/metrics", std::time::Duration::from_secs(10)).unwrap()
     })
@@ -244,7 +249,6 @@ async fn example_03_exceptions() {
         !metrics.contains(r#"kopf_handler_retries_total{kind="create",handler="permanent_errors"}"#),
         "{metrics}"
     );
-    ex.finish().await;
 }
 
 /// 04-events: the four events exist as core/v1 Events about the object.
@@ -687,12 +691,18 @@ async fn example_11_filtering_handlers() {
         assert!(ex.lines_with(message).is_empty(), "{:?}", ex.lines_with(message));
     }
 
-    // Changes: `old=`/`new=` callbacks see the field's old and new values, `when=` sees
-    // the cause (reason, old, new, diff). Growing to 5 is not "big"; 5 -> 20 is.
-    ex.patch(&kex, "kopf-example-1", json!({"spec": {"size": 5}}))
+    assert_change_filters_see_the_cause(&ex, &kex).await;
+    ex.finish().await;
+}
+
+/// 11-filtering-handlers, changes: `old=`/`new=` callbacks see the field's old and new
+/// values, `when=` sees the cause (reason, old, new, diff). Growing to 5 is not "big";
+/// 5 -> 20 is.
+async fn assert_change_filters_see_the_cause(ex: &Example, kex: &kube::core::ApiResource) {
+    ex.patch(kex, "kopf-example-1", json!({"spec": {"size": 5}}))
         .await;
     let small = ex
-        .wait_object(&kex, "kopf-example-1", "the first update handled", |o| {
+        .wait_object(kex, "kopf-example-1", "the first update handled", |o| {
             o.filter(|o| o.pointer("/status/update_with_cause_in_when").is_some())
                 .cloned()
         })
@@ -703,10 +713,10 @@ async fn example_11_filtering_handlers() {
             .is_none(),
         "{small}"
     );
-    ex.patch(&kex, "kopf-example-1", json!({"spec": {"size": 20}}))
+    ex.patch(kex, "kopf-example-1", json!({"spec": {"size": 20}}))
         .await;
     let big = ex
-        .wait_object(&kex, "kopf-example-1", "the growth handled", |o| {
+        .wait_object(kex, "kopf-example-1", "the growth handled", |o| {
             o.filter(|o| o.pointer("/status/update_when_growing_big~1spec.size").is_some())
                 .cloned()
         })
@@ -718,5 +728,4 @@ async fn example_11_filtering_handlers() {
     );
     ex.wait_line("The size grew big: Some(Number(5)) -> Some(Number(20)).")
         .await;
-    ex.finish().await;
 }

@@ -388,7 +388,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
             managed,
             client_config,
             discovered,
-            claim: configs::claim_key(&crate::peering::detect_own_id(false)),
+            claim: configs::claim_key(&crate::options::detect_own_id(false)),
             interval,
         };
         manager.apply_all().await?;

@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::{
     clients::{ApiError, connection, patching},
+    options::detect_own_id,
     peering::{
-        PeeringError, detect_own_id, keepalive,
+        PeeringError, keepalive,
         records::{self, Peer},
         resources::{self, PeeringResource, Scope},
     },

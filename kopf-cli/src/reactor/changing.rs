@@ -2,7 +2,7 @@
 //! decision, the selected handlers, their batch, and the patch that ends the cause.
 //!
 //! Kopf's `processing.process_changing_cause` and `handling.execute`, in four steps (see
-//! [`ResourceProcessor::changing_cycle`]): decide the finalizer, select the handlers, run
+//! `ResourceProcessor::changing_cycle`): decide the finalizer, select the handlers, run
 //! the batch, finish the cause. The batching rule and what a crash can make re-run are
 //! described in [`super::processing`]'s header.
 

@@ -300,15 +300,7 @@ impl ObjectProcessor for ResourceProcessor {
 
     async fn process(&self, memory: &mut ObjectMemory, events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
         if wakeup == Wakeup::Stopping {
-            if let Some(uid) = &memory.uid {
-                let reason = if self.shared.exiting.is_cancelled() {
-                    StopReason::OperatorExiting
-                } else {
-                    StopReason::OperatorPausing
-                };
-                let stub = json!({"metadata": {"uid": uid}});
-                self.background.stop_object(&stub, reason).await;
-            }
+            self.stop_background(memory).await;
             return Verdict::default();
         }
         if memory
@@ -337,15 +329,7 @@ impl ObjectProcessor for ResourceProcessor {
         let mut newest_from_events = false;
         if let Some(last) = events.last() {
             if last.is_deletion() {
-                tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", object_ref(&last.body));
-                if let Some(uid) = text(&last.body, &["metadata", "uid"]) {
-                    self.handled.lock().remove(uid);
-                }
-                self.background.forget(&last.body);
-                if let Some(uid) = text(&last.body, &["metadata", "uid"]) {
-                    self.shared.plugins.forget_object(uid);
-                }
-                *memory = ObjectMemory::default();
+                self.forget(memory, &last.body);
                 return Verdict::default();
             }
             if events.iter().any(|e| e.event_type.is_none())
@@ -416,32 +400,72 @@ impl ObjectProcessor for ResourceProcessor {
             return Verdict::default();
         };
         if memory.stale {
-            match application::reread(&self.shared.client, &self.resource, &body).await {
-                Ok(Applied::Fresh(fresh) | Applied::Conflicted(fresh)) => {
-                    memory.stale = false;
-                    memory.remember_version(&fresh);
-                    body = fresh;
-                }
-                Ok(Applied::Gone) => {
-                    *memory = ObjectMemory::default();
-                    return Verdict::default();
-                }
-                Ok(Applied::Unchanged) => {
-                    memory.body = Some(body);
-                    memory.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                    return Verdict {
-                        wake_at: memory.retry_at,
-                        ..Default::default()
-                    };
-                }
-                // Logged (a refused GET names the verb and the resource) and throttled like
-                // a failed patch; the body stays stale until a read succeeds.
-                Err(failed) => return self.throttle(memory, body, &Stall::Api(failed), true),
-            }
+            body = match self.reread_stale(memory, body).await {
+                Ok(fresh) => fresh,
+                Err(verdict) => return verdict,
+            };
         }
         self.adjust_background(memory, &body).await;
 
-        // Cycles: a finalizer change is persisted before handlers run, then go on.
+        self.run_cycles(memory, body, patch).await
+    }
+}
+
+impl ResourceProcessor {
+    /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
+    fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
+        tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", object_ref(body));
+        if let Some(uid) = text(body, &["metadata", "uid"]) {
+            self.handled.lock().remove(uid);
+            self.shared.plugins.forget_object(uid);
+        }
+        self.background.forget(body);
+        *memory = ObjectMemory::default();
+    }
+
+    /// Stops the object's daemons and timers: the operator pauses or exits.
+    async fn stop_background(&self, memory: &ObjectMemory) {
+        if let Some(uid) = &memory.uid {
+            let reason = if self.shared.exiting.is_cancelled() {
+                StopReason::OperatorExiting
+            } else {
+                StopReason::OperatorPausing
+            };
+            let stub = json!({"metadata": {"uid": uid}});
+            self.background.stop_object(&stub, reason).await;
+        }
+    }
+
+    /// Re-reads a body that may be older than the object (after a failed request); the
+    /// verdict instead when the object is gone or the read failed (throttled like a failed
+    /// patch: a refused GET names the verb and the resource; the body stays stale).
+    async fn reread_stale(&self, memory: &mut ObjectMemory, body: Value) -> Result<Value, Verdict> {
+        match application::reread(&self.shared.client, &self.resource, &body).await {
+            Ok(Applied::Fresh(fresh) | Applied::Conflicted(fresh)) => {
+                memory.stale = false;
+                memory.remember_version(&fresh);
+                Ok(fresh)
+            }
+            Ok(Applied::Gone) => {
+                *memory = ObjectMemory::default();
+                Err(Verdict::default())
+            }
+            Ok(Applied::Unchanged) => {
+                memory.body = Some(body);
+                memory.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                Err(Verdict {
+                    wake_at: memory.retry_at,
+                    ..Default::default()
+                })
+            }
+            Err(failed) => Err(self.throttle(memory, body, &Stall::Api(failed), true)),
+        }
+    }
+
+    /// Changing cycles on the object's newest body, each persisted by its patch (with
+    /// what `patch` already holds): a finalizer change is persisted before handlers run,
+    /// and news in a patch response makes another cycle at once.
+    async fn run_cycles(&self, memory: &mut ObjectMemory, mut body: Value, mut patch: Patch) -> Verdict {
         let mut delay = None;
         let mut conflicts = 0;
         for _ in 0..MAX_CYCLES {
@@ -510,9 +534,7 @@ impl ObjectProcessor for ResourceProcessor {
         }
         verdict
     }
-}
 
-impl ResourceProcessor {
     /// Pauses the object's processing after a failed patch or re-read, or filters that
     /// could not decide: longer after each failure in a row (`queueing.error_delays`, or the
     /// server's Retry-After); `stale` when `body` may be older than the object, to be
