@@ -36,9 +36,6 @@ const SIBLINGS: &[(&str, &str)] = &[
     ("main", "cli"),
     ("main", "commands"),
     ("cli", "commands"),
-    // Activities decide about retries as the reactor does, until the actions layer
-    // takes that over (issue 19).
-    ("engines", "reactor"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -102,7 +102,6 @@ struct HandlerState {
 /// Runs every handler of `kind` until all are done; returns their results by id, or the
 /// permanent failures. `settings` is handed to each handler and, for startup handlers,
 /// updated with what they return.
-#[allow(clippy::too_many_lines)] // split under issue 19
 async fn run_activity(
     plugins: &PluginSet,
     kind: HandlerKind,
