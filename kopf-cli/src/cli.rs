@@ -175,6 +175,8 @@ pub struct RunArgs {
         short = 'f',
         long = "embedded-apply",
         value_name = "FILE",
+        env = "KOPF_RUN_EMBEDDED_APPLY",
+        value_delimiter = ',',
         requires = "embedded"
     )]
     pub embedded_apply: Vec<PathBuf>,
@@ -349,6 +351,25 @@ mod tests {
         assert_eq!(opts.peering_name.as_deref(), Some("peer"));
         assert_eq!(opts.log.prefix, Some(false));
         assert!(!opts.clusterwide);
+    }
+
+    /// The README says every flag of `kopf run` has a `KOPF_RUN_*` variable.
+    #[test]
+    fn every_run_flag_has_an_environment_variable() {
+        let command = Cli::command();
+        let run = command
+            .find_subcommand("run")
+            .unwrap_or_else(|| panic!("no run subcommand"));
+        let missing: Vec<String> = run
+            .get_arguments()
+            .filter(|arg| !arg.is_positional() && arg.get_id() != "help")
+            .filter(|arg| {
+                arg.get_env()
+                    .is_none_or(|env| !env.to_string_lossy().starts_with("KOPF_RUN_"))
+            })
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "flags without a KOPF_RUN_* variable: {missing:?}");
     }
 
     #[test]
