@@ -369,7 +369,10 @@ mod tests {
             })
             .map(|arg| arg.get_id().to_string())
             .collect();
-        assert!(missing.is_empty(), "flags without a KOPF_RUN_* variable: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "flags without a KOPF_RUN_* variable: {missing:?}"
+        );
     }
 
     #[test]
