@@ -472,13 +472,20 @@ fn filter_callbacks_are_evaluated_on_request() {
     disabled["spec"]["enabled"] = json!(false);
     assert_eq!(filter(json!({"body": disabled})).matches, Some(false));
 
-    // new= callback on the field's new value.
+    // new= callback on the field's new value, for a cause (the host sends its reason).
     let check = |new: Value| {
-        let payload = invocation(json!({"purpose": "filter", "old": 1, "new": new}));
+        let payload = invocation(json!({"purpose": "filter", "reason": "update", "old": 1, "new": new}));
         invoke("t_temporary/spec.x", &payload).unwrap().matches
     };
     assert_eq!(check(json!(50)), Some(true));
     assert_eq!(check(json!(5)), Some(false));
+    // Without a cause (the pre-match that decides the finalizer), old=/new= are not asked,
+    // as in Kopf's prematch.
+    let prematch = invocation(json!({"purpose": "filter", "old": 1, "new": 5}));
+    assert_eq!(
+        invoke("t_temporary/spec.x", &prematch).unwrap().matches,
+        Some(true)
+    );
 }
 
 #[test]

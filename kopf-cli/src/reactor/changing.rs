@@ -1,5 +1,7 @@
-//! The changing cycle of one object: from its newest body to the cause, the finalizer
-//! decision, the selected handlers, their batch, and the patch that ends the cause.
+//! The changing cycles of one object: from its newest body to the cause, the finalizer
+//! decision, the selected handlers, their batch, and the patch that ends the cause; and
+//! the loop that persists each cycle's patch and runs another one on news
+//! (`ResourceProcessor::run_cycles`).
 //!
 //! Kopf's `processing.process_changing_cause` and `handling.execute`, in four steps (see
 //! `ResourceProcessor::changing_cycle`): decide the finalizer, select the handlers, run
@@ -12,13 +14,19 @@ use kopf_abi::protocol::{HandlerKind, Invocation};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{memory::ObjectMemory, processing::ResourceProcessor, subhandling};
+use super::{
+    memory::{ObjectMemory, adopt_patched},
+    processing::{ResourceProcessor, Stall},
+    queueing::Verdict,
+    subhandling,
+};
 use crate::{
     actions::{
-        application,
+        application::{self, Applied, Failed},
         execution::{self, Attempt, Decision},
         invocation::{self, Call, FilterError},
     },
+    clients::ApiError,
     intents::{
         causes::{self, CauseInputs, ChangingCause, Reason},
         filters::FilterSubject,
@@ -45,6 +53,14 @@ const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
 /// How soon a deleted object held only for exiting daemons and timers is looked at again.
 const BACKGROUND_EXIT_RECHECK: f64 = 0.5;
+
+/// Cycles per processing run at most (finalizer changes, persisted slow batches).
+const MAX_CYCLES: usize = 64;
+
+/// Refused patches (failed `test` of the resourceVersion) re-cycled at once per processing
+/// run; beyond, the object is throttled like after an error (a 422 that is no conflict
+/// would otherwise be re-sent in a tight loop).
+const MAX_CONFLICTS: usize = 3;
 
 /// The result of one changing cycle.
 #[derive(Debug, Default)]
@@ -93,6 +109,100 @@ struct Batch {
 }
 
 impl ResourceProcessor {
+    /// Changing cycles on the object's newest body, each persisted by its patch (with
+    /// what `patch` already holds): a finalizer change is persisted before handlers run,
+    /// and news in a patch response makes another cycle at once.
+    pub(super) async fn run_cycles(
+        &self,
+        memory: &mut ObjectMemory,
+        mut body: Value,
+        mut patch: Patch,
+    ) -> Verdict {
+        let mut delay = None;
+        let mut conflicts = 0;
+        for _ in 0..MAX_CYCLES {
+            let (cycle, undecided) = match self.changing_cycle(memory, &body, &mut patch).await {
+                Ok(cycle) => (cycle, None),
+                // Nothing is decided on a guess: what earlier steps collected is sent,
+                // then the object waits (the finalizer stays, no handler runs).
+                Err(error) => (Cycle::default(), Some(error)),
+            };
+            delay = cycle.delay;
+            let mut news = false;
+            if patch.is_empty() {
+                if let Some(error) = undecided {
+                    return self.throttle(memory, body, &Stall::Filters(error), false);
+                }
+                break;
+            }
+            match application::apply(&self.shared.client, &self.resource, &body, &patch).await {
+                Ok(Applied::Unchanged) => memory.errors = 0,
+                Ok(Applied::Fresh(fresh)) => {
+                    memory.errors = 0;
+                    news = !cycle.again && self.brings_news(&body, cycle.essence.as_ref(), &fresh);
+                    adopt_patched(memory, &mut body, fresh, &self.shared.settings);
+                }
+                Ok(Applied::Conflicted(fresh)) => {
+                    // The refused part is not done, and the events up to the re-read
+                    // state count as our own echo: nothing else would look at it again
+                    // (a finalizer's removal racing a timer's status patch stayed undone).
+                    // The error count stays: repeated refusals throttle longer and longer.
+                    conflicts += 1;
+                    adopt_patched(memory, &mut body, fresh, &self.shared.settings);
+                    if conflicts > MAX_CONFLICTS {
+                        let error = Failed::patch(
+                            None,
+                            ApiError::Unexpected(format!(
+                                "the patch was refused {conflicts} times in a row (the object keeps changing, or the patch is invalid)"
+                            )),
+                        );
+                        // The body was just re-read: no second read before the retry.
+                        return self.throttle(memory, body, &Stall::Api(error), false);
+                    }
+                    news = true;
+                }
+                Ok(Applied::Gone) => {
+                    *memory = ObjectMemory::default();
+                    return Verdict::default();
+                }
+                // The failed request may still have been applied (e.g. a dropped
+                // connection): the body is re-read before the retry, so that the retry
+                // does not purge or store against a state older than the object's.
+                Err(error) => return self.throttle(memory, body, &Stall::Api(error), true),
+            }
+            patch = Patch::new();
+            if let Some(error) = undecided {
+                return self.throttle(memory, body, &Stall::Filters(error), false);
+            }
+            if !cycle.again && !news {
+                break;
+            }
+        }
+        memory.body = Some(body);
+        memory.retry_at = delay.map(|delay| Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
+        let mut verdict = self.idle_verdict(memory);
+        if let Some(retry_at) = memory.retry_at {
+            verdict.wake_at = Some(retry_at);
+        }
+        verdict
+    }
+
+    /// Whether the patch response `after` differs from `before` (the body the cycle saw,
+    /// with essence `seen`) in what decides the causes: someone else's change that landed
+    /// between our read and our patch, or a handler's own patch of the spec. Such news
+    /// needs another cycle now: the echo of the patch is not processed again.
+    fn brings_news(&self, before: &Value, seen: Option<&Value>, after: &Value) -> bool {
+        if is_deletion_ongoing(before) != is_deletion_ongoing(after) {
+            return true;
+        }
+        let Some(seen) = seen else { return false };
+        let now = self
+            .shared
+            .diffbase
+            .essence(&self.shared.progress, after, &self.extra_fields);
+        &now != seen
+    }
+
     /// One changing cycle on `body`: decides the cause, runs the due handlers, and
     /// accumulates everything to persist in `patch`. A filter that cannot decide stops the
     /// cycle before it adds anything to `patch`.

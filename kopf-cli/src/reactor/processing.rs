@@ -47,10 +47,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    changing::Cycle,
     daemons::Background,
     indexing,
-    memory::{ObjectMemory, adopt_patched},
+    memory::ObjectMemory,
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
     shared::Shared,
     stopping::StopReason,
@@ -61,7 +60,6 @@ use crate::{
         execution,
         invocation::{self, Call, FilterError},
     },
-    clients::ApiError,
     intents::{
         causes,
         filters::{self, FilterMatch, FilterSubject},
@@ -71,19 +69,11 @@ use crate::{
     structs::{
         backoff::Delays,
         dicts::{self, FieldPath},
-        patches::{Patch, is_deletion_ongoing},
+        patches::Patch,
         references::Resource,
         versions,
     },
 };
-
-/// Cycles per processing run at most (finalizer changes, persisted slow batches).
-const MAX_CYCLES: usize = 64;
-
-/// Refused patches (failed `test` of the resourceVersion) re-cycled at once per processing
-/// run; beyond, the object is throttled like after an error (a 422 that is no conflict
-/// would otherwise be re-sent in a tight loop).
-const MAX_CONFLICTS: usize = 3;
 
 /// The processor of one served resource.
 pub struct ResourceProcessor {
@@ -236,26 +226,10 @@ impl ResourceProcessor {
             application::collect(patch, handler.id(), &outcome, outcome.error.is_none());
         }
     }
-
-    /// Whether the patch response `after` differs from `before` (the body the cycle saw,
-    /// with essence `seen`) in what decides the causes: someone else's change that landed
-    /// between our read and our patch, or a handler's own patch of the spec. Such news
-    /// needs another cycle now: the echo of the patch is not processed again.
-    fn brings_news(&self, before: &Value, seen: Option<&Value>, after: &Value) -> bool {
-        if is_deletion_ongoing(before) != is_deletion_ongoing(after) {
-            return true;
-        }
-        let Some(seen) = seen else { return false };
-        let now = self
-            .shared
-            .diffbase
-            .essence(&self.shared.progress, after, &self.extra_fields);
-        &now != seen
-    }
 }
 
 /// Why an object's processing pauses.
-enum Stall {
+pub(super) enum Stall {
     /// A request failed.
     Api(Failed),
     /// Filters could not decide.
@@ -462,84 +436,17 @@ impl ResourceProcessor {
         }
     }
 
-    /// Changing cycles on the object's newest body, each persisted by its patch (with
-    /// what `patch` already holds): a finalizer change is persisted before handlers run,
-    /// and news in a patch response makes another cycle at once.
-    async fn run_cycles(&self, memory: &mut ObjectMemory, mut body: Value, mut patch: Patch) -> Verdict {
-        let mut delay = None;
-        let mut conflicts = 0;
-        for _ in 0..MAX_CYCLES {
-            let (cycle, undecided) = match self.changing_cycle(memory, &body, &mut patch).await {
-                Ok(cycle) => (cycle, None),
-                // Nothing is decided on a guess: what earlier steps collected is sent,
-                // then the object waits (the finalizer stays, no handler runs).
-                Err(error) => (Cycle::default(), Some(error)),
-            };
-            delay = cycle.delay;
-            let mut news = false;
-            if patch.is_empty() {
-                if let Some(error) = undecided {
-                    return self.throttle(memory, body, &Stall::Filters(error), false);
-                }
-                break;
-            }
-            match application::apply(&self.shared.client, &self.resource, &body, &patch).await {
-                Ok(Applied::Unchanged) => memory.errors = 0,
-                Ok(Applied::Fresh(fresh)) => {
-                    memory.errors = 0;
-                    news = !cycle.again && self.brings_news(&body, cycle.essence.as_ref(), &fresh);
-                    adopt_patched(memory, &mut body, fresh, &self.shared.settings);
-                }
-                Ok(Applied::Conflicted(fresh)) => {
-                    // The refused part is not done, and the events up to the re-read
-                    // state count as our own echo: nothing else would look at it again
-                    // (a finalizer's removal racing a timer's status patch stayed undone).
-                    // The error count stays: repeated refusals throttle longer and longer.
-                    conflicts += 1;
-                    adopt_patched(memory, &mut body, fresh, &self.shared.settings);
-                    if conflicts > MAX_CONFLICTS {
-                        let error = Failed::patch(
-                            None,
-                            ApiError::Unexpected(format!(
-                                "the patch was refused {conflicts} times in a row (the object keeps changing, or the patch is invalid)"
-                            )),
-                        );
-                        // The body was just re-read: no second read before the retry.
-                        return self.throttle(memory, body, &Stall::Api(error), false);
-                    }
-                    news = true;
-                }
-                Ok(Applied::Gone) => {
-                    *memory = ObjectMemory::default();
-                    return Verdict::default();
-                }
-                // The failed request may still have been applied (e.g. a dropped
-                // connection): the body is re-read before the retry, so that the retry
-                // does not purge or store against a state older than the object's.
-                Err(error) => return self.throttle(memory, body, &Stall::Api(error), true),
-            }
-            patch = Patch::new();
-            if let Some(error) = undecided {
-                return self.throttle(memory, body, &Stall::Filters(error), false);
-            }
-            if !cycle.again && !news {
-                break;
-            }
-        }
-        memory.body = Some(body);
-        memory.retry_at = delay.map(|delay| Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
-        let mut verdict = self.idle_verdict(memory);
-        if let Some(retry_at) = memory.retry_at {
-            verdict.wake_at = Some(retry_at);
-        }
-        verdict
-    }
-
     /// Pauses the object's processing after a failed patch or re-read, or filters that
     /// could not decide: longer after each failure in a row (`queueing.error_delays`, or the
     /// server's Retry-After); `stale` when `body` may be older than the object, to be
     /// re-read before the retry.
-    fn throttle(&self, memory: &mut ObjectMemory, body: Value, why: &Stall, stale: bool) -> Verdict {
+    pub(super) fn throttle(
+        &self,
+        memory: &mut ObjectMemory,
+        body: Value,
+        why: &Stall,
+        stale: bool,
+    ) -> Verdict {
         let settings = &self.shared.settings;
         let pause = Delays::from_seconds(&settings.queueing.error_delays).after(memory.errors as u32);
         let (pause, account) = match why {
@@ -565,7 +472,7 @@ impl ResourceProcessor {
         }
     }
 
-    fn idle_verdict(&self, memory: &mut ObjectMemory) -> Verdict {
+    pub(super) fn idle_verdict(&self, memory: &mut ObjectMemory) -> Verdict {
         // The body is needed later only to retry a delayed handler, or to apply event
         // handlers' patches while our own patch's echo is awaited; otherwise the next
         // event brings a fresh one (the echo of our own patch needs no body: its state
