@@ -504,14 +504,15 @@ rules:
     resources: [customresourcedefinitions]
     verbs: [list, watch]
   - apiGroups: [kopf.dev]
-    resources: [clusterkopfpeerings]
-    verbs: [get, list, patch, watch]
-  - apiGroups: [kopf.dev]
     resources: [kopfexamples]
     verbs: [get, list, patch, watch]
   - apiGroups: [kopf.dev]
     resources: [kopfexamples/status]
     verbs: [patch]
+  - apiGroups: [kopf.dev]
+    resources: [clusterkopfpeerings]
+    resourceNames: [default]
+    verbs: [get, list, patch, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
