@@ -10,9 +10,10 @@ use kopf_cli::persistence::conventions::{self, KeyConvention};
 use kopf_cli::persistence::diffbase::{DiffBaseStorage, encode_essence};
 use kopf_cli::persistence::progress::{HandlerState, ProgressStorage, State};
 use kopf_cli::persistence::times::Timestamp;
+use kopf_cli::structs::bodies::Body;
 use kopf_cli::structs::dicts::parse_field;
 use kopf_cli::structs::diffs::{self, DiffItem};
-use kopf_cli::structs::patches::{Patch, PatchFn, is_deletion_blocked, is_deletion_ongoing};
+use kopf_cli::structs::patches::{Patch, PatchFn};
 use kopf_cli::structs::pyjson::{py_eq, py_truthy, to_python_json};
 use kopf_cli::structs::references::{self, NamespacePattern, Resource};
 use serde_json::Value;
@@ -352,7 +353,7 @@ fn changing_handler_selection() {
         let cause = ChangingCause {
             reason: Reason::parse(s(&c["reason"])).unwrap(),
             initial: c["initial"].as_bool().unwrap(),
-            deleted: is_deletion_ongoing(&c["body"]),
+            deleted: Body::new(&c["body"]).is_deleting(),
         };
         let subject = FilterSubject {
             body: &c["body"],
@@ -495,7 +496,7 @@ fn finalizer_json_patches() {
         });
         assert_eq!(Value::Array(patch.json_ops(&c["body"])), c["ops"], "{c}");
         assert_eq!(
-            is_deletion_blocked(&c["body"], &fin),
+            Body::new(&c["body"]).has_finalizer(&fin),
             c["blocked"].as_bool().unwrap(),
             "{c}"
         );

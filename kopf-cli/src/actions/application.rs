@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     clients::{ApiError, patching},
-    structs::{dicts, patches::Patch, references::Resource},
+    structs::{bodies::Body, patches::Patch, references::Resource},
 };
 
 /// What sending a patch (or re-reading) produced.
@@ -93,27 +93,15 @@ pub fn collect(patch: &mut Patch, handler_id: &str, outcome: &Outcome, deliver: 
     }
 }
 
-fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
-    dicts::resolve(body, path).and_then(Value::as_str)
-}
-
-/// `namespace/name` of a body, for logs.
-fn reference(body: &Value) -> String {
-    let name = text(body, &["metadata", "name"]).unwrap_or("?");
-    match text(body, &["metadata", "namespace"]) {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_owned(),
-    }
-}
-
 /// Reads the object of `body` as the API server has it now.
 pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Result<Applied, Failed> {
-    let Some(name) = text(body, &["metadata", "name"]) else {
+    let body = Body::new(body);
+    let Some(name) = body.name() else {
         return Err(Failed::get(ApiError::Unexpected(
             "an object without a name".into(),
         )));
     };
-    let url = resource.url(text(body, &["metadata", "namespace"]), Some(name), None);
+    let url = resource.url(body.namespace(), Some(name), None);
     match patching::get(client, &url).await {
         Ok(fresh) => Ok(Applied::Fresh(fresh)),
         Err(e) if e.is_not_found() => Ok(Applied::Gone),
@@ -129,8 +117,8 @@ pub async fn apply(
     body: &Value,
     patch: &Patch,
 ) -> Result<Applied, Failed> {
-    let namespace = text(body, &["metadata", "namespace"]);
-    let Some(name) = text(body, &["metadata", "name"]) else {
+    let namespace = Body::new(body).namespace();
+    let Some(name) = Body::new(body).name() else {
         return Err(Failed::patch(
             None,
             ApiError::Unexpected("an object without a name".into()),
@@ -161,7 +149,7 @@ pub async fn apply(
             Err(e) if e.is_not_found() => return Ok(Applied::Gone),
             Err(e) if e.is_conflict() => {
                 // The object changed under us: re-read it and let the next cycle decide.
-                tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", reference(body));
+                tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", Body::new(body).reference());
                 return match reread(client, resource, body).await {
                     Ok(Applied::Fresh(current)) => Ok(Applied::Conflicted(current)),
                     other => other,

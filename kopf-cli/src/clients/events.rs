@@ -4,6 +4,7 @@ use kube::Client;
 use serde_json::{Value, json};
 
 use super::{ApiError, patching, urls::ResourcePath};
+use crate::structs::bodies::Body;
 
 /// Kopf truncates event messages to this many characters, with `...` in the middle.
 pub const MAX_MESSAGE_LENGTH: usize = 1024;
@@ -126,10 +127,7 @@ pub fn build_event(
 
 /// Posts an Event built by [`build_event`].
 pub async fn post_event(client: &Client, event: &Value) -> Result<Value, ApiError> {
-    let namespace = event
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let namespace = Body::new(event).namespace().unwrap_or("default");
     let events = ResourcePath {
         group: String::new(),
         version: "v1".into(),

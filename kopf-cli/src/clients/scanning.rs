@@ -139,9 +139,8 @@ async fn from_aggregated(
         .into_iter()
         .flatten()
     {
-        let name = group
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
+        let name = crate::structs::bodies::Body::new(group)
+            .name()
             .unwrap_or_default();
         if !groups.wants(name) {
             continue;

@@ -265,17 +265,13 @@ async fn list_all(
     }
 }
 
-/// Watches from `rv` until the stream ends; returns the position to resume from, or
-/// `None` when a re-list is needed (410 Gone).
-#[allow(clippy::too_many_lines)] // split under issue 19
-async fn watch_once(
+/// Opens a watch from `rv`; `None` when the position expired (410 Gone).
+async fn open_watch(
     client: &Client,
     url: &str,
     settings: &WatchSettings,
-    rv: String,
-    sink: &mpsc::Sender<WatchItem>,
-    progressed: &mut bool,
-) -> Result<Option<String>, StepError> {
+    rv: &str,
+) -> Result<Option<impl futures::Stream<Item = Result<WatchEvent<Value>, kube::Error>> + use<>>, StepError> {
     // Bookmarks are on by default.
     let mut params = WatchParams {
         timeout: settings.server_timeout,
@@ -287,27 +283,38 @@ async fn watch_once(
     if let Some(selector) = &settings.field_selector {
         params = params.fields(selector);
     }
-    let request = match kube::core::Request::new(url).watch(&params, &rv) {
-        Ok(request) => request,
-        Err(e) => {
-            return Err(StepError::Api {
-                error: ApiError::Request(e.to_string()),
-                resume: Some(rv),
-            });
-        }
+    let failed = |error| StepError::Api {
+        error,
+        resume: Some(rv.to_owned()),
     };
-    let stream = match client.request_events::<Value>(request).await {
-        Ok(stream) => stream,
+    let request = kube::core::Request::new(url)
+        .watch(&params, rv)
+        .map_err(|e| failed(ApiError::Request(e.to_string())))?;
+    match client.request_events::<Value>(request).await {
+        Ok(stream) => Ok(Some(stream)),
         Err(error) => {
             let error = ApiError::from(error);
             if error.is_gone() {
-                return Ok(None);
+                Ok(None)
+            } else {
+                Err(failed(error))
             }
-            return Err(StepError::Api {
-                error,
-                resume: Some(rv),
-            });
         }
+    }
+}
+
+/// Watches from `rv` until the stream ends; returns the position to resume from, or
+/// `None` when a re-list is needed (410 Gone).
+async fn watch_once(
+    client: &Client,
+    url: &str,
+    settings: &WatchSettings,
+    rv: String,
+    sink: &mpsc::Sender<WatchItem>,
+    progressed: &mut bool,
+) -> Result<Option<String>, StepError> {
+    let Some(stream) = open_watch(client, url, settings, &rv).await? else {
+        return Ok(None);
     };
     let mut stream = std::pin::pin!(stream);
     let mut position = rv;
@@ -369,9 +376,7 @@ async fn watch_once(
                 });
             }
         };
-        if let Some(rv) =
-            crate::structs::dicts::resolve(&object, &["metadata", "resourceVersion"]).and_then(Value::as_str)
-        {
+        if let Some(rv) = crate::structs::bodies::Body::new(&object).resource_version() {
             position.clear();
             position.push_str(rv);
         }

@@ -13,9 +13,9 @@ use std::fmt;
 use kopf_abi::protocol::HandlerKind;
 use serde_json::Value;
 
+use crate::structs::bodies::Body;
 use crate::structs::dicts;
 use crate::structs::diffs::{self, DiffItem};
-use crate::structs::patches::{is_deletion_blocked, is_deletion_ongoing};
 
 /// Why changing handlers are (or are not) invoked (Kopf's `Reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,7 +121,7 @@ pub struct ChangingCause {
 
 /// Detect the changing cause (Kopf's `detect_changing_cause`).
 pub fn detect_changing_cause(inputs: &CauseInputs<'_>) -> ChangingCause {
-    let deleted = is_deletion_ongoing(inputs.body);
+    let deleted = Body::new(inputs.body).is_deleting();
     let make = |reason, initial| ChangingCause {
         reason,
         initial,
@@ -130,7 +130,7 @@ pub fn detect_changing_cause(inputs: &CauseInputs<'_>) -> ChangingCause {
     if inputs.event_type == Some("DELETED") {
         return make(Reason::Gone, inputs.initial);
     }
-    if deleted && !is_deletion_blocked(inputs.body, inputs.finalizer) {
+    if deleted && !Body::new(inputs.body).has_finalizer(inputs.finalizer) {
         return make(Reason::Free, inputs.initial);
     }
     if deleted {

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use kopf_abi::protocol::{FilterValue, Filters};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::structs::dicts;
 use crate::structs::pyjson::py_eq;
+use crate::structs::{bodies::Body, dicts};
 
 /// The result of static filter matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,13 +50,13 @@ pub struct FilterSubject<'a> {
 /// Used to decide the finalizer and whether an object concerns changing handlers at all.
 pub fn prematch(filters: &Filters, subject: &FilterSubject<'_>) -> FilterMatch {
     let body = subject.body;
-    let mut result = match_metadata(&filters.labels, dicts::resolve(body, &["metadata", "labels"]));
+    let mut result = match_metadata(&filters.labels, Body::new(body).labels());
     if result == FilterMatch::NoMatch {
         return result;
     }
     result = result.and(match_metadata(
         &filters.annotations,
-        dicts::resolve(body, &["metadata", "annotations"]),
+        Body::new(body).annotations(),
     ));
     if result == FilterMatch::NoMatch {
         return result;
@@ -78,8 +78,10 @@ pub fn matches(filters: &Filters, subject: &FilterSubject<'_>, field_needs_chang
     pre.and(match_field_changes(filters, subject, field_needs_change))
 }
 
-fn match_metadata(pattern: &BTreeMap<String, FilterValue>, content: Option<&Value>) -> FilterMatch {
-    let content = content.and_then(Value::as_object);
+fn match_metadata(
+    pattern: &BTreeMap<String, FilterValue>,
+    content: Option<&Map<String, Value>>,
+) -> FilterMatch {
     let mut result = FilterMatch::Match;
     for (key, filter) in pattern {
         let value = content.and_then(|c| c.get(key));

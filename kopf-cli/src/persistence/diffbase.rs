@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::conventions::{self, ConventionError, DEFAULT_PREFIX, KeyConvention};
 use super::progress::{ProgressStorage, remove_empty_stanzas};
+use crate::structs::bodies::Body;
 use crate::structs::dicts::{self, FieldPath};
 use crate::structs::patches::Patch;
 use crate::structs::pyjson;
@@ -150,9 +151,7 @@ impl DiffBaseStorage {
     /// Read the last handled essence (V2 key, then V1); `None` if never stored.
     pub fn fetch(&self, body: &Value) -> Result<Option<Value>, DiffBaseError> {
         for full_key in self.keys.make_keys(&self.key, Some(body)).iter() {
-            let Some(Value::String(encoded)) =
-                dicts::resolve(body, &["metadata", "annotations", full_key.as_str()])
-            else {
+            let Some(encoded) = Body::new(body).annotation(full_key) else {
                 continue;
             };
             let decoded: Value = serde_json::from_str(encoded).map_err(|source| DiffBaseError::Json {
@@ -172,9 +171,8 @@ impl DiffBaseStorage {
     pub fn annotations_size_with(&self, body: &Value, essence: &Value) -> usize {
         let keys = self.keys.make_keys(&self.key, Some(body));
         let encoded = encode_essence(essence).len();
-        let others: usize = body
-            .pointer("/metadata/annotations")
-            .and_then(Value::as_object)
+        let others: usize = Body::new(body)
+            .annotations()
             .map(|annotations| {
                 annotations
                     .iter()

@@ -39,9 +39,10 @@ use crate::{
     plugin::HandlerRef,
     settings::seconds,
     structs::{
+        bodies::Body,
         dicts,
         diffs::{self, DiffItem},
-        patches::{Patch, PatchFn, is_deletion_blocked, is_deletion_ongoing},
+        patches::{Patch, PatchFn},
     },
 };
 
@@ -192,7 +193,7 @@ impl ResourceProcessor {
     /// between our read and our patch, or a handler's own patch of the spec. Such news
     /// needs another cycle now: the echo of the patch is not processed again.
     fn brings_news(&self, before: &Value, seen: Option<&Value>, after: &Value) -> bool {
-        if is_deletion_ongoing(before) != is_deletion_ongoing(after) {
+        if Body::new(before).is_deleting() != Body::new(after).is_deleting() {
             return true;
         }
         let Some(seen) = seen else { return false };
@@ -228,8 +229,8 @@ impl ResourceProcessor {
         new: &Value,
         patch: &mut Patch,
     ) -> Result<Cycle, FilterError> {
-        let reference = super::processing::object_ref(body);
-        let deleting = is_deletion_ongoing(body);
+        let reference = Body::new(body).reference().to_string();
+        let deleting = Body::new(body).is_deleting();
         let old = match self.shared.diffbase.fetch(body) {
             Ok(old) => old,
             // Treating it as absent would invent a creation (and re-run create handlers);
@@ -304,11 +305,11 @@ impl ResourceProcessor {
         reference: &str,
         patch: &mut Patch,
     ) -> Result<Option<Cycle>, FilterError> {
-        if is_deletion_ongoing(body) {
+        if Body::new(body).is_deleting() {
             return Ok(None);
         }
         let needed = self.needs_finalizer(body).await?;
-        let blocked = is_deletion_blocked(body, self.finalizer());
+        let blocked = Body::new(body).has_finalizer(self.finalizer());
         if needed && !blocked {
             tracing::debug!(target: "kopf.objects", "[{reference}] Adding the finalizer, thus preventing the actual deletion.");
             patch.push_fn(PatchFn::AddFinalizer(self.finalizer().to_owned()));

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::structs::bodies::Body;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -53,12 +54,12 @@ impl Default for Indices {
 
 /// The object key of a body.
 pub fn object_key(body: &Value) -> ObjectKey {
-    let text = |p: &str| body.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let body = Body::new(body);
     format!(
         "{}/{}#{}",
-        text("/metadata/namespace"),
-        text("/metadata/name"),
-        text("/metadata/uid")
+        body.namespace().unwrap_or_default(),
+        body.name().unwrap_or_default(),
+        body.uid().unwrap_or_default()
     )
 }
 

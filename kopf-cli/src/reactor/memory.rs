@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::queueing::RawEvent;
 use crate::{
     settings::{OperatorSettings, seconds},
-    structs::dicts,
+    structs::bodies::Body,
 };
 
 /// What a worker remembers about one object between runs.
@@ -69,5 +69,5 @@ pub(super) fn adopt_patched(
 }
 
 fn resource_version(body: &Value) -> Option<&str> {
-    dicts::resolve(body, &["metadata", "resourceVersion"]).and_then(Value::as_str)
+    Body::new(body).resource_version()
 }

@@ -172,7 +172,7 @@ pub fn wanted_streams(
 
 /// The name of a namespace object from a watch item, if any.
 pub fn namespace_name(body: &Value) -> Option<&str> {
-    crate::structs::dicts::resolve(body, &["metadata", "name"]).and_then(Value::as_str)
+    crate::structs::bodies::Body::new(body).name()
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ use crate::{
     settings::seconds,
     structs::{
         backoff::Delays,
+        bodies::Body,
         dicts::{self, FieldPath},
         patches::Patch,
         references::Resource,
@@ -94,19 +95,6 @@ pub struct ResourceProcessor {
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
-}
-
-fn text<'a>(body: &'a Value, path: &[&str]) -> Option<&'a str> {
-    dicts::resolve(body, path).and_then(Value::as_str)
-}
-
-/// `[namespace/name]`-style reference for logs.
-pub(super) fn object_ref(body: &Value) -> String {
-    let name = text(body, &["metadata", "name"]).unwrap_or("?");
-    match text(body, &["metadata", "namespace"]) {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_owned(),
-    }
 }
 
 impl ResourceProcessor {
@@ -202,7 +190,7 @@ impl ResourceProcessor {
         inv.extra
             .insert("event".into(), json!({"type": event_type, "object": body}));
         let subject = FilterSubject { body, essences: None };
-        let reference = object_ref(body);
+        let reference = Body::new(body).reference().to_string();
         for handler in &self.watching {
             match self
                 .matches(handler, &subject, false, Some(&|| inv.clone()))
@@ -246,7 +234,7 @@ impl ObjectProcessor for ResourceProcessor {
         }
         match item {
             WatchItem::Listed(body) => {
-                if let Some(uid) = text(body, &["metadata", "uid"]) {
+                if let Some(uid) = Body::new(body).uid() {
                     self.shared.indices.listed(stream, uid);
                 }
             }
@@ -307,7 +295,7 @@ impl ObjectProcessor for ResourceProcessor {
                 return Verdict::default();
             }
             if events.iter().any(|e| e.event_type.is_none())
-                && let Some(uid) = text(&last.body, &["metadata", "uid"])
+                && let Some(uid) = Body::new(&last.body).uid()
             {
                 memory.initial = !self.handled.lock().contains(uid);
             }
@@ -388,8 +376,8 @@ impl ObjectProcessor for ResourceProcessor {
 impl ResourceProcessor {
     /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
     fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
-        tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", object_ref(body));
-        if let Some(uid) = text(body, &["metadata", "uid"]) {
+        tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", Body::new(body).reference());
+        if let Some(uid) = Body::new(body).uid() {
             self.handled.lock().remove(uid);
             self.shared.plugins.forget_object(uid);
         }
@@ -460,7 +448,7 @@ impl ResourceProcessor {
         };
         let pause = pause.as_secs_f64();
         memory.errors += 1;
-        tracing::error!(target: "kopf.objects", "[{}] {account}; throttling for {pause}s.", object_ref(&body));
+        tracing::error!(target: "kopf.objects", "[{}] {account}; throttling for {pause}s.", Body::new(&body).reference());
         memory.body = Some(body);
         memory.stale = stale;
         // Remembered (not only returned): an echo of an earlier successful patch may
@@ -514,13 +502,13 @@ impl ResourceProcessor {
                 }
                 // Undecided: the index keeps what it had for the object.
                 Err(error) => {
-                    tracing::error!(target: "kopf.objects", "[{}] The index {:?} is not updated: {error}", object_ref(body), indexer.id());
+                    tracing::error!(target: "kopf.objects", "[{}] The index {:?} is not updated: {error}", Body::new(body).reference(), indexer.id());
                     continue;
                 }
             }
             let mut inv = self.base_invocation(body);
             inv.param = indexer.spec().options.param.clone();
-            let reference = object_ref(body);
+            let reference = Body::new(body).reference().to_string();
             let outcome =
                 invocation::invoke(&self.shared.plugins, Call::new(indexer, &inv).about(&reference)).await;
             match &outcome.error {
@@ -538,7 +526,7 @@ impl ResourceProcessor {
             }
         }
         if event.event_type.is_none()
-            && let Some(uid) = text(body, &["metadata", "uid"])
+            && let Some(uid) = Body::new(body).uid()
         {
             self.shared.indices.indexed(uid);
         }
@@ -561,7 +549,7 @@ impl ResourceProcessor {
         };
         let changed = memory.essence != Some(digest);
         memory.essence = Some(digest);
-        let uid = text(body, &["metadata", "uid"]);
+        let uid = Body::new(body).uid();
         if memory.uid.as_deref() != uid {
             memory.uid = uid.map(str::to_owned);
         }
@@ -573,7 +561,7 @@ impl ResourceProcessor {
                 Ok(false) => {}
                 // Undecided: no daemon or timer is started or stopped on a guess.
                 Err(error) => {
-                    tracing::error!(target: "kopf.objects", "[{}] Daemons and timers are left as they are: {error}", object_ref(body));
+                    tracing::error!(target: "kopf.objects", "[{}] Daemons and timers are left as they are: {error}", Body::new(body).reference());
                     return;
                 }
             }
@@ -583,7 +571,7 @@ impl ResourceProcessor {
 
     pub(super) fn mark_handled(&self, memory: &mut ObjectMemory, body: &Value) {
         memory.initial = false;
-        if let Some(uid) = text(body, &["metadata", "uid"]) {
+        if let Some(uid) = Body::new(body).uid() {
             let mut handled = self.handled.lock();
             if !handled.contains(uid) {
                 handled.insert(uid.to_owned());

@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::bodies::Body;
 use super::dicts::{self, DictsError};
 use super::diffs::{self, DiffItem, DiffScope};
 use super::pyjson::py_truthy;
@@ -347,21 +348,9 @@ fn apply_merge(
     Ok(())
 }
 
-/// Whether the object is being deleted (`metadata.deletionTimestamp` is set and not null).
-pub fn is_deletion_ongoing(body: &Value) -> bool {
-    dicts::resolve(body, &["metadata", "deletionTimestamp"]).is_some_and(|v| !v.is_null())
-}
-
-/// Whether the finalizer is in `metadata.finalizers`.
-pub fn is_deletion_blocked(body: &Value, finalizer: &str) -> bool {
-    dicts::resolve(body, &["metadata", "finalizers"])
-        .and_then(Value::as_array)
-        .is_some_and(|l| l.iter().any(|f| f.as_str() == Some(finalizer)))
-}
-
 /// Add the finalizer in memory (Kopf's `block_deletion`).
 pub fn block_deletion(body: &mut Value, finalizer: &str) {
-    if is_deletion_blocked(body, finalizer) || !body.is_object() {
+    if Body::new(body).has_finalizer(finalizer) || !body.is_object() {
         return;
     }
     let Some(root) = body.as_object_mut() else { return };

@@ -1,0 +1,183 @@
+//! The operator: connects, discovers the served resources, and runs the reactor until a
+//! termination signal.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use anyhow::Context as _;
+
+use crate::{
+    clients::{auth, connection},
+    contexts::OperatorContext,
+    engines::posting,
+    options::RunOptions,
+    plugin::PluginSet,
+    reactor::{indexing::Indices, orchestration::NamespaceScope, shared::Shared, stopping::StopRegistry},
+    settings::OperatorSettings,
+    signals::{Control, PauseToggles},
+    structs::references::NamespacePattern,
+};
+
+mod services;
+mod serving;
+
+use services::{EngineServices, posting_level};
+use serving::Reactor;
+
+/// Runs the operator with the loaded plugins until `control` stops it; `Ok(())` on a
+/// graceful stop. `connection`, when given (an embedding application's, or the
+/// emulator of `kopf run --embedded`), is used instead of the inferred kubeconfig; it
+/// cannot be re-read, so re-authentication then relies on the login handlers alone.
+pub async fn run(
+    options: RunOptions,
+    plugins: PluginSet,
+    control: Control,
+    connection: Option<kube::Config>,
+) -> anyhow::Result<()> {
+    // Install the handlers before anything slow, so no early signal is lost.
+    let mut signals = control.install()?;
+    let fixed_config = connection.is_some();
+    let config = match connection {
+        Some(config) => config,
+        None => connection::load_config(None).await?,
+    };
+    let relogin = crate::engines::activities::relogin(&plugins, &config, fixed_config);
+    let config = crate::engines::activities::login(&plugins, config).await?;
+    let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
+    let stop = signals.token().child_token();
+    let toggles = PauseToggles::new();
+    let mut context = OperatorContext {
+        client: client.clone(),
+        config,
+        credentials: credentials.clone(),
+        plugins: plugins.clone(),
+        settings: settings_from(&options),
+        options: options.clone(),
+        toggles: toggles.clone(),
+        stop: stop.clone(),
+    };
+
+    // Operator-level activities first: startup handlers may adjust the settings.
+    context.settings = crate::engines::activities::run_startup(&context).await?;
+    let settings = context.settings.clone();
+    credentials
+        .set_networking(&settings.networking)
+        .context("cannot apply settings.networking")?;
+    crate::engines::probing::start(&context).await?;
+    let peering = crate::peering::start(&context).await?;
+    let admission = crate::admission::start(&context).await?;
+
+    let stops = Arc::new(StopRegistry::default());
+    let indices = Arc::new(Indices::default());
+    let services = Arc::new(EngineServices::start(
+        client.clone(),
+        &settings,
+        stop.clone(),
+        stops.clone(),
+        indices.clone(),
+        credentials.clone(),
+    ));
+    // Object log lines as events (`posting.loggers`), until the operator exits.
+    let _log_posting = match (&services.events, settings.posting.loggers) {
+        (Some(events), true) => Some(posting::start(
+            &control.log_lines,
+            posting_level(&settings),
+            events.clone(),
+            services.reporter.clone(),
+        )),
+        _ => None,
+    };
+    plugins.set_services(services);
+    let plugins = match settings.execution.max_workers {
+        Some(max_workers) => plugins.with_max_workers(max_workers),
+        None => plugins,
+    };
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        plugins: plugins.clone(),
+        progress: crate::persistence::progress::ProgressStorage::new(
+            &settings.persistence.prefix,
+            settings.persistence.v1,
+        )?,
+        diffbase: crate::persistence::diffbase::DiffBaseStorage::new(
+            &settings.persistence.prefix,
+            &settings.persistence.diffbase_key,
+            settings.persistence.v1,
+            Vec::new(),
+        )?,
+        settings: settings.clone(),
+        stops: stops.clone(),
+        exiting: stop.clone(),
+        indices: indices.clone(),
+    });
+    let scope = namespace_scope(&options)?;
+    let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
+    reactor.paused = toggles.is_paused();
+    if !reactor
+        .discover_until_it_answers(&settings, &context.config.cluster_url, &stop)
+        .await?
+    {
+        return Ok(());
+    }
+    tracing::info!(
+        target: "kopf.reactor",
+        "The operator is ready: serving {} resources, {}.",
+        reactor.served.len(),
+        reactor.scope.describe()
+    );
+    control.ready();
+
+    let observed = reactor.observe_crds_and_namespaces(&settings, &stop);
+    let signal = reactor.serve_until_signal(&mut signals, &toggles, observed).await;
+    tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
+    stop.cancel();
+    reactor.orchestrator.stop_all().await;
+    admission.shutdown().await;
+    crate::engines::activities::run_cleanup(&context).await;
+    peering.shutdown().await;
+    Ok(())
+}
+
+/// The settings implied by the command line.
+fn settings_from(options: &RunOptions) -> OperatorSettings {
+    let mut settings = OperatorSettings::default();
+    settings.peering.priority = options.priority;
+    settings.peering.standalone = options.standalone;
+    settings.peering.clusterwide = options.clusterwide;
+    if let Some(level) = &options.post_logs {
+        settings.posting.loggers = true;
+        settings.posting.level = level.clone();
+    }
+    if let Some(name) = &options.peering_name {
+        settings.peering.name = name.clone();
+        settings.peering.mandatory = true;
+    }
+    settings
+}
+
+/// The namespace scope of `-n`/`-A`: cluster-wide by default (with Kopf's warning).
+fn namespace_scope(options: &RunOptions) -> anyhow::Result<NamespaceScope> {
+    if options.clusterwide {
+        return Ok(NamespaceScope::Clusterwide);
+    }
+    if options.namespaces.is_empty() {
+        tracing::warn!(target: "kopf.reactor", "No namespaces are specified: serving the whole cluster (use -A to silence this).");
+        return Ok(NamespaceScope::Clusterwide);
+    }
+    let parts: Vec<String> = options
+        .namespaces
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let patterns: Vec<NamespacePattern> = parts.iter().map(|p| NamespacePattern::new(p)).collect();
+    let literal: Option<BTreeSet<String>> = patterns
+        .iter()
+        .map(|p| p.specific_name().map(str::to_owned))
+        .collect();
+    Ok(match literal {
+        Some(names) => NamespaceScope::Names(names),
+        None => NamespaceScope::Patterns(parts),
+    })
+}
