@@ -96,6 +96,20 @@ pub fn release_kopf() -> Result<PathBuf> {
     Ok(target_dir().join("release").join("kopf"))
 }
 
+/// The benchmarks' hand-written kube-rs controller (`src/bin/kube_rs_peer.rs`), built
+/// for release.
+pub fn release_kube_rs_peer() -> Result<PathBuf> {
+    let status = crate::cargo_command()
+        .args(["build", "--release", "-p", "kopf-e2e", "--bin", "kube_rs_peer"])
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir())
+        .status()?;
+    if !status.success() {
+        bail!("cannot build the release kube-rs peer");
+    }
+    Ok(target_dir().join("release").join("kube_rs_peer"))
+}
+
 /// The installed Python Kopf's version, if `python3 -c 'import kopf'` works.
 pub fn python_kopf_version() -> Option<String> {
     let out = Command::new("python3")

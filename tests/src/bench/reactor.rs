@@ -71,6 +71,22 @@ impl AdmissionHook for Latencies {
     }
 }
 
+/// How fast the emulator answers (a real server answers as it does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerSpeed {
+    /// At once.
+    Fast,
+    /// After 1–5 ms per request ([`SLOW_LATENCY`] plus up to [`SLOW_JITTER`]), as a
+    /// loaded or remote API server does: events trickle in one by one.
+    Slow,
+}
+
+/// The fixed part of a slow server's delay per request.
+pub const SLOW_LATENCY: Duration = Duration::from_millis(1);
+
+/// The random part of a slow server's delay per request.
+pub const SLOW_JITTER: Duration = Duration::from_millis(4);
+
 /// Which operator runs the scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -78,6 +94,9 @@ pub enum Which {
     Kopf,
     /// Python Kopf with `tests/python/lifecycle_basic_operator.py`.
     Python,
+    /// The hand-written kube-rs controller `src/bin/kube_rs_peer.rs` (its path is the
+    /// `kopf` argument of [`run`]).
+    KubeRs,
 }
 
 /// The figures of one run.
@@ -99,6 +118,8 @@ pub struct Figures {
     pub patches_per_object: f64,
     /// Wall seconds from the first creation to the last deletion.
     pub wall_s: f64,
+    /// Milliseconds from the process start to its first watch request of the resource.
+    pub start_to_watch_ms: f64,
 }
 
 impl Figures {
@@ -121,12 +142,12 @@ impl Figures {
 /// The Markdown table of several runs (header included).
 pub fn markdown_table(rows: &[Figures]) -> String {
     let mut out = String::from(
-        "| operator | objects | CPU ms/object | peak RSS MiB | p50 create→status ms | p95 ms | requests/object | PATCH/object | wall s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| operator | objects | CPU ms/object | peak RSS MiB | p50 create→status ms | p95 ms | requests/object | PATCH/object | wall s | start→watching ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |\n",
+            "| {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} |\n",
             r.name,
             r.objects,
             r.cpu_ms_per_object,
@@ -135,7 +156,8 @@ pub fn markdown_table(rows: &[Figures]) -> String {
             r.p95_ms(),
             r.requests_per_object,
             r.patches_per_object,
-            r.wall_s
+            r.wall_s,
+            r.start_to_watch_ms
         ));
     }
     out
@@ -150,6 +172,42 @@ pub fn comparison(kopf: &Figures, python: &Figures) -> String {
         kopf.patches_per_object,
         python.patches_per_object
     )
+}
+
+/// The comparison lines of a set of runs: kopf against each peer present.
+pub fn comparisons(rows: &[Figures]) -> String {
+    let find = |which: Which| rows.iter().find(|r| r.name == display_name(which));
+    let Some(kopf) = find(Which::Kopf) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if let Some(python) = find(Which::Python) {
+        out.push_str(&comparison(kopf, python));
+        out.push('\n');
+    }
+    if let Some(peer) = find(Which::KubeRs) {
+        out.push_str(&format!(
+            "kopf vs hand-written kube-rs: {:.2}x its CPU per object, {:.2}x its peak RSS, \
+             p50 create→status {:.0} vs {:.0} ms, p95 {:.0} vs {:.0} ms, {:.2} vs {:.2} requests per object.\n",
+            kopf.cpu_ms_per_object / peer.cpu_ms_per_object,
+            kopf.peak_rss_mib / peer.peak_rss_mib,
+            kopf.p50_ms(),
+            peer.p50_ms(),
+            kopf.p95_ms(),
+            peer.p95_ms(),
+            kopf.requests_per_object,
+            peer.requests_per_object
+        ));
+    }
+    out
+}
+
+fn display_name(which: Which) -> &'static str {
+    match which {
+        Which::Kopf => "kopf (Rust)",
+        Which::Python => "Python Kopf 1.45",
+        Which::KubeRs => "hand-written kube-rs",
+    }
 }
 
 async fn wait_all(
@@ -197,6 +255,7 @@ fn spawn(which: Which, kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path
             cmd.args(["run", "--standalone", "-A"]).arg(plugin);
             cmd
         }
+        Which::KubeRs => Command::new(kopf),
         Which::Python => {
             let mut cmd = Command::new("python3");
             cmd.args(["-m", "kopf", "run", "--standalone", "--namespace", "default"])
@@ -215,10 +274,12 @@ fn spawn(which: Which, kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path
 }
 
 /// Runs the scenario with `objects` objects on a fresh cluster of `backend`. `kopf` and
-/// `plugin` are only used for [`Which::Kopf`].
+/// `plugin` are only used for [`Which::Kopf`]; `kopf` is the peer's binary for
+/// [`Which::KubeRs`].
 #[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn run(
     backend: Backend,
+    server: ServerSpeed,
     which: Which,
     objects: usize,
     kopf: &Path,
@@ -240,6 +301,10 @@ pub async fn run(
     let watcher = match emu.emulator() {
         Some(emulator) => {
             emulator.add_admission_hook(latencies.clone());
+            if server == ServerSpeed::Slow {
+                emulator.faults().set_latency(SLOW_LATENCY);
+                emulator.faults().set_latency_jitter(SLOW_JITTER);
+            }
             None
         }
         None => Some(tokio::spawn(watch_latencies(
@@ -264,8 +329,10 @@ pub async fn run(
                 std::fs::read_to_string(&log)?
             );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Polled finely: this wait is also the start → watching figure.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let start_to_watch_ms = start.elapsed().as_secs_f64() * 1000.0;
     emu.reset_counters();
     let cpu_start = cpu_seconds(pid)?;
     let wall = Instant::now();
@@ -367,10 +434,7 @@ pub async fn run(
     emu.shutdown().await;
     let patches = counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status");
     Ok(Figures {
-        name: match which {
-            Which::Kopf => "kopf (Rust)",
-            Which::Python => "Python Kopf 1.45",
-        },
+        name: display_name(which),
         objects,
         cpu_ms_per_object: cpu * 1000.0 / objects as f64,
         peak_rss_mib: rss,
@@ -378,5 +442,6 @@ pub async fn run(
         requests_per_object: counters.total as f64 / objects as f64,
         patches_per_object: patches as f64 / objects as f64,
         wall_s,
+        start_to_watch_ms,
     })
 }

@@ -119,7 +119,7 @@ impl Machine {
     }
 }
 
-const COLORS: [&str; 2] = ["#d9480f", "#1c7ed6"];
+const COLORS: [&str; 3] = ["#d9480f", "#1c7ed6", "#2f9e44"];
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -299,7 +299,28 @@ mod tests {
             requests_per_object: 6.0,
             patches_per_object: 6.0,
             wall_s: 1.0,
+            start_to_watch_ms: 100.0,
         }
+    }
+
+    #[test]
+    fn comparisons_name_each_peer_present() {
+        let kopf = figures("kopf (Rust)", 1.0);
+        let python = figures("Python Kopf 1.45", 10.0);
+        let peer = figures("hand-written kube-rs", 2.0);
+        let all = super::super::reactor::comparisons(&[kopf.clone(), python.clone(), peer.clone()]);
+        assert!(all.contains("kopf vs Python Kopf: 10.0x less CPU"), "{all}");
+        assert!(
+            all.contains("kopf vs hand-written kube-rs: 0.50x its CPU"),
+            "{all}"
+        );
+        let only_python = super::super::reactor::comparisons(&[kopf, python]);
+        assert!(!only_python.contains("kube-rs"), "{only_python}");
+        assert_eq!(
+            super::super::reactor::comparisons(&[peer]),
+            "",
+            "nothing to compare without kopf"
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kopf_e2e::bench::reactor::{self, Which};
+use kopf_e2e::bench::reactor::{self, ServerSpeed, Which};
 use kopf_e2e::bench::report::{Machine, latency_cdf_svg, resources_svg};
-use kopf_e2e::bench::{python_kopf_version, release_kopf, scale};
+use kopf_e2e::bench::{python_kopf_version, release_kopf, release_kube_rs_peer, scale};
 use kopf_e2e::cluster::Backend;
 use kopf_e2e::{Profile, plugin_path_with, workspace_root};
 
@@ -29,6 +29,7 @@ struct Options {
     python: bool,
     scale: bool,
     apiserver_objects: usize,
+    slow_objects: usize,
     out: PathBuf,
 }
 
@@ -41,6 +42,7 @@ fn parse() -> Result<Option<Options>> {
         python: true,
         scale: true,
         apiserver_objects: 300,
+        slow_objects: 300,
         out: workspace_root().join("docs/benchmark-report.md"),
     };
     let mut args = std::env::args().skip(1);
@@ -52,6 +54,12 @@ fn parse() -> Result<Option<Options>> {
             "--window" => o.window = args.next().context("--window SECONDS")?.parse()?,
             "--no-python" => o.python = false,
             "--no-scale" => o.scale = false,
+            "--slow-objects" => {
+                o.slow_objects = args
+                    .next()
+                    .context("--slow-objects N (0: no slow-server section)")?
+                    .parse()?;
+            }
             "--apiserver-objects" => {
                 o.apiserver_objects = args
                     .next()
@@ -61,7 +69,7 @@ fn parse() -> Result<Option<Options>> {
             "--out" => o.out = PathBuf::from(args.next().context("--out FILE.md")?),
             "--help" | "-h" => {
                 println!(
-                    "bench_report [--objects 1000] [--scale-objects 10000] [--namespaces 100] [--window 30] [--no-python] [--no-scale] [--apiserver-objects 300] [--out docs/benchmark-report.md]"
+                    "bench_report [--objects 1000] [--scale-objects 10000] [--namespaces 100] [--window 30] [--no-python] [--no-scale] [--apiserver-objects 300] [--slow-objects 300] [--out docs/benchmark-report.md]"
                 );
                 return Ok(None);
             }
@@ -77,22 +85,28 @@ fn parse() -> Result<Option<Options>> {
 /// The lifecycle scenario for kopf and (if wanted) Python Kopf, on fresh clusters of `backend`.
 async fn lifecycle_rows(
     backend: Backend,
+    speed: ServerSpeed,
     n: usize,
     python: bool,
     kopf: &Path,
     plugin: &Path,
 ) -> Result<Vec<reactor::Figures>> {
     eprintln!("reactor scenario ({backend:?}): kopf with {n} objects...");
-    let mut rows = vec![reactor::run(backend, Which::Kopf, n, kopf, plugin).await?];
+    let mut rows = vec![reactor::run(backend, speed, Which::Kopf, n, kopf, plugin).await?];
     if python {
         match python_kopf_version() {
             Some(version) => {
                 eprintln!("reactor scenario ({backend:?}): Python Kopf {version} with {n} objects...");
-                rows.push(reactor::run(backend, Which::Python, n, Path::new(""), Path::new("")).await?);
+                rows.push(
+                    reactor::run(backend, speed, Which::Python, n, Path::new(""), Path::new("")).await?,
+                );
             }
             None => eprintln!("Python Kopf is not installed (pip install kopf): skipped"),
         }
     }
+    let peer = release_kube_rs_peer()?;
+    eprintln!("reactor scenario ({backend:?}): the hand-written kube-rs controller with {n} objects...");
+    rows.push(reactor::run(backend, speed, Which::KubeRs, n, &peer, Path::new("")).await?);
     Ok(rows)
 }
 
@@ -133,10 +147,40 @@ async fn main() -> Result<()> {
     let plugin = plugin_path_with("fixture-lifecycle-basic", Profile::Release)?;
     let n = options.objects;
     eprintln!("reactor scenario: kopf with {n} objects...");
-    let rows = lifecycle_rows(Backend::Emulator, n, options.python, &kopf, &plugin).await?;
+    let rows = lifecycle_rows(
+        Backend::Emulator,
+        ServerSpeed::Fast,
+        n,
+        options.python,
+        &kopf,
+        &plugin,
+    )
+    .await?;
+    let slow_n = options.slow_objects;
+    let slow_rows = if slow_n > 0 {
+        lifecycle_rows(
+            Backend::Emulator,
+            ServerSpeed::Slow,
+            slow_n,
+            options.python,
+            &kopf,
+            &plugin,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     let real_n = options.apiserver_objects;
     let real_rows = if real_n > 0 {
-        lifecycle_rows(Backend::ApiServer, real_n, options.python, &kopf, &plugin).await?
+        lifecycle_rows(
+            Backend::ApiServer,
+            ServerSpeed::Fast,
+            real_n,
+            options.python,
+            &kopf,
+            &plugin,
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -181,15 +225,15 @@ async fn main() -> Result<()> {
          Each of {n} objects is created, updated (`spec.field`) and deleted, with a create, \
          an update, a delete and a `spec.field` handler each returning a dict (kopf: release \
          build with `tests/fixtures/lifecycle-basic`; Python Kopf: \
-         `tests/python/lifecycle_basic_operator.py`). All objects are created at once, so \
+         `tests/python/lifecycle_basic_operator.py`; the hand-written kube-rs controller: \
+         `tests/src/bin/kube_rs_peer.rs`, a `Controller` with `kube::runtime::finalizer` and \
+         the same six writes per object). All objects are created at once, so \
          latencies include queueing. CPU is user + system time of the operator process from \
          readiness to the last deletion; RSS is the peak (`VmHWM`); requests are counted by \
          the emulator.\n"
     );
     md.push_str(&reactor::markdown_table(&rows));
-    if let [k, p] = &rows[..] {
-        let _ = writeln!(md, "\n{}", reactor::comparison(k, p));
-    }
+    let _ = write!(md, "\n{}", reactor::comparisons(&rows));
     let _ = writeln!(
         md,
         "\n![latency CDF]({})\n\n![resources per object]({})\n",
@@ -197,6 +241,21 @@ async fn main() -> Result<()> {
         name(&resources_svg_path)
     );
     md.push_str(&percentiles_table(&rows));
+    if !slow_rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Object lifecycle on a slow server\n\n\
+             The same lifecycle with {slow_n} objects on the emulator answering every request \
+             after {} ms plus up to {} ms more at random, as a loaded or remote API server does \
+             (events trickle in one by one). CPU per object should stay close to the fast \
+             server's.\n",
+            reactor::SLOW_LATENCY.as_millis(),
+            reactor::SLOW_JITTER.as_millis()
+        );
+        md.push_str(&reactor::markdown_table(&slow_rows));
+        let _ = write!(md, "\n{}", reactor::comparisons(&slow_rows));
+        md.push_str(&percentiles_table(&slow_rows));
+    }
     if !real_rows.is_empty() {
         let _ = writeln!(
             md,
@@ -209,9 +268,7 @@ async fn main() -> Result<()> {
             kopf_e2e::cluster::apiserver_version()
         );
         md.push_str(&reactor::markdown_table(&real_rows));
-        if let [k, p] = &real_rows[..] {
-            let _ = writeln!(md, "\n{}", reactor::comparison(k, p));
-        }
+        let _ = write!(md, "\n{}", reactor::comparisons(&real_rows));
         md.push_str(&percentiles_table(&real_rows));
     }
     if let Some(s) = &scaled {

@@ -3,17 +3,18 @@
 //! kube-apiserver (see `kopf_e2e::bench::reactor`).
 //!
 //! ```text
-//! cargo run --release -p kopf-e2e --bin reactor_bench -- [--objects 1000] [--only kopf|python] [--apiserver]
+//! cargo run --release -p kopf-e2e --bin reactor_bench -- [--objects 1000] [--only kopf|python|kube-rs] [--apiserver] [--slow]
 //! ```
 //!
 //! kopf runs as a release build with the `fixture-lifecycle-basic` plugin; Python Kopf
-//! runs `tests/python/lifecycle_basic_operator.py` (same handler ids and results).
+//! runs `tests/python/lifecycle_basic_operator.py` (same handler ids and results); the
+//! hand-written kube-rs controller is `src/bin/kube_rs_peer.rs` (the same writes).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use kopf_e2e::bench::reactor::{self, Which};
-use kopf_e2e::bench::{python_kopf_version, release_kopf};
+use kopf_e2e::bench::reactor::{self, ServerSpeed, Which};
+use kopf_e2e::bench::{python_kopf_version, release_kopf, release_kube_rs_peer};
 use kopf_e2e::cluster::Backend;
 use kopf_e2e::{Profile, plugin_path_with};
 
@@ -22,38 +23,54 @@ async fn main() -> Result<()> {
     let mut objects = 1000usize;
     let mut only: Option<String> = None;
     let mut backend = Backend::Emulator;
+    let mut speed = ServerSpeed::Fast;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--objects" => objects = args.next().context("--objects N")?.parse()?,
-            "--only" => only = Some(args.next().context("--only kopf|python")?),
+            "--only" => only = Some(args.next().context("--only kopf|python|kube-rs")?),
             "--apiserver" => backend = Backend::ApiServer,
+            "--slow" => speed = ServerSpeed::Slow,
             "--help" | "-h" => {
-                println!("reactor_bench [--objects N] [--only kopf|python] [--apiserver]");
+                println!("reactor_bench [--objects N] [--only kopf|python|kube-rs] [--apiserver] [--slow]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     let mut rows = Vec::new();
-    if only.as_deref() != Some("python") {
+    let wanted = |which: &str| only.as_deref().is_none_or(|only| only == which);
+    if wanted("kopf") {
         let kopf = release_kopf()?;
         let plugin = plugin_path_with("fixture-lifecycle-basic", Profile::Release)?;
         eprintln!("running kopf with {objects} objects...");
-        rows.push(reactor::run(backend, Which::Kopf, objects, &kopf, &plugin).await?);
+        rows.push(reactor::run(backend, speed, Which::Kopf, objects, &kopf, &plugin).await?);
     }
-    if only.as_deref() != Some("kopf") {
+    if wanted("python") {
         match python_kopf_version() {
             Some(version) => {
                 eprintln!("running Python Kopf {version} with {objects} objects...");
-                rows.push(reactor::run(backend, Which::Python, objects, Path::new(""), Path::new("")).await?);
+                rows.push(
+                    reactor::run(
+                        backend,
+                        speed,
+                        Which::Python,
+                        objects,
+                        Path::new(""),
+                        Path::new(""),
+                    )
+                    .await?,
+                );
             }
             None => eprintln!("Python Kopf is not installed (pip install kopf): skipped"),
         }
     }
-    print!("{}", reactor::markdown_table(&rows));
-    if let [k, p] = &rows[..] {
-        println!("\n{}", reactor::comparison(k, p));
+    if wanted("kube-rs") {
+        let peer = release_kube_rs_peer()?;
+        eprintln!("running the hand-written kube-rs controller with {objects} objects...");
+        rows.push(reactor::run(backend, speed, Which::KubeRs, objects, &peer, Path::new("")).await?);
     }
+    print!("{}", reactor::markdown_table(&rows));
+    print!("\n{}", reactor::comparisons(&rows));
     Ok(())
 }
