@@ -71,6 +71,7 @@ pub async fn run(
         settings: settings_from(&options),
         options: options.clone(),
         toggles: toggles.clone(),
+        readiness: Arc::default(),
         stop: stop.clone(),
     };
 
@@ -126,6 +127,7 @@ pub async fn run(
         stops: stops.clone(),
         exiting: stop.clone(),
         indices: indices.clone(),
+        readiness: context.readiness.clone(),
     });
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
@@ -163,6 +165,7 @@ pub async fn run(
         reactor.served.len(),
         reactor.scope.describe()
     );
+    context.readiness.discovered();
     control.ready();
 
     // Observe CRDs (new resources may become servable) and, for patterns, namespaces.

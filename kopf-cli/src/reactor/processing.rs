@@ -241,6 +241,9 @@ impl ObjectProcessor for ResourceProcessor {
 
     fn observe(&self, stream: &str, item: &crate::clients::watching::WatchItem) {
         use crate::clients::watching::WatchItem;
+        if matches!(item, WatchItem::ListDone) {
+            self.shared.readiness.listed(stream);
+        }
         if self.indexers.is_empty() {
             return;
         }
@@ -261,12 +264,14 @@ impl ObjectProcessor for ResourceProcessor {
     }
 
     fn stream_started(&self, stream: &str) {
+        self.shared.readiness.stream_started(stream);
         if !self.indexers.is_empty() {
             self.shared.indices.stream_started(stream);
         }
     }
 
     fn stream_stopped(&self, stream: &str) {
+        self.shared.readiness.stream_stopped(stream);
         if !self.indexers.is_empty() {
             self.shared.indices.stream_removed(stream);
         }
