@@ -221,7 +221,7 @@ impl ResourceProcessor {
             let outcome =
                 invocation::invoke(&self.shared.plugins, Call::new(handler, &inv).about(&reference)).await;
             if let Some(error) = &outcome.error {
-                tracing::warn!(target: "kopf.objects", "[{reference}] Handler {:?} failed with an error (ignored): {}", handler.id(), error.message);
+                tracing::warn!(target: "kopf.objects", "[{reference}] {} failed with an error (ignored): {}", execution::handler_name(handler.kind(), handler.id()), error.message);
             }
             application::collect(patch, handler.id(), &outcome, outcome.error.is_none());
         }
