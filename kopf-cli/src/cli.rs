@@ -86,6 +86,9 @@ pub enum Command {
     /// Scaffold a new operator crate.
     #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     New(crate::commands::new::NewArgs),
+    /// Print the CRDs of the Rust types the plugins' handlers select by (kube's CustomResource).
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
+    Crd(crate::commands::crd::CrdArgs),
     /// Print a shell completion script (e.g. `kopf completions bash > /etc/bash_completion.d/kopf`).
     #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Completions(CompletionsArgs),

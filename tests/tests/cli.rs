@@ -459,7 +459,7 @@ fn run_help_groups_the_flags_under_headings() {
 
 #[test]
 fn one_shot_commands_do_not_print_the_exit_codes_of_run() {
-    for command in ["inspect", "peering", "rbac", "new", "completions"] {
+    for command in ["inspect", "peering", "rbac", "new", "crd", "completions"] {
         let out = run_kopf([command, "--help"]).unwrap();
         assert_eq!(out.status.code(), Some(0), "{command}");
         let help = String::from_utf8_lossy(&out.stdout);
