@@ -26,6 +26,10 @@ pub struct PluginDescription {
     /// Every handler the plugin declares.
     #[serde(default)]
     pub handlers: Vec<HandlerSpec>,
+    /// CustomResourceDefinitions of the Rust types its handlers select by type (the SDK's
+    /// `typed` feature), for `kopf crd`; absent from older plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crds: Vec<Value>,
 }
 
 /// The plugin crate's identity.

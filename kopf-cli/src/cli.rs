@@ -14,12 +14,29 @@ use crate::observability::logging::{LogConfig, LogFormat, Verbosity};
 use crate::options::{DEV_PRIORITY, RunOptions, WebhookOptions};
 use crate::structs::references;
 
-/// Exit codes, shown at the end of `--help`.
+/// Exit codes of the long-running commands (`kopf emulator`), and of `kopf` itself.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  graceful stop (SIGINT/SIGTERM)
   1  runtime failure, including any plugin that cannot be loaded
   2  usage error (unknown or conflicting options)";
+
+/// Exit codes of the one-shot commands (they end by themselves, no signal needed).
+pub const ONESHOT_EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  done
+  1  failure, including any plugin that cannot be loaded
+  2  usage error (unknown or conflicting options)";
+
+/// The help headings of `kopf run`'s options.
+mod heading {
+    pub const LOGGING: &str = "Logging";
+    pub const SCOPE: &str = "Namespaces";
+    pub const PEERING: &str = "Peering and leader election";
+    pub const PROBES: &str = "Probes and metrics";
+    pub const EMBEDDED: &str = "Embedded emulator (no cluster)";
+    pub const WEBHOOKS: &str = "Admission webhooks";
+}
 
 /// The end of `kopf run --help`: exit codes and environment notes.
 pub const RUN_AFTER_HELP: &str = "\
@@ -53,7 +70,7 @@ pub enum Command {
     #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
     /// Load the plugins and show their handlers.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Inspect(InspectArgs),
     /// Show the kopf version, the plugin ABI revision and build information.
     Version,
@@ -61,14 +78,36 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Emulator(crate::commands::emulator::EmulatorArgs),
     /// Administer peering: list peers, freeze or resume operators, clean dead records.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Peering(crate::commands::peering::PeeringArgs),
     /// Generate least-privilege RBAC for the plugins' handlers.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Rbac(crate::commands::rbac::RbacArgs),
     /// Scaffold a new operator crate.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     New(crate::commands::new::NewArgs),
+    /// Print the CRDs of the Rust types the plugins' handlers select by (kube's CustomResource).
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
+    Crd(crate::commands::crd::CrdArgs),
+    /// Print a shell completion script (e.g. `kopf completions bash > /etc/bash_completion.d/kopf`).
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
+    Completions(CompletionsArgs),
+}
+
+/// `kopf completions` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The completion script of `kopf` for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kopf", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }
 
 /// `kopf run` arguments.
@@ -79,22 +118,23 @@ pub struct RunArgs {
     pub plugins: Vec<PathBuf>,
 
     /// Log kopf's debug messages.
-    #[arg(short = 'v', long, env = "KOPF_RUN_VERBOSE", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(help_heading = heading::LOGGING, short = 'v', long, env = "KOPF_RUN_VERBOSE", value_parser = clap::builder::FalseyValueParser::new())]
     pub verbose: bool,
     /// Log everything, including dependencies' trace messages.
-    #[arg(short = 'd', long, env = "KOPF_RUN_DEBUG", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(help_heading = heading::LOGGING, short = 'd', long, env = "KOPF_RUN_DEBUG", value_parser = clap::builder::FalseyValueParser::new())]
     pub debug: bool,
     /// Log warnings and errors only.
-    #[arg(short = 'q', long, env = "KOPF_RUN_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(help_heading = heading::LOGGING, short = 'q', long, env = "KOPF_RUN_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
     /// The log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Full, env = "KOPF_RUN_LOG_FORMAT")]
+    #[arg(help_heading = heading::LOGGING, long, value_enum, default_value_t = LogFormat::Full, env = "KOPF_RUN_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// The JSON key for the object reference in `--log-format=json`.
-    #[arg(long, default_value = "object", env = "KOPF_RUN_LOG_REFKEY")]
+    #[arg(help_heading = heading::LOGGING, long, default_value = "object", env = "KOPF_RUN_LOG_REFKEY")]
     pub log_refkey: String,
     /// Prefix messages about objects with `[namespace/name]` (default: on, except for JSON).
     #[arg(
+        help_heading = heading::LOGGING,
         long,
         overrides_with = "no_log_prefix",
         env = "KOPF_RUN_LOG_PREFIX",
@@ -103,6 +143,7 @@ pub struct RunArgs {
     pub log_prefix: bool,
     /// Do not prefix messages with the object's `[namespace/name]`.
     #[arg(
+        help_heading = heading::LOGGING,
         long,
         overrides_with = "log_prefix",
         env = "KOPF_RUN_NO_LOG_PREFIX",
@@ -114,6 +155,7 @@ pub struct RunArgs {
     /// and above (default INFO); off by default, as in Kopf 1.44+. Sets
     /// `settings.posting.loggers` and `level` (startup handlers may still change them).
     #[arg(
+        help_heading = heading::LOGGING,
         long,
         value_name = "LEVEL",
         num_args = 0..=1,
@@ -126,6 +168,7 @@ pub struct RunArgs {
 
     /// Serve these namespaces: repeatable; globs (`*`, `?`), `!` negation, comma-separated parts.
     #[arg(
+        help_heading = heading::SCOPE,
         short = 'n',
         long = "namespace",
         value_name = "PATTERN",
@@ -135,6 +178,7 @@ pub struct RunArgs {
     pub namespaces: Vec<String>,
     /// Serve the whole cluster (cluster-wide watches).
     #[arg(
+        help_heading = heading::SCOPE,
         short = 'A',
         long,
         conflicts_with = "namespaces",
@@ -144,13 +188,14 @@ pub struct RunArgs {
     pub all_namespaces: bool,
 
     /// Disable peering: run as the only operator.
-    #[arg(long, env = "KOPF_RUN_STANDALONE", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(help_heading = heading::PEERING, long, env = "KOPF_RUN_STANDALONE", value_parser = clap::builder::FalseyValueParser::new())]
     pub standalone: bool,
     /// The peering object's name; makes peering mandatory.
-    #[arg(short = 'P', long, value_name = "NAME", env = "KOPF_RUN_PEERING")]
+    #[arg(help_heading = heading::PEERING, short = 'P', long, value_name = "NAME", env = "KOPF_RUN_PEERING")]
     pub peering: Option<String>,
     /// The peering priority of this operator.
     #[arg(
+        help_heading = heading::PEERING,
         short = 'p',
         long,
         value_name = "INT",
@@ -160,18 +205,19 @@ pub struct RunArgs {
     )]
     pub priority: i64,
     /// Development mode: peering priority 666.
-    #[arg(long, env = "KOPF_RUN_DEV", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(help_heading = heading::PEERING, long, env = "KOPF_RUN_DEV", value_parser = clap::builder::FalseyValueParser::new())]
     pub dev: bool,
     /// Serve the liveness probe at this URL (`http://host:port/path`).
-    #[arg(short = 'L', long, value_name = "URL", env = "KOPF_RUN_LIVENESS", value_parser = parse_liveness_url)]
+    #[arg(help_heading = heading::PROBES, short = 'L', long, value_name = "URL", env = "KOPF_RUN_LIVENESS", value_parser = parse_liveness_url)]
     pub liveness: Option<String>,
 
     /// Run against an in-process Kubernetes API emulator instead of a cluster (no cluster
     /// needed: for demos and local experiments).
-    #[arg(long, env = "KOPF_RUN_EMBEDDED", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(help_heading = heading::EMBEDDED, long, env = "KOPF_RUN_EMBEDDED", value_parser = clap::builder::FalseyValueParser::new())]
     pub embedded: bool,
     /// With --embedded: apply these YAML files to the emulator before starting (repeatable).
     #[arg(
+        help_heading = heading::EMBEDDED,
         short = 'f',
         long = "embedded-apply",
         value_name = "FILE",
@@ -181,14 +227,15 @@ pub struct RunArgs {
     )]
     pub embedded_apply: Vec<PathBuf>,
     /// Elect one active replica through this coordination.k8s.io/v1 Lease (`[NAMESPACE/]NAME`).
-    #[arg(long, value_name = "[NAMESPACE/]NAME", env = "KOPF_RUN_LEASE")]
+    #[arg(help_heading = heading::PEERING, long, value_name = "[NAMESPACE/]NAME", env = "KOPF_RUN_LEASE")]
     pub lease: Option<String>,
     /// Admission webhook server options.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = heading::WEBHOOKS)]
     pub webhooks: WebhookArgs,
 
     /// With --embedded: write the emulator's kubeconfig here, for kubectl.
     #[arg(
+        help_heading = heading::EMBEDDED,
         long,
         value_name = "PATH",
         requires = "embedded",

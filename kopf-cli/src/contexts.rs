@@ -15,7 +15,7 @@ use crate::clients::auth;
 use crate::options::RunOptions;
 use crate::plugin::PluginSet;
 use crate::settings::OperatorSettings;
-use crate::signals::PauseToggles;
+use crate::signals::{PauseToggles, Readiness};
 
 /// What the operator-level parts (activities, probes, peering, admission, ...) share.
 /// Each part's `start` spawns its tasks, which end when `stop` is cancelled.
@@ -35,6 +35,8 @@ pub struct OperatorContext {
     pub options: RunOptions,
     /// Pause toggles: peering and lease set theirs; any pauses the watch streams.
     pub toggles: PauseToggles,
+    /// What the replica waits for before it is ready (the readiness endpoint).
+    pub readiness: Arc<Readiness>,
     /// Cancelled when the operator stops.
     pub stop: CancellationToken,
 }

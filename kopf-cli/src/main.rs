@@ -52,7 +52,11 @@ fn main() -> ExitCode {
     let debug = match &cli.command {
         Command::Run(args) => args.debug,
         Command::Inspect(args) => args.debug,
-        Command::Version | Command::Emulator(_) | Command::New(_) => false,
+        Command::Version
+        | Command::Emulator(_)
+        | Command::New(_)
+        | Command::Completions(_)
+        | Command::Crd(_) => false,
         Command::Peering(args) => args.debug,
         Command::Rbac(args) => args.debug,
     };
@@ -88,6 +92,7 @@ fn report(err: &anyhow::Error, debug: bool) {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Version => write_stdout(&commands::version::version_text()),
+        Command::Completions(args) => write_stdout(&kopf_cli::cli::completions(args.shell)),
         Command::Inspect(args) => {
             let verbosity = if args.debug {
                 Verbosity::Debug
@@ -114,6 +119,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             runtime.block_on(commands::peering::run(args))
         }
         Command::Rbac(args) => write_stdout(&commands::rbac::run(args)?),
+        Command::Crd(args) => write_stdout(&commands::crd::run(&args)?),
         Command::New(args) => commands::new::run(args),
         Command::Emulator(args) => {
             init_logging(LogConfig::default())?;

@@ -220,6 +220,7 @@ pub struct HandlerBuilder {
     callbacks: Callbacks,
     func: Option<Func>,
     problems: Vec<String>,
+    crd: Option<Value>,
 }
 
 impl fmt::Debug for HandlerBuilder {
@@ -265,7 +266,22 @@ impl HandlerBuilder {
             callbacks: Callbacks::default(),
             func: None,
             problems: Vec::new(),
+            crd: None,
         }
+    }
+
+    /// Selects the resource of a Rust type deriving kube's `CustomResource` (group,
+    /// version and plural from the type; `#[kopf::on::create(MyCr)]`), and carries the
+    /// type's CRD in the plugin's description for `kopf crd`. Needs the `typed` feature.
+    pub fn custom_resource<T: crate::TypedResource>(mut self) -> Self {
+        self.args = T::selector().into_iter().map(SelectorArg::from).collect();
+        match T::crd() {
+            Ok(crd) => self.crd = Some(crd),
+            Err(error) => self
+                .problems
+                .push(format!("the CRD of the type cannot be serialised: {error}")),
+        }
+        self
     }
 
     /// The positional resource selector arguments, as in Kopf's decorators:
@@ -497,6 +513,7 @@ impl HandlerBuilder {
             callbacks,
             func,
             mut problems,
+            crd,
         } = self;
         let option_err = |id: &str, reason: String| SdkError::Option {
             handler: id.to_owned(),
@@ -575,6 +592,7 @@ impl HandlerBuilder {
             func,
             callbacks,
             function: None,
+            crd,
         })
     }
 }
@@ -608,6 +626,8 @@ pub struct Handler {
     callbacks: Callbacks,
     /// The annotated function of an attribute-declared handler (see [`Registry::collect`]).
     function: Option<&'static str>,
+    /// The CRD of the type it selects by (see [`HandlerBuilder::custom_resource`]).
+    crd: Option<Value>,
 }
 
 impl fmt::Debug for Handler {
@@ -923,7 +943,20 @@ impl Registry {
             sdk_version: crate::SDK_VERSION.to_owned(),
             plugin: self.plugin.clone(),
             handlers: self.handlers.iter().map(|h| h.spec.clone()).collect(),
+            crds: self.crds(),
         }
+    }
+
+    /// The CRDs of the types handlers select by, once each (by name), in handler order.
+    fn crds(&self) -> Vec<Value> {
+        let mut crds: Vec<Value> = Vec::new();
+        for crd in self.handlers.iter().filter_map(|h| h.crd.as_ref()) {
+            let name = |c: &Value| c.pointer("/metadata/name").cloned();
+            if !crds.iter().any(|known| name(known) == name(crd)) {
+                crds.push(crd.clone());
+            }
+        }
+        crds
     }
 
     /// Runs a handler by id and blocks until done (see [`Handler::run`]).

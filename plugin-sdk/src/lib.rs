@@ -189,6 +189,7 @@ mod runtime;
 mod selector;
 pub mod subhandlers;
 pub mod testing;
+mod typed;
 
 pub use connection::ConnectionInfo;
 pub use context::{
@@ -218,6 +219,7 @@ pub use memo::{Memo, MemoError, operator_memo};
 pub use runtime::{block_on, runtime};
 pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
 pub use subhandlers::{ChildrenPending, SubhandlerBuilder, SubhandlerError};
+pub use typed::TypedResource;
 
 pub use kopf_abi;
 pub use kopf_macros::{daemon, index, timer};

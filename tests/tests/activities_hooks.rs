@@ -76,19 +76,19 @@ fn hooks_example_runs_startup_login_probes_metrics_and_cleanup() {
     let log = kopf.lines().join("\n");
 
     // Login: the kubeconfig points nowhere; the login handler's connection is used.
-    assert!(log.contains("Logged in with handler \"login_fn\""), "{log}");
+    assert!(log.contains("Logged in with handler 'login_fn'"), "{log}");
     // Startup: the first handler adjusted the settings (the second checks them), and the
     // second failed temporarily twice before succeeding.
     assert!(
-        log.contains("Handler \"startup_fn_simple\" adjusted the operator settings."),
+        log.contains("Activity 'startup_fn_simple' adjusted the operator settings."),
         "{log}"
     );
     let retried = log
         .lines()
-        .filter(|l| l.contains("Handler \"startup_fn_retried\" failed temporarily"))
+        .filter(|l| l.contains("Activity 'startup_fn_retried' failed temporarily"))
         .count();
     assert_eq!(retried, 2, "{log}");
-    assert!(log.contains("Handler \"startup_fn_retried\" succeeded."), "{log}");
+    assert!(log.contains("Activity 'startup_fn_retried' succeeded."), "{log}");
 
     // Probes over HTTP: results by id; the failing one is reported, with status 500.
     let (status, body) = http_get(port, "/healthz", DEADLINE).unwrap();
@@ -160,7 +160,7 @@ fn permanently_failing_startup_exits_1_with_a_clear_message() {
     .unwrap();
     assert_eq!(
         error,
-        "kopf: error: startup failed: handler \"must_fail\" failed permanently: the database is unreachable",
+        "kopf: error: startup failed: Activity 'must_fail' failed permanently: the database is unreachable",
         "{log}"
     );
     assert!(!log.contains("The operator is ready"), "{log}");

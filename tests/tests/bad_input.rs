@@ -625,7 +625,7 @@ fn undecidable_filters_keep_the_finalizer_until_they_decide() {
         .unwrap();
     wait_line(
         &mut kopf,
-        &["[default/guarded]", "Handler \"guarded_delete\" succeeded."],
+        &["[default/guarded]", "Handler 'guarded_delete' succeeded."],
     );
     wait_for(DEADLINE, "the object to be released", || {
         cluster
@@ -649,7 +649,7 @@ fn unreadable_diff_base_invents_no_creation() {
     let created = |kopf: &KopfProcess| {
         kopf.lines()
             .iter()
-            .filter(|l| l.contains("[default/scrambled]") && l.contains("Handler \"witness\" succeeded."))
+            .filter(|l| l.contains("[default/scrambled]") && l.contains("Handler 'witness' succeeded."))
             .count()
     };
     assert_eq!(created(&kopf), 1, "{}", kopf.lines().join("\n"));

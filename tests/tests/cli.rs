@@ -401,3 +401,95 @@ fn run_options_come_from_kopf_run_env_vars() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The text of one help section: from `heading` to the next line that ends with `:` at
+/// the start of a line (the next heading), or to the end.
+fn help_section<'a>(help: &'a str, heading: &str) -> &'a str {
+    let start = help
+        .find(&format!("\n{heading}:\n"))
+        .unwrap_or_else(|| panic!("no {heading:?} section:\n{help}"));
+    let rest = &help[start + heading.len() + 3..];
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| {
+            let line = rest[i..].lines().next().unwrap_or_default();
+            !line.starts_with(' ') && line.ends_with(':')
+        })
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[test]
+fn run_help_groups_the_flags_under_headings() {
+    let out = run_kopf(["run", "--help"]).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (heading, flags) in [
+        (
+            "Logging",
+            &[
+                "--verbose",
+                "--quiet",
+                "--log-format",
+                "--no-log-prefix",
+                "--post-logs",
+            ][..],
+        ),
+        ("Namespaces", &["--namespace", "--all-namespaces"]),
+        (
+            "Peering and leader election",
+            &["--standalone", "--peering", "--priority", "--dev", "--lease"],
+        ),
+        ("Probes and metrics", &["--liveness"]),
+        (
+            "Embedded emulator (no cluster)",
+            &["--embedded", "--embedded-apply", "--embedded-kubeconfig"],
+        ),
+        ("Admission webhooks", &["--webhook-server", "--webhook-managed"]),
+    ] {
+        let section = help_section(&help, heading);
+        for flag in flags {
+            assert!(section.contains(flag), "{flag} not under {heading:?}:\n{section}");
+        }
+    }
+    // `run` is the long-running command: its exit codes speak of signals.
+    assert!(help.contains("0  graceful stop (SIGINT/SIGTERM)"), "{help}");
+}
+
+#[test]
+fn one_shot_commands_do_not_print_the_exit_codes_of_run() {
+    for command in ["inspect", "peering", "rbac", "new", "crd", "completions"] {
+        let out = run_kopf([command, "--help"]).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{command}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(!help.contains("graceful stop"), "kopf {command} --help:\n{help}");
+        assert!(
+            help.contains("Exit codes:\n  0  done\n"),
+            "kopf {command} --help:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kopf"),
+        ("fish", "complete -c kopf"),
+        ("elvish", "edit:completion:arg-completer[kopf]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = run_kopf(["completions", shell]).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        // The subcommands and run's flags are completed.
+        assert!(
+            script.contains("log-format") && script.contains("rbac"),
+            "{shell}:\n{script}"
+        );
+    }
+    let out = run_kopf(["completions", "tcsh"]).unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}

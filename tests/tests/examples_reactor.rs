@@ -172,7 +172,7 @@ async fn example_03_exceptions() {
     // The final failure is purged in the same patch that finishes the cause (as in Kopf),
     // so it is seen in the log, not necessarily on the object.
     ex.wait_line(
-        "[default/kopf-example-1] Handler \"create_fn\" failed permanently: Third failure, the final one.",
+        "[default/kopf-example-1] Handler 'create_fn' failed permanently: Third failure, the final one.",
     )
     .await;
 
@@ -189,7 +189,7 @@ async fn example_03_exceptions() {
     );
 
     // limited_retries: gave up after 3 attempts.
-    ex.wait_line("Handler \"limited_retries\" failed permanently: limited_retries has exceeded 3 retries")
+    ex.wait_line("Handler 'limited_retries' failed permanently: limited_retries has exceeded 3 retries")
         .await;
     let lr = &seen["limited_retries"];
     assert!(lr.iter().all(|p| p["retries"].as_u64() <= Some(3)), "{lr:?}");
@@ -352,7 +352,7 @@ async fn post_logs_turns_object_log_lines_into_events() {
             events
                 .iter()
                 .any(|(_, reason, message, _)| {
-                    reason == "Logging" && message == "Handler \"create_fn\" succeeded."
+                    reason == "Logging" && message == "Handler 'create_fn' succeeded."
                 })
                 .then_some(events)
         })

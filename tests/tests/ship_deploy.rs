@@ -146,6 +146,8 @@ fn deployment_wires_probes_the_downward_api_and_a_pinned_image() {
     );
     assert_eq!(args.last(), Some(&"/opt/kopf/libhandlers.so"));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "health");
     assert_eq!(c["ports"][0]["containerPort"], 8080);
     let env: Vec<(&str, &str)> = c["env"]
         .as_array()
@@ -173,6 +175,7 @@ fn deployment_wires_probes_the_downward_api_and_a_pinned_image() {
         "peering-objects.yaml",
         "rbac.yaml",
         "deployment.yaml",
+        "metrics-service.yaml",
     ] {
         assert!(
             kustomization.contains(&format!("- {file}")),
@@ -254,6 +257,27 @@ fn kustomizations_render_the_base_and_the_overlays() {
     let base = kustomize("deploy");
     check_common("deploy", &base);
     assert!(container_args(&base).contains(&"--all-namespaces".to_owned()));
+    // Metrics of every replica, ready or not (a standby's role is worth scraping).
+    let metrics = find(&base, "Service", "kopf-operator-metrics");
+    assert_eq!(metrics["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "health");
+    assert_eq!(
+        metrics["spec"]["selector"]["app.kubernetes.io/name"],
+        "kopf-operator"
+    );
+
+    // Monitoring: a ServiceMonitor that selects the metrics Service (and only it).
+    let monitoring = kustomize("deploy-overlays/monitoring");
+    check_common("monitoring", &monitoring);
+    let monitor = find(&monitoring, "ServiceMonitor", "kopf-operator");
+    let labels = &find(&monitoring, "Service", "kopf-operator-metrics")["metadata"]["labels"];
+    let selector = monitor["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    assert!(
+        selector.iter().all(|(k, v)| &labels[k] == v),
+        "{selector:?} vs {labels}"
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 
     // HA: two replicas electing one through a Lease in their own namespace, rolling updates.
     let ha = kustomize("deploy-overlays/ha");

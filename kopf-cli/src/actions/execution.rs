@@ -12,6 +12,7 @@
 use kopf_abi::protocol::{ErrorsMode, HandlerErrorKind, HandlerKind, HandlerSpec, Outcome};
 
 use crate::observability::metrics;
+use crate::structs::pyjson::py_repr_str;
 
 /// How far a handler got before this attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,33 +120,50 @@ pub fn conclude(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default
 /// and timers are logged at debug level (a timer succeeds every interval).
 pub fn log_decision(kind: HandlerKind, id: &str, decision: &Decision, reference: Option<&str>) {
     let prefix = reference.map(|r| format!("[{r}] ")).unwrap_or_default();
-    let noun = match kind {
-        HandlerKind::Daemon => "Daemon",
-        HandlerKind::Timer => "Timer",
-        _ => "Handler",
-    };
-    let activity = matches!(
-        kind,
-        HandlerKind::Startup | HandlerKind::Cleanup | HandlerKind::Login | HandlerKind::Probe
-    );
+    let handler = handler_name(kind, id);
+    let activity = is_activity(kind);
     let background = matches!(kind, HandlerKind::Daemon | HandlerKind::Timer);
     match decision {
         Decision::Success if activity => {
-            tracing::info!(target: "kopf.activities", "{noun} {id:?} succeeded.")
+            tracing::info!(target: "kopf.activities", "{handler} succeeded.")
         }
         Decision::Success if background => {
-            tracing::debug!(target: "kopf.objects", "{prefix}{noun} {id:?} succeeded.")
+            tracing::debug!(target: "kopf.objects", "{prefix}{handler} succeeded.")
         }
-        Decision::Success => tracing::info!(target: "kopf.objects", "{prefix}{noun} {id:?} succeeded."),
+        Decision::Success => tracing::info!(target: "kopf.objects", "{prefix}{handler} succeeded."),
         Decision::Retry { delay, message } if activity => tracing::error!(target: "kopf.activities",
-            "{noun} {id:?} failed temporarily: {message}; retrying in {delay}s."),
+            "{handler} failed temporarily: {message}; retrying in {delay}s."),
         Decision::Retry { delay, message } => tracing::error!(target: "kopf.objects",
-            "{prefix}{noun} {id:?} failed temporarily: {message}; retrying in {delay}s."),
+            "{prefix}{handler} failed temporarily: {message}; retrying in {delay}s."),
         Decision::Failure { message } if activity => tracing::error!(target: "kopf.activities",
-            "{noun} {id:?} failed permanently: {message}"),
+            "{handler} failed permanently: {message}"),
         Decision::Failure { message } => tracing::error!(target: "kopf.objects",
-            "{prefix}{noun} {id:?} failed permanently: {message}"),
+            "{prefix}{handler} failed permanently: {message}"),
     }
+}
+
+/// Whether a kind is an operator-level activity (Kopf's `ActivityHandler`).
+fn is_activity(kind: HandlerKind) -> bool {
+    matches!(
+        kind,
+        HandlerKind::Startup | HandlerKind::Cleanup | HandlerKind::Login | HandlerKind::Probe
+    )
+}
+
+/// A handler as Kopf's log lines name it (its handler classes' `__str__`): the kind's noun
+/// and the id as Python's `repr()` shows it, e.g. `Handler 'create_fn'`,
+/// `Activity 'startup_fn'`, `Daemon 'monitor'`, `Timer 'tick'`, `Indexer 'by_ns'`,
+/// `Webhook 'check'`.
+pub fn handler_name(kind: HandlerKind, id: &str) -> String {
+    let noun = match kind {
+        HandlerKind::Daemon => "Daemon",
+        HandlerKind::Timer => "Timer",
+        HandlerKind::Index => "Indexer",
+        HandlerKind::Validate | HandlerKind::Mutate => "Webhook",
+        kind if is_activity(kind) => "Activity",
+        _ => "Handler",
+    };
+    format!("{noun} {}", py_repr_str(id))
 }
 
 #[cfg(test)]

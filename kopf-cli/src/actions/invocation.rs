@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kopf_abi::protocol::{HandlerError, HandlerErrorKind, HandlerKind, Invocation, Outcome, Purpose};
 use tokio_util::sync::CancellationToken;
 
+use super::execution::handler_name;
 use crate::{
     observability::metrics,
     plugin::{HandlerRef, PluginError, PluginSet},
@@ -103,9 +104,9 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
             log_for!(
                 handler.kind(),
                 error,
-                "{}Handler {:?} could not be invoked: {error}",
+                "{}{} could not be invoked: {error}",
                 prefix(call.reference),
-                handler.id()
+                handler_name(handler.kind(), handler.id())
             );
             (failed(HandlerErrorKind::Arbitrary, error.to_string()), "failure")
         }
@@ -115,9 +116,9 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
             log_for!(
                 handler.kind(),
                 error,
-                "{}Handler {:?} did not return within its timeout ({:.1}s left of {timeout:.1}s); the call is abandoned (it keeps its thread until it returns).",
+                "{}{} did not return within its timeout ({:.1}s left of {timeout:.1}s); the call is abandoned (it keeps its thread until it returns).",
                 prefix(call.reference),
-                handler.id(),
+                handler_name(handler.kind(), handler.id()),
                 limit.as_secs_f64()
             );
             let message = format!(

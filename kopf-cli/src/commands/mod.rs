@@ -1,5 +1,6 @@
 //! The `kopf` subcommands.
 
+pub mod crd;
 pub mod emulator;
 pub mod inspect;
 pub mod new;

@@ -27,19 +27,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     actions::{
-        execution::{Attempt, Decision, conclude, log_decision, precheck},
+        execution::{Attempt, Decision, conclude, handler_name, log_decision, precheck},
         invocation::{Call, invoke},
     },
     contexts::OperatorContext,
     plugin::{HandlerRef, PluginSet},
     settings::{OperatorSettings, seconds},
+    structs::pyjson::py_repr_str,
 };
 
 /// Why an activity did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivityError {
     /// Handlers failed permanently (after their retries, if any).
-    #[error("{activity} failed: {}", failures.iter().map(|(id, m)| format!("handler {id:?} failed permanently: {m}")).collect::<Vec<_>>().join("; "))]
+    #[error("{activity} failed: {}", failures.iter().map(|(id, m)| format!("{} failed permanently: {m}", handler_name(HandlerKind::Startup, id))).collect::<Vec<_>>().join("; "))]
     Failed {
         /// The activity (`startup`, `cleanup`, `authentication`).
         activity: &'static str,
@@ -155,7 +156,7 @@ async fn run_activity(
                         && let Some(adjusted) = outcome.extra.get("settings")
                     {
                         *settings = parse_settings(spec.id.as_str(), adjusted)?;
-                        tracing::info!(target: "kopf.activities", "Handler {:?} adjusted the operator settings.", spec.id);
+                        tracing::info!(target: "kopf.activities", "{} adjusted the operator settings.", handler_name(kind, &spec.id));
                     }
                     if decision == Decision::Success {
                         results.insert(spec.id.clone(), outcome.result.clone());
@@ -202,7 +203,8 @@ fn parse_settings(handler: &str, adjusted: &Value) -> Result<OperatorSettings, A
     if !unknown.is_empty() {
         tracing::warn!(
             target: "kopf.activities",
-            "Handler {handler:?} set unknown settings, which are ignored: {}",
+            "{} set unknown settings, which are ignored: {}",
+            handler_name(HandlerKind::Startup, handler),
             unknown.join(", ")
         );
     }
@@ -403,11 +405,12 @@ pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<
                 }
             }
             Ok(_) => {
-                tracing::warn!(target: "kopf.activities", "Login handler {id:?} returned no server; ignored.")
+                tracing::warn!(target: "kopf.activities", "{} returned no server; ignored.", handler_name(HandlerKind::Login, &id))
             }
             Err(e) => tracing::warn!(
                 target: "kopf.activities",
-                "Login handler {id:?} returned something that is not a ConnectionInfo ({e}); ignored."
+                "{} returned something that is not a ConnectionInfo ({e}); ignored.",
+                handler_name(HandlerKind::Login, &id)
             ),
         }
     }
@@ -420,8 +423,8 @@ pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<
     let kubeconfig = info.to_kubeconfig()?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
-        .map_err(|e| ActivityError::Login(format!("handler {id:?}: {e}")))?;
-    tracing::info!(target: "kopf.activities", "Logged in with handler {id:?} to {}.", info.server);
+        .map_err(|e| ActivityError::Login(format!("handler {}: {e}", py_repr_str(&id))))?;
+    tracing::info!(target: "kopf.activities", "Logged in with handler {} to {}.", py_repr_str(&id), info.server);
     Ok(config)
 }
 

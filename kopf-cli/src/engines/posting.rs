@@ -93,14 +93,14 @@ mod tests {
             "metadata": {"name": "x", "namespace": "ns", "uid": "u-1"}});
         tracing::subscriber::with_default(subscriber, || {
             object_span(&body).in_scope(|| {
-                tracing::info!(target: "kopf.objects", "Handler \"a\" succeeded.");
+                tracing::info!(target: "kopf.objects", "Handler 'a' succeeded.");
                 tracing::warn!(target: "kopf.plugin", "from the plugin");
             });
         });
         let first = rx.recv().await.unwrap();
         assert_eq!(first["reason"], "Logging");
         assert_eq!(first["type"], "Normal");
-        assert_eq!(first["message"], "Handler \"a\" succeeded.");
+        assert_eq!(first["message"], "Handler 'a' succeeded.");
         assert_eq!(first["involvedObject"]["uid"], "u-1");
         assert_eq!(first["involvedObject"]["kind"], "KopfExample");
         let second = rx.recv().await.unwrap();

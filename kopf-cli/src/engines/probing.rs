@@ -9,6 +9,10 @@
 //! * `GET /metrics` (unless the probe path is `/metrics` itself) serves
 //!   [`crate::observability::metrics`] in the OpenMetrics text format. Kopf has no metrics
 //!   endpoint; it shares the liveness listener so no extra port is needed.
+//! * `GET /readyz` (unless the probe path is `/readyz`) answers `200 {"ready": true}` once
+//!   the replica is ready ([`crate::signals::readiness`]: discovered, every stream listed,
+//!   not paused), else `503 {"ready": false, "reasons": [...]}`. Kopf has none either; a
+//!   standby replica of `--lease` or one paused by peering is alive but not ready.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +25,20 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::{
-    contexts::OperatorContext, engines::activities, observability::metrics, plugin::PluginSet,
+    contexts::OperatorContext,
+    engines::activities,
+    observability::metrics,
+    plugin::PluginSet,
     settings::OperatorSettings,
+    signals::{PauseToggles, Readiness},
 };
+
+/// The path of the readiness endpoint on the liveness listener.
+pub const READINESS_PATH: &str = "/readyz";
 
 /// How long probe results are reused, as in Kopf.
 pub const PROBE_MAX_AGE: Duration = Duration::from_secs(10);
@@ -37,6 +48,8 @@ struct Prober {
     plugins: PluginSet,
     settings: OperatorSettings,
     cache: Mutex<Option<(Instant, Value, bool)>>,
+    readiness: Arc<Readiness>,
+    toggles: PauseToggles,
 }
 
 impl Prober {
@@ -64,6 +77,16 @@ async fn health(State(prober): State<Arc<Prober>>) -> Response {
     (status, axum::Json(value)).into_response()
 }
 
+async fn ready(State(prober): State<Arc<Prober>>) -> Response {
+    let reasons = prober.readiness.unready_reasons(&prober.toggles);
+    if reasons.is_empty() {
+        (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response()
+    } else {
+        let body = json!({"ready": false, "reasons": reasons});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
 async fn metrics_text() -> Response {
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render()).into_response()
 }
@@ -88,16 +111,22 @@ fn endpoint(url: &str) -> anyhow::Result<(String, u16, String)> {
     Ok((host, port, path))
 }
 
-/// The router of the liveness endpoint: probes at `path`, metrics at `/metrics`.
-pub fn router(plugins: PluginSet, settings: OperatorSettings, path: &str) -> Router {
+/// The router of the liveness endpoint: probes at `path`, metrics at `/metrics`,
+/// readiness at [`READINESS_PATH`] (each unless `path` is that path).
+fn router(context: &OperatorContext, path: &str) -> Router {
     let prober = Arc::new(Prober {
-        plugins,
-        settings,
+        plugins: context.plugins.clone(),
+        settings: context.settings.clone(),
         cache: Mutex::new(None),
+        readiness: context.readiness.clone(),
+        toggles: context.toggles.clone(),
     });
     let mut router = Router::new().route(path, get(health));
     if path != "/metrics" {
         router = router.route("/metrics", get(metrics_text));
+    }
+    if path != READINESS_PATH {
+        router = router.route(READINESS_PATH, get(ready));
     }
     router.with_state(prober)
 }
@@ -113,7 +142,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve the liveness endpoint at {host}:{port}"))?;
     let local = listener.local_addr().ok();
-    let app = router(context.plugins.clone(), context.settings.clone(), &path);
+    let app = router(context, &path);
     let stop = context.stop.clone();
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -126,7 +155,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
     match local {
         Some(addr) => tracing::info!(
             target: "kopf.activities",
-            "Serving health status at http://{addr}{path} (metrics at /metrics)."
+            "Serving health status at http://{addr}{path} (metrics at /metrics, readiness at {READINESS_PATH})."
         ),
         None => tracing::info!(target: "kopf.activities", "Serving health status at {url}."),
     }

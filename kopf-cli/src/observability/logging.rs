@@ -4,8 +4,12 @@
 //!
 //! * `plain`: the message only;
 //! * `full` (default): `[2024-05-01 12:00:00,123] kopf.objects         [INFO    ] [ns/name] message`;
-//! * `json`: one JSON object per line: `timestamp`, `severity`, `target`, `message`, and
-//!   the object reference under the `--log-refkey` key (default `object`).
+//! * `json`: one JSON object per line, with Kopf's fields (its python-json-logger
+//!   formatter): `message`, `timestamp` (ISO 8601 in UTC with microseconds and `+00:00`,
+//!   as Python's `isoformat()`), `severity` (`debug`, `info`, `warn`, `error`), and the
+//!   object reference under the `--log-refkey` key (default `object`: `apiVersion`,
+//!   `kind`, `name`, `uid`, `namespace`, null when unknown); plus `target` (the logger's
+//!   name, which Kopf leaves out) and the event's own fields.
 //!
 //! Lines about an object (the object loggers' and the plugins', inside the object's span,
 //! see [`super::objects`]): the plain and full formats prefix the message with
@@ -161,13 +165,34 @@ fn level_name(level: &Level) -> &'static str {
     }
 }
 
-/// The object's reference as JSON: `namespace` (if any) and `name`.
-fn object_ref(object: &objects::LoggedObject) -> Value {
-    let mut map = Map::new();
-    if !object.namespace.is_empty() {
-        map.insert("namespace".to_owned(), Value::from(object.namespace.as_str()));
+/// Kopf's JSON severities (`ObjectJsonFormatter`): Python's `warning` is `warn`, and
+/// nothing is finer than `debug`.
+fn json_severity(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG | Level::TRACE => "debug",
     }
-    map.insert("name".to_owned(), Value::from(object.name.as_str()));
+}
+
+/// The time as python-json-logger writes it: `2026-12-05T11:04:11.123456+00:00`.
+fn json_timestamp(now: jiff::Timestamp) -> String {
+    now.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+/// The object's reference as Kopf's JSON logs carry it: `apiVersion`, `kind`, `name`,
+/// `uid`, `namespace` (null when unknown, e.g. the namespace of a cluster-scoped object).
+fn object_ref(object: &objects::LoggedObject) -> Value {
+    let text = |s: &str| {
+        if s.is_empty() { Value::Null } else { Value::from(s) }
+    };
+    let mut map = Map::new();
+    map.insert("apiVersion".to_owned(), text(&object.api_version));
+    map.insert("kind".to_owned(), text(&object.kind));
+    map.insert("name".to_owned(), text(&object.name));
+    map.insert("uid".to_owned(), text(&object.uid));
+    map.insert("namespace".to_owned(), text(&object.namespace));
     Value::Object(map)
 }
 
@@ -237,12 +262,9 @@ where
                 let mut map = Map::new();
                 map.insert(
                     "timestamp".to_owned(),
-                    Value::from(jiff::Timestamp::now().to_string()),
+                    Value::from(json_timestamp(jiff::Timestamp::now())),
                 );
-                map.insert(
-                    "severity".to_owned(),
-                    Value::from(level_name(meta.level()).to_lowercase()),
-                );
+                map.insert("severity".to_owned(), Value::from(json_severity(meta.level())));
                 map.insert("target".to_owned(), Value::from(target));
                 map.insert("message".to_owned(), Value::from(message));
                 for (name, value) in fields.extra {
@@ -255,5 +277,29 @@ where
                 writeln!(writer, "{line}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_are_kopfs() {
+        assert_eq!(json_severity(&Level::WARN), "warn");
+        assert_eq!(json_severity(&Level::ERROR), "error");
+        assert_eq!(json_severity(&Level::TRACE), "debug");
+        let at: jiff::Timestamp = "2026-12-05T11:04:11.1234567Z".parse().unwrap();
+        assert_eq!(json_timestamp(at), "2026-12-05T11:04:11.123456+00:00");
+        let object = objects::LoggedObject {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            name: "ns1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            object_ref(&object),
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "name": "ns1", "uid": null, "namespace": null})
+        );
     }
 }

@@ -14,6 +14,9 @@
 //! | `kopf_watch_restarts_total` | counter | `resource` |
 //! | `kopf_api_requests_total` | counter | `verb`, `code` (`0` for no response) |
 //! | `kopf_objects_watched` | gauge | `resource` |
+//! | `kopf_replica_active` | gauge | none: 1 while this replica processes objects (no pause toggle on) |
+//! | `kopf_replica_paused` | gauge | `reason` (`peering`: a peer of higher priority or a freeze; `lease`: another replica holds the Lease) |
+//! | `kopf_lease_holder` | gauge | none: 1 while this replica holds the `--lease` Lease |
 
 use std::sync::LazyLock;
 
@@ -46,6 +49,11 @@ struct ResourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PauseLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     verb: String,
     code: String,
@@ -65,6 +73,9 @@ struct Metrics {
     watch_restarts: Family<ResourceLabels, Counter>,
     api_requests: Family<RequestLabels, Counter>,
     objects_watched: Family<ResourceLabels, Gauge>,
+    replica_active: Gauge,
+    replica_paused: Family<PauseLabels, Gauge>,
+    lease_holder: Gauge,
 }
 
 impl Metrics {
@@ -79,6 +90,9 @@ impl Metrics {
         let watch_restarts = Family::<ResourceLabels, Counter>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
         let objects_watched = Family::<ResourceLabels, Gauge>::default();
+        let replica_active = Gauge::default();
+        let replica_paused = Family::<PauseLabels, Gauge>::default();
+        let lease_holder = Gauge::default();
         registry.register(
             "kopf_handler_invocations",
             "Handler invocations by handler kind, id and outcome",
@@ -114,6 +128,21 @@ impl Metrics {
             "Objects currently known from the watch streams",
             objects_watched.clone(),
         );
+        registry.register(
+            "kopf_replica_active",
+            "1 while this replica processes objects (not paused)",
+            replica_active.clone(),
+        );
+        registry.register(
+            "kopf_replica_paused",
+            "1 while this replica is paused for the reason (peering, lease)",
+            replica_paused.clone(),
+        );
+        registry.register(
+            "kopf_lease_holder",
+            "1 while this replica holds the Lease of --lease",
+            lease_holder.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -123,6 +152,9 @@ impl Metrics {
             watch_restarts,
             api_requests,
             objects_watched,
+            replica_active,
+            replica_paused,
+            lease_holder,
         }
     }
 }
@@ -212,6 +244,27 @@ pub fn set_objects_watched(resource: &str, count: i64) {
         .set(count);
 }
 
+/// Sets whether the replica is paused for `reason` (a pause toggle: `peering`, `lease`);
+/// a reason once seen stays listed, at 0, while it is off.
+pub fn replica_paused(reason: &str, paused: bool) {
+    METRICS
+        .replica_paused
+        .get_or_create(&PauseLabels {
+            reason: reason.to_owned(),
+        })
+        .set(i64::from(paused));
+}
+
+/// Sets whether the replica processes objects (no pause toggle is on).
+pub fn replica_active(active: bool) {
+    METRICS.replica_active.set(i64::from(active));
+}
+
+/// Sets whether this replica holds the Lease of `--lease`.
+pub fn lease_holder(held: bool) {
+    METRICS.lease_holder.set(i64::from(held));
+}
+
 /// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
 pub fn render() -> String {
     let mut text = String::new();
@@ -234,6 +287,9 @@ mod tests {
         objects_watched("unittests.v1.example.dev", 2);
         objects_watched("unittests.v1.example.dev", -1);
         queue_depth("unittests.v1.example.dev", 3);
+        replica_paused("unittest", true);
+        replica_active(false);
+        lease_holder(true);
         let text = render();
         assert!(
             text.contains(
@@ -249,6 +305,9 @@ mod tests {
         assert!(text.contains(r#"kopf_watch_restarts_total{resource="unittests.v1.example.dev"} 1"#));
         assert!(text.contains(r#"kopf_objects_watched{resource="unittests.v1.example.dev"} 1"#));
         assert!(text.contains(r#"kopf_queue_depth{resource="unittests.v1.example.dev"} 3"#));
+        assert!(text.contains(r#"kopf_replica_paused{reason="unittest"} 1"#));
+        assert!(text.contains("kopf_replica_active 0"));
+        assert!(text.contains("kopf_lease_holder 1"));
         assert!(text.contains("# TYPE kopf_handler_duration_seconds histogram"));
         assert!(text.trim_end().ends_with("# EOF"));
     }

@@ -273,7 +273,7 @@ mod tests {
             tracing::info!(target: "kopf.objects", "outside any object");
             object_span(&body).in_scope(|| {
                 assert_eq!(current().map(|o| o.reference()), Some("ns/x".to_owned()));
-                tracing::info!(target: "kopf.objects", "[ns/x] Handler \"a\" succeeded.");
+                tracing::info!(target: "kopf.objects", "[ns/x] Handler 'a' succeeded.");
                 tracing::debug!(target: "kopf.objects", "too low");
                 tracing::info!(target: "kopf.reactor", "not an object line");
                 tracing::warn!(target: "kopf.plugin", plugin = "p", "from the plugin");
@@ -284,7 +284,7 @@ mod tests {
         });
         let first = rx.try_recv().unwrap();
         assert_eq!(first.level, 20);
-        assert_eq!(first.message, "Handler \"a\" succeeded.");
+        assert_eq!(first.message, "Handler 'a' succeeded.");
         assert_eq!(first.object.stub()["metadata"]["uid"], "u-1");
         assert_eq!(first.object.stub()["kind"], "KopfExample");
         let second = rx.try_recv().unwrap();

@@ -53,6 +53,7 @@ pub async fn run(
         settings: settings_from(&options),
         options: options.clone(),
         toggles: toggles.clone(),
+        readiness: Arc::default(),
         stop: stop.clone(),
     };
 
@@ -108,6 +109,7 @@ pub async fn run(
         stops: stops.clone(),
         exiting: stop.clone(),
         indices: indices.clone(),
+        readiness: context.readiness.clone(),
     });
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
@@ -124,6 +126,7 @@ pub async fn run(
         reactor.served.len(),
         reactor.scope.describe()
     );
+    context.readiness.discovered();
     control.ready();
 
     let observed = reactor.observe_crds_and_namespaces(&settings, &stop);

@@ -426,9 +426,11 @@ async fn elect(
         if leading && !was_leading {
             tracing::info!(target: "kopf.peering", "Acquired the Lease {where_}: this replica is active.");
             toggles.set(LEASE_TOGGLE, false);
+            crate::observability::metrics::lease_holder(true);
         } else if !leading && was_leading {
             tracing::warn!(target: "kopf.peering", "Lost the Lease {where_}: pausing operations.");
             toggles.set(LEASE_TOGGLE, true);
+            crate::observability::metrics::lease_holder(false);
         } else if !leading && ready_tx.is_some() {
             tracing::info!(target: "kopf.peering", "The Lease {where_} is held by another replica: standing by.");
         }
@@ -445,6 +447,7 @@ async fn elect(
             _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
         }
     }
+    crate::observability::metrics::lease_holder(false);
     let release = tokio::time::timeout(elector.config.round_timeout(), elector.release());
     match release
         .await

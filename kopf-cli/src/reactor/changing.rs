@@ -416,7 +416,7 @@ impl ResourceProcessor {
                 .await;
             match (&decision, &settled) {
                 (Decision::Retry { .. }, Some(s)) if s.pending_delay.is_some() => {
-                    tracing::debug!(target: "kopf.objects", "[{}] Handler {:?} has unfinished sub-handlers. Will retry soon.", view.reference, handler.id());
+                    tracing::debug!(target: "kopf.objects", "[{}] {} has unfinished sub-handlers. Will retry soon.", view.reference, execution::handler_name(handler.kind(), handler.id()));
                 }
                 _ => execution::log_decision(handler.kind(), handler.id(), &decision, Some(view.reference)),
             }

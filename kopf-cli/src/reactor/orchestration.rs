@@ -126,8 +126,9 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         for (stop, _, _) in self.streams.values() {
             stop.cancel();
         }
-        for (_, (_, task, _)) in self.streams.drain() {
+        for (key, (_, task, processor)) in self.streams.drain() {
             let _ = task.await;
+            processor.stream_stopped(&describe(&key));
         }
     }
 }

@@ -209,7 +209,7 @@ impl ResourceProcessor {
             let outcome =
                 invocation::invoke(&self.shared.plugins, Call::new(handler, &inv).about(&reference)).await;
             if let Some(error) = &outcome.error {
-                tracing::warn!(target: "kopf.objects", "[{reference}] Handler {:?} failed with an error (ignored): {}", handler.id(), error.message);
+                tracing::warn!(target: "kopf.objects", "[{reference}] {} failed with an error (ignored): {}", execution::handler_name(handler.kind(), handler.id()), error.message);
             }
             application::collect(patch, handler.id(), &outcome, outcome.error.is_none());
         }
@@ -229,6 +229,9 @@ impl ObjectProcessor for ResourceProcessor {
 
     fn observe(&self, stream: &str, item: &crate::clients::watching::WatchItem) {
         use crate::clients::watching::WatchItem;
+        if matches!(item, WatchItem::ListDone) {
+            self.shared.readiness.listed(stream);
+        }
         if self.indexers.is_empty() {
             return;
         }
@@ -249,12 +252,14 @@ impl ObjectProcessor for ResourceProcessor {
     }
 
     fn stream_started(&self, stream: &str) {
+        self.shared.readiness.stream_started(stream);
         if !self.indexers.is_empty() {
             self.shared.indices.stream_started(stream);
         }
     }
 
     fn stream_stopped(&self, stream: &str) {
+        self.shared.readiness.stream_stopped(stream);
         if !self.indexers.is_empty() {
             self.shared.indices.stream_removed(stream);
         }

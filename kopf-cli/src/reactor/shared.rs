@@ -9,6 +9,7 @@ use crate::{
     persistence::{diffbase::DiffBaseStorage, progress::ProgressStorage},
     plugin::PluginSet,
     settings::OperatorSettings,
+    signals::Readiness,
 };
 
 /// What all processors of an operator share.
@@ -29,4 +30,6 @@ pub struct Shared {
     pub exiting: tokio_util::sync::CancellationToken,
     /// The in-memory indices of `index` handlers.
     pub indices: Arc<Indices>,
+    /// Which streams have completed their first listing (the readiness endpoint).
+    pub readiness: Arc<Readiness>,
 }

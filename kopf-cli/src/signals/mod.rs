@@ -6,6 +6,7 @@
 //! application stops the operator with its own token and installs no OS handlers.
 //! [`Control`] also carries the log's switch for object lines, set up with the log.
 
+pub mod readiness;
 pub mod toggles;
 
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use readiness::Readiness;
 pub use toggles::PauseToggles;
 
 use crate::observability::objects::LogLines;

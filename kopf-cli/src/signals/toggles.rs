@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 
 use tokio::sync::watch;
 
+use crate::observability::metrics;
+
 /// A set of named pause toggles; cheap to clone, all clones share the state.
 #[derive(Debug, Clone)]
 pub struct PauseToggles {
@@ -23,19 +25,24 @@ impl Default for PauseToggles {
 impl PauseToggles {
     /// No toggle is on: the operator runs.
     pub fn new() -> Self {
+        metrics::replica_active(true);
         Self {
             sender: watch::Sender::new(BTreeSet::new()),
         }
     }
 
-    /// Turns the toggle `name` on (pause) or off (resume).
+    /// Turns the toggle `name` on (pause) or off (resume); the replica's role metrics
+    /// follow.
     pub fn set(&self, name: &str, paused: bool) {
         self.sender.send_if_modified(|set| {
-            if paused {
+            let changed = if paused {
                 set.insert(name.to_owned())
             } else {
                 set.remove(name)
-            }
+            };
+            metrics::replica_paused(name, paused);
+            metrics::replica_active(set.is_empty());
+            changed
         });
     }
 

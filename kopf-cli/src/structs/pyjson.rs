@@ -236,6 +236,37 @@ pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Python's `repr()` of a string, as Kopf's log lines show handler ids (`'create_fn'`):
+/// single quotes, or double quotes when the text has a single quote and no double one;
+/// backslashes, the quote, `\n`, `\r`, `\t` and other control characters escaped.
+pub fn py_repr_str(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +304,14 @@ mod tests {
         ));
         assert!(!py_eq(&json!(-1), &json!(u64::MAX)));
         assert!(py_eq_exact(&json!({"a": true}), &json!({"a": 1.0})));
+    }
+
+    #[test]
+    fn strings_are_quoted_as_python_repr_does() {
+        assert_eq!(py_repr_str("create_fn"), "'create_fn'");
+        assert_eq!(py_repr_str("it's"), "\"it's\"");
+        assert_eq!(py_repr_str("a'b\"c"), "'a\\'b\"c'");
+        assert_eq!(py_repr_str("a\\b\nc\u{1}"), "'a\\\\b\\nc\\x01'");
+        assert_eq!(py_repr_str("über"), "'über'");
     }
 }

@@ -188,6 +188,16 @@ fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// A positional argument that names a type (`MyCr`, `crds::MyCr`: its last segment in
+/// CamelCase) rather than a value: the handler selects the type's resource.
+fn type_path(expr: &Expr) -> Option<&syn::Path> {
+    let Expr::Path(p) = expr else { return None };
+    let name = p.path.segments.last()?.ident.to_string();
+    let camel =
+        name.starts_with(|c: char| c.is_ascii_uppercase()) && name.chars().any(|c| c.is_ascii_lowercase());
+    (p.qself.is_none() && camel).then_some(&p.path)
+}
+
 fn is_everything(expr: &Expr) -> bool {
     matches!(expr, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "EVERYTHING"))
 }
@@ -230,6 +240,7 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
     let allowed = kind.allowed();
 
     let mut positional: Vec<TokenStream2> = Vec::new();
+    let mut typed: Option<TokenStream2> = None;
     let mut everything = false;
     let mut calls: Vec<TokenStream2> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
@@ -257,6 +268,9 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
                 }
                 if is_everything(&expr) {
                     everything = true;
+                }
+                if let Some(path) = type_path(&expr) {
+                    typed = Some(quote_spanned! {expr.span()=> .custom_resource::<#path>() });
                 }
                 positional.push(quote_spanned! {expr.span()=> ::kopf::SelectorArg::from(#expr) });
             }
@@ -342,7 +356,15 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
              (\"v1\", \"pods\"), (kopf::EVERYTHING), or kind = \"...\"",
         ));
     }
-    let selector = if everything && positional.len() == 1 {
+    if typed.is_some() && positional.len() > 1 {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "a resource type is the whole selector: no other positional arguments beside it",
+        ));
+    }
+    let selector = if let Some(typed) = typed {
+        typed
+    } else if everything && positional.len() == 1 {
         quote!(.everything())
     } else if positional.is_empty() {
         quote!()
