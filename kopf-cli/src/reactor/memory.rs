@@ -2,13 +2,15 @@
 //! the echo of our own patch it waits for, the newest resourceVersion processed, the
 //! error count of the throttle, the next retry.
 
+use std::cmp::Ordering;
+
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::queueing::RawEvent;
 use crate::{
     settings::{OperatorSettings, seconds},
-    structs::dicts,
+    structs::{dicts, versions},
 };
 
 /// What a worker remembers about one object between runs.
@@ -40,6 +42,29 @@ pub struct ObjectMemory {
 }
 
 impl ObjectMemory {
+    /// Where a state of this `version` stands: older than the newest processed (never
+    /// go back to it, however late it comes: a watch stream lagging behind our patches
+    /// and re-reads for longer than the consistency timeout), and newer than our own
+    /// patch whose echo is awaited (never discard it: a listing after a re-list carries
+    /// no echo, the patch's event was compacted away). Only comparable versions tell.
+    pub(super) fn place(&self, version: Option<&str>) -> (bool, bool) {
+        let Some(version) = version else {
+            return (false, false);
+        };
+        let compared = |other: &str| versions::compare(version, other);
+        let older = self
+            .known_version
+            .as_deref()
+            .and_then(compared)
+            .is_some_and(Ordering::is_lt);
+        let newer_than_awaited = self
+            .awaited
+            .as_ref()
+            .and_then(|(awaited, _)| compared(awaited))
+            .is_some_and(Ordering::is_gt);
+        (older, newer_than_awaited)
+    }
+
     /// Remembers the resourceVersion of `body` as the newest processed.
     pub(super) fn remember_version(&mut self, body: &Value) {
         if let Some(version) = resource_version(body)

@@ -40,7 +40,7 @@
 //! `tests/tests/reactor_restart.rs` kills the operator at random moments of a
 //! multi-handler lifecycle over many objects and asserts exactly this.
 
-use std::{cmp::Ordering, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use kopf_abi::protocol::{HandlerKind, Invocation};
 use serde_json::{Value, json};
@@ -71,7 +71,6 @@ use crate::{
         dicts::{self, FieldPath},
         patches::Patch,
         references::Resource,
-        versions,
     },
 };
 
@@ -255,6 +254,21 @@ impl ObjectProcessor for ResourceProcessor {
         }
     }
 
+    fn known_version(memory: &ObjectMemory) -> Option<Box<str>> {
+        memory.known_version.clone()
+    }
+
+    fn remember_version(memory: &mut ObjectMemory, version: Option<&str>) {
+        memory.known_version = version.map(Box::from);
+    }
+
+    fn recover(&self, memory: &mut ObjectMemory, stub: Value) -> bool {
+        // Re-read before anything is decided: the stub holds no more than the identity.
+        memory.body = Some(stub);
+        memory.stale = true;
+        true
+    }
+
     fn needs_every_event(&self) -> bool {
         // Event handlers see every event; indexers track listings event by event.
         !self.watching.is_empty() || !self.indexers.is_empty()
@@ -322,15 +336,7 @@ impl ObjectProcessor for ResourceProcessor {
                 .awaited
                 .as_ref()
                 .is_some_and(|(awaited, _)| events.iter().any(|e| e.has_seen(awaited)));
-            // Never back to a state older than one already processed, however late it
-            // comes (a watch stream lagging behind our patches and re-reads for longer
-            // than the consistency timeout): comparable resource versions tell.
-            let older = match (last.resource_version(), memory.known_version.as_deref()) {
-                (Some(version), Some(known)) => {
-                    versions::compare(version, known).is_some_and(Ordering::is_lt)
-                }
-                _ => false,
-            };
+            let (older, newer_than_awaited) = memory.place(last.resource_version());
             match (&memory.awaited, echo_seen) {
                 _ if older => {
                     if patch.is_empty() {
@@ -344,7 +350,7 @@ impl ObjectProcessor for ResourceProcessor {
                         return self.idle_verdict(memory);
                     }
                 }
-                (Some((_, deadline)), false) if Instant::now() < *deadline => {
+                (Some((_, deadline)), false) if Instant::now() < *deadline && !newer_than_awaited => {
                     // Older than our own patch: our memory is fresher.
                     if patch.is_empty() {
                         return Verdict {

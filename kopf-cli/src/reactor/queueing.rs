@@ -8,7 +8,14 @@
 //! synthetic `DELETED` event; and the number of workers processing at once is bounded
 //! by a semaphore shared by all watchers.
 
-use std::{cell::RefCell, collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    cmp::Ordering,
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde_json::Value;
 use tokio::{
@@ -23,7 +30,7 @@ use crate::clients::watching::{EventType, WatchItem};
 use tracing::Instrument as _;
 
 use crate::observability::{metrics, objects::object_span};
-use crate::structs::{backoff::sleep_until_opt, dicts};
+use crate::structs::{backoff::sleep_until_opt, dicts, versions};
 
 /// How long a call may keep its worker slot (see [`release_slot_if_slow`]).
 pub const SLOT_HOLD_LIMIT: Duration = Duration::from_secs(1);
@@ -117,6 +124,21 @@ pub trait ObjectProcessor: Send + Sync + 'static {
 
     /// A stream of this processor stops for good (not for a pause).
     fn stream_stopped(&self, _stream: &str) {}
+
+    /// The newest resourceVersion the memory knows (from events, patch responses and
+    /// re-reads): the multiplexer keeps it for the object's lifetime, beyond the worker.
+    fn known_version(_memory: &Self::Memory) -> Option<Box<str>> {
+        None
+    }
+
+    /// A new worker's memory starts with the newest resourceVersion known of the object.
+    fn remember_version(_memory: &mut Self::Memory, _version: Option<&str>) {}
+
+    /// The object's previous worker panicked: prepares the memory to carry on from
+    /// `stub` (the object's minimal body); `true` to run at once.
+    fn recover(&self, _memory: &mut Self::Memory, _stub: Value) -> bool {
+        false
+    }
 }
 
 /// Queueing settings (Kopf's `settings.queueing`).
@@ -224,117 +246,271 @@ pub async fn multiplex<P: ObjectProcessor>(
     settings: QueueSettings,
     limit: Arc<Semaphore>,
 ) {
-    let mut entries: HashMap<String, Entry> = HashMap::new();
-    let mut workers: JoinSet<String> = JoinSet::new();
-    let mut listed: Option<std::collections::HashSet<String>> = None;
+    let mut mux = Multiplexer {
+        stream,
+        processor,
+        settings,
+        limit,
+        entries: HashMap::new(),
+        workers: JoinSet::new(),
+        tasks: HashMap::new(),
+        versions: HashMap::new(),
+        nameless: HashSet::new(),
+        listed: None,
+    };
     let mut depth: i64 = 0;
     loop {
-        let now = i64::try_from(workers.len()).unwrap_or(i64::MAX);
+        let now = i64::try_from(mux.workers.len()).unwrap_or(i64::MAX);
         if now != depth {
-            metrics::queue_depth(&stream, now - depth);
+            metrics::queue_depth(&mux.stream, now - depth);
             depth = now;
         }
         tokio::select! {
             item = items.recv() => {
                 let Some(item) = item else { break };
-                processor.observe(&stream, &item);
-                match item {
-                    WatchItem::ListStarted => listed = Some(Default::default()),
-                    WatchItem::ListDone => {
-                        // Objects we knew but the fresh listing lacks were deleted meanwhile.
-                        if let Some(seen) = listed.take() {
-                            metrics::set_objects_watched(&stream, i64::try_from(seen.len()).unwrap_or(i64::MAX));
-                            let gone: Vec<String> = entries.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-                            for key in gone {
-                                if let Some(entry) = entries.get(&key) {
-                                    let event = RawEvent::new(Some(EventType::Deleted), entry.stub.to_body());
-                                    dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
-                                }
-                            }
-                        }
-                    }
-                    WatchItem::Listed(body) => {
-                        if let Some(key) = object_key(&body) {
-                            if let Some(seen) = listed.as_mut() {
-                                seen.insert(key.clone());
-                            }
-                            let event = RawEvent::new(None, body);
-                            dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
-                        }
-                    }
-                    WatchItem::Event(kind, body) => {
-                        match kind {
-                            EventType::Added => metrics::objects_watched(&stream, 1),
-                            EventType::Deleted => metrics::objects_watched(&stream, -1),
-                            EventType::Modified => {}
-                        }
-                        if let Some(key) = object_key(&body) {
-                            let event = RawEvent::new(Some(kind), body);
-                            dispatch(&mut entries, &mut workers, &processor, &settings, &limit, key, event);
-                        }
-                    }
-                }
+                mux.receive(item);
             }
-            Some(done) = workers.join_next(), if !workers.is_empty() => {
-                // The worker closed its mailbox before exiting; a later event for the
-                // object starts a new one (unless one was started meanwhile).
-                if let Ok(key) = done
-                    && entries.get(&key).is_some_and(|entry| entry.mailbox.is_closed())
-                {
-                    entries.remove(&key);
-                }
-            }
+            Some(done) = mux.workers.join_next_with_id(), if !mux.workers.is_empty() => mux.exited(done),
         }
     }
     // The stream is over (pause or exit): close the queues and let workers finish.
-    metrics::queue_depth(&stream, -depth);
-    for (_, entry) in entries.drain() {
+    metrics::queue_depth(&mux.stream, -depth);
+    for (_, entry) in mux.entries.drain() {
         entry.mailbox.end();
     }
-    let drain = async { while workers.join_next().await.is_some() {} };
-    if tokio::time::timeout(settings.exit_timeout, drain).await.is_err() {
-        workers.abort_all();
+    let drain = async { while mux.workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(mux.settings.exit_timeout, drain)
+        .await
+        .is_err()
+    {
+        mux.workers.abort_all();
     }
 }
 
-fn dispatch<P: ObjectProcessor>(
-    entries: &mut HashMap<String, Entry>,
-    workers: &mut JoinSet<String>,
-    processor: &Arc<P>,
-    settings: &QueueSettings,
-    limit: &Arc<Semaphore>,
+/// What a worker leaves behind when it exits.
+struct WorkerExit {
     key: String,
-    event: RawEvent,
-) {
-    let coalesce = !processor.needs_every_event();
-    // No free slot: the event will wait (a burst), so it waits small.
-    let compact = limit.available_permits() == 0;
-    let event = match entries.get_mut(&key) {
-        Some(entry) => {
-            entry.stub.update(&event.body);
-            match entry.mailbox.push(event, coalesce, compact) {
-                Ok(()) => return,
-                // The worker exited just now; start a new one with this event.
-                Err(event) => event,
+    /// The newest resourceVersion its memory knew (patch responses and re-reads too).
+    known_version: Option<Box<str>>,
+}
+
+/// How a worker starts.
+#[derive(Default)]
+struct Start {
+    /// The newest resourceVersion known of the object (its memory starts with it).
+    known_version: Option<Box<str>>,
+    /// The previous worker panicked: the object's minimal body, to recover from.
+    recover: Option<Value>,
+}
+
+/// The state of one [`multiplex`]: per-object workers and what outlives them.
+struct Multiplexer<P: ObjectProcessor> {
+    stream: String,
+    processor: Arc<P>,
+    settings: QueueSettings,
+    limit: Arc<Semaphore>,
+    entries: HashMap<String, Entry>,
+    workers: JoinSet<WorkerExit>,
+    /// The object of each worker task (to restart a worker that panicked).
+    tasks: HashMap<tokio::task::Id, String>,
+    /// The newest resourceVersion known of each object, for the object's lifetime (not
+    /// only its worker's): a worker started after an idle exit never goes back to an
+    /// older state, however late it comes. One short string per object.
+    versions: HashMap<String, Box<str>>,
+    /// Objects without a name already reported (each is logged once, then skipped).
+    nameless: HashSet<String>,
+    /// The keys of a listing in progress.
+    listed: Option<HashSet<String>>,
+}
+
+impl<P: ObjectProcessor> Multiplexer<P> {
+    fn receive(&mut self, item: WatchItem) {
+        self.processor.observe(&self.stream, &item);
+        match item {
+            WatchItem::ListStarted => self.listed = Some(HashSet::new()),
+            WatchItem::ListDone => self.list_done(),
+            WatchItem::Listed(body) => {
+                if let Some(key) = self.key_of(&body) {
+                    if let Some(seen) = self.listed.as_mut() {
+                        seen.insert(key.clone());
+                    }
+                    self.dispatch(key, RawEvent::new(None, body));
+                }
+            }
+            WatchItem::Event(kind, body) => {
+                match kind {
+                    EventType::Added => metrics::objects_watched(&self.stream, 1),
+                    EventType::Deleted => metrics::objects_watched(&self.stream, -1),
+                    EventType::Modified => {}
+                }
+                if let Some(key) = self.key_of(&body) {
+                    self.dispatch(key, RawEvent::new(Some(kind), body));
+                }
             }
         }
-        None => event,
-    };
-    let stub = Stub::of(&event.body);
-    // Lines logged while the object is processed name it (see `observability::objects`).
-    let span = object_span(&event.body);
-    let mailbox = Arc::new(Mailbox::default());
-    // Cannot fail: the mailbox is fresh.
-    let _ = mailbox.push(event, coalesce, compact);
-    entries.insert(
-        key.clone(),
-        Entry {
-            mailbox: mailbox.clone(),
-            stub,
-        },
-    );
-    let worker = worker(key, mailbox, processor.clone(), settings.clone(), limit.clone());
-    workers.spawn(worker.instrument(span));
+    }
+
+    /// Objects we knew but the fresh listing lacks were deleted meanwhile.
+    fn list_done(&mut self) {
+        let Some(seen) = self.listed.take() else { return };
+        metrics::set_objects_watched(&self.stream, i64::try_from(seen.len()).unwrap_or(i64::MAX));
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(entry) = self.entries.get(&key) {
+                let event = RawEvent::new(Some(EventType::Deleted), entry.stub.to_body());
+                self.dispatch(key, event);
+            }
+        }
+        let entries = &self.entries;
+        self.versions
+            .retain(|key, _| seen.contains(key) || entries.contains_key(key));
+    }
+
+    /// The object's key; `None` (logged once per object) for an object without a name,
+    /// which could be neither patched nor re-read.
+    fn key_of(&mut self, body: &Value) -> Option<String> {
+        let named = dicts::resolve(body, &["metadata", "name"])
+            .and_then(Value::as_str)
+            .is_some_and(|name| !name.is_empty());
+        if named {
+            return object_key(body);
+        }
+        let uid = dicts::resolve(body, &["metadata", "uid"])
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if self.nameless.insert(uid.to_owned()) {
+            tracing::warn!(
+                target: "kopf.objects",
+                "An object of {} without metadata.name (uid {uid:?}) is skipped: it can be neither patched nor re-read.",
+                self.stream
+            );
+        }
+        None
+    }
+
+    fn dispatch(&mut self, key: String, event: RawEvent) {
+        self.note_version(&key, event.resource_version());
+        if event.is_deletion() {
+            self.versions.remove(&key);
+        }
+        let coalesce = !self.processor.needs_every_event();
+        // No free slot: the event will wait (a burst), so it waits small.
+        let compact = self.limit.available_permits() == 0;
+        let event = match self.entries.get_mut(&key) {
+            Some(entry) => {
+                entry.stub.update(&event.body);
+                match entry.mailbox.push(event, coalesce, compact) {
+                    Ok(()) => return,
+                    // The worker exited just now; start a new one with this event.
+                    Err(event) => event,
+                }
+            }
+            None => event,
+        };
+        let mailbox = Arc::new(Mailbox::default());
+        let stub = Stub::of(&event.body);
+        // Lines logged while the object is processed name it (see `observability::objects`).
+        let span = object_span(&event.body);
+        // Cannot fail: the mailbox is fresh.
+        let _ = mailbox.push(event, coalesce, compact);
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                mailbox: mailbox.clone(),
+                stub,
+            },
+        );
+        let start = Start {
+            known_version: self.versions.get(&key).cloned(),
+            recover: None,
+        };
+        self.spawn(key, mailbox, start, span);
+    }
+
+    fn spawn(&mut self, key: String, mailbox: Arc<Mailbox>, start: Start, span: tracing::Span) {
+        let worker = worker(
+            key.clone(),
+            mailbox,
+            self.processor.clone(),
+            self.settings.clone(),
+            self.limit.clone(),
+            start,
+        );
+        let task = self.workers.spawn(worker.instrument(span));
+        self.tasks.insert(task.id(), key);
+    }
+
+    /// Keeps the newer of the known version and `version` (or `version` when they are not
+    /// comparable: opaque versions are never used to skip anything).
+    fn note_version(&mut self, key: &str, version: Option<&str>) {
+        let Some(version) = version else { return };
+        match self.versions.get_mut(key) {
+            Some(known) if versions::compare(version, known).is_some_and(Ordering::is_le) => {}
+            Some(known) => *known = version.into(),
+            None => {
+                self.versions.insert(key.to_owned(), version.into());
+            }
+        }
+    }
+
+    fn exited(&mut self, done: Result<(tokio::task::Id, WorkerExit), tokio::task::JoinError>) {
+        let exit = match done {
+            Ok((id, exit)) => {
+                self.tasks.remove(&id);
+                exit
+            }
+            Err(error) => {
+                let key = self.tasks.remove(&error.id());
+                if let Some(key) = key
+                    && error.is_panic()
+                {
+                    self.restart(key);
+                }
+                return;
+            }
+        };
+        // A deleted object's version is forgotten with it.
+        if self.entries.contains_key(&exit.key) || self.versions.contains_key(&exit.key) {
+            self.note_version(&exit.key, exit.known_version.as_deref());
+        }
+        // The worker closed its mailbox before exiting; a later event for the
+        // object starts a new one (unless one was started meanwhile).
+        if self
+            .entries
+            .get(&exit.key)
+            .is_some_and(|entry| entry.mailbox.is_closed())
+        {
+            self.entries.remove(&exit.key);
+        }
+    }
+
+    /// A worker panicked (a bug): its object's processing must not end silently. A new
+    /// worker takes over its mailbox and recovers from the object's minimal body.
+    fn restart(&mut self, key: String) {
+        let Some(entry) = self.entries.get(&key) else {
+            return;
+        };
+        let body = entry.stub.to_body();
+        let span = object_span(&body);
+        span.in_scope(|| {
+            tracing::error!(
+                target: "kopf.objects",
+                "The processing of the object panicked; it restarts from a fresh read of the object."
+            );
+        });
+        let mailbox = entry.mailbox.clone();
+        mailbox.done();
+        let start = Start {
+            known_version: self.versions.get(&key).cloned(),
+            recover: Some(body),
+        };
+        self.spawn(key, mailbox, start, span);
+    }
 }
 
 async fn worker<P: ObjectProcessor>(
@@ -343,9 +519,18 @@ async fn worker<P: ObjectProcessor>(
     processor: Arc<P>,
     settings: QueueSettings,
     limit: Arc<Semaphore>,
-) -> String {
+    start: Start,
+) -> WorkerExit {
     let mut memory = P::Memory::default();
+    P::remember_version(&mut memory, start.known_version.as_deref());
     let mut verdict = Verdict::default();
+    if let Some(stub) = start.recover {
+        verdict.wake_at = processor.recover(&mut memory, stub).then(Instant::now);
+    }
+    let exit = |memory: &P::Memory| WorkerExit {
+        key: key.clone(),
+        known_version: P::known_version(memory),
+    };
     loop {
         let idle_deadline = Instant::now() + settings.idle_timeout;
         // Once the stream is over, only the queue's remainder and the flush are left.
@@ -361,7 +546,7 @@ async fn worker<P: ObjectProcessor>(
                 if verdict.wake_at.is_none() && !verdict.keep_alive && verdict.blocked_until.is_none() => {
                 // Idle: the multiplexer forgets the object, unless an event slipped in.
                 if mailbox.try_close() {
-                    return key;
+                    return exit(&memory);
                 }
                 Wakeup::Events
             }
@@ -373,13 +558,13 @@ async fn worker<P: ObjectProcessor>(
                 let _permit = limit.acquire().await;
                 Box::pin(processor.process(&mut memory, Vec::new(), Wakeup::Stopping)).await;
                 mailbox.try_close();
-                return key;
+                return exit(&memory);
             }
             continue;
         }
         let Ok(permit) = limit.clone().acquire_owned().await else {
             mailbox.try_close();
-            return key;
+            return exit(&memory);
         };
         // Taken only now, with a slot: while waiting for one, the events stay compact
         // in the mailbox (and newer ones replace older ones there). The processor sees
@@ -397,7 +582,7 @@ async fn worker<P: ObjectProcessor>(
             .await;
         mailbox.done();
         if deleted && !verdict.keep_alive && mailbox.try_close() {
-            return key;
+            return exit(&memory);
         }
     }
 }
@@ -595,5 +780,185 @@ mod tests {
         let key = object_key(&json!({"kind": "K", "apiVersion": "v1", "metadata": {"name": "x"}})).unwrap();
         assert_eq!(key, "K//v1//x////");
         assert_eq!(object_key(&json!({})), None);
+    }
+
+    fn versioned(name: &str, version: &str) -> Value {
+        let mut body = obj(name);
+        body["metadata"]["resourceVersion"] = json!(version);
+        body
+    }
+
+    /// Waits (with a deadline) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Remembers versions as the resource processor does: version 5 is answered by a
+    /// patch whose response has version 9 (which no event ever brings).
+    #[derive(Default)]
+    struct Versioned {
+        /// (event version, the version the memory knew before it).
+        seen: Mutex<Vec<(String, Option<String>)>>,
+    }
+
+    static VERSIONED_EXITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl ObjectProcessor for Versioned {
+        type Memory = Option<Box<str>>;
+        async fn process(&self, memory: &mut Self::Memory, events: Vec<RawEvent>, _: Wakeup) -> Verdict {
+            for event in events {
+                let version = event.resource_version().unwrap_or_default().to_owned();
+                self.seen
+                    .lock()
+                    .push((version.clone(), memory.as_deref().map(str::to_owned)));
+                *memory = Some(if version == "5" {
+                    "9".into()
+                } else {
+                    version.into()
+                });
+            }
+            Verdict::default()
+        }
+        fn known_version(memory: &Self::Memory) -> Option<Box<str>> {
+            VERSIONED_EXITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            memory.clone()
+        }
+        fn remember_version(memory: &mut Self::Memory, version: Option<&str>) {
+            *memory = version.map(Box::from);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_newest_known_version_outlives_the_worker() {
+        let (tx, rx) = mpsc::channel(16);
+        let processor = Arc::new(Versioned::default());
+        let settings = QueueSettings {
+            idle_timeout: Duration::from_millis(100),
+            ..QueueSettings::default()
+        };
+        let task = tokio::spawn(multiplex(
+            "test".into(),
+            rx,
+            processor.clone(),
+            settings,
+            Arc::new(Semaphore::new(4)),
+        ));
+        let send = |version: &'static str| {
+            let tx = tx.clone();
+            async move {
+                tx.send(WatchItem::Event(EventType::Modified, versioned("a", version)))
+                    .await
+                    .expect("multiplexing")
+            }
+        };
+        send("5").await;
+        until("the worker exits idle", || {
+            VERSIONED_EXITS.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+        // A late event, older than the state our patch produced: the new worker knows.
+        send("7").await;
+        until("the late event is processed", || processor.seen.lock().len() == 2).await;
+        assert_eq!(
+            *processor.seen.lock(),
+            [
+                ("5".to_owned(), Some("5".to_owned())),
+                ("7".to_owned(), Some("9".to_owned()))
+            ]
+        );
+        drop(tx);
+        task.await.expect("no panic");
+    }
+
+    /// Panics on the first event of object "boom"; records everything else.
+    #[derive(Default)]
+    struct Boom {
+        panicked: std::sync::atomic::AtomicBool,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl ObjectProcessor for Boom {
+        type Memory = ();
+        async fn process(&self, _memory: &mut (), events: Vec<RawEvent>, wakeup: Wakeup) -> Verdict {
+            if !events.is_empty() && !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug in the processing");
+            }
+            let mut seen = self.seen.lock();
+            seen.push(format!("{wakeup:?}"));
+            for event in events {
+                seen.push(event.resource_version().unwrap_or_default().to_owned());
+            }
+            Verdict::default()
+        }
+        fn recover(&self, _memory: &mut (), stub: Value) -> bool {
+            self.seen.lock().push(format!(
+                "recover {}",
+                stub["metadata"]["name"].as_str().unwrap_or("?")
+            ));
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_worker_is_restarted_and_its_object_processed_on() {
+        let (tx, rx) = mpsc::channel(16);
+        let processor = Arc::new(Boom::default());
+        let task = tokio::spawn(multiplex(
+            "test".into(),
+            rx,
+            processor.clone(),
+            QueueSettings::default(),
+            Arc::new(Semaphore::new(4)),
+        ));
+        tx.send(WatchItem::Event(EventType::Added, versioned("boom", "1")))
+            .await
+            .expect("multiplexing");
+        until("the worker recovers", || processor.seen.lock().len() >= 2).await;
+        tx.send(WatchItem::Event(EventType::Modified, versioned("boom", "2")))
+            .await
+            .expect("multiplexing");
+        until("the next event is processed", || processor.seen.lock().len() >= 4).await;
+        assert_eq!(
+            *processor.seen.lock(),
+            ["recover boom", "Scheduled", "Events", "2"]
+        );
+        drop(tx);
+        task.await.expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn objects_without_a_name_are_skipped() {
+        let (tx, rx) = mpsc::channel(16);
+        let recorder = Arc::new(Recorder::default());
+        let task = tokio::spawn(multiplex(
+            "test".into(),
+            rx,
+            recorder.clone(),
+            QueueSettings::default(),
+            Arc::new(Semaphore::new(4)),
+        ));
+        for _ in 0..3 {
+            tx.send(WatchItem::Event(
+                EventType::Modified,
+                json!({"metadata": {"uid": "u1"}}),
+            ))
+            .await
+            .expect("multiplexing");
+        }
+        tx.send(WatchItem::Event(EventType::Added, obj("named")))
+            .await
+            .expect("multiplexing");
+        until("the named object is processed", || {
+            !recorder.seen.lock().is_empty()
+        })
+        .await;
+        drop(tx);
+        task.await.expect("no panic");
+        let names: Vec<_> = recorder.seen.lock().iter().map(|(n, _, _)| n.clone()).collect();
+        assert_eq!(names, ["named"]);
     }
 }
