@@ -289,6 +289,48 @@ fn huge_object_is_refused_clearly_and_left_intact() {
     stop(kopf);
 }
 
+/// Annotations so full that the diff-base fits but the handlers' progress records may
+/// not: a failing handler's retry count could never be stored, so `retries=` would never
+/// stop it (each failed patch re-ran it). The change is refused clearly before any
+/// handler runs, the object is left as it is, and other objects are handled.
+#[test]
+fn records_that_could_not_be_stored_refuse_the_change_before_any_handler_runs() {
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    let mut o = object("crowded", json!({"mode": "panic"}));
+    // Not part of the essence (so not of the diff-base); 300 bytes left under the limit:
+    // enough for the diff-base, not for the records of two handlers.
+    o["metadata"]["annotations"] = json!({LAST_APPLIED: "x".repeat(262_144 - 300 - LAST_APPLIED.len())});
+    cluster
+        .runtime
+        .block_on(cluster.emulator.create_object(o))
+        .unwrap();
+    let line = wait_line(&mut kopf, &["[default/crowded]", "is not handled", "262144"]);
+    assert!(line.contains("progress records"), "{line}");
+    cluster.create("after", json!({"mode": "fine"}));
+    cluster.wait_handled(&kopf, "after");
+    let lines = kopf.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("[default/crowded]") && l.contains("deliberate panic")),
+        "no handler may run on the crowded object:\n{}",
+        lines.join("\n")
+    );
+    let crowded = cluster.get("crowded");
+    let annotations = crowded["metadata"]["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.keys().collect::<Vec<_>>(),
+        [LAST_APPLIED],
+        "nothing stored on the crowded object: {annotations:?}"
+    );
+    stop(kopf);
+}
+
 // ---------------------------------------------------------------- the API
 
 /// Garbage from the API server (invalid UTF-8 declared as JSON, an HTML page, truncated

@@ -110,22 +110,54 @@ fn parse_time(record: &ProgressRecord, field: &str, key: &str) -> Result<Option<
     }
 }
 
-/// The longest error message stored in a progress record, in bytes: records of every
-/// handler share the object's 256 KiB of annotations with the diff-base, and a handler's
-/// error text (a dump, a stack) must not push them over it.
+/// The longest error message stored in a progress record, in bytes as written into the
+/// record (JSON-escaped, non-ASCII as `\uXXXX`): records of every handler share the
+/// object's 256 KiB of annotations with the diff-base, and a handler's error text (a
+/// dump, a stack) must not push them over it.
 pub const MAX_STORED_MESSAGE: usize = 1024;
 
-/// `message`, cut at [`MAX_STORED_MESSAGE`] bytes (on a character boundary) with an
-/// ellipsis when longer.
+/// `message`, cut (on a character boundary, with an ellipsis) so that it takes at most
+/// [`MAX_STORED_MESSAGE`] bytes in the stored record.
 fn bounded_message(message: &str) -> String {
-    if message.len() <= MAX_STORED_MESSAGE {
-        return message.to_owned();
+    let escaped = |c: char| {
+        let mut out = String::new();
+        pyjson::write_string(&mut out, c.encode_utf8(&mut [0; 4]));
+        out.len() - 2
+    };
+    let ellipsis = escaped('…');
+    let mut used = 0;
+    let mut end = None;
+    for (at, c) in message.char_indices() {
+        let size = escaped(c);
+        if used + size > MAX_STORED_MESSAGE - ellipsis && end.is_none() {
+            end = Some(at);
+        }
+        used += size;
+        if used > MAX_STORED_MESSAGE {
+            let end = end.unwrap_or(at);
+            return format!("{}…", &message[..end]);
+        }
     }
-    let mut end = MAX_STORED_MESSAGE - '…'.len_utf8();
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
+    message.to_owned()
+}
+
+/// The largest record text a handler without sub-handlers can have: every field set,
+/// the longest message (a handler's records count this much in the annotation size check).
+pub fn max_record_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        let now = Timestamp::now();
+        let longest = "\u{1}".repeat(MAX_STORED_MESSAGE);
+        let state = HandlerState {
+            stopped: Some(now),
+            delayed: Some(now),
+            purpose: Some("resume".into()),
+            retries: i64::MAX,
+            message: Some(bounded_message(&longest)),
+            ..HandlerState::from_scratch(now, None)
+        };
+        state.to_json_text(true).len()
+    })
 }
 
 /// Python's `str(value)` for the JSON scalars that may sit in a `message` field.
@@ -546,7 +578,10 @@ mod tests {
         };
         let state = HandlerState::from_scratch(now, None).with_outcome(&outcome, now);
         let message = state.message.unwrap_or_default();
-        assert!(message.len() <= MAX_STORED_MESSAGE, "{}", message.len());
+        let mut stored = String::new();
+        pyjson::write_string(&mut stored, &message);
+        assert!(stored.len() - 2 <= MAX_STORED_MESSAGE, "{}", stored.len());
+        assert!(stored.len() - 2 > MAX_STORED_MESSAGE - 12, "{}", stored.len());
         assert!(message.ends_with('…'));
         let short = StepOutcome {
             error: Some("short".into()),

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::conventions::{DEFAULT_PREFIX, KeyConvention};
-use super::progress::{HandlerState, ProgressError, ProgressRecord};
+use super::progress::{HandlerState, ProgressError, ProgressRecord, max_record_size};
 use crate::structs::dicts;
 use crate::structs::patches::Patch;
 use crate::structs::pyjson::py_truthy;
@@ -85,6 +85,24 @@ impl ProgressStorage {
             let _ = patch.set_annotation(full_key, Some(&encoded));
         }
         self.keys.store_marker(patch, body);
+    }
+
+    /// How many bytes the annotations may grow by when the handlers `ids` store their
+    /// records (each at most [`max_record_size`], or its current size if larger: records
+    /// of sub-handlers' parents list them), under every key.
+    pub fn growth_bound<'a>(&self, body: &Value, ids: impl IntoIterator<Item = &'a str>) -> usize {
+        let mut growth = 0;
+        for id in ids {
+            for full_key in self.keys.make_keys(id, Some(body)).iter() {
+                let current = dicts::resolve(body, &["metadata", "annotations", full_key.as_str()])
+                    .and_then(Value::as_str);
+                growth += match current {
+                    Some(text) => max_record_size().saturating_sub(text.len()),
+                    None => full_key.len() + max_record_size(),
+                };
+            }
+        }
+        growth
     }
 
     /// Purge a handler's record from all locations.
