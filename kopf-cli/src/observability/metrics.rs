@@ -14,6 +14,7 @@
 //! | `kopf_watch_restarts_total` | counter | `resource` |
 //! | `kopf_api_requests_total` | counter | `verb`, `code` (`0` for no response) |
 //! | `kopf_objects_watched` | gauge | `resource` |
+//! | `kopf_events_dropped_total` | counter | (none): Events not posted because the event queue was full |
 
 use std::sync::LazyLock;
 
@@ -65,6 +66,7 @@ struct Metrics {
     watch_restarts: Family<ResourceLabels, Counter>,
     api_requests: Family<RequestLabels, Counter>,
     objects_watched: Family<ResourceLabels, Gauge>,
+    events_dropped: Counter,
 }
 
 impl Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
         let watch_restarts = Family::<ResourceLabels, Counter>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
         let objects_watched = Family::<ResourceLabels, Gauge>::default();
+        let events_dropped = Counter::default();
         registry.register(
             "kopf_handler_invocations",
             "Handler invocations by handler kind, id and outcome",
@@ -114,6 +117,11 @@ impl Metrics {
             "Objects currently known from the watch streams",
             objects_watched.clone(),
         );
+        registry.register(
+            "kopf_events_dropped",
+            "Events not posted because the event queue was full",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -123,6 +131,7 @@ impl Metrics {
             watch_restarts,
             api_requests,
             objects_watched,
+            events_dropped,
         }
     }
 }
@@ -210,6 +219,11 @@ pub fn set_objects_watched(resource: &str, count: i64) {
             resource: resource.to_owned(),
         })
         .set(count);
+}
+
+/// Counts an Event dropped because the event queue was full.
+pub fn event_dropped() {
+    METRICS.events_dropped.inc();
 }
 
 /// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
