@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kopf_e2e::cluster::TestCluster;
-use kopf_e2e::{KopfProcess, free_port, plugin_path, wait_for, workspace_root};
+use kopf_e2e::{KopfProcess, free_port, http_get, plugin_path, wait_for, workspace_root};
 use kopf_testing::{FaultKind, FaultMatch, RequestRecord};
 use serde_json::{Value, json};
 
@@ -121,6 +121,53 @@ async fn relists_after_410_gone_back_off() {
                 .example("after-410s")?
                 .pointer("/status/create_fn")
                 .map(|_| ())
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+}
+
+/// An indexed resource that never finishes its first listing (every list of pods fails):
+/// other handlers wait for the indices, and past `KOPF_INDEXING_TIMEOUT` the liveness
+/// probe fails with a reason naming the resource, so Kubernetes restarts the operator
+/// instead of it idling for ever; once the listing works, the probe passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indices_that_never_complete_fail_the_liveness_probe() {
+    if kopf_e2e::cluster::emulator_only("every pod listing failed by fault injection") {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let emulator = cluster.cluster.expect_emulator("fault injection");
+    let faults = emulator.faults();
+    faults.fail_ratio(
+        1.0,
+        FaultMatch::verb_resource("list", "pods"),
+        FaultKind::Status(500),
+    );
+    let port = free_port().unwrap();
+    let liveness = format!("http://127.0.0.1:{port}/healthz");
+    let kopf = cluster.kopf(
+        &["-A", "--standalone", "--liveness", &liveness],
+        "example-16-indexing",
+        &[("KOPF_INDEXING_TIMEOUT", "2".into())],
+    );
+    let probe = || http_get(port, "/healthz", Duration::from_secs(10)).ok();
+    let body = tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the liveness probe to fail", || {
+            probe().and_then(|(status, body)| (status == 500).then_some(body))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let reason = answer["kopf.indexing"]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not fully listed") && reason.contains("pods"),
+        "{answer}"
+    );
+
+    faults.clear();
+    tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the liveness probe to pass again", || {
+            probe().and_then(|(status, _)| (status == 200).then_some(()))
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));

@@ -6,6 +6,9 @@
 //!   probe handlers. A probe that fails is reported as `{"probe_id": {"error": "..."}}` and
 //!   the status is `500` (Kopf answers 500 too, with a traceback instead of JSON), so a
 //!   Kubernetes liveness probe sees the failure.
+//! * The engine's own liveness checks ([`LivenessCheck`], e.g. indices that never become
+//!   ready) run on every request, uncached: a failing one is reported under its id as
+//!   `{"error": "..."}` with status `500`, as a failing probe.
 //! * `GET /metrics` (unless the probe path is `/metrics` itself) serves
 //!   [`crate::observability::metrics`] in the OpenMetrics text format. Kopf has no metrics
 //!   endpoint; it shares the liveness listener so no extra port is needed.
@@ -32,11 +35,15 @@ use crate::{
 /// How long probe results are reused, as in Kopf.
 pub const PROBE_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// A check of the engine's own liveness: its id, and `Some(reason)` while it fails.
+pub type LivenessCheck = (String, Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
 /// Probe results cached for [`PROBE_MAX_AGE`].
 struct Prober {
     plugins: PluginSet,
     settings: OperatorSettings,
     cache: Mutex<Option<(Instant, Value, bool)>>,
+    checks: Vec<LivenessCheck>,
 }
 
 impl Prober {
@@ -55,7 +62,15 @@ impl Prober {
 }
 
 async fn health(State(prober): State<Arc<Prober>>) -> Response {
-    let (value, failed) = prober.results().await;
+    let (mut value, mut failed) = prober.results().await;
+    for (id, check) in &prober.checks {
+        if let Some(reason) = check()
+            && let Some(results) = value.as_object_mut()
+        {
+            results.insert(id.clone(), serde_json::json!({"error": reason}));
+            failed = true;
+        }
+    }
     let status = if failed {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
@@ -89,11 +104,17 @@ fn endpoint(url: &str) -> anyhow::Result<(String, u16, String)> {
 }
 
 /// The router of the liveness endpoint: probes at `path`, metrics at `/metrics`.
-pub fn router(plugins: PluginSet, settings: OperatorSettings, path: &str) -> Router {
+pub fn router(
+    plugins: PluginSet,
+    settings: OperatorSettings,
+    path: &str,
+    checks: Vec<LivenessCheck>,
+) -> Router {
     let prober = Arc::new(Prober {
         plugins,
         settings,
         cache: Mutex::new(None),
+        checks,
     });
     let mut router = Router::new().route(path, get(health));
     if path != "/metrics" {
@@ -104,7 +125,7 @@ pub fn router(plugins: PluginSet, settings: OperatorSettings, path: &str) -> Rou
 
 /// Starts the liveness endpoint if one is configured; it serves until the operator stops.
 /// Fails if the address cannot be bound.
-pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
+pub async fn start(context: &OperatorContext, checks: Vec<LivenessCheck>) -> anyhow::Result<()> {
     let Some(url) = context.options.liveness_endpoint.as_deref() else {
         return Ok(());
     };
@@ -113,7 +134,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve the liveness endpoint at {host}:{port}"))?;
     let local = listener.local_addr().ok();
-    let app = router(context.plugins.clone(), context.settings.clone(), &path);
+    let app = router(context.plugins.clone(), context.settings.clone(), &path, checks);
     let stop = context.stop.clone();
     tokio::spawn(async move {
         let served = axum::serve(listener, app)

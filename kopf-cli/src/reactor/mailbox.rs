@@ -52,7 +52,12 @@ impl RawEvent {
     /// newest body is kept, so a busy object queues one body, not one per event.
     fn supersede(&mut self, older: Queued) {
         let older_version = older.resource_version().map(str::to_owned);
-        let older = older.event;
+        self.absorb(older.event, older_version);
+    }
+
+    /// Replaces `older` (waiting, not processed yet, of `older_version`) with this newer
+    /// event, which then counts as having seen it.
+    pub(super) fn absorb(&mut self, older: RawEvent, older_version: Option<String>) {
         let mut superseded = older.superseded;
         superseded.extend(older_version);
         superseded.append(&mut self.superseded);

@@ -40,7 +40,7 @@
 //! `tests/tests/reactor_restart.rs` kills the operator at random moments of a
 //! multi-handler lifecycle over many objects and asserts exactly this.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use kopf_abi::protocol::{HandlerKind, Invocation};
 use serde_json::{Value, json};
@@ -56,7 +56,7 @@ use super::{
 };
 use crate::{
     actions::{
-        application::{self, Applied, Failed},
+        application::{self, Failed},
         execution,
         invocation::{self, Call, FilterError},
     },
@@ -304,6 +304,7 @@ impl ObjectProcessor for ResourceProcessor {
         }
         memory.pending.extend(events);
         if !self.shared.indices.is_ready() {
+            coalesce(&mut memory.pending);
             return Verdict {
                 blocked_until: Some(self.shared.indices.subscribe()),
                 ..Default::default()
@@ -391,6 +392,17 @@ impl ObjectProcessor for ResourceProcessor {
     }
 }
 
+/// While the indices are not ready, an object keeps only its newest waiting event (which
+/// counts as having seen the older ones): memory stays bounded however long they wait.
+fn coalesce(pending: &mut Vec<RawEvent>) {
+    let Some(mut newest) = pending.pop() else { return };
+    for older in pending.drain(..).rev() {
+        let version = older.resource_version().map(str::to_owned);
+        newest.absorb(older, version);
+    }
+    pending.push(newest);
+}
+
 impl ResourceProcessor {
     /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
     fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
@@ -421,23 +433,16 @@ impl ResourceProcessor {
     /// patch: a refused GET names the verb and the resource; the body stays stale).
     async fn reread_stale(&self, memory: &mut ObjectMemory, body: Value) -> Result<Value, Verdict> {
         match application::reread(&self.shared.client, &self.resource, &body).await {
-            Ok(Applied::Fresh(fresh) | Applied::Conflicted(fresh)) => {
+            Ok(Some(fresh)) => {
                 memory.stale = false;
                 memory.remember_version(&fresh);
                 Ok(fresh)
             }
-            Ok(Applied::Gone) => {
+            Ok(None) => {
                 *memory = ObjectMemory::default();
                 Err(Verdict::default())
             }
-            Ok(Applied::Unchanged) => {
-                memory.body = Some(body);
-                memory.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                Err(Verdict {
-                    wake_at: memory.retry_at,
-                    ..Default::default()
-                })
-            }
+            // Throttled with `queueing.error_delays` and logged, each time (issue 18 #10).
             Err(failed) => Err(self.throttle(memory, body, &Stall::Api(failed), true)),
         }
     }
@@ -595,5 +600,30 @@ impl ResourceProcessor {
                 handled.insert(uid.to_owned());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::watching::EventType;
+
+    #[test]
+    fn events_waiting_for_the_indices_coalesce_to_the_newest() {
+        let event = |kind: Option<EventType>, version: &str| {
+            RawEvent::new(
+                kind,
+                json!({"metadata": {"name": "a", "resourceVersion": version}}),
+            )
+        };
+        let mut pending: Vec<RawEvent> = (1..=100)
+            .map(|v| event(Some(EventType::Modified), &v.to_string()))
+            .collect();
+        pending.insert(0, event(None, "0"));
+        coalesce(&mut pending);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].resource_version(), Some("100"));
+        assert_eq!(pending[0].event_type, None, "a listed object stays listed");
+        assert!(pending[0].has_seen("0") && pending[0].has_seen("57"));
     }
 }
