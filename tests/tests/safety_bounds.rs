@@ -163,6 +163,14 @@ async fn indices_that_never_complete_fail_the_liveness_probe() {
         reason.contains("not fully listed") && reason.contains("pods"),
         "{answer}"
     );
+    // The plugin's pool for sync handlers is visible in the metrics (issue 18 #9).
+    let (_, metrics) = http_get(port, "/metrics", Duration::from_secs(10)).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kopf_plugin_pool_threads{") && l.contains(r#"state="max"} 512"#)),
+        "{metrics}"
+    );
 
     faults.clear();
     tokio::task::block_in_place(|| {

@@ -79,7 +79,11 @@ async fn health(State(prober): State<Arc<Prober>>) -> Response {
     (status, axum::Json(value)).into_response()
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(prober): State<Arc<Prober>>) -> Response {
+    // The plugins' pools are asked when scraped (a cheap control call each).
+    for (plugin, stats) in prober.plugins.pool_stats() {
+        metrics::plugin_pool(&plugin, &stats);
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render()).into_response()
 }
 

@@ -15,6 +15,8 @@
 //! | `kopf_api_requests_total` | counter | `verb`, `code` (`0` for no response) |
 //! | `kopf_objects_watched` | gauge | `resource` |
 //! | `kopf_events_dropped_total` | counter | (none): Events not posted because the event queue was full |
+//! | `kopf_plugin_pool_threads` | gauge | `plugin`, `state` (`busy`: running a call, abandoned ones included; `queued`: calls waiting for a thread; `max`) |
+//! | `kopf_plugin_pool_saturations` | gauge | `plugin` (how often every thread of the pool was busy with calls waiting) |
 
 use std::sync::LazyLock;
 
@@ -47,6 +49,17 @@ struct ResourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    plugin: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     verb: String,
     code: String,
@@ -67,6 +80,8 @@ struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     objects_watched: Family<ResourceLabels, Gauge>,
     events_dropped: Counter,
+    pool_threads: Family<PoolLabels, Gauge>,
+    pool_saturations: Family<PluginLabels, Gauge>,
 }
 
 impl Metrics {
@@ -82,6 +97,18 @@ impl Metrics {
         let api_requests = Family::<RequestLabels, Counter>::default();
         let objects_watched = Family::<ResourceLabels, Gauge>::default();
         let events_dropped = Counter::default();
+        let pool_threads = Family::<PoolLabels, Gauge>::default();
+        let pool_saturations = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "kopf_plugin_pool_threads",
+            "Threads of a plugin's pool for sync handlers: busy (abandoned calls included), queued calls, the maximum",
+            pool_threads.clone(),
+        );
+        registry.register(
+            "kopf_plugin_pool_saturations",
+            "How often every thread of a plugin's pool was busy with calls waiting",
+            pool_saturations.clone(),
+        );
         registry.register(
             "kopf_handler_invocations",
             "Handler invocations by handler kind, id and outcome",
@@ -132,6 +159,8 @@ impl Metrics {
             api_requests,
             objects_watched,
             events_dropped,
+            pool_threads,
+            pool_saturations,
         }
     }
 }
@@ -226,6 +255,26 @@ pub fn event_dropped() {
     METRICS.events_dropped.inc();
 }
 
+/// Sets the state of a plugin's pool for sync handlers, from its `pool` answer.
+pub fn plugin_pool(plugin: &str, stats: &serde_json::Value) {
+    let count = |field: &str| stats.get(field).and_then(serde_json::Value::as_i64).unwrap_or(0);
+    for (state, field) in [("busy", "busy"), ("queued", "queued"), ("max", "max_threads")] {
+        METRICS
+            .pool_threads
+            .get_or_create(&PoolLabels {
+                plugin: plugin.to_owned(),
+                state: state.to_owned(),
+            })
+            .set(count(field));
+    }
+    METRICS
+        .pool_saturations
+        .get_or_create(&PluginLabels {
+            plugin: plugin.to_owned(),
+        })
+        .set(count("saturations"));
+}
+
 /// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
 pub fn render() -> String {
     let mut text = String::new();
@@ -265,5 +314,22 @@ mod tests {
         assert!(text.contains(r#"kopf_queue_depth{resource="unittests.v1.example.dev"} 3"#));
         assert!(text.contains("# TYPE kopf_handler_duration_seconds histogram"));
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn plugin_pools_are_gauges_by_plugin_and_state() {
+        plugin_pool(
+            "unit-test-plugin",
+            &serde_json::json!({"threads": 3, "busy": 2, "queued": 5, "max_threads": 512, "saturations": 1}),
+        );
+        let text = render();
+        for line in [
+            r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="busy"} 2"#,
+            r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="queued"} 5"#,
+            r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="max"} 512"#,
+            r#"kopf_plugin_pool_saturations{plugin="unit-test-plugin"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }
