@@ -96,3 +96,38 @@ pub(super) fn adopt_patched(
 fn resource_version(body: &Value) -> Option<&str> {
     dicts::resolve(body, &["metadata", "resourceVersion"]).and_then(Value::as_str)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(known: &str, awaited: &str) -> ObjectMemory {
+        ObjectMemory {
+            known_version: Some(known.into()),
+            awaited: Some((awaited.to_owned(), Instant::now())),
+            ..ObjectMemory::default()
+        }
+    }
+
+    #[test]
+    fn comparable_versions_place_a_state_and_opaque_ones_never_skip_it() {
+        let m = memory("10", "12");
+        assert_eq!(m.place(Some("9")), (true, false), "older than processed");
+        assert_eq!(
+            m.place(Some("11")),
+            (false, false),
+            "between: the echo may follow"
+        );
+        assert_eq!(m.place(Some("13")), (false, true), "newer than our own patch");
+        // Opaque versions (older servers, other storages) are never ordered: the state
+        // is neither skipped as older nor taken as newer; the consistency wait decides.
+        for (known, awaited, event) in [("10", "12", "a1"), ("x", "y", "5"), ("010", "12", "9")] {
+            assert_eq!(
+                memory(known, awaited).place(Some(event)),
+                (false, false),
+                "{known} {awaited} {event}"
+            );
+        }
+        assert_eq!(m.place(None), (false, false));
+    }
+}
