@@ -606,7 +606,8 @@ pub mod control_methods {
     /// `{"objects": n}`). Plugins without memo support answer "unsupported".
     pub const MEMO: &str = "memo";
     /// The SDK's pool for sync handlers: any payload; answer `{"threads", "busy",
-    /// "queued", "max_threads", "saturations"}` (counts). Older plugins answer
-    /// "unsupported".
+    /// "queued", "max_threads", "saturations", "object_calls"}` (counts; `object_calls`:
+    /// handler calls about objects still running, abandoned ones included). Older
+    /// plugins answer "unsupported".
     pub const POOL: &str = "pool";
 }

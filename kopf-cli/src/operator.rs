@@ -236,7 +236,7 @@ pub async fn run(
                 } else if !reasons.is_empty() && !reactor.paused {
                     tracing::info!(target: "kopf.reactor", "Pausing operations: {reasons:?}.");
                     reactor.paused = true;
-                    reactor.orchestrator.stop_all().await;
+                    reactor.orchestrator.pause_all().await;
                 }
             }
             Some(item) = crd_rx.recv() => {

@@ -59,6 +59,8 @@ pub(crate) struct PoolStats {
     pub(crate) max_threads: usize,
     /// How often every thread was busy with jobs waiting.
     pub(crate) saturations: u64,
+    /// Handler calls about objects that run (abandoned ones included; see [`Serial`]).
+    pub(crate) object_calls: usize,
 }
 
 /// A pool of threads for synchronous jobs. See the module docs.
@@ -124,6 +126,7 @@ impl Pool {
             queued: state.queue.len(),
             max_threads: self.max_threads,
             saturations: state.saturations,
+            object_calls: serial().running(),
         }
     }
 
@@ -288,8 +291,7 @@ impl Serial {
         }
     }
 
-    /// Keys whose job runs (for tests).
-    #[cfg(test)]
+    /// Keys whose job runs.
     fn running(&self) -> usize {
         self.lock().len()
     }

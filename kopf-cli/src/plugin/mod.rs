@@ -464,6 +464,15 @@ impl PluginSet {
             .collect()
     }
 
+    /// Handler calls about objects still running in the plugins' threads, abandoned ones
+    /// included (plugins that cannot tell count none).
+    pub fn running_object_calls(&self) -> u64 {
+        self.pool_stats()
+            .iter()
+            .filter_map(|(_, stats)| stats.get("object_calls").and_then(serde_json::Value::as_u64))
+            .sum()
+    }
+
     /// Tells every plugin that the object with this uid is gone, so that they drop its
     /// memo (the `memo` control method). Plugins without memo support are skipped.
     /// Returns how many plugins had a memo for it.

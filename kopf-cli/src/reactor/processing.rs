@@ -269,6 +269,25 @@ impl ObjectProcessor for ResourceProcessor {
         true
     }
 
+    async fn settle(&self) {
+        let running = || self.shared.plugins.running_object_calls();
+        let mut left = running();
+        if left == 0 {
+            return;
+        }
+        tracing::info!(target: "kopf.reactor", "Waiting for {left} handler call(s) still running in the plugins before pausing.");
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while left > 0 && Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_POLL).await;
+            left = running();
+        }
+        if left > 0 {
+            tracing::warn!(target: "kopf.reactor", "Paused with {left} handler call(s) still running in the plugins after {}s.", SETTLE_TIMEOUT.as_secs());
+        } else {
+            tracing::info!(target: "kopf.reactor", "The handler calls still running have returned.");
+        }
+    }
+
     fn needs_every_event(&self) -> bool {
         // Event handlers see every event; indexers track listings event by event.
         !self.watching.is_empty() || !self.indexers.is_empty()
@@ -391,6 +410,11 @@ impl ObjectProcessor for ResourceProcessor {
         self.run_cycles(memory, body, patch).await
     }
 }
+
+/// How long a pause waits for handler calls still running in the plugins.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often it looks.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// While the indices are not ready, an object keeps only its newest waiting event (which
 /// counts as having seen the older ones): memory stays bounded however long they wait.

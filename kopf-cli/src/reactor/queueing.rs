@@ -134,6 +134,13 @@ pub trait ObjectProcessor: Send + Sync + 'static {
     /// A new worker's memory starts with the newest resourceVersion known of the object.
     fn remember_version(_memory: &mut Self::Memory, _version: Option<&str>) {}
 
+    /// The streams stopped for a pause: waits (bounded) until the handler calls their
+    /// workers abandoned have returned, so that whoever takes over never runs a handler
+    /// while this replica's call of it still runs.
+    fn settle(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// The object's previous worker panicked: prepares the memory to carry on from
     /// `stub` (the object's minimal body); `true` to run at once.
     fn recover(&self, _memory: &mut Self::Memory, _stub: Value) -> bool {
@@ -627,21 +634,28 @@ mod tests {
         }
     }
 
+    /// Multiplexes a stream into `processor`'s workers (4 slots); the stream ends when the
+    /// sender is dropped.
+    fn start<P: ObjectProcessor>(
+        processor: Arc<P>,
+        settings: QueueSettings,
+    ) -> (mpsc::Sender<WatchItem>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        let limit = Arc::new(Semaphore::new(4));
+        (
+            tx,
+            tokio::spawn(multiplex("test".into(), rx, processor, settings, limit)),
+        )
+    }
+
     fn obj(name: &str) -> Value {
         json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "namespace": "ns"}})
     }
 
     #[tokio::test]
     async fn vanished_objects_get_a_synthetic_deletion_after_a_relist() {
-        let (tx, rx) = mpsc::channel(16);
         let recorder = Arc::new(Recorder::default());
-        let task = tokio::spawn(multiplex(
-            "test".into(),
-            rx,
-            recorder.clone(),
-            QueueSettings::default(),
-            Arc::new(Semaphore::new(4)),
-        ));
+        let (tx, task) = start(recorder.clone(), QueueSettings::default());
         for item in [
             WatchItem::ListStarted,
             WatchItem::Listed(obj("a")),
@@ -834,19 +848,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_newest_known_version_outlives_the_worker() {
-        let (tx, rx) = mpsc::channel(16);
         let processor = Arc::new(Versioned::default());
         let settings = QueueSettings {
             idle_timeout: Duration::from_millis(100),
             ..QueueSettings::default()
         };
-        let task = tokio::spawn(multiplex(
-            "test".into(),
-            rx,
-            processor.clone(),
-            settings,
-            Arc::new(Semaphore::new(4)),
-        ));
+        let (tx, task) = start(processor.clone(), settings);
         let send = |version: &'static str| {
             let tx = tx.clone();
             async move {
@@ -905,15 +912,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_worker_is_restarted_and_its_object_processed_on() {
-        let (tx, rx) = mpsc::channel(16);
         let processor = Arc::new(Boom::default());
-        let task = tokio::spawn(multiplex(
-            "test".into(),
-            rx,
-            processor.clone(),
-            QueueSettings::default(),
-            Arc::new(Semaphore::new(4)),
-        ));
+        let (tx, task) = start(processor.clone(), QueueSettings::default());
         tx.send(WatchItem::Event(EventType::Added, versioned("boom", "1")))
             .await
             .expect("multiplexing");
@@ -932,15 +932,8 @@ mod tests {
 
     #[tokio::test]
     async fn objects_without_a_name_are_skipped() {
-        let (tx, rx) = mpsc::channel(16);
         let recorder = Arc::new(Recorder::default());
-        let task = tokio::spawn(multiplex(
-            "test".into(),
-            rx,
-            recorder.clone(),
-            QueueSettings::default(),
-            Arc::new(Semaphore::new(4)),
-        ));
+        let (tx, task) = start(recorder.clone(), QueueSettings::default());
         for _ in 0..3 {
             tx.send(WatchItem::Event(
                 EventType::Modified,
