@@ -481,8 +481,8 @@ impl<P: ObjectProcessor> Multiplexer<P> {
                 return;
             }
         };
-        // A deleted object's version is forgotten with it.
-        if self.entries.contains_key(&exit.key) || self.versions.contains_key(&exit.key) {
+        // A deleted object's version is forgotten with it (its deletion removed it).
+        if self.versions.contains_key(&exit.key) {
             self.note_version(&exit.key, exit.known_version.as_deref());
         }
         // The worker closed its mailbox before exiting; a later event for the

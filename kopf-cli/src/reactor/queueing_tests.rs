@@ -269,6 +269,15 @@ async fn the_newest_known_version_outlives_the_worker() {
             ("7".to_owned(), Some("9".to_owned()))
         ]
     );
+    // A deletion forgets the object's version: nothing is kept of deleted objects.
+    tx.send(WatchItem::Event(EventType::Deleted, versioned("a", "10")))
+        .await
+        .expect("multiplexing");
+    // Processed (no await inside `process`): its worker has closed its mailbox too.
+    until("the deletion is processed", || processor.seen.lock().len() == 3).await;
+    send("3").await;
+    until("the next event is processed", || processor.seen.lock().len() == 4).await;
+    assert_eq!(processor.seen.lock()[3], ("3".to_owned(), Some("3".to_owned())));
     drop(tx);
     task.await.expect("no panic");
 }
