@@ -542,6 +542,71 @@ fn hanging_handler_times_out_and_does_not_block_shutdown() {
     stop(kopf);
 }
 
+/// The plugin's threads for sync handlers (the SDK's pool names them `kopf-sync`).
+fn sync_threads(kopf: &KopfProcess) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", kopf.id())).expect("Linux /proc");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "kopf-sync")
+        .count()
+}
+
+/// An update handler that hangs on every change: each call is abandoned after its
+/// timeout, but its thread cannot be freed. The next call for the object waits for the
+/// abandoned one (logged) instead of taking another thread, so the abandoned calls hold
+/// one thread, not one per change until the pool's 512 are gone and every sync handler
+/// waits for ever.
+#[test]
+fn abandoned_calls_of_a_hanging_handler_hold_one_thread() {
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    let mut o = object("hangs-on-update", json!({"mode": "fine", "n": 0}));
+    o["metadata"]["labels"] = json!({"update": "hangs"});
+    cluster
+        .runtime
+        .block_on(cluster.emulator.create_object(o))
+        .unwrap();
+    cluster.wait_handled(&kopf, "hangs-on-update");
+    let abandoned = |kopf: &KopfProcess| {
+        kopf.lines()
+            .iter()
+            .filter(|l| {
+                l.contains("[default/hangs-on-update]") && l.contains("did not return within its timeout")
+            })
+            .count()
+    };
+    for n in 1..=6 {
+        let mut changed = cluster.get("hangs-on-update");
+        changed["spec"]["n"] = json!(n);
+        if let Some(meta) = changed["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        cluster
+            .runtime
+            .block_on(cluster.emulator.apply_object(changed))
+            .unwrap();
+        wait_for(DEADLINE, &format!("{n} abandoned calls"), || {
+            (abandoned(&kopf) >= n).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
+    }
+    wait_line(
+        &mut kopf,
+        &[
+            "[default/hangs-on-update]",
+            "hanging_update",
+            "still runs from an earlier call",
+        ],
+    );
+    let threads = sync_threads(&kopf);
+    assert!(threads <= 3, "{threads} sync threads after 6 abandoned calls");
+    // Other objects' sync handlers still get threads.
+    cluster.create("beside-the-hang", json!({"mode": "fine"}));
+    let o = cluster.wait_handled(&kopf, "beside-the-hang");
+    assert_eq!(o["status"]["misbehave"], json!({"fine": true}), "{o}");
+    stop(kopf);
+}
+
 /// A result that cannot be serialised: a clear handler error naming the cause, retried,
 /// then failed; nothing is stored for it and the other handler's result is.
 #[test]
