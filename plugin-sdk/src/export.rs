@@ -367,3 +367,27 @@ extern "C" fn control(method: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
 mod exported {
     kopf_abi::export_plugin_module!(super::plugin_module());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn calls_are_serialised_per_object_except_webhooks() {
+        let about = |body: serde_json::Value| Invocation {
+            body: Some(body),
+            ..Invocation::default()
+        };
+        let namespaced = about(json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u1"}}));
+        assert_eq!(object_of(&namespaced).as_deref(), Some("u1\nns/a"));
+        let cluster_scoped = about(json!({"metadata": {"name": "a"}}));
+        assert_eq!(object_of(&cluster_scoped).as_deref(), Some("\na"));
+        // Activities have no object; admission requests about one object may overlap.
+        assert_eq!(object_of(&Invocation::default()), None);
+        let mut webhook = namespaced.clone();
+        webhook.admission = serde_json::from_value(json!({"operation": "CREATE"})).ok();
+        assert!(webhook.admission.is_some());
+        assert_eq!(object_of(&webhook), None);
+    }
+}
