@@ -609,4 +609,9 @@ pub mod control_methods {
     /// object is gone; answer `{"forgotten": bool}`) or `{"op": "stats"}` (answer
     /// `{"objects": n}`). Plugins without memo support answer "unsupported".
     pub const MEMO: &str = "memo";
+    /// The SDK's pool for sync handlers: any payload; answer `{"threads", "busy",
+    /// "queued", "max_threads", "saturations", "object_calls"}` (counts; `object_calls`:
+    /// handler calls about objects still running, abandoned ones included). Older
+    /// plugins answer "unsupported".
+    pub const POOL: &str = "pool";
 }

@@ -248,9 +248,9 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
         } else {
             // Short calls (timer ticks above all) share a pool that wakes few threads.
             pool::sync_pool()
-                .execute(Box::new(move || {
-                    let outcome = submitted_invocation(call_id, &payload).map(|inv| handler.run(inv));
-                    guard.finish(outcome);
+                .execute(Box::new(move || match submitted_invocation(call_id, &payload) {
+                    Ok(invocation) => run_serially(call_id, handler, invocation, guard),
+                    Err(failure) => guard.finish(Err(failure)),
                 }))
                 .map_err(|e| Failure::new(FailureKind::INTERNAL, format!("no thread for the call: {e}")))?;
         }
@@ -260,6 +260,68 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
         RResult::ROk(_) => RResult::ROk(()),
         RResult::RErr(f) => RResult::RErr(f),
     }
+}
+
+/// Runs a sync handler's call on this pool thread, unless its previous call for the same
+/// object still runs (abandoned by the host after its timeout): then it waits for that
+/// one, so that abandoned calls hold one thread per handler and object at most, and a
+/// handler never runs twice at once for one object. A waiting call whose caller gave up
+/// meanwhile is not started.
+fn run_serially(
+    call_id: u64,
+    handler: &'static crate::handler::Handler,
+    invocation: Invocation,
+    guard: CallGuard,
+) {
+    let Some(object) = object_of(&invocation) else {
+        guard.finish(Ok(handler.run(invocation)));
+        return;
+    };
+    let key = format!("{}\n{object}", handler.id());
+    let job = Box::new(move || {
+        if call_is_live(call_id) {
+            guard.finish(Ok(handler.run(invocation)));
+        }
+    });
+    let reference = object.rsplit('\n').next().unwrap_or_default().to_owned();
+    let said = match pool::serial().run(key, job) {
+        pool::Started::Ran => return,
+        pool::Started::Waits => "this call waits until it returns",
+        pool::Started::Replaced => "this call waits until it returns, instead of an older waiting one",
+    };
+    host::log(
+        kopf_abi::LogLevel::WARN,
+        "kopf.objects",
+        &reference,
+        &format!(
+            "Handler {:?} still runs from an earlier call (abandoned after its timeout); {said}.",
+            handler.id()
+        ),
+    );
+}
+
+/// The object a call is about (uid, then `namespace/name`), for resource handlers other
+/// than webhooks (admission requests about one object may overlap legitimately).
+fn object_of(invocation: &Invocation) -> Option<String> {
+    if invocation.admission.is_some() {
+        return None;
+    }
+    let meta = invocation.body.as_ref()?.get("metadata")?;
+    let text = |field: &str| meta.get(field).and_then(serde_json::Value::as_str);
+    let name = text("name")?;
+    let reference = match text("namespace") {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_owned(),
+    };
+    Some(format!("{}\n{reference}", text("uid").unwrap_or_default()))
+}
+
+/// Whether a submitted call still has a caller (it was neither completed nor cancelled).
+fn call_is_live(call_id: u64) -> bool {
+    calls()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&call_id)
 }
 
 extern "C" fn cancel(call_id: u64) {
@@ -292,6 +354,7 @@ extern "C" fn control(method: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
         control_methods::MEMO => {
             memo::control(payload.as_str()).map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, e))
         }
+        control_methods::POOL => to_json(&pool::sync_pool().stats()),
         other => Err(Failure::new(
             FailureKind::UNSUPPORTED,
             format!("unknown control method {other:?}"),
@@ -303,4 +366,28 @@ extern "C" fn control(method: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
 #[allow(unsafe_code)]
 mod exported {
     kopf_abi::export_plugin_module!(super::plugin_module());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn calls_are_serialised_per_object_except_webhooks() {
+        let about = |body: serde_json::Value| Invocation {
+            body: Some(body),
+            ..Invocation::default()
+        };
+        let namespaced = about(json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u1"}}));
+        assert_eq!(object_of(&namespaced).as_deref(), Some("u1\nns/a"));
+        let cluster_scoped = about(json!({"metadata": {"name": "a"}}));
+        assert_eq!(object_of(&cluster_scoped).as_deref(), Some("\na"));
+        // Activities have no object; admission requests about one object may overlap.
+        assert_eq!(object_of(&Invocation::default()), None);
+        let mut webhook = namespaced.clone();
+        webhook.admission = serde_json::from_value(json!({"operation": "CREATE"})).ok();
+        assert!(webhook.admission.is_some());
+        assert_eq!(object_of(&webhook), None);
+    }
 }

@@ -10,8 +10,15 @@
 //! reactor benchmark, than the wake-ups it saved). A burst then costs one or two
 //! wake-ups, and a slow job still never blocks the jobs queued behind it while there are
 //! threads to spare.
+//!
+//! A call the host abandoned after its timeout keeps its thread until the handler returns
+//! (a thread cannot be stopped from outside). So that abandoned calls cannot pile up until
+//! the pool is full, [`Serial`] never starts a handler for an object while its previous
+//! call for that object still runs: the next call waits for it (the newest one only), and
+//! a waiting call whose caller gave up is never started. A full pool is reported
+//! ([`Pool::stats`], and a warning once per episode).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +40,27 @@ struct State {
     searching: usize,
     /// Wake-ups sent and not yet taken (tells a woken thread from a spurious wake-up).
     wakeups: usize,
+    /// Every thread is busy and jobs wait for one (since the last time a thread idled).
+    saturated: bool,
+    /// How often the pool became saturated.
+    saturations: u64,
+}
+
+/// What the pool is doing, for metrics and tests (the `pool` control method).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct PoolStats {
+    /// Threads alive.
+    pub(crate) threads: usize,
+    /// Threads running a job (abandoned calls included).
+    pub(crate) busy: usize,
+    /// Jobs waiting for a thread.
+    pub(crate) queued: usize,
+    /// The most threads at once.
+    pub(crate) max_threads: usize,
+    /// How often every thread was busy with jobs waiting.
+    pub(crate) saturations: u64,
+    /// Handler calls about objects that run (abandoned ones included; see [`Serial`]).
+    pub(crate) object_calls: usize,
 }
 
 /// A pool of threads for synchronous jobs. See the module docs.
@@ -68,7 +96,38 @@ impl Pool {
     /// Queues a job. Fails only if a needed thread could not be started and no other
     /// thread exists to run the job (the job is then dropped, unrun).
     pub(crate) fn execute(&'static self, job: Job) -> Result<(), std::io::Error> {
-        self.submit(&mut self.lock(), job)
+        let (submitted, saturated) = {
+            let mut state = self.lock();
+            let was = state.saturated;
+            let submitted = self.submit(&mut state, job);
+            (submitted, !was && state.saturated)
+        };
+        if saturated {
+            // Logged outside the lock (the host's log callback may take its time).
+            crate::host::log(
+                kopf_abi::LogLevel::WARN,
+                "kopf.plugin",
+                "",
+                &format!(
+                    "All {} threads for synchronous handlers are busy (calls abandoned after their timeout keep theirs until they return); further calls wait for a free thread.",
+                    self.max_threads
+                ),
+            );
+        }
+        submitted
+    }
+
+    /// What the pool is doing now.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        PoolStats {
+            threads: state.threads,
+            busy: state.threads - state.parked - state.searching,
+            queued: state.queue.len(),
+            max_threads: self.max_threads,
+            saturations: state.saturations,
+            object_calls: serial().running(),
+        }
     }
 
     /// [`Pool::execute`] with the lock held by the caller.
@@ -97,7 +156,12 @@ impl Pool {
             return Ok(());
         }
         if state.threads >= self.max_threads {
-            return Ok(()); // Every thread is busy; the job waits for one.
+            // Every thread is busy; the job waits for one.
+            if !state.saturated {
+                state.saturated = true;
+                state.saturations += 1;
+            }
+            return Ok(());
         }
         std::thread::Builder::new()
             .name(self.name.to_owned())
@@ -127,6 +191,7 @@ impl Pool {
             }
             state.searching -= 1;
             state.parked += 1;
+            state.saturated = false;
             let parked_at = Instant::now();
             loop {
                 let left = KEEP_ALIVE.saturating_sub(parked_at.elapsed());
@@ -153,6 +218,82 @@ impl Pool {
     #[cfg(test)]
     fn threads(&self) -> usize {
         self.lock().threads
+    }
+}
+
+/// Whether [`Serial::run`] ran the job or left it waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Started {
+    /// Ran (and finished) on the caller's thread, with the calls that waited behind it.
+    Ran,
+    /// An earlier job of the same key still runs: this one runs after it, on its thread.
+    Waits,
+    /// Like `Waits`, and it replaced an older waiting job (which was dropped, unrun).
+    Replaced,
+}
+
+/// Runs jobs of the same key one after the other, never two at once (see the module
+/// docs); at most one job waits per key.
+#[derive(Default)]
+pub(crate) struct Serial {
+    /// Keys whose job runs, with the job waiting behind it, if any.
+    running: Mutex<HashMap<String, Option<Job>>>,
+}
+
+/// The plugin's serialiser of handler calls per handler and object.
+pub(crate) fn serial() -> &'static Serial {
+    static SERIAL: OnceLock<Serial> = OnceLock::new();
+    SERIAL.get_or_init(Serial::default)
+}
+
+impl Serial {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Option<Job>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `job` now on this thread, unless a job of `key` runs: then `job` waits for it
+    /// (replacing an older waiting job, which is dropped: its caller gets "cancelled").
+    pub(crate) fn run(&self, key: String, job: Job) -> Started {
+        let replaced = {
+            let mut running = self.lock();
+            match running.get_mut(&key) {
+                Some(waiting) => waiting.replace(job),
+                None => {
+                    running.insert(key.clone(), None);
+                    drop(running);
+                    self.run_chain(&key, job);
+                    return Started::Ran;
+                }
+            }
+        };
+        // Dropped outside the lock: a dropped job completes its call (a host callback).
+        match replaced {
+            Some(older) => {
+                drop(older);
+                Started::Replaced
+            }
+            None => Started::Waits,
+        }
+    }
+
+    /// Runs `job`, then whatever waits behind it, until nothing does.
+    fn run_chain(&self, key: &str, mut job: Job) {
+        loop {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            let mut running = self.lock();
+            match running.get_mut(key).and_then(Option::take) {
+                Some(next) => job = next,
+                None => {
+                    running.remove(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keys whose job runs.
+    fn running(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -270,5 +411,138 @@ mod tests {
         }))
         .expect("queued");
         rx.recv_timeout(Duration::from_secs(10)).expect("still runs jobs");
+    }
+
+    /// Sets `flag` when dropped: tells a job that was dropped unrun.
+    struct DropFlag(mpsc::Sender<&'static str>, &'static str);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            let _ = self.0.send(self.1);
+        }
+    }
+
+    #[test]
+    fn a_key_never_runs_two_jobs_at_once_and_keeps_one_waiting() {
+        let serial: &'static Serial = Box::leak(Box::default());
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (ran_tx, ran_rx) = mpsc::channel();
+        let first = {
+            let started_tx = started_tx.clone();
+            let ran_tx = ran_tx.clone();
+            std::thread::spawn(move || {
+                serial.run(
+                    "fn\\nobj".into(),
+                    Box::new(move || {
+                        let _ = started_tx.send(());
+                        // An abandoned call: it returns only when released.
+                        let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                        let _ = ran_tx.send("first");
+                    }),
+                )
+            })
+        };
+        started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first runs");
+        let job = |name: &'static str| -> Job {
+            let ran_tx = ran_tx.clone();
+            let (dropped_tx, _) = mpsc::channel();
+            let flag = DropFlag(dropped_tx, name);
+            Box::new(move || {
+                let _ = ran_tx.send(name);
+                drop(flag);
+            })
+        };
+        assert_eq!(serial.run("fn\\nobj".into(), job("second")), Started::Waits);
+        assert_eq!(serial.run("fn\\nobj".into(), job("third")), Started::Replaced);
+        // Another object (or handler) is not held up.
+        assert_eq!(serial.run("fn\\nother".into(), job("other")), Started::Ran);
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(10)), Ok("other"));
+        assert!(
+            ran_rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "nothing of the busy key ran beside the first"
+        );
+        release_tx.send(()).expect("the first waits");
+        assert_eq!(first.join().expect("no panic"), Started::Ran);
+        let ran: Vec<_> = ran_rx.try_iter().collect();
+        assert_eq!(
+            ran,
+            ["first", "third"],
+            "the newest waiting job ran after the first, the older never"
+        );
+        assert_eq!(serial.running(), 0, "keys are forgotten when idle");
+    }
+
+    #[test]
+    fn abandoned_calls_of_one_handler_and_object_hold_one_thread_not_the_pool() {
+        let pool = leaked(4);
+        let serial: &'static Serial = Box::leak(Box::default());
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = std::sync::Arc::new(Mutex::new(release_rx));
+        // A handler that hangs on one object, called again and again (a timer's ticks,
+        // each abandoned by the host after its timeout).
+        for _ in 0..20 {
+            let release_rx = release_rx.clone();
+            pool.execute(Box::new(move || {
+                serial.run(
+                    "hang\\nobj".into(),
+                    Box::new(move || {
+                        let rx = release_rx.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = rx.recv_timeout(Duration::from_secs(30));
+                    }),
+                );
+            }))
+            .expect("queued");
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        pool.execute(Box::new(move || {
+            let _ = done_tx.send(());
+        }))
+        .expect("queued");
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("other calls still get a thread");
+        // The others finish queueing their call behind the hanging one at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.stats().busy > 1 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.busy, stats.queued),
+            (1, 0),
+            "one thread held by the hanging handler: {stats:?}"
+        );
+        release_tx.send(()).expect("the hanging call waits");
+        release_tx.send(()).expect("the one waiting call runs next");
+        assert!(all_parked(pool), "every thread is free again");
+    }
+
+    #[test]
+    fn a_full_pool_counts_its_saturation_once_per_episode() {
+        let pool = leaked(1);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel();
+        pool.execute(Box::new(move || {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+        }))
+        .expect("queued");
+        started_rx.recv_timeout(Duration::from_secs(10)).expect("runs");
+        assert_eq!(pool.stats().saturations, 0);
+        for _ in 0..3 {
+            pool.execute(Box::new(|| {})).expect("queued");
+        }
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.busy, stats.queued, stats.saturations),
+            (1, 3, 1),
+            "one episode however many jobs wait"
+        );
+        release_tx.send(()).expect("the blocked job waits");
+        assert!(all_parked(pool));
+        assert_eq!(pool.stats().saturations, 1);
     }
 }

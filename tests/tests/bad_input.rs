@@ -289,6 +289,48 @@ fn huge_object_is_refused_clearly_and_left_intact() {
     stop(kopf);
 }
 
+/// Annotations so full that the diff-base fits but the handlers' progress records may
+/// not: a failing handler's retry count could never be stored, so `retries=` would never
+/// stop it (each failed patch re-ran it). The change is refused clearly before any
+/// handler runs, the object is left as it is, and other objects are handled.
+#[test]
+fn records_that_could_not_be_stored_refuse_the_change_before_any_handler_runs() {
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    let mut o = object("crowded", json!({"mode": "panic"}));
+    // Not part of the essence (so not of the diff-base); 300 bytes left under the limit:
+    // enough for the diff-base, not for the records of two handlers.
+    o["metadata"]["annotations"] = json!({LAST_APPLIED: "x".repeat(262_144 - 300 - LAST_APPLIED.len())});
+    cluster
+        .runtime
+        .block_on(cluster.emulator.create_object(o))
+        .unwrap();
+    let line = wait_line(&mut kopf, &["[default/crowded]", "is not handled", "262144"]);
+    assert!(line.contains("progress records"), "{line}");
+    cluster.create("after", json!({"mode": "fine"}));
+    cluster.wait_handled(&kopf, "after");
+    let lines = kopf.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("[default/crowded]") && l.contains("deliberate panic")),
+        "no handler may run on the crowded object:\n{}",
+        lines.join("\n")
+    );
+    let crowded = cluster.get("crowded");
+    let annotations = crowded["metadata"]["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.keys().collect::<Vec<_>>(),
+        [LAST_APPLIED],
+        "nothing stored on the crowded object: {annotations:?}"
+    );
+    stop(kopf);
+}
+
 // ---------------------------------------------------------------- the API
 
 /// Garbage from the API server (invalid UTF-8 declared as JSON, an HTML page, truncated
@@ -496,6 +538,71 @@ fn hanging_handler_times_out_and_does_not_block_shutdown() {
     assert_eq!(o["status"]["witness"], json!({"seen": true}), "{o}");
     cluster.create("after", json!({"mode": "fine"}));
     let o = cluster.wait_handled(&kopf, "after");
+    assert_eq!(o["status"]["misbehave"], json!({"fine": true}), "{o}");
+    stop(kopf);
+}
+
+/// The plugin's threads for sync handlers (the SDK's pool names them `kopf-sync`).
+fn sync_threads(kopf: &KopfProcess) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", kopf.id())).expect("Linux /proc");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "kopf-sync")
+        .count()
+}
+
+/// An update handler that hangs on every change: each call is abandoned after its
+/// timeout, but its thread cannot be freed. The next call for the object waits for the
+/// abandoned one (logged) instead of taking another thread, so the abandoned calls hold
+/// one thread, not one per change until the pool's 512 are gone and every sync handler
+/// waits for ever.
+#[test]
+fn abandoned_calls_of_a_hanging_handler_hold_one_thread() {
+    let cluster = Cluster::standard();
+    let mut kopf = cluster.run_kopf();
+    let mut o = object("hangs-on-update", json!({"mode": "fine", "n": 0}));
+    o["metadata"]["labels"] = json!({"update": "hangs"});
+    cluster
+        .runtime
+        .block_on(cluster.emulator.create_object(o))
+        .unwrap();
+    cluster.wait_handled(&kopf, "hangs-on-update");
+    let abandoned = |kopf: &KopfProcess| {
+        kopf.lines()
+            .iter()
+            .filter(|l| {
+                l.contains("[default/hangs-on-update]") && l.contains("did not return within its timeout")
+            })
+            .count()
+    };
+    for n in 1..=6 {
+        let mut changed = cluster.get("hangs-on-update");
+        changed["spec"]["n"] = json!(n);
+        if let Some(meta) = changed["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        cluster
+            .runtime
+            .block_on(cluster.emulator.apply_object(changed))
+            .unwrap();
+        wait_for(DEADLINE, &format!("{n} abandoned calls"), || {
+            (abandoned(&kopf) >= n).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", kopf.lines().join("\n")));
+    }
+    wait_line(
+        &mut kopf,
+        &[
+            "[default/hangs-on-update]",
+            "hanging_update",
+            "still runs from an earlier call",
+        ],
+    );
+    let threads = sync_threads(&kopf);
+    assert!(threads <= 3, "{threads} sync threads after 6 abandoned calls");
+    // Other objects' sync handlers still get threads.
+    cluster.create("beside-the-hang", json!({"mode": "fine"}));
+    let o = cluster.wait_handled(&kopf, "beside-the-hang");
     assert_eq!(o["status"]["misbehave"], json!({"fine": true}), "{o}");
     stop(kopf);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kopf_e2e::cluster::TestCluster;
-use kopf_e2e::{KopfProcess, free_port, plugin_path, wait_for, workspace_root};
+use kopf_e2e::{KopfProcess, free_port, http_get, plugin_path, wait_for, workspace_root};
 use kopf_testing::{FaultKind, FaultMatch, RequestRecord};
 use serde_json::{Value, json};
 
@@ -124,6 +124,137 @@ async fn relists_after_410_gone_back_off() {
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+}
+
+/// An indexed resource that never finishes its first listing (every list of pods fails):
+/// other handlers wait for the indices, and past `KOPF_INDEXING_TIMEOUT` the liveness
+/// probe fails with a reason naming the resource, so Kubernetes restarts the operator
+/// instead of it idling for ever; once the listing works, the probe passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indices_that_never_complete_fail_the_liveness_probe() {
+    if kopf_e2e::cluster::emulator_only("every pod listing failed by fault injection") {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let emulator = cluster.cluster.expect_emulator("fault injection");
+    let faults = emulator.faults();
+    faults.fail_ratio(
+        1.0,
+        FaultMatch::verb_resource("list", "pods"),
+        FaultKind::Status(500),
+    );
+    let port = free_port().unwrap();
+    let liveness = format!("http://127.0.0.1:{port}/healthz");
+    let kopf = cluster.kopf(
+        &["-A", "--standalone", "--liveness", &liveness],
+        "example-16-indexing",
+        &[("KOPF_INDEXING_TIMEOUT", "2".into())],
+    );
+    let probe = || http_get(port, "/healthz", Duration::from_secs(10)).ok();
+    let body = tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the liveness probe to fail", || {
+            probe().and_then(|(status, body)| (status == 500).then_some(body))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let reason = answer["kopf.indexing"]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not fully listed") && reason.contains("pods"),
+        "{answer}"
+    );
+    // The plugin's pool for sync handlers is visible in the metrics (issue 18 #9).
+    let (_, metrics) = http_get(port, "/metrics", Duration::from_secs(10)).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kopf_plugin_pool_threads{") && l.contains(r#"state="max"} 512"#)),
+        "{metrics}"
+    );
+
+    faults.clear();
+    tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the liveness probe to pass again", || {
+            probe().and_then(|(status, _)| (status == 200).then_some(()))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+}
+
+/// A replica that pauses (here: frozen by `kopf peering freeze`) while a sync handler
+/// runs aborts the object's worker, but the plugin's thread runs on: the pause waits until
+/// that call has returned (logged), so that whoever takes over never runs the handler while
+/// this replica's call of it still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_waits_for_handler_calls_still_running_in_the_plugin() {
+    let cluster = Cluster::start().await;
+    for file in ["deploy/peering-crds.yaml", "deploy/peering-objects.yaml"] {
+        let text = std::fs::read_to_string(workspace_root().join(file)).unwrap();
+        cluster.cluster.apply_yaml(&text).await.unwrap();
+    }
+    let port = free_port().unwrap();
+    let liveness = format!("http://127.0.0.1:{port}/healthz");
+    let mut kopf = cluster.kopf(
+        &["-A", "--liveness", &liveness],
+        "fixture-settings-probe",
+        &[("KOPF_FIXTURE_SLEEP_MS", "6000".into())],
+    );
+    cluster
+        .cluster
+        .create_object(json!({
+            "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+            "metadata": {"name": "slow-at-pause", "namespace": "default"},
+            "spec": {},
+        }))
+        .await
+        .unwrap();
+    // The handler runs: one object call in the plugin's pool.
+    tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the slow handler to run", || {
+            let (_, metrics) = http_get(port, "/metrics", Duration::from_secs(10)).ok()?;
+            metrics
+                .lines()
+                .any(|l| l.starts_with("kopf_plugin_pool_threads{") && l.ends_with(r#"state="busy"} 1"#))
+                .then_some(())
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+    let frozen = std::process::Command::new(kopf_e2e::kopf_bin().unwrap())
+        .args([
+            "peering",
+            "freeze",
+            "-A",
+            "-i",
+            "admin",
+            "--lifetime",
+            "600",
+            "--priority",
+            "100",
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        frozen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&frozen.stderr)
+    );
+    tokio::task::block_in_place(|| {
+        kopf.wait_for_line(
+            "Waiting for 1 handler call(s) still running in the plugins",
+            DEADLINE,
+        )?;
+        kopf.wait_for_line("The handler calls still running have returned", DEADLINE)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+    let lines = kopf.lines();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    assert!(
+        at("Pausing operations") < at("Waiting for 1 handler call(s)"),
+        "{}",
+        lines.join("\n")
+    );
 }
 
 // ---- The webhook server under slow and flooding clients ----

@@ -93,8 +93,8 @@ pub fn collect(patch: &mut Patch, handler_id: &str, outcome: &Outcome, deliver: 
     }
 }
 
-/// Reads the object of `body` as the API server has it now.
-pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Result<Applied, Failed> {
+/// Reads the object of `body` as the API server has it now; `None` when it is gone.
+pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Result<Option<Value>, Failed> {
     let body = Body::new(body);
     let Some(name) = body.name() else {
         return Err(Failed::get(ApiError::Unexpected(
@@ -103,8 +103,8 @@ pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Resul
     };
     let url = resource.url(body.namespace(), Some(name), None);
     match patching::get(client, &url).await {
-        Ok(fresh) => Ok(Applied::Fresh(fresh)),
-        Err(e) if e.is_not_found() => Ok(Applied::Gone),
+        Ok(fresh) => Ok(Some(fresh)),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(Failed::get(e)),
     }
 }
@@ -150,10 +150,10 @@ pub async fn apply(
             Err(e) if e.is_conflict() => {
                 // The object changed under us: re-read it and let the next cycle decide.
                 tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", Body::new(body).reference());
-                return match reread(client, resource, body).await {
-                    Ok(Applied::Fresh(current)) => Ok(Applied::Conflicted(current)),
-                    other => other,
-                };
+                return Ok(match reread(client, resource, body).await? {
+                    Some(current) => Applied::Conflicted(current),
+                    None => Applied::Gone,
+                });
             }
             Err(e) => return Err(Failed::patch(sub, e)),
         }

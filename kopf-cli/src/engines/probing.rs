@@ -6,6 +6,9 @@
 //!   probe handlers. A probe that fails is reported as `{"probe_id": {"error": "..."}}` and
 //!   the status is `500` (Kopf answers 500 too, with a traceback instead of JSON), so a
 //!   Kubernetes liveness probe sees the failure.
+//! * The engine's own liveness checks ([`LivenessCheck`], e.g. indices that never become
+//!   ready) run on every request, uncached: a failing one is reported under its id as
+//!   `{"error": "..."}` with status `500`, as a failing probe.
 //! * `GET /metrics` (unless the probe path is `/metrics` itself) serves
 //!   [`crate::observability::metrics`] in the OpenMetrics text format. Kopf has no metrics
 //!   endpoint; it shares the liveness listener so no extra port is needed.
@@ -43,6 +46,9 @@ pub const READINESS_PATH: &str = "/readyz";
 /// How long probe results are reused, as in Kopf.
 pub const PROBE_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// A check of the engine's own liveness: its id, and `Some(reason)` while it fails.
+pub type LivenessCheck = (String, Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
 /// Probe results cached for [`PROBE_MAX_AGE`].
 struct Prober {
     plugins: PluginSet,
@@ -50,6 +56,7 @@ struct Prober {
     cache: Mutex<Option<(Instant, Value, bool)>>,
     readiness: Arc<Readiness>,
     toggles: PauseToggles,
+    checks: Vec<LivenessCheck>,
 }
 
 impl Prober {
@@ -68,7 +75,15 @@ impl Prober {
 }
 
 async fn health(State(prober): State<Arc<Prober>>) -> Response {
-    let (value, failed) = prober.results().await;
+    let (mut value, mut failed) = prober.results().await;
+    for (id, check) in &prober.checks {
+        if let Some(reason) = check()
+            && let Some(results) = value.as_object_mut()
+        {
+            results.insert(id.clone(), serde_json::json!({"error": reason}));
+            failed = true;
+        }
+    }
     let status = if failed {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
@@ -87,7 +102,11 @@ async fn ready(State(prober): State<Arc<Prober>>) -> Response {
     }
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(prober): State<Arc<Prober>>) -> Response {
+    // The plugins' pools are asked when scraped (a cheap control call each).
+    for (plugin, stats) in prober.plugins.pool_stats() {
+        metrics::plugin_pool(&plugin, &stats);
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render()).into_response()
 }
 
@@ -112,14 +131,16 @@ fn endpoint(url: &str) -> anyhow::Result<(String, u16, String)> {
 }
 
 /// The router of the liveness endpoint: probes at `path`, metrics at `/metrics`,
-/// readiness at [`READINESS_PATH`] (each unless `path` is that path).
-fn router(context: &OperatorContext, path: &str) -> Router {
+/// readiness at [`READINESS_PATH`] (each unless `path` is that path); `checks` are the
+/// engine's own liveness checks.
+pub fn router(context: &OperatorContext, path: &str, checks: Vec<LivenessCheck>) -> Router {
     let prober = Arc::new(Prober {
         plugins: context.plugins.clone(),
         settings: context.settings.clone(),
         cache: Mutex::new(None),
         readiness: context.readiness.clone(),
         toggles: context.toggles.clone(),
+        checks,
     });
     let mut router = Router::new().route(path, get(health));
     if path != "/metrics" {
@@ -133,7 +154,7 @@ fn router(context: &OperatorContext, path: &str) -> Router {
 
 /// Starts the liveness endpoint if one is configured; it serves until the operator stops.
 /// Fails if the address cannot be bound.
-pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
+pub async fn start(context: &OperatorContext, checks: Vec<LivenessCheck>) -> anyhow::Result<()> {
     let Some(url) = context.options.liveness_endpoint.as_deref() else {
         return Ok(());
     };
@@ -142,7 +163,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve the liveness endpoint at {host}:{port}"))?;
     let local = listener.local_addr().ok();
-    let app = router(context, &path);
+    let app = router(context, &path, checks);
     let stop = context.stop.clone();
     tokio::spawn(async move {
         let served = axum::serve(listener, app)

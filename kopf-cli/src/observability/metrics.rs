@@ -17,6 +17,9 @@
 //! | `kopf_replica_active` | gauge | none: 1 while this replica processes objects (no pause toggle on) |
 //! | `kopf_replica_paused` | gauge | `reason` (`peering`: a peer of higher priority or a freeze; `lease`: another replica holds the Lease) |
 //! | `kopf_lease_holder` | gauge | none: 1 while this replica holds the `--lease` Lease |
+//! | `kopf_events_dropped_total` | counter | (none): Events not posted because the event queue was full |
+//! | `kopf_plugin_pool_threads` | gauge | `plugin`, `state` (`busy`: running a call, abandoned ones included; `queued`: calls waiting for a thread; `max`) |
+//! | `kopf_plugin_pool_saturations` | gauge | `plugin` (how often every thread of the pool was busy with calls waiting) |
 
 use std::sync::LazyLock;
 
@@ -54,6 +57,17 @@ struct PauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    plugin: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     verb: String,
     code: String,
@@ -76,6 +90,9 @@ struct Metrics {
     replica_active: Gauge,
     replica_paused: Family<PauseLabels, Gauge>,
     lease_holder: Gauge,
+    events_dropped: Counter,
+    pool_threads: Family<PoolLabels, Gauge>,
+    pool_saturations: Family<PluginLabels, Gauge>,
 }
 
 impl Metrics {
@@ -93,6 +110,19 @@ impl Metrics {
         let replica_active = Gauge::default();
         let replica_paused = Family::<PauseLabels, Gauge>::default();
         let lease_holder = Gauge::default();
+        let events_dropped = Counter::default();
+        let pool_threads = Family::<PoolLabels, Gauge>::default();
+        let pool_saturations = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "kopf_plugin_pool_threads",
+            "Threads of a plugin's pool for sync handlers: busy (abandoned calls included), queued calls, the maximum",
+            pool_threads.clone(),
+        );
+        registry.register(
+            "kopf_plugin_pool_saturations",
+            "How often every thread of a plugin's pool was busy with calls waiting",
+            pool_saturations.clone(),
+        );
         registry.register(
             "kopf_handler_invocations",
             "Handler invocations by handler kind, id and outcome",
@@ -143,6 +173,11 @@ impl Metrics {
             "1 while this replica holds the Lease of --lease",
             lease_holder.clone(),
         );
+        registry.register(
+            "kopf_events_dropped",
+            "Events not posted because the event queue was full",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -155,6 +190,9 @@ impl Metrics {
             replica_active,
             replica_paused,
             lease_holder,
+            events_dropped,
+            pool_threads,
+            pool_saturations,
         }
     }
 }
@@ -265,6 +303,31 @@ pub fn lease_holder(held: bool) {
     METRICS.lease_holder.set(i64::from(held));
 }
 
+/// Counts an Event dropped because the event queue was full.
+pub fn event_dropped() {
+    METRICS.events_dropped.inc();
+}
+
+/// Sets the state of a plugin's pool for sync handlers, from its `pool` answer.
+pub fn plugin_pool(plugin: &str, stats: &serde_json::Value) {
+    let count = |field: &str| stats.get(field).and_then(serde_json::Value::as_i64).unwrap_or(0);
+    for (state, field) in [("busy", "busy"), ("queued", "queued"), ("max", "max_threads")] {
+        METRICS
+            .pool_threads
+            .get_or_create(&PoolLabels {
+                plugin: plugin.to_owned(),
+                state: state.to_owned(),
+            })
+            .set(count(field));
+    }
+    METRICS
+        .pool_saturations
+        .get_or_create(&PluginLabels {
+            plugin: plugin.to_owned(),
+        })
+        .set(count("saturations"));
+}
+
 /// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
 pub fn render() -> String {
     let mut text = String::new();
@@ -310,5 +373,22 @@ mod tests {
         assert!(text.contains("kopf_lease_holder 1"));
         assert!(text.contains("# TYPE kopf_handler_duration_seconds histogram"));
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn plugin_pools_are_gauges_by_plugin_and_state() {
+        plugin_pool(
+            "unit-test-plugin",
+            &serde_json::json!({"threads": 3, "busy": 2, "queued": 5, "max_threads": 512, "saturations": 1}),
+        );
+        let text = render();
+        for line in [
+            r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="busy"} 2"#,
+            r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="queued"} 5"#,
+            r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="max"} 512"#,
+            r#"kopf_plugin_pool_saturations{plugin="unit-test-plugin"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -63,12 +63,20 @@ pub async fn run(
     credentials
         .set_networking(&settings.networking)
         .context("cannot apply settings.networking")?;
-    crate::engines::probing::start(&context).await?;
+    let indices = Arc::new(Indices::default());
+    let indexing = {
+        let indices = indices.clone();
+        let timeout = crate::reactor::indexing::indexing_timeout();
+        (
+            "kopf.indexing".to_owned(),
+            Arc::new(move || indices.stalled(timeout)) as Arc<_>,
+        )
+    };
+    crate::engines::probing::start(&context, vec![indexing]).await?;
     let peering = crate::peering::start(&context).await?;
     let admission = crate::admission::start(&context).await?;
 
     let stops = Arc::new(StopRegistry::default());
-    let indices = Arc::new(Indices::default());
     let services = Arc::new(EngineServices::start(
         client.clone(),
         &settings,

@@ -4,10 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::engines::posting;
 use kopf_abi::{Failure, FailureKind, protocol::host_methods};
 use kube::Client;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -28,7 +28,7 @@ pub(super) fn posting_level(settings: &OperatorSettings) -> u32 {
 
 /// The host services of the engine: what plugins may ask through `HostTable::call`.
 pub(super) struct EngineServices {
-    pub(super) events: Option<mpsc::UnboundedSender<Value>>,
+    pub(super) events: Option<posting::EventQueue>,
     pub(super) reporter: events::Reporter,
     /// `settings.posting.level` as Python's level number.
     pub(super) posting_level: u32,
@@ -68,25 +68,8 @@ impl EngineServices {
                 runtime,
             };
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    event = rx.recv() => match event { Some(e) => e, None => break },
-                };
-                if let Err(error) = events::post_event(&client, &event).await {
-                    tracing::warn!(target: "kopf.objects", "Failed to post an event: {error}");
-                }
-            }
-            // Flush what is queued, briefly, so events of the last moments are not lost.
-            while let Ok(event) = rx.try_recv() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), events::post_event(&client, &event)).await;
-            }
-        });
         Self {
-            events: Some(tx),
+            events: Some(posting::EventQueue::start(client, stop)),
             reporter,
             posting_level,
             stops,
@@ -185,8 +168,7 @@ impl HostServices for EngineServices {
                     text("message"),
                 );
                 if let Some(events) = &self.events {
-                    // A closed queue means the operator is stopping: the event is dropped.
-                    let _ = events.send(event);
+                    events.post(event);
                 }
                 Ok("{}".into())
             }

@@ -173,7 +173,7 @@ impl Reactor {
                     } else if !reasons.is_empty() && !self.paused {
                         tracing::info!(target: "kopf.reactor", "Pausing operations: {reasons:?}.");
                         self.paused = true;
-                        self.orchestrator.stop_all().await;
+                        self.orchestrator.pause_all().await;
                     }
                 }
                 Some(item) = observed.crds.recv() => {

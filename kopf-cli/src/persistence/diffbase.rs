@@ -22,6 +22,19 @@ pub const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-confi
 /// Kubernetes' limit on the total size of an object's annotations (keys plus values).
 pub const ANNOTATIONS_SIZE_LIMIT: usize = 256 * 1024;
 
+/// The total size of the object's annotations (keys plus values, in bytes), as
+/// Kubernetes counts it against [`ANNOTATIONS_SIZE_LIMIT`].
+pub fn annotations_size(body: &Value) -> usize {
+    body.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map_or(0, |annotations| {
+            annotations
+                .iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        })
+}
+
 /// Errors of the diff-base storage.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffBaseError {

@@ -7,4 +7,5 @@
 pub mod conventions;
 pub mod diffbase;
 pub mod progress;
+pub mod progress_storage;
 pub mod times;

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use super::conventions::{ConventionError, DEFAULT_PREFIX, KeyConvention};
+use super::conventions::ConventionError;
+pub use super::progress_storage::{ProgressStorage, remove_empty_stanzas};
 use super::times::{TimeError, Timestamp};
-use crate::structs::dicts;
 use crate::structs::patches::Patch;
 use crate::structs::pyjson::{self, py_eq_exact, py_truthy};
 
@@ -110,22 +110,54 @@ fn parse_time(record: &ProgressRecord, field: &str, key: &str) -> Result<Option<
     }
 }
 
-/// The longest error message stored in a progress record, in bytes: records of every
-/// handler share the object's 256 KiB of annotations with the diff-base, and a handler's
-/// error text (a dump, a stack) must not push them over it.
+/// The longest error message stored in a progress record, in bytes as written into the
+/// record (JSON-escaped, non-ASCII as `\uXXXX`): records of every handler share the
+/// object's 256 KiB of annotations with the diff-base, and a handler's error text (a
+/// dump, a stack) must not push them over it.
 pub const MAX_STORED_MESSAGE: usize = 1024;
 
-/// `message`, cut at [`MAX_STORED_MESSAGE`] bytes (on a character boundary) with an
-/// ellipsis when longer.
+/// `message`, cut (on a character boundary, with an ellipsis) so that it takes at most
+/// [`MAX_STORED_MESSAGE`] bytes in the stored record.
 fn bounded_message(message: &str) -> String {
-    if message.len() <= MAX_STORED_MESSAGE {
-        return message.to_owned();
+    let escaped = |c: char| {
+        let mut out = String::new();
+        pyjson::write_string(&mut out, c.encode_utf8(&mut [0; 4]));
+        out.len() - 2
+    };
+    let ellipsis = escaped('…');
+    let mut used = 0;
+    let mut end = None;
+    for (at, c) in message.char_indices() {
+        let size = escaped(c);
+        if used + size > MAX_STORED_MESSAGE - ellipsis && end.is_none() {
+            end = Some(at);
+        }
+        used += size;
+        if used > MAX_STORED_MESSAGE {
+            let end = end.unwrap_or(at);
+            return format!("{}…", &message[..end]);
+        }
     }
-    let mut end = MAX_STORED_MESSAGE - '…'.len_utf8();
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
+    message.to_owned()
+}
+
+/// The largest record text a handler without sub-handlers can have: every field set,
+/// the longest message (a handler's records count this much in the annotation size check).
+pub fn max_record_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        let now = Timestamp::now();
+        let longest = "\u{1}".repeat(MAX_STORED_MESSAGE);
+        let state = HandlerState {
+            stopped: Some(now),
+            delayed: Some(now),
+            purpose: Some("resume".into()),
+            retries: i64::MAX,
+            message: Some(bounded_message(&longest)),
+            ..HandlerState::from_scratch(now, None)
+        };
+        state.to_json_text(true).len()
+    })
 }
 
 /// Python's `str(value)` for the JSON scalars that may sit in a `message` field.
@@ -287,155 +319,6 @@ impl HandlerState {
         }
         out.push('}');
         out
-    }
-}
-
-/// Where and how progress is stored (Kopf's `SmartProgressStorage` defaults).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgressStorage {
-    keys: KeyConvention,
-    touch_key: String,
-    status_field: Vec<String>,
-    verbose: bool,
-}
-
-impl Default for ProgressStorage {
-    fn default() -> Self {
-        Self {
-            keys: KeyConvention::new(DEFAULT_PREFIX, true).unwrap_or_else(|_| unreachable!("non-empty")),
-            touch_key: "touch-dummy".into(),
-            status_field: vec!["status".into(), "kopf".into(), "progress".into()],
-            verbose: false,
-        }
-    }
-}
-
-impl ProgressStorage {
-    /// A storage with a custom annotation prefix and V1 switch; other settings as Kopf's.
-    pub fn new(prefix: &str, v1: bool) -> Result<Self, ProgressError> {
-        Ok(Self {
-            keys: KeyConvention::new(prefix, v1)?,
-            ..Self::default()
-        })
-    }
-
-    /// The key convention (prefix, V1 switch).
-    pub fn keys(&self) -> &KeyConvention {
-        &self.keys
-    }
-
-    /// Write `null`s too (Kopf's `verbose=True`).
-    pub fn with_verbose(mut self, verbose: bool) -> Self {
-        self.verbose = verbose;
-        self
-    }
-
-    /// Read a handler's record: annotations (V2, then V1), then the legacy status field.
-    pub fn fetch(&self, key: &str, body: &Value) -> Result<Option<ProgressRecord>, ProgressError> {
-        for full_key in self.keys.make_keys(key, Some(body)).iter() {
-            let Some(encoded) = dicts::resolve(body, &["metadata", "annotations", full_key.as_str()]) else {
-                continue;
-            };
-            let decoded: Value = match encoded {
-                Value::String(text) => serde_json::from_str(text).map_err(|source| ProgressError::Json {
-                    key: full_key.clone(),
-                    source,
-                })?,
-                Value::Null => continue,
-                _ => return Err(ProgressError::NotAnObject(full_key.clone())),
-            };
-            match decoded {
-                Value::Null => continue,
-                Value::Object(record) => return Ok(Some(record)),
-                _ => return Err(ProgressError::NotAnObject(full_key.clone())),
-            }
-        }
-        let container = dicts::resolve(body, &self.status_field);
-        match container.and_then(|c| c.as_object()).and_then(|c| c.get(key)) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(record)) => Ok(Some(record.clone())),
-            Some(_) => Err(ProgressError::NotAnObject(key.to_owned())),
-        }
-    }
-
-    /// Write a handler's state into the patch (annotations only, as Kopf ≥ 1.44).
-    pub fn store(&self, key: &str, state: &HandlerState, body: &Value, patch: &mut Patch) {
-        let encoded = state.to_json_text(self.verbose);
-        for full_key in self.keys.make_keys(key, Some(body)).iter() {
-            let _ = patch.set_annotation(full_key, Some(&encoded));
-        }
-        self.keys.store_marker(patch, body);
-    }
-
-    /// Purge a handler's record from all locations.
-    pub fn purge(&self, key: &str, body: &Value, patch: &mut Patch) {
-        for full_key in self.keys.make_keys(key, Some(body)).iter() {
-            purge_path(body, patch, &["metadata", "annotations", full_key.as_str()]);
-        }
-        let mut path: Vec<&str> = self.status_field.iter().map(String::as_str).collect();
-        path.push(key);
-        purge_path(body, patch, &path);
-    }
-
-    /// Set (or with `None`, clear) the `touch-dummy` annotation if it differs from the body.
-    /// Kopf clears it whenever a real patch is about to be sent.
-    pub fn touch(&self, body: &Value, patch: &mut Patch, value: Option<&str>) {
-        for full_key in self.keys.make_keys(&self.touch_key, Some(body)).iter() {
-            let current = dicts::resolve(body, &["metadata", "annotations", full_key.as_str()]);
-            let current = current.and_then(Value::as_str);
-            if current != value {
-                let _ = patch.set_annotation(full_key, value);
-                self.keys.store_marker(patch, body);
-            }
-        }
-    }
-
-    /// Remove this storage's own data from an essence: annotations under the prefix and the
-    /// legacy status field; then drop emptied stanzas.
-    pub fn clear(&self, essence: &mut Value) {
-        let prefix = self.keys.prefix();
-        if let Some(annotations) = essence
-            .get_mut("metadata")
-            .and_then(|m| m.get_mut("annotations"))
-            .and_then(Value::as_object_mut)
-        {
-            let own = |k: &str| k.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
-            if annotations.keys().any(|k| own(k)) {
-                annotations.retain(|k, _| !own(k));
-            }
-        }
-        remove_empty_stanzas(essence);
-        let _ = dicts::remove(essence, &self.status_field);
-        remove_empty_stanzas(essence);
-    }
-}
-
-/// Set the field to `null` if the body has it; otherwise drop it from the patch.
-fn purge_path(body: &Value, patch: &mut Patch, path: &[&str]) {
-    if dicts::resolve(body, path).is_some() {
-        let _ = patch.set(path, Value::Null);
-    } else if patch.get(path).is_some() {
-        let _ = patch.unset(path);
-    }
-}
-
-/// Drop empty `metadata.annotations`, `metadata.labels`, `metadata`, `status` (Kopf's
-/// `remove_empty_stanzas`).
-pub fn remove_empty_stanzas(essence: &mut Value) {
-    let empty = |v: Option<&Value>| v.is_some_and(|v| !py_truthy(v));
-    if let Some(root) = essence.as_object_mut() {
-        if let Some(meta) = root.get_mut("metadata").and_then(Value::as_object_mut) {
-            for stanza in ["annotations", "labels"] {
-                if empty(meta.get(stanza)) {
-                    dicts::shift_remove(meta, stanza);
-                }
-            }
-        }
-        for stanza in ["metadata", "status"] {
-            if empty(root.get(stanza)) {
-                dicts::shift_remove(root, stanza);
-            }
-        }
     }
 }
 
@@ -695,7 +578,10 @@ mod tests {
         };
         let state = HandlerState::from_scratch(now, None).with_outcome(&outcome, now);
         let message = state.message.unwrap_or_default();
-        assert!(message.len() <= MAX_STORED_MESSAGE, "{}", message.len());
+        let mut stored = String::new();
+        pyjson::write_string(&mut stored, &message);
+        assert!(stored.len() - 2 <= MAX_STORED_MESSAGE, "{}", stored.len());
+        assert!(stored.len() - 2 > MAX_STORED_MESSAGE - 12, "{}", stored.len());
         assert!(message.ends_with('…'));
         let short = StepOutcome {
             error: Some("short".into()),

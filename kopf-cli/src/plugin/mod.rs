@@ -323,6 +323,28 @@ impl PluginSet {
         }
     }
 
+    /// The state of each plugin's pool for sync handlers (the `pool` control method), by
+    /// plugin name; plugins without one (older SDKs, raw plugins) are skipped.
+    pub fn pool_stats(&self) -> Vec<(String, serde_json::Value)> {
+        use kopf_abi::protocol::control_methods;
+        self.plugins
+            .iter()
+            .filter_map(|plugin| {
+                let answer = plugin.control(control_methods::POOL, "{}").ok()?;
+                Some((plugin.name(), serde_json::from_str(&answer).ok()?))
+            })
+            .collect()
+    }
+
+    /// Handler calls about objects still running in the plugins' threads, abandoned ones
+    /// included (plugins that cannot tell count none).
+    pub fn running_object_calls(&self) -> u64 {
+        self.pool_stats()
+            .iter()
+            .filter_map(|(_, stats)| stats.get("object_calls").and_then(serde_json::Value::as_u64))
+            .sum()
+    }
+
     /// Tells every plugin that the object with this uid is gone, so that they drop its
     /// memo (the `memo` control method). Plugins without memo support are skipped.
     /// Returns how many plugins had a memo for it.

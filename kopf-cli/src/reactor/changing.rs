@@ -32,7 +32,7 @@ use crate::{
         filters::FilterSubject,
     },
     persistence::{
-        diffbase::ANNOTATIONS_SIZE_LIMIT,
+        diffbase::{self, ANNOTATIONS_SIZE_LIMIT},
         progress::{HandlerState, State, StepOutcome},
         times::Timestamp,
     },
@@ -285,6 +285,9 @@ impl ResourceProcessor {
             reference: &reference,
         };
         let handlers = self.select_handlers(&view).await?;
+        if self.records_would_not_fit(&view, &handlers) {
+            return Ok(Cycle::default());
+        }
         let now = Timestamp::now();
         let mut state = self.load_state(&view, &handlers, now);
         let batch = self.run_batch(&view, &handlers, &state, now, patch).await;
@@ -295,6 +298,28 @@ impl ResourceProcessor {
             subhandling::store(&self.shared.progress, settled, body, patch);
         }
         Ok(self.finish_cause(memory, &view, &handlers, &state, batch.persist_first, now, patch))
+    }
+
+    /// Whether the handlers' progress records (at their largest), with the diff-base,
+    /// could push the annotations over Kubernetes' limit: then nothing could be stored,
+    /// not even a retry count, and `retries=` would never stop a failing handler. The
+    /// change is refused clearly before any handler runs, as for a too-big diff-base.
+    fn records_would_not_fit(&self, view: &CauseView<'_>, handlers: &[HandlerRef]) -> bool {
+        let body = view.body;
+        let stores_diffbase = view.cause.reason != Reason::Delete && view.old != Some(view.new);
+        let base = if stores_diffbase {
+            self.shared.diffbase.annotations_size_with(body, view.new)
+        } else {
+            diffbase::annotations_size(body)
+        };
+        let ids = handlers.iter().map(HandlerRef::id);
+        let size = base + self.shared.progress.growth_bound(body, ids);
+        if size <= ANNOTATIONS_SIZE_LIMIT {
+            return false;
+        }
+        tracing::error!(target: "kopf.objects", "[{}] {} is not handled: the progress records of its {} handler(s) could make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes, and a handler whose progress cannot be stored would be retried for ever. The handlers are not invoked and the object is left unchanged until it shrinks.",
+            view.reference, capitalize(view.cause.reason.title()), handlers.len());
+        true
     }
 
     /// The finalizer goes on before any handler runs, and comes off when unneeded: then

@@ -8,14 +8,39 @@
 //!
 //! Until every indexed resource is fully listed and every listed object indexed, other
 //! handlers wait — without holding a worker slot, so a small worker limit cannot
-//! deadlock the indexing as it can in Kopf.
+//! deadlock the indexing as it can in Kopf. Meanwhile each object keeps only its newest
+//! waiting event (`reactor::processing`), and once the wait exceeds
+//! [`INDEXING_TIMEOUT`] the liveness probe fails, naming what is not listed or indexed
+//! ([`Indices::stalled`]): an operator whose indices never complete is restarted rather
+//! than idle for ever.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::structs::bodies::Body;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
+
+/// How long other handlers may wait for the indices before the liveness probe fails.
+pub const INDEXING_TIMEOUT: Duration = Duration::from_secs(300);
+/// Overrides [`INDEXING_TIMEOUT`] (seconds).
+pub const INDEXING_TIMEOUT_ENV: &str = "KOPF_INDEXING_TIMEOUT";
+
+/// [`INDEXING_TIMEOUT`], or the seconds in [`INDEXING_TIMEOUT_ENV`] (warned about and
+/// ignored when not a number).
+pub fn indexing_timeout() -> Duration {
+    let Ok(text) = std::env::var(INDEXING_TIMEOUT_ENV) else {
+        return INDEXING_TIMEOUT;
+    };
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds),
+        _ => {
+            tracing::warn!(target: "kopf.activities", "{INDEXING_TIMEOUT_ENV}={text:?} is not a number of seconds; using {}s.", INDEXING_TIMEOUT.as_secs());
+            INDEXING_TIMEOUT
+        }
+    }
+}
 
 /// Identifies an object in an index: `namespace/name#uid`.
 pub type ObjectKey = String;
@@ -40,6 +65,8 @@ pub struct Indices {
     indices: RwLock<HashMap<String, Index>>,
     streams: Mutex<HashMap<String, Stream>>,
     ready: watch::Sender<bool>,
+    /// Since when the indices are not ready (`None` while ready).
+    waiting_since: Mutex<Option<Instant>>,
 }
 
 impl Default for Indices {
@@ -48,6 +75,7 @@ impl Default for Indices {
             indices: RwLock::default(),
             streams: Mutex::default(),
             ready: watch::Sender::new(true),
+            waiting_since: Mutex::default(),
         }
     }
 }
@@ -179,12 +207,48 @@ impl Indices {
         self.ready.subscribe()
     }
 
+    /// Why the indices are still not ready after `timeout` of waiting (which resources
+    /// are not listed, how many objects are not indexed); `None` while within it.
+    pub fn stalled(&self, timeout: Duration) -> Option<String> {
+        let since = (*self.waiting_since.lock())?;
+        let waited = since.elapsed();
+        if waited < timeout {
+            return None;
+        }
+        let streams = self.streams.lock();
+        let mut unlisted: Vec<&str> = streams
+            .iter()
+            .filter(|(_, s)| !s.listed)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        unlisted.sort_unstable();
+        let unindexed: usize = streams.values().map(|s| s.unindexed.len()).sum();
+        Some(format!(
+            "the indices are not ready after {}s (limit {}s): not fully listed: {}; objects not indexed yet: {unindexed}; other handlers wait for them",
+            waited.as_secs(),
+            timeout.as_secs(),
+            if unlisted.is_empty() {
+                "none".to_owned()
+            } else {
+                unlisted.join(", ")
+            }
+        ))
+    }
+
     fn update(&self) {
         let ready = self
             .streams
             .lock()
             .values()
             .all(|s| s.listed && s.unindexed.is_empty());
+        {
+            let mut since = self.waiting_since.lock();
+            match (ready, *since) {
+                (true, _) => *since = None,
+                (false, None) => *since = Some(Instant::now()),
+                (false, Some(_)) => {}
+            }
+        }
         self.ready
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
@@ -244,5 +308,26 @@ mod tests {
         // Later listings (relists) do not block again.
         indices.listed("pods@ns1", "u2");
         assert!(indices.is_ready());
+    }
+
+    #[test]
+    fn indices_waiting_past_the_timeout_say_why() {
+        let indices = Indices::default();
+        assert_eq!(indices.stalled(Duration::ZERO), None, "ready");
+        indices.stream_started("pods@ns1");
+        indices.stream_started("secrets@ns1");
+        indices.listed("secrets@ns1", "u1");
+        indices.list_done("secrets@ns1");
+        assert_eq!(
+            indices.stalled(Duration::from_secs(60)),
+            None,
+            "within the timeout"
+        );
+        let reason = indices.stalled(Duration::ZERO).expect("past the timeout");
+        assert!(reason.contains("not fully listed: pods@ns1;"), "{reason}");
+        assert!(reason.contains("objects not indexed yet: 1"), "{reason}");
+        indices.indexed("u1");
+        indices.list_done("pods@ns1");
+        assert_eq!(indices.stalled(Duration::ZERO), None, "ready again");
     }
 }

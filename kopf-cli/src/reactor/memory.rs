@@ -2,13 +2,15 @@
 //! the echo of our own patch it waits for, the newest resourceVersion processed, the
 //! error count of the throttle, the next retry.
 
+use std::cmp::Ordering;
+
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::queueing::RawEvent;
 use crate::{
     settings::{OperatorSettings, seconds},
-    structs::bodies::Body,
+    structs::{bodies::Body, versions},
 };
 
 /// What a worker remembers about one object between runs.
@@ -40,6 +42,29 @@ pub struct ObjectMemory {
 }
 
 impl ObjectMemory {
+    /// Where a state of this `version` stands: older than the newest processed (never
+    /// go back to it, however late it comes: a watch stream lagging behind our patches
+    /// and re-reads for longer than the consistency timeout), and newer than our own
+    /// patch whose echo is awaited (never discard it: a listing after a re-list carries
+    /// no echo, the patch's event was compacted away). Only comparable versions tell.
+    pub(super) fn place(&self, version: Option<&str>) -> (bool, bool) {
+        let Some(version) = version else {
+            return (false, false);
+        };
+        let compared = |other: &str| versions::compare(version, other);
+        let older = self
+            .known_version
+            .as_deref()
+            .and_then(compared)
+            .is_some_and(Ordering::is_lt);
+        let newer_than_awaited = self
+            .awaited
+            .as_ref()
+            .and_then(|(awaited, _)| compared(awaited))
+            .is_some_and(Ordering::is_gt);
+        (older, newer_than_awaited)
+    }
+
     /// Remembers the resourceVersion of `body` as the newest processed.
     pub(super) fn remember_version(&mut self, body: &Value) {
         if let Some(version) = resource_version(body)
@@ -70,4 +95,39 @@ pub(super) fn adopt_patched(
 
 fn resource_version(body: &Value) -> Option<&str> {
     Body::new(body).resource_version()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(known: &str, awaited: &str) -> ObjectMemory {
+        ObjectMemory {
+            known_version: Some(known.into()),
+            awaited: Some((awaited.to_owned(), Instant::now())),
+            ..ObjectMemory::default()
+        }
+    }
+
+    #[test]
+    fn comparable_versions_place_a_state_and_opaque_ones_never_skip_it() {
+        let m = memory("10", "12");
+        assert_eq!(m.place(Some("9")), (true, false), "older than processed");
+        assert_eq!(
+            m.place(Some("11")),
+            (false, false),
+            "between: the echo may follow"
+        );
+        assert_eq!(m.place(Some("13")), (false, true), "newer than our own patch");
+        // Opaque versions (older servers, other storages) are never ordered: the state
+        // is neither skipped as older nor taken as newer; the consistency wait decides.
+        for (known, awaited, event) in [("10", "12", "a1"), ("x", "y", "5"), ("010", "12", "9")] {
+            assert_eq!(
+                memory(known, awaited).place(Some(event)),
+                (false, false),
+                "{known} {awaited} {event}"
+            );
+        }
+        assert_eq!(m.place(None), (false, false));
+    }
 }

@@ -4,6 +4,7 @@ pub mod changing;
 pub mod daemon_task;
 pub mod daemons;
 pub mod indexing;
+mod mailbox;
 pub mod memory;
 pub mod orchestration;
 pub mod processing;

@@ -121,6 +121,16 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         }
     }
 
+    /// Stops every stream for a pause, waits for all workers to finish, then for the
+    /// handler calls they abandoned (see [`ObjectProcessor::settle`]).
+    pub async fn pause_all(&mut self) {
+        let processor = self.streams.values().next().map(|(_, _, p)| p.clone());
+        self.stop_all().await;
+        if let Some(processor) = processor {
+            processor.settle().await;
+        }
+    }
+
     /// Stops every stream (pause or exit) and waits for all workers to finish.
     pub async fn stop_all(&mut self) {
         for (stop, _, _) in self.streams.values() {

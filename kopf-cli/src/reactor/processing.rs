@@ -40,7 +40,7 @@
 //! `tests/tests/reactor_restart.rs` kills the operator at random moments of a
 //! multi-handler lifecycle over many objects and asserts exactly this.
 
-use std::{cmp::Ordering, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use kopf_abi::protocol::{HandlerKind, Invocation};
 use serde_json::{Value, json};
@@ -56,7 +56,7 @@ use super::{
 };
 use crate::{
     actions::{
-        application::{self, Applied, Failed},
+        application::{self, Failed},
         execution,
         invocation::{self, Call, FilterError},
     },
@@ -72,7 +72,6 @@ use crate::{
         dicts::{self, FieldPath},
         patches::Patch,
         references::Resource,
-        versions,
     },
 };
 
@@ -246,6 +245,40 @@ impl ObjectProcessor for ResourceProcessor {
         }
     }
 
+    fn known_version(memory: &ObjectMemory) -> Option<Box<str>> {
+        memory.known_version.clone()
+    }
+
+    fn remember_version(memory: &mut ObjectMemory, version: Option<&str>) {
+        memory.known_version = version.map(Box::from);
+    }
+
+    fn recover(&self, memory: &mut ObjectMemory, stub: Value) -> bool {
+        // Re-read before anything is decided: the stub holds no more than the identity.
+        memory.body = Some(stub);
+        memory.stale = true;
+        true
+    }
+
+    async fn settle(&self) {
+        let running = || self.shared.plugins.running_object_calls();
+        let mut left = running();
+        if left == 0 {
+            return;
+        }
+        tracing::info!(target: "kopf.reactor", "Waiting for {left} handler call(s) still running in the plugins before pausing.");
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while left > 0 && Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_POLL).await;
+            left = running();
+        }
+        if left > 0 {
+            tracing::warn!(target: "kopf.reactor", "Paused with {left} handler call(s) still running in the plugins after {}s.", SETTLE_TIMEOUT.as_secs());
+        } else {
+            tracing::info!(target: "kopf.reactor", "The handler calls still running have returned.");
+        }
+    }
+
     fn needs_every_event(&self) -> bool {
         // Event handlers see every event; indexers track listings event by event.
         !self.watching.is_empty() || !self.indexers.is_empty()
@@ -283,6 +316,7 @@ impl ObjectProcessor for ResourceProcessor {
         }
         memory.pending.extend(events);
         if !self.shared.indices.is_ready() {
+            coalesce(&mut memory.pending);
             return Verdict {
                 blocked_until: Some(self.shared.indices.subscribe()),
                 ..Default::default()
@@ -315,15 +349,7 @@ impl ObjectProcessor for ResourceProcessor {
                 .awaited
                 .as_ref()
                 .is_some_and(|(awaited, _)| events.iter().any(|e| e.has_seen(awaited)));
-            // Never back to a state older than one already processed, however late it
-            // comes (a watch stream lagging behind our patches and re-reads for longer
-            // than the consistency timeout): comparable resource versions tell.
-            let older = match (last.resource_version(), memory.known_version.as_deref()) {
-                (Some(version), Some(known)) => {
-                    versions::compare(version, known).is_some_and(Ordering::is_lt)
-                }
-                _ => false,
-            };
+            let (older, newer_than_awaited) = memory.place(last.resource_version());
             match (&memory.awaited, echo_seen) {
                 _ if older => {
                     if patch.is_empty() {
@@ -337,7 +363,7 @@ impl ObjectProcessor for ResourceProcessor {
                         return self.idle_verdict(memory);
                     }
                 }
-                (Some((_, deadline)), false) if Instant::now() < *deadline => {
+                (Some((_, deadline)), false) if Instant::now() < *deadline && !newer_than_awaited => {
                     // Older than our own patch: our memory is fresher.
                     if patch.is_empty() {
                         return Verdict {
@@ -378,6 +404,22 @@ impl ObjectProcessor for ResourceProcessor {
     }
 }
 
+/// How long a pause waits for handler calls still running in the plugins.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often it looks.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// While the indices are not ready, an object keeps only its newest waiting event (which
+/// counts as having seen the older ones): memory stays bounded however long they wait.
+fn coalesce(pending: &mut Vec<RawEvent>) {
+    let Some(mut newest) = pending.pop() else { return };
+    for older in pending.drain(..).rev() {
+        let version = older.resource_version().map(str::to_owned);
+        newest.absorb(older, version);
+    }
+    pending.push(newest);
+}
+
 impl ResourceProcessor {
     /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
     fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
@@ -408,23 +450,16 @@ impl ResourceProcessor {
     /// patch: a refused GET names the verb and the resource; the body stays stale).
     async fn reread_stale(&self, memory: &mut ObjectMemory, body: Value) -> Result<Value, Verdict> {
         match application::reread(&self.shared.client, &self.resource, &body).await {
-            Ok(Applied::Fresh(fresh) | Applied::Conflicted(fresh)) => {
+            Ok(Some(fresh)) => {
                 memory.stale = false;
                 memory.remember_version(&fresh);
                 Ok(fresh)
             }
-            Ok(Applied::Gone) => {
+            Ok(None) => {
                 *memory = ObjectMemory::default();
                 Err(Verdict::default())
             }
-            Ok(Applied::Unchanged) => {
-                memory.body = Some(body);
-                memory.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                Err(Verdict {
-                    wake_at: memory.retry_at,
-                    ..Default::default()
-                })
-            }
+            // Throttled with `queueing.error_delays` and logged, each time (issue 18 #10).
             Err(failed) => Err(self.throttle(memory, body, &Stall::Api(failed), true)),
         }
     }
@@ -582,5 +617,30 @@ impl ResourceProcessor {
                 handled.insert(uid.to_owned());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::watching::EventType;
+
+    #[test]
+    fn events_waiting_for_the_indices_coalesce_to_the_newest() {
+        let event = |kind: Option<EventType>, version: &str| {
+            RawEvent::new(
+                kind,
+                json!({"metadata": {"name": "a", "resourceVersion": version}}),
+            )
+        };
+        let mut pending: Vec<RawEvent> = (1..=100)
+            .map(|v| event(Some(EventType::Modified), &v.to_string()))
+            .collect();
+        pending.insert(0, event(None, "0"));
+        coalesce(&mut pending);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].resource_version(), Some("100"));
+        assert_eq!(pending[0].event_type, None, "a listed object stays listed");
+        assert!(pending[0].has_seen("0") && pending[0].has_seen("57"));
     }
 }
