@@ -365,3 +365,57 @@ async fn index_mapping_api() {
     }
     stop(kopf);
 }
+
+/// Kopf's daemons see a body that follows the object: a running daemon reads each change of
+/// `spec.field` through `ctx.live_body()`, while `ctx.body()` stays the body it started with.
+/// Also the deletion's stop ends it (the object goes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_see_a_live_body() {
+    let cluster = Cluster::start().await;
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    let name = "live-1";
+    let seen = |expected: &'static str| {
+        let record = record.clone();
+        move || {
+            runs(&record, "follower", name)
+                .iter()
+                .any(|r| r.reason == expected)
+        }
+    };
+    create_labelled(&cluster, name, "live", "a").await;
+    cluster
+        .wait_until("the daemon's first look", DEADLINE, seen("a/a"))
+        .await;
+    for field in ["b", "c"] {
+        cluster.set_field(name, field).await;
+        let expected: &'static str = if field == "b" { "a/b" } else { "a/c" };
+        if tokio::time::timeout(DEADLINE, async {
+            while !seen(expected)() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_err()
+        {
+            panic!(
+                "the daemon never saw spec.field {field:?}: {:?}\nkopf log:\n{}",
+                runs(&record, "follower", name),
+                kopf.lines().join("\n")
+            );
+        }
+    }
+    // One daemon call saw all three states: it was never restarted.
+    let start_fields: Vec<String> = runs(&record, "follower", name)
+        .iter()
+        .map(|r| r.reason.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(start_fields, ["a", "a", "a"], "{start_fields:?}");
+    cluster.delete(name).await;
+    cluster
+        .wait_obj(name, "the object gone", Some(&kopf), |o| {
+            o.is_none().then_some(())
+        })
+        .await;
+    stop(kopf);
+}
