@@ -419,3 +419,35 @@ async fn daemons_see_a_live_body() {
         .await;
     stop(kopf);
 }
+
+/// Kopf's check after merge-patching: a result that a CRD's structural schema prunes from
+/// `status` does not come back, and the operator warns about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_results_are_warned_about() {
+    let cluster = Cluster::start().await;
+    let crd = std::fs::read_to_string(kopf_e2e::workspace_root().join("examples/crd.yaml")).unwrap();
+    let open_status = "            status:\n              type: object\n              x-kubernetes-preserve-unknown-fields: true\n";
+    assert!(
+        crd.contains(open_status),
+        "examples/crd.yaml changed its status schema"
+    );
+    let strict = crd.replace(
+        open_status,
+        "            status:\n              type: object\n              properties:\n                phase: {type: string}\n",
+    );
+    cluster.emu.apply_yaml(&strict).await.unwrap();
+    let mut kopf = cluster.spawn_kopf(&fixture(PLUGIN), &[]);
+    let name = "pruned-1";
+    create_labelled(&cluster, name, "pruned", "a").await;
+    let line = tokio::task::block_in_place(|| {
+        kopf.wait_for_line("Merge-patching finished with inconsistencies", DEADLINE)
+    })
+    .unwrap();
+    assert!(
+        line.contains(&format!("[{NS}/{name}]")) && line.contains(r#""pruned_result"],{"lost":true},null]"#),
+        "{line}"
+    );
+    let obj = cluster.get(name).unwrap();
+    assert_eq!(obj.pointer("/status/pruned_result"), None, "{obj}");
+    stop(kopf);
+}
