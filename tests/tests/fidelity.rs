@@ -420,6 +420,49 @@ async fn daemons_see_a_live_body() {
     stop(kopf);
 }
 
+/// A daemon that does not exit within its `cancellation_timeout` after its object's
+/// deletion is left orphaned, as in Kopf: it no longer holds the finalizer, so the object
+/// is gone while the daemon still winds down (it takes 6 s; the timeout is 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_daemons_release_the_finalizer() {
+    let cluster = Cluster::start().await;
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    let name = "orphan-1";
+    let lines = |what: &'static str| {
+        let record = record.clone();
+        move || runs(&record, "stubborn", name).iter().any(|r| r.reason == what)
+    };
+    create_labelled(&cluster, name, "orphan", "a").await;
+    cluster
+        .wait_until("the daemon started", DEADLINE, lines("started"))
+        .await;
+    cluster
+        .wait_obj(name, "the finalizer", Some(&kopf), |o| {
+            reactor_common::has_finalizer(o?).then_some(())
+        })
+        .await;
+    cluster.delete(name).await;
+    cluster
+        .wait_obj(name, "the object released", Some(&kopf), |o| {
+            o.is_none().then_some(())
+        })
+        .await;
+    assert!(
+        !lines("exited")(),
+        "the object was released only after its daemon exited: {:?}",
+        runs(&record, "stubborn", name)
+    );
+    assert!(
+        kopf.lines().iter().any(
+            |l| l.contains("\"stubborn\" did not exit in time. Leaving it orphaned.") && l.contains(name)
+        ),
+        "no orphaning warning:\n{}",
+        kopf.lines().join("\n")
+    );
+    stop(kopf);
+}
+
 /// Kopf's check after merge-patching: a result that a CRD's structural schema prunes from
 /// `status` does not come back, and the operator warns about it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
