@@ -112,16 +112,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         client: client.clone(),
         plugins: plugins.clone(),
-        progress: crate::persistence::progress::ProgressStorage::new(
-            &settings.persistence.prefix,
-            settings.persistence.v1,
-        )?,
-        diffbase: crate::persistence::diffbase::DiffBaseStorage::new(
-            &settings.persistence.prefix,
-            &settings.persistence.diffbase_key,
-            settings.persistence.v1,
-            Vec::new(),
-        )?,
+        progress: crate::persistence::storages::progress_storage(&settings.persistence)?,
+        diffbase: crate::persistence::storages::diffbase_storage(&settings.persistence)?,
         settings: settings.clone(),
         stops: stops.clone(),
         exiting: stop.clone(),

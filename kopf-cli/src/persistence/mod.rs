@@ -7,4 +7,5 @@
 pub mod conventions;
 pub mod diffbase;
 pub mod progress;
+pub mod storages;
 pub mod times;
