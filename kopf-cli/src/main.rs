@@ -48,13 +48,15 @@ fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     // Usage errors exit with 2 inside `parse` (and --help/--version with 0).
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.command = cli.command.resolve_aliases();
     let debug = match &cli.command {
         Command::Run(args) => args.debug,
         Command::Inspect(args) => args.debug,
         Command::Version | Command::Emulator(_) | Command::New(_) => false,
         Command::Peering(args) => args.debug,
         Command::Rbac(args) => args.debug,
+        Command::Freeze(_) | Command::Resume(_) => false,
     };
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +116,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             runtime.block_on(commands::peering::run(args))
         }
         Command::Rbac(args) => write_stdout(&commands::rbac::run(args)?),
+        alias @ (Command::Freeze(_) | Command::Resume(_)) => dispatch(Cli {
+            command: alias.resolve_aliases(),
+        }),
         Command::New(args) => commands::new::run(args),
         Command::Emulator(args) => {
             init_logging(LogConfig::default())?;
