@@ -239,6 +239,11 @@ pub async fn run(
         }
     };
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
+    if control.os_signals {
+        // Only the binary: an embedding application's process is not ours to end.
+        let timeout = settings.process.ultimate_exiting_timeout;
+        crate::signals::exit_after(timeout.map(crate::settings::seconds));
+    }
     stop.cancel();
     reactor.orchestrator.stop_all().await;
     admission.shutdown().await;

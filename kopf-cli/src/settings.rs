@@ -27,6 +27,25 @@ pub struct OperatorSettings {
     pub networking: NetworkingSettings,
     /// State stored on objects.
     pub persistence: PersistenceSettings,
+    /// The `kopf` process.
+    pub process: ProcessSettings,
+}
+
+/// `settings.process`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSettings {
+    /// Seconds from SIGINT/SIGTERM until the process exits with 137 however far its
+    /// graceful exit got (Kopf SIGKILLs itself); `None` waits for the graceful exit.
+    pub ultimate_exiting_timeout: Option<f64>,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        Self {
+            ultimate_exiting_timeout: Some(600.0),
+        }
+    }
 }
 
 /// `settings.posting`.

@@ -494,3 +494,23 @@ async fn pruned_results_are_warned_about() {
     assert_eq!(obj.pointer("/status/pruned_result"), None, "{obj}");
     stop(kopf);
 }
+
+/// Kopf's `process.ultimate_exiting_timeout`: a graceful exit stuck in a 60 s cleanup
+/// handler ends by force after the 1 s timeout, with exit status 137.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_exit_is_forced_after_the_ultimate_timeout() {
+    let cluster = Cluster::start().await;
+    let envs = [
+        ("KOPF_FIDELITY_EXIT_TIMEOUT", "1".to_owned()),
+        ("KOPF_FIDELITY_CLEANUP_SLEEP", "60".to_owned()),
+    ];
+    let mut kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    kopf.signal("TERM").unwrap();
+    let status = tokio::task::block_in_place(|| kopf.wait_exit(DEADLINE)).unwrap();
+    assert_eq!(status.code(), Some(137), "{status}\n{}", kopf.lines().join("\n"));
+    assert!(
+        kopf.lines().iter().any(|l| l.contains("exiting by force")),
+        "{}",
+        kopf.lines().join("\n")
+    );
+}
