@@ -1,7 +1,8 @@
 //! Kopf idioms end to end, with the real `kopf` binary and the `fixture-fidelity` plugin
 //! (`tests/fixtures/fidelity`): one function under stacked attributes, the timing options
-//! of timers against the clock, and indices under a worker limit smaller than the number
-//! of indexed objects.
+//! of timers against the clock, indices under a worker limit smaller than the number of
+//! indexed objects, live bodies of daemons, orphaned daemons, the patching-inconsistency
+//! warning and the forced exit after `process.ultimate_exiting_timeout`.
 //!
 //! The fixture appends a line per handler run (`<handler> <name> <reason> <unix ms>`) to a
 //! record file, so the tests know exactly what ran, and when.
