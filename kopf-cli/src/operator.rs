@@ -59,8 +59,10 @@ pub async fn run(
         None => connection::load_config(None).await?,
     };
     let relogin = crate::engines::activities::relogin(&plugins, &config, fixed_config);
-    let config = crate::engines::activities::login(&plugins, config).await?;
+    let login = crate::engines::activities::login(&plugins, config).await?;
+    let config = login.config;
     let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
+    credentials.set_expiration(login.expires);
     let stop = signals.token().child_token();
     let toggles = PauseToggles::new();
     let mut context = OperatorContext {
