@@ -597,6 +597,10 @@ pub mod host_methods {
     /// Block until a daemon is asked to stop or `timeout` seconds pass: payload
     /// `{"call_id": n, "timeout": f64|null}`, answer as for [`DAEMON_STOPPED`].
     pub const DAEMON_WAIT: &str = "daemon.wait";
+    /// The freshest body of a running daemon's or timer's object (Kopf's live `body`):
+    /// payload `{"call_id": n}`, answer `{"body": {...}}`. Hosts before it answer
+    /// "unsupported"; the SDK then keeps the body the call started with.
+    pub const DAEMON_BODY: &str = "daemon.body";
     /// The operator's connection info for the plugin's own Kubernetes client.
     pub const CLIENT_CONFIG: &str = "client.config";
 }

@@ -80,6 +80,12 @@ pub enum Command {
     /// Administer peering: list peers, freeze or resume operators, clean dead records.
     #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Peering(crate::commands::peering::PeeringArgs),
+    /// Kopf's `kopf freeze`: the same as `kopf peering freeze`.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Freeze(crate::commands::peering::FreezeArgs),
+    /// Kopf's `kopf resume`: the same as `kopf peering resume`.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Resume(crate::commands::peering::ResumeArgs),
     /// Generate least-privilege RBAC for the plugins' handlers.
     #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Rbac(crate::commands::rbac::RbacArgs),
@@ -108,6 +114,24 @@ pub fn completions(shell: clap_complete::Shell) -> String {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "kopf", &mut script);
     String::from_utf8_lossy(&script).into_owned()
+}
+
+impl Command {
+    /// Kopf's top-level `freeze`/`resume` as the `peering` subcommands they stand for.
+    pub fn resolve_aliases(self) -> Self {
+        use crate::commands::peering::{PeeringArgs, PeeringCommand};
+        let peering = |command| {
+            Self::Peering(PeeringArgs {
+                debug: false,
+                command,
+            })
+        };
+        match self {
+            Self::Freeze(args) => peering(PeeringCommand::Freeze(args)),
+            Self::Resume(args) => peering(PeeringCommand::Resume(args)),
+            other => other,
+        }
+    }
 }
 
 /// `kopf run` arguments.

@@ -48,7 +48,8 @@ fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     // Usage errors exit with 2 inside `parse` (and --help/--version with 0).
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.command = cli.command.resolve_aliases();
     let debug = match &cli.command {
         Command::Run(args) => args.debug,
         Command::Inspect(args) => args.debug,
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         | Command::Crd(_) => false,
         Command::Peering(args) => args.debug,
         Command::Rbac(args) => args.debug,
+        Command::Freeze(_) | Command::Resume(_) => false,
     };
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +122,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Rbac(args) => write_stdout(&commands::rbac::run(args)?),
         Command::Crd(args) => write_stdout(&commands::crd::run(&args)?),
+        alias @ (Command::Freeze(_) | Command::Resume(_)) => dispatch(Cli {
+            command: alias.resolve_aliases(),
+        }),
         Command::New(args) => commands::new::run(args),
         Command::Emulator(args) => {
             init_logging(LogConfig::default())?;

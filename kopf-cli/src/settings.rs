@@ -27,6 +27,25 @@ pub struct OperatorSettings {
     pub networking: NetworkingSettings,
     /// State stored on objects.
     pub persistence: PersistenceSettings,
+    /// The `kopf` process.
+    pub process: ProcessSettings,
+}
+
+/// `settings.process`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSettings {
+    /// Seconds from SIGINT/SIGTERM until the process exits with 137 however far its
+    /// graceful exit got (Kopf SIGKILLs itself); `None` waits for the graceful exit.
+    pub ultimate_exiting_timeout: Option<f64>,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        Self {
+            ultimate_exiting_timeout: Some(600.0),
+        }
+    }
 }
 
 /// `settings.posting`.
@@ -261,6 +280,15 @@ pub struct PersistenceSettings {
     pub diffbase_key: String,
     /// Also write the legacy V1 annotation keys when they differ from V2.
     pub v1: bool,
+    /// Kopf's `progress_storage` class: `smart` (Kopf's default), `annotations`, `status`
+    /// or `multi` (see `persistence::storages`).
+    pub progress_storage: String,
+    /// The status field of the `status` and `smart` progress storages.
+    pub progress_field: String,
+    /// Kopf's `diffbase_storage` class: `annotations` (Kopf's default), `status` or `multi`.
+    pub diffbase_storage: String,
+    /// The status field of the `status` diff-base storage.
+    pub diffbase_field: String,
     /// Seconds to wait for our own patch to arrive before processing further events.
     pub consistency_timeout: f64,
 }
@@ -272,6 +300,10 @@ impl Default for PersistenceSettings {
             prefix: "kopf.zalando.org".into(),
             diffbase_key: "last-handled-configuration".into(),
             v1: true,
+            progress_storage: "smart".into(),
+            progress_field: "status.kopf.progress".into(),
+            diffbase_storage: "annotations".into(),
+            diffbase_field: "status.kopf.last-handled-configuration".into(),
             consistency_timeout: 5.0,
         }
     }

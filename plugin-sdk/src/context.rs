@@ -564,6 +564,32 @@ impl Context {
         Value::Object(r)
     }
 
+    /// The object as the operator last saw it (Kopf's live `body` of daemons and timers):
+    /// while a daemon runs, [`Context::body`] stays the body it started with, and this
+    /// follows the object's changes. Other handlers, hosts without the `daemon.body`
+    /// method, and calls that have ended get [`Context::body`].
+    ///
+    /// ```
+    /// # fn daemon(ctx: &kopf::Context) {
+    /// let stopped = ctx.stopped();
+    /// while !stopped.wait(Some(std::time::Duration::from_secs(1))) {
+    ///     let replicas = ctx.live_body()["spec"]["replicas"].as_u64();
+    ///     // ... reconcile towards `replicas` ...
+    /// #   let _ = replicas;
+    /// }
+    /// # }
+    /// ```
+    pub fn live_body(&self) -> Value {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            body: Value,
+        }
+        let fresh = self.inner.invocation.call_id.and_then(|call_id| {
+            host::call::<_, Answer>(host_methods::DAEMON_BODY, 1, &json!({ "call_id": call_id })).ok()
+        });
+        fresh.map_or_else(|| self.body().clone(), |answer| answer.body)
+    }
+
     /// The stop flag of a daemon or timer (Kopf's `stopped` kwarg).
     pub fn stopped(&self) -> DaemonStopped {
         DaemonStopped {

@@ -629,6 +629,29 @@ fn daemon_stop_flag_without_host_support_is_unset() {
     );
 }
 
+/// A host before `daemon.body` answers "unsupported": the daemon keeps its start body.
+#[test]
+fn live_body_without_host_support_is_the_start_body() {
+    let body = json!({"metadata": {"name": "n"}, "spec": {"field": "a"}});
+    let ctx = kopf::Context::from_invocation(
+        "d",
+        Invocation {
+            call_id: Some(6),
+            body: Some(body.clone()),
+            ..Default::default()
+        },
+    );
+    module();
+    assert_eq!(ctx.live_body(), body);
+    assert!(
+        CALLS
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, p)| m == "daemon.body" && p.contains('6'))
+    );
+}
+
 #[test]
 fn builder_validation_errors_are_clear() {
     use kopf::HandlerBuilder;

@@ -9,6 +9,8 @@ kopf (Rust) partway through their handling, in both directions:
 Each handler, on success, appends ``<handler id> <namespace/name> <uid> <reason>`` to the
 file named by ``KOPF_LIFECYCLE_RECORD`` (with fsync). ``create_gated`` raises a
 ``TemporaryError`` (delay 1 s) while ``KOPF_LIFECYCLE_GATE`` names a missing file.
+With ``KOPF_LIFECYCLE_STORAGE=status``, progress and the diff-base are kept in ``status``
+(``StatusProgressStorage``, ``StatusDiffBaseStorage``).
 """
 import os
 
@@ -23,6 +25,13 @@ def record(handler_id, namespace, name, uid, reason):
         f.write(f'{handler_id} {namespace}/{name} {uid} {reason}\n')
         f.flush()
         os.fsync(f.fileno())
+
+
+@kopf.on.startup()
+def storage(settings, **_):
+    if os.environ.get('KOPF_LIFECYCLE_STORAGE') == 'status':
+        settings.persistence.progress_storage = kopf.StatusProgressStorage()
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
 
 
 @kopf.on.create('kopfexamples')

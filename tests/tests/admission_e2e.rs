@@ -259,7 +259,8 @@ fn webhooks_validate_mutate_and_survive_panics() {
         stderr(&out)
     );
 
-    // A panicking handler denies; with ignore_failures it allows; the server keeps serving.
+    // A panicking handler denies, also with ignore_failures (which, as in Kopf, is only the
+    // configuration's failurePolicy: Ignore, asserted above); the server keeps serving.
     let out = setup.apply(
         &example("strict", json!({"field": "ok"}), json!({"panic": "yes"})),
         &[],
@@ -272,8 +273,13 @@ fn webhooks_validate_mutate_and_survive_panics() {
         &example("lenient", json!({"field": "ok"}), json!({"panic": "lenient"})),
         &[],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(setup.get("kex", "lenient").is_some());
+    assert!(!out.status.success(), "the lenient panic allowed the object");
+    assert!(
+        stderr(&out).contains("lenient-panics.auto.kopf.dev"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(setup.get("kex", "lenient").is_none());
     let out = setup.apply(&example("bad2", json!({"field": "wrong"}), json!({})), &[]);
     assert!(
         stderr(&out).contains("spec.field must not be 'wrong'."),
@@ -309,6 +315,38 @@ fn webhooks_validate_mutate_and_survive_panics() {
             .as_str()
             .is_some_and(|p| !p.is_empty())
     );
+
+    // A mutating handler without operations mutates creations but, as in Kopf, is not
+    // called for deletions.
+    let stamped = example("stamped", json!({"field": "ok"}), json!({"stamp": "yes"}));
+    let review_of = |operation: &str| {
+        let (object, old) = match operation {
+            "DELETE" => (Value::Null, stamped.clone()),
+            _ => (stamped.clone(), Value::Null),
+        };
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": format!("uid-{operation}"),
+                "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+                "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+                "operation": operation,
+                "userInfo": {"username": "tester"},
+                "object": object,
+                "oldObject": old,
+            }
+        })
+    };
+    let (code, body) = setup.curl("/stamp", &review_of("CREATE").to_string());
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+    let (code, body) = setup.curl("/stamp", &review_of("DELETE").to_string());
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert_eq!(answer["response"].get("patch"), None, "{answer}");
 
     // Unknown paths are 404, malformed reviews 400, and the server still serves after them.
     let (code, _) = setup.curl("/no-such-handler", &review.to_string());

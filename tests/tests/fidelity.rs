@@ -1,7 +1,8 @@
 //! Kopf idioms end to end, with the real `kopf` binary and the `fixture-fidelity` plugin
 //! (`tests/fixtures/fidelity`): one function under stacked attributes, the timing options
-//! of timers against the clock, and indices under a worker limit smaller than the number
-//! of indexed objects.
+//! of timers against the clock, indices under a worker limit smaller than the number of
+//! indexed objects, live bodies of daemons, orphaned daemons, the patching-inconsistency
+//! warning and the forced exit after `process.ultimate_exiting_timeout`.
 //!
 //! The fixture appends a line per handler run (`<handler> <name> <reason> <unix ms>`) to a
 //! record file, so the tests know exactly what ran, and when.
@@ -364,4 +365,153 @@ async fn index_mapping_api() {
         );
     }
     stop(kopf);
+}
+
+/// Kopf's daemons see a body that follows the object: a running daemon reads each change of
+/// `spec.field` through `ctx.live_body()`, while `ctx.body()` stays the body it started with.
+/// Also the deletion's stop ends it (the object goes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_see_a_live_body() {
+    let cluster = Cluster::start().await;
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    let name = "live-1";
+    let seen = |expected: &'static str| {
+        let record = record.clone();
+        move || {
+            runs(&record, "follower", name)
+                .iter()
+                .any(|r| r.reason == expected)
+        }
+    };
+    create_labelled(&cluster, name, "live", "a").await;
+    cluster
+        .wait_until("the daemon's first look", DEADLINE, seen("a/a"))
+        .await;
+    for field in ["b", "c"] {
+        cluster.set_field(name, field).await;
+        let expected: &'static str = if field == "b" { "a/b" } else { "a/c" };
+        if tokio::time::timeout(DEADLINE, async {
+            while !seen(expected)() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_err()
+        {
+            panic!(
+                "the daemon never saw spec.field {field:?}: {:?}\nkopf log:\n{}",
+                runs(&record, "follower", name),
+                kopf.lines().join("\n")
+            );
+        }
+    }
+    // One daemon call saw all three states: it was never restarted.
+    let start_fields: Vec<String> = runs(&record, "follower", name)
+        .iter()
+        .map(|r| r.reason.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(start_fields, ["a", "a", "a"], "{start_fields:?}");
+    cluster.delete(name).await;
+    cluster
+        .wait_obj(name, "the object gone", Some(&kopf), |o| {
+            o.is_none().then_some(())
+        })
+        .await;
+    stop(kopf);
+}
+
+/// A daemon that does not exit within its `cancellation_timeout` after its object's
+/// deletion is left orphaned, as in Kopf: it no longer holds the finalizer, so the object
+/// is gone while the daemon still winds down (it takes 6 s; the timeout is 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_daemons_release_the_finalizer() {
+    let cluster = Cluster::start().await;
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    let name = "orphan-1";
+    let lines = |what: &'static str| {
+        let record = record.clone();
+        move || runs(&record, "stubborn", name).iter().any(|r| r.reason == what)
+    };
+    create_labelled(&cluster, name, "orphan", "a").await;
+    cluster
+        .wait_until("the daemon started", DEADLINE, lines("started"))
+        .await;
+    cluster
+        .wait_obj(name, "the finalizer", Some(&kopf), |o| {
+            reactor_common::has_finalizer(o?).then_some(())
+        })
+        .await;
+    cluster.delete(name).await;
+    cluster
+        .wait_obj(name, "the object released", Some(&kopf), |o| {
+            o.is_none().then_some(())
+        })
+        .await;
+    assert!(
+        !lines("exited")(),
+        "the object was released only after its daemon exited: {:?}",
+        runs(&record, "stubborn", name)
+    );
+    assert!(
+        kopf.lines().iter().any(
+            |l| l.contains("\"stubborn\" did not exit in time. Leaving it orphaned.") && l.contains(name)
+        ),
+        "no orphaning warning:\n{}",
+        kopf.lines().join("\n")
+    );
+    stop(kopf);
+}
+
+/// Kopf's check after merge-patching: a result that a CRD's structural schema prunes from
+/// `status` does not come back, and the operator warns about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_results_are_warned_about() {
+    let cluster = Cluster::start().await;
+    let crd = std::fs::read_to_string(kopf_e2e::workspace_root().join("examples/crd.yaml")).unwrap();
+    let open_status = "            status:\n              type: object\n              x-kubernetes-preserve-unknown-fields: true\n";
+    assert!(
+        crd.contains(open_status),
+        "examples/crd.yaml changed its status schema"
+    );
+    let strict = crd.replace(
+        open_status,
+        "            status:\n              type: object\n              properties:\n                phase: {type: string}\n",
+    );
+    cluster.emu.apply_yaml(&strict).await.unwrap();
+    let mut kopf = cluster.spawn_kopf(&fixture(PLUGIN), &[]);
+    let name = "pruned-1";
+    create_labelled(&cluster, name, "pruned", "a").await;
+    let line = tokio::task::block_in_place(|| {
+        kopf.wait_for_line("Merge-patching finished with inconsistencies", DEADLINE)
+    })
+    .unwrap();
+    assert!(
+        line.contains(&format!("[{NS}/{name}]")) && line.contains(r#""pruned_result"],{"lost":true},null]"#),
+        "{line}"
+    );
+    let obj = cluster.get(name).unwrap();
+    assert_eq!(obj.pointer("/status/pruned_result"), None, "{obj}");
+    stop(kopf);
+}
+
+/// Kopf's `process.ultimate_exiting_timeout`: a graceful exit stuck in a 60 s cleanup
+/// handler ends by force after the 1 s timeout, with exit status 137.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_exit_is_forced_after_the_ultimate_timeout() {
+    let cluster = Cluster::start().await;
+    let envs = [
+        ("KOPF_FIDELITY_EXIT_TIMEOUT", "1".to_owned()),
+        ("KOPF_FIDELITY_CLEANUP_SLEEP", "60".to_owned()),
+    ];
+    let mut kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    kopf.signal("TERM").unwrap();
+    let status = tokio::task::block_in_place(|| kopf.wait_exit(DEADLINE)).unwrap();
+    assert_eq!(status.code(), Some(137), "{status}\n{}", kopf.lines().join("\n"));
+    assert!(
+        kopf.lines().iter().any(|l| l.contains("exiting by force")),
+        "{}",
+        kopf.lines().join("\n")
+    );
 }

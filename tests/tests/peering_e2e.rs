@@ -102,9 +102,13 @@ impl Cluster {
 
     /// Runs `kopf peering ARGS...` to completion against the emulator.
     fn peering(&self, args: &[&str]) -> std::process::Output {
+        self.command(&[&["peering"], args].concat())
+    }
+
+    /// `kopf ARGS...` against this cluster.
+    fn command(&self, args: &[&str]) -> std::process::Output {
         let bin = kopf_e2e::kopf_bin().unwrap();
         Command::new(bin)
-            .arg("peering")
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("RUST_LOG")
@@ -344,6 +348,22 @@ fn freeze_pauses_and_resume_restarts() {
     op.wait_for_line("Resuming operations", DEADLINE).unwrap();
     assert_eq!(cluster.wait_handled("f1"), ["op"]);
     cluster.assert_exactly_once();
+}
+
+/// Kopf's top-level `kopf freeze` and `kopf resume` work as `kopf peering freeze/resume`.
+#[test]
+fn top_level_freeze_and_resume_as_in_kopf() {
+    let cluster = Cluster::start(&files());
+    let mut op = cluster.kopf("op", &["-A"]);
+    let out = cluster.command(&["freeze", "-A", "-i", "admin", "--lifetime", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    op.wait_for_line("Pausing operations in favour of admin", DEADLINE)
+        .unwrap();
+    let out = cluster.command(&["resume", "-A", "-i", "admin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    op.wait_for_line("Resuming operations", DEADLINE).unwrap();
+    cluster.create("t1");
+    assert_eq!(cluster.wait_handled("t1"), ["op"]);
 }
 
 #[test]

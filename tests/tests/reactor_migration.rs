@@ -30,7 +30,7 @@ struct PythonKopf {
 }
 
 impl PythonKopf {
-    fn spawn(cluster: &Cluster, record: &Path, gate: &Path, log: &Path) -> Self {
+    fn spawn(cluster: &Cluster, record: &Path, gate: &Path, log: &Path, storage: Storage) -> Self {
         let script = workspace_root().join("tests/python/migration_operator.py");
         let out = File::create(log).unwrap();
         let err = out.try_clone().unwrap();
@@ -41,6 +41,7 @@ impl PythonKopf {
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("KOPF_LIFECYCLE_RECORD", record)
             .env("KOPF_LIFECYCLE_GATE", gate)
+            .env("KOPF_LIFECYCLE_STORAGE", storage.name())
             .env("PYTHONUNBUFFERED", "1")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
@@ -112,31 +113,86 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
     out
 }
 
+/// Where both frameworks keep progress and the diff-base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    /// Kopf's defaults: annotations.
+    Annotations,
+    /// Kopf's `StatusProgressStorage` and `StatusDiffBaseStorage` (`status.kopf.*`).
+    Status,
+}
+
+impl Storage {
+    /// The value of `KOPF_LIFECYCLE_STORAGE` for both fixtures (empty: the defaults).
+    fn name(self) -> &'static str {
+        match self {
+            Self::Annotations => "",
+            Self::Status => "status",
+        }
+    }
+
+    /// The handler ids with a progress record; records in the other place fail the test.
+    fn progress(self, o: &Value) -> Vec<String> {
+        let in_status: Vec<String> = o
+            .pointer("/status/kopf/progress")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let annotated: Vec<String> = progress_annotations(o)
+            .iter()
+            .filter_map(|k| k.strip_prefix("kopf.zalando.org/").map(str::to_owned))
+            .collect();
+        let (mine, other) = match self {
+            Self::Annotations => (annotated, in_status),
+            Self::Status => (in_status, annotated),
+        };
+        assert!(
+            other.is_empty(),
+            "progress in the wrong storage: {other:?} in {o}"
+        );
+        mine
+    }
+
+    /// `spec.field` of the diff-base; a diff-base in the other place fails the test.
+    fn handled_field(self, o: &Value) -> Option<Value> {
+        let in_status = o
+            .pointer("/status/kopf/last-handled-configuration")
+            .and_then(Value::as_str)
+            .map(|text| serde_json::from_str::<Value>(text).unwrap());
+        let (mine, other) = match self {
+            Self::Annotations => (last_handled(o), in_status),
+            Self::Status => (in_status, last_handled(o)),
+        };
+        assert_eq!(other, None, "a diff-base in the wrong storage: {o}");
+        mine?.pointer("/spec/field").cloned()
+    }
+}
+
 /// Partway: three create-cause handlers done, `create_gated` delayed (its record stored).
-fn partway(o: Option<&Value>) -> bool {
+fn partway(o: Option<&Value>, storage: Storage) -> bool {
     o.is_some_and(|o| {
         o.pointer("/status/create_fn") == Some(&json!({"created": true}))
             && o.pointer("/status/create_more") == Some(&json!({"more": true}))
             && o.pointer("/status/field_fn~1spec.field/new") == Some(&json!("v1"))
-            && progress_annotations(o).contains(&"kopf.zalando.org/create_gated".to_owned())
+            && storage.progress(o).contains(&"create_gated".to_owned())
             && has_finalizer(o)
     })
 }
 
-fn created(o: Option<&Value>) -> bool {
+fn created(o: Option<&Value>, storage: Storage) -> bool {
     o.is_some_and(|o| {
         o.pointer("/status/create_gated") == Some(&json!({"gated": true}))
-            && last_handled(o).and_then(|b| b.pointer("/spec/field").cloned()) == Some(json!("v1"))
-            && progress_annotations(o).is_empty()
+            && storage.handled_field(o) == Some(json!("v1"))
+            && storage.progress(o).is_empty()
     })
 }
 
-fn updated(o: Option<&Value>) -> bool {
+fn updated(o: Option<&Value>, storage: Storage) -> bool {
     o.is_some_and(|o| {
         o.pointer("/status/update_fn") == Some(&json!({"updated": true}))
             && o.pointer("/status/field_fn~1spec.field") == Some(&json!({"old": "v1", "new": "v2"}))
-            && last_handled(o).and_then(|b| b.pointer("/spec/field").cloned()) == Some(json!("v2"))
-            && progress_annotations(o).is_empty()
+            && storage.handled_field(o) == Some(json!("v2"))
+            && storage.progress(o).is_empty()
     })
 }
 
@@ -153,10 +209,12 @@ const DONE_BY_SECOND: &[(&str, &str)] = &[
 ];
 
 /// Update and delete the object; the operator running now must finish the lifecycle.
-async fn finish_lifecycle(cluster: &Cluster, name: &str) {
+async fn finish_lifecycle(cluster: &Cluster, name: &str, storage: Storage) {
     cluster.set_field(name, "v2").await;
     cluster
-        .wait_obj(name, "update handlers done", None, |o| updated(o).then_some(()))
+        .wait_obj(name, "update handlers done", None, |o| {
+            updated(o, storage).then_some(())
+        })
         .await;
     cluster.delete(name).await;
     cluster
@@ -166,6 +224,17 @@ async fn finish_lifecycle(cluster: &Cluster, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kopf_to_kopf() {
+    python_kopf_to_kopf_with(Storage::Annotations).await;
+}
+
+/// Kopf's `StatusProgressStorage` and `StatusDiffBaseStorage` on both sides: nothing done
+/// is re-run, and nothing lands in the annotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kopf_to_kopf_with_status_storages() {
+    python_kopf_to_kopf_with(Storage::Status).await;
+}
+
+async fn python_kopf_to_kopf_with(storage: Storage) {
     if !kopf_e2e::python_kopf_available() {
         return;
     }
@@ -178,9 +247,11 @@ async fn python_kopf_to_kopf() {
     let name = "kex-py-to-rs";
     cluster.create(name, "v1").await;
 
-    let mut python = PythonKopf::spawn(&cluster, &py_record, &gate, &cluster.path("py.log"));
+    let mut python = PythonKopf::spawn(&cluster, &py_record, &gate, &cluster.path("py.log"), storage);
     cluster
-        .wait_obj(name, "Python Kopf partway", None, |o| partway(o).then_some(()))
+        .wait_obj(name, "Python Kopf partway", None, |o| {
+            partway(o, storage).then_some(())
+        })
         .await;
     python.stop();
     assert_eq!(runs(&py_record, name), pairs(DONE_BY_FIRST), "Python Kopf's runs");
@@ -191,14 +262,15 @@ async fn python_kopf_to_kopf() {
         &[
             ("KOPF_LIFECYCLE_RECORD", rs_record.display().to_string()),
             ("KOPF_LIFECYCLE_GATE", gate.display().to_string()),
+            ("KOPF_LIFECYCLE_STORAGE", storage.name().to_owned()),
         ],
     );
     cluster
         .wait_obj(name, "kopf finishing the creation", Some(&kopf), |o| {
-            created(o).then_some(())
+            created(o, storage).then_some(())
         })
         .await;
-    finish_lifecycle(&cluster, name).await;
+    finish_lifecycle(&cluster, name, storage).await;
     assert_eq!(runs(&rs_record, name), pairs(DONE_BY_SECOND), "kopf's runs");
     assert_eq!(runs(&py_record, name), pairs(DONE_BY_FIRST), "Python Kopf's runs");
     drop(kopf);
@@ -207,6 +279,16 @@ async fn python_kopf_to_kopf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kopf_to_python_kopf() {
+    kopf_to_python_kopf_with(Storage::Annotations).await;
+}
+
+/// The other direction with Kopf's status storages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kopf_to_python_kopf_with_status_storages() {
+    kopf_to_python_kopf_with(Storage::Status).await;
+}
+
+async fn kopf_to_python_kopf_with(storage: Storage) {
     if !kopf_e2e::python_kopf_available() {
         return;
     }
@@ -224,10 +306,13 @@ async fn kopf_to_python_kopf() {
         &[
             ("KOPF_LIFECYCLE_RECORD", rs_record.display().to_string()),
             ("KOPF_LIFECYCLE_GATE", gate.display().to_string()),
+            ("KOPF_LIFECYCLE_STORAGE", storage.name().to_owned()),
         ],
     );
     cluster
-        .wait_obj(name, "kopf partway", Some(&kopf), |o| partway(o).then_some(()))
+        .wait_obj(name, "kopf partway", Some(&kopf), |o| {
+            partway(o, storage).then_some(())
+        })
         .await;
     kopf.signal("TERM").unwrap();
     let status = tokio::task::block_in_place(|| kopf.wait_exit(DEADLINE)).unwrap();
@@ -235,13 +320,13 @@ async fn kopf_to_python_kopf() {
     assert_eq!(runs(&rs_record, name), pairs(DONE_BY_FIRST), "kopf's runs");
 
     std::fs::write(&gate, "open").unwrap();
-    let _python = PythonKopf::spawn(&cluster, &py_record, &gate, &cluster.path("py.log"));
+    let _python = PythonKopf::spawn(&cluster, &py_record, &gate, &cluster.path("py.log"), storage);
     cluster
         .wait_obj(name, "Python Kopf finishing the creation", None, |o| {
-            created(o).then_some(())
+            created(o, storage).then_some(())
         })
         .await;
-    finish_lifecycle(&cluster, name).await;
+    finish_lifecycle(&cluster, name, storage).await;
     assert_eq!(
         runs(&py_record, name),
         pairs(DONE_BY_SECOND),

@@ -117,3 +117,51 @@ async fn a_failing_re_login_passes_the_401_through_and_backs_off() {
     let status = tokio::task::block_in_place(|| kopf.wait_exit(DEADLINE)).unwrap();
     assert_eq!(status.code(), Some(0), "{}", kopf.lines().join("\n"));
 }
+
+/// Kopf's `ConnectionInfo.expiration`: credentials are renewed before they expire, with no
+/// 401 needed. The first token expires 7 s after the start (renewed 5 s before that); the
+/// login file meanwhile holds a second one, which the operator then uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_credentials_are_renewed_before_the_expiration() {
+    let cluster = Cluster::start_emulator().await;
+    let login = cluster.path("login.json");
+    let expiration = kopf_cli::persistence::times::Timestamp::now()
+        .plus_seconds(7.0)
+        .to_string();
+    let info = json!({"server": cluster.emu.url(), "token": "token-1", "expiration": expiration});
+    std::fs::write(&login, info.to_string()).unwrap();
+    let plugin = fixture("fixture-relogin-token");
+    let mut kopf = cluster.spawn_kopf(&plugin, &[("KOPF_RELOGIN_FILE", login.display().to_string())]);
+    assert!(requests_by(&cluster, "token-1") > 0);
+    write_login(&cluster, "token-2");
+
+    // Objects keep the operator making requests until it switches tokens by itself.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    for n in 0.. {
+        let name = format!("kex-exp-{n}");
+        cluster.create(&name, "one").await;
+        cluster
+            .wait_obj(&name, "handled", Some(&kopf), |o| {
+                (o?.pointer("/status/created") == Some(&json!({"handled": true}))).then_some(())
+            })
+            .await;
+        if requests_by(&cluster, "token-2") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expiring token was never renewed:\n{}",
+            kopf.lines().join("\n")
+        );
+    }
+    let lines = kopf.lines().join("\n");
+    assert!(
+        lines.contains("The credentials are about to expire: re-authenticating"),
+        "{lines}"
+    );
+    assert_eq!(cluster.emu.counters().status(401), 0, "{lines}");
+    assert_eq!(lines.matches("logging in with token").count(), 2, "{lines}");
+    kopf.signal("TERM").unwrap();
+    let status = tokio::task::block_in_place(|| kopf.wait_exit(DEADLINE)).unwrap();
+    assert_eq!(status.code(), Some(0), "{lines}");
+}

@@ -13,9 +13,14 @@
 //!   and marks dry-run requests with the annotation `kopf.dev/dryrun: "true"`;
 //! * `audit_dryrun` records dry-run requests in a warning (it has side effects, so it
 //!   declares `side_effects = true`: the API server then calls it on dry runs too);
+//! * `stamp` (mutating, all operations) annotates objects labelled `stamp` with the
+//!   operation; as in Kopf, mutating handlers are not called for deletions unless their
+//!   operations are exactly `["DELETE"]`;
 //! * `strict_panics` panics on objects labelled `panic: "yes"` (a failure: the request is
-//!   denied); `lenient_panics` panics on objects labelled `panic: "lenient"` but has
-//!   `ignore_failures = true` (the request is allowed).
+//!   denied); `lenient_panics` panics on objects labelled `panic: "lenient"` and has
+//!   `ignore_failures = true`: as in Kopf, that is the configuration's `failurePolicy:
+//!   Ignore` (the API server admits when the webhook cannot be reached), so its own panic
+//!   still denies.
 
 use serde_json::{Value, json};
 
@@ -50,6 +55,12 @@ pub fn defaults(ctx: &kopf::Context) {
     }
 }
 
+/// Stamps the operation on objects labelled `stamp` (never called for deletions).
+#[kopf::on::mutate("kopfexamples", labels = {"stamp": kopf::PRESENT})]
+pub fn stamp(ctx: &kopf::Context) {
+    ctx.patch().meta()["annotations"]["kopf.dev/stamped"] = json!(ctx.operation());
+}
+
 /// Reports dry runs in a warning (and would skip side effects there).
 #[kopf::on::validate("kopfexamples", side_effects = true)]
 pub fn audit_dryrun(ctx: &kopf::Context) {
@@ -69,7 +80,8 @@ pub fn strict_panics(_ctx: &kopf::Context) {
     panic!("the strict handler panics on purpose");
 }
 
-/// Panics for objects labelled `panic: "lenient"`, but failures are ignored.
+/// Panics for objects labelled `panic: "lenient"`; `ignore_failures` sets only the
+/// configuration's failure policy (`Ignore`), so the panic still denies.
 #[kopf::on::validate("kopfexamples", labels = {"panic": "lenient"}, ignore_failures = true)]
 pub fn lenient_panics(_ctx: &kopf::Context) {
     panic!("the lenient handler panics on purpose");

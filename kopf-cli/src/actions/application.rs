@@ -93,6 +93,18 @@ pub fn collect(patch: &mut Patch, handler_id: &str, outcome: &Outcome, deliver: 
     }
 }
 
+/// Kopf's check after merge-patching: fields that did not come back as written (a CRD's
+/// structural schema prunes unknown fields, so results and progress stored there are lost
+/// silently, and handlers would run again) are worth a warning. Only the merge-patch is
+/// checked: the JSON-patch operations are guarded by the resourceVersion test.
+fn warn_inconsistencies(patch: &Patch, resulting_body: &Value) {
+    let inconsistencies = patch.inconsistencies(resulting_body);
+    if !inconsistencies.is_empty() {
+        let items = Value::Array(inconsistencies.iter().map(|d| d.to_json()).collect());
+        tracing::warn!(target: "kopf.objects", "Merge-patching finished with inconsistencies: {items}");
+    }
+}
+
 /// Reads the object of `body` as the API server has it now; `None` when it is gone.
 pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Result<Option<Value>, Failed> {
     let body = Body::new(body);
@@ -138,6 +150,9 @@ pub async fn apply(
                 Err(e) if e.is_not_found() => return Ok(Applied::Gone),
                 Err(e) => return Err(Failed::patch(sub, e)),
             }
+        }
+        if let Some(fresh) = &fresh {
+            warn_inconsistencies(patch, fresh);
         }
     }
     let base = fresh.as_ref().unwrap_or(body);

@@ -162,13 +162,17 @@ pub fn serves_resource(handler: &HandlerRef, request: &ReviewRequest, discovered
     references::check(&relaxed, &guess)
 }
 
-/// Whether a handler's operations and subresource options accept the request.
+/// Whether a handler's operations and subresource options accept the request. As in
+/// Kopf, mutating handlers skip deletions unless their operations are exactly `DELETE`
+/// (there is nothing to mutate in an object being deleted).
 pub fn accepts(handler: &HandlerRef, request: &ReviewRequest) -> bool {
     let options = &handler.spec().options;
-    let operation_ok = options
-        .operations
-        .as_ref()
-        .is_none_or(|ops| ops.is_empty() || ops.iter().any(|o| o == "*" || *o == request.operation));
+    let operations = options.operations.as_deref().unwrap_or_default();
+    if handler.kind() == HandlerKind::Mutate && request.operation == "DELETE" && operations != ["DELETE"] {
+        return false;
+    }
+    let operation_ok =
+        operations.is_empty() || operations.iter().any(|o| o == "*" || *o == request.operation);
     let subresource_ok = match (options.subresource.as_deref(), request.subresource.as_deref()) {
         (Some("*"), _) => true,
         (None, None) => true,
@@ -308,15 +312,10 @@ pub async fn review(
             }
         };
         warnings.extend(outcome.warnings.iter().cloned());
+        // `ignore_failures` is the configuration's `failurePolicy: Ignore` (the API server
+        // admits when the webhook cannot be called), as in Kopf: a handler's own failure
+        // still denies.
         if let Some(error) = outcome.error {
-            let ignorable = matches!(
-                error.kind,
-                HandlerErrorKind::Arbitrary | HandlerErrorKind::Temporary
-            );
-            if ignorable && handler.spec().options.ignore_failures == Some(true) {
-                tracing::warn!(target: "kopf.admission", "Webhook {:?} failed (ignored): {}", handler.id(), error.message);
-                continue;
-            }
             tracing::info!(target: "kopf.admission", "Webhook {:?} denied the {} of {}: {}", handler.id(), request.operation, request.plural, error.message);
             failures.push(Failure {
                 kind: error.kind,

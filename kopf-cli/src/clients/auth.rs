@@ -56,13 +56,35 @@ pub enum AuthError {
 
 /// Produces a fresh connection configuration: the login activity, or a re-read of the
 /// kubeconfig.
-pub type Relogin = Arc<dyn Fn() -> BoxFuture<'static, Result<kube::Config, AuthError>> + Send + Sync>;
+pub type Relogin = Arc<dyn Fn() -> BoxFuture<'static, Result<Fresh, AuthError>> + Send + Sync>;
+
+/// What a login produced: the configuration and when its credentials expire (Kopf's
+/// `ConnectionInfo.expiration`).
+#[derive(Clone)]
+pub struct Fresh {
+    /// The connection configuration.
+    pub config: kube::Config,
+    /// When the credentials expire, if they say.
+    pub expires: Option<jiff::Timestamp>,
+}
+
+impl From<kube::Config> for Fresh {
+    fn from(config: kube::Config) -> Self {
+        Self {
+            config,
+            expires: None,
+        }
+    }
+}
+
+/// How long before their expiration credentials are renewed.
+pub const EXPIRATION_MARGIN: Duration = Duration::from_secs(5);
 
 /// A relogin that always returns the same configuration (no way to get fresh credentials).
 pub fn static_relogin(config: kube::Config) -> Relogin {
     Arc::new(move || {
         let config = config.clone();
-        Box::pin(async move { Ok(config) })
+        Box::pin(async move { Ok(config.into()) })
     })
 }
 
@@ -94,6 +116,8 @@ pub struct Credentials {
     relogin: Relogin,
     /// Timeouts applied to every inner client (`settings.networking`).
     networking: RwLock<Option<crate::settings::NetworkingSettings>>,
+    /// When the current credentials are renewed before they expire.
+    renew_at: RwLock<Option<jiff::Timestamp>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -136,6 +160,34 @@ impl Credentials {
         Ok(())
     }
 
+    /// Renews the credentials [`EXPIRATION_MARGIN`] before `expires` (none: only on 401s).
+    /// Credentials that expire within the margin already are not renewed in advance (each
+    /// request would log in again).
+    pub fn set_expiration(&self, expires: Option<jiff::Timestamp>) {
+        let margin = jiff::SignedDuration::try_from(EXPIRATION_MARGIN).unwrap_or_default();
+        let renew_at = expires.and_then(|at| at.checked_sub(margin).ok());
+        let renew_at = match renew_at {
+            Some(at) if at <= jiff::Timestamp::now() => {
+                tracing::warn!(target: "kopf.activities", "The login's credentials expire within {EXPIRATION_MARGIN:?}: they are renewed on a 401 only.");
+                None
+            }
+            other => other,
+        };
+        *self.renew_at.write() = renew_at;
+    }
+
+    /// Logs in again if the current credentials are about to expire (Kopf's vault drops
+    /// expired credentials and logs in before the next request).
+    async fn renew_if_expiring(&self, seen: u64) {
+        let due = self
+            .renew_at
+            .read()
+            .is_some_and(|at| at <= jiff::Timestamp::now());
+        if due && let Err(error) = self.renew(seen, "The credentials are about to expire").await {
+            tracing::debug!(target: "kopf.activities", "Keeping the expiring credentials: {error}");
+        }
+    }
+
     fn snapshot(&self) -> (Client, u64) {
         let current = self.current.read();
         (current.client.clone(), current.generation)
@@ -144,6 +196,10 @@ impl Credentials {
     /// Renews the credentials after a 401 seen with `seen` (a [`Credentials::generation`]).
     /// Does nothing if they were renewed since; fails fast while backing off.
     pub async fn refresh(&self, seen: u64) -> Result<u64, AuthError> {
+        self.renew(seen, "The API answered 401 Unauthorized").await
+    }
+
+    async fn renew(&self, seen: u64, why: &str) -> Result<u64, AuthError> {
         let mut backoff = self.refreshing.lock().await;
         let generation = self.generation();
         if generation != seen {
@@ -156,20 +212,21 @@ impl Credentials {
                 remaining: at - now,
             });
         }
-        tracing::warn!(target: "kopf.activities", "The API answered 401 Unauthorized: re-authenticating.");
+        tracing::warn!(target: "kopf.activities", "{why}: re-authenticating.");
         let attempt = async {
-            let config = tokio::time::timeout(LOGIN_TIMEOUT, (self.relogin)())
+            let fresh = tokio::time::timeout(LOGIN_TIMEOUT, (self.relogin)())
                 .await
                 .map_err(|_| AuthError::Timeout(LOGIN_TIMEOUT))??;
-            let client = self.build(config.clone())?;
-            Ok::<_, AuthError>((client, config))
+            let client = self.build(fresh.config.clone())?;
+            Ok::<_, AuthError>((client, fresh))
         };
         match attempt.await {
-            Ok((client, config)) => {
+            Ok((client, fresh)) => {
+                self.set_expiration(fresh.expires);
                 let mut current = self.current.write();
                 current.generation += 1;
                 current.client = client;
-                current.config = config;
+                current.config = fresh.config;
                 *backoff = Refreshing::default();
                 tracing::info!(
                     target: "kopf.activities",
@@ -208,6 +265,7 @@ pub fn reauthenticating_client(
         refreshing: tokio::sync::Mutex::new(Refreshing::default()),
         relogin,
         networking: RwLock::new(None),
+        renew_at: RwLock::new(None),
     });
     let service = Reauthenticating {
         credentials: credentials.clone(),
@@ -245,6 +303,8 @@ impl tower::Service<Request<Body>> for Reauthenticating {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let credentials = self.credentials.clone();
         Box::pin(async move {
+            let (_, seen) = credentials.snapshot();
+            credentials.renew_if_expiring(seen).await;
             let (client, generation) = credentials.snapshot();
             let retry = copy_request(&request);
             let response = client.send(request).await?;
@@ -285,7 +345,7 @@ mod tests {
                 if n < failures {
                     Err(AuthError::Login(format!("attempt {n} refused")))
                 } else {
-                    Ok(config())
+                    Ok(config().into())
                 }
             })
         })
@@ -294,6 +354,23 @@ mod tests {
     /// Makes the pending backoff expire now (instead of waiting for it).
     async fn expire_backoff(creds: &Credentials) {
         creds.refreshing.lock().await.retry_at = Some(Instant::now());
+    }
+
+    #[tokio::test]
+    async fn expirations_schedule_a_renewal_before_them() {
+        let (_, creds) = reauthenticating_client(config(), static_relogin(config())).unwrap();
+        let in_a_minute = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
+        creds.set_expiration(Some(in_a_minute));
+        let renew_at = creds.renew_at.read().unwrap();
+        assert_eq!(
+            in_a_minute.duration_since(renew_at),
+            jiff::SignedDuration::from_secs(5)
+        );
+        // Already within the margin: no renewal before every request.
+        creds.set_expiration(Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2)));
+        assert_eq!(*creds.renew_at.read(), None);
+        creds.set_expiration(None);
+        assert_eq!(*creds.renew_at.read(), None);
     }
 
     #[test]

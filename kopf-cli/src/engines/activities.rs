@@ -30,6 +30,7 @@ use crate::{
         execution::{Attempt, Decision, conclude, handler_name, log_decision, precheck},
         invocation::{Call, invoke},
     },
+    clients::auth::Fresh,
     contexts::OperatorContext,
     plugin::{HandlerRef, PluginSet},
     settings::{OperatorSettings, seconds},
@@ -383,9 +384,9 @@ impl ConnectionInfo {
 /// Runs the login handlers, if any, and returns the connection configuration built from
 /// the highest-priority `ConnectionInfo` they returned; without login handlers returns
 /// `config` unchanged. Call it before building the API client.
-pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<kube::Config> {
+pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<Fresh> {
     if handlers_of(plugins, HandlerKind::Login).is_empty() {
-        return Ok(config);
+        return Ok(config.into());
     }
     let mut settings = OperatorSettings::default();
     let results = run_activity(
@@ -425,7 +426,25 @@ pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<
         .await
         .map_err(|e| ActivityError::Login(format!("handler {}: {e}", py_repr_str(&id))))?;
     tracing::info!(target: "kopf.activities", "Logged in with handler {} to {}.", py_repr_str(&id), info.server);
-    Ok(config)
+    let expires = match info.expiration.as_deref().map(parse_expiration) {
+        Some(Ok(at)) => Some(at),
+        Some(Err(error)) => {
+            tracing::warn!(target: "kopf.activities", "Login handler {}: the expiration is not a time ({error}); renewing on 401s only.", py_repr_str(&id));
+            None
+        }
+        None => None,
+    };
+    Ok(Fresh { config, expires })
+}
+
+/// An RFC 3339 time; one without an offset is UTC (Kopf treats naive times as UTC).
+fn parse_expiration(text: &str) -> Result<jiff::Timestamp, jiff::Error> {
+    text.parse::<jiff::Timestamp>().or_else(|error| {
+        text.parse::<jiff::civil::DateTime>()
+            .and_then(|naive| naive.to_zoned(jiff::tz::TimeZone::UTC))
+            .map(|zoned| zoned.timestamp())
+            .map_err(|_| error)
+    })
 }
 
 /// How the engine gets fresh credentials after a 401 (see [`crate::clients::auth`]): the
@@ -455,7 +474,7 @@ pub fn relogin(plugins: &PluginSet, base: &kube::Config, fixed: bool) -> crate::
                 .await
                 .map_err(|e| AuthError::Login(e.to_string()))?;
             tracing::info!(target: "kopf.activities", "Re-read the cluster credentials (no login handlers).");
-            Ok(config)
+            Ok(config.into())
         })
     })
 }
@@ -463,6 +482,15 @@ pub fn relogin(plugins: &PluginSet, base: &kube::Config, fixed: bool) -> crate::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expirations_with_and_without_an_offset() {
+        let utc: jiff::Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        assert_eq!(parse_expiration("2026-12-05T10:00:00Z").unwrap(), utc);
+        assert_eq!(parse_expiration("2026-12-05T12:00:00+02:00").unwrap(), utc);
+        assert_eq!(parse_expiration("2026-12-05T10:00:00").unwrap(), utc);
+        assert!(parse_expiration("tomorrow").is_err());
+    }
 
     #[test]
     fn unknown_settings_are_found() {

@@ -41,8 +41,10 @@ pub async fn run(
         None => connection::load_config(None).await?,
     };
     let relogin = crate::engines::activities::relogin(&plugins, &config, fixed_config);
-    let config = crate::engines::activities::login(&plugins, config).await?;
+    let login = crate::engines::activities::login(&plugins, config).await?;
+    let config = login.config;
     let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
+    credentials.set_expiration(login.expires);
     let stop = signals.token().child_token();
     let toggles = PauseToggles::new();
     let mut context = OperatorContext {
@@ -103,16 +105,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         client: client.clone(),
         plugins: plugins.clone(),
-        progress: crate::persistence::progress::ProgressStorage::new(
-            &settings.persistence.prefix,
-            settings.persistence.v1,
-        )?,
-        diffbase: crate::persistence::diffbase::DiffBaseStorage::new(
-            &settings.persistence.prefix,
-            &settings.persistence.diffbase_key,
-            settings.persistence.v1,
-            Vec::new(),
-        )?,
+        progress: crate::persistence::storages::progress_storage(&settings.persistence)?,
+        diffbase: crate::persistence::storages::diffbase_storage(&settings.persistence)?,
         settings: settings.clone(),
         stops: stops.clone(),
         exiting: stop.clone(),
@@ -140,6 +134,11 @@ pub async fn run(
     let observed = reactor.observe_crds_and_namespaces(&settings, &stop);
     let signal = reactor.serve_until_signal(&mut signals, &toggles, observed).await;
     tracing::info!(target: "kopf.reactor", "Signal {signal} is received. Operator is stopping.");
+    if control.os_signals {
+        // Only the binary: an embedding application's process is not ours to end.
+        let timeout = settings.process.ultimate_exiting_timeout;
+        crate::signals::exit_after(timeout.map(crate::settings::seconds));
+    }
     stop.cancel();
     reactor.orchestrator.stop_all().await;
     admission.shutdown().await;

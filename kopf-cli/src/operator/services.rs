@@ -215,6 +215,17 @@ impl HostServices for EngineServices {
                 });
                 Ok(self.stops.answer(call_id, wait).to_string())
             }
+            host_methods::DAEMON_BODY => {
+                let call_id = serde_json::from_str::<Value>(payload)
+                    .ok()
+                    .and_then(|p| p.get("call_id")?.as_u64());
+                call_id.and_then(|id| self.stops.body(id)).ok_or_else(|| {
+                    Failure::new(
+                        FailureKind::BAD_PAYLOAD,
+                        format!("{method}: not a running daemon or timer: {payload}"),
+                    )
+                })
+            }
             host_methods::CLIENT_CONFIG => Ok(self.client_config(payload).to_string()),
             other => Err(Failure::new(
                 FailureKind::UNSUPPORTED,

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::conventions::{self, ConventionError, DEFAULT_PREFIX, KeyConvention};
 use super::progress::{ProgressStorage, remove_empty_stanzas};
+use super::storages::{self, Layout};
 use crate::structs::bodies::Body;
 use crate::structs::dicts::{self, FieldPath};
 use crate::structs::patches::Patch;
@@ -57,6 +58,9 @@ pub struct DiffBaseStorage {
     keys: KeyConvention,
     key: String,
     ignored_fields: Vec<FieldPath>,
+    /// Kopf's storage class (see [`storages`]) and its status field.
+    layout: Layout,
+    status_field: FieldPath,
 }
 
 impl Default for DiffBaseStorage {
@@ -65,6 +69,8 @@ impl Default for DiffBaseStorage {
             keys: KeyConvention::new(DEFAULT_PREFIX, true).unwrap_or_else(|_| unreachable!("non-empty")),
             key: "last-handled-configuration".into(),
             ignored_fields: Vec::new(),
+            layout: Layout::ANNOTATIONS,
+            status_field: dicts::parse_field("status.kopf.last-handled-configuration"),
         }
     }
 }
@@ -88,7 +94,15 @@ impl DiffBaseStorage {
             keys: KeyConvention::new(prefix, v1)?,
             key: key.to_owned(),
             ignored_fields,
+            ..Self::default()
         })
+    }
+
+    /// Where the diff-base is read and written, and the status field (see [`storages`]).
+    pub fn with_layout(mut self, layout: Layout, status_field: FieldPath) -> Self {
+        self.layout = layout;
+        self.status_field = status_field;
+        self
     }
 
     /// The key convention (prefix, V1 switch).
@@ -139,6 +153,10 @@ impl DiffBaseStorage {
             let _ = dicts::remove(&mut essence, field);
         }
 
+        if self.layout.status_read {
+            // Kopf's StatusDiffBaseStorage drops its own field (it matters only outside `status`).
+            let _ = dicts::remove(&mut essence, &self.status_field);
+        }
         // The storage's own keys (normally already gone as a Kopf-managed prefix).
         let own = self.keys.make_keys(&self.key, Some(body));
         if let Some(annotations) = essence
@@ -163,7 +181,12 @@ impl DiffBaseStorage {
 
     /// Read the last handled essence (V2 key, then V1); `None` if never stored.
     pub fn fetch(&self, body: &Value) -> Result<Option<Value>, DiffBaseError> {
-        for full_key in self.keys.make_keys(&self.key, Some(body)).iter() {
+        let annotated = if self.layout.annotations {
+            self.keys.make_keys(&self.key, Some(body))
+        } else {
+            Default::default()
+        };
+        for full_key in annotated.iter() {
             let Some(encoded) = Body::new(body).annotation(full_key) else {
                 continue;
             };
@@ -174,6 +197,9 @@ impl DiffBaseStorage {
             if !decoded.is_null() {
                 return Ok(Some(decoded));
             }
+        }
+        if self.layout.status_read {
+            return storages::fetch_status_diffbase(body, &self.status_field);
         }
         Ok(None)
     }
@@ -199,6 +225,12 @@ impl DiffBaseStorage {
 
     /// Store the essence into the patch under all keys (plus the marker for custom prefixes).
     pub fn store(&self, body: &Value, patch: &mut Patch, essence: &Value) {
+        if self.layout.status_write {
+            storages::store_status_diffbase(patch, &self.status_field, essence);
+        }
+        if !self.layout.annotations {
+            return;
+        }
         let encoded = encode_essence(essence);
         for full_key in self.keys.make_keys(&self.key, Some(body)).iter() {
             let _ = patch.set_annotation(full_key, Some(&encoded));

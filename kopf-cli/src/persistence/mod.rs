@@ -8,4 +8,5 @@ pub mod conventions;
 pub mod diffbase;
 pub mod progress;
 pub mod progress_storage;
+pub mod storages;
 pub mod times;

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::conventions::{DEFAULT_PREFIX, KeyConvention};
 use super::progress::{HandlerState, ProgressError, ProgressRecord, max_record_size};
+use super::storages::{self, Layout};
 use crate::structs::dicts;
 use crate::structs::patches::Patch;
 use crate::structs::pyjson::py_truthy;
@@ -15,8 +16,10 @@ use crate::structs::pyjson::py_truthy;
 pub struct ProgressStorage {
     keys: KeyConvention,
     touch_key: String,
-    status_field: Vec<String>,
+    pub(super) status_field: Vec<String>,
     verbose: bool,
+    /// Kopf's storage class (see [`storages`]).
+    pub(super) layout: Layout,
 }
 
 impl Default for ProgressStorage {
@@ -26,6 +29,7 @@ impl Default for ProgressStorage {
             touch_key: "touch-dummy".into(),
             status_field: vec!["status".into(), "kopf".into(), "progress".into()],
             verbose: false,
+            layout: Layout::SMART,
         }
     }
 }
@@ -52,7 +56,8 @@ impl ProgressStorage {
 
     /// Read a handler's record: annotations (V2, then V1), then the legacy status field.
     pub fn fetch(&self, key: &str, body: &Value) -> Result<Option<ProgressRecord>, ProgressError> {
-        for full_key in self.keys.make_keys(key, Some(body)).iter() {
+        let keys = self.keys.make_keys(key, Some(body));
+        for full_key in keys.iter().filter(|_| self.layout.annotations) {
             let Some(encoded) = dicts::resolve(body, &["metadata", "annotations", full_key.as_str()]) else {
                 continue;
             };
@@ -70,7 +75,7 @@ impl ProgressStorage {
                 _ => return Err(ProgressError::NotAnObject(full_key.clone())),
             }
         }
-        let container = dicts::resolve(body, &self.status_field);
+        let container = dicts::resolve(body, &self.status_field).filter(|_| self.layout.status_read);
         match container.and_then(|c| c.as_object()).and_then(|c| c.get(key)) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(record)) => Ok(Some(record.clone())),
@@ -78,8 +83,11 @@ impl ProgressStorage {
         }
     }
 
-    /// Write a handler's state into the patch (annotations only, as Kopf ≥ 1.44).
+    /// Write a handler's state into the patch (annotations only, as Kopf ≥ 1.44, by default).
     pub fn store(&self, key: &str, state: &HandlerState, body: &Value, patch: &mut Patch) {
+        if !storages::store_status_progress(self, key, state, patch) {
+            return;
+        }
         let encoded = state.to_json_text(self.verbose);
         for full_key in self.keys.make_keys(key, Some(body)).iter() {
             let _ = patch.set_annotation(full_key, Some(&encoded));

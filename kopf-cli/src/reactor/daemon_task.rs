@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     shared::Shared,
-    stopping::{StopFlag, StopRegistry},
+    stopping::{LiveBody, StopFlag, StopRegistry},
 };
 use crate::{
     actions::{
@@ -101,6 +101,14 @@ pub(super) struct LiveCell {
 impl LiveCell {
     pub(super) fn get(&self) -> Live {
         self.state.lock().clone()
+    }
+}
+
+/// What `ctx.live_body()` of a running daemon or timer reads (the `daemon.body` host method).
+impl LiveBody for LiveCell {
+    fn push_json(&self, out: &mut String) {
+        let object = self.state.lock().object.clone();
+        out.push_str(&object.json);
     }
 }
 
@@ -274,7 +282,8 @@ impl Task {
             cancel: Some(&self.cancel),
             ..Call::new(&self.handler, &inv).about(&reference)
         };
-        self.registry.register(call_id, self.stop.clone());
+        self.registry
+            .register(call_id, self.stop.clone(), self.live.clone());
         let outcome = invocation::invoke(&self.shared.plugins, call).await;
         self.registry.unregister(call_id);
         let default_backoff = self.shared.settings.execution.default_backoff;

@@ -9,7 +9,8 @@
 //! Stopping (object deleted, filters no longer matching, operator pausing or exiting) sets
 //! the task's stop flag, which the handler sees through `ctx.stopped()`; then, after
 //! `cancellation_backoff`, an async daemon is cancelled, and after `cancellation_timeout`
-//! the task is abandoned. While a deleted object's daemons run, the finalizer stays.
+//! the task is abandoned ("orphaned", as Kopf says). While a deleted object's daemons run,
+//! the finalizer stays; orphaned ones no longer hold it.
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{
     daemon_task::{Live, LiveCell, Progress, Snapshot, Step, Task},
@@ -286,7 +288,9 @@ impl Background {
         let cancel = running.cancel.clone();
         let done = running.done.clone();
         let id = handler.id().to_owned();
-        tokio::spawn(async move {
+        // In the object's span (the caller's), so that its lines name the object.
+        let span = tracing::Span::current();
+        let escalation = async move {
             for _ in 0..zero_time_cycles {
                 if done.is_set() {
                     return;
@@ -310,9 +314,13 @@ impl Background {
             tracing::debug!(target: "kopf.objects", "Daemon {id:?} did not exit in time; cancelling it.");
             cancel.cancel();
             if tokio::time::timeout(timeout, done.wait()).await.is_err() {
-                tracing::warn!(target: "kopf.objects", "Daemon {id:?} did not exit after cancellation; abandoning it.");
+                tracing::warn!(target: "kopf.objects", "Daemon {id:?} did not exit in time. Leaving it orphaned.");
+                // As in Kopf, an orphaned daemon no longer counts as running: the object's
+                // finalizer is released (its task, if it ever ends, sets the latch again).
+                done.set();
             }
-        });
+        };
+        tokio::spawn(escalation.instrument(span));
     }
 
     fn spawn(&self, index: usize, live: Arc<LiveCell>, uid: String) -> Running {

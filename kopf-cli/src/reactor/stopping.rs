@@ -1,6 +1,7 @@
 //! Stopping daemons and timers: why (Kopf's `DaemonStoppingReason`), the flag their
 //! handlers see (`ctx.stopped()`, from async code and from plugin threads), and the
-//! registry that answers the `daemon.*` host methods by call id.
+//! registry that answers the `daemon.*` host methods by call id (the stop flag, and the
+//! object's freshest body: Kopf's daemons see a body that follows the object).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -97,24 +98,55 @@ impl StopFlag {
     }
 }
 
-/// Stop flags of running daemon calls by call id, for the `daemon.*` host methods.
-#[derive(Debug, Default)]
+/// Where a running daemon call reads its object's freshest body.
+pub(super) trait LiveBody: Send + Sync {
+    /// Appends the body as JSON text to `out`.
+    fn push_json(&self, out: &mut String);
+}
+
+struct Registered {
+    flag: Arc<StopFlag>,
+    body: Arc<dyn LiveBody>,
+}
+
+/// Stop flags and live bodies of running daemon calls by call id, for the `daemon.*`
+/// host methods.
+#[derive(Default)]
 pub struct StopRegistry {
-    flags: Mutex<HashMap<u64, Arc<StopFlag>>>,
+    calls: Mutex<HashMap<u64, Registered>>,
+}
+
+impl std::fmt::Debug for StopRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopRegistry")
+            .field("calls", &self.calls.lock().len())
+            .finish()
+    }
 }
 
 impl StopRegistry {
-    pub(super) fn register(&self, call_id: u64, flag: Arc<StopFlag>) {
-        self.flags.lock().insert(call_id, flag);
+    pub(super) fn register(&self, call_id: u64, flag: Arc<StopFlag>, body: Arc<dyn LiveBody>) {
+        self.calls.lock().insert(call_id, Registered { flag, body });
     }
 
     pub(super) fn unregister(&self, call_id: u64) {
-        self.flags.lock().remove(&call_id);
+        self.calls.lock().remove(&call_id);
+    }
+
+    /// Answers `daemon.body`: `{"body": <the object as last seen>}`, or `None` for a call
+    /// that is not (or no longer) a running daemon or timer.
+    pub fn body(&self, call_id: u64) -> Option<String> {
+        let body = self.calls.lock().get(&call_id)?.body.clone();
+        // The body is kept as JSON text: wrapped as it is, not parsed again.
+        let mut answer = String::from(r#"{"body":"#);
+        body.push_json(&mut answer);
+        answer.push('}');
+        Some(answer)
     }
 
     /// Answers `daemon.stopped` / `daemon.wait`: `{"stopped": bool, "reason": ...}`.
     pub fn answer(&self, call_id: u64, wait: Option<Option<Duration>>) -> Value {
-        let flag = self.flags.lock().get(&call_id).cloned();
+        let flag = self.calls.lock().get(&call_id).map(|r| r.flag.clone());
         let reason = match (flag, wait) {
             // An unknown call is not a running daemon: tell it to stop.
             (None, _) => return json!({"stopped": true, "reason": "DONE"}),
@@ -151,11 +183,24 @@ mod tests {
         );
     }
 
+    struct Fixed(Mutex<&'static str>);
+
+    impl LiveBody for Fixed {
+        fn push_json(&self, out: &mut String) {
+            out.push_str(&self.0.lock());
+        }
+    }
+
     #[test]
     fn registry_answers_for_known_and_unknown_calls() {
         let registry = StopRegistry::default();
         let flag = Arc::new(StopFlag::default());
-        registry.register(7, flag.clone());
+        let live = Arc::new(Fixed(Mutex::new(r#"{"spec":{"x":1}}"#)));
+        registry.register(7, flag.clone(), live.clone());
+        assert_eq!(registry.body(7).as_deref(), Some(r#"{"body":{"spec":{"x":1}}}"#));
+        *live.0.lock() = r#"{"spec":{"x":2}}"#;
+        let answer: Value = serde_json::from_str(&registry.body(7).unwrap()).unwrap();
+        assert_eq!(answer, json!({"body": {"spec": {"x": 2}}}));
         assert_eq!(registry.answer(7, None)["stopped"], false);
         assert_eq!(
             registry.answer(7, Some(Some(Duration::from_millis(1))))["stopped"],
@@ -168,5 +213,6 @@ mod tests {
         );
         registry.unregister(7);
         assert_eq!(registry.answer(7, None)["stopped"], true);
+        assert_eq!(registry.body(7), None);
     }
 }

@@ -138,6 +138,28 @@ impl Control {
     }
 }
 
+/// The exit status of a forced exit: what a shell reports for SIGKILL, which Kopf sends
+/// itself.
+pub const FORCED_EXIT_CODE: i32 = 137;
+
+/// Kopf's `process.ultimate_exiting_timeout`: once the binary is stopping, exits the
+/// process with [`FORCED_EXIT_CODE`] after `timeout` if the graceful exit has not
+/// finished by then (stuck daemons, cleanup handlers, bugs). A plain thread, so that it
+/// fires even if the async runtime is stuck.
+pub fn exit_after(timeout: Option<std::time::Duration>) {
+    let Some(timeout) = timeout else { return };
+    let spawned = std::thread::Builder::new()
+        .name("kopf-exit-timeout".into())
+        .spawn(move || {
+            std::thread::sleep(timeout);
+            tracing::error!(target: "kopf.reactor", "The operator did not exit within {}s (settings.process.ultimate_exiting_timeout): exiting by force.", timeout.as_secs_f64());
+            std::process::exit(FORCED_EXIT_CODE);
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(target: "kopf.reactor", "Cannot start the exit timeout: {error}");
+    }
+}
+
 /// SIGINT and SIGTERM listeners, installed eagerly.
 #[derive(Debug)]
 pub struct StopSignals {
