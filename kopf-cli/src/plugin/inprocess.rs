@@ -65,7 +65,7 @@ impl PluginSet {
             *context.services.write() = services.clone();
             let mut config = InitConfig {
                 host_version: env!("CARGO_PKG_VERSION").to_owned(),
-                max_log_level: super::max_log_level(),
+                max_log_level: super::loader::max_log_level(),
                 extra: Default::default(),
             };
             config

@@ -1,12 +1,16 @@
-//! Opening a plugin file, step by step, with one clear error per failure mode.
+//! Opening a plugin file, step by step, with one clear error per failure mode, and
+//! loading it (open, describe, init).
 #![allow(unsafe_code)] // Loading native code is inherently unsafe; every block says why.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::std_types::RStr;
+use kopf_abi::protocol::{InitConfig, PluginDescription};
 use kopf_abi::{ABI_REVISION, PluginModuleRef, REVISION_SYMBOL};
 
-use super::PluginError;
+use super::{CallerInfo, HostServices, Plugin, PluginError, host};
 
 /// Opens `path`, checks the revision symbol and the abi_stable layout, and returns the
 /// root module. The libraries are leaked: plugins are never unloaded.
@@ -161,6 +165,78 @@ fn squeeze(text: &str) -> String {
         one
     }
 }
+
+/// Loads one plugin: open, describe, init.
+pub(super) fn load(
+    index: usize,
+    path: &Path,
+    services: Arc<dyn HostServices>,
+) -> Result<Plugin, PluginError> {
+    let module = open(path)?;
+    let shown = path.display().to_string();
+    let handshake = |step: &'static str, message: String| PluginError::Handshake {
+        path: shown.clone(),
+        step,
+        message,
+    };
+
+    let described = (module.describe())()
+        .into_result()
+        .map_err(|f| handshake("describe", f.to_string()))?;
+    let description: PluginDescription = serde_json::from_str(described.as_str()).map_err(|e| {
+        handshake(
+            "describe",
+            format!("the plugin description is not valid JSON: {e}"),
+        )
+    })?;
+
+    let name = if description.plugin.name.is_empty() {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        description.plugin.name.clone()
+    };
+    let (context_id, context) = host::register(CallerInfo {
+        index,
+        path: shown.clone(),
+        name,
+    });
+    *context.services.write() = services;
+
+    let config = InitConfig {
+        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+        max_log_level: max_log_level(),
+        extra: Default::default(),
+    };
+    let config = serde_json::to_string(&config).map_err(|e| handshake("init", e.to_string()))?;
+    (module.init())(host::host_table(context_id), RStr::from_str(&config))
+        .into_result()
+        .map_err(|f| handshake("init", f.to_string()))?;
+
+    Ok(Plugin {
+        index,
+        path: path.to_path_buf(),
+        module,
+        description,
+        context,
+    })
+}
+
+/// The most verbose level the host's subscriber will print, as a [`kopf_abi::LogLevel`] value.
+pub(super) fn max_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => kopf_abi::LogLevel::ERROR.0,
+        LevelFilter::WARN => kopf_abi::LogLevel::WARN.0,
+        LevelFilter::INFO => kopf_abi::LogLevel::INFO.0,
+        LevelFilter::DEBUG => kopf_abi::LogLevel::DEBUG.0,
+        _ => kopf_abi::LogLevel::TRACE.0,
+    }
+}
+
+/// Renders a selector the way Kopf prints resources: `kopfexamples.v1.kopf.dev`,
 
 #[cfg(test)]
 mod tests {

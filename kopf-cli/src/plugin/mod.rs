@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi_stable::std_types::{RStr, RString};
 use kopf_abi::protocol::{
-    HandlerKind, HandlerSpec, InitConfig, Invocation, Outcome, PluginDescription, Purpose, ResourceSelector,
+    HandlerKind, HandlerSpec, Invocation, Outcome, PluginDescription, Purpose, ResourceSelector,
 };
 use kopf_abi::{Failure, PluginModuleRef};
 use tokio::sync::oneshot;
@@ -255,7 +255,7 @@ impl PluginSet {
         // (kind, selector, id) -> the path that declared it first.
         let mut seen: HashMap<(HandlerKind, Option<ResourceSelector>, String), String> = HashMap::new();
         for (index, path) in paths.iter().enumerate() {
-            let plugin = Arc::new(load_one(index, path.as_ref(), services.clone())?);
+            let plugin = Arc::new(loader::load(index, path.as_ref(), services.clone())?);
             let shown = plugin.path.display().to_string();
             let mut own: HashMap<(HandlerKind, Option<ResourceSelector>, String), ()> = HashMap::new();
             for spec in &plugin.description.handlers {
@@ -539,73 +539,6 @@ fn splice_body(rest: &str, body_json: &str) -> Option<String> {
     Some(payload)
 }
 
-/// Loads one plugin: open, describe, init.
-fn load_one(index: usize, path: &Path, services: Arc<dyn HostServices>) -> Result<Plugin, PluginError> {
-    let module = loader::open(path)?;
-    let shown = path.display().to_string();
-    let handshake = |step: &'static str, message: String| PluginError::Handshake {
-        path: shown.clone(),
-        step,
-        message,
-    };
-
-    let described = (module.describe())()
-        .into_result()
-        .map_err(|f| handshake("describe", f.to_string()))?;
-    let description: PluginDescription = serde_json::from_str(described.as_str()).map_err(|e| {
-        handshake(
-            "describe",
-            format!("the plugin description is not valid JSON: {e}"),
-        )
-    })?;
-
-    let name = if description.plugin.name.is_empty() {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    } else {
-        description.plugin.name.clone()
-    };
-    let (context_id, context) = host::register(CallerInfo {
-        index,
-        path: shown.clone(),
-        name,
-    });
-    *context.services.write() = services;
-
-    let config = InitConfig {
-        host_version: env!("CARGO_PKG_VERSION").to_owned(),
-        max_log_level: max_log_level(),
-        extra: Default::default(),
-    };
-    let config = serde_json::to_string(&config).map_err(|e| handshake("init", e.to_string()))?;
-    (module.init())(host::host_table(context_id), RStr::from_str(&config))
-        .into_result()
-        .map_err(|f| handshake("init", f.to_string()))?;
-
-    Ok(Plugin {
-        index,
-        path: path.to_path_buf(),
-        module,
-        description,
-        context,
-    })
-}
-
-/// The most verbose level the host's subscriber will print, as a [`kopf_abi::LogLevel`] value.
-fn max_log_level() -> u8 {
-    use tracing::level_filters::LevelFilter;
-    match LevelFilter::current() {
-        LevelFilter::OFF => 0,
-        LevelFilter::ERROR => kopf_abi::LogLevel::ERROR.0,
-        LevelFilter::WARN => kopf_abi::LogLevel::WARN.0,
-        LevelFilter::INFO => kopf_abi::LogLevel::INFO.0,
-        LevelFilter::DEBUG => kopf_abi::LogLevel::DEBUG.0,
-        _ => kopf_abi::LogLevel::TRACE.0,
-    }
-}
-
-/// Renders a selector the way Kopf prints resources: `kopfexamples.v1.kopf.dev`,
 /// `pods`, `EVERYTHING`; `-` for activities (no selector).
 pub fn render_selector(selector: Option<&ResourceSelector>) -> String {
     let Some(s) = selector else { return "-".to_owned() };
