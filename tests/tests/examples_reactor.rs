@@ -383,6 +383,32 @@ async fn post_logs_turns_object_log_lines_into_events() {
     ex.finish().await;
 }
 
+/// `--post-logs` also posts the lines of timers (and daemons): their tasks run in the
+/// object's span, so a timer's own log line becomes a `Logging` event linked to the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_logs_includes_the_lines_of_timers() {
+    let ex = Example::start("example-15-timers", &[("KOPF_RUN_POST_LOGS", "INFO")]).await;
+    let kex = kopfexamples();
+    ex.create(&kex, example_object("kopf-example-1")).await;
+    let events = ex
+        .wait("a Logging event with the timer's line", || {
+            let events = events_about(&ex, "kopf-example-1");
+            events
+                .iter()
+                .any(|(_, reason, message, _)| {
+                    reason == "Logging" && message.starts_with("Ping from a sync timer")
+                })
+                .then_some(events)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", events_about(&ex, "kopf-example-1")));
+    let uid = ex.get(&kex, "kopf-example-1").unwrap()["metadata"]["uid"].clone();
+    for (_, reason, message, involved) in events.iter().filter(|e| e.1 == "Logging") {
+        assert_eq!(involved["uid"], uid, "{reason} {message}");
+    }
+    ex.finish().await;
+}
+
 /// `posting.level` (here via `--post-logs=ERROR`) also gates `ctx.info` and `ctx.warn`,
 /// as Kopf's level gates `kopf.info/warn`; `ctx.event` and `ctx.exception` still post.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

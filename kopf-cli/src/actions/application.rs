@@ -164,7 +164,7 @@ pub async fn apply(
             Err(e) if e.is_not_found() => return Ok(Applied::Gone),
             Err(e) if e.is_conflict() => {
                 // The object changed under us: re-read it and let the next cycle decide.
-                tracing::debug!(target: "kopf.objects", "[{}] The object changed while patching; re-reading it.", Body::new(body).reference());
+                tracing::debug!(target: "kopf.objects", "The object changed while patching; re-reading it.");
                 return Ok(match reread(client, resource, body).await? {
                     Some(current) => Applied::Conflicted(current),
                     None => Applied::Gone,

@@ -116,10 +116,10 @@ pub fn conclude(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default
 }
 
 /// Logs a decision as Kopf does, under the kind's logger: resource handlers and daemons
-/// about their object (`reference`), activities about the operator. Successes of daemons
-/// and timers are logged at debug level (a timer succeeds every interval).
-pub fn log_decision(kind: HandlerKind, id: &str, decision: &Decision, reference: Option<&str>) {
-    let prefix = reference.map(|r| format!("[{r}] ")).unwrap_or_default();
+/// about their object (named by the `object` span the caller runs in), activities about
+/// the operator. Successes of daemons and timers are logged at debug level (a timer
+/// succeeds every interval).
+pub fn log_decision(kind: HandlerKind, id: &str, decision: &Decision) {
     let handler = handler_name(kind, id);
     let activity = is_activity(kind);
     let background = matches!(kind, HandlerKind::Daemon | HandlerKind::Timer);
@@ -128,17 +128,17 @@ pub fn log_decision(kind: HandlerKind, id: &str, decision: &Decision, reference:
             tracing::info!(target: "kopf.activities", "{handler} succeeded.")
         }
         Decision::Success if background => {
-            tracing::debug!(target: "kopf.objects", "{prefix}{handler} succeeded.")
+            tracing::debug!(target: "kopf.objects", "{handler} succeeded.")
         }
-        Decision::Success => tracing::info!(target: "kopf.objects", "{prefix}{handler} succeeded."),
+        Decision::Success => tracing::info!(target: "kopf.objects", "{handler} succeeded."),
         Decision::Retry { delay, message } if activity => tracing::error!(target: "kopf.activities",
             "{handler} failed temporarily: {message}; retrying in {delay}s."),
         Decision::Retry { delay, message } => tracing::error!(target: "kopf.objects",
-            "{prefix}{handler} failed temporarily: {message}; retrying in {delay}s."),
+            "{handler} failed temporarily: {message}; retrying in {delay}s."),
         Decision::Failure { message } if activity => tracing::error!(target: "kopf.activities",
             "{handler} failed permanently: {message}"),
         Decision::Failure { message } => tracing::error!(target: "kopf.objects",
-            "{prefix}{handler} failed permanently: {message}"),
+            "{handler} failed permanently: {message}"),
     }
 }
 

@@ -32,8 +32,6 @@ pub struct Call<'a> {
     pub timeout: Option<Duration>,
     /// Cancels the call in the plugin (a stopping daemon).
     pub cancel: Option<&'a CancellationToken>,
-    /// The object's `namespace/name`, for the log lines of this call.
-    pub reference: Option<&'a str>,
 }
 
 impl<'a> Call<'a> {
@@ -45,21 +43,12 @@ impl<'a> Call<'a> {
             body_json: None,
             timeout: None,
             cancel: None,
-            reference: None,
         }
     }
 
     /// The same call, abandoned after `timeout` (if any).
     pub fn with_timeout(self, timeout: Option<Duration>) -> Self {
         Call { timeout, ..self }
-    }
-
-    /// The same call, logged as about the object `reference`.
-    pub fn about(self, reference: &'a str) -> Self {
-        Call {
-            reference: Some(reference),
-            ..self
-        }
     }
 }
 
@@ -75,11 +64,6 @@ macro_rules! log_for {
             _ => tracing::$level!(target: "kopf.objects", $($arg)+),
         }
     };
-}
-
-/// `[namespace/name] ` for a log line, or nothing.
-fn prefix(reference: Option<&str>) -> String {
-    reference.map(|r| format!("[{r}] ")).unwrap_or_default()
 }
 
 /// Runs one handler call to its outcome; never fails: every failure becomes the outcome's
@@ -104,8 +88,7 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
             log_for!(
                 handler.kind(),
                 error,
-                "{}{} could not be invoked: {error}",
-                prefix(call.reference),
+                "{} could not be invoked: {error}",
                 handler_name(handler.kind(), handler.id())
             );
             (failed(HandlerErrorKind::Arbitrary, error.to_string()), "failure")
@@ -116,8 +99,7 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
             log_for!(
                 handler.kind(),
                 error,
-                "{}{} did not return within its timeout ({:.1}s left of {timeout:.1}s); the call is abandoned (it keeps its thread until it returns).",
-                prefix(call.reference),
+                "{} did not return within its timeout ({:.1}s left of {timeout:.1}s); the call is abandoned (it keeps its thread until it returns).",
                 handler_name(handler.kind(), handler.id()),
                 limit.as_secs_f64()
             );

@@ -166,7 +166,7 @@ async fn run_activity(
                 }
             };
             state.retries += 1;
-            log_decision(kind, &spec.id, &decision, None);
+            log_decision(kind, &spec.id, &decision);
             match decision {
                 Decision::Success => state.done = true,
                 Decision::Retry { delay, .. } => state.delayed = Some(Instant::now() + seconds(delay)),

@@ -35,16 +35,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Install the handlers before anything slow, so no early signal is lost.
     let mut signals = control.install()?;
-    let fixed_config = connection.is_some();
-    let config = match connection {
-        Some(config) => config,
-        None => connection::load_config(None).await?,
-    };
-    let relogin = crate::engines::activities::relogin(&plugins, &config, fixed_config);
-    let login = crate::engines::activities::login(&plugins, config).await?;
-    let config = login.config;
-    let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
-    credentials.set_expiration(login.expires);
+    let (client, credentials, config) = connect(&plugins, connection).await?;
     let stop = signals.token().child_token();
     let toggles = PauseToggles::new();
     let mut context = OperatorContext {
@@ -66,15 +57,7 @@ pub async fn run(
         .set_networking(&settings.networking)
         .context("cannot apply settings.networking")?;
     let indices = Arc::new(Indices::default());
-    let indexing = {
-        let indices = indices.clone();
-        let timeout = crate::reactor::indexing::indexing_timeout();
-        (
-            "kopf.indexing".to_owned(),
-            Arc::new(move || indices.stalled(timeout)) as Arc<_>,
-        )
-    };
-    crate::engines::probing::start(&context, vec![indexing]).await?;
+    crate::engines::probing::start(&context, vec![indexing_check(&indices)]).await?;
     let peering = crate::peering::start(&context).await?;
     let admission = crate::admission::start(&context).await?;
 
@@ -145,6 +128,36 @@ pub async fn run(
     crate::engines::activities::run_cleanup(&context).await;
     peering.shutdown().await;
     Ok(())
+}
+
+/// Connects: the kubeconfig (or the given `connection`, which cannot be re-read), the
+/// login handlers, and a client that re-authenticates after a 401.
+async fn connect(
+    plugins: &PluginSet,
+    connection: Option<kube::Config>,
+) -> anyhow::Result<(kube::Client, Arc<auth::Credentials>, kube::Config)> {
+    let fixed_config = connection.is_some();
+    let config = match connection {
+        Some(config) => config,
+        None => connection::load_config(None).await?,
+    };
+    let relogin = crate::engines::activities::relogin(plugins, &config, fixed_config);
+    let login = crate::engines::activities::login(plugins, config).await?;
+    let config = login.config;
+    let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
+    credentials.set_expiration(login.expires);
+    Ok((client, credentials, config))
+}
+
+/// The liveness check of the indices: failing while they stay incomplete for longer than
+/// `KOPF_INDEXING_TIMEOUT`.
+fn indexing_check(indices: &Arc<Indices>) -> crate::engines::probing::LivenessCheck {
+    let indices = indices.clone();
+    let timeout = crate::reactor::indexing::indexing_timeout();
+    (
+        "kopf.indexing".to_owned(),
+        Arc::new(move || indices.stalled(timeout)),
+    )
 }
 
 /// The settings implied by the command line.

@@ -236,8 +236,6 @@ pub(super) fn max_log_level() -> u8 {
     }
 }
 
-/// Renders a selector the way Kopf prints resources: `kopfexamples.v1.kopf.dev`,
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -539,6 +539,7 @@ fn splice_body(rest: &str, body_json: &str) -> Option<String> {
     Some(payload)
 }
 
+/// Renders a selector the way Kopf prints resources: `kopfexamples.v1.kopf.dev`,
 /// `pods`, `EVERYTHING`; `-` for activities (no selector).
 pub fn render_selector(selector: Option<&ResourceSelector>) -> String {
     let Some(s) = selector else { return "-".to_owned() };

@@ -97,7 +97,6 @@ struct CauseView<'a> {
     old: Option<&'a Value>,
     new: &'a Value,
     diff: &'a [DiffItem],
-    reference: &'a str,
 }
 
 /// The handlers a batch ran, and how they ended.
@@ -229,14 +228,13 @@ impl ResourceProcessor {
         new: &Value,
         patch: &mut Patch,
     ) -> Result<Cycle, FilterError> {
-        let reference = Body::new(body).reference().to_string();
         let deleting = Body::new(body).is_deleting();
         let old = match self.shared.diffbase.fetch(body) {
             Ok(old) => old,
             // Treating it as absent would invent a creation (and re-run create handlers);
             // a deletion needs no diff-base, so only deletions go on.
             Err(error) if !deleting => {
-                tracing::error!(target: "kopf.objects", "[{reference}] The diff-base is unreadable; the object is left as it is until it is fixed: {error}");
+                tracing::error!(target: "kopf.objects", "The diff-base is unreadable; the object is left as it is until it is fixed: {error}");
                 return Ok(Cycle::default());
             }
             Err(_) => None,
@@ -254,7 +252,7 @@ impl ResourceProcessor {
         if matches!(cause.reason, Reason::Free | Reason::Gone) {
             return Ok(Cycle::default());
         }
-        if let Some(cycle) = self.decide_finalizer(body, &reference, patch).await? {
+        if let Some(cycle) = self.decide_finalizer(body, patch).await? {
             return Ok(cycle);
         }
         if !cause.reason.invokes_handlers() {
@@ -271,7 +269,7 @@ impl ResourceProcessor {
         if cause.reason != Reason::Delete && old.as_ref() != Some(new) {
             let size = self.shared.diffbase.annotations_size_with(body, new);
             if size > ANNOTATIONS_SIZE_LIMIT {
-                tracing::error!(target: "kopf.objects", "[{reference}] {} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
+                tracing::error!(target: "kopf.objects", "{} is not handled: its diff-base would make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes. The handlers are not invoked and the object is left unchanged until it shrinks.",
                     capitalize(cause.reason.title()));
                 return Ok(Cycle::default());
             }
@@ -282,7 +280,6 @@ impl ResourceProcessor {
             old: old.as_ref(),
             new,
             diff: &diff,
-            reference: &reference,
         };
         let handlers = self.select_handlers(&view).await?;
         if self.records_would_not_fit(&view, &handlers) {
@@ -317,31 +314,26 @@ impl ResourceProcessor {
         if size <= ANNOTATIONS_SIZE_LIMIT {
             return false;
         }
-        tracing::error!(target: "kopf.objects", "[{}] {} is not handled: the progress records of its {} handler(s) could make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes, and a handler whose progress cannot be stored would be retried for ever. The handlers are not invoked and the object is left unchanged until it shrinks.",
-            view.reference, capitalize(view.cause.reason.title()), handlers.len());
+        tracing::error!(target: "kopf.objects", "{} is not handled: the progress records of its {} handler(s) could make the annotations {size} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT} bytes, and a handler whose progress cannot be stored would be retried for ever. The handlers are not invoked and the object is left unchanged until it shrinks.",
+            capitalize(view.cause.reason.title()), handlers.len());
         true
     }
 
     /// The finalizer goes on before any handler runs, and comes off when unneeded: then
     /// the cycle ends with that change alone. A failed filter changes nothing.
-    async fn decide_finalizer(
-        &self,
-        body: &Value,
-        reference: &str,
-        patch: &mut Patch,
-    ) -> Result<Option<Cycle>, FilterError> {
+    async fn decide_finalizer(&self, body: &Value, patch: &mut Patch) -> Result<Option<Cycle>, FilterError> {
         if Body::new(body).is_deleting() {
             return Ok(None);
         }
         let needed = self.needs_finalizer(body).await?;
         let blocked = Body::new(body).has_finalizer(self.finalizer());
         if needed && !blocked {
-            tracing::debug!(target: "kopf.objects", "[{reference}] Adding the finalizer, thus preventing the actual deletion.");
+            tracing::debug!(target: "kopf.objects", "Adding the finalizer, thus preventing the actual deletion.");
             patch.push_fn(PatchFn::AddFinalizer(self.finalizer().to_owned()));
             return Ok(Some(Cycle::again()));
         }
         if !needed && blocked {
-            tracing::debug!(target: "kopf.objects", "[{reference}] Removing the finalizer, as there are no handlers requiring it.");
+            tracing::debug!(target: "kopf.objects", "Removing the finalizer, as there are no handlers requiring it.");
             patch.push_fn(PatchFn::RemoveFinalizer(self.finalizer().to_owned()));
             return Ok(Some(Cycle::again()));
         }
@@ -392,18 +384,17 @@ impl ResourceProcessor {
     /// The object's progress for this cause: records of other causes are superseded,
     /// the selected handlers are added.
     fn load_state(&self, view: &CauseView<'_>, handlers: &[HandlerRef], now: Timestamp) -> State {
-        let reference = view.reference;
         let all_ids = self.changing.iter().map(HandlerRef::id);
         let (state, unreadable) = State::from_storage(&self.shared.progress, view.body, all_ids, now);
         for (id, error) in unreadable {
-            tracing::warn!(target: "kopf.objects", "[{reference}] The progress record of {id:?} is unreadable; that handler starts over: {error}");
+            tracing::warn!(target: "kopf.objects", "The progress record of {id:?} is unreadable; that handler starts over: {error}");
         }
         let reason = view.cause.reason;
         let selected_ids = handlers.iter().map(HandlerRef::id);
         let mut state = state.with_purpose(Some(reason.as_str()), selected_ids.clone());
         for (purpose, counts) in state.extras() {
             if counts.running > 0 {
-                tracing::info!(target: "kopf.objects", "[{reference}] {} is superseded by {}: {} succeeded; {} failed; {} left to the moment.",
+                tracing::info!(target: "kopf.objects", "{} is superseded by {}: {} succeeded; {} failed; {} left to the moment.",
                     capitalize(&purpose), reason.title(), counts.success, counts.failure, counts.running);
             }
         }
@@ -441,9 +432,9 @@ impl ResourceProcessor {
                 .await;
             match (&decision, &settled) {
                 (Decision::Retry { .. }, Some(s)) if s.pending_delay.is_some() => {
-                    tracing::debug!(target: "kopf.objects", "[{}] {} has unfinished sub-handlers. Will retry soon.", view.reference, execution::handler_name(handler.kind(), handler.id()));
+                    tracing::debug!(target: "kopf.objects", "{} has unfinished sub-handlers. Will retry soon.", execution::handler_name(handler.kind(), handler.id()));
                 }
-                _ => execution::log_decision(handler.kind(), handler.id(), &decision, Some(view.reference)),
+                _ => execution::log_decision(handler.kind(), handler.id(), &decision),
             }
             let mut step = subhandling::step_outcome(decision);
             if let Some(s) = settled {
@@ -491,9 +482,7 @@ impl ResourceProcessor {
             .options
             .timeout
             .map(|timeout| seconds(timeout - attempt.runtime));
-        let call = Call::new(handler, &inv)
-            .with_timeout(timeout)
-            .about(view.reference);
+        let call = Call::new(handler, &inv).with_timeout(timeout);
         let outcome = super::queueing::release_slot_if_slow(invocation::invoke(&shared.plugins, call)).await;
         let default_backoff = shared.settings.execution.default_backoff;
         let mut decision = execution::conclude(handler.spec(), attempt, &outcome, default_backoff);
@@ -509,7 +498,7 @@ impl ResourceProcessor {
                 patch,
             );
             for (id, child_decision) in &s.decisions {
-                execution::log_decision(handler.kind(), id, child_decision, Some(view.reference));
+                execution::log_decision(handler.kind(), id, child_decision);
             }
             decision = subhandling::parent_decision(decision, &s);
             settled = Some(s);
@@ -577,8 +566,8 @@ impl ResourceProcessor {
         }
         if !handlers.is_empty() {
             let counts = state.counts();
-            tracing::info!(target: "kopf.objects", "[{}] {} is processed: {} succeeded; {} failed.",
-                view.reference, capitalize(reason.title()), counts.success, counts.failure);
+            tracing::info!(target: "kopf.objects", "{} is processed: {} succeeded; {} failed.",
+                capitalize(reason.title()), counts.success, counts.failure);
         }
         state.purge(
             &shared.progress,

@@ -49,18 +49,16 @@ pub(super) fn tick_deadline(delay: Duration) -> Instant {
 
 /// An object version as its daemons and timers need it: serialised once per version
 /// (every call sends the same body; a compact JSON text also takes a fraction of the
-/// memory of a [`Value`] tree), plus the name for logs and patches.
+/// memory of a [`Value`] tree). Log lines name the object through the `object` span the
+/// tasks run in.
 #[derive(Debug)]
 pub(super) struct Snapshot {
     /// The body as a JSON document.
     json: Box<str>,
-    namespace: Option<Box<str>>,
-    name: Option<Box<str>>,
 }
 
 impl Snapshot {
     pub(super) fn of(body: &Value) -> Self {
-        let text = |p: &str| body.pointer(p).and_then(Value::as_str).map(Box::from);
         let json = serde_json::to_string(body).unwrap_or_else(|error| {
             // A `Value` always serialises; this is only a guard.
             tracing::warn!(target: "kopf.objects", "Cannot serialise an object for its daemons: {error}");
@@ -68,17 +66,6 @@ impl Snapshot {
         });
         Self {
             json: json.into_boxed_str(),
-            namespace: text("/metadata/namespace"),
-            name: text("/metadata/name"),
-        }
-    }
-
-    /// `namespace/name` (or `name`) for log lines.
-    fn reference(&self) -> String {
-        match (&self.namespace, &self.name) {
-            (Some(ns), Some(name)) => format!("{ns}/{name}"),
-            (None, Some(name)) => name.to_string(),
-            _ => "?".into(),
         }
     }
 }
@@ -274,13 +261,12 @@ impl Task {
             call_id: Some(call_id),
             ..Default::default()
         };
-        let reference = object.reference();
         // No deadline: a daemon runs for as long as its object lives (a timer's call, too,
         // ends by its own or by the stop flag and cancellation).
         let call = Call {
             body_json: Some(&object.json),
             cancel: Some(&self.cancel),
-            ..Call::new(&self.handler, &inv).about(&reference)
+            ..Call::new(&self.handler, &inv)
         };
         self.registry
             .register(call_id, self.stop.clone(), self.live.clone());
@@ -288,12 +274,7 @@ impl Task {
         self.registry.unregister(call_id);
         let default_backoff = self.shared.settings.execution.default_backoff;
         let decision = execution::conclude(self.handler.spec(), attempt, &outcome, default_backoff);
-        execution::log_decision(
-            self.handler.kind(),
-            self.handler.id(),
-            &decision,
-            Some(&reference),
-        );
+        execution::log_decision(self.handler.kind(), self.handler.id(), &decision);
         let mut patch = Patch::new();
         application::collect(
             &mut patch,
@@ -302,23 +283,23 @@ impl Task {
             decision == Decision::Success,
         );
         if !patch.is_empty() {
-            self.apply(&object, &patch, &reference).await;
+            self.apply(&object, &patch).await;
         }
         decision
     }
 
     /// Persists a daemon's or timer's patch and result the one way outcomes are applied
     /// (status first; nothing is sent when nothing would change).
-    async fn apply(&self, object: &Snapshot, patch: &Patch, reference: &str) {
+    async fn apply(&self, object: &Snapshot, patch: &Patch) {
         let body: Value = match serde_json::from_str(&object.json) {
             Ok(body) => body,
             Err(error) => {
-                tracing::warn!(target: "kopf.objects", "[{reference}] Cannot read the object back for patching after {:?}: {error}", self.handler.id());
+                tracing::warn!(target: "kopf.objects", "Cannot read the object back for patching after {}: {error}", execution::handler_name(self.handler.kind(), self.handler.id()));
                 return;
             }
         };
         if let Err(failed) = application::apply(&self.shared.client, &self.resource, &body, patch).await {
-            tracing::warn!(target: "kopf.objects", "[{reference}] Patching after {:?} failed: {}", self.handler.id(), failed.describe(&self.resource));
+            tracing::warn!(target: "kopf.objects", "Patching after {} failed: {}", execution::handler_name(self.handler.kind(), self.handler.id()), failed.describe(&self.resource));
         }
     }
 }
@@ -353,12 +334,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshots_keep_the_body_as_json_and_the_name() {
+    fn snapshots_keep_the_body_as_json() {
         let body = json!({"metadata": {"name": "n", "namespace": "ns", "uid": "u"}, "spec": {"x": [1, 2]}});
         let snapshot = Snapshot::of(&body);
         assert_eq!(serde_json::from_str::<Value>(&snapshot.json).unwrap(), body);
-        assert_eq!(snapshot.reference(), "ns/n");
-        assert_eq!(Snapshot::of(&json!({"metadata": {"name": "c"}})).reference(), "c");
-        assert_eq!(Snapshot::of(&json!({})).reference(), "?");
     }
 }

@@ -143,7 +143,8 @@ impl Background {
             registry,
             objects: Arc::default(),
             wheel: Wheel::new(|run: Box<TimerRun>| {
-                tokio::spawn(run.tick());
+                let span = run.span.clone();
+                tokio::spawn(run.tick().instrument(span));
             }),
             next_wheel_key: AtomicU64::new(1),
         }
@@ -345,6 +346,9 @@ impl Background {
             cancel: cancel.clone(),
             registry: self.registry.clone(),
         };
+        // The tasks run in the object's span (the caller's, the object's worker), so that
+        // their lines name the object and are posted with its events.
+        let span = tracing::Span::current();
         let wheel_key = if is_timer {
             let key = self.next_wheel_key.fetch_add(1, Ordering::Relaxed);
             let run = Box::new(TimerRun {
@@ -353,15 +357,17 @@ impl Background {
                 key,
                 wheel: self.wheel.clone(),
                 end,
+                span: span.clone(),
             });
-            tokio::spawn(run.tick());
+            tokio::spawn(run.tick().instrument(span));
             Some(key)
         } else {
-            tokio::spawn(async move {
+            let run = async move {
                 if task.run().await {
                     end.done_forever();
                 }
-            });
+            };
+            tokio::spawn(run.instrument(span));
             None
         };
         Running {
@@ -400,6 +406,8 @@ struct TimerRun {
     key: u64,
     wheel: Wheel<Box<TimerRun>>,
     end: TaskEnd,
+    /// The object's span, entered by every tick.
+    span: tracing::Span,
 }
 
 impl TimerRun {

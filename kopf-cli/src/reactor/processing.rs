@@ -189,7 +189,6 @@ impl ResourceProcessor {
         inv.extra
             .insert("event".into(), json!({"type": event_type, "object": body}));
         let subject = FilterSubject { body, essences: None };
-        let reference = Body::new(body).reference().to_string();
         for handler in &self.watching {
             match self
                 .matches(handler, &subject, false, Some(&|| inv.clone()))
@@ -200,15 +199,14 @@ impl ResourceProcessor {
                 // The event is gone once this run ends: it is skipped for this handler,
                 // loudly (nothing is released or admitted on a guess here).
                 Err(error) => {
-                    tracing::error!(target: "kopf.objects", "[{reference}] The event is not handled by {:?}: {error}", handler.id());
+                    tracing::error!(target: "kopf.objects", "The event is not handled by {:?}: {error}", handler.id());
                     continue;
                 }
             }
             inv.param = handler.spec().options.param.clone();
-            let outcome =
-                invocation::invoke(&self.shared.plugins, Call::new(handler, &inv).about(&reference)).await;
+            let outcome = invocation::invoke(&self.shared.plugins, Call::new(handler, &inv)).await;
             if let Some(error) = &outcome.error {
-                tracing::warn!(target: "kopf.objects", "[{reference}] {} failed with an error (ignored): {}", execution::handler_name(handler.kind(), handler.id()), error.message);
+                tracing::warn!(target: "kopf.objects", "{} failed with an error (ignored): {}", execution::handler_name(handler.kind(), handler.id()), error.message);
             }
             application::collect(patch, handler.id(), &outcome, outcome.error.is_none());
         }
@@ -423,7 +421,7 @@ fn coalesce(pending: &mut Vec<RawEvent>) {
 impl ResourceProcessor {
     /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
     fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
-        tracing::debug!(target: "kopf.objects", "[{}] Deleted, really.", Body::new(body).reference());
+        tracing::debug!(target: "kopf.objects", "Deleted, really.");
         if let Some(uid) = Body::new(body).uid() {
             self.handled.lock().remove(uid);
             self.shared.plugins.forget_object(uid);
@@ -488,7 +486,7 @@ impl ResourceProcessor {
         };
         let pause = pause.as_secs_f64();
         memory.errors += 1;
-        tracing::error!(target: "kopf.objects", "[{}] {account}; throttling for {pause}s.", Body::new(&body).reference());
+        tracing::error!(target: "kopf.objects", "{account}; throttling for {pause}s.");
         memory.body = Some(body);
         memory.stale = stale;
         // Remembered (not only returned): an echo of an earlier successful patch may
@@ -542,15 +540,13 @@ impl ResourceProcessor {
                 }
                 // Undecided: the index keeps what it had for the object.
                 Err(error) => {
-                    tracing::error!(target: "kopf.objects", "[{}] The index {:?} is not updated: {error}", Body::new(body).reference(), indexer.id());
+                    tracing::error!(target: "kopf.objects", "The index {:?} is not updated: {error}", indexer.id());
                     continue;
                 }
             }
             let mut inv = self.base_invocation(body);
             inv.param = indexer.spec().options.param.clone();
-            let reference = Body::new(body).reference().to_string();
-            let outcome =
-                invocation::invoke(&self.shared.plugins, Call::new(indexer, &inv).about(&reference)).await;
+            let outcome = invocation::invoke(&self.shared.plugins, Call::new(indexer, &inv)).await;
             match &outcome.error {
                 None => self.shared.indices.store(
                     indexer.id(),
@@ -601,7 +597,7 @@ impl ResourceProcessor {
                 Ok(false) => {}
                 // Undecided: no daemon or timer is started or stopped on a guess.
                 Err(error) => {
-                    tracing::error!(target: "kopf.objects", "[{}] Daemons and timers are left as they are: {error}", Body::new(body).reference());
+                    tracing::error!(target: "kopf.objects", "Daemons and timers are left as they are: {error}");
                     return;
                 }
             }
