@@ -128,8 +128,8 @@ pub async fn run(
         indices: indices.clone(),
     });
     let scope = namespace_scope(&options)?;
-    let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
-    reactor.paused = toggles.is_paused();
+    let mut reactor = Reactor::new(client.clone(), shared, scope, &settings, toggles.shards());
+    reactor.paused = !toggles.claim_running();
     // The API server may be unreachable or failing at start: retry with the networking
     // backoffs (the last one repeated) until it answers or the operator is stopped.
     let mut backoff = Backoff::from_seconds(&settings.networking.error_backoffs);
@@ -221,7 +221,8 @@ pub async fn run(
             signal = signals.recv() => break signal,
             Ok(()) = pauses.changed() => {
                 let reasons = pauses.borrow_and_update().clone();
-                if reasons.is_empty() && reactor.paused {
+                // Claimed last: it records the streams as running (see `PauseToggles`).
+                if reasons.is_empty() && reactor.paused && toggles.claim_running() {
                     tracing::info!(target: "kopf.reactor", "Resuming operations.");
                     reactor.paused = false;
                     reactor.reconcile_streams().await;
@@ -229,6 +230,7 @@ pub async fn run(
                     tracing::info!(target: "kopf.reactor", "Pausing operations: {reasons:?}.");
                     reactor.paused = true;
                     reactor.orchestrator.stop_all().await;
+                    toggles.mark_stopped();
                 }
             }
             Some(item) = crd_rx.recv() => {
@@ -322,7 +324,13 @@ struct Reactor {
 }
 
 impl Reactor {
-    fn new(client: Client, shared: Arc<Shared>, scope: NamespaceScope, settings: &OperatorSettings) -> Self {
+    fn new(
+        client: Client,
+        shared: Arc<Shared>,
+        scope: NamespaceScope,
+        settings: &OperatorSettings,
+        shards: &crate::signals::shards::ShardGate,
+    ) -> Self {
         let watch = WatchSettings {
             server_timeout: settings.watching.server_timeout.map(|s| s as u32),
             inactivity_timeout: seconds(settings.watching.inactivity_timeout),
@@ -341,6 +349,7 @@ impl Reactor {
         let queue = QueueSettings {
             idle_timeout: seconds(settings.queueing.idle_timeout),
             exit_timeout: seconds(settings.queueing.exit_timeout),
+            shards: shards.clone(),
         };
         let orchestrator = Orchestrator::new(
             client.clone(),

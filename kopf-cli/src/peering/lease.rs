@@ -132,14 +132,14 @@ impl LeaseConfig {
 }
 
 /// `MicroTime`: RFC 3339 with microseconds, UTC.
-fn micro_time(now: jiff::Timestamp) -> String {
+pub(super) fn micro_time(now: jiff::Timestamp) -> String {
     now.to_zoned(jiff::tz::TimeZone::UTC)
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
 }
 
 /// Replaces an object with a PUT (the body's resourceVersion is the precondition).
-async fn replace(client: &Client, url: &str, object: &Value) -> Result<Value, ApiError> {
+pub(super) async fn replace(client: &Client, url: &str, object: &Value) -> Result<Value, ApiError> {
     let body = serde_json::to_vec(object).map_err(|e| ApiError::Request(e.to_string()))?;
     let request = http::Request::put(url)
         .header(CONTENT_TYPE, "application/json")
@@ -344,7 +344,7 @@ impl Elector {
 /// The elector's own client: the credentials in force, with every connect, read and
 /// write bounded by the round timeout, and its own request limit (never queued behind
 /// the engine's requests).
-fn elector_client(credentials: &Credentials, config: &LeaseConfig) -> Result<Client, ApiError> {
+pub(super) fn elector_client(credentials: &Credentials, config: &LeaseConfig) -> Result<Client, ApiError> {
     let mut kube_config = credentials.config();
     let timeout = config.round_timeout();
     kube_config.connect_timeout = Some(timeout);
@@ -366,18 +366,30 @@ pub fn spawn(
 ) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
     toggles.set(LEASE_TOGGLE, true);
     let (ready_tx, ready_rx) = oneshot::channel::<()>();
-    let task = tokio::task::spawn_blocking(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(target: "kopf.peering", "Cannot start the Lease elector: {error}");
-                return;
-            }
-        };
-        runtime.block_on(elect(credentials, config, toggles, stop, release, ready_tx));
+    let task = on_own_thread("the Lease elector", move || {
+        elect(credentials, config, toggles, stop, release, ready_tx)
     });
     (task, async move {
         let _ = ready_rx.await;
+    })
+}
+
+/// Runs a Lease loop on a thread and runtime of its own, so that a busy engine cannot
+/// delay its renewals (and so its watchdog).
+pub(super) fn on_own_thread<F, Fut>(what: &'static str, run: F) -> JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(target: "kopf.peering", "Cannot start {what}: {error}");
+                return;
+            }
+        };
+        runtime.block_on(run());
     })
 }
 

@@ -14,6 +14,7 @@ pub mod keepalive;
 pub mod lease;
 pub mod records;
 pub mod resources;
+pub mod sharding;
 
 use std::time::Duration;
 
@@ -46,6 +47,11 @@ pub enum PeeringError {
     /// The `--lease` value is malformed.
     #[error("invalid --lease {0:?}: expected NAME or NAMESPACE/NAME")]
     BadLeaseName(String),
+    /// The `--sharding` value is malformed.
+    #[error(
+        "invalid --sharding {0:?}: expected NAME or NAMESPACE/NAME, the NAME a label value (63 characters at most)"
+    )]
+    BadRingName(String),
 }
 
 /// Background tasks that must finish their exit steps (records, lease release).
@@ -108,6 +114,21 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
         // Wait briefly for the first election round: a follower stays paused from the start.
         let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
     }
+    if let Some(ring) = &context.options.sharding {
+        let config = ring_config(ring, context, &identity)?;
+        peering_identity = format!("sharding:{}", config.describe());
+        shared_identity = true;
+        let release = CancellationToken::new();
+        let (task, ready) = sharding::spawn(
+            context.credentials.clone(),
+            config,
+            context.toggles.clone(),
+            context.stop.clone(),
+            release.clone(),
+        );
+        peering.registered.push(Registered { release, task });
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    }
     if context.settings.peering.standalone {
         tracing::debug!(target: "kopf.peering", "Standalone mode: no peering.");
         return Ok(peering);
@@ -138,6 +159,22 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
     peering.registered.push(Registered { release, task });
     let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
     Ok(peering)
+}
+
+/// The ring of `--sharding`: as `--lease` names its Lease, the name also a label value.
+fn ring_config(
+    value: &str,
+    context: &OperatorContext,
+    identity: &str,
+) -> Result<sharding::RingConfig, PeeringError> {
+    let lease = lease::LeaseConfig::from_options(value, &context.options, identity)
+        .map_err(|_| PeeringError::BadRingName(value.to_owned()))?;
+    let label_like =
+        lease.name.len() <= 63 && !lease.name.starts_with(['-', '.']) && !lease.name.ends_with(['-', '.']);
+    if !label_like {
+        return Err(PeeringError::BadRingName(value.to_owned()));
+    }
+    Ok(sharding::RingConfig { lease })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! application stops the operator with its own token and installs no OS handlers.
 //! [`Control`] also carries the log's switch for object lines, set up with the log.
 
+pub mod shards;
 pub mod toggles;
 
 use std::sync::{Arc, Mutex};
