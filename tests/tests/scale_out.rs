@@ -122,7 +122,9 @@ impl Ring {
         self.runtime.block_on(async {
             for i in 0..count {
                 let patch = Patch::Merge(json!({"spec": {"field": value}}));
-                api.patch(&name(i), &PatchParams::default(), &patch).await.unwrap();
+                api.patch(&name(i), &PatchParams::default(), &patch)
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -134,7 +136,8 @@ impl Ring {
         let done = || {
             let items = self
                 .emu
-                .list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None).ok()?;
+                .list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)
+                .ok()?;
             let handled = items
                 .iter()
                 .filter(|o| o.pointer(&format!("/status/{handler}/field")) == Some(&expected))
@@ -203,10 +206,7 @@ fn parse_calls(replica: &str, text: &str) -> Vec<Call> {
 }
 
 fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
 /// Waits until `process` has logged `needle` at least `times` times.
@@ -281,7 +281,10 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
     }
     let busiest = per_replica.values().copied().max().unwrap_or(0);
     let average = count as f64 / 3.0;
-    eprintln!("objects per replica: {per_replica:?}; busiest/average = {:.3}", busiest as f64 / average);
+    eprintln!(
+        "objects per replica: {per_replica:?}; busiest/average = {:.3}",
+        busiest as f64 / average
+    );
     assert_eq!(per_replica.len(), 3, "a replica got nothing: {per_replica:?}");
     assert!(busiest as f64 <= 1.25 * average, "unbalanced: {per_replica:?}");
     assert_no_overlap(&calls, None);
@@ -298,7 +301,11 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
         .map(|(_, n)| n)
         .sum();
     eprintln!("{patches} object patches for {count} objects x 2 changes; {leases} Lease requests");
-    assert!(patches <= 5 * count as u64, "{patches} patches: {:?}", counters.by_verb_resource);
+    assert!(
+        patches <= 5 * count as u64,
+        "{patches} patches: {:?}",
+        counters.by_verb_resource
+    );
     assert!(leases < count as u64, "{leases} Lease requests");
 }
 
@@ -321,7 +328,9 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
                 let round = rounds.load(Ordering::SeqCst) + 1;
                 for i in 0..count {
                     let patch = Patch::Merge(json!({"spec": {"field": format!("v{round}")}}));
-                    api.patch(&name(i), &PatchParams::default(), &patch).await.unwrap();
+                    api.patch(&name(i), &PatchParams::default(), &patch)
+                        .await
+                        .unwrap();
                 }
                 rounds.store(round, Ordering::SeqCst);
             }
@@ -390,4 +399,155 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
         by_replica("r3")
     );
     assert!(by_replica("r3") > count, "r3 took no share before r2 left");
+}
+
+/// Runs `kopf ARGS...` to success and returns the YAML documents it printed.
+fn kopf_yaml(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = kopf_e2e::run_kopf(args.iter().copied()).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    yaml_docs(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// `kopf rbac --sharding`: a sharded replica works, joins and leaves its ring with a
+/// ServiceAccount token bound to exactly the generated rules (the emulator enforces
+/// RBAC for such tokens): no request is forbidden.
+#[test]
+fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
+    let plugin = plugin_path("fixture-scale-out").unwrap();
+    let crd = workspace_root().join("examples/crd.yaml");
+    let docs = kopf_yaml(&[
+        "rbac",
+        "-A",
+        "--standalone",
+        "--sharding",
+        "default/scale",
+        "-f",
+        crd.to_str().unwrap(),
+        plugin.to_str().unwrap(),
+    ]);
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kopf-operator-sharding")
+        .unwrap_or_else(|| panic!("no sharding Role: {docs:#?}"));
+    assert_eq!(role["metadata"]["namespace"], "default");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["list", "create", "update", "delete"]}])
+    );
+    let ring = Ring::start();
+    let emu = ring.emu.expect_emulator("RBAC enforcement");
+    ring.runtime.block_on(async {
+        for doc in docs {
+            emu.apply_object(doc).await.unwrap();
+        }
+    });
+    emu.add_token("sa-token", "system:serviceaccount:default:kopf-operator");
+    let kubeconfig = ring.records.with_file_name("sa-kubeconfig");
+    std::fs::write(&kubeconfig, emu.kubeconfig_yaml_with_token("sa-token")).unwrap();
+    let args = [
+        "run",
+        "-A",
+        "--standalone",
+        "--sharding",
+        "default/scale",
+        plugin.to_str().unwrap(),
+    ];
+    let envs = [
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("POD_ID", "rbac-1".to_owned()),
+        ("KOPF_LEASE_DURATION", LEASE_SECONDS.to_owned()),
+    ];
+    let mut replica = KopfProcess::spawn_with_env(args, envs).unwrap();
+    wait_lines(&replica, "share of 1 members", 1);
+    ring.create_all(1, "rbac");
+    ring.wait_all_handled(1, "create_fn", "rbac");
+    replica.signal("TERM").unwrap();
+    assert!(replica.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        replica
+            .lines()
+            .iter()
+            .any(|l| l.contains("Left the sharding ring"))
+    );
+    let counters = emu.counters();
+    assert_eq!(
+        counters.status(403),
+        0,
+        "forbidden: {counters:?}\n{}",
+        replica.lines().join("\n")
+    );
+    assert!(
+        counters.by_user.get("sa-token").copied().unwrap_or(0) > 0,
+        "{counters:?}"
+    );
+    let left = ring
+        .emu
+        .list_objects(
+            "coordination.k8s.io/v1",
+            "leases",
+            Some("default"),
+            Some("kopf.dev/sharding=scale"),
+        )
+        .unwrap();
+    assert!(left.is_empty(), "the member's Lease stayed: {left:?}");
+}
+
+/// `deploy-overlays/sharded` renders three replicas of one ring and exactly the Role
+/// `kopf rbac --sharding` generates for it.
+#[test]
+fn the_sharded_overlay_runs_three_replicas_with_the_generated_lease_rules() {
+    if !kopf_e2e::kubectl_available() {
+        return;
+    }
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(workspace_root().join("deploy-overlays/sharded"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = yaml_docs(&String::from_utf8_lossy(&out.stdout));
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let deployment = find("Deployment", "kopf-operator");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"].to_string();
+    assert!(
+        args.contains("--sharding=kopf-operator") && !args.contains("--lease"),
+        "{args}"
+    );
+    let env = container["env"].to_string();
+    assert!(env.contains("POD_ID") && env.contains("POD_NAMESPACE"), "{env}");
+    let role = find("Role", "kopf-operator-sharding");
+    assert_eq!(role["metadata"]["namespace"], "kopf-system");
+    let plugin = plugin_path("fixture-scale-out").unwrap();
+    let crd = workspace_root().join("examples/crd.yaml");
+    let generated = kopf_yaml(&[
+        "rbac",
+        "-A",
+        "--sharding",
+        "kopf-system/kopf-operator",
+        "-f",
+        crd.to_str().unwrap(),
+        plugin.to_str().unwrap(),
+    ]);
+    let expected = generated
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kopf-operator-sharding")
+        .unwrap();
+    assert_eq!(role["rules"], expected["rules"]);
+    let binding = find("RoleBinding", "kopf-operator-sharding");
+    assert_eq!(binding["subjects"][0]["namespace"], "kopf-system");
 }
