@@ -457,25 +457,42 @@ async fn elect(
             _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
         }
     }
-    let release = tokio::time::timeout(elector.config.round_timeout(), elector.release());
-    match release
+    let timeout = elector.config.round_timeout();
+    let done = format!("Released the Lease {where_}.");
+    exit_step(
+        timeout,
+        elector.release(),
+        &done,
+        &format!("release the Lease {where_}"),
+    )
+    .await;
+}
+
+/// A Lease loop's last request (a release, a leave), bounded by `timeout`; logs `done`
+/// if it did something, or that it cannot do `what`.
+pub(super) async fn exit_step(
+    timeout: Duration,
+    step: impl Future<Output = Result<bool, ApiError>>,
+    done: &str,
+    what: &str,
+) {
+    match tokio::time::timeout(timeout, step)
         .await
         .unwrap_or_else(|_| Err(ApiError::Request("no answer in time".into())))
     {
-        Ok(true) => tracing::info!(target: "kopf.peering", "Released the Lease {where_}."),
+        Ok(true) => tracing::info!(target: "kopf.peering", "{done}"),
         Ok(false) => {}
-        Err(error) => {
-            tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}")
-        }
+        Err(error) => tracing::warn!(target: "kopf.peering", "Cannot {what}: {error}"),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use kopf_testing::{Emulator, EmulatorHandle};
 
-    async fn cluster() -> (EmulatorHandle, Client) {
+    /// An emulator and a client of it.
+    pub(in crate::peering) async fn cluster() -> (EmulatorHandle, Client) {
         let emu = Emulator::builder().start().await.unwrap();
         let config = crate::clients::connection::config_from_yaml(&emu.kubeconfig_yaml())
             .await

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{LeaseConfig, elector_client, micro_time, on_own_thread, replace};
+use super::lease::{LeaseConfig, elector_client, exit_step, micro_time, on_own_thread, replace};
 use crate::{
     clients::{ApiError, auth::Credentials, patching, requests},
     signals::{
@@ -418,32 +418,22 @@ async fn keep(
             _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
         }
     }
-    let leave = tokio::time::timeout(ring.config.lease.round_timeout(), ring.leave());
-    match leave
-        .await
-        .unwrap_or_else(|_| Err(ApiError::Request("no answer in time".into())))
-    {
-        Ok(true) => tracing::info!(target: "kopf.peering", "Left the sharding ring {where_}."),
-        Ok(false) => {}
-        Err(error) => {
-            tracing::warn!(target: "kopf.peering", "Cannot leave the sharding ring {where_}: {error}")
-        }
-    }
+    let timeout = ring.config.lease.round_timeout();
+    let done = format!("Left the sharding ring {where_}.");
+    exit_step(
+        timeout,
+        ring.leave(),
+        &done,
+        &format!("leave the sharding ring {where_}"),
+    )
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kopf_testing::{Emulator, EmulatorHandle};
-
-    async fn cluster() -> (EmulatorHandle, Client) {
-        let emu = Emulator::builder().start().await.unwrap();
-        let config = crate::clients::connection::config_from_yaml(&emu.kubeconfig_yaml())
-            .await
-            .unwrap();
-        let client = crate::clients::connection::make_client(config).unwrap();
-        (emu, client)
-    }
+    use crate::peering::lease::tests::cluster;
+    use kopf_testing::EmulatorHandle;
 
     fn member(client: &Client, identity: &str, millis: u64) -> (Ring, PauseToggles) {
         let mut lease = LeaseConfig::parse("default/ring", "default", identity).unwrap();
