@@ -253,6 +253,15 @@ pub struct RunArgs {
     /// Elect one active replica through this coordination.k8s.io/v1 Lease (`[NAMESPACE/]NAME`).
     #[arg(help_heading = heading::PEERING, long, value_name = "[NAMESPACE/]NAME", env = "KOPF_RUN_LEASE")]
     pub lease: Option<String>,
+    /// Split the objects among the replicas started with this ring name (`[NAMESPACE/]NAME`;
+    /// one Lease per replica): see docs/scale-out.md.
+    #[arg(
+        long,
+        value_name = "[NAMESPACE/]NAME",
+        env = "KOPF_RUN_SHARDING",
+        conflicts_with = "lease"
+    )]
+    pub sharding: Option<String>,
     /// Admission webhook server options.
     #[command(flatten, next_help_heading = heading::WEBHOOKS)]
     pub webhooks: WebhookArgs,
@@ -333,6 +342,7 @@ impl RunArgs {
             priority: if self.dev { DEV_PRIORITY } else { self.priority },
             liveness_endpoint: self.liveness.clone(),
             lease: self.lease.clone(),
+            sharding: self.sharding.clone(),
             webhooks: webhook_options(&self.webhooks),
             log: self.log_config(),
             post_logs: self.post_logs.clone(),

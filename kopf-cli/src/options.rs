@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub liveness_endpoint: Option<String>,
     /// `--lease`: the Lease electing one active replica.
     pub lease: Option<String>,
+    /// `--sharding`: the ring of replicas that split the objects among themselves.
+    pub sharding: Option<String>,
     /// Admission webhook server options.
     pub webhooks: WebhookOptions,
     /// Logging settings.

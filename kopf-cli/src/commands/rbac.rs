@@ -18,7 +18,9 @@
 //!   configurations `get`, `patch` by that name, `create` (which cannot be
 //!   limited by name); and in the operator's namespace the Secret `NAME-ca` of the CA the
 //!   replicas share (`get` by name, `create`);
-//! * `leases` `get`, `create`, `update`, `patch` only with `--lease`;
+//! * `leases` `get`, `create`, `update`, `patch` only with `--lease`, by name;
+//! * `leases` `list`, `create`, `update`, `delete` only with `--sharding`, in the ring's
+//!   namespace (members' Leases are named after their identities, unknown in advance);
 //! * EVERYTHING handlers: one rule per resource known at generation time (no `*`), and
 //!   no Secrets unless `--include-secrets`; a warning says so, since resources added
 //!   later are not covered.
@@ -60,6 +62,10 @@ pub struct RbacArgs {
     /// The operator runs with `--lease [NAMESPACE/]NAME`: permissions on that Lease.
     #[arg(long, value_name = "[NAMESPACE/]NAME")]
     pub lease: Option<String>,
+    /// The operator runs with `--sharding [NAMESPACE/]NAME`: permissions on the ring's
+    /// Leases (all Leases of that namespace: members are named after their identities).
+    #[arg(long, value_name = "[NAMESPACE/]NAME", conflicts_with = "lease")]
+    pub sharding: Option<String>,
     /// The operator runs with `--peering NAME`: permissions on that peering object only.
     #[arg(short = 'P', long, value_name = "NAME", default_value = "default")]
     pub peering: String,
@@ -376,29 +382,22 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         }));
     }
     if let Some(lease) = &args.lease {
-        let (ns, lease_name) = match lease.split_once('/') {
-            Some((ns, n)) => (ns.to_owned(), n.to_owned()),
-            None => (sa_ns.clone(), lease.clone()),
-        };
-        if lease_name.is_empty() || ns.is_empty() {
-            bail!("invalid --lease {lease:?}: expected [NAMESPACE/]NAME");
-        }
+        let (ns, lease_name) = lease_place(lease, sa_ns, "--lease")?;
         // `create` cannot be limited by resourceNames, so it gets a rule of its own.
-        docs.push(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": format!("{name}-lease"), "namespace": ns},
-            "rules": [
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease_name],
-                 "verbs": ["get", "patch", "update"]},
-            ],
-        }));
-        docs.push(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": format!("{name}-lease"), "namespace": ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-lease")},
-            "subjects": subject,
-        }));
+        let rules = json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease_name],
+             "verbs": ["get", "patch", "update"]},
+        ]);
+        docs.extend(bound_role(&format!("{name}-lease"), &ns, rules, &subject));
+    }
+    if let Some(ring) = &args.sharding {
+        let (ns, _) = lease_place(ring, sa_ns, "--sharding")?;
+        // Member Leases are named after each replica's identity (unknown here) and the
+        // ring is listed by label: none of it can be limited by name.
+        let rules = json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["list", "create", "update", "delete"]}]);
+        docs.extend(bound_role(&format!("{name}-sharding"), &ns, rules, &subject));
     }
     for (ns, (rules, named)) in &per_ns {
         docs.push(json!({
@@ -429,6 +428,33 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
 
 /// The resources EVERYTHING handlers serve: every listable and watchable resource of the
 /// catalog except events (Kopf's EVERYTHING excludes them) and, unless asked, Secrets.
+/// The namespace and name of `--lease`/`--sharding` `[NAMESPACE/]NAME` (the service
+/// account's namespace by default).
+fn lease_place(value: &str, default_ns: &str, flag: &str) -> Result<(String, String)> {
+    let (ns, name) = value.split_once('/').unwrap_or((default_ns, value));
+    if name.is_empty() || ns.is_empty() {
+        bail!("invalid {flag} {value:?}: expected [NAMESPACE/]NAME");
+    }
+    Ok((ns.to_owned(), name.to_owned()))
+}
+
+/// A Role with these rules and its RoleBinding to the operator's service account.
+fn bound_role(role: &str, ns: &str, rules: Value, subject: &Value) -> [Value; 2] {
+    [
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": role, "namespace": ns},
+            "rules": rules,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": subject,
+        }),
+    ]
+}
+
 fn everything_resources(catalog: &[Resource], include_secrets: bool) -> Vec<Resource> {
     let mut seen = BTreeSet::new();
     catalog

@@ -97,8 +97,8 @@ pub async fn run(
         readiness: context.readiness.clone(),
     });
     let scope = namespace_scope(&options)?;
-    let mut reactor = Reactor::new(client.clone(), shared, scope, &settings);
-    reactor.paused = toggles.is_paused();
+    let mut reactor = Reactor::new(client.clone(), shared, scope, &settings, toggles.shards());
+    reactor.paused = !toggles.claim_running();
     if !reactor
         .discover_until_it_answers(&settings, &context.config.cluster_url, &stop)
         .await?

@@ -166,7 +166,8 @@ impl Reactor {
                 signal = signals.recv() => break signal,
                 Ok(()) = pauses.changed() => {
                     let reasons = pauses.borrow_and_update().clone();
-                    if reasons.is_empty() && self.paused {
+                    // Claimed last: it records the streams as running (see `PauseToggles`).
+                if reasons.is_empty() && self.paused && toggles.claim_running() {
                         tracing::info!(target: "kopf.reactor", "Resuming operations.");
                         self.paused = false;
                         self.reconcile_streams().await;
@@ -174,6 +175,7 @@ impl Reactor {
                         tracing::info!(target: "kopf.reactor", "Pausing operations: {reasons:?}.");
                         self.paused = true;
                         self.orchestrator.pause_all().await;
+                    toggles.mark_stopped();
                     }
                 }
                 Some(item) = observed.crds.recv() => {
@@ -198,6 +200,7 @@ impl Reactor {
         shared: Arc<Shared>,
         scope: NamespaceScope,
         settings: &OperatorSettings,
+        shards: &crate::signals::shards::ShardGate,
     ) -> Self {
         let watch = WatchSettings {
             server_timeout: settings.watching.server_timeout.map(|s| s as u32),
@@ -217,6 +220,7 @@ impl Reactor {
         let queue = QueueSettings {
             idle_timeout: seconds(settings.queueing.idle_timeout),
             exit_timeout: seconds(settings.queueing.exit_timeout),
+            shards: shards.clone(),
         };
         let orchestrator = Orchestrator::new(
             client.clone(),

@@ -132,14 +132,14 @@ impl LeaseConfig {
 }
 
 /// `MicroTime`: RFC 3339 with microseconds, UTC.
-fn micro_time(now: jiff::Timestamp) -> String {
+pub(super) fn micro_time(now: jiff::Timestamp) -> String {
     now.to_zoned(jiff::tz::TimeZone::UTC)
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
 }
 
 /// Replaces an object with a PUT (the body's resourceVersion is the precondition).
-async fn replace(client: &Client, url: &str, object: &Value) -> Result<Value, ApiError> {
+pub(super) async fn replace(client: &Client, url: &str, object: &Value) -> Result<Value, ApiError> {
     let body = serde_json::to_vec(object).map_err(|e| ApiError::Request(e.to_string()))?;
     let request = http::Request::put(url)
         .header(CONTENT_TYPE, "application/json")
@@ -344,7 +344,7 @@ impl Elector {
 /// The elector's own client: the credentials in force, with every connect, read and
 /// write bounded by the round timeout, and its own request limit (never queued behind
 /// the engine's requests).
-fn elector_client(credentials: &Credentials, config: &LeaseConfig) -> Result<Client, ApiError> {
+pub(super) fn elector_client(credentials: &Credentials, config: &LeaseConfig) -> Result<Client, ApiError> {
     let mut kube_config = credentials.config();
     let timeout = config.round_timeout();
     kube_config.connect_timeout = Some(timeout);
@@ -366,18 +366,30 @@ pub fn spawn(
 ) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
     toggles.set(LEASE_TOGGLE, true);
     let (ready_tx, ready_rx) = oneshot::channel::<()>();
-    let task = tokio::task::spawn_blocking(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(target: "kopf.peering", "Cannot start the Lease elector: {error}");
-                return;
-            }
-        };
-        runtime.block_on(elect(credentials, config, toggles, stop, release, ready_tx));
+    let task = on_own_thread("the Lease elector", move || {
+        elect(credentials, config, toggles, stop, release, ready_tx)
     });
     (task, async move {
         let _ = ready_rx.await;
+    })
+}
+
+/// Runs a Lease loop on a thread and runtime of its own, so that a busy engine cannot
+/// delay its renewals (and so its watchdog).
+pub(super) fn on_own_thread<F, Fut>(what: &'static str, run: F) -> JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(target: "kopf.peering", "Cannot start {what}: {error}");
+                return;
+            }
+        };
+        runtime.block_on(run());
     })
 }
 
@@ -448,25 +460,42 @@ async fn elect(
         }
     }
     crate::observability::metrics::lease_holder(false);
-    let release = tokio::time::timeout(elector.config.round_timeout(), elector.release());
-    match release
+    let timeout = elector.config.round_timeout();
+    let done = format!("Released the Lease {where_}.");
+    exit_step(
+        timeout,
+        elector.release(),
+        &done,
+        &format!("release the Lease {where_}"),
+    )
+    .await;
+}
+
+/// A Lease loop's last request (a release, a leave), bounded by `timeout`; logs `done`
+/// if it did something, or that it cannot do `what`.
+pub(super) async fn exit_step(
+    timeout: Duration,
+    step: impl Future<Output = Result<bool, ApiError>>,
+    done: &str,
+    what: &str,
+) {
+    match tokio::time::timeout(timeout, step)
         .await
         .unwrap_or_else(|_| Err(ApiError::Request("no answer in time".into())))
     {
-        Ok(true) => tracing::info!(target: "kopf.peering", "Released the Lease {where_}."),
+        Ok(true) => tracing::info!(target: "kopf.peering", "{done}"),
         Ok(false) => {}
-        Err(error) => {
-            tracing::warn!(target: "kopf.peering", "Cannot release the Lease {where_}: {error}")
-        }
+        Err(error) => tracing::warn!(target: "kopf.peering", "Cannot {what}: {error}"),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use kopf_testing::{Emulator, EmulatorHandle};
 
-    async fn cluster() -> (EmulatorHandle, Client) {
+    /// An emulator and a client of it.
+    pub(in crate::peering) async fn cluster() -> (EmulatorHandle, Client) {
         let emu = Emulator::builder().start().await.unwrap();
         let config = crate::clients::connection::config_from_yaml(&emu.kubeconfig_yaml())
             .await

@@ -14,13 +14,17 @@ pub mod keepalive;
 pub mod lease;
 pub mod records;
 pub mod resources;
+pub mod sharding;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{contexts::OperatorContext, options::detect_own_id};
+use crate::{
+    contexts::OperatorContext,
+    options::{RunOptions, detect_own_id},
+};
 
 /// The pause toggle of Kopf peering.
 pub const PEERING_TOGGLE: &str = "peering";
@@ -46,7 +50,15 @@ pub enum PeeringError {
     /// The `--lease` value is malformed.
     #[error("invalid --lease {0:?}: expected NAME or NAMESPACE/NAME")]
     BadLeaseName(String),
+    /// The `--sharding` value is malformed.
+    #[error(
+        "invalid --sharding {0:?}: expected NAME or NAMESPACE/NAME, the NAME a label value (63 characters at most)"
+    )]
+    BadRingName(String),
 }
+
+/// A spawned Lease loop and the future of its first round.
+type Spawned = (JoinHandle<()>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
 
 /// Background tasks that must finish their exit steps (records, lease release).
 struct Registered {
@@ -63,6 +75,17 @@ pub struct Peering {
 }
 
 impl Peering {
+    /// Keeps a Lease loop for its exit steps, and waits briefly for its first round: a
+    /// replica that may not work yet (a follower, a ring member) stays paused from the start.
+    async fn hold(
+        &mut self,
+        release: CancellationToken,
+        (task, ready): (JoinHandle<()>, impl Future<Output = ()>),
+    ) {
+        self.registered.push(Registered { release, task });
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    }
+
     /// Ends peering and the Lease election: removes this operator's keep-alive records
     /// and releases the Lease. Call after the reactor stopped (in-flight handlers
     /// finished).
@@ -87,26 +110,37 @@ impl Peering {
 pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
     let mut peering = Peering::default();
     let identity = detect_own_id(false);
-    // With a Lease, the replicas share one peering identity (`lease:NAMESPACE/NAME`): they
-    // do not conflict with each other as same-priority peers, and a new leader takes the
-    // record over from a dead one without waiting for it to expire.
-    let mut peering_identity = identity.clone();
-    let mut shared_identity = false;
-    if let Some(lease) = &context.options.lease {
+    // With a Lease or a ring, the replicas share one peering identity (`lease:NS/NAME`,
+    // `sharding:NS/NAME`): they do not conflict with each other as same-priority peers,
+    // Kopf peering pauses them as a group, and a new leader or member takes the record
+    // over from a dead one without waiting for it to expire.
+    if context.options.lease.is_some() && context.options.sharding.is_some() {
+        anyhow::bail!("--lease and --sharding exclude each other: one active replica, or all active");
+    }
+    let release = CancellationToken::new();
+    let (credentials, toggles, stop) = (
+        context.credentials.clone(),
+        context.toggles.clone(),
+        context.stop.clone(),
+    );
+    let elected: Option<(String, Spawned)> = if let Some(lease) = &context.options.lease {
         let config = lease::LeaseConfig::from_options(lease, &context.options, &identity)?;
-        peering_identity = format!("lease:{}/{}", config.namespace, config.name);
-        shared_identity = true;
-        let release = CancellationToken::new();
-        let (task, ready) = lease::spawn(
-            context.credentials.clone(),
-            config,
-            context.toggles.clone(),
-            context.stop.clone(),
-            release.clone(),
-        );
-        peering.registered.push(Registered { release, task });
-        // Wait briefly for the first election round: a follower stays paused from the start.
-        let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+        let shared = format!("lease:{}/{}", config.namespace, config.name);
+        let (task, ready) = lease::spawn(credentials, config, toggles, stop, release.clone());
+        Some((shared, (task, Box::pin(ready))))
+    } else if let Some(ring) = &context.options.sharding {
+        let config = ring_config(ring, &context.options, &identity)?;
+        let shared = format!("sharding:{}", config.describe());
+        let (task, ready) = sharding::spawn(credentials, config, toggles, stop, release.clone());
+        Some((shared, (task, Box::pin(ready))))
+    } else {
+        None
+    };
+    let shared_identity = elected.is_some();
+    let mut peering_identity = identity.clone();
+    if let Some((shared, spawned)) = elected {
+        peering_identity = shared;
+        peering.hold(release, spawned).await;
     }
     if context.settings.peering.standalone {
         tracing::debug!(target: "kopf.peering", "Standalone mode: no peering.");
@@ -140,9 +174,37 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
     Ok(peering)
 }
 
+/// The ring of `--sharding`: as `--lease` names its Lease, the name also a label value.
+fn ring_config(
+    value: &str,
+    options: &RunOptions,
+    identity: &str,
+) -> Result<sharding::RingConfig, PeeringError> {
+    let lease = lease::LeaseConfig::from_options(value, options, identity)
+        .map_err(|_| PeeringError::BadRingName(value.to_owned()))?;
+    let label_like =
+        lease.name.len() <= 63 && !lease.name.starts_with(['-', '.']) && !lease.name.ends_with(['-', '.']);
+    if !label_like {
+        return Err(PeeringError::BadRingName(value.to_owned()));
+    }
+    Ok(sharding::RingConfig { lease })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_names_must_be_label_values() {
+        let options = RunOptions::default();
+        let ring = ring_config("ops/kopf-ring", &options, "me").unwrap();
+        assert_eq!(ring.describe(), "ops/kopf-ring");
+        assert!(ring.member_lease().starts_with("kopf-ring-"));
+        let long = "r".repeat(64);
+        for bad in ["", "Upper", "a/b/c", "-ring", "ring.", long.as_str()] {
+            assert!(ring_config(bad, &options, "me").is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn identity_has_kopf_shape() {

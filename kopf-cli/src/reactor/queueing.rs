@@ -155,6 +155,8 @@ pub struct QueueSettings {
     pub idle_timeout: Duration,
     /// How long workers may take to finish after the stream stops.
     pub exit_timeout: Duration,
+    /// The objects this replica owns (`--sharding`; all by default).
+    pub shards: crate::signals::shards::ShardGate,
 }
 
 impl Default for QueueSettings {
@@ -162,6 +164,7 @@ impl Default for QueueSettings {
         Self {
             idle_timeout: Duration::from_secs(5),
             exit_timeout: Duration::from_secs(2),
+            shards: crate::signals::shards::ShardGate::default(),
         }
     }
 }
@@ -275,6 +278,12 @@ pub async fn multiplex<P: ObjectProcessor>(
         tokio::select! {
             item = items.recv() => {
                 let Some(item) = item else { break };
+                // `--sharding`: other replicas' objects never enter (nor the indices).
+                if let WatchItem::Listed(body) | WatchItem::Event(_, body) = &item
+                    && !mux.settings.shards.owns(body)
+                {
+                    continue;
+                }
                 mux.receive(item);
             }
             Some(done) = mux.workers.join_next_with_id(), if !mux.workers.is_empty() => mux.exited(done),

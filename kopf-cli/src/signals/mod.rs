@@ -7,6 +7,7 @@
 //! [`Control`] also carries the log's switch for object lines, set up with the log.
 
 pub mod readiness;
+pub mod shards;
 pub mod toggles;
 
 use std::sync::{Arc, Mutex};

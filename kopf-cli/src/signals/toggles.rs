@@ -8,12 +8,18 @@ use std::collections::BTreeSet;
 
 use tokio::sync::watch;
 
+use super::shards::ShardGate;
 use crate::observability::metrics;
 
 /// A set of named pause toggles; cheap to clone, all clones share the state.
 #[derive(Debug, Clone)]
 pub struct PauseToggles {
     sender: watch::Sender<BTreeSet<String>>,
+    /// Whether the reactor runs watch streams (or is still stopping them): a part that
+    /// paused it can wait until its work has really stopped (see [`Self::wait_stopped`]).
+    running: watch::Sender<bool>,
+    /// Which objects this replica owns (`--sharding`; all without it).
+    shards: ShardGate,
 }
 
 impl Default for PauseToggles {
@@ -28,7 +34,46 @@ impl PauseToggles {
         metrics::replica_active(true);
         Self {
             sender: watch::Sender::new(BTreeSet::new()),
+            running: watch::Sender::new(false),
+            shards: ShardGate::default(),
         }
+    }
+
+    /// The reactor is about to start its streams: allowed (and recorded) only if no
+    /// toggle is on, atomically with [`Self::set`], so that a part that turned its toggle
+    /// on and then saw the reactor stopped cannot be overtaken by a resume.
+    pub fn claim_running(&self) -> bool {
+        let mut claimed = false;
+        self.sender.send_if_modified(|set| {
+            claimed = set.is_empty();
+            if claimed {
+                self.running.send_replace(true);
+            }
+            false
+        });
+        claimed
+    }
+
+    /// The reactor has stopped its streams and their workers finished.
+    pub fn mark_stopped(&self) {
+        self.running.send_replace(false);
+    }
+
+    /// Whether the reactor is stopped (no streams, no workers).
+    pub fn is_stopped(&self) -> bool {
+        !*self.running.borrow()
+    }
+
+    /// Waits until the reactor is stopped.
+    pub async fn wait_stopped(&self) {
+        let mut receiver = self.running.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = receiver.wait_for(|running| !*running).await;
+    }
+
+    /// The gate of owned objects (`--sharding`).
+    pub fn shards(&self) -> &ShardGate {
+        &self.shards
     }
 
     /// Turns the toggle `name` on (pause) or off (resume); the replica's role metrics
@@ -87,5 +132,25 @@ mod tests {
         toggles.set("lease", false);
         toggles.wait_resumed().await;
         assert!(!toggles.is_paused());
+    }
+
+    #[tokio::test]
+    async fn the_reactor_may_run_only_while_no_toggle_is_on() {
+        let toggles = PauseToggles::new();
+        assert!(toggles.is_stopped());
+        toggles.set("sharding", true);
+        assert!(!toggles.claim_running(), "claimed while paused");
+        assert!(toggles.is_stopped());
+        toggles.set("sharding", false);
+        assert!(toggles.claim_running());
+        assert!(!toggles.is_stopped());
+        toggles.set("sharding", true);
+        let waiter = tokio::spawn({
+            let toggles = toggles.clone();
+            async move { toggles.wait_stopped().await }
+        });
+        toggles.mark_stopped();
+        waiter.await.unwrap();
+        assert!(toggles.is_stopped());
     }
 }

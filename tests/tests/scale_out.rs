@@ -1,0 +1,576 @@
+//! Scale-out end to end (`kopf run --sharding`): real `kopf` replicas against the
+//! emulator, with the `fixture-scale-out` plugin recording the start and end of every
+//! handler call per object and replica (`$KOPF_SCALE_OUT_RECORDS/$POD_ID.log`).
+//!
+//! What is asserted comes from those records (who ran which object's handlers, when) and
+//! from the objects (each change's result in its status).
+//!
+//! CI sizes; `KOPF_SCALE_OUT_OBJECTS` sets the number of objects (e.g. 3000).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kopf_e2e::cluster::{TestCluster, kopfexamples};
+use kopf_e2e::{KopfProcess, plugin_path, wait_for, workspace_root};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+
+/// Generous: a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(120);
+/// The ring's Lease duration (seconds): quick hand-overs.
+const LEASE_SECONDS: &str = "2";
+
+fn objects(default: usize) -> usize {
+    std::env::var("KOPF_SCALE_OUT_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One handler call as the fixture recorded it.
+#[derive(Debug, Clone)]
+struct Call {
+    replica: String,
+    object: String,
+    value: String,
+    start: u128,
+    /// None if the replica died during the call.
+    end: Option<u128>,
+}
+
+/// The emulator on its own runtime, the kubeconfig and the records' directory.
+struct Ring {
+    runtime: tokio::runtime::Runtime,
+    emu: TestCluster,
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    records: PathBuf,
+}
+
+impl Ring {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emu = runtime.block_on(TestCluster::start_emulator()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        emu.write_kubeconfig(&kubeconfig).unwrap();
+        let records = dir.path().join("records");
+        std::fs::create_dir(&records).unwrap();
+        let crd = std::fs::read_to_string(workspace_root().join("examples/crd.yaml")).unwrap();
+        runtime.block_on(emu.apply_yaml(&crd)).unwrap();
+        Self {
+            runtime,
+            emu,
+            _dir: dir,
+            kubeconfig,
+            records,
+        }
+    }
+
+    /// Starts a replica of the ring `default/scale` as `identity`, ready.
+    fn replica(&self, identity: &str) -> KopfProcess {
+        let plugin = plugin_path("fixture-scale-out").unwrap();
+        let args = [
+            "run".to_owned(),
+            "-v".to_owned(),
+            "-A".to_owned(),
+            "--standalone".to_owned(),
+            "--sharding".to_owned(),
+            "default/scale".to_owned(),
+            plugin.display().to_string(),
+        ];
+        let envs = [
+            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("POD_ID", identity.to_owned()),
+            ("KOPF_LEASE_DURATION", LEASE_SECONDS.to_owned()),
+            ("KOPF_SCALE_OUT_RECORDS", self.records.display().to_string()),
+        ];
+        let mut process = KopfProcess::spawn_with_env(args, envs).unwrap();
+        process.wait_for_line("The operator is ready", DEADLINE).unwrap();
+        process
+    }
+
+    fn api(&self) -> Api<DynamicObject> {
+        let client = self.runtime.block_on(self.emu.admin_client()).unwrap();
+        Api::namespaced_with(client, "default", &kopfexamples())
+    }
+
+    fn create_all(&self, count: usize, value: &str) {
+        self.runtime.block_on(async {
+            for i in 0..count {
+                let obj = json!({
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "KopfExample",
+                    "metadata": {"name": name(i), "namespace": "default"},
+                    "spec": {"field": value},
+                });
+                self.emu.create_object(obj).await.unwrap();
+            }
+        });
+    }
+
+    /// Sets `spec.field` of every object (a merge patch: the operator's state stays).
+    fn set_all(&self, count: usize, value: &str) {
+        let api = self.api();
+        self.runtime.block_on(async {
+            for i in 0..count {
+                let patch = Patch::Merge(json!({"spec": {"field": value}}));
+                api.patch(&name(i), &PatchParams::default(), &patch)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
+    /// Waits until every object's status holds the result of handling `value` (as
+    /// `status.<handler>.field`, for any of `handlers`), i.e. it was handled and persisted.
+    fn wait_all_handled(&self, count: usize, handlers: &[&str], value: &str) {
+        let expected = json!(value);
+        let is_done = |o: &serde_json::Value| {
+            handlers
+                .iter()
+                .any(|h| o.pointer(&format!("/status/{h}/field")) == Some(&expected))
+        };
+        let done = || {
+            let items = self
+                .emu
+                .list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)
+                .ok()?;
+            let handled = items.iter().filter(|o| is_done(o)).count();
+            (handled == count).then_some(())
+        };
+        wait_for(DEADLINE, &format!("{count} objects handled at {value}"), done).unwrap_or_else(|e| {
+            let items = self
+                .emu
+                .list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)
+                .unwrap_or_default();
+            let behind: Vec<String> = items
+                .iter()
+                .filter(|o| !is_done(o))
+                .take(3)
+                .map(|o| {
+                    format!(
+                        "{:#}",
+                        json!({"metadata": o["metadata"], "spec": o["spec"], "status": o["status"]})
+                    )
+                })
+                .collect();
+            panic!(
+                "{e}; calls: {}; behind: {}",
+                self.calls().len(),
+                behind.join("\n")
+            )
+        });
+    }
+
+    /// Every recorded call of every replica.
+    fn calls(&self) -> Vec<Call> {
+        let mut calls = Vec::new();
+        for entry in std::fs::read_dir(&self.records).unwrap() {
+            let path = entry.unwrap().path();
+            let replica = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            calls.extend(parse_calls(&replica, &text));
+        }
+        calls
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("so-{i}")
+}
+
+/// Pairs each `start` with the next `end` of the same object (calls of one object are
+/// serial within a replica); a start without an end is a call cut short. A torn last
+/// line (a kill during the write) is ignored.
+fn parse_calls(replica: &str, text: &str) -> Vec<Call> {
+    let mut open: BTreeMap<String, Call> = BTreeMap::new();
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [what, object, value, nanos] = parts.as_slice() else {
+            continue;
+        };
+        let Ok(nanos) = nanos.parse::<u128>() else {
+            continue;
+        };
+        match *what {
+            "start" => {
+                let call = Call {
+                    replica: replica.to_owned(),
+                    object: (*object).to_owned(),
+                    value: (*value).to_owned(),
+                    start: nanos,
+                    end: None,
+                };
+                if let Some(cut) = open.insert((*object).to_owned(), call) {
+                    calls.push(cut);
+                }
+            }
+            "end" => {
+                if let Some(mut call) = open.remove(*object) {
+                    call.end = Some(nanos);
+                    calls.push(call);
+                }
+            }
+            _ => {}
+        }
+    }
+    calls.extend(open.into_values());
+    calls
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Waits until `process` has logged `needle` at least `times` times.
+fn wait_lines(process: &KopfProcess, needle: &str, times: usize) {
+    wait_for(DEADLINE, &format!("{times}x {needle:?}"), || {
+        let seen = process.lines().iter().filter(|l| l.contains(needle)).count();
+        (seen >= times).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}:\n{}", process.lines().join("\n")));
+}
+
+/// Asserts that no two replicas ran handlers of one object at once. A call cut short
+/// by a kill ends at the kill (`killed`: the replica and when).
+fn assert_no_overlap(calls: &[Call], killed: Option<(&str, u128)>) {
+    let mut by_object: BTreeMap<&str, Vec<(u128, u128, &str)>> = BTreeMap::new();
+    for call in calls {
+        let end = match (call.end, killed) {
+            (Some(end), _) => end,
+            (None, Some((replica, at))) if replica == call.replica => at,
+            (None, _) => u128::MAX,
+        };
+        by_object
+            .entry(&call.object)
+            .or_default()
+            .push((call.start, end, &call.replica));
+    }
+    for (object, mut spans) in by_object {
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+            assert!(
+                a == b || end <= start,
+                "{object}: {a} ran until {end}, {b} started at {start}"
+            );
+        }
+    }
+}
+
+#[test]
+fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
+    let count = objects(600);
+    let ring = Ring::start();
+    let replicas: Vec<KopfProcess> = ["r1", "r2", "r3"].iter().map(|id| ring.replica(id)).collect();
+    for replica in &replicas {
+        wait_lines(replica, "share of 3 members", 1);
+    }
+    ring.create_all(count, "v1");
+    ring.wait_all_handled(count, &["create_fn"], "v1");
+    ring.set_all(count, "v2");
+    ring.wait_all_handled(count, &["update_fn"], "v2");
+    let calls = ring.calls();
+    let mut per_change: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for call in &calls {
+        assert!(call.end.is_some(), "a call never ended: {call:?}");
+        per_change
+            .entry((&call.object, &call.value))
+            .or_default()
+            .push(&call.replica);
+    }
+    assert_eq!(per_change.len(), 2 * count, "changes handled");
+    for ((object, value), replicas) in &per_change {
+        assert_eq!(replicas.len(), 1, "{object} at {value} handled by {replicas:?}");
+    }
+    // Each object stays with one replica while the ring does not change.
+    let mut per_replica: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..count {
+        let object = format!("default/{}", name(i));
+        let v1 = &per_change[&(object.as_str(), "\"v1\"")];
+        let v2 = &per_change[&(object.as_str(), "\"v2\"")];
+        assert_eq!(v1, v2, "{object} moved without a ring change");
+        *per_replica.entry(v1[0]).or_default() += 1;
+    }
+    let busiest = per_replica.values().copied().max().unwrap_or(0);
+    let average = count as f64 / 3.0;
+    eprintln!(
+        "objects per replica: {per_replica:?}; busiest/average = {:.3}",
+        busiest as f64 / average
+    );
+    assert_eq!(per_replica.len(), 3, "a replica got nothing: {per_replica:?}");
+    assert!(busiest as f64 <= 1.25 * average, "unbalanced: {per_replica:?}");
+    assert_no_overlap(&calls, None);
+    // Sharding adds no per-object writes: each object costs what it costs one operator
+    // (its finalizer, then per change the diff-base in the body and the result in the
+    // status), and the ring's own requests (Lease lists and renewals) do not grow with
+    // the objects.
+    let counters = ring.emu.counters();
+    let patches = counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status");
+    let leases: u64 = counters
+        .by_verb_resource
+        .iter()
+        .filter(|(k, _)| k.ends_with(" leases"))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("{patches} object patches for {count} objects x 2 changes; {leases} Lease requests");
+    assert!(
+        patches <= 5 * count as u64,
+        "{patches} patches: {:?}",
+        counters.by_verb_resource
+    );
+    assert!(leases < count as u64, "{leases} Lease requests");
+}
+
+#[test]
+fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
+    let count = objects(150);
+    let ring = Ring::start();
+    let r1 = ring.replica("r1");
+    let r2 = ring.replica("r2");
+    wait_lines(&r1, "share of 2 members", 1);
+    wait_lines(&r2, "share of 2 members", 1);
+    ring.create_all(count, "v0");
+    // Objects change all the time from now on, in rounds v1, v2, ...
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let changer = {
+        let (stop, rounds, api) = (stop.clone(), rounds.clone(), ring.api());
+        ring.runtime.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let round = rounds.load(Ordering::SeqCst) + 1;
+                for i in 0..count {
+                    let patch = Patch::Merge(json!({"spec": {"field": format!("v{round}")}}));
+                    api.patch(&name(i), &PatchParams::default(), &patch)
+                        .await
+                        .unwrap();
+                }
+                rounds.store(round, Ordering::SeqCst);
+            }
+        })
+    };
+    let wait_rounds = |more: usize| {
+        let from = rounds.load(Ordering::SeqCst);
+        wait_for(DEADLINE, "a round of changes", || {
+            (rounds.load(Ordering::SeqCst) >= from + more).then_some(())
+        })
+        .unwrap();
+    };
+    wait_rounds(1);
+    // A third replica joins while objects change.
+    let r3 = ring.replica("r3");
+    for replica in [&r1, &r2, &r3] {
+        wait_lines(replica, "share of 3 members", 1);
+    }
+    wait_rounds(1);
+    // r1 dies without a word: the others count it out after its Lease expired.
+    r1.signal("KILL").unwrap();
+    let killed_at = now_nanos();
+    drop(r1);
+    wait_lines(&r2, "share of 2 members", 2);
+    wait_lines(&r3, "share of 2 members", 1);
+    wait_rounds(1);
+    stop.store(true, Ordering::SeqCst);
+    ring.runtime.block_on(changer).unwrap();
+    let last = format!("v{}", rounds.load(Ordering::SeqCst));
+    // An object whose creation was processed only after its last change has no update.
+    ring.wait_all_handled(count, &["create_fn", "update_fn"], &last);
+    // r2 exits gracefully: its Lease goes at once, r3 takes everything.
+    let mut r2 = r2;
+    r2.signal("TERM").unwrap();
+    assert!(r2.wait_exit(DEADLINE).unwrap().success());
+    assert!(r2.lines().iter().any(|l| l.contains("Left the sharding ring")));
+    wait_lines(&r3, "share of 1 members", 1);
+    ring.set_all(count, "final");
+    ring.wait_all_handled(count, &["update_fn"], "final");
+
+    let mut calls = ring.calls();
+    calls.sort_by_key(|c| c.start);
+    assert_no_overlap(&calls, Some(("r1", killed_at)));
+    let mut per_change: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for call in &calls {
+        per_change
+            .entry((&call.object, &call.value))
+            .or_default()
+            .push(&call.replica);
+    }
+    // A change handled twice is the at-least-once of a kill: r1 ran it first.
+    for ((object, value), replicas) in &per_change {
+        assert!(
+            replicas.len() == 1 || (replicas.len() == 2 && replicas[0] == "r1"),
+            "{object} at {value} handled by {replicas:?}"
+        );
+    }
+    let final_by: Vec<&str> = (0..count)
+        .map(|i| per_change[&(format!("default/{}", name(i)).as_str(), "\"final\"")][0])
+        .collect();
+    assert!(final_by.iter().all(|r| *r == "r3"), "after r2 left, r3 owns all");
+    let by_replica = |who: &str| calls.iter().filter(|c| c.replica == who).count();
+    eprintln!(
+        "calls: r1 {}, r2 {}, r3 {}; change rounds {last}",
+        by_replica("r1"),
+        by_replica("r2"),
+        by_replica("r3")
+    );
+    assert!(by_replica("r3") > count, "r3 took no share before r2 left");
+}
+
+/// Runs `kopf ARGS...` to success and returns the YAML documents it printed.
+fn kopf_yaml(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = kopf_e2e::run_kopf(args.iter().copied()).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    yaml_docs(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// `kopf rbac --sharding`: a sharded replica works, joins and leaves its ring with a
+/// ServiceAccount token bound to exactly the generated rules (the emulator enforces
+/// RBAC for such tokens): no request is forbidden.
+#[test]
+fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
+    let plugin = plugin_path("fixture-scale-out").unwrap();
+    let crd = workspace_root().join("examples/crd.yaml");
+    let docs = kopf_yaml(&[
+        "rbac",
+        "-A",
+        "--standalone",
+        "--sharding",
+        "default/scale",
+        "-f",
+        crd.to_str().unwrap(),
+        plugin.to_str().unwrap(),
+    ]);
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kopf-operator-sharding")
+        .unwrap_or_else(|| panic!("no sharding Role: {docs:#?}"));
+    assert_eq!(role["metadata"]["namespace"], "default");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["list", "create", "update", "delete"]}])
+    );
+    let ring = Ring::start();
+    let emu = ring.emu.expect_emulator("RBAC enforcement");
+    ring.runtime.block_on(async {
+        for doc in docs {
+            emu.apply_object(doc).await.unwrap();
+        }
+    });
+    emu.add_token("sa-token", "system:serviceaccount:default:kopf-operator");
+    let kubeconfig = ring.records.with_file_name("sa-kubeconfig");
+    std::fs::write(&kubeconfig, emu.kubeconfig_yaml_with_token("sa-token")).unwrap();
+    let args = [
+        "run",
+        "-A",
+        "--standalone",
+        "--sharding",
+        "default/scale",
+        plugin.to_str().unwrap(),
+    ];
+    let envs = [
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("POD_ID", "rbac-1".to_owned()),
+        ("KOPF_LEASE_DURATION", LEASE_SECONDS.to_owned()),
+    ];
+    let mut replica = KopfProcess::spawn_with_env(args, envs).unwrap();
+    wait_lines(&replica, "share of 1 members", 1);
+    ring.create_all(1, "rbac");
+    ring.wait_all_handled(1, &["create_fn"], "rbac");
+    replica.signal("TERM").unwrap();
+    assert!(replica.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        replica
+            .lines()
+            .iter()
+            .any(|l| l.contains("Left the sharding ring"))
+    );
+    let counters = emu.counters();
+    assert_eq!(
+        counters.status(403),
+        0,
+        "forbidden: {counters:?}\n{}",
+        replica.lines().join("\n")
+    );
+    assert!(
+        counters.by_user.get("sa-token").copied().unwrap_or(0) > 0,
+        "{counters:?}"
+    );
+    let left = ring
+        .emu
+        .list_objects(
+            "coordination.k8s.io/v1",
+            "leases",
+            Some("default"),
+            Some("kopf.dev/sharding=scale"),
+        )
+        .unwrap();
+    assert!(left.is_empty(), "the member's Lease stayed: {left:?}");
+}
+
+/// `deploy-overlays/sharded` renders three replicas of one ring and exactly the Role
+/// `kopf rbac --sharding` generates for it.
+#[test]
+fn the_sharded_overlay_runs_three_replicas_with_the_generated_lease_rules() {
+    if !kopf_e2e::kubectl_available() {
+        return;
+    }
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(workspace_root().join("deploy-overlays/sharded"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = yaml_docs(&String::from_utf8_lossy(&out.stdout));
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let deployment = find("Deployment", "kopf-operator");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"].to_string();
+    assert!(
+        args.contains("--sharding=kopf-operator") && !args.contains("--lease"),
+        "{args}"
+    );
+    let env = container["env"].to_string();
+    assert!(env.contains("POD_ID") && env.contains("POD_NAMESPACE"), "{env}");
+    let role = find("Role", "kopf-operator-sharding");
+    assert_eq!(role["metadata"]["namespace"], "kopf-system");
+    let plugin = plugin_path("fixture-scale-out").unwrap();
+    let crd = workspace_root().join("examples/crd.yaml");
+    let generated = kopf_yaml(&[
+        "rbac",
+        "-A",
+        "--sharding",
+        "kopf-system/kopf-operator",
+        "-f",
+        crd.to_str().unwrap(),
+        plugin.to_str().unwrap(),
+    ]);
+    let expected = generated
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kopf-operator-sharding")
+        .unwrap();
+    assert_eq!(role["rules"], expected["rules"]);
+    let binding = find("RoleBinding", "kopf-operator-sharding");
+    assert_eq!(binding["subjects"][0]["namespace"], "kopf-system");
+}
