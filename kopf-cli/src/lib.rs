@@ -8,22 +8,22 @@
 //! resource references).
 #![deny(missing_docs)]
 
-pub mod actions;
-pub mod admission;
+pub(crate) mod actions;
+pub(crate) mod admission;
 pub mod cli;
-pub mod clients;
+pub(crate) mod clients;
 pub mod commands;
-pub mod contexts;
+pub(crate) mod contexts;
 pub mod embedded;
-pub mod engines;
+pub(crate) mod engines;
 pub mod intents;
 pub mod observability;
-pub mod operator;
+pub(crate) mod operator;
 pub mod options;
-pub mod peering;
+pub(crate) mod peering;
 pub mod persistence;
 pub mod plugin;
-pub mod reactor;
+pub(crate) mod reactor;
 pub mod settings;
 pub mod signals;
 pub mod structs;

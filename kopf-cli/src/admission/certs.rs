@@ -270,6 +270,7 @@ pub fn subject_names(hosts: &[String]) -> Vec<String> {
 
 /// Generates a self-signed CA and a server certificate signed by it for `hosts` (see
 /// [`subject_names`]).
+#[cfg(test)]
 pub fn generate(hosts: &[String]) -> Result<ServerCert, CertError> {
     issue(&generate_ca()?, hosts)
 }

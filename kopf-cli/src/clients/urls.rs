@@ -14,15 +14,6 @@ pub struct ResourcePath {
 }
 
 impl ResourcePath {
-    /// `group/version`, or just `version` for the core group.
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
     /// The collection URL: cluster-wide when `namespace` is `None` (or the resource is
     /// cluster-scoped), else within that namespace.
     pub fn collection(&self, namespace: Option<&str>) -> String {
@@ -75,7 +66,5 @@ mod tests {
             res("kopf.dev", false).collection(Some("ns")),
             "/apis/kopf.dev/v1/things"
         );
-        assert_eq!(res("kopf.dev", false).api_version(), "kopf.dev/v1");
-        assert_eq!(res("", false).api_version(), "v1");
     }
 }

@@ -98,6 +98,7 @@ impl EventQueue {
     }
 
     /// Events dropped because the queue was full.
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

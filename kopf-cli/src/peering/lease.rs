@@ -177,6 +177,7 @@ impl Elector {
     }
 
     /// The configuration.
+    #[cfg(test)]
     pub fn config(&self) -> &LeaseConfig {
         &self.config
     }

@@ -134,6 +134,7 @@ impl Ring {
     }
 
     /// The view this replica works under, if any.
+    #[cfg(test)]
     pub fn active(&self) -> Option<&View> {
         self.active.as_ref()
     }

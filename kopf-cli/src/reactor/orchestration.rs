@@ -11,7 +11,6 @@ use std::{
 };
 
 use kube::Client;
-use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -179,11 +178,6 @@ pub fn wanted_streams(
         }
     }
     keys
-}
-
-/// The name of a namespace object from a watch item, if any.
-pub fn namespace_name(body: &Value) -> Option<&str> {
-    crate::structs::bodies::Body::new(body).name()
 }
 
 #[cfg(test)]

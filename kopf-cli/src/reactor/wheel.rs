@@ -89,11 +89,13 @@ impl<T: Send + 'static> Wheel<T> {
     }
 
     /// How many items are parked.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.state.lock().parked.len()
     }
 
     /// Whether nothing is parked.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -3,7 +3,7 @@
 //!
 //! Kopf has no readiness endpoint; this one lets a Deployment (and a Service in front of
 //! the metrics or webhooks) tell a replica that serves from one that is still listing or
-//! stands by (paused by peering or by the Lease). Served by [`crate::engines::probing`].
+//! stands by (paused by peering or by the Lease). Served by the engine's probing (`engines::probing`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
