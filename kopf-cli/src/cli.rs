@@ -346,6 +346,7 @@ impl RunArgs {
             webhooks: webhook_options(&self.webhooks),
             log: self.log_config(),
             post_logs: self.post_logs.clone(),
+            environment: crate::options::Environment::from_env(),
         }
     }
 }

@@ -76,7 +76,10 @@ impl Operator {
     /// A builder with Kopf's defaults (cluster-wide unless namespaces are given).
     pub fn builder() -> OperatorBuilder {
         OperatorBuilder {
-            options: RunOptions::default(),
+            options: RunOptions {
+                environment: crate::options::Environment::from_env(),
+                ..RunOptions::default()
+            },
             modules: Vec::new(),
             files: Vec::new(),
             config: None,

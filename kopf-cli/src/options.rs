@@ -2,14 +2,81 @@
 //! `kopf run` options, which its CLI hands to `kopf.operator()` as arguments.
 //!
 //! The command line ([`crate::cli`]) and the embedding builder ([`crate::embedded`])
-//! fill a [`RunOptions`]; the operator and its parts only read it.
+//! fill a [`RunOptions`]; the operator and its parts only read it. The environment
+//! variables the engine honours are read there too, once ([`Environment`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::observability::logging::LogConfig;
 
 /// The peering priority `--dev` sets (Kopf's).
 pub const DEV_PRIORITY: i64 = 666;
+
+/// `KOPF_INDEXING_TIMEOUT`: seconds the indices may stay incomplete before the liveness
+/// probe fails.
+pub const INDEXING_TIMEOUT_ENV: &str = "KOPF_INDEXING_TIMEOUT";
+/// `KOPF_LEASE_DURATION`: the `--lease` and `--sharding` Leases' duration in seconds.
+pub const LEASE_DURATION_ENV: &str = "KOPF_LEASE_DURATION";
+/// `KOPF_PEERING_LIFETIME`: Kopf peering's keep-alive lifetime in seconds.
+pub const LIFETIME_ENV: &str = "KOPF_PEERING_LIFETIME";
+/// `KOPF_WEBHOOK_RECONCILE_INTERVAL`: seconds between re-applying managed webhook
+/// configurations.
+pub const RECONCILE_INTERVAL_ENV: &str = "KOPF_WEBHOOK_RECONCILE_INTERVAL";
+/// `POD_NAMESPACE`: the namespace the operator runs in (from the downward API).
+pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
+
+/// What the engine takes from the process's environment, read once where the operator is
+/// configured (the command line, the embedding builder), so that the engine's parts never
+/// read environment variables themselves. Unset or unreadable values are `None` (the
+/// part's default applies); durations in whole seconds are at least 1 s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Environment {
+    /// [`POD_NAMESPACE_ENV`], trimmed, if not empty.
+    pub pod_namespace: Option<String>,
+    /// [`INDEXING_TIMEOUT_ENV`] (fractional seconds allowed; zero is allowed).
+    pub indexing_timeout: Option<Duration>,
+    /// [`LEASE_DURATION_ENV`].
+    pub lease_duration: Option<Duration>,
+    /// [`LIFETIME_ENV`], in seconds.
+    pub peering_lifetime: Option<u64>,
+    /// [`RECONCILE_INTERVAL_ENV`].
+    pub webhook_reconcile_interval: Option<Duration>,
+}
+
+impl Environment {
+    /// Reads the process's environment.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables through `lookup` (the process's environment, or a test's).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let seconds = |name: &str| {
+            lookup(name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| secs.max(1))
+        };
+        let indexing_timeout = lookup(INDEXING_TIMEOUT_ENV).and_then(|text| {
+            match text.trim().parse::<f64>() {
+                Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
+                _ => {
+                    tracing::warn!(target: "kopf.activities", "{INDEXING_TIMEOUT_ENV}={text:?} is not a number of seconds; using the default.");
+                    None
+                }
+            }
+        });
+        Self {
+            pod_namespace: lookup(POD_NAMESPACE_ENV)
+                .map(|ns| ns.trim().to_owned())
+                .filter(|ns| !ns.is_empty()),
+            indexing_timeout,
+            lease_duration: seconds(LEASE_DURATION_ENV).map(Duration::from_secs),
+            peering_lifetime: seconds(LIFETIME_ENV),
+            webhook_reconcile_interval: seconds(RECONCILE_INTERVAL_ENV).map(Duration::from_secs),
+        }
+    }
+}
 
 /// What `kopf run` asks of the engine: a plain struct, independent of clap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +105,8 @@ pub struct RunOptions {
     pub webhooks: WebhookOptions,
     /// Logging settings.
     pub log: LogConfig,
+    /// What the environment says (read at the edge, see [`Environment`]).
+    pub environment: Environment,
     /// `--post-logs[=LEVEL]`: post object log lines as events at this level and above.
     pub post_logs: Option<String>,
 }
@@ -95,4 +164,39 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_environment_is_read_once_with_defaults_for_what_is_unset_or_unreadable() {
+        let vars = [
+            ("POD_NAMESPACE", " ops "),
+            ("KOPF_INDEXING_TIMEOUT", "2.5"),
+            ("KOPF_LEASE_DURATION", "0"),
+            ("KOPF_PEERING_LIFETIME", "x"),
+            ("KOPF_WEBHOOK_RECONCILE_INTERVAL", "30"),
+        ];
+        let env = super::Environment::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        assert_eq!(env.pod_namespace.as_deref(), Some("ops"));
+        assert_eq!(env.indexing_timeout, Some(std::time::Duration::from_millis(2500)));
+        assert_eq!(
+            env.lease_duration,
+            Some(std::time::Duration::from_secs(1)),
+            "at least 1 s"
+        );
+        assert_eq!(env.peering_lifetime, None, "not a number: the default applies");
+        assert_eq!(
+            env.webhook_reconcile_interval,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            super::Environment::from_lookup(|_| None),
+            super::Environment::default()
+        );
+    }
 }

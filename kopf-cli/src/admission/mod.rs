@@ -157,11 +157,8 @@ impl ServerUrl {
     }
 }
 
-/// Overrides the reconciliation interval of managed configurations (seconds), e.g. for
-/// tests.
-pub const RECONCILE_INTERVAL_ENV: &str = "KOPF_WEBHOOK_RECONCILE_INTERVAL";
-
-/// How often the managed configurations are re-discovered and re-applied.
+/// How often the managed configurations are re-discovered and re-applied (unless
+/// `KOPF_WEBHOOK_RECONCILE_INTERVAL` says otherwise).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How many reconciliation intervals a replica's claim on the configurations outlives
@@ -187,14 +184,6 @@ impl Admission {
             }
         }
     }
-}
-
-/// The namespace the operator runs in, when known (in a pod: `POD_NAMESPACE`).
-fn own_namespace() -> Option<String> {
-    std::env::var("POD_NAMESPACE")
-        .ok()
-        .map(|ns| ns.trim().to_owned())
-        .filter(|ns| !ns.is_empty())
 }
 
 /// The Secret holding the CA shared by the replicas managing `managed`.
@@ -250,7 +239,8 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
     if !server.is_unspecified() {
         names.push(server.host.clone());
     }
-    let ca_namespace = own_namespace().unwrap_or_else(|| "default".to_owned());
+    let own_namespace = context.options.environment.pod_namespace.clone();
+    let ca_namespace = own_namespace.clone().unwrap_or_else(|| "default".to_owned());
     let shared_secret = args
         .webhook_managed
         .as_deref()
@@ -376,12 +366,13 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
         let client_config = configs::ClientConfig {
             url: format!("https://{host}:{}{}", local.port(), server.path),
             ca_pem: cert.ca_pem.clone(),
-            exclude_namespace: own_namespace(),
+            exclude_namespace: own_namespace,
         };
-        let interval = std::env::var(RECONCILE_INTERVAL_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(RECONCILE_INTERVAL, |secs| Duration::from_secs(secs.max(1)));
+        let interval = context
+            .options
+            .environment
+            .webhook_reconcile_interval
+            .unwrap_or(RECONCILE_INTERVAL);
         let manager = Manager {
             client: context.client.clone(),
             handlers,

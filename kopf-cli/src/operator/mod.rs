@@ -57,7 +57,11 @@ pub async fn run(
         .set_networking(&settings.networking)
         .context("cannot apply settings.networking")?;
     let indices = Arc::new(Indices::default());
-    crate::engines::probing::start(&context, vec![indexing_check(&indices)]).await?;
+    let indexing_timeout = options
+        .environment
+        .indexing_timeout
+        .unwrap_or(crate::reactor::indexing::INDEXING_TIMEOUT);
+    crate::engines::probing::start(&context, vec![indexing_check(&indices, indexing_timeout)]).await?;
     let peering = crate::peering::start(&context).await?;
     let admission = crate::admission::start(&context).await?;
 
@@ -150,10 +154,12 @@ async fn connect(
 }
 
 /// The liveness check of the indices: failing while they stay incomplete for longer than
-/// `KOPF_INDEXING_TIMEOUT`.
-fn indexing_check(indices: &Arc<Indices>) -> crate::engines::probing::LivenessCheck {
+/// `timeout` (`KOPF_INDEXING_TIMEOUT`).
+fn indexing_check(
+    indices: &Arc<Indices>,
+    timeout: std::time::Duration,
+) -> crate::engines::probing::LivenessCheck {
     let indices = indices.clone();
-    let timeout = crate::reactor::indexing::indexing_timeout();
     (
         "kopf.indexing".to_owned(),
         Arc::new(move || indices.stalled(timeout)),

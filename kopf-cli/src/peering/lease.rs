@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{LEASE_DURATION_ENV, LEASE_TOGGLE, PeeringError};
+use super::{LEASE_TOGGLE, PeeringError};
 use crate::{
     clients::{ApiError, auth::Credentials, connection, patching},
     options::RunOptions,
@@ -83,14 +83,15 @@ impl LeaseConfig {
             .collect();
         let default_ns = match single.as_slice() {
             [one] if !one.contains(['*', '?', '!']) => (*one).to_owned(),
-            _ => std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+            _ => options
+                .environment
+                .pod_namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
         };
         let mut config = Self::parse(value, &default_ns, identity)?;
-        if let Some(secs) = std::env::var(LEASE_DURATION_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            config.duration = Duration::from_secs(secs.max(1));
+        if let Some(duration) = options.environment.lease_duration {
+            config.duration = duration;
         }
         Ok(config)
     }

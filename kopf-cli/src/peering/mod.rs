@@ -30,10 +30,6 @@ use crate::{
 pub const PEERING_TOGGLE: &str = "peering";
 /// The pause toggle of the Lease election.
 pub const LEASE_TOGGLE: &str = "lease";
-/// Overrides `settings.peering.lifetime` (seconds), e.g. for quick hand-overs in tests.
-pub const LIFETIME_ENV: &str = "KOPF_PEERING_LIFETIME";
-/// The Lease duration in seconds (default 15).
-pub const LEASE_DURATION_ENV: &str = "KOPF_LEASE_DURATION";
 
 /// Errors of peering and lease operations.
 #[derive(Debug, thiserror::Error)]
@@ -147,11 +143,8 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
         return Ok(peering);
     }
     let mut settings = context.settings.peering.clone();
-    if let Some(lifetime) = std::env::var(LIFETIME_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        settings.lifetime = lifetime.max(1);
+    if let Some(lifetime) = context.options.environment.peering_lifetime {
+        settings.lifetime = lifetime;
     }
     let clusterwide = context.options.clusterwide || context.options.namespaces.is_empty();
     let config = keepalive::PeeringConfig {

@@ -24,24 +24,6 @@ use tokio::sync::watch;
 
 /// How long other handlers may wait for the indices before the liveness probe fails.
 pub const INDEXING_TIMEOUT: Duration = Duration::from_secs(300);
-/// Overrides [`INDEXING_TIMEOUT`] (seconds).
-pub const INDEXING_TIMEOUT_ENV: &str = "KOPF_INDEXING_TIMEOUT";
-
-/// [`INDEXING_TIMEOUT`], or the seconds in [`INDEXING_TIMEOUT_ENV`] (warned about and
-/// ignored when not a number).
-pub fn indexing_timeout() -> Duration {
-    let Ok(text) = std::env::var(INDEXING_TIMEOUT_ENV) else {
-        return INDEXING_TIMEOUT;
-    };
-    match text.trim().parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds),
-        _ => {
-            tracing::warn!(target: "kopf.activities", "{INDEXING_TIMEOUT_ENV}={text:?} is not a number of seconds; using {}s.", INDEXING_TIMEOUT.as_secs());
-            INDEXING_TIMEOUT
-        }
-    }
-}
-
 /// Identifies an object in an index: `namespace/name#uid`.
 pub type ObjectKey = String;
 
