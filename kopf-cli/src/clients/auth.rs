@@ -153,7 +153,15 @@ impl Credentials {
         &self,
         networking: &crate::settings::NetworkingSettings,
     ) -> Result<(), ConnectionError> {
-        *self.networking.write() = Some(networking.clone());
+        {
+            let mut current = self.networking.write();
+            if current.as_ref() == Some(networking) {
+                // The client was built with these already: building a client costs a TLS
+                // set-up (for a cluster without its own CA, the system's roots are read).
+                return Ok(());
+            }
+            *current = Some(networking.clone());
+        }
         let config = self.config();
         let client = self.build(config)?;
         self.current.write().client = client;
@@ -255,7 +263,11 @@ pub fn reauthenticating_client(
     relogin: Relogin,
 ) -> Result<(Client, Arc<Credentials>), ConnectionError> {
     let default_namespace = config.default_namespace.clone();
-    let inner = connection::make_client(config.clone())?;
+    // Kopf's networking defaults from the start; startup handlers may change them.
+    let networking = crate::settings::NetworkingSettings::default();
+    let mut first = config.clone();
+    connection::apply_networking(&mut first, &networking);
+    let inner = connection::make_client(first)?;
     let credentials = Arc::new(Credentials {
         current: RwLock::new(Current {
             client: inner,
@@ -264,7 +276,7 @@ pub fn reauthenticating_client(
         }),
         refreshing: tokio::sync::Mutex::new(Refreshing::default()),
         relogin,
-        networking: RwLock::new(None),
+        networking: RwLock::new(Some(networking)),
         renew_at: RwLock::new(None),
     });
     let service = Reauthenticating {
