@@ -14,7 +14,15 @@ use crate::observability::logging::{LogConfig, LogFormat, Verbosity};
 use crate::options::{DEV_PRIORITY, RunOptions, WebhookOptions};
 use crate::structs::references;
 
-/// Exit codes of the long-running commands (`kopf emulator`), and of `kopf` itself.
+/// Exit codes of `kopf` itself, whichever the command.
+pub const TOP_EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  done (run and emulator: a graceful stop on SIGINT/SIGTERM)
+  1  failure, including any plugin that cannot be loaded
+  2  usage error (unknown or conflicting options)
+  137  run only: a graceful stop unfinished after settings.process.ultimate_exiting_timeout";
+
+/// Exit codes of the long-running `kopf emulator`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  graceful stop (SIGINT/SIGTERM)
@@ -46,7 +54,8 @@ RUST_LOG, when set, replaces the log levels chosen by -v/-d/-q (tracing EnvFilte
 Exit codes:
   0  graceful stop (SIGINT/SIGTERM)
   1  runtime failure, including any plugin that cannot be loaded
-  2  usage error (unknown or conflicting options)";
+  2  usage error (unknown or conflicting options)
+  137  a graceful stop unfinished after settings.process.ultimate_exiting_timeout";
 
 /// The `kopf` command line.
 #[derive(Debug, Parser)]
@@ -54,7 +63,7 @@ Exit codes:
     name = "kopf",
     version,
     about = "Run Kopf-style Kubernetes operators whose handlers live in Rust plugins.",
-    after_help = EXIT_CODES_HELP,
+    after_help = TOP_EXIT_CODES_HELP,
     propagate_version = true
 )]
 pub struct Cli {
@@ -81,10 +90,10 @@ pub enum Command {
     #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Peering(crate::commands::peering::PeeringArgs),
     /// Kopf's `kopf freeze`: the same as `kopf peering freeze`.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Freeze(crate::commands::peering::FreezeArgs),
     /// Kopf's `kopf resume`: the same as `kopf peering resume`.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = ONESHOT_EXIT_CODES_HELP)]
     Resume(crate::commands::peering::ResumeArgs),
     /// Generate least-privilege RBAC for the plugins' handlers.
     #[command(after_help = ONESHOT_EXIT_CODES_HELP)]

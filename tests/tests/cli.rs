@@ -455,11 +455,33 @@ fn run_help_groups_the_flags_under_headings() {
     }
     // `run` is the long-running command: its exit codes speak of signals.
     assert!(help.contains("0  graceful stop (SIGINT/SIGTERM)"), "{help}");
+    assert!(help.contains("137  a graceful stop unfinished"), "{help}");
+}
+
+#[test]
+fn the_top_level_help_gives_the_exit_codes_of_every_command() {
+    let out = run_kopf(["--help"]).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Exit codes:\n  0  done (run and emulator: a graceful stop on SIGINT/SIGTERM)\n"),
+        "{help}"
+    );
+    assert!(help.contains("137  run only"), "{help}");
 }
 
 #[test]
 fn one_shot_commands_do_not_print_the_exit_codes_of_run() {
-    for command in ["inspect", "peering", "rbac", "new", "crd", "completions"] {
+    for command in [
+        "inspect",
+        "peering",
+        "rbac",
+        "new",
+        "crd",
+        "completions",
+        "freeze",
+        "resume",
+    ] {
         let out = run_kopf([command, "--help"]).unwrap();
         assert_eq!(out.status.code(), Some(0), "{command}");
         let help = String::from_utf8_lossy(&out.stdout);
