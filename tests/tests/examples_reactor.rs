@@ -189,8 +189,10 @@ async fn example_03_exceptions() {
     );
 
     // limited_retries: gave up after 3 attempts.
-    ex.wait_line("Handler 'limited_retries' failed permanently: limited_retries has exceeded 3 retries")
-        .await;
+    ex.wait_line(
+        "Handler 'limited_retries' failed permanently: Handler 'limited_retries' has exceeded 3 retries",
+    )
+    .await;
     let lr = &seen["limited_retries"];
     assert!(lr.iter().all(|p| p["retries"].as_u64() <= Some(3)), "{lr:?}");
     assert!(

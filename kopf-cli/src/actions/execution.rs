@@ -57,14 +57,22 @@ pub fn precheck(spec: &HandlerSpec, attempt: Attempt) -> Option<Decision> {
         && attempt.runtime >= timeout
     {
         return Some(Decision::Failure {
-            message: format!("{} has timed out after {:.1}s.", spec.id, attempt.runtime),
+            message: format!(
+                "{} has timed out after {:.1}s.",
+                handler_name(spec.kind, &spec.id),
+                attempt.runtime
+            ),
         });
     }
     if let Some(limit) = spec.options.retries
         && attempt.retries >= limit
     {
         return Some(Decision::Failure {
-            message: format!("{} has exceeded {} retries.", spec.id, attempt.retries),
+            message: format!(
+                "{} has exceeded {} retries.",
+                handler_name(spec.kind, &spec.id),
+                attempt.retries
+            ),
         });
     }
     None
@@ -90,14 +98,17 @@ pub fn decide(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default_b
         && attempt.runtime + delay >= timeout
     {
         return Decision::Failure {
-            message: format!("{} has timed out: {message}", spec.id),
+            message: format!("{} has timed out: {message}", handler_name(spec.kind, &spec.id)),
         };
     }
     if let Some(limit) = spec.options.retries
         && attempt.retries + 1 >= limit
     {
         return Decision::Failure {
-            message: format!("{} has exceeded {limit} retries: {message}", spec.id),
+            message: format!(
+                "{} has exceeded {limit} retries: {message}",
+                handler_name(spec.kind, &spec.id)
+            ),
         };
     }
     Decision::Retry {

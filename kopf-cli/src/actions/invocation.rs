@@ -105,7 +105,7 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
             );
             let message = format!(
                 "{} has timed out after {timeout:.1}s (the call did not return).",
-                handler.id()
+                handler_name(handler.kind(), handler.id())
             );
             (failed(HandlerErrorKind::Permanent, message), "timeout")
         }
