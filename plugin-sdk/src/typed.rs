@@ -21,7 +21,10 @@ pub trait TypedResource {
     fn crd() -> Result<Value, serde_json::Error>;
 }
 
+// Not recommended in diagnostics: a type that is not a custom resource is then refused
+// with `TypedResource`'s own message, the same with and without the feature.
 #[cfg(feature = "typed")]
+#[diagnostic::do_not_recommend]
 impl<T: kube::CustomResourceExt> TypedResource for T {
     fn selector() -> [String; 3] {
         let resource = T::api_resource();
