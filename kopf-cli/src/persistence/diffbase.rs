@@ -10,8 +10,8 @@
 use serde_json::{Map, Value};
 
 use super::conventions::{self, ConventionError, DEFAULT_PREFIX, KeyConvention};
+use super::layouts::Layout;
 use super::progress::{ProgressStorage, remove_empty_stanzas};
-use super::storages::{self, Layout};
 use crate::structs::bodies::Body;
 use crate::structs::dicts::{self, FieldPath};
 use crate::structs::patches::Patch;
@@ -199,7 +199,7 @@ impl DiffBaseStorage {
             }
         }
         if self.layout.status_read {
-            return storages::fetch_status_diffbase(body, &self.status_field);
+            return fetch_status_diffbase(body, &self.status_field);
         }
         Ok(None)
     }
@@ -226,7 +226,7 @@ impl DiffBaseStorage {
     /// Store the essence into the patch under all keys (plus the marker for custom prefixes).
     pub fn store(&self, body: &Value, patch: &mut Patch, essence: &Value) {
         if self.layout.status_write {
-            storages::store_status_diffbase(patch, &self.status_field, essence);
+            store_status_diffbase(patch, &self.status_field, essence);
         }
         if !self.layout.annotations {
             return;
@@ -237,6 +237,25 @@ impl DiffBaseStorage {
         }
         self.keys.store_marker(patch, body);
     }
+}
+
+/// The diff-base kept in the status field (`StatusDiffBaseStorage.fetch`): a JSON text.
+pub(super) fn fetch_status_diffbase(body: &Value, field: &[String]) -> Result<Option<Value>, DiffBaseError> {
+    match dicts::resolve(body, field) {
+        Some(Value::String(encoded)) => {
+            let decoded: Value = serde_json::from_str(encoded).map_err(|source| DiffBaseError::Json {
+                key: dicts::format_field(field),
+                source,
+            })?;
+            Ok((!decoded.is_null()).then_some(decoded))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Stores the diff-base in the status field as Kopf does: compact JSON, no newline.
+pub(super) fn store_status_diffbase(patch: &mut Patch, field: &[String], essence: &Value) {
+    let _ = patch.set(field, Value::String(pyjson::to_python_json(essence)));
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod conventions;
 pub mod diffbase;
+pub mod layouts;
 pub mod progress;
 pub mod progress_storage;
 pub mod storages;

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::conventions::{DEFAULT_PREFIX, KeyConvention};
+use super::layouts::Layout;
 use super::progress::{HandlerState, ProgressError, ProgressRecord, max_record_size};
-use super::storages::{self, Layout};
 use crate::structs::dicts;
 use crate::structs::patches::Patch;
 use crate::structs::pyjson::py_truthy;
@@ -85,7 +85,7 @@ impl ProgressStorage {
 
     /// Write a handler's state into the patch (annotations only, as Kopf ≥ 1.44, by default).
     pub fn store(&self, key: &str, state: &HandlerState, body: &Value, patch: &mut Patch) {
-        if !storages::store_status_progress(self, key, state, patch) {
+        if !store_status_progress(self, key, state, patch) {
             return;
         }
         let encoded = state.to_json_text(self.verbose);
@@ -183,4 +183,26 @@ pub fn remove_empty_stanzas(essence: &mut Value) {
             }
         }
     }
+}
+
+/// Stores a handler's record in the status field if the layout writes there
+/// (`StatusProgressStorage.store`: every field, `null` for the absent ones, so that a
+/// merge-patch also clears what is no longer set); whether annotations are written too.
+fn store_status_progress(
+    storage: &ProgressStorage,
+    key: &str,
+    state: &HandlerState,
+    patch: &mut Patch,
+) -> bool {
+    if storage.layout.status_write {
+        let mut path: Vec<&str> = storage.status_field.iter().map(String::as_str).collect();
+        path.push(key);
+        let record = state
+            .for_storage()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let _ = patch.set(&path, Value::Object(record));
+    }
+    storage.layout.annotations
 }

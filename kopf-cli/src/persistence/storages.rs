@@ -17,14 +17,11 @@
 //! `diffbase_field` (`status.kopf.last-handled-configuration`). Custom storage classes
 //! (Python code) have no equivalent.
 
-use serde_json::Value;
-
 use super::diffbase::{DiffBaseError, DiffBaseStorage};
-use super::progress::{HandlerState, ProgressError, ProgressStorage};
+pub use super::layouts::Layout;
+use super::progress::{ProgressError, ProgressStorage};
 use crate::settings::PersistenceSettings;
 use crate::structs::dicts::{self, FieldPath};
-use crate::structs::patches::Patch;
-use crate::structs::pyjson;
 
 /// Errors of the storage settings.
 #[derive(Debug, thiserror::Error)]
@@ -48,44 +45,6 @@ pub enum StorageError {
     /// The diff-base storage cannot be built.
     #[error(transparent)]
     DiffBase(#[from] DiffBaseError),
-}
-
-/// Where a storage reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    /// Annotations are read (first) and written.
-    pub annotations: bool,
-    /// The status field is read (after the annotations).
-    pub status_read: bool,
-    /// The status field is written.
-    pub status_write: bool,
-}
-
-impl Layout {
-    /// Kopf's `SmartProgressStorage` (Kopf ≥ 1.44): annotations, the status field read only.
-    pub const SMART: Self = Self {
-        annotations: true,
-        status_read: true,
-        status_write: false,
-    };
-    /// Annotations only.
-    pub const ANNOTATIONS: Self = Self {
-        annotations: true,
-        status_read: false,
-        status_write: false,
-    };
-    /// The status field only.
-    pub const STATUS: Self = Self {
-        annotations: false,
-        status_read: true,
-        status_write: true,
-    };
-    /// Both, annotations read first.
-    pub const MULTI: Self = Self {
-        annotations: true,
-        status_read: true,
-        status_write: true,
-    };
 }
 
 fn layout(setting: &'static str, value: &str, smart: bool) -> Result<Layout, StorageError> {
@@ -138,52 +97,13 @@ impl ProgressStorage {
     }
 }
 
-/// Stores a handler's record in the status field if the layout writes there
-/// (`StatusProgressStorage.store`: every field, `null` for the absent ones, so that a
-/// merge-patch also clears what is no longer set); whether annotations are written too.
-pub(super) fn store_status_progress(
-    storage: &ProgressStorage,
-    key: &str,
-    state: &HandlerState,
-    patch: &mut Patch,
-) -> bool {
-    if storage.layout.status_write {
-        let mut path: Vec<&str> = storage.status_field.iter().map(String::as_str).collect();
-        path.push(key);
-        let record = state
-            .for_storage()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        let _ = patch.set(&path, Value::Object(record));
-    }
-    storage.layout.annotations
-}
-
-/// The diff-base kept in the status field (`StatusDiffBaseStorage.fetch`): a JSON text.
-pub fn fetch_status_diffbase(body: &Value, field: &[String]) -> Result<Option<Value>, DiffBaseError> {
-    match dicts::resolve(body, field) {
-        Some(Value::String(encoded)) => {
-            let decoded: Value = serde_json::from_str(encoded).map_err(|source| DiffBaseError::Json {
-                key: dicts::format_field(field),
-                source,
-            })?;
-            Ok((!decoded.is_null()).then_some(decoded))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// Stores the diff-base in the status field as Kopf does: compact JSON, no newline.
-pub fn store_status_diffbase(patch: &mut Patch, field: &[String], essence: &Value) {
-    let _ = patch.set(field, Value::String(pyjson::to_python_json(essence)));
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::persistence::diffbase::{fetch_status_diffbase, store_status_diffbase};
+    use crate::structs::patches::Patch;
 
     fn settings(progress: &str, diffbase: &str) -> PersistenceSettings {
         PersistenceSettings {
