@@ -58,7 +58,7 @@ pub struct DiffBaseStorage {
     keys: KeyConvention,
     key: String,
     ignored_fields: Vec<FieldPath>,
-    /// Kopf's storage class (see [`storages`]) and its status field.
+    /// Kopf's storage class (see [`super::storages`]) and its status field.
     layout: Layout,
     status_field: FieldPath,
 }
@@ -98,7 +98,7 @@ impl DiffBaseStorage {
         })
     }
 
-    /// Where the diff-base is read and written, and the status field (see [`storages`]).
+    /// Where the diff-base is read and written, and the status field (see [`super::storages`]).
     pub fn with_layout(mut self, layout: Layout, status_field: FieldPath) -> Self {
         self.layout = layout;
         self.status_field = status_field;

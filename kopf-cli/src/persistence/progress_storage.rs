@@ -18,7 +18,7 @@ pub struct ProgressStorage {
     touch_key: String,
     pub(super) status_field: Vec<String>,
     verbose: bool,
-    /// Kopf's storage class (see [`storages`]).
+    /// Kopf's storage class (see [`super::storages`]).
     pub(super) layout: Layout,
 }
 
