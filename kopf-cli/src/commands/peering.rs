@@ -71,11 +71,7 @@ impl TargetArgs {
         if self.namespaces.is_empty() {
             return vec![None];
         }
-        self.namespaces
-            .iter()
-            .flat_map(|n| n.split(','))
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
+        crate::structs::references::namespace_parts(&self.namespaces)
             .map(|n| Some(n.to_owned()))
             .collect()
     }

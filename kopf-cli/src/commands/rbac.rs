@@ -219,12 +219,7 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
         }
     }
 
-    let patterns: Vec<String> = args
-        .namespaces
-        .iter()
-        .flat_map(|n| n.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
+    let patterns: Vec<String> = crate::structs::references::namespace_parts(&args.namespaces)
         .map(str::to_owned)
         .collect();
     let literal: Option<BTreeSet<String>> = patterns

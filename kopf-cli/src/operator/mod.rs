@@ -192,12 +192,7 @@ fn namespace_scope(options: &RunOptions) -> anyhow::Result<NamespaceScope> {
         tracing::warn!(target: "kopf.reactor", "No namespaces are specified: serving the whole cluster (use -A to silence this).");
         return Ok(NamespaceScope::Clusterwide);
     }
-    let parts: Vec<String> = options
-        .namespaces
-        .iter()
-        .flat_map(|n| n.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
+    let parts: Vec<String> = crate::structs::references::namespace_parts(&options.namespaces)
         .map(str::to_owned)
         .collect();
     let patterns: Vec<NamespacePattern> = parts.iter().map(|p| NamespacePattern::new(p)).collect();

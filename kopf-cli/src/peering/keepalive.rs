@@ -69,11 +69,7 @@ impl PeeringConfig {
     }
 
     fn patterns(&self) -> Vec<NamespacePattern> {
-        self.namespaces
-            .iter()
-            .flat_map(|n| n.split(','))
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
+        crate::structs::references::namespace_parts(&self.namespaces)
             .map(NamespacePattern::new)
             .collect()
     }

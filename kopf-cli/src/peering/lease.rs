@@ -74,13 +74,7 @@ impl LeaseConfig {
     /// From `--lease`: the namespace defaults to the only `-n` namespace, else
     /// `POD_NAMESPACE`, else `default`; the duration comes from `KOPF_LEASE_DURATION`.
     pub fn from_options(value: &str, options: &RunOptions, identity: &str) -> Result<Self, PeeringError> {
-        let single: Vec<&str> = options
-            .namespaces
-            .iter()
-            .flat_map(|n| n.split(','))
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .collect();
+        let single: Vec<&str> = crate::structs::references::namespace_parts(&options.namespaces).collect();
         let default_ns = match single.as_slice() {
             [one] if !one.contains(['*', '?', '!']) => (*one).to_owned(),
             _ => options

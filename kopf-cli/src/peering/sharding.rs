@@ -531,6 +531,10 @@ mod tests {
         // B dies silently (no rounds): A keeps working with two members for a duration.
         let died = Instant::now();
         loop {
+            assert!(
+                died.elapsed() < Duration::from_secs(30),
+                "B was never counted out"
+            );
             let step = a.round().await.unwrap();
             if step != Step::Working {
                 assert_eq!(step, Step::Resumed);

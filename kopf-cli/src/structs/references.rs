@@ -411,6 +411,16 @@ impl Glob {
     }
 }
 
+/// The parts of `-n` values as given on the command line: each value may hold several
+/// comma-separated patterns; blanks around them and empty parts are dropped.
+pub fn namespace_parts(values: &[String]) -> impl Iterator<Item = &str> {
+    values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+}
+
 /// A namespace pattern as in `kopf run -n`: comma-separated globs (`*`, `?`, `[...]`),
 /// `!` for exclusion; a leading exclusion implies a preceding `*`. The first glob does the
 /// initial match; later inclusive globs only re-include names that the first one matched.
