@@ -12,7 +12,7 @@
 use kopf_abi::protocol::{ErrorsMode, HandlerErrorKind, HandlerKind, HandlerSpec, Outcome};
 
 use crate::observability::metrics;
-use crate::structs::pyjson::py_repr_str;
+use crate::structs::pyjson::{py_repr_str, py_timedelta};
 
 /// How far a handler got before this attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,9 +58,9 @@ pub fn precheck(spec: &HandlerSpec, attempt: Attempt) -> Option<Decision> {
     {
         return Some(Decision::Failure {
             message: format!(
-                "{} has timed out after {:.1}s.",
+                "{} has timed out after {}.",
                 handler_name(spec.kind, &spec.id),
-                attempt.runtime
+                py_timedelta(attempt.runtime)
             ),
         });
     }
@@ -298,15 +298,18 @@ mod tests {
             )
             .is_some()
         );
+        let timed_out = precheck(
+            &spec(options.clone()),
+            Attempt {
+                retries: 0,
+                runtime: 10.25,
+            },
+        );
+        // Kopf's words, the runtime as Python prints a timedelta.
         assert!(
-            precheck(
-                &spec(options.clone()),
-                Attempt {
-                    retries: 0,
-                    runtime: 10.0
-                }
-            )
-            .is_some()
+            matches!(&timed_out, Some(Decision::Failure { message })
+                if message == "Handler 'h' has timed out after 0:00:10.250000."),
+            "{timed_out:?}"
         );
         assert!(precheck(&spec(options), FIRST).is_none());
     }

@@ -16,6 +16,7 @@ use super::execution::handler_name;
 use crate::{
     observability::metrics,
     plugin::{HandlerRef, PluginError, PluginSet},
+    structs::pyjson::py_timedelta,
 };
 
 /// One call of a handler.
@@ -104,8 +105,9 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
                 limit.as_secs_f64()
             );
             let message = format!(
-                "{} has timed out after {timeout:.1}s (the call did not return).",
-                handler_name(handler.kind(), handler.id())
+                "{} has timed out after {} (the call did not return).",
+                handler_name(handler.kind(), handler.id()),
+                py_timedelta(timeout)
             );
             (failed(HandlerErrorKind::Permanent, message), "timeout")
         }

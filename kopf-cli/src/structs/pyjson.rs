@@ -267,6 +267,29 @@ pub fn py_repr_str(s: &str) -> String {
     out
 }
 
+/// Python's `str()` of a `datetime.timedelta` of `seconds`, as Kopf prints handler runtimes
+/// (`0:00:01.500000`, `1 day, 2:03:04`): microseconds only when there are any, and never
+/// negative (a runtime cannot be).
+pub fn py_timedelta(seconds: f64) -> String {
+    // timedelta(seconds=x) rounds to whole microseconds; NaN and negatives read as zero.
+    let total_micros = if seconds.is_finite() && seconds > 0.0 {
+        (seconds * 1e6).round() as u64
+    } else {
+        0
+    };
+    let (whole, micros) = (total_micros / 1_000_000, total_micros % 1_000_000);
+    let (days, rest) = (whole / 86_400, whole % 86_400);
+    let mut out = String::new();
+    if days > 0 {
+        let _ = write!(out, "{days} day{}, ", if days == 1 { "" } else { "s" });
+    }
+    let _ = write!(out, "{}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60);
+    if micros > 0 {
+        let _ = write!(out, ".{micros:06}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +336,17 @@ mod tests {
         assert_eq!(py_repr_str("a'b\"c"), "'a\\'b\"c'");
         assert_eq!(py_repr_str("a\\b\nc\u{1}"), "'a\\\\b\\nc\\x01'");
         assert_eq!(py_repr_str("über"), "'über'");
+    }
+
+    #[test]
+    fn durations_print_as_python_timedelta_does() {
+        assert_eq!(py_timedelta(0.0), "0:00:00");
+        assert_eq!(py_timedelta(1.5), "0:00:01.500000");
+        assert_eq!(py_timedelta(61.000_001), "0:01:01.000001");
+        assert_eq!(py_timedelta(3_723.0), "1:02:03");
+        assert_eq!(py_timedelta(86_400.0), "1 day, 0:00:00");
+        assert_eq!(py_timedelta(2.0 * 86_400.0 + 5.25), "2 days, 0:00:05.250000");
+        assert_eq!(py_timedelta(-3.0), "0:00:00");
+        assert_eq!(py_timedelta(f64::NAN), "0:00:00");
     }
 }
