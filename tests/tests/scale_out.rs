@@ -24,7 +24,12 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const LEASE_SECONDS: &str = "2";
 
 fn objects(default: usize) -> usize {
-    std::env::var("KOPF_SCALE_OUT_OBJECTS")
+    setting("KOPF_SCALE_OUT_OBJECTS", default)
+}
+
+/// A size from the environment (for runs at full size), else the CI size.
+fn setting(variable: &str, default: usize) -> usize {
+    std::env::var(variable)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
@@ -39,6 +44,8 @@ struct Call {
     start: u128,
     /// None if the replica died during the call.
     end: Option<u128>,
+    /// The engine cancelled the call (`end` is when).
+    cut: bool,
 }
 
 /// The emulator on its own runtime, the kubeconfig and the records' directory.
@@ -131,7 +138,7 @@ impl Ring {
 
     /// Waits until every object's status holds the result of handling `value` (as
     /// `status.<handler>.field`, for any of `handlers`), i.e. it was handled and persisted.
-    fn wait_all_handled(&self, count: usize, handlers: &[&str], value: &str) {
+    fn wait_all_handled(&self, replicas: &[&KopfProcess], count: usize, handlers: &[&str], value: &str) {
         let expected = json!(value);
         let is_done = |o: &serde_json::Value| {
             handlers
@@ -163,8 +170,9 @@ impl Ring {
                 })
                 .collect();
             panic!(
-                "{e}; calls: {}; behind: {}",
+                "{e}; calls: {}; replicas' logs: {}; behind: {}",
                 self.calls().len(),
+                dump_logs(replicas).display(),
                 behind.join("\n")
             )
         });
@@ -183,13 +191,24 @@ impl Ring {
     }
 }
 
+/// Writes the replicas' logs into a directory that outlives the test, for the diagnosis
+/// of a failure; returns it.
+fn dump_logs(replicas: &[&KopfProcess]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kopf-scale-out-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    for (i, replica) in replicas.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("replica-{i}.log")), replica.lines().join("\n"));
+    }
+    dir
+}
+
 fn name(i: usize) -> String {
     format!("so-{i}")
 }
 
-/// Pairs each `start` with the next `end` of the same object (calls of one object are
-/// serial within a replica); a start without an end is a call cut short. A torn last
-/// line (a kill during the write) is ignored.
+/// Pairs each `start` with the next `end` or `cut` of the same object (calls of one
+/// object are serial within a replica); a start without either is a call a kill cut
+/// short. A torn last line (a kill during the write) is ignored.
 fn parse_calls(replica: &str, text: &str) -> Vec<Call> {
     let mut open: BTreeMap<String, Call> = BTreeMap::new();
     let mut calls = Vec::new();
@@ -209,14 +228,16 @@ fn parse_calls(replica: &str, text: &str) -> Vec<Call> {
                     value: (*value).to_owned(),
                     start: nanos,
                     end: None,
+                    cut: false,
                 };
                 if let Some(cut) = open.insert((*object).to_owned(), call) {
                     calls.push(cut);
                 }
             }
-            "end" => {
+            "end" | "cut" => {
                 if let Some(mut call) = open.remove(*object) {
                     call.end = Some(nanos);
+                    call.cut = *what == "cut";
                     calls.push(call);
                 }
             }
@@ -241,14 +262,15 @@ fn wait_lines(process: &KopfProcess, needle: &str, times: usize) {
 }
 
 /// Asserts that no two replicas ran handlers of one object at once. A call cut short
-/// by a kill ends at the kill (`killed`: the replica and when).
-fn assert_no_overlap(calls: &[Call], killed: Option<(&str, u128)>) {
+/// by a kill ends at the kill (`killed`: the replicas and when).
+fn assert_no_overlap(calls: &[Call], killed: &[(String, u128)]) {
     let mut by_object: BTreeMap<&str, Vec<(u128, u128, &str)>> = BTreeMap::new();
     for call in calls {
-        let end = match (call.end, killed) {
+        let kill = killed.iter().find(|(replica, _)| *replica == call.replica);
+        let end = match (call.end, kill) {
             (Some(end), _) => end,
-            (None, Some((replica, at))) if replica == call.replica => at,
-            (None, _) => u128::MAX,
+            (None, Some((_, at))) => *at,
+            (None, None) => u128::MAX,
         };
         by_object
             .entry(&call.object)
@@ -272,13 +294,14 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
     let count = objects(600);
     let ring = Ring::start();
     let replicas: Vec<KopfProcess> = ["r1", "r2", "r3"].iter().map(|id| ring.replica(id)).collect();
+    let refs: Vec<&KopfProcess> = replicas.iter().collect();
     for replica in &replicas {
         wait_lines(replica, "share of 3 members", 1);
     }
     ring.create_all(count, "v1");
-    ring.wait_all_handled(count, &["create_fn"], "v1");
+    ring.wait_all_handled(&refs, count, &["create_fn"], "v1");
     ring.set_all(count, "v2");
-    ring.wait_all_handled(count, &["update_fn"], "v2");
+    ring.wait_all_handled(&refs, count, &["update_fn"], "v2");
     let calls = ring.calls();
     let mut per_change: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     for call in &calls {
@@ -309,7 +332,7 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
     );
     assert_eq!(per_replica.len(), 3, "a replica got nothing: {per_replica:?}");
     assert!(busiest as f64 <= 1.25 * average, "unbalanced: {per_replica:?}");
-    assert_no_overlap(&calls, None);
+    assert_no_overlap(&calls, &[]);
     // Sharding adds no per-object writes: each object costs what it costs one operator
     // (its finalizer, then per change the diff-base in the body and the result in the
     // status), and the ring's own requests (Lease lists and renewals) do not grow with
@@ -331,14 +354,99 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
     assert!(leases < count as u64, "{leases} Lease requests");
 }
 
+/// The live replicas of the soak, oldest first, and what happened to the others.
+struct Members<'r> {
+    ring: &'r Ring,
+    live: Vec<(String, KopfProcess)>,
+    started: usize,
+    /// Replicas killed with `kill -9`, and when.
+    killed: Vec<(String, u128)>,
+}
+
+impl Members<'_> {
+    fn processes(&self) -> Vec<&KopfProcess> {
+        self.live.iter().map(|(_, p)| p).collect()
+    }
+
+    /// How many times each live replica has taken up a view so far.
+    fn take_ups(&self) -> Vec<usize> {
+        self.live
+            .iter()
+            .map(|(_, p)| p.lines().iter().filter(|l| l.contains(TAKE_UP)).count())
+            .collect()
+    }
+
+    /// Waits until every live replica has taken up a view after `before` (from
+    /// [`Self::take_ups`]; new replicas count from zero), of all live members.
+    fn wait_formed(&self, before: &[usize]) {
+        let members = format!("share of {} members", self.live.len());
+        for (i, (_, process)) in self.live.iter().enumerate() {
+            let from = before.get(i).copied().unwrap_or(0);
+            wait_for(DEADLINE, &format!("a view of {members}"), || {
+                let lines = process.lines();
+                let taken: Vec<&String> = lines.iter().filter(|l| l.contains(TAKE_UP)).collect();
+                (taken.len() > from && taken.last().is_some_and(|l| l.contains(&members))).then_some(())
+            })
+            .unwrap_or_else(|e| panic!("{e}; logs: {}", dump_logs(&self.processes()).display()));
+        }
+    }
+
+    fn join(&mut self) {
+        let before = self.take_ups();
+        self.started += 1;
+        let name = format!("r{}", self.started);
+        let process = self.ring.replica(&name);
+        self.live.push((name, process));
+        self.wait_formed(&before);
+    }
+
+    fn kill_oldest(&mut self) {
+        let (name, process) = self.live.remove(0);
+        let before = self.take_ups();
+        process.signal("KILL").unwrap();
+        self.killed.push((name, now_nanos()));
+        drop(process);
+        self.wait_formed(&before);
+    }
+
+    fn stop_oldest(&mut self) {
+        let (_, mut process) = self.live.remove(0);
+        let before = self.take_ups();
+        process.signal("TERM").unwrap();
+        assert!(process.wait_exit(DEADLINE).unwrap().success());
+        assert!(
+            process
+                .lines()
+                .iter()
+                .any(|l| l.contains("Left the sharding ring"))
+        );
+        self.wait_formed(&before);
+    }
+}
+
+/// What a replica logs when it starts working under a view.
+const TAKE_UP: &str = "working on this replica's share of";
+
+/// The soak: objects change all the time while replicas join, are killed with `kill -9`
+/// and exit gracefully, cycle after cycle. No two replicas ever run one object's handlers
+/// at once (from the start and end of every call recorded by `fixture-scale-out`), and no
+/// change is left unhandled. CI: 2 replicas, 150 objects, 1 cycle; full size on demand:
+/// `KOPF_SCALE_OUT_OBJECTS=3000 KOPF_SCALE_OUT_REPLICAS=3 KOPF_SCALE_OUT_CYCLES=3`.
 #[test]
 fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
     let count = objects(150);
+    let replicas = setting("KOPF_SCALE_OUT_REPLICAS", 2).max(2);
+    let cycles = setting("KOPF_SCALE_OUT_CYCLES", 1);
     let ring = Ring::start();
-    let r1 = ring.replica("r1");
-    let r2 = ring.replica("r2");
-    wait_lines(&r1, "share of 2 members", 1);
-    wait_lines(&r2, "share of 2 members", 1);
+    let mut members = Members {
+        ring: &ring,
+        live: Vec::new(),
+        started: 0,
+        killed: Vec::new(),
+    };
+    for _ in 0..replicas {
+        members.join();
+    }
     ring.create_all(count, "v0");
     // Objects change all the time from now on, in rounds v1, v2, ...
     let stop = Arc::new(AtomicBool::new(false));
@@ -366,62 +474,78 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
         .unwrap();
     };
     wait_rounds(1);
-    // A third replica joins while objects change.
-    let r3 = ring.replica("r3");
-    for replica in [&r1, &r2, &r3] {
-        wait_lines(replica, "share of 3 members", 1);
+    for _ in 0..cycles {
+        // A replica joins, the oldest dies without a word (the others count it out after
+        // its Lease expired), the next oldest exits gracefully (its Lease goes at once),
+        // another joins: each while objects change.
+        members.join();
+        wait_rounds(1);
+        members.kill_oldest();
+        wait_rounds(1);
+        members.stop_oldest();
+        wait_rounds(1);
+        members.join();
+        wait_rounds(1);
     }
-    wait_rounds(1);
-    // r1 dies without a word: the others count it out after its Lease expired.
-    r1.signal("KILL").unwrap();
-    let killed_at = now_nanos();
-    drop(r1);
-    wait_lines(&r2, "share of 2 members", 2);
-    wait_lines(&r3, "share of 2 members", 1);
-    wait_rounds(1);
     stop.store(true, Ordering::SeqCst);
     ring.runtime.block_on(changer).unwrap();
     let last = format!("v{}", rounds.load(Ordering::SeqCst));
     // An object whose creation was processed only after its last change has no update.
-    ring.wait_all_handled(count, &["create_fn", "update_fn"], &last);
-    // r2 exits gracefully: its Lease goes at once, r3 takes everything.
-    let mut r2 = r2;
-    r2.signal("TERM").unwrap();
-    assert!(r2.wait_exit(DEADLINE).unwrap().success());
-    assert!(r2.lines().iter().any(|l| l.contains("Left the sharding ring")));
-    wait_lines(&r3, "share of 1 members", 1);
+    ring.wait_all_handled(&members.processes(), count, &["create_fn", "update_fn"], &last);
     ring.set_all(count, "final");
-    ring.wait_all_handled(count, &["update_fn"], "final");
+    ring.wait_all_handled(&members.processes(), count, &["update_fn"], "final");
+    if let Some(dir) = std::env::var_os("KOPF_SCALE_OUT_LOGS") {
+        keep_logs(&PathBuf::from(dir), &ring, &members.processes());
+    }
 
     let mut calls = ring.calls();
     calls.sort_by_key(|c| c.start);
-    assert_no_overlap(&calls, Some(("r1", killed_at)));
-    let mut per_change: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    assert_no_overlap(&calls, &members.killed);
+    let mut per_change: BTreeMap<(&str, &str), Vec<&Call>> = BTreeMap::new();
     for call in &calls {
         per_change
             .entry((&call.object, &call.value))
             .or_default()
-            .push(&call.replica);
+            .push(call);
     }
-    // A change handled twice is the at-least-once of a kill: r1 ran it first.
-    for ((object, value), replicas) in &per_change {
+    // A change is handled again by the next owner when a hand-over cut its call short
+    // (a kill, or a pause's exit_timeout that abandoned the worker before its result was
+    // persisted): at least once, never at once (checked above).
+    let again = per_change.values().filter(|c| c.len() > 1).count();
+    let cut = calls.iter().filter(|c| c.cut || c.end.is_none()).count();
+    let live: Vec<&str> = members.live.iter().map(|(n, _)| n.as_str()).collect();
+    for i in 0..count {
+        let object = format!("default/{}", name(i));
+        let finals = &per_change[&(object.as_str(), "\"final\"")];
         assert!(
-            replicas.len() == 1 || (replicas.len() == 2 && replicas[0] == "r1"),
-            "{object} at {value} handled by {replicas:?}"
+            finals.iter().all(|c| live.contains(&c.replica.as_str())),
+            "{object}: the final change was handled by a replica that had gone: {finals:?}"
         );
     }
-    let final_by: Vec<&str> = (0..count)
-        .map(|i| per_change[&(format!("default/{}", name(i)).as_str(), "\"final\"")][0])
-        .collect();
-    assert!(final_by.iter().all(|r| *r == "r3"), "after r2 left, r3 owns all");
-    let by_replica = |who: &str| calls.iter().filter(|c| c.replica == who).count();
+    let mut by_replica: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in &calls {
+        *by_replica.entry(&call.replica).or_default() += 1;
+    }
     eprintln!(
-        "calls: r1 {}, r2 {}, r3 {}; change rounds {last}",
-        by_replica("r1"),
-        by_replica("r2"),
-        by_replica("r3")
+        "{count} objects, {cycles} cycles: calls per replica {by_replica:?}; change rounds {last}; \
+         changes handled more than once {again}; calls cut short {cut}"
     );
-    assert!(by_replica("r3") > count, "r3 took no share before r2 left");
+    assert!(
+        by_replica.len() == members.started,
+        "a replica handled nothing: {by_replica:?}"
+    );
+}
+
+/// Keeps the replicas' logs and the call records in `dir` (`KOPF_SCALE_OUT_LOGS`).
+fn keep_logs(dir: &std::path::Path, ring: &Ring, replicas: &[&KopfProcess]) {
+    let _ = std::fs::create_dir_all(dir);
+    for (i, replica) in replicas.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("replica-{i}.log")), replica.lines().join("\n"));
+    }
+    for entry in std::fs::read_dir(&ring.records).unwrap() {
+        let path = entry.unwrap().path();
+        let _ = std::fs::copy(&path, dir.join(path.file_name().unwrap()));
+    }
 }
 
 /// Runs `kopf ARGS...` to success and returns the YAML documents it printed.
@@ -491,7 +615,7 @@ fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
     let mut replica = KopfProcess::spawn_with_env(args, envs).unwrap();
     wait_lines(&replica, "share of 1 members", 1);
     ring.create_all(1, "rbac");
-    ring.wait_all_handled(1, &["create_fn"], "rbac");
+    ring.wait_all_handled(&[&replica], 1, &["create_fn"], "rbac");
     replica.signal("TERM").unwrap();
     assert!(replica.wait_exit(DEADLINE).unwrap().success());
     assert!(
