@@ -5,7 +5,8 @@
 //! What is asserted comes from those records (who ran which object's handlers, when) and
 //! from the objects (each change's result in its status).
 //!
-//! CI sizes; `KOPF_SCALE_OUT_OBJECTS` sets the number of objects (e.g. 3000).
+//! CI sizes; `KOPF_SCALE_OUT_OBJECTS` sets the number of objects (e.g. 3000). On the
+//! real-apiserver lane (`tests/apiserver/lane`) only the server-side sharding test runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,13 +59,25 @@ struct Ring {
 }
 
 impl Ring {
+    /// On the emulator.
     fn start() -> Self {
+        Self::start_with(|| TestCluster::start_emulator())
+    }
+
+    /// On the cluster `KOPF_TEST_CLUSTER` asks for (the emulator, or a real API server).
+    fn start_on_any() -> Self {
+        Self::start_with(|| TestCluster::start())
+    }
+
+    fn start_with<F: std::future::Future<Output = anyhow::Result<TestCluster>>>(
+        cluster: impl FnOnce() -> F,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let emu = runtime.block_on(TestCluster::start_emulator()).unwrap();
+        let emu = runtime.block_on(cluster()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         emu.write_kubeconfig(&kubeconfig).unwrap();
@@ -291,6 +304,9 @@ fn assert_no_overlap(calls: &[Call], killed: &[(String, u128)]) {
 
 #[test]
 fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
+    if kopf_e2e::cluster::emulator_only("counts requests with the emulator's counters") {
+        return;
+    }
     let count = objects(600);
     let ring = Ring::start();
     let replicas: Vec<KopfProcess> = ["r1", "r2", "r3"].iter().map(|id| ring.replica(id)).collect();
@@ -434,6 +450,9 @@ const TAKE_UP: &str = "working on this replica's share of";
 /// `KOPF_SCALE_OUT_OBJECTS=3000 KOPF_SCALE_OUT_REPLICAS=3 KOPF_SCALE_OUT_CYCLES=3`.
 #[test]
 fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
+    if kopf_e2e::cluster::emulator_only("the soak runs on the emulator (the lane's time)") {
+        return;
+    }
     let count = objects(150);
     let replicas = setting("KOPF_SCALE_OUT_REPLICAS", 2).max(2);
     let cycles = setting("KOPF_SCALE_OUT_CYCLES", 1);
@@ -548,6 +567,102 @@ fn keep_logs(dir: &std::path::Path, ring: &Ring, replicas: &[&KopfProcess]) {
     }
 }
 
+/// What a replica's streams received and kept, summed over its stream runs (from the
+/// `Stream ...: N objects and events received, M of them this replica's.` lines).
+fn received_and_owned(process: &KopfProcess) -> (u64, u64) {
+    let mut sums = (0, 0);
+    for line in process.lines() {
+        let Some(rest) = line
+            .split_once("]: ")
+            .map(|(_, r)| r)
+            .or_else(|| line.split_once(": ").map(|(_, r)| r))
+        else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split(' ').collect();
+        if let [received, "objects", "and", "events", "received,", owned, "of", ..] = words.as_slice()
+            && let (Ok(received), Ok(owned)) = (received.parse::<u64>(), owned.parse::<u64>())
+        {
+            sums.0 += received;
+            sums.1 += owned;
+        }
+    }
+    sums
+}
+
+/// Sums a Prometheus sample family's values whose labels contain all of `labels`.
+fn metric_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// KEP-5866: with `--sharding`, each replica asks the API server for its share only (a
+/// `shardSelector` of its slots' hash ranges). A server with the `ShardedListAndWatch`
+/// gate (the real-apiserver lane enables it) sends each replica only its objects:
+/// nothing is dropped client-side. One without it (the emulator) sends everything, and
+/// each replica's gate keeps its share. Either way each change is handled once.
+#[test]
+fn each_replica_receives_only_its_share_where_the_server_selects_shards() {
+    let count = objects(300);
+    let ring = Ring::start_on_any();
+    let server_side = ring.emu.is_real();
+    let mut replicas: Vec<KopfProcess> = ["r1", "r2", "r3"].iter().map(|id| ring.replica(id)).collect();
+    for replica in &replicas {
+        wait_lines(replica, "share of 3 members", 1);
+    }
+    let refs: Vec<&KopfProcess> = replicas.iter().collect();
+    ring.create_all(count, "v1");
+    ring.wait_all_handled(&refs, count, &["create_fn"], "v1");
+    ring.set_all(count, "v2");
+    ring.wait_all_handled(&refs, count, &["update_fn"], "v2");
+    for replica in &mut replicas {
+        replica.stop_gracefully(DEADLINE).unwrap();
+    }
+    let mut per_change: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for call in ring.calls() {
+        *per_change.entry((call.object, call.value)).or_default() += 1;
+    }
+    assert_eq!(per_change.len(), 2 * count);
+    assert!(per_change.values().all(|n| *n == 1), "a change handled twice");
+    let figures: Vec<(u64, u64)> = replicas.iter().map(received_and_owned).collect();
+    let owned: u64 = figures.iter().map(|f| f.1).sum();
+    let bytes = ring.emu.metrics_text().map(|text| {
+        let resource = "resource=\"kopfexamples\"";
+        (
+            metric_sum(
+                &text,
+                "apiserver_response_sizes_sum",
+                &[resource, "verb=\"LIST\""],
+            ),
+            metric_sum(
+                &text,
+                "apiserver_response_sizes_sum",
+                &[resource, "verb=\"WATCH\""],
+            ),
+            metric_sum(&text, "apiserver_watch_events_sizes_sum", &[resource]),
+        )
+    });
+    eprintln!(
+        "{count} objects, server-side selection {server_side}: (received, owned) per replica {figures:?}; \
+         server bytes (LIST responses, WATCH responses, watch events) {bytes:?}"
+    );
+    for (received, kept) in &figures {
+        assert!(*kept > 0, "{figures:?}");
+        if server_side {
+            assert_eq!(
+                received, kept,
+                "the server sent another replica's objects: {figures:?}"
+            );
+        } else {
+            // Everything reaches everybody: each replica receives about all that all own.
+            assert!(*received * 10 >= owned * 9, "{figures:?}");
+        }
+    }
+}
+
 /// Runs `kopf ARGS...` to success and returns the YAML documents it printed.
 fn kopf_yaml(args: &[&str]) -> Vec<serde_json::Value> {
     let out = kopf_e2e::run_kopf(args.iter().copied()).unwrap();
@@ -567,6 +682,9 @@ fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
 /// RBAC for such tokens): no request is forbidden.
 #[test]
 fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
+    if kopf_e2e::cluster::emulator_only("the emulator enforces RBAC for a ServiceAccount token") {
+        return;
+    }
     let plugin = plugin_path("fixture-scale-out").unwrap();
     let crd = workspace_root().join("examples/crd.yaml");
     let docs = kopf_yaml(&[
@@ -651,6 +769,9 @@ fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
 /// `kopf rbac --sharding` generates for it.
 #[test]
 fn the_sharded_overlay_runs_three_replicas_with_the_generated_lease_rules() {
+    if kopf_e2e::cluster::emulator_only("needs no cluster: run once, in the emulator lane") {
+        return;
+    }
     if !kopf_e2e::kubectl_available() {
         return;
     }

@@ -269,6 +269,8 @@ pub async fn multiplex<P: ObjectProcessor>(
         listed: None,
     };
     let mut depth: i64 = 0;
+    // `--sharding`: what arrived, and how much of it was this replica's.
+    let (mut received, mut owned) = (0_u64, 0_u64);
     loop {
         let now = i64::try_from(mux.workers.len()).unwrap_or(i64::MAX);
         if now != depth {
@@ -279,15 +281,20 @@ pub async fn multiplex<P: ObjectProcessor>(
             item = items.recv() => {
                 let Some(item) = item else { break };
                 // `--sharding`: other replicas' objects never enter (nor the indices).
-                if let WatchItem::Listed(body) | WatchItem::Event(_, body) = &item
-                    && !mux.settings.shards.owns(body)
-                {
-                    continue;
+                if let WatchItem::Listed(body) | WatchItem::Event(_, body) = &item {
+                    received += 1;
+                    if !mux.settings.shards.owns(body) {
+                        continue;
+                    }
+                    owned += 1;
                 }
                 mux.receive(item);
             }
             Some(done) = mux.workers.join_next_with_id(), if !mux.workers.is_empty() => mux.exited(done),
         }
+    }
+    if mux.settings.shards.is_enabled() {
+        tracing::debug!(target: "kopf.reactor", "Stream {}: {received} objects and events received, {owned} of them this replica's.", mux.stream);
     }
     // The stream is over (pause or exit): close the queues and let workers finish.
     metrics::queue_depth(&mux.stream, -depth);

@@ -216,6 +216,11 @@ impl ShardGate {
         state.assignment = None;
     }
 
+    /// Whether `--sharding` is in force.
+    pub fn is_enabled(&self) -> bool {
+        self.state.read().enabled
+    }
+
     /// Sets (or with `None` withdraws) the assignment this replica works under. Only
     /// changed while the reactor is stopped (see `peering::sharding`).
     pub fn assign(&self, assignment: Option<Arc<Assignment>>) {
