@@ -398,6 +398,39 @@ mod tests {
         assert!(moved < keys.len() / 4, "{moved} moved between old members");
     }
 
+    /// The slots of each member of a view.
+    fn shares(assignment: &Assignment) -> Vec<(String, Vec<usize>)> {
+        let members = assignment.view().members();
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let slots = (0..SLOTS)
+                    .filter(|s| usize::from(assignment.owners[*s]) == i)
+                    .collect();
+                (m.clone(), slots)
+            })
+            .collect()
+    }
+
+    /// Why every member pauses on a view change (docs/scale-out.md): every member's
+    /// share changes, whether a member joins or leaves.
+    #[test]
+    fn every_members_share_changes_when_a_member_joins_or_leaves() {
+        for n in 2..=5 {
+            let names: Vec<String> = (0..=n).map(|i| format!("replica-{i}")).collect();
+            let small = shares(&Assignment::compute(&View::new(names[..n].to_vec())).unwrap());
+            let large = shares(&Assignment::compute(&View::new(names.clone())).unwrap());
+            for (member, before) in &small {
+                let after = &large.iter().find(|(m, _)| m == member).unwrap().1;
+                assert!(
+                    before.iter().any(|s| !after.contains(s)),
+                    "{n}+1: {member} loses nothing"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_gate_fails_closed_without_an_assignment() {
         let gate = ShardGate::default();
