@@ -61,12 +61,12 @@ struct Ring {
 impl Ring {
     /// On the emulator.
     fn start() -> Self {
-        Self::start_with(|| TestCluster::start_emulator())
+        Self::start_with(TestCluster::start_emulator)
     }
 
     /// On the cluster `KOPF_TEST_CLUSTER` asks for (the emulator, or a real API server).
     fn start_on_any() -> Self {
-        Self::start_with(|| TestCluster::start())
+        Self::start_with(TestCluster::start)
     }
 
     fn start_with<F: std::future::Future<Output = anyhow::Result<TestCluster>>>(
