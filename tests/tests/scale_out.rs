@@ -428,16 +428,21 @@ impl Members<'_> {
     fn stop_oldest(&mut self) {
         let (_, mut process) = self.live.remove(0);
         let before = self.take_ups();
-        process.signal("TERM").unwrap();
-        assert!(process.wait_exit(DEADLINE).unwrap().success());
-        assert!(
-            process
-                .lines()
-                .iter()
-                .any(|l| l.contains("Left the sharding ring"))
-        );
+        leave_gracefully(&mut process);
         self.wait_formed(&before);
     }
+}
+
+/// Stops a replica with SIGTERM: it exits successfully, after leaving the ring.
+fn leave_gracefully(process: &mut KopfProcess) {
+    process.signal("TERM").unwrap();
+    assert!(process.wait_exit(DEADLINE).unwrap().success());
+    let lines = process.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("Left the sharding ring")),
+        "{}",
+        lines.join("\n")
+    );
 }
 
 /// What a replica logs when it starts working under a view.
@@ -734,14 +739,7 @@ fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
     wait_lines(&replica, "share of 1 members", 1);
     ring.create_all(1, "rbac");
     ring.wait_all_handled(&[&replica], 1, &["create_fn"], "rbac");
-    replica.signal("TERM").unwrap();
-    assert!(replica.wait_exit(DEADLINE).unwrap().success());
-    assert!(
-        replica
-            .lines()
-            .iter()
-            .any(|l| l.contains("Left the sharding ring"))
-    );
+    leave_gracefully(&mut replica);
     let counters = emu.counters();
     assert_eq!(
         counters.status(403),
