@@ -94,8 +94,14 @@ impl Ring {
         }
     }
 
-    /// Starts a replica of the ring `default/scale` as `identity`, ready.
+    /// Starts a replica of the ring `default/scale` as `identity`, ready, with quick
+    /// hand-overs (a short Lease).
     fn replica(&self, identity: &str) -> KopfProcess {
+        self.replica_with(identity, LEASE_SECONDS)
+    }
+
+    /// [`Self::replica`] with a Lease duration of `lease_seconds`.
+    fn replica_with(&self, identity: &str, lease_seconds: &str) -> KopfProcess {
         let plugin = plugin_path("fixture-scale-out").unwrap();
         let args = [
             "run".to_owned(),
@@ -109,7 +115,7 @@ impl Ring {
         let envs = [
             ("KUBECONFIG", self.kubeconfig.display().to_string()),
             ("POD_ID", identity.to_owned()),
-            ("KOPF_LEASE_DURATION", LEASE_SECONDS.to_owned()),
+            ("KOPF_LEASE_DURATION", lease_seconds.to_owned()),
             ("KOPF_SCALE_OUT_RECORDS", self.records.display().to_string()),
         ];
         let mut process = KopfProcess::spawn_with_env(args, envs).unwrap();
@@ -309,7 +315,12 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
     }
     let count = objects(600);
     let ring = Ring::start();
-    let replicas: Vec<KopfProcess> = ["r1", "r2", "r3"].iter().map(|id| ring.replica(id)).collect();
+    // The default Lease (15 s): at 3,000 objects on a loaded machine a 2 s Lease's renewals
+    // can stall past its duration, and the ring re-forms (a hand-over the soak covers).
+    let replicas: Vec<KopfProcess> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| ring.replica_with(id, "15"))
+        .collect();
     let refs: Vec<&KopfProcess> = replicas.iter().collect();
     for replica in &replicas {
         wait_lines(replica, "share of 3 members", 1);
@@ -318,6 +329,9 @@ fn three_replicas_handle_each_change_exactly_once_and_share_the_load() {
     ring.wait_all_handled(&refs, count, &["create_fn"], "v1");
     ring.set_all(count, "v2");
     ring.wait_all_handled(&refs, count, &["update_fn"], "v2");
+    if let Some(dir) = std::env::var_os("KOPF_SCALE_OUT_LOGS") {
+        keep_logs(&PathBuf::from(dir), &ring, &refs);
+    }
     let calls = ring.calls();
     let mut per_change: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     for call in &calls {
