@@ -451,6 +451,13 @@ impl Members<'_> {
 fn leave_gracefully(process: &mut KopfProcess) {
     process.signal("TERM").unwrap();
     assert!(process.wait_exit(DEADLINE).unwrap().success());
+    // Its last lines may still be on their way from the pipe's reader after the exit.
+    let said =
+        |l: &String| l.contains("Left the sharding ring") || l.contains("Cannot leave the sharding ring");
+    wait_for(DEADLINE, "the replica's last words", || {
+        process.lines().iter().any(said).then_some(())
+    })
+    .unwrap();
     let lines = process.lines();
     assert!(
         lines.iter().any(|l| l.contains("Left the sharding ring")),
