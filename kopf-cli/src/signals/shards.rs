@@ -237,15 +237,33 @@ impl ShardGate {
 
     /// Whether an object (its body, as any event carries it) is this replica's to handle.
     pub fn owns(&self, body: &Value) -> bool {
+        self.ownership(body) == Ownership::Mine
+    }
+
+    /// Whose an object is, as far as this replica knows now.
+    pub fn ownership(&self, body: &Value) -> Ownership {
         let state = self.state.read();
         if !state.enabled {
-            return true;
+            return Ownership::Mine;
         }
         match (&state.assignment, object_key(body)) {
-            (Some(assignment), Some(key)) => assignment.owner(&key) == state.me,
-            _ => false,
+            (Some(assignment), Some(key)) if assignment.owner(&key) == state.me => Ownership::Mine,
+            (Some(_), Some(_)) => Ownership::Theirs,
+            // Handing over, or no key: nobody's here (fail closed).
+            _ => Ownership::Unknown,
         }
     }
+}
+
+/// Whose an object is, for the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// This replica's (or `--sharding` is off).
+    Mine,
+    /// Another member's, under the assignment in force.
+    Theirs,
+    /// No assignment in force (a hand-over), or the object has no key.
+    Unknown,
 }
 
 #[cfg(test)]
@@ -439,12 +457,19 @@ mod tests {
         assert_eq!(gate.server_selector(), None);
         gate.enable("a");
         assert!(!gate.owns(&body), "sharding without an assignment owns nothing");
+        assert_eq!(gate.ownership(&body), Ownership::Unknown);
         gate.assign(Assignment::compute(&view(&["a"])).map(Arc::new));
         assert!(gate.owns(&body));
         assert!(!gate.owns(&json!({})), "no name: not ours");
         let two = Assignment::compute(&view(&["a", "b"])).unwrap();
         gate.assign(Some(Arc::new(two.clone())));
         assert_eq!(gate.owns(&body), two.owner("u-x") == "a");
+        let whose = if two.owner("u-x") == "a" {
+            Ownership::Mine
+        } else {
+            Ownership::Theirs
+        };
+        assert_eq!(gate.ownership(&body), whose);
         assert_eq!(gate.server_selector(), two.selector("a"));
         gate.assign(None);
         assert_eq!(gate.server_selector(), None, "no assignment: no selector");
