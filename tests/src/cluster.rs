@@ -319,6 +319,12 @@ impl TestCluster {
     /// as the metric has it: `PATCH`), resource and subresource (`""` for none), summed over
     /// response codes and all users; None on the emulator.
     pub fn metrics_request_total(&self, verb: &str, resource: &str, subresource: &str) -> Option<u64> {
+        let text = self.metrics_text()?;
+        Some(sum_request_total(&text, verb, resource, subresource))
+    }
+
+    /// On a real server, its `/metrics` (Prometheus text); None on the emulator.
+    pub fn metrics_text(&self) -> Option<String> {
         let BackendHandle::ApiServer(real) = &self.backend else {
             return None;
         };
@@ -329,7 +335,7 @@ impl TestCluster {
                 Ok::<_, anyhow::Error>(client.request_text(request).await?)
             })
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-        Some(sum_request_total(&text, verb, resource, subresource))
+        Some(text)
     }
 
     /// Starts counting anew.
@@ -582,6 +588,9 @@ impl RealApiServer {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg("--stop-on-stdin-eof")
+            // Alpha, off by default; it only acts on requests that carry a shardSelector
+            // (`kopf run --sharding`): KEP-5866's server-side sharded list and watch.
+            .args(["--", "--feature-gates=ShardedListAndWatch=true"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

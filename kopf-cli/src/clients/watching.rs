@@ -82,6 +82,10 @@ pub struct WatchSettings {
     /// Wait for the server's `Retry-After` even when it is shorter than the backoff
     /// (Kopf's `settings.networking.enforce_retry_after`).
     pub enforce_retry_after: bool,
+    /// KEP-5866's `shardSelector` (`--sharding`: this replica's share), if any. A server
+    /// without the feature ignores it (the multiplexer's gate filters then); one that
+    /// refuses it gets the request again without it.
+    pub shard_selector: Option<String>,
 }
 
 impl Default for WatchSettings {
@@ -99,6 +103,7 @@ impl Default for WatchSettings {
             field_selector: None,
             client_timeout: None,
             enforce_retry_after: false,
+            shard_selector: None,
         }
     }
 }
@@ -128,7 +133,7 @@ pub async fn watch_continuously(
     client: Client,
     path: ResourcePath,
     namespace: Option<String>,
-    settings: WatchSettings,
+    mut settings: WatchSettings,
     sink: mpsc::Sender<WatchItem>,
     stop: CancellationToken,
 ) -> WatchEnd {
@@ -173,6 +178,13 @@ pub async fn watch_continuously(
                 }
             }
             Err(StepError::ConsumerGone) => return WatchEnd::ConsumerGone,
+            Err(StepError::Api { error, .. })
+                if settings.shard_selector.is_some() && refuses_shard_selector(&error) =>
+            {
+                tracing::warn!(%url, "the API server refused the shard selector ({error}); filtering client-side");
+                settings.shard_selector = None;
+                Duration::ZERO
+            }
             Err(StepError::Api { error, resume }) => {
                 let delay = error.retry_delay(backoff.next_backoff(), settings.enforce_retry_after);
                 if error.is_permission() {
@@ -230,6 +242,7 @@ async fn list_all(
         }
         let request = kube::core::Request::new(url)
             .list(&params)
+            .map(|r| sharded(r, settings))
             .map_err(|e| api_err(ApiError::Request(e.to_string())))?;
         let mut page = super::requests::request_json(client, request)
             .await
@@ -252,6 +265,18 @@ async fn list_all(
                 .map(str::to_owned)
         };
         let (rv, next) = (text("resourceVersion"), text("continue"));
+        if let Some(selector) = settings
+            .shard_selector
+            .as_ref()
+            .filter(|_| continue_token.is_none())
+        {
+            // A server that applied the selector echoes it (`metadata.shardInfo`; v1.37
+            // does for built-in resources, not for custom ones, which it filters all the
+            // same). Either way the multiplexer's gate keeps only this replica's share.
+            let echoed = metadata.and_then(|m| m.pointer("/shardInfo/selector"))
+                == Some(&Value::from(selector.as_str()));
+            tracing::debug!(%url, "Listing this replica's share with a shardSelector (echoed by the API server: {echoed}).");
+        }
         for item in items {
             send(sink, WatchItem::Listed(item)).await?;
         }
@@ -263,6 +288,27 @@ async fn list_all(
             }
         }
     }
+}
+
+/// Whether the server refused a request for its `shardSelector` (kube-apiserver 1.37
+/// answers an unparsable one with a 500 `invalid shard selector: ...`), as opposed to
+/// failing it for any other reason (then it is retried as it is).
+fn refuses_shard_selector(error: &ApiError) -> bool {
+    matches!(error.code(), Some(400 | 422 | 500)) && error.to_string().contains("invalid shard selector")
+}
+
+/// Adds the `shardSelector` parameter, if any (kube's parameters do not know it yet).
+fn sharded(mut request: http::Request<Vec<u8>>, settings: &WatchSettings) -> http::Request<Vec<u8>> {
+    if let Some(selector) = &settings.shard_selector {
+        let uri = request.uri().to_string();
+        let separator = if uri.contains('?') { '&' } else { '?' };
+        let value: String = url::form_urlencoded::byte_serialize(selector.as_bytes()).collect();
+        // A URI plus an encoded parameter is a URI: the parse cannot fail.
+        if let Ok(uri) = format!("{uri}{separator}shardSelector={value}").parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }
 
 /// Opens a watch from `rv`; `None` when the position expired (410 Gone).
@@ -289,6 +335,7 @@ async fn open_watch(
     };
     let request = kube::core::Request::new(url)
         .watch(&params, rv)
+        .map(|r| sharded(r, settings))
         .map_err(|e| failed(ApiError::Request(e.to_string())))?;
     match client.request_events::<Value>(request).await {
         Ok(stream) => Ok(Some(stream)),
@@ -382,5 +429,58 @@ async fn watch_once(
         }
         *progressed = true;
         send(sink, WatchItem::Event(kind, object)).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> ApiError {
+        ApiError::Status {
+            code,
+            reason: String::new(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_a_refused_shard_selector_drops_it() {
+        let refused =
+            "invalid shard selector: unexpected expression kind 3; expected shardRange() call or || operator";
+        assert!(refuses_shard_selector(&status(500, refused)));
+        assert!(refuses_shard_selector(&status(400, refused)));
+        assert!(!refuses_shard_selector(&status(
+            500,
+            "etcdserver: request timed out"
+        )));
+        assert!(
+            !refuses_shard_selector(&status(503, refused)),
+            "unavailable: retried as it is"
+        );
+    }
+
+    #[test]
+    fn the_shard_selector_is_one_more_encoded_parameter() {
+        let settings = WatchSettings {
+            shard_selector: Some("shardRange(object.metadata.uid, '0x0', '0x8') || x".into()),
+            ..WatchSettings::default()
+        };
+        let request = kube::core::Request::new("/apis/kopf.dev/v1/kopfexamples")
+            .list(&ListParams::default().limit(5))
+            .unwrap();
+        let uri = sharded(request, &settings).uri().to_string();
+        assert!(uri.contains("limit=5&"), "{uri}");
+        let (_, value) = uri.split_once("shardSelector=").unwrap();
+        let decoded: Vec<(String, String)> = url::form_urlencoded::parse(format!("s={value}").as_bytes())
+            .into_owned()
+            .collect();
+        assert_eq!(decoded[0].1, settings.shard_selector.unwrap());
+        let plain = kube::core::Request::new("/api/v1/pods")
+            .list(&ListParams::default())
+            .unwrap();
+        let unchanged = plain.uri().clone();
+        assert_eq!(sharded(plain, &WatchSettings::default()).uri(), &unchanged);
     }
 }

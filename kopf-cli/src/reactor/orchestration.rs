@@ -88,14 +88,13 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         let stop = CancellationToken::new();
         let (sink, items) = mpsc::channel::<WatchItem>(256);
         let (path, namespace) = key.clone();
-        let watcher = watch_continuously(
-            self.client.clone(),
-            path,
-            namespace,
-            self.watch.clone(),
-            sink,
-            stop.clone(),
-        );
+        // `--sharding`: ask the server for this replica's share only (streams restart
+        // with every assignment, see `peering::sharding`).
+        let watch = WatchSettings {
+            shard_selector: self.queue.shards.server_selector(),
+            ..self.watch.clone()
+        };
+        let watcher = watch_continuously(self.client.clone(), path, namespace, watch, sink, stop.clone());
         let queue = self.queue.clone();
         let limit = self.limit.clone();
         let stream = describe(&key);

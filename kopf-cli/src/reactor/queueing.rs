@@ -27,6 +27,7 @@ use tokio::{
 use super::mailbox::Mailbox;
 pub use super::mailbox::RawEvent;
 use crate::clients::watching::{EventType, WatchItem};
+use crate::signals::shards::Ownership;
 use tracing::Instrument as _;
 
 use crate::observability::{metrics, objects::object_span};
@@ -269,6 +270,8 @@ pub async fn multiplex<P: ObjectProcessor>(
         listed: None,
     };
     let mut depth: i64 = 0;
+    // `--sharding`: what arrived, and whose it was.
+    let (mut received, mut mine, mut theirs) = (0_u64, 0_u64, 0_u64);
     loop {
         let now = i64::try_from(mux.workers.len()).unwrap_or(i64::MAX);
         if now != depth {
@@ -279,15 +282,21 @@ pub async fn multiplex<P: ObjectProcessor>(
             item = items.recv() => {
                 let Some(item) = item else { break };
                 // `--sharding`: other replicas' objects never enter (nor the indices).
-                if let WatchItem::Listed(body) | WatchItem::Event(_, body) = &item
-                    && !mux.settings.shards.owns(body)
-                {
-                    continue;
+                if let WatchItem::Listed(body) | WatchItem::Event(_, body) = &item {
+                    received += 1;
+                    match mux.settings.shards.ownership(body) {
+                        Ownership::Mine => mine += 1,
+                        Ownership::Theirs => { theirs += 1; continue; }
+                        Ownership::Unknown => continue,
+                    }
                 }
                 mux.receive(item);
             }
             Some(done) = mux.workers.join_next_with_id(), if !mux.workers.is_empty() => mux.exited(done),
         }
+    }
+    if mux.settings.shards.is_enabled() {
+        tracing::debug!(target: "kopf.reactor", "Stream {}: {received} objects and events received, {mine} of them this replica's, {theirs} other replicas'.", mux.stream);
     }
     // The stream is over (pause or exit): close the queues and let workers finish.
     metrics::queue_depth(&mux.stream, -depth);
