@@ -88,14 +88,14 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         let stop = CancellationToken::new();
         let (sink, items) = mpsc::channel::<WatchItem>(256);
         let (path, namespace) = key.clone();
-        let watcher = watch_continuously(
-            self.client.clone(),
-            path,
-            namespace,
-            self.watch.clone(),
-            sink,
-            stop.clone(),
-        );
+        let watch = WatchSettings {
+            label_selector: processor.label_selector(),
+            ..self.watch.clone()
+        };
+        if let Some(selector) = &watch.label_selector {
+            tracing::debug!(target: "kopf.reactor", "Watching {} with the label selector {selector} (all its handlers' filters share it).", describe(&key));
+        }
+        let watcher = watch_continuously(self.client.clone(), path, namespace, watch, sink, stop.clone());
         let queue = self.queue.clone();
         let limit = self.limit.clone();
         let stream = describe(&key);

@@ -72,6 +72,7 @@ use crate::{
         dicts::{self, FieldPath},
         patches::Patch,
         references::Resource,
+        selectors::LabelSelector,
     },
 };
 
@@ -91,6 +92,8 @@ pub struct ResourceProcessor {
     pub(super) background: Background,
     /// Index handlers of this resource.
     pub(super) indexers: Vec<HandlerRef>,
+    /// What all its handlers' label filters share: the server filters by it.
+    label_selector: Option<LabelSelector>,
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -123,6 +126,7 @@ impl ResourceProcessor {
         extra_fields.sort();
         extra_fields.dedup();
         let background = Background::new(shared.clone(), resource.clone(), handlers, shared.stops.clone());
+        let label_selector = filters::common_label_selector(handlers.iter().map(|h| &h.spec().filters));
         Self {
             shared,
             resource,
@@ -132,6 +136,7 @@ impl ResourceProcessor {
             extra_fields,
             background,
             indexers,
+            label_selector,
             handled: Default::default(),
         }
     }
@@ -241,6 +246,10 @@ impl ObjectProcessor for ResourceProcessor {
             WatchItem::ListDone => self.shared.indices.list_done(stream),
             _ => {}
         }
+    }
+
+    fn label_selector(&self) -> Option<LabelSelector> {
+        self.label_selector.clone()
     }
 
     fn known_version(memory: &ObjectMemory) -> Option<Box<str>> {

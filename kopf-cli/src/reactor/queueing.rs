@@ -119,6 +119,12 @@ pub trait ObjectProcessor: Send + Sync + 'static {
         true
     }
 
+    /// The label selector its streams list and watch with (what all its handlers'
+    /// label filters share); `None`: every object.
+    fn label_selector(&self) -> Option<crate::structs::selectors::LabelSelector> {
+        None
+    }
+
     /// A stream of this processor starts for good (not after a pause).
     fn stream_started(&self, _stream: &str) {}
 
