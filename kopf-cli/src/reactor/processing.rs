@@ -334,12 +334,17 @@ impl ObjectProcessor for ResourceProcessor {
         for event in &events {
             self.run_event_handlers(event, &mut patch).await;
         }
-        let mut newest_from_events = false;
-        if let Some(last) = events.last() {
-            if last.is_deletion() {
+        if let Some(last) = events.last_mut()
+            && last.is_deletion()
+        {
+            let Some(fresh) = self.left_while_unwatched(last).await else {
                 self.forget(memory, &last.body);
                 return Verdict::default();
-            }
+            };
+            *last = RawEvent::new(Some(crate::clients::watching::EventType::Modified), fresh);
+        }
+        let mut newest_from_events = false;
+        if let Some(last) = events.last() {
             if events.iter().any(|e| e.event_type.is_none())
                 && let Some(uid) = Body::new(&last.body).uid()
             {
@@ -428,6 +433,23 @@ fn coalesce(pending: &mut Vec<RawEvent>) {
 }
 
 impl ResourceProcessor {
+    /// With a label selector, an object missing from a re-listing may live on, having left
+    /// the selection while the watch was down: then its fresh body (processed as changed,
+    /// so that its finalizer comes off); `None` when it is gone (or cannot be read).
+    async fn left_while_unwatched(&self, event: &RawEvent) -> Option<Value> {
+        let selector = self.label_selector.as_ref().filter(|_| event.vanished)?;
+        match application::reread(&self.shared.client, &self.resource, &event.body).await {
+            Ok(Some(fresh)) if Body::new(&fresh).uid() == Body::new(&event.body).uid() => {
+                (!selector.matches(&fresh)).then_some(fresh)
+            }
+            Ok(_) => None,
+            Err(failed) => {
+                tracing::warn!(target: "kopf.objects", "Missing from the listing, and cannot be re-read ({}): forgotten; a finalizer it still has stays until it matches the label selector {selector} again.", failed.error);
+                None
+            }
+        }
+    }
+
     /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
     fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
         tracing::debug!(target: "kopf.objects", "Deleted, really.");

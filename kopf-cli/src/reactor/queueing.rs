@@ -384,7 +384,7 @@ impl<P: ObjectProcessor> Multiplexer<P> {
             .collect();
         for key in gone {
             if let Some(entry) = self.entries.get(&key) {
-                let event = RawEvent::new(Some(EventType::Deleted), entry.stub.to_body());
+                let event = RawEvent::vanished(entry.stub.to_body());
                 self.dispatch(key, event);
             }
         }
