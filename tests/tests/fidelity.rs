@@ -676,3 +676,43 @@ async fn lets_go_of_objects_leaving_the_selection(cluster: &Cluster, kopf: &Kopf
             .await;
     }
 }
+
+/// Kopf's callable `initial_delay` of daemons: a function of the object (here its
+/// `spec.delay`), asked when the daemon starts. Without it both daemons start at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callable_initial_delay_is_asked_per_object() {
+    let cluster = Cluster::start().await;
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    let created_ms = now_ms();
+    for (name, delay) in [("late-0", 0.0), ("late-3", 3.0)] {
+        let mut body = Cluster::example(name, "a");
+        body["metadata"]["labels"] = json!({"fidelity": "late"});
+        body["spec"]["delay"] = json!(delay);
+        cluster.emu.create_object(body).await.unwrap();
+    }
+    let started = |name: &'static str| {
+        let record = record.clone();
+        move || !runs(&record, "late", name).is_empty()
+    };
+    cluster
+        .wait_until("the undelayed daemon started", DEADLINE, started("late-0"))
+        .await;
+    cluster
+        .wait_until("the delayed daemon started", DEADLINE, started("late-3"))
+        .await;
+    let (prompt, late) = (
+        runs(&record, "late", "late-0")[0].at_ms,
+        runs(&record, "late", "late-3")[0].at_ms,
+    );
+    assert!(
+        late >= created_ms + 3_000,
+        "the 3 s daemon started {} ms after its creation",
+        late - created_ms
+    );
+    assert!(
+        prompt < late,
+        "the undelayed daemon started after the delayed one"
+    );
+    stop(kopf);
+}
