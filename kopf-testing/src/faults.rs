@@ -433,6 +433,10 @@ pub struct Counters {
     pub by_user: BTreeMap<String, u64>,
     /// By HTTP status code.
     pub by_status: BTreeMap<u16, u64>,
+    /// Objects sent in list responses and watch events (not bookmarks), by resource
+    /// (plural): what server-side selectors save.
+    #[serde(default)]
+    pub objects_sent: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -442,6 +446,11 @@ impl Counters {
             .get(&format!("{verb} {resource}"))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Objects of a resource (plural) sent in lists and watch events.
+    pub fn objects(&self, resource: &str) -> u64 {
+        self.objects_sent.get(resource).copied().unwrap_or(0)
     }
 
     /// Count for a status code.
@@ -470,6 +479,17 @@ impl CounterStore {
         *c.by_user_agent.entry(user_agent.to_string()).or_default() += 1;
         *c.by_user.entry(user.to_string()).or_default() += 1;
         *c.by_status.entry(status).or_default() += 1;
+    }
+
+    pub(crate) fn objects_sent(&self, resource: &str, count: usize) {
+        if count > 0 {
+            *self
+                .inner
+                .lock()
+                .objects_sent
+                .entry(resource.to_owned())
+                .or_default() += count as u64;
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Counters {

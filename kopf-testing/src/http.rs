@@ -761,6 +761,7 @@ async fn resource(
             let current = shared.state.lock().rv;
             check_list_rv(q, current, &mut opts)?;
             let res = shared.list(&def, p.namespace.as_deref(), &opts)?;
+            shared.counters.objects_sent(&def.plural, res.items.len());
             Ok(json_response(
                 200,
                 render::list(

@@ -27,6 +27,8 @@ struct Filter {
     opts: ListOpts,
     mode: OutputMode,
     first: bool,
+    /// Where the objects sent are counted.
+    shared: Arc<Shared>,
 }
 
 impl Filter {
@@ -79,6 +81,7 @@ impl Filter {
     }
 
     fn encode(&mut self, kind: &str, json: &Bytes) -> Bytes {
+        self.shared.counters.objects_sent(&self.def.plural, 1);
         let obj = render::object(&self.def, &self.version, json, self.mode, self.first);
         self.first = false;
         frame(kind, &obj)
@@ -199,6 +202,7 @@ pub(crate) fn watch(
         opts,
         mode,
         first: true,
+        shared: shared.clone(),
     };
     let mut close_rx = shared.close_rx.clone();
     close_rx.mark_unchanged();

@@ -52,6 +52,38 @@ pub type MetaCallback = Arc<dyn Fn(Option<&str>, &Context) -> bool + Send + Sync
 pub type ValueCallback = Arc<dyn Fn(Option<&Value>, &Context) -> bool + Send + Sync>;
 /// A `when=` callback: `fn(ctx) -> bool`.
 pub type WhenCallback = Arc<dyn Fn(&Context) -> bool + Send + Sync>;
+/// A daemon's callable `initial_delay`: `fn(ctx) -> seconds`.
+pub type DelayCallback = Arc<dyn Fn(&Context) -> f64 + Send + Sync>;
+
+/// Kopf's `initial_delay`: seconds, or (daemons) a callable `fn(&Context) -> f64` asked
+/// when the daemon starts.
+pub enum InitialDelay {
+    /// A fixed delay (the host waits).
+    Seconds(f64),
+    /// Computed per object when its daemon starts (the plugin waits).
+    Callback(DelayCallback),
+}
+
+/// What `initial_delay = ...` accepts: seconds, or a function of the context.
+pub trait IntoInitialDelay {
+    /// Converts.
+    fn into_initial_delay(self) -> InitialDelay;
+}
+
+impl IntoInitialDelay for f64 {
+    fn into_initial_delay(self) -> InitialDelay {
+        InitialDelay::Seconds(self)
+    }
+}
+
+impl<F> IntoInitialDelay for F
+where
+    F: Fn(&Context) -> f64 + Send + Sync + 'static,
+{
+    fn into_initial_delay(self) -> InitialDelay {
+        InitialDelay::Callback(Arc::new(self))
+    }
+}
 
 /// Converts a serialisable handler return value into the JSON result (`null` → none).
 pub fn to_result_value<T: Serialize>(value: T) -> HandlerResult {
@@ -194,6 +226,8 @@ struct Callbacks {
     old: Option<ValueCallback>,
     new: Option<ValueCallback>,
     when: Option<WhenCallback>,
+    /// Not a filter: a daemon's callable `initial_delay`.
+    initial_delay: Option<DelayCallback>,
 }
 
 impl Callbacks {
@@ -357,8 +391,6 @@ impl HandlerBuilder {
         deleted: bool => |v| v;
         /// Timers: seconds between ticks.
         interval: f64 => |v| v;
-        /// Timers and daemons: seconds before the first run.
-        initial_delay: f64 => |v| v;
         /// Timers: run only after the object has been unchanged this long.
         idle: f64 => |v| v;
         /// Timers: align ticks to the interval grid.
@@ -377,6 +409,20 @@ impl HandlerBuilder {
         side_effects: bool => |v| v;
         /// Webhooks: failures allow the request.
         ignore_failures: bool => |v| v;
+    }
+
+    /// Timers and daemons: seconds before the first run; daemons also take a function of
+    /// the context returning the seconds (Kopf's callable `initial_delay`), asked when the
+    /// daemon starts (not on its retries); a stop during the delay ends it unrun.
+    pub fn initial_delay(mut self, delay: impl IntoInitialDelay) -> Self {
+        match delay.into_initial_delay() {
+            InitialDelay::Seconds(seconds) => self.options.initial_delay = Some(seconds),
+            InitialDelay::Callback(_) if self.kind != HandlerKind::Daemon => self
+                .problems
+                .push("a callable initial_delay is for daemons only (as in Kopf)".to_owned()),
+            InitialDelay::Callback(f) => self.callbacks.initial_delay = Some(f),
+        }
+        self
     }
 
     /// Webhooks: the operations (`CREATE`, `UPDATE`, `DELETE`, `CONNECT`).
@@ -742,6 +788,11 @@ impl Handler {
         if ctx.purpose() == Purpose::Filter {
             return self.filter_outcome(&ctx);
         }
+        if let Some(delay) = self.start_delay(&ctx)
+            && ctx.stopped().wait(Some(delay))
+        {
+            return Outcome::default();
+        }
         let span = object_span(&ctx);
         let result = match &self.func {
             Func::Sync(f) => {
@@ -772,6 +823,39 @@ impl Handler {
         into_outcome(result, &ctx)
     }
 
+    /// A daemon's callable `initial_delay`, before its first attempt: the seconds it
+    /// returns (a panic, a negative or non-finite number: no delay, logged).
+    fn start_delay(&self, ctx: &Context) -> Option<std::time::Duration> {
+        let f = self
+            .callbacks
+            .initial_delay
+            .as_ref()
+            .filter(|_| ctx.retry() == 0)?;
+        let seconds = {
+            let _quiet = QuietPanics::enter();
+            catch_unwind(AssertUnwindSafe(|| f(ctx)))
+        };
+        match seconds {
+            Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+                Some(std::time::Duration::from_secs_f64(seconds))
+            }
+            Ok(seconds) => {
+                tracing::error!(
+                    "The initial_delay of {:?} returned {seconds}: starting at once.",
+                    self.spec.id
+                );
+                None
+            }
+            Err(_) => {
+                tracing::error!(
+                    "The initial_delay of {:?} panicked: starting at once.",
+                    self.spec.id
+                );
+                None
+            }
+        }
+    }
+
     /// Runs the handler (or its filters) on the plugin's runtime: async handlers are
     /// awaited, sync ones run on the blocking pool. Must be awaited inside that runtime.
     pub async fn run_async(&self, invocation: Invocation) -> Outcome {
@@ -786,6 +870,11 @@ impl Handler {
                     error: Some(panicked(e.to_string())),
                     ..Outcome::default()
                 });
+        }
+        if let Some(delay) = self.start_delay(&ctx)
+            && ctx.stopped().wait_async(Some(delay)).await
+        {
+            return Outcome::default();
         }
         let result = match &self.func {
             Func::Sync(f) => {
@@ -1014,6 +1103,24 @@ mod tests {
 
     fn same(b: HandlerBuilder) -> HandlerBuilder {
         b
+    }
+
+    #[test]
+    fn a_callable_initial_delay_is_for_daemons_only() {
+        let build = |kind| {
+            HandlerBuilder::new(kind, "late")
+                .resource(["kopfexamples"])
+                .initial_delay(|_: &Context| 1.0)
+                .sync_fn(ok)
+                .build()
+        };
+        let daemon = build(HandlerKind::Daemon).unwrap();
+        assert_eq!(
+            daemon.spec.options.initial_delay, None,
+            "the plugin waits, not the host"
+        );
+        let err = build(HandlerKind::Timer).unwrap_err().to_string();
+        assert!(err.contains("daemons only"), "{err}");
     }
 
     #[test]

@@ -110,7 +110,7 @@
 //!   body's value at `field`, `old`/`new` callbacks the invocation's `old`/`new` as the
 //!   host sent them (field values for handlers with a `field`, as in Kopf);
 //! * kind-specific: `optional` (delete), `deleted` (resume), `interval`, `idle`, `sharp`,
-//!   `initial_delay` (timer), `initial_delay`, `cancellation_backoff`,
+//!   `initial_delay` (timer), `initial_delay` (seconds or `fn(&Context) -> f64`), `cancellation_backoff`,
 //!   `cancellation_timeout`, `cancellation_polling` (daemon), `operations = ["CREATE"]`,
 //!   `subresource`, `persistent`, `side_effects`, `ignore_failures` (validate, mutate).
 //!
@@ -203,8 +203,9 @@ pub use error::{
 pub use events::{event, exception, info, warn};
 pub use export::{IN_PROCESS_KEY, plugin_module};
 pub use handler::{
-    Handler, HandlerBuilder, HandlerResult, IntoMetaFilter, IntoValueFilter, MetaCallback, MetaFilter,
-    Registry, ValueCallback, ValueFilter, WhenCallback, handlers, to_result_value,
+    DelayCallback, Handler, HandlerBuilder, HandlerResult, InitialDelay, IntoInitialDelay, IntoMetaFilter,
+    IntoValueFilter, MetaCallback, MetaFilter, Registry, ValueCallback, ValueFilter, WhenCallback, handlers,
+    to_result_value,
 };
 pub use hierarchies::{
     AdoptOptions, HierarchyError, Owner, adjust_namespace, adopt, adopt_with, append_owner_reference,

@@ -515,3 +515,204 @@ async fn a_stuck_exit_is_forced_after_the_ultimate_timeout() {
         kopf.lines().join("\n")
     );
 }
+
+const SELECTORS_PLUGIN: &str = "fixture-label-selectors";
+
+/// A KopfExample with these labels.
+async fn create_with_labels(cluster: &Cluster, name: &str, labels: Value) {
+    let mut body = Cluster::example(name, "a");
+    body["metadata"]["labels"] = labels;
+    cluster.emu.create_object(body).await.unwrap();
+}
+
+/// Replaces an object's labels (not counted).
+async fn relabel(cluster: &Cluster, name: &str, labels: Value) {
+    let mut obj = cluster.get(name).expect("the object to relabel exists");
+    obj["metadata"]["labels"] = labels;
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    obj.as_object_mut().unwrap().remove("status");
+    cluster.emu.apply_object(obj).await.unwrap();
+}
+
+/// Label filters go to the API server (Kopf #1311): the handlers of `fixture-label-selectors`
+/// all require `app` to be `web` or `db`, so kopf lists and watches with `app in (db,web)`
+/// and never receives the unrelated objects, nor their changes (counted by the emulator);
+/// the filters the handlers do not share (`tier`) and callbacks (`size`) still decide
+/// client-side. An object that leaves the selection (the server says `DELETED`) is let go
+/// of: its finalizer comes off, as for an object that no longer matches any handler; also
+/// when it left while the watch was down (it is missing from the re-listing: re-read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_filters_are_sent_to_the_server() {
+    let cluster = Cluster::start().await;
+    let plugin = fixture(SELECTORS_PLUGIN);
+    const OTHERS: usize = 20;
+    for i in 0..OTHERS {
+        let labels = if i % 2 == 0 {
+            json!({"app": "other"})
+        } else {
+            json!({})
+        };
+        create_with_labels(&cluster, &format!("other-{i}"), labels).await;
+    }
+    for name in ["web-1", "web-2", "web-3"] {
+        create_with_labels(&cluster, name, json!({"app": "web", "tier": "front"})).await;
+    }
+    create_with_labels(&cluster, "db-big", json!({"app": "db", "size": "big"})).await;
+    create_with_labels(&cluster, "db-small", json!({"app": "db", "size": "small"})).await;
+    cluster.emu.reset_counters();
+
+    let mut kopf = cluster.spawn_kopf_with(&["--standalone", "--verbose"], &plugin, &[]);
+    tokio::task::block_in_place(|| kopf.wait_for_line("with the label selector app in (db,web)", DEADLINE))
+        .unwrap();
+    for name in ["web-1", "web-2", "web-3"] {
+        cluster
+            .wait_obj(name, "the web handler's result", Some(&kopf), |o| {
+                (o?.pointer("/status/web")? == &json!({"app": "web"})).then_some(())
+            })
+            .await;
+    }
+    let big = cluster
+        .wait_obj("db-big", "the db handlers' results", Some(&kopf), |o| {
+            let o = o?;
+            (o.pointer("/status/db").is_some() && o.pointer("/status/db_big").is_some()).then(|| o.clone())
+        })
+        .await;
+    assert_eq!(big["status"]["db_big"], json!({"size": "big"}), "{big}");
+    let small = cluster
+        .wait_obj("db-small", "the db handler's result", Some(&kopf), |o| {
+            let o = o?;
+            o.pointer("/status/db").map(|_| o.clone())
+        })
+        .await;
+    assert_eq!(
+        small.pointer("/status/db_big"),
+        None,
+        "the size callback ruled it out: {small}"
+    );
+    for i in 0..OTHERS {
+        let other = cluster.get(&format!("other-{i}")).unwrap();
+        assert!(
+            other.pointer("/status").is_none() && !reactor_common::has_finalizer(&other),
+            "{other}"
+        );
+    }
+
+    // Changes of the unrelated objects never reach the operator: the change of a web object
+    // made after them is handled, and the objects sent to it meanwhile are that one's events.
+    let counted = !cluster.emu.is_real();
+    let before = cluster.emu.counters().objects("kopfexamples");
+    for i in 0..OTHERS {
+        cluster.set_field(&format!("other-{i}"), "b").await;
+    }
+    cluster.set_field("web-1", "b").await;
+    cluster
+        .wait_obj("web-1", "the update handled", Some(&kopf), |o| {
+            (o?.pointer("/status/web_updated/field")? == "b").then_some(())
+        })
+        .await;
+    if counted {
+        // The operator may see the change through a re-read before its watch event is
+        // written; the stream is in order, so the unrelated changes would come before it.
+        let sent = || cluster.emu.counters().objects("kopfexamples") - before;
+        cluster
+            .wait_until("the update's watch event", DEADLINE, || sent() >= 1)
+            .await;
+        let sent = sent();
+        assert!(
+            (1..OTHERS as u64).contains(&sent),
+            "{sent} objects sent for 1 relevant and {OTHERS} unrelated changes"
+        );
+    }
+
+    lets_go_of_objects_leaving_the_selection(&cluster, &kopf).await;
+    // A real deletion of a selected object still runs its deletion handler and ends.
+    cluster.delete("web-3").await;
+    cluster
+        .wait_obj("web-3", "the object deleted", Some(&kopf), |o| {
+            o.is_none().then_some(())
+        })
+        .await;
+    stop(kopf);
+}
+
+/// An object leaving the selection (`web-2` live, `web-1` while the watch is down) has its
+/// finalizer released.
+async fn lets_go_of_objects_leaving_the_selection(cluster: &Cluster, kopf: &KopfProcess) {
+    // Leaving the selection: the server says DELETED, the object lives on without a
+    // handler that matches it, so its finalizer comes off.
+    assert!(reactor_common::has_finalizer(&cluster.get("web-2").unwrap()));
+    relabel(cluster, "web-2", json!({"app": "gone", "tier": "front"})).await;
+    cluster
+        .wait_obj("web-2", "the finalizer released", Some(kopf), |o| {
+            (!reactor_common::has_finalizer(o?)).then_some(())
+        })
+        .await;
+    // Leaving the selection while the watch is down: the re-listing (after 410 Gone) lacks
+    // the object; it is re-read, lives on, and is let go of as well (emulator faults).
+    if let Some(emulator) = cluster.emu.emulator() {
+        let faults = emulator.faults();
+        let watches = kopf_testing::FaultMatch::verb_resource("watch", "kopfexamples");
+        faults.fail_next(1_000, watches, kopf_testing::FaultKind::Status { code: 500 });
+        let refused = cluster.emu.counters().status(500);
+        faults.close_watches();
+        // The watch is closed once its reconnection is refused.
+        cluster
+            .wait_until("a refused watch", DEADLINE, || {
+                cluster.emu.counters().status(500) > refused
+            })
+            .await;
+        relabel(cluster, "web-1", json!({"tier": "front"})).await;
+        faults.expire_history();
+        faults.clear();
+        cluster
+            .wait_obj(
+                "web-1",
+                "the finalizer released after a re-listing",
+                Some(kopf),
+                |o| (!reactor_common::has_finalizer(o?)).then_some(()),
+            )
+            .await;
+    }
+}
+
+/// Kopf's callable `initial_delay` of daemons: a function of the object (here its
+/// `spec.delay`), asked when the daemon starts. Without it both daemons start at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callable_initial_delay_is_asked_per_object() {
+    let cluster = Cluster::start().await;
+    let (record, envs) = record_env(&cluster);
+    let kopf = cluster.spawn_kopf(&fixture(PLUGIN), &envs);
+    let created_ms = now_ms();
+    for (name, delay) in [("late-0", 0.0), ("late-3", 3.0)] {
+        let mut body = Cluster::example(name, "a");
+        body["metadata"]["labels"] = json!({"fidelity": "late"});
+        body["spec"]["delay"] = json!(delay);
+        cluster.emu.create_object(body).await.unwrap();
+    }
+    let started = |name: &'static str| {
+        let record = record.clone();
+        move || !runs(&record, "late", name).is_empty()
+    };
+    cluster
+        .wait_until("the undelayed daemon started", DEADLINE, started("late-0"))
+        .await;
+    cluster
+        .wait_until("the delayed daemon started", DEADLINE, started("late-3"))
+        .await;
+    let (prompt, late) = (
+        runs(&record, "late", "late-0")[0].at_ms,
+        runs(&record, "late", "late-3")[0].at_ms,
+    );
+    assert!(
+        late >= created_ms + 3_000,
+        "the 3 s daemon started {} ms after its creation",
+        late - created_ms
+    );
+    assert!(
+        prompt < late,
+        "the undelayed daemon started after the delayed one"
+    );
+    stop(kopf);
+}

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, urls::ResourcePath};
 use crate::structs::backoff::{Backoff, Delays};
+use crate::structs::selectors::LabelSelector;
 
 /// The raw event type, as in the watch protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,8 +72,10 @@ pub struct WatchSettings {
     pub error_backoffs: Vec<Duration>,
     /// Objects per page of the listing.
     pub page_size: u32,
-    /// A label selector applied server-side, if any.
-    pub label_selector: Option<String>,
+    /// A label selector applied server-side, if any. An object that stops matching it
+    /// arrives as `MODIFIED` (the server says `DELETED`, but the object lives on): the
+    /// consumer sees its new labels and can let go of it (its finalizer, its daemons).
+    pub label_selector: Option<LabelSelector>,
     /// A field selector applied server-side, if any (`metadata.name=NAME` watches one
     /// object, and needs RBAC for that name only).
     pub field_selector: Option<String>,
@@ -232,7 +235,7 @@ async fn list_all(
     loop {
         let mut params = ListParams::default().limit(settings.page_size);
         if let Some(selector) = &settings.label_selector {
-            params = params.labels(selector);
+            params = params.labels(&selector.to_string());
         }
         if let Some(selector) = &settings.field_selector {
             params = params.fields(selector);
@@ -324,7 +327,7 @@ async fn open_watch(
         ..WatchParams::default()
     };
     if let Some(selector) = &settings.label_selector {
-        params = params.labels(selector);
+        params = params.labels(&selector.to_string());
     }
     if let Some(selector) = &settings.field_selector {
         params = params.fields(selector);
@@ -348,6 +351,16 @@ async fn open_watch(
             }
         }
     }
+}
+
+/// Whether a `DELETED` event means the object no longer matches the label selector
+/// rather than that it is gone: its last state (a deletion's always matches) does not
+/// match.
+fn left_selection(settings: &WatchSettings, object: &Value) -> bool {
+    settings
+        .label_selector
+        .as_ref()
+        .is_some_and(|selector| !selector.matches(object))
 }
 
 /// Watches from `rv` until the stream ends; returns the position to resume from, or
@@ -400,6 +413,10 @@ async fn watch_once(
         let (kind, object) = match event {
             WatchEvent::Added(object) => (EventType::Added, object),
             WatchEvent::Modified(object) => (EventType::Modified, object),
+            WatchEvent::Deleted(object) if left_selection(settings, &object) => {
+                tracing::debug!(%url, "an object left the label selection; it is seen as modified");
+                (EventType::Modified, object)
+            }
             WatchEvent::Deleted(object) => (EventType::Deleted, object),
             WatchEvent::Bookmark(bookmark) => {
                 position = bookmark.metadata.resource_version;

@@ -9,6 +9,7 @@ use kopf_abi::protocol::{FilterValue, Filters};
 use serde_json::{Map, Value};
 
 use crate::structs::pyjson::py_eq;
+use crate::structs::selectors::{LabelRequirement, LabelSelector};
 use crate::structs::{bodies::Body, dicts};
 
 /// The result of static filter matching.
@@ -158,6 +159,46 @@ fn match_field_changes(
     match_one(&filters.old, old).and(match_one(&filters.new, new))
 }
 
+/// The label selector the API server can apply for all these handlers' filters at once
+/// (Kopf #1311: fewer objects listed and watched): per label key that every handler
+/// filters by, the weakest requirement all of them imply (`app=web` and `app=db` give
+/// `app in (db,web)`; a value and `PRESENT` give `app`). A value, `PRESENT` and `ABSENT`
+/// become `key=value`, `key` and `!key`; callbacks and values the server cannot express
+/// stay client-side only. `None` when nothing is shared (or there are no handlers): then
+/// every object is watched. The client-side filters still decide for each handler.
+pub fn common_label_selector<'a>(filters: impl IntoIterator<Item = &'a Filters>) -> Option<LabelSelector> {
+    let mut common: Option<BTreeMap<String, LabelRequirement>> = None;
+    for filters in filters {
+        let mut own = label_requirements(filters);
+        common = Some(match common {
+            None => own,
+            Some(shared) => shared
+                .into_iter()
+                .filter_map(|(key, requirement)| {
+                    let theirs = own.remove(&key)?;
+                    Some((key, requirement.either(theirs)?))
+                })
+                .collect(),
+        });
+    }
+    LabelSelector::new(common.unwrap_or_default().into_values())
+}
+
+/// The label filters of one handler that a server-side selector can state, by key.
+fn label_requirements(filters: &Filters) -> BTreeMap<String, LabelRequirement> {
+    filters
+        .labels
+        .iter()
+        .filter_map(|(key, value)| match value {
+            FilterValue::Equals(Value::String(text)) => LabelRequirement::equals(key, text),
+            FilterValue::Present => LabelRequirement::exists(key),
+            FilterValue::Absent => LabelRequirement::not_exists(key),
+            FilterValue::Equals(_) | FilterValue::Callback => None,
+        })
+        .map(|requirement| (requirement.key().to_owned(), requirement))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +242,49 @@ mod tests {
         };
         assert_eq!(matches(&f, &s, true), FilterMatch::NoMatch);
         assert_eq!(matches(&f, &s, false), FilterMatch::Match);
+    }
+
+    fn labelled(pairs: &[(&str, FilterValue)]) -> Filters {
+        let mut f = Filters::default();
+        for (key, value) in pairs {
+            f.labels.insert((*key).into(), value.clone());
+        }
+        f
+    }
+
+    #[test]
+    fn the_common_label_selector_is_what_every_handler_states() {
+        let web = FilterValue::Equals(json!("web"));
+        let a = labelled(&[
+            ("app", web.clone()),
+            ("tier", FilterValue::Present),
+            ("skip", FilterValue::Absent),
+        ]);
+        let b = labelled(&[
+            ("app", web.clone()),
+            ("skip", FilterValue::Absent),
+            ("x", FilterValue::Callback),
+        ]);
+        let selector = common_label_selector([&a, &b]).map(|s| s.to_string());
+        assert_eq!(selector.as_deref(), Some("app=web,!skip"));
+        // A handler without label filters sees every object: nothing can be left out.
+        assert_eq!(common_label_selector([&a, &Filters::default()]), None);
+        // Different values of one key: either of them.
+        let c = labelled(&[
+            ("app", FilterValue::Equals(json!("db"))),
+            ("skip", FilterValue::Present),
+        ]);
+        let selector = common_label_selector([&a, &c]).map(|s| s.to_string());
+        assert_eq!(selector.as_deref(), Some("app in (db,web)"));
+        let e = labelled(&[("app", FilterValue::Present)]);
+        let selector = common_label_selector([&a, &c, &e]).map(|s| s.to_string());
+        assert_eq!(selector.as_deref(), Some("app"));
+        // Callbacks and non-string values stay client-side.
+        let d = labelled(&[
+            ("app", FilterValue::Callback),
+            ("n", FilterValue::Equals(json!(1))),
+        ]);
+        assert_eq!(common_label_selector([&d]), None);
+        assert_eq!(common_label_selector(std::iter::empty()), None);
     }
 }

@@ -20,6 +20,8 @@ pub struct RawEvent {
     /// (only for processors that do not need every event, see
     /// [`ObjectProcessor::needs_every_event`]); oldest first.
     pub superseded: Vec<String>,
+    /// A synthetic deletion: the object was missing from a re-listing (its body is a stub).
+    pub vanished: bool,
 }
 
 impl RawEvent {
@@ -29,6 +31,16 @@ impl RawEvent {
             event_type,
             body,
             superseded: Vec::new(),
+            vanished: false,
+        }
+    }
+
+    /// The deletion of an object that a re-listing no longer shows; `stub` is what is
+    /// known of it (apiVersion, kind, name, namespace, uid, resourceVersion).
+    pub fn vanished(stub: Value) -> Self {
+        Self {
+            vanished: true,
+            ..Self::new(Some(EventType::Deleted), stub)
         }
     }
 

@@ -89,11 +89,16 @@ impl<P: ObjectProcessor> Orchestrator<P> {
         let (sink, items) = mpsc::channel::<WatchItem>(256);
         let (path, namespace) = key.clone();
         // `--sharding`: ask the server for this replica's share only (streams restart
-        // with every assignment, see `peering::sharding`).
+        // with every assignment, see `peering::sharding`); label filters that all the
+        // handlers share go to the server too.
         let watch = WatchSettings {
             shard_selector: self.queue.shards.server_selector(),
+            label_selector: processor.label_selector(),
             ..self.watch.clone()
         };
+        if let Some(selector) = &watch.label_selector {
+            tracing::debug!(target: "kopf.reactor", "Watching {} with the label selector {selector} (all its handlers' filters share it).", describe(&key));
+        }
         let watcher = watch_continuously(self.client.clone(), path, namespace, watch, sink, stop.clone());
         let queue = self.queue.clone();
         let limit = self.limit.clone();

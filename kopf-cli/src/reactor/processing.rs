@@ -72,6 +72,7 @@ use crate::{
         dicts::{self, FieldPath},
         patches::Patch,
         references::Resource,
+        selectors::LabelSelector,
     },
 };
 
@@ -91,6 +92,8 @@ pub struct ResourceProcessor {
     pub(super) background: Background,
     /// Index handlers of this resource.
     pub(super) indexers: Vec<HandlerRef>,
+    /// What all its handlers' label filters share: the server filters by it.
+    label_selector: Option<LabelSelector>,
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -123,6 +126,7 @@ impl ResourceProcessor {
         extra_fields.sort();
         extra_fields.dedup();
         let background = Background::new(shared.clone(), resource.clone(), handlers, shared.stops.clone());
+        let label_selector = filters::common_label_selector(handlers.iter().map(|h| &h.spec().filters));
         Self {
             shared,
             resource,
@@ -132,6 +136,7 @@ impl ResourceProcessor {
             extra_fields,
             background,
             indexers,
+            label_selector,
             handled: Default::default(),
         }
     }
@@ -243,6 +248,10 @@ impl ObjectProcessor for ResourceProcessor {
         }
     }
 
+    fn label_selector(&self) -> Option<LabelSelector> {
+        self.label_selector.clone()
+    }
+
     fn known_version(memory: &ObjectMemory) -> Option<Box<str>> {
         memory.known_version.clone()
     }
@@ -325,12 +334,17 @@ impl ObjectProcessor for ResourceProcessor {
         for event in &events {
             self.run_event_handlers(event, &mut patch).await;
         }
-        let mut newest_from_events = false;
-        if let Some(last) = events.last() {
-            if last.is_deletion() {
+        if let Some(last) = events.last_mut()
+            && last.is_deletion()
+        {
+            let Some(fresh) = self.left_while_unwatched(last).await else {
                 self.forget(memory, &last.body);
                 return Verdict::default();
-            }
+            };
+            *last = RawEvent::new(Some(crate::clients::watching::EventType::Modified), fresh);
+        }
+        let mut newest_from_events = false;
+        if let Some(last) = events.last() {
             if events.iter().any(|e| e.event_type.is_none())
                 && let Some(uid) = Body::new(&last.body).uid()
             {
@@ -419,6 +433,23 @@ fn coalesce(pending: &mut Vec<RawEvent>) {
 }
 
 impl ResourceProcessor {
+    /// With a label selector, an object missing from a re-listing may live on, having left
+    /// the selection while the watch was down: then its fresh body (processed as changed,
+    /// so that its finalizer comes off); `None` when it is gone (or cannot be read).
+    async fn left_while_unwatched(&self, event: &RawEvent) -> Option<Value> {
+        let selector = self.label_selector.as_ref().filter(|_| event.vanished)?;
+        match application::reread(&self.shared.client, &self.resource, &event.body).await {
+            Ok(Some(fresh)) if Body::new(&fresh).uid() == Body::new(&event.body).uid() => {
+                (!selector.matches(&fresh)).then_some(fresh)
+            }
+            Ok(_) => None,
+            Err(failed) => {
+                tracing::warn!(target: "kopf.objects", "Missing from the listing, and cannot be re-read ({}): forgotten; a finalizer it still has stays until it matches the label selector {selector} again.", failed.error);
+                None
+            }
+        }
+    }
+
     /// The object is gone: nothing of it is kept (its daemons, its plugins' memos).
     fn forget(&self, memory: &mut ObjectMemory, body: &Value) {
         tracing::debug!(target: "kopf.objects", "Deleted, really.");

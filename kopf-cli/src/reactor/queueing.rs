@@ -120,6 +120,12 @@ pub trait ObjectProcessor: Send + Sync + 'static {
         true
     }
 
+    /// The label selector its streams list and watch with (what all its handlers'
+    /// label filters share); `None`: every object.
+    fn label_selector(&self) -> Option<crate::structs::selectors::LabelSelector> {
+        None
+    }
+
     /// A stream of this processor starts for good (not after a pause).
     fn stream_started(&self, _stream: &str) {}
 
@@ -387,7 +393,7 @@ impl<P: ObjectProcessor> Multiplexer<P> {
             .collect();
         for key in gone {
             if let Some(entry) = self.entries.get(&key) {
-                let event = RawEvent::new(Some(EventType::Deleted), entry.stub.to_body());
+                let event = RawEvent::vanished(entry.stub.to_body());
                 self.dispatch(key, event);
             }
         }

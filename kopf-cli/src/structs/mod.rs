@@ -11,4 +11,5 @@ pub mod diffs;
 pub mod patches;
 pub mod pyjson;
 pub mod references;
+pub mod selectors;
 pub mod versions;
