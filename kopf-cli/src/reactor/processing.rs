@@ -65,9 +65,9 @@ use crate::{
         filters::{self, FilterMatch, FilterSubject},
     },
     plugin::HandlerRef,
-    settings::seconds,
+    settings::OperatorSettings,
     structs::{
-        backoff::Delays,
+        backoff::{Delays, jittered},
         bodies::Body,
         dicts::{self, FieldPath},
         patches::Patch,
@@ -402,6 +402,10 @@ impl ObjectProcessor for ResourceProcessor {
     }
 }
 
+/// Up to this fraction of each throttle pause is added at random, so that objects failing
+/// together (an API outage) do not retry in lockstep; never less than Kopf's delay.
+const THROTTLE_JITTER: f64 = 0.2;
+
 /// How long a pause waits for handler calls still running in the plugins.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often it looks.
@@ -416,6 +420,23 @@ fn coalesce(pending: &mut Vec<RawEvent>) {
         newest.absorb(older, version);
     }
     pending.push(newest);
+}
+
+/// The throttle's pause after `errors` failures in a row: Kopf's `queueing.error_delays`
+/// (or the server's Retry-After), and that plus its jitter.
+fn throttle_pause(
+    settings: &OperatorSettings,
+    errors: usize,
+    why: &Stall,
+) -> (std::time::Duration, std::time::Duration) {
+    let base = Delays::from_seconds(&settings.queueing.error_delays).after(errors as u32);
+    let base = match why {
+        Stall::Api(failed) => failed
+            .error
+            .retry_delay(base, settings.networking.enforce_retry_after),
+        Stall::Filters(_) => base,
+    };
+    (base, jittered(base, THROTTLE_JITTER))
 }
 
 impl ResourceProcessor {
@@ -447,6 +468,10 @@ impl ResourceProcessor {
     /// verdict instead when the object is gone or the read failed (throttled like a failed
     /// patch: a refused GET names the verb and the resource; the body stays stale).
     async fn reread_stale(&self, memory: &mut ObjectMemory, body: Value) -> Result<Value, Verdict> {
+        if memory.errors >= 2 {
+            // Each failure is logged as it happens; this says the object is still stuck.
+            tracing::warn!(target: "kopf.objects", "Re-reading the object again after {} failed requests in a row.", memory.errors);
+        }
         match application::reread(&self.shared.client, &self.resource, &body).await {
             Ok(Some(fresh)) => {
                 memory.stale = false;
@@ -473,25 +498,23 @@ impl ResourceProcessor {
         why: &Stall,
         stale: bool,
     ) -> Verdict {
-        let settings = &self.shared.settings;
-        let pause = Delays::from_seconds(&settings.queueing.error_delays).after(memory.errors as u32);
-        let (pause, account) = match why {
-            Stall::Api(failed) => (
-                failed
-                    .error
-                    .retry_delay(pause, settings.networking.enforce_retry_after),
-                failed.describe(&self.resource),
-            ),
-            Stall::Filters(error) => (pause, format!("Nothing is decided: {error}")),
+        let (base, pause) = throttle_pause(&self.shared.settings, memory.errors, why);
+        let account = match why {
+            Stall::Api(failed) => failed.describe(&self.resource),
+            Stall::Filters(error) => format!("Nothing is decided: {error}"),
         };
-        let pause = pause.as_secs_f64();
         memory.errors += 1;
-        tracing::error!(target: "kopf.objects", "{account}; throttling for {pause}s.");
+        tracing::error!(
+            target: "kopf.objects",
+            "{account}; throttling for {}s (+{:.2}s of jitter).",
+            base.as_secs_f64(),
+            (pause - base).as_secs_f64()
+        );
         memory.body = Some(body);
         memory.stale = stale;
         // Remembered (not only returned): an echo of an earlier successful patch may
         // arrive before the wake-up and must not make us forget it.
-        memory.retry_at = Some(Instant::now() + seconds(pause));
+        memory.retry_at = Some(Instant::now() + pause);
         Verdict {
             wake_at: memory.retry_at,
             ..Default::default()
@@ -638,5 +661,24 @@ mod tests {
         assert_eq!(pending[0].resource_version(), Some("100"));
         assert_eq!(pending[0].event_type, None, "a listed object stays listed");
         assert!(pending[0].has_seen("0") && pending[0].has_seen("57"));
+    }
+
+    #[test]
+    fn throttle_pauses_follow_the_error_delays_with_bounded_jitter() {
+        let settings = OperatorSettings::default();
+        let why = Stall::Filters(FilterError {
+            handler: "h".into(),
+            message: "panicked".into(),
+        });
+        for errors in 0..8 {
+            let expected = Delays::from_seconds(&settings.queueing.error_delays).after(errors as u32);
+            let pauses: Vec<_> = (0..50).map(|_| throttle_pause(&settings, errors, &why)).collect();
+            for (base, pause) in &pauses {
+                assert_eq!(*base, expected);
+                assert!(*pause >= expected && *pause <= expected.mul_f64(1.0 + THROTTLE_JITTER));
+            }
+            // Objects failing together do not retry in lockstep.
+            assert!(pauses.iter().any(|(_, p)| *p != pauses[0].1), "{pauses:?}");
+        }
     }
 }
