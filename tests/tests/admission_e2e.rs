@@ -183,7 +183,8 @@ fn webhooks_validate_mutate_and_survive_panics() {
             "check-spec.auto.kopf.dev",
             "audit-dryrun.auto.kopf.dev",
             "strict-panics.auto.kopf.dev",
-            "lenient-panics.auto.kopf.dev"
+            "lenient-panics.auto.kopf.dev",
+            "guarded.auto.kopf.dev"
         ]
     );
     let lenient = &webhooks[3];
@@ -395,6 +396,71 @@ fn webhooks_validate_mutate_and_survive_panics() {
     // With no webhooks left, the API server admits what the handlers would have denied.
     let out = setup.apply(&example("bad3", json!({"field": "wrong"}), json!({})), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+// Issue 18 #1, the admission side: a `when=` callback that panics is no "no match" (the
+// webhook would then admit unvalidated), but a failure that denies with 500, also under
+// `ignore_failures` (only the configuration's failure policy); a callback that decides
+// "no" admits.
+#[test]
+fn undecidable_filters_deny_admission_requests() {
+    let setup = Setup::start();
+    wait_for(DEADLINE, "the validating configuration", || {
+        setup.get("validatingwebhookconfiguration", "auto.kopf.dev")
+    })
+    .unwrap();
+    let out = setup.apply(
+        &example(
+            "decided",
+            json!({"field": "ok", "filter": "decidable"}),
+            json!({}),
+        ),
+        &[],
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), setup.logs());
+
+    let out = setup.apply(
+        &example(
+            "undecided",
+            json!({"field": "ok", "filter": "undecidable"}),
+            json!({}),
+        ),
+        &[],
+    );
+    assert!(!out.status.success(), "admitted on a guess\n{}", setup.logs());
+    let text = stderr(&out);
+    assert!(text.contains("guarded.auto.kopf.dev"), "{text}");
+    assert!(text.contains("the filters of handler"), "{text}");
+    assert!(text.contains("cannot decide"), "{text}");
+    assert!(setup.get("kex", "undecided").is_none());
+
+    // The same answer straight from the server: denied with code 500.
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "uid-undecided",
+            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": example("direct", json!({"filter": "undecidable"}), json!({})),
+        },
+    });
+    let (code, body) = setup.curl("/guarded", &review.to_string());
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert_eq!(answer["response"]["status"]["code"], 500, "{answer}");
+    assert!(
+        setup
+            .kopf
+            .lines()
+            .iter()
+            .any(|l| l.contains("the filters of handler \"guarded\" failed")),
+        "{}",
+        setup.logs()
+    );
 }
 
 #[test]
