@@ -640,45 +640,5 @@ impl ResourceProcessor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clients::watching::EventType;
-
-    #[test]
-    fn events_waiting_for_the_indices_coalesce_to_the_newest() {
-        let event = |kind: Option<EventType>, version: &str| {
-            RawEvent::new(
-                kind,
-                json!({"metadata": {"name": "a", "resourceVersion": version}}),
-            )
-        };
-        let mut pending: Vec<RawEvent> = (1..=100)
-            .map(|v| event(Some(EventType::Modified), &v.to_string()))
-            .collect();
-        pending.insert(0, event(None, "0"));
-        coalesce(&mut pending);
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].resource_version(), Some("100"));
-        assert_eq!(pending[0].event_type, None, "a listed object stays listed");
-        assert!(pending[0].has_seen("0") && pending[0].has_seen("57"));
-    }
-
-    #[test]
-    fn throttle_pauses_follow_the_error_delays_with_bounded_jitter() {
-        let settings = OperatorSettings::default();
-        let why = Stall::Filters(FilterError {
-            handler: "h".into(),
-            message: "panicked".into(),
-        });
-        for errors in 0..8 {
-            let expected = Delays::from_seconds(&settings.queueing.error_delays).after(errors as u32);
-            let pauses: Vec<_> = (0..50).map(|_| throttle_pause(&settings, errors, &why)).collect();
-            for (base, pause) in &pauses {
-                assert_eq!(*base, expected);
-                assert!(*pause >= expected && *pause <= expected.mul_f64(1.0 + THROTTLE_JITTER));
-            }
-            // Objects failing together do not retry in lockstep.
-            assert!(pauses.iter().any(|(_, p)| *p != pauses[0].1), "{pauses:?}");
-        }
-    }
-}
+#[path = "processing_tests.rs"]
+mod tests;
