@@ -68,6 +68,8 @@ struct Registered {
 #[must_use = "the operator awaits Peering::shutdown on exit"]
 pub struct Peering {
     registered: Vec<Registered>,
+    /// A Lease (`--lease`, `--sharding`) hands this replica's objects over on exit.
+    hands_over: bool,
 }
 
 impl Peering {
@@ -79,7 +81,14 @@ impl Peering {
         (task, ready): (JoinHandle<()>, impl Future<Output = ()>),
     ) {
         self.registered.push(Registered { release, task });
+        self.hands_over = true;
         let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    }
+
+    /// Whether another replica takes this one's objects over once its Lease is released:
+    /// the handler calls still running must return first.
+    pub fn hands_over(&self) -> bool {
+        self.hands_over
     }
 
     /// Ends peering and the Lease election: removes this operator's keep-alive records

@@ -259,22 +259,7 @@ impl ObjectProcessor for ResourceProcessor {
     }
 
     async fn settle(&self) {
-        let running = || self.shared.plugins.running_object_calls();
-        let mut left = running();
-        if left == 0 {
-            return;
-        }
-        tracing::info!(target: "kopf.reactor", "Waiting for {left} handler call(s) still running in the plugins before pausing.");
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while left > 0 && Instant::now() < deadline {
-            tokio::time::sleep(SETTLE_POLL).await;
-            left = running();
-        }
-        if left > 0 {
-            tracing::warn!(target: "kopf.reactor", "Paused with {left} handler call(s) still running in the plugins after {}s.", SETTLE_TIMEOUT.as_secs());
-        } else {
-            tracing::info!(target: "kopf.reactor", "The handler calls still running have returned.");
-        }
+        settle_plugin_calls(&self.shared.plugins, "pausing").await;
     }
 
     fn needs_every_event(&self) -> bool {
@@ -406,7 +391,30 @@ impl ObjectProcessor for ResourceProcessor {
 /// together (an API outage) do not retry in lockstep; never less than Kopf's delay.
 const THROTTLE_JITTER: f64 = 0.2;
 
-/// How long a pause waits for handler calls still running in the plugins.
+/// Waits (up to `SETTLE_TIMEOUT`, logged) until the handler calls about objects still
+/// running in the plugins (abandoned by stopped workers) have returned, before `what`
+/// ("pausing", "releasing the Lease"): whoever takes over must never run a handler while
+/// this replica's call of it still runs.
+pub(crate) async fn settle_plugin_calls(plugins: &crate::plugin::PluginSet, what: &str) {
+    let running = || plugins.running_object_calls();
+    let mut left = running();
+    if left == 0 {
+        return;
+    }
+    tracing::info!(target: "kopf.reactor", "Waiting for {left} handler call(s) still running in the plugins before {what}.");
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while left > 0 && Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_POLL).await;
+        left = running();
+    }
+    if left > 0 {
+        tracing::warn!(target: "kopf.reactor", "Still {left} handler call(s) running in the plugins after {}s; {what} anyway.", SETTLE_TIMEOUT.as_secs());
+    } else {
+        tracing::info!(target: "kopf.reactor", "The handler calls still running have returned.");
+    }
+}
+
+/// How long a pause (or an exit with a Lease) waits for handler calls still running in the plugins.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often it looks.
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
