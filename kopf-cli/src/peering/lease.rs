@@ -486,12 +486,12 @@ pub(super) async fn exit_step(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use kopf_testing::{Emulator, EmulatorHandle};
 
     /// An emulator and a client of it.
-    pub(in crate::peering) async fn cluster() -> (EmulatorHandle, Client) {
+    pub(crate) async fn cluster() -> (EmulatorHandle, Client) {
         let emu = Emulator::builder().start().await.unwrap();
         let config = crate::clients::connection::config_from_yaml(&emu.kubeconfig_yaml())
             .await
