@@ -261,7 +261,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shared_ca_near_its_expiry_is_renewed_once_for_all_replicas() {
-        let (emu, client) = crate::peering::lease::tests::cluster().await;
+        let (emu, client) = crate::clients::connection::emulated().await;
         let old = generate_ca_valid_for(10).unwrap();
         let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
         let secret = json!({
