@@ -547,6 +547,9 @@ async fn admit(client: &kube::Client, name: &str, field: &str) -> Result<(), Str
         .map_err(|e| e.to_string())
 }
 
+/// The validating handlers of example 17 (one webhook each).
+const EXAMPLE_17_VALIDATING: usize = 5;
+
 fn webhooks_in(cluster: &Cluster, plural: &str) -> Option<usize> {
     let config =
         cluster
@@ -646,7 +649,7 @@ async fn only_the_last_replica_removes_the_webhooks() {
     );
     assert_eq!(
         webhooks_in(&cluster, "validatingwebhookconfigurations"),
-        Some(4),
+        Some(EXAMPLE_17_VALIDATING),
         "{}",
         logs(&first, &second)
     );
@@ -664,7 +667,8 @@ async fn only_the_last_replica_removes_the_webhooks() {
         .unwrap();
     tokio::task::block_in_place(|| {
         wait_for(DEADLINE, "the emptied configuration to be restored", || {
-            (webhooks_in(&cluster, "validatingwebhookconfigurations") == Some(4)).then_some(())
+            (webhooks_in(&cluster, "validatingwebhookconfigurations") == Some(EXAMPLE_17_VALIDATING))
+                .then_some(())
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&first, &second)));
