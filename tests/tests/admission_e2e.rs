@@ -161,6 +161,22 @@ fn example(name: &str, spec: Value, labels: Value) -> Value {
     })
 }
 
+/// An AdmissionReview of the creation of `object` by "tester".
+fn creation_review(uid: &str, object: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": object,
+        }
+    })
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -289,18 +305,7 @@ fn webhooks_validate_mutate_and_survive_panics() {
     );
 
     // Directly: warnings and the base64 JSONPatch in the AdmissionReview response.
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "uid-1",
-            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
-            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
-            "operation": "CREATE",
-            "userInfo": {"username": "tester"},
-            "object": example("direct", json!({}), json!({})),
-        }
-    });
+    let review = creation_review("uid-1", example("direct", json!({}), json!({})));
     let (code, body) = setup.curl("/check_spec", &review.to_string());
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -435,18 +440,8 @@ fn undecidable_filters_deny_admission_requests() {
     assert!(setup.get("kex", "undecided").is_none());
 
     // The same answer straight from the server: denied with code 500.
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "uid-undecided",
-            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
-            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
-            "operation": "CREATE",
-            "userInfo": {"username": "tester"},
-            "object": example("direct", json!({"filter": "undecidable"}), json!({})),
-        },
-    });
+    let object = example("direct", json!({"filter": "undecidable"}), json!({}));
+    let review = creation_review("uid-undecided", object);
     let (code, body) = setup.curl("/guarded", &review.to_string());
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
