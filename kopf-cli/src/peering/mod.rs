@@ -68,7 +68,7 @@ struct Registered {
 #[must_use = "the operator awaits Peering::shutdown on exit"]
 pub struct Peering {
     registered: Vec<Registered>,
-    /// A Lease (`--lease`, `--sharding`) hands this replica's objects over on exit.
+    /// The Lease of `--lease` hands this replica's objects over on exit.
     hands_over: bool,
 }
 
@@ -81,7 +81,6 @@ impl Peering {
         (task, ready): (JoinHandle<()>, impl Future<Output = ()>),
     ) {
         self.registered.push(Registered { release, task });
-        self.hands_over = true;
         let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
     }
 
@@ -147,6 +146,9 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
         peering_identity = shared;
         peering.hold(release, spawned).await;
     }
+    // Not (yet) for a ring member: its exit waits in the scale-out test made hand-overs
+    // run changes twice (unexplained), so `--sharding` exits as before.
+    peering.hands_over = context.options.lease.is_some();
     if context.settings.peering.standalone {
         tracing::debug!(target: "kopf.peering", "Standalone mode: no peering.");
         return Ok(peering);
