@@ -161,6 +161,22 @@ fn example(name: &str, spec: Value, labels: Value) -> Value {
     })
 }
 
+/// An AdmissionReview of the creation of `object` by "tester".
+fn creation_review(uid: &str, object: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
+            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": object,
+        }
+    })
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -183,7 +199,8 @@ fn webhooks_validate_mutate_and_survive_panics() {
             "check-spec.auto.kopf.dev",
             "audit-dryrun.auto.kopf.dev",
             "strict-panics.auto.kopf.dev",
-            "lenient-panics.auto.kopf.dev"
+            "lenient-panics.auto.kopf.dev",
+            "guarded.auto.kopf.dev"
         ]
     );
     let lenient = &webhooks[3];
@@ -288,18 +305,7 @@ fn webhooks_validate_mutate_and_survive_panics() {
     );
 
     // Directly: warnings and the base64 JSONPatch in the AdmissionReview response.
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "uid-1",
-            "kind": {"group": "kopf.dev", "version": "v1", "kind": "KopfExample"},
-            "resource": {"group": "kopf.dev", "version": "v1", "resource": "kopfexamples"},
-            "operation": "CREATE",
-            "userInfo": {"username": "tester"},
-            "object": example("direct", json!({}), json!({})),
-        }
-    });
+    let review = creation_review("uid-1", example("direct", json!({}), json!({})));
     let (code, body) = setup.curl("/check_spec", &review.to_string());
     assert_eq!(code, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -395,6 +401,61 @@ fn webhooks_validate_mutate_and_survive_panics() {
     // With no webhooks left, the API server admits what the handlers would have denied.
     let out = setup.apply(&example("bad3", json!({"field": "wrong"}), json!({})), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+// Issue 18 #1, the admission side: a `when=` callback that panics is no "no match" (the
+// webhook would then admit unvalidated), but a failure that denies with 500, also under
+// `ignore_failures` (only the configuration's failure policy); a callback that decides
+// "no" admits.
+#[test]
+fn undecidable_filters_deny_admission_requests() {
+    let setup = Setup::start();
+    wait_for(DEADLINE, "the validating configuration", || {
+        setup.get("validatingwebhookconfiguration", "auto.kopf.dev")
+    })
+    .unwrap();
+    let out = setup.apply(
+        &example(
+            "decided",
+            json!({"field": "ok", "filter": "decidable"}),
+            json!({}),
+        ),
+        &[],
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), setup.logs());
+
+    let out = setup.apply(
+        &example(
+            "undecided",
+            json!({"field": "ok", "filter": "undecidable"}),
+            json!({}),
+        ),
+        &[],
+    );
+    assert!(!out.status.success(), "admitted on a guess\n{}", setup.logs());
+    let text = stderr(&out);
+    assert!(text.contains("guarded.auto.kopf.dev"), "{text}");
+    assert!(text.contains("the filters of handler"), "{text}");
+    assert!(text.contains("cannot decide"), "{text}");
+    assert!(setup.get("kex", "undecided").is_none());
+
+    // The same answer straight from the server: denied with code 500.
+    let object = example("direct", json!({"filter": "undecidable"}), json!({}));
+    let review = creation_review("uid-undecided", object);
+    let (code, body) = setup.curl("/guarded", &review.to_string());
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert_eq!(answer["response"]["status"]["code"], 500, "{answer}");
+    assert!(
+        setup
+            .kopf
+            .lines()
+            .iter()
+            .any(|l| l.contains("the filters of handler \"guarded\" failed")),
+        "{}",
+        setup.logs()
+    );
 }
 
 #[test]

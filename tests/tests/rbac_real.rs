@@ -543,6 +543,14 @@ async fn a_refused_read_before_a_retry_is_logged_not_swallowed() {
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", kopf.lines().join("\n")));
+    // The repeated re-read says the object is still stuck (issue 18 #10).
+    assert!(
+        kopf.lines()
+            .iter()
+            .any(|l| l.contains("Re-reading the object again after 2 failed requests in a row")),
+        "{}",
+        kopf.lines().join("\n")
+    );
     let held = rbac.get("kex-rbac").expect("the finalizer holds the object");
     assert!(has_finalizer(&held), "{held}");
     assert!(kopf.signal("0").is_ok(), "the operator exited");

@@ -257,6 +257,98 @@ async fn a_pause_waits_for_handler_calls_still_running_in_the_plugin() {
     );
 }
 
+/// The calls in `KOPF_FIXTURE_CALL_LOG`: (what, pid, ms since the epoch).
+fn calls(path: &std::path::Path) -> Vec<(String, u32, u128)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            Some((
+                parts.next()?.to_owned(),
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The Lease holder gets SIGTERM while a sync handler runs (longer than the workers' exit
+/// timeout, so the worker abandons the call): it releases the Lease only once that call
+/// has returned, so the follower that takes over never runs the handler while the exiting
+/// replica's call of it still runs. Before, the Lease was released at once and the exit
+/// killed the call half-way (its end was never recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exiting_lease_holder_releases_only_after_its_handler_calls_return() {
+    let cluster = Cluster::start().await;
+    let log = cluster.dir.path().join("calls.log");
+    let lease = ["-A", "--standalone", "--lease", "default/kopf-exit"];
+    let envs = [
+        ("KOPF_FIXTURE_SLEEP_MS", "5000".to_owned()),
+        ("KOPF_FIXTURE_CALL_LOG", log.display().to_string()),
+    ];
+    let mut holder = cluster.kopf(&lease, "fixture-settings-probe", &envs);
+    tokio::task::block_in_place(|| holder.wait_for_line("Acquired the Lease", DEADLINE)).unwrap();
+    let mut follower = cluster.kopf(&lease, "fixture-settings-probe", &envs);
+    tokio::task::block_in_place(|| follower.wait_for_line("standing by", DEADLINE)).unwrap();
+    cluster
+        .cluster
+        .create_object(json!({
+            "apiVersion": "kopf.dev/v1", "kind": "KopfExample",
+            "metadata": {"name": "slow-at-exit", "namespace": "default"},
+            "spec": {},
+        }))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the holder's call to start", || {
+            calls(&log)
+                .iter()
+                .any(|(what, _, _)| what == "start")
+                .then_some(())
+        })
+    })
+    .unwrap();
+    holder.signal("TERM").unwrap();
+    let status = holder.wait_exit_async(DEADLINE).await.unwrap();
+    assert!(status.success(), "{}", holder.lines().join("\n"));
+    let (holder_pid, follower_pid) = (holder.id(), follower.id());
+    tokio::task::block_in_place(|| {
+        wait_for(DEADLINE, "the follower's call to end", || {
+            calls(&log)
+                .iter()
+                .any(|(what, pid, _)| what == "end" && *pid == follower_pid)
+                .then_some(())
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", follower.lines().join("\n")));
+    let calls = calls(&log);
+    let at = |what: &str, pid: u32| {
+        calls
+            .iter()
+            .find(|(w, p, _)| w == what && *p == pid)
+            .map(|(_, _, ms)| *ms)
+    };
+    let holder_end = at("end", holder_pid).unwrap_or_else(|| {
+        panic!(
+            "the holder's call never returned: {calls:?}\n{}",
+            holder.lines().join("\n")
+        )
+    });
+    let follower_start = at("start", follower_pid).unwrap();
+    assert!(
+        follower_start >= holder_end,
+        "the follower started the handler while the holder's call still ran: {calls:?}"
+    );
+    let lines = holder.lines();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{}", lines.join("\n")))
+    };
+    assert!(position("The handler calls still running have returned") < position("Released the Lease"));
+}
+
 // ---- The webhook server under slow and flooding clients ----
 
 /// `kopf run` with the admission example's webhook server on loopback (no managed
@@ -455,6 +547,9 @@ async fn admit(client: &kube::Client, name: &str, field: &str) -> Result<(), Str
         .map_err(|e| e.to_string())
 }
 
+/// The validating handlers of example 17 (one webhook each).
+const EXAMPLE_17_VALIDATING: usize = 5;
+
 fn webhooks_in(cluster: &Cluster, plural: &str) -> Option<usize> {
     let config =
         cluster
@@ -554,7 +649,7 @@ async fn only_the_last_replica_removes_the_webhooks() {
     );
     assert_eq!(
         webhooks_in(&cluster, "validatingwebhookconfigurations"),
-        Some(4),
+        Some(EXAMPLE_17_VALIDATING),
         "{}",
         logs(&first, &second)
     );
@@ -572,7 +667,8 @@ async fn only_the_last_replica_removes_the_webhooks() {
         .unwrap();
     tokio::task::block_in_place(|| {
         wait_for(DEADLINE, "the emptied configuration to be restored", || {
-            (webhooks_in(&cluster, "validatingwebhookconfigurations") == Some(4)).then_some(())
+            (webhooks_in(&cluster, "validatingwebhookconfigurations") == Some(EXAMPLE_17_VALIDATING))
+                .then_some(())
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&first, &second)));

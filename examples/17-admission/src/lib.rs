@@ -20,7 +20,10 @@
 //!   denied); `lenient_panics` panics on objects labelled `panic: "lenient"` and has
 //!   `ignore_failures = true`: as in Kopf, that is the configuration's `failurePolicy:
 //!   Ignore` (the API server admits when the webhook cannot be reached), so its own panic
-//!   still denies.
+//!   still denies;
+//! * `guarded` runs only when its `when=` callback says so; the callback panics on objects
+//!   with `spec.filter: undecidable`: a webhook never admits on a guess, so the request is
+//!   denied (500), also with `ignore_failures = true` (only the failure policy, as above).
 
 use serde_json::{Value, json};
 
@@ -86,3 +89,16 @@ pub fn strict_panics(_ctx: &kopf::Context) {
 pub fn lenient_panics(_ctx: &kopf::Context) {
     panic!("the lenient handler panics on purpose");
 }
+
+/// Whether `guarded` applies: never, except that it cannot tell for `spec.filter:
+/// undecidable` (it panics).
+fn guard_applies(ctx: &kopf::Context) -> bool {
+    if ctx.spec().get("filter").and_then(Value::as_str) == Some("undecidable") {
+        panic!("the guard's filter cannot decide");
+    }
+    false
+}
+
+/// Guarded by a `when=` callback that may fail: its failure denies the request.
+#[kopf::on::validate("kopfexamples", when = guard_applies, ignore_failures = true)]
+pub fn guarded(_ctx: &kopf::Context) {}

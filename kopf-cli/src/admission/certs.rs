@@ -26,6 +26,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
+use super::renewal::{self, Authority};
+
 /// Errors of certificate generation and loading.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -148,8 +150,13 @@ fn ca_params() -> Result<CertificateParams, CertError> {
 /// Generates a self-signed CA that may sign end-entity certificates only (path length 0),
 /// valid for [`CA_VALIDITY_DAYS`].
 pub fn generate_ca() -> Result<CaPair, CertError> {
+    generate_ca_valid_for(CA_VALIDITY_DAYS)
+}
+
+/// [`generate_ca`] with another validity (shorter ones for tests of the renewal).
+pub(super) fn generate_ca_valid_for(days: i64) -> Result<CaPair, CertError> {
     let mut params = ca_params()?;
-    set_validity(&mut params, CA_VALIDITY_DAYS)?;
+    set_validity(&mut params, days)?;
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok(CaPair {
@@ -235,7 +242,7 @@ pub async fn shared_ca(client: &kube::Client, namespace: &str, name: &str) -> Re
     Err(fail("created and deleted again meanwhile".into()))
 }
 
-fn ca_from_secret(secret: &Value) -> Result<CaPair, String> {
+pub(super) fn ca_from_secret(secret: &Value) -> Result<CaPair, String> {
     let field = |key: &str| -> Result<String, String> {
         let text = secret
             .pointer(&format!("/data/{}", key.replace('/', "~1")))
@@ -339,6 +346,12 @@ impl SwappableCert {
     pub fn replace(&self, key: CertifiedKey) {
         *self.current.write() = Arc::new(key);
     }
+
+    /// What is served now.
+    #[cfg(test)]
+    pub(super) fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().clone()
+    }
 }
 
 impl ResolvesServerCert for SwappableCert {
@@ -410,45 +423,74 @@ pub async fn watch_files(
     }
 }
 
-/// Re-issues a generated server certificate every [`REISSUE_EVERY`] from `ca` (or, with
-/// a shared CA, from the Secret's current CA: a replaced CA reaches the configurations
-/// through `bundle`), until `stop`.
+/// Keeps a generated server certificate fresh until `stop`: every
+/// [`renewal::CHECK_EVERY`] (and at once) renews the CA near its expiry (a shared one in its
+/// Secret, where any replica may have renewed it), publishes the bundle through `bundle`
+/// (the configurations are re-applied with it), and re-issues the certificate every
+/// [`REISSUE_EVERY`] or once its CA was replaced (and is trusted by every replica).
 pub async fn reissue_periodically(
-    mut ca: CaPair,
+    ca: CaPair,
     shared: Option<(kube::Client, String, String)>,
     hosts: Vec<String>,
     target: Arc<SwappableCert>,
     bundle: tokio::sync::watch::Sender<String>,
     stop: CancellationToken,
 ) {
+    let mut authority = Authority::of(ca);
+    let mut signed_by = authority.signer.cert_pem.clone();
+    let mut issued_at = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(REISSUE_EVERY) => {}
+        let now = jiff::Timestamp::now();
+        match checked(&authority, shared.as_ref(), now).await {
+            Ok(checked) => authority = checked,
+            Err(error) => {
+                tracing::warn!(target: "kopf.admission", "{error}; the known CA signs meanwhile.")
+            }
         }
-        if let Some((client, namespace, name)) = &shared {
-            match shared_ca(client, namespace, name).await {
-                Ok(current) => ca = current,
+        bundle.send_if_modified(|current| {
+            let fresh = authority.bundle(now);
+            let changed = *current != fresh;
+            *current = fresh;
+            changed
+        });
+        let due = issued_at.elapsed() >= REISSUE_EVERY || signed_by != authority.signer.cert_pem;
+        if due && authority.settled {
+            match issue(&authority.signer, &hosts).and_then(|c| c.certified_key()) {
+                Ok(certified) => {
+                    target.replace(certified);
+                    signed_by.clone_from(&authority.signer.cert_pem);
+                    issued_at = tokio::time::Instant::now();
+                    tracing::info!(target: "kopf.admission", "Re-issued the webhook certificate.");
+                }
                 Err(error) => {
-                    tracing::warn!(target: "kopf.admission", "{error}; the known CA signs meanwhile.")
+                    tracing::warn!(target: "kopf.admission", "Cannot re-issue the webhook certificate: {error}")
                 }
             }
         }
-        match issue(&ca, &hosts).and_then(|c| c.certified_key()) {
-            Ok(certified) => {
-                target.replace(certified);
-                bundle.send_if_modified(|current| {
-                    let changed = *current != ca.cert_pem;
-                    current.clone_from(&ca.cert_pem);
-                    changed
-                });
-                tracing::info!(target: "kopf.admission", "Re-issued the webhook certificate.");
-            }
-            Err(error) => {
-                tracing::warn!(target: "kopf.admission", "Cannot re-issue the webhook certificate: {error}")
-            }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(renewal::CHECK_EVERY) => {}
         }
     }
+}
+
+/// The CAs to use from now: the shared Secret's (renewed there if due), or this replica's
+/// own, renewed if due.
+async fn checked(
+    authority: &Authority,
+    shared: Option<&(kube::Client, String, String)>,
+    now: jiff::Timestamp,
+) -> Result<Authority, CertError> {
+    if let Some((client, namespace, name)) = shared {
+        return renewal::shared(client, namespace, name, now).await;
+    }
+    Ok(match authority.renewed(now)? {
+        Some(renewed) => {
+            tracing::info!(target: "kopf.admission", "Renewed the webhook CA before it expires.");
+            renewed
+        }
+        None => authority.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod configs;
+pub mod renewal;
 pub mod review;
 pub mod server;
 

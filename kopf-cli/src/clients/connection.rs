@@ -92,6 +92,15 @@ pub fn apply_networking(config: &mut Config, networking: &crate::settings::Netwo
     config.connect_timeout = Some(networking.connect_timeout.map_or(request, seconds).min(request));
 }
 
+/// An emulator and a client of it, for the engine's tests.
+#[cfg(test)]
+pub(crate) async fn emulated() -> (kopf_testing::EmulatorHandle, kube::Client) {
+    let emu = kopf_testing::Emulator::builder().start().await.unwrap();
+    let config = config_from_yaml(&emu.kubeconfig_yaml()).await.unwrap();
+    let client = make_client(config).unwrap();
+    (emu, client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@
 //! * with `--webhook-managed NAME` (and validate/mutate handlers): the two webhook
 //!   configurations `get`, `patch` by that name, `create` (which cannot be
 //!   limited by name); and in the operator's namespace the Secret `NAME-ca` of the CA the
-//!   replicas share (`get` by name, `create`);
+//!   replicas share (`get` and `patch`, to renew it, by name; `create`);
 //! * `leases` `get`, `create`, `update`, `patch` only with `--lease`, by name;
 //! * `leases` `list`, `create`, `update`, `delete` only with `--sharding`, in the ring's
 //!   namespace (members' Leases are named after their identities, unknown in advance);
@@ -366,7 +366,7 @@ fn generate(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> Resul
             "metadata": {"name": role, "namespace": sa_ns},
             "rules": [
                 {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "patch"]},
             ],
         }));
         docs.push(json!({

@@ -130,6 +130,11 @@ pub async fn run(
     reactor.orchestrator.stop_all().await;
     admission.shutdown().await;
     crate::engines::activities::run_cleanup(&context).await;
+    if peering.hands_over() {
+        // The stopped workers abandoned their calls, which run on in the plugins: the next
+        // leader must not start the same handlers while they do.
+        crate::reactor::processing::settle_plugin_calls(&plugins, "releasing the Lease").await;
+    }
     peering.shutdown().await;
     Ok(())
 }

@@ -488,17 +488,8 @@ pub(super) async fn exit_step(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use kopf_testing::{Emulator, EmulatorHandle};
-
-    /// An emulator and a client of it.
-    pub(in crate::peering) async fn cluster() -> (EmulatorHandle, Client) {
-        let emu = Emulator::builder().start().await.unwrap();
-        let config = crate::clients::connection::config_from_yaml(&emu.kubeconfig_yaml())
-            .await
-            .unwrap();
-        let client = crate::clients::connection::make_client(config).unwrap();
-        (emu, client)
-    }
+    pub(in crate::peering) use crate::clients::connection::emulated as cluster;
+    use kopf_testing::EmulatorHandle;
 
     fn config(identity: &str, millis: u64) -> LeaseConfig {
         let mut c = LeaseConfig::parse("default/my-lease", "default", identity).unwrap();

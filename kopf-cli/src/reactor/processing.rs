@@ -65,9 +65,9 @@ use crate::{
         filters::{self, FilterMatch, FilterSubject},
     },
     plugin::HandlerRef,
-    settings::seconds,
+    settings::OperatorSettings,
     structs::{
-        backoff::Delays,
+        backoff::{Delays, jittered},
         bodies::Body,
         dicts::{self, FieldPath},
         patches::Patch,
@@ -268,22 +268,7 @@ impl ObjectProcessor for ResourceProcessor {
     }
 
     async fn settle(&self) {
-        let running = || self.shared.plugins.running_object_calls();
-        let mut left = running();
-        if left == 0 {
-            return;
-        }
-        tracing::info!(target: "kopf.reactor", "Waiting for {left} handler call(s) still running in the plugins before pausing.");
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while left > 0 && Instant::now() < deadline {
-            tokio::time::sleep(SETTLE_POLL).await;
-            left = running();
-        }
-        if left > 0 {
-            tracing::warn!(target: "kopf.reactor", "Paused with {left} handler call(s) still running in the plugins after {}s.", SETTLE_TIMEOUT.as_secs());
-        } else {
-            tracing::info!(target: "kopf.reactor", "The handler calls still running have returned.");
-        }
+        settle_plugin_calls(&self.shared.plugins, "pausing").await;
     }
 
     fn needs_every_event(&self) -> bool {
@@ -416,7 +401,34 @@ impl ObjectProcessor for ResourceProcessor {
     }
 }
 
-/// How long a pause waits for handler calls still running in the plugins.
+/// Up to this fraction of each throttle pause is added at random, so that objects failing
+/// together (an API outage) do not retry in lockstep; never less than Kopf's delay.
+const THROTTLE_JITTER: f64 = 0.2;
+
+/// Waits (up to `SETTLE_TIMEOUT`, logged) until the handler calls about objects still
+/// running in the plugins (abandoned by stopped workers) have returned, before `what`
+/// ("pausing", "releasing the Lease"): whoever takes over must never run a handler while
+/// this replica's call of it still runs.
+pub(crate) async fn settle_plugin_calls(plugins: &crate::plugin::PluginSet, what: &str) {
+    let running = || plugins.running_object_calls();
+    let mut left = running();
+    if left == 0 {
+        return;
+    }
+    tracing::info!(target: "kopf.reactor", "Waiting for {left} handler call(s) still running in the plugins before {what}.");
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while left > 0 && Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_POLL).await;
+        left = running();
+    }
+    if left > 0 {
+        tracing::warn!(target: "kopf.reactor", "Still {left} handler call(s) running in the plugins after {}s; {what} anyway.", SETTLE_TIMEOUT.as_secs());
+    } else {
+        tracing::info!(target: "kopf.reactor", "The handler calls still running have returned.");
+    }
+}
+
+/// How long a pause (or an exit with a Lease) waits for handler calls still running in the plugins.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often it looks.
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -430,6 +442,23 @@ fn coalesce(pending: &mut Vec<RawEvent>) {
         newest.absorb(older, version);
     }
     pending.push(newest);
+}
+
+/// The throttle's pause after `errors` failures in a row: Kopf's `queueing.error_delays`
+/// (or the server's Retry-After), and that plus its jitter.
+fn throttle_pause(
+    settings: &OperatorSettings,
+    errors: usize,
+    why: &Stall,
+) -> (std::time::Duration, std::time::Duration) {
+    let base = Delays::from_seconds(&settings.queueing.error_delays).after(errors as u32);
+    let base = match why {
+        Stall::Api(failed) => failed
+            .error
+            .retry_delay(base, settings.networking.enforce_retry_after),
+        Stall::Filters(_) => base,
+    };
+    (base, jittered(base, THROTTLE_JITTER))
 }
 
 impl ResourceProcessor {
@@ -478,6 +507,10 @@ impl ResourceProcessor {
     /// verdict instead when the object is gone or the read failed (throttled like a failed
     /// patch: a refused GET names the verb and the resource; the body stays stale).
     async fn reread_stale(&self, memory: &mut ObjectMemory, body: Value) -> Result<Value, Verdict> {
+        if memory.errors >= 2 {
+            // Each failure is logged as it happens; this says the object is still stuck.
+            tracing::warn!(target: "kopf.objects", "Re-reading the object again after {} failed requests in a row.", memory.errors);
+        }
         match application::reread(&self.shared.client, &self.resource, &body).await {
             Ok(Some(fresh)) => {
                 memory.stale = false;
@@ -504,25 +537,23 @@ impl ResourceProcessor {
         why: &Stall,
         stale: bool,
     ) -> Verdict {
-        let settings = &self.shared.settings;
-        let pause = Delays::from_seconds(&settings.queueing.error_delays).after(memory.errors as u32);
-        let (pause, account) = match why {
-            Stall::Api(failed) => (
-                failed
-                    .error
-                    .retry_delay(pause, settings.networking.enforce_retry_after),
-                failed.describe(&self.resource),
-            ),
-            Stall::Filters(error) => (pause, format!("Nothing is decided: {error}")),
+        let (base, pause) = throttle_pause(&self.shared.settings, memory.errors, why);
+        let account = match why {
+            Stall::Api(failed) => failed.describe(&self.resource),
+            Stall::Filters(error) => format!("Nothing is decided: {error}"),
         };
-        let pause = pause.as_secs_f64();
         memory.errors += 1;
-        tracing::error!(target: "kopf.objects", "{account}; throttling for {pause}s.");
+        tracing::error!(
+            target: "kopf.objects",
+            "{account}; throttling for {}s (+{:.2}s of jitter).",
+            base.as_secs_f64(),
+            (pause - base).as_secs_f64()
+        );
         memory.body = Some(body);
         memory.stale = stale;
         // Remembered (not only returned): an echo of an earlier successful patch may
         // arrive before the wake-up and must not make us forget it.
-        memory.retry_at = Some(Instant::now() + seconds(pause));
+        memory.retry_at = Some(Instant::now() + pause);
         Verdict {
             wake_at: memory.retry_at,
             ..Default::default()
@@ -648,26 +679,5 @@ impl ResourceProcessor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clients::watching::EventType;
-
-    #[test]
-    fn events_waiting_for_the_indices_coalesce_to_the_newest() {
-        let event = |kind: Option<EventType>, version: &str| {
-            RawEvent::new(
-                kind,
-                json!({"metadata": {"name": "a", "resourceVersion": version}}),
-            )
-        };
-        let mut pending: Vec<RawEvent> = (1..=100)
-            .map(|v| event(Some(EventType::Modified), &v.to_string()))
-            .collect();
-        pending.insert(0, event(None, "0"));
-        coalesce(&mut pending);
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].resource_version(), Some("100"));
-        assert_eq!(pending[0].event_type, None, "a listed object stays listed");
-        assert!(pending[0].has_seen("0") && pending[0].has_seen("57"));
-    }
-}
+#[path = "processing_tests.rs"]
+mod tests;

@@ -62,11 +62,7 @@ impl Backoff {
     pub fn next_backoff(&mut self) -> Duration {
         let base = self.delay_for(self.failures);
         self.failures = self.failures.saturating_add(1);
-        if self.jitter > 0.0 && !base.is_zero() {
-            base + base.mul_f64(self.jitter * rand::random::<f64>())
-        } else {
-            base
-        }
+        jittered(base, self.jitter)
     }
 
     /// Forgets the failures (after a success).
@@ -112,6 +108,17 @@ impl Delays {
     }
 }
 
+/// `base` plus up to `fraction` of it at random (clamped to 0..=1): never shorter than
+/// `base` (a server's Retry-After stays honoured), never longer than `base * (1 + fraction)`.
+pub fn jittered(base: Duration, fraction: f64) -> Duration {
+    let fraction = fraction.clamp(0.0, 1.0);
+    if fraction > 0.0 && !base.is_zero() {
+        base + base.mul_f64(fraction * rand::random::<f64>())
+    } else {
+        base
+    }
+}
+
 /// Sleeps until `at`, or for ever when there is nothing to wait for: the arm of a
 /// `select!` that wakes at an optional deadline.
 ///
@@ -148,6 +155,22 @@ mod tests {
         let mut backoff = Backoff::exponential(Duration::from_millis(800), Duration::from_secs(30));
         let seen: Vec<u128> = (0..8).map(|_| backoff.next_backoff().as_millis()).collect();
         assert_eq!(seen, [800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+    }
+
+    #[test]
+    fn jittered_delays_stay_in_bounds_and_spread() {
+        let base = Duration::from_secs(2);
+        let seen: Vec<Duration> = (0..200).map(|_| jittered(base, 0.2)).collect();
+        assert!(
+            seen.iter()
+                .all(|d| *d >= base && *d <= Duration::from_millis(2400)),
+            "{seen:?}"
+        );
+        // Not in lockstep: 200 draws from a continuous range are never all equal.
+        assert!(seen.iter().any(|d| *d != seen[0]), "{seen:?}");
+        assert_eq!(jittered(base, 0.0), base);
+        assert_eq!(jittered(Duration::ZERO, 0.5), Duration::ZERO);
+        assert!(jittered(base, 7.0) <= base * 2, "the fraction is clamped");
     }
 
     #[test]
