@@ -75,6 +75,12 @@ pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
         config.headers.retain(|(name, _)| name != USER_AGENT);
         config.headers.push((USER_AGENT, value));
     }
+    if config.cluster_url.scheme() == Some(&http::uri::Scheme::HTTP) && config.root_cert.is_none() {
+        // kube builds its TLS stack even for `http://` servers, and without a configured CA
+        // that stack loads the system's trust store at start. Plain HTTP never uses it: an
+        // empty CA list spares that start-up cost (and its memory) and changes nothing else.
+        config.root_cert = Some(Vec::new());
+    }
     let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectionError::Client)?;
     Ok(builder
         .with_layer(&tower::limit::ConcurrencyLimitLayer::new(MAX_REQUESTS_IN_FLIGHT))

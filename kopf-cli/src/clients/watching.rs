@@ -151,6 +151,7 @@ pub async fn watch_continuously(
     let mut progressed = true;
     let mut resource_version: Option<String> = None;
     loop {
+        let listing = resource_version.is_none();
         let step = async {
             match resource_version.take() {
                 None => list_all(&client, &url, &settings, &sink).await.map(Some),
@@ -165,7 +166,13 @@ pub async fn watch_continuously(
             Ok(Some(rv)) => {
                 backoff.reset();
                 resource_version = Some(rv);
-                settings.reconnect_backoff
+                // Kopf pauses between watch requests, not between a listing and the
+                // watch that continues it: events after the listing wait for the watch.
+                if listing {
+                    Duration::ZERO
+                } else {
+                    settings.reconnect_backoff
+                }
             }
             Ok(None) => {
                 // 410 Gone or a lost position: re-list from scratch.
