@@ -177,6 +177,23 @@ fn json_severity(level: &Level) -> &'static str {
 }
 
 /// The time as python-json-logger writes it: `2026-12-05T11:04:11.123456+00:00`.
+/// The local time zone of the `full` format's timestamps (Python's `asctime` is local
+/// time), read once. jiff's own lookup indexes the whole zoneinfo tree to name the zone,
+/// a start-up cost for a name these lines never print: read `/etc/localtime` directly
+/// unless `TZ` says otherwise.
+fn local_time_zone() -> &'static jiff::tz::TimeZone {
+    static ZONE: std::sync::OnceLock<jiff::tz::TimeZone> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| {
+        if std::env::var_os("TZ").is_some() {
+            return jiff::tz::TimeZone::system();
+        }
+        std::fs::read("/etc/localtime")
+            .ok()
+            .and_then(|data| jiff::tz::TimeZone::tzif("localtime", &data).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC)
+    })
+}
+
 fn json_timestamp(now: jiff::Timestamp) -> String {
     now.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
 }
@@ -235,7 +252,7 @@ where
         match self.format {
             LogFormat::Plain | LogFormat::Full => {
                 if self.format == LogFormat::Full {
-                    let now = jiff::Zoned::now();
+                    let now = jiff::Timestamp::now().to_zoned(local_time_zone().clone());
                     let target: String = target.chars().take(20).collect();
                     write!(
                         writer,
@@ -283,6 +300,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_timestamps_use_the_system_offset() {
+        let now = jiff::Timestamp::now();
+        assert_eq!(
+            local_time_zone().to_offset(now),
+            jiff::tz::TimeZone::system().to_offset(now)
+        );
+    }
 
     #[test]
     fn json_fields_are_kopfs() {
