@@ -336,6 +336,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
     ));
     let app = Arc::new(server::WebhookApp {
         plugins: context.plugins.clone(),
+        metrics: context.metrics.clone(),
         handlers: handlers.clone(),
         path: server.path.clone(),
         discovered: discovered.clone(),

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::actions::invocation::{self, Call};
 use crate::intents::filters::{self, FilterMatch, FilterSubject};
+use crate::observability::metrics::Metrics;
 use crate::plugin::{HandlerRef, PluginSet};
 use crate::structs::diffs;
 use crate::structs::references::{self, Resource};
@@ -237,6 +238,7 @@ pub fn to_json_patch(body: &Value, merge: &Value) -> json_patch::Patch {
 /// AdmissionReview response document.
 #[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn review(
+    metrics: &Metrics,
     plugins: &PluginSet,
     handlers: &[HandlerRef],
     request: &ReviewRequest,
@@ -302,7 +304,12 @@ pub async fn review(
                     .options
                     .timeout
                     .map_or(HANDLER_DEADLINE, std::time::Duration::from_secs_f64);
-                invocation::invoke(plugins, Call::new(handler, &inv).with_timeout(Some(timeout))).await
+                invocation::invoke(
+                    metrics,
+                    plugins,
+                    Call::new(handler, &inv).with_timeout(Some(timeout)),
+                )
+                .await
             }
             // A webhook whose filters cannot decide does not admit on a guess: the request
             // is denied as if the handler had failed (unless its failures are ignored).

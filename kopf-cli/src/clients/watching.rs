@@ -82,6 +82,8 @@ pub struct WatchSettings {
     /// Wait for the server's `Retry-After` even when it is shorter than the backoff
     /// (Kopf's `settings.networking.enforce_retry_after`).
     pub enforce_retry_after: bool,
+    /// The operator's metrics (watch restarts).
+    pub metrics: crate::observability::metrics::Metrics,
 }
 
 impl Default for WatchSettings {
@@ -99,6 +101,7 @@ impl Default for WatchSettings {
             field_selector: None,
             client_timeout: None,
             enforce_retry_after: false,
+            metrics: crate::observability::metrics::Metrics::default(),
         }
     }
 }
@@ -161,7 +164,7 @@ pub async fn watch_continuously(
             }
             Ok(None) => {
                 // 410 Gone or a lost position: re-list from scratch.
-                crate::observability::metrics::watch_restarted(&path.plural);
+                settings.metrics.watch_restarted(&path.plural);
                 backoff.reset();
                 if std::mem::replace(&mut progressed, false) {
                     relists.reset();

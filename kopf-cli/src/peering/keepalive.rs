@@ -418,6 +418,7 @@ impl Target {
         let watch = WatchSettings {
             page_size: 100,
             field_selector: Some(format!("metadata.name={}", self.name())),
+            metrics: self.board.toggles.metrics().clone(),
             ..WatchSettings::default()
         };
         tokio::spawn(watch_continuously(
