@@ -213,12 +213,38 @@ impl Target {
         self.resource.describe(self.namespace.as_deref(), self.name())
     }
 
-    pub(super) async fn run(
+    /// Watches the peering object until `stop`.
+    fn watch(&self, stop: &CancellationToken) -> mpsc::Receiver<WatchItem> {
+        let (tx, rx) = mpsc::channel::<WatchItem>(16);
+        // Only the peering object itself: RBAC may grant just that name.
+        let watch = WatchSettings {
+            page_size: 100,
+            field_selector: Some(format!("metadata.name={}", self.name())),
+            metrics: self.board.toggles.metrics().clone(),
+            ..WatchSettings::default()
+        };
+        tokio::spawn(watch_continuously(
+            self.client.clone(),
+            self.resource.path(),
+            self.namespace.clone(),
+            watch,
+            tx,
+            stop.clone(),
+        ));
+        rx
+    }
+
+    /// Runs the target on a task of its own until `stop` or `release`.
+    pub(super) fn spawn(
         self,
         stop: CancellationToken,
         release: CancellationToken,
         ready: oneshot::Sender<()>,
-    ) {
+    ) -> JoinHandle<()> {
+        tokio::spawn(self.run(stop, release, ready))
+    }
+
+    async fn run(self, stop: CancellationToken, release: CancellationToken, ready: oneshot::Sender<()>) {
         let mut state = TargetState {
             body: None,
             recheck: None,
@@ -241,23 +267,8 @@ impl Target {
         self.evaluate(&mut state, true).await;
         let _ = ready.send(());
 
-        let (tx, mut rx) = mpsc::channel::<WatchItem>(16);
         let watch_stop = CancellationToken::new();
-        // Only the peering object itself: RBAC may grant just that name.
-        let watch = WatchSettings {
-            page_size: 100,
-            field_selector: Some(format!("metadata.name={}", self.name())),
-            metrics: self.board.toggles.metrics().clone(),
-            ..WatchSettings::default()
-        };
-        tokio::spawn(watch_continuously(
-            self.client.clone(),
-            self.resource.path(),
-            self.namespace.clone(),
-            watch,
-            tx,
-            watch_stop.clone(),
-        ));
+        let mut rx = self.watch(&watch_stop);
         let ended = ended(stop, release);
         tokio::pin!(ended);
         let mut listing: Option<Option<Value>> = None;

@@ -180,7 +180,7 @@ impl Targets {
             config: self.config.clone(),
             board: self.board.clone(),
         };
-        let handle = tokio::spawn(target.run(stop.clone(), own_release.clone(), tx));
+        let handle = target.spawn(stop.clone(), own_release.clone(), tx);
         self.running.insert(namespace.clone(), (own_release, handle));
         rx
     }
