@@ -36,7 +36,9 @@ use crate::structs::{backoff::sleep_until_opt, dicts, versions};
 pub const SLOT_HOLD_LIMIT: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
-    /// The worker slot held by the processing that runs in this task, if any.
+    /// The worker slot held by the processing that runs in this task, if any. Set by each
+    /// worker around its own processing future only, so it is per task, never shared
+    /// between objects or operators (ARCHITECTURE.md, "Process globals").
     static SLOT: RefCell<WorkerSlot>;
 }
 
