@@ -12,6 +12,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::auth;
+use crate::observability::metrics::Metrics;
 use crate::options::RunOptions;
 use crate::plugin::PluginSet;
 use crate::settings::OperatorSettings;
@@ -39,4 +40,6 @@ pub struct OperatorContext {
     pub readiness: Arc<Readiness>,
     /// Cancelled when the operator stops.
     pub stop: CancellationToken,
+    /// This operator's metrics (served at `/metrics`).
+    pub metrics: Metrics,
 }

@@ -11,7 +11,7 @@
 
 use kopf_abi::protocol::{ErrorsMode, HandlerErrorKind, HandlerKind, HandlerSpec, Outcome};
 
-use crate::observability::metrics;
+use crate::observability::metrics::Metrics;
 use crate::structs::pyjson::{py_repr_str, py_timedelta};
 
 /// How far a handler got before this attempt.
@@ -118,12 +118,23 @@ pub fn decide(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default_b
 }
 
 /// [`decide`], counting a retry in `kopf_handler_retries_total`.
-pub fn conclude(spec: &HandlerSpec, attempt: Attempt, outcome: &Outcome, default_backoff: f64) -> Decision {
+pub fn conclude(
+    metrics: &Metrics,
+    spec: &HandlerSpec,
+    attempt: Attempt,
+    outcome: &Outcome,
+    default_backoff: f64,
+) -> Decision {
     let decision = decide(spec, attempt, outcome, default_backoff);
-    if matches!(decision, Decision::Retry { .. }) {
-        metrics::handler_retried(spec.kind.as_str(), &spec.id);
-    }
+    count_retry(metrics, spec.kind, &spec.id, &decision);
     decision
+}
+
+/// Counts a decision to retry in `kopf_handler_retries_total`.
+pub fn count_retry(metrics: &Metrics, kind: HandlerKind, id: &str, decision: &Decision) {
+    if matches!(decision, Decision::Retry { .. }) {
+        metrics.handler_retried(kind.as_str(), id);
+    }
 }
 
 /// Logs a decision as Kopf does, under the kind's logger: resource handlers and daemons

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::execution::handler_name;
 use crate::{
-    observability::metrics,
+    observability::metrics::Metrics,
     plugin::{HandlerRef, PluginError, PluginSet},
     structs::pyjson::py_timedelta,
 };
@@ -72,7 +72,7 @@ macro_rules! log_for {
 ///
 /// # Cancel safety
 /// Dropping the future cancels the call in the plugin; nothing is recorded then.
-pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
+pub async fn invoke(metrics: &Metrics, plugins: &PluginSet, call: Call<'_>) -> Outcome {
     let handler = call.handler;
     let started = Instant::now();
     let submitted = submit(plugins, &call);
@@ -112,7 +112,7 @@ pub async fn invoke(plugins: &PluginSet, call: Call<'_>) -> Outcome {
             (failed(HandlerErrorKind::Permanent, message), "timeout")
         }
     };
-    metrics::handler_invoked(
+    metrics.handler_invoked(
         handler.kind().as_str(),
         handler.id(),
         label,

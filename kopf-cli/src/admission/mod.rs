@@ -216,7 +216,6 @@ async fn discover(client: &kube::Client, handlers: &[HandlerRef]) -> anyhow::Res
 }
 
 /// Starts the webhook server and the configuration managers if webhook handlers exist.
-#[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
     let handlers = webhook_handlers(context);
     let args = &context.options.webhooks;
@@ -233,40 +232,89 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
         );
     };
     let server = ServerUrl::parse(server)?;
+    let tls = serve_tls(context, &server).await?;
 
-    // The certificate: from files (reloaded), or generated from a CA (shared by the
-    // replicas through a Secret when they manage configurations) and re-issued.
+    let listener = listen(&server).await?;
+    let local = listener.local_addr()?;
+    let discovered = Arc::new(RwLock::new(
+        discover(&context.client, &handlers)
+            .await
+            .context("cannot discover the resources of the webhook handlers")?,
+    ));
+    let app = Arc::new(server::WebhookApp {
+        plugins: context.plugins.clone(),
+        metrics: context.metrics.clone(),
+        handlers: handlers.clone(),
+        path: server.path.clone(),
+        discovered: discovered.clone(),
+    });
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(tls.config),
+        app,
+        context.stop.clone(),
+    ));
+    tracing::info!(
+        target: "kopf.admission",
+        "Serving admission webhooks at https://{local}{}/ ({} handlers).",
+        server.path,
+        handlers.len()
+    );
+
+    let mut admission = Admission::default();
+    if let Some(managed) = args.webhook_managed.clone() {
+        let manager = Manager {
+            client: context.client.clone(),
+            handlers,
+            managed,
+            client_config: client_config(context, &server, local, tls.ca_pem),
+            discovered,
+            claim: configs::claim_key(&crate::options::detect_own_id(false)),
+            interval: context
+                .options
+                .environment
+                .webhook_reconcile_interval
+                .unwrap_or(RECONCILE_INTERVAL),
+        };
+        manager.apply_all().await?;
+        let stop = context.stop.clone();
+        let bundle = tls.bundle;
+        let task = tokio::spawn(async move { manager.run(stop, bundle).await });
+        admission.cleanups.push(task);
+    }
+    Ok(admission)
+}
+
+/// The server's TLS: its configuration, the CA bundle in force and its later changes.
+struct Tls {
+    config: rustls::ServerConfig,
+    ca_pem: String,
+    bundle: tokio::sync::watch::Receiver<String>,
+}
+
+/// The certificate: from files (reloaded), or generated from a CA (shared by the replicas
+/// through a Secret when they manage configurations) and re-issued.
+async fn serve_tls(context: &OperatorContext, server: &ServerUrl) -> anyhow::Result<Tls> {
+    let args = &context.options.webhooks;
     let mut names = args.webhook_host.clone();
     if !server.is_unspecified() {
         names.push(server.host.clone());
     }
-    let own_namespace = context.options.environment.pod_namespace.clone();
-    let ca_namespace = own_namespace.clone().unwrap_or_else(|| "default".to_owned());
+    let ca_namespace = context
+        .options
+        .environment
+        .pod_namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
     let shared_secret = args
         .webhook_managed
         .as_deref()
-        .map(|managed| (ca_namespace.clone(), ca_secret_name(managed)));
-    let mut generated: Option<(certs::CaPair, bool)> = None;
-    let cert = match (&args.webhook_cert, &args.webhook_key) {
-        (Some(cert), Some(key)) => certs::load(cert, key, args.webhook_ca.as_deref())?,
+        .map(|managed| (ca_namespace, ca_secret_name(managed)));
+    let (cert, generated) = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => (certs::load(cert, key, args.webhook_ca.as_deref())?, None),
         _ => {
-            let (ca, shared) = match &shared_secret {
-                Some((namespace, name)) => match certs::shared_ca(&context.client, namespace, name).await {
-                    Ok(ca) => (ca, true),
-                    Err(error) => {
-                        tracing::warn!(
-                            target: "kopf.admission",
-                            "{error}: using a CA of this replica only; other replicas' certificates \
-                             will not verify (grant get/create on this Secret, see `kopf rbac --webhook-managed`)."
-                        );
-                        (certs::generate_ca()?, false)
-                    }
-                },
-                None => (certs::generate_ca()?, false),
-            };
-            let cert = certs::issue(&ca, &names)?;
-            generated = Some((ca, shared));
-            cert
+            let (ca, shared) = webhook_ca(context, shared_secret.as_ref()).await?;
+            (certs::issue(&ca, &names)?, Some((ca, shared)))
         }
     };
     if let Some(path) = &args.webhook_cadump {
@@ -274,7 +322,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
             .with_context(|| format!("cannot write the webhook CA to {}", path.display()))?;
     }
     let resolver = Arc::new(certs::SwappableCert::new(cert.certified_key()?));
-    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(cert.ca_pem.clone());
+    let (bundle_tx, bundle) = tokio::sync::watch::channel(cert.ca_pem.clone());
     match (&args.webhook_cert, &args.webhook_key, generated) {
         (Some(cert), Some(key), _) => {
             let files = certs::CertFiles {
@@ -291,16 +339,14 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
             ));
         }
         (_, _, Some((ca, shared))) => {
-            let shared = match (shared, &shared_secret) {
-                (true, Some((namespace, name))) => {
-                    Some((context.client.clone(), namespace.clone(), name.clone()))
-                }
+            let shared = match (shared, shared_secret) {
+                (true, Some((namespace, name))) => Some((context.client.clone(), namespace, name)),
                 _ => None,
             };
             tokio::spawn(certs::reissue_periodically(
                 ca,
                 shared,
-                names.clone(),
+                names,
                 resolver.clone(),
                 bundle_tx,
                 context.stop.clone(),
@@ -308,15 +354,44 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
         }
         _ => {}
     }
-    let mut tls =
+    let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .context("TLS setup")?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Tls {
+        config,
+        ca_pem: cert.ca_pem,
+        bundle,
+    })
+}
 
-    // The listener.
+/// The CA that issues the server's certificates, and whether it is the replicas' shared one
+/// (from the Secret `shared_secret`); one of this replica only when it cannot be shared.
+async fn webhook_ca(
+    context: &OperatorContext,
+    shared_secret: Option<&(String, String)>,
+) -> anyhow::Result<(certs::CaPair, bool)> {
+    let Some((namespace, name)) = shared_secret else {
+        return Ok((certs::generate_ca()?, false));
+    };
+    match certs::shared_ca(&context.client, namespace, name).await {
+        Ok(ca) => Ok((ca, true)),
+        Err(error) => {
+            tracing::warn!(
+                target: "kopf.admission",
+                "{error}: using a CA of this replica only; other replicas' certificates \
+                 will not verify (grant get/create on this Secret, see `kopf rbac --webhook-managed`)."
+            );
+            Ok((certs::generate_ca()?, false))
+        }
+    }
+}
+
+/// The webhook server's listener.
+async fn listen(server: &ServerUrl) -> anyhow::Result<tokio::net::TcpListener> {
     let bind_host: IpAddr = match server.host.parse() {
         Ok(ip) => ip,
         Err(_) => tokio::net::lookup_host((server.host.as_str(), server.port))
@@ -326,69 +401,41 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Admission> {
             .map(|a| a.ip())
             .with_context(|| format!("no address for the webhook server host {:?}", server.host))?,
     };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind_host, server.port))
+    tokio::net::TcpListener::bind(SocketAddr::new(bind_host, server.port))
         .await
-        .with_context(|| format!("cannot listen on {bind_host}:{}", server.port))?;
-    let local = listener.local_addr()?;
-    let discovered = Arc::new(RwLock::new(
-        discover(&context.client, &handlers)
-            .await
-            .context("cannot discover the resources of the webhook handlers")?,
-    ));
-    let app = Arc::new(server::WebhookApp {
-        plugins: context.plugins.clone(),
-        handlers: handlers.clone(),
-        path: server.path.clone(),
-        discovered: discovered.clone(),
-    });
-    tokio::spawn(server::serve(listener, Arc::new(tls), app, context.stop.clone()));
-    tracing::info!(
-        target: "kopf.admission",
-        "Serving admission webhooks at https://{local}{}/ ({} handlers).",
-        server.path,
-        handlers.len()
-    );
+        .with_context(|| format!("cannot listen on {bind_host}:{}", server.port))
+}
 
-    // The managed configurations.
-    let mut admission = Admission::default();
-    if let Some(managed) = args.webhook_managed.clone() {
-        let host = args.webhook_host.first().cloned().unwrap_or_else(|| {
+/// How the API server calls the webhooks of the managed configurations.
+fn client_config(
+    context: &OperatorContext,
+    server: &ServerUrl,
+    local: SocketAddr,
+    ca_pem: String,
+) -> configs::ClientConfig {
+    let host = context
+        .options
+        .webhooks
+        .webhook_host
+        .first()
+        .cloned()
+        .unwrap_or_else(|| {
             if server.is_unspecified() {
                 "localhost".to_owned()
             } else {
                 server.host.clone()
             }
         });
-        let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let client_config = configs::ClientConfig {
-            url: format!("https://{host}:{}{}", local.port(), server.path),
-            ca_pem: cert.ca_pem.clone(),
-            exclude_namespace: own_namespace,
-        };
-        let interval = context
-            .options
-            .environment
-            .webhook_reconcile_interval
-            .unwrap_or(RECONCILE_INTERVAL);
-        let manager = Manager {
-            client: context.client.clone(),
-            handlers,
-            managed,
-            client_config,
-            discovered,
-            claim: configs::claim_key(&crate::options::detect_own_id(false)),
-            interval,
-        };
-        manager.apply_all().await?;
-        let stop = context.stop.clone();
-        let task = tokio::spawn(async move { manager.run(stop, bundle_rx).await });
-        admission.cleanups.push(task);
+    let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    configs::ClientConfig {
+        url: format!("https://{host}:{}{}", local.port(), server.path),
+        ca_pem,
+        exclude_namespace: context.options.environment.pod_namespace.clone(),
     }
-    Ok(admission)
 }
 
 /// Keeps the managed configurations up to date.

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use kopf_abi::protocol::{AdmissionInfo, HandlerErrorKind, HandlerKind, Invocation, ResourceInfo};
+use kopf_abi::protocol::{AdmissionInfo, HandlerErrorKind, HandlerKind, Invocation, Outcome, ResourceInfo};
 use serde_json::{Value, json};
 
 use crate::actions::invocation::{self, Call};
 use crate::intents::filters::{self, FilterMatch, FilterSubject};
+use crate::observability::metrics::Metrics;
 use crate::plugin::{HandlerRef, PluginSet};
 use crate::structs::diffs;
 use crate::structs::references::{self, Resource};
@@ -235,8 +236,8 @@ pub fn to_json_patch(body: &Value, merge: &Value) -> json_patch::Patch {
 
 /// Runs the handlers (already selected for the URL) that match the request, and builds the
 /// AdmissionReview response document.
-#[allow(clippy::too_many_lines)] // split under issue 19
 pub async fn review(
+    metrics: &Metrics,
     plugins: &PluginSet,
     handlers: &[HandlerRef],
     request: &ReviewRequest,
@@ -244,6 +245,29 @@ pub async fn review(
     discovered: &[Resource],
 ) -> Value {
     let body = request.body();
+    let base = base_invocation(request, transport, discovered, &body);
+    let mut verdicts = Verdicts::default();
+    for handler in handlers {
+        if !accepts(handler, request) || !serves_resource(handler, request, discovered) {
+            continue;
+        }
+        let mut inv = base.clone();
+        inv.param = handler.spec().options.param.clone();
+        if let Some(outcome) = call_if_selected(metrics, plugins, handler, request, &body, &inv).await {
+            verdicts.record(handler, request, outcome);
+        }
+    }
+    verdicts.response(request, &body)
+}
+
+/// What every handler of the request gets: the body, resource, diff, old/new and the
+/// admission details.
+fn base_invocation(
+    request: &ReviewRequest,
+    transport: &Transport,
+    discovered: &[Resource],
+    body: &Value,
+) -> Invocation {
     let resource = discovered
         .iter()
         .find(|r| r.group == request.group && r.version == request.version && r.plural == request.plural)
@@ -258,12 +282,12 @@ pub async fn review(
     let old = request.old_object.clone();
     let new = request.object.clone();
     let diff = diffs::diff_to_json(&diffs::diff(old.as_ref(), new.as_ref()));
-    let base = Invocation {
+    Invocation {
         body: Some(body.clone()),
         resource: Some(resource),
         diff: Some(diff),
-        old: old.clone(),
-        new: new.clone(),
+        old,
+        new,
         admission: Some(AdmissionInfo {
             operation: request.operation.clone(),
             subresource: request.subresource.clone(),
@@ -273,107 +297,143 @@ pub async fn review(
             sslpeer: transport.sslpeer.clone(),
         }),
         ..Invocation::default()
-    };
+    }
+}
 
-    let mut merge = json!({});
-    let mut mutated = false;
-    let mut warnings: Vec<String> = Vec::new();
-    let mut failures: Vec<Failure> = Vec::new();
-    for handler in handlers {
-        if !accepts(handler, request) || !serves_resource(handler, request, discovered) {
-            continue;
+/// Calls `handler` if its filters select the request; `None` when they do not.
+async fn call_if_selected(
+    metrics: &Metrics,
+    plugins: &PluginSet,
+    handler: &HandlerRef,
+    request: &ReviewRequest,
+    body: &Value,
+    inv: &Invocation,
+) -> Option<Outcome> {
+    let subject = FilterSubject {
+        body,
+        essences: Some((request.old_object.as_ref(), request.object.as_ref())),
+    };
+    let selected = match filters::matches(&handler.spec().filters, &subject, false) {
+        FilterMatch::Match => Ok(true),
+        FilterMatch::NoMatch => Ok(false),
+        FilterMatch::NeedsCallback => invocation::check_filters(plugins, handler, inv).await,
+    };
+    match selected {
+        Ok(false) => None,
+        Ok(true) => {
+            let timeout = handler
+                .spec()
+                .options
+                .timeout
+                .map_or(HANDLER_DEADLINE, std::time::Duration::from_secs_f64);
+            Some(
+                invocation::invoke(
+                    metrics,
+                    plugins,
+                    Call::new(handler, inv).with_timeout(Some(timeout)),
+                )
+                .await,
+            )
         }
-        let mut inv = base.clone();
-        inv.param = handler.spec().options.param.clone();
-        let subject = FilterSubject {
-            body: &body,
-            essences: Some((old.as_ref(), new.as_ref())),
-        };
-        let selected = match filters::matches(&handler.spec().filters, &subject, false) {
-            FilterMatch::Match => Ok(true),
-            FilterMatch::NoMatch => Ok(false),
-            FilterMatch::NeedsCallback => invocation::check_filters(plugins, handler, &inv).await,
-        };
-        let outcome = match selected {
-            Ok(false) => continue,
-            Ok(true) => {
-                let timeout = handler
-                    .spec()
-                    .options
-                    .timeout
-                    .map_or(HANDLER_DEADLINE, std::time::Duration::from_secs_f64);
-                invocation::invoke(plugins, Call::new(handler, &inv).with_timeout(Some(timeout))).await
-            }
-            // A webhook whose filters cannot decide does not admit on a guess: the request
-            // is denied as if the handler had failed (unless its failures are ignored).
-            Err(error) => {
-                tracing::error!(target: "kopf.admission", "{error}");
-                invocation::failed(HandlerErrorKind::Arbitrary, error.to_string())
-            }
-        };
-        warnings.extend(outcome.warnings.iter().cloned());
+        // A webhook whose filters cannot decide does not admit on a guess: the request
+        // is denied as if the handler had failed (unless its failures are ignored).
+        Err(error) => {
+            tracing::error!(target: "kopf.admission", "{error}");
+            Some(invocation::failed(HandlerErrorKind::Arbitrary, error.to_string()))
+        }
+    }
+}
+
+/// What the handlers of one request said so far.
+struct Verdicts {
+    /// The mutating handlers' patches, merged.
+    merge: Value,
+    mutated: bool,
+    warnings: Vec<String>,
+    failures: Vec<Failure>,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Self {
+            merge: json!({}),
+            mutated: false,
+            warnings: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+impl Verdicts {
+    /// Takes one handler's outcome: its warnings, its failure or its patch.
+    fn record(&mut self, handler: &HandlerRef, request: &ReviewRequest, outcome: Outcome) {
+        self.warnings.extend(outcome.warnings.iter().cloned());
         // `ignore_failures` is the configuration's `failurePolicy: Ignore` (the API server
         // admits when the webhook cannot be called), as in Kopf: a handler's own failure
         // still denies.
         if let Some(error) = outcome.error {
             tracing::info!(target: "kopf.admission", "Webhook {:?} denied the {} of {}: {}", handler.id(), request.operation, request.plural, error.message);
-            failures.push(Failure {
+            self.failures.push(Failure {
                 kind: error.kind,
                 message: error.message,
                 code: error.code,
             });
-            continue;
+            return;
         }
         if handler.kind() == HandlerKind::Mutate
             && let Some(patch) = outcome
                 .patch
                 .filter(|p| p.as_object().is_some_and(|o| !o.is_empty()))
         {
-            merge_into(&mut merge, &patch);
-            mutated = true;
+            merge_into(&mut self.merge, &patch);
+            self.mutated = true;
         }
     }
 
-    let mut response = serde_json::Map::new();
-    response.insert("uid".into(), json!(request.uid));
-    // The first failure of the highest priority decides.
-    let decisive = failures
-        .iter()
-        .enumerate()
-        .max_by_key(|(i, f)| (rank(f.kind), std::cmp::Reverse(*i)))
-        .map(|(_, f)| f);
-    match decisive {
-        Some(failure) => {
-            let code = match failure.kind {
-                HandlerErrorKind::Admission => failure.code.unwrap_or(500),
-                _ => 500,
-            };
-            response.insert("allowed".into(), json!(false));
-            response.insert("status".into(), json!({"message": failure.message, "code": code}));
+    /// The AdmissionReview response document.
+    fn response(&self, request: &ReviewRequest, body: &Value) -> Value {
+        let mut response = serde_json::Map::new();
+        response.insert("uid".into(), json!(request.uid));
+        // The first failure of the highest priority decides.
+        let decisive = self
+            .failures
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, f)| (rank(f.kind), std::cmp::Reverse(*i)))
+            .map(|(_, f)| f);
+        match decisive {
+            Some(failure) => {
+                let code = match failure.kind {
+                    HandlerErrorKind::Admission => failure.code.unwrap_or(500),
+                    _ => 500,
+                };
+                response.insert("allowed".into(), json!(false));
+                response.insert("status".into(), json!({"message": failure.message, "code": code}));
+            }
+            None => {
+                response.insert("allowed".into(), json!(true));
+            }
         }
-        None => {
-            response.insert("allowed".into(), json!(true));
+        if !self.warnings.is_empty() {
+            response.insert("warnings".into(), json!(self.warnings));
         }
-    }
-    if !warnings.is_empty() {
-        response.insert("warnings".into(), json!(warnings));
-    }
-    if mutated {
-        let patch = to_json_patch(&body, &merge);
-        if !patch.0.is_empty() {
-            let text = serde_json::to_vec(&patch).unwrap_or_default();
-            response.insert(
-                "patch".into(),
-                json!(base64::engine::general_purpose::STANDARD.encode(text)),
-            );
-            response.insert("patchType".into(), json!("JSONPatch"));
+        if self.mutated {
+            let patch = to_json_patch(body, &self.merge);
+            if !patch.0.is_empty() {
+                let text = serde_json::to_vec(&patch).unwrap_or_default();
+                response.insert(
+                    "patch".into(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                );
+                response.insert("patchType".into(), json!("JSONPatch"));
+            }
         }
+        json!({
+            "apiVersion": request.api_version,
+            "kind": "AdmissionReview",
+            "response": Value::Object(response),
+        })
     }
-    json!({
-        "apiVersion": request.api_version,
-        "kind": "AdmissionReview",
-        "response": Value::Object(response),
-    })
 }
 
 #[cfg(test)]

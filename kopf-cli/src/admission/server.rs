@@ -58,6 +58,8 @@ const REDACTED_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "co
 pub struct WebhookApp {
     /// The loaded plugins.
     pub plugins: PluginSet,
+    /// The operator's metrics.
+    pub metrics: crate::observability::metrics::Metrics,
     /// The webhook handlers.
     pub handlers: Vec<HandlerRef>,
     /// The URL path prefix (no trailing slash; may be empty).
@@ -150,6 +152,7 @@ impl WebhookApp {
         };
         let discovered = self.discovered.read().clone();
         let answer = review::review(
+            &self.metrics,
             &self.plugins,
             std::slice::from_ref(&handler),
             &review,

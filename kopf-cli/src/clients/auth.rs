@@ -24,6 +24,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use super::connection::{self, ConnectionError};
+use crate::observability::metrics::Metrics;
 use crate::structs::backoff::Backoff;
 
 /// The longest pause between two failed re-logins.
@@ -118,6 +119,8 @@ pub struct Credentials {
     networking: RwLock<Option<crate::settings::NetworkingSettings>>,
     /// When the current credentials are renewed before they expire.
     renew_at: RwLock<Option<jiff::Timestamp>>,
+    /// The operator's metrics: every inner client counts its requests there.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -144,7 +147,12 @@ impl Credentials {
         if let Some(networking) = self.networking.read().as_ref() {
             connection::apply_networking(&mut config, networking);
         }
-        connection::make_client(config)
+        connection::counted_client(config, &self.metrics)
+    }
+
+    /// The operator's metrics, for clients of its own built from [`Self::config`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Applies Kopf's `settings.networking` timeouts (known after the startup handlers)
@@ -261,13 +269,14 @@ impl Credentials {
 pub fn reauthenticating_client(
     config: kube::Config,
     relogin: Relogin,
+    metrics: Metrics,
 ) -> Result<(Client, Arc<Credentials>), ConnectionError> {
     let default_namespace = config.default_namespace.clone();
     // Kopf's networking defaults from the start; startup handlers may change them.
     let networking = crate::settings::NetworkingSettings::default();
     let mut first = config.clone();
     connection::apply_networking(&mut first, &networking);
-    let inner = connection::make_client(first)?;
+    let inner = connection::counted_client(first, &metrics)?;
     let credentials = Arc::new(Credentials {
         current: RwLock::new(Current {
             client: inner,
@@ -278,6 +287,7 @@ pub fn reauthenticating_client(
         relogin,
         networking: RwLock::new(Some(networking)),
         renew_at: RwLock::new(None),
+        metrics,
     });
     let service = Reauthenticating {
         credentials: credentials.clone(),
@@ -370,7 +380,8 @@ mod tests {
 
     #[tokio::test]
     async fn expirations_schedule_a_renewal_before_them() {
-        let (_, creds) = reauthenticating_client(config(), static_relogin(config())).unwrap();
+        let (_, creds) =
+            reauthenticating_client(config(), static_relogin(config()), Metrics::default()).unwrap();
         let in_a_minute = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
         creds.set_expiration(Some(in_a_minute));
         let renew_at = creds.renew_at.read().unwrap();
@@ -397,7 +408,8 @@ mod tests {
     #[tokio::test]
     async fn failing_relogins_back_off_then_recover() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let (_client, creds) = reauthenticating_client(config(), flaky(2, calls.clone())).unwrap();
+        let (_client, creds) =
+            reauthenticating_client(config(), flaky(2, calls.clone()), Metrics::default()).unwrap();
         let err = creds.refresh(0).await.unwrap_err();
         assert!(matches!(err, AuthError::Login(_)), "{err}");
         // Until the backoff expires, 401s do not cause new attempts.
@@ -431,7 +443,8 @@ mod tests {
     #[tokio::test]
     async fn concurrent_401s_log_in_once() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let (_client, creds) = reauthenticating_client(config(), flaky(0, calls.clone())).unwrap();
+        let (_client, creds) =
+            reauthenticating_client(config(), flaky(0, calls.clone()), Metrics::default()).unwrap();
         let results = futures::future::join_all((0..8).map(|_| creds.refresh(0))).await;
         assert!(results.iter().all(|r| matches!(r, Ok(1))), "{results:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 1);

@@ -1,7 +1,10 @@
 //! The cluster connection: kubeconfig, in-cluster service account, or `KUBECONFIG`.
 
-use http::{HeaderValue, header::USER_AGENT};
+use futures::future::BoxFuture;
+use http::{HeaderValue, Request, Response, header::USER_AGENT};
 use kube::{Client, Config};
+
+use crate::observability::metrics::Metrics;
 
 /// Failure to set up the cluster connection.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +73,17 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
 
 /// Builds a client from a configuration, with kopf's user agent and at most
 /// [`MAX_REQUESTS_IN_FLIGHT`] requests in flight.
-pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
+pub fn make_client(config: Config) -> Result<Client, ConnectionError> {
+    build_client(config, None)
+}
+
+/// [`make_client`], counting each request that carries an [`ApiVerb`] in `metrics`
+/// (`kopf_api_requests_total`): the operator's clients count into the operator's metrics.
+pub fn counted_client(config: Config, metrics: &Metrics) -> Result<Client, ConnectionError> {
+    build_client(config, Some(metrics.clone()))
+}
+
+fn build_client(mut config: Config, metrics: Option<Metrics>) -> Result<Client, ConnectionError> {
     if let Ok(value) = HeaderValue::from_str(&user_agent()) {
         config.headers.retain(|(name, _)| name != USER_AGENT);
         config.headers.push((USER_AGENT, value));
@@ -84,7 +97,64 @@ pub fn make_client(mut config: Config) -> Result<Client, ConnectionError> {
     let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectionError::Client)?;
     Ok(builder
         .with_layer(&tower::limit::ConcurrencyLimitLayer::new(MAX_REQUESTS_IN_FLIGHT))
+        .with_layer(&Counting { inner: (), metrics })
         .build())
+}
+
+/// The verb under which a request is counted (a request extension, set by
+/// [`super::patching`]); requests without one are not counted.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiVerb(pub &'static str);
+
+/// Counts the requests that name their [`ApiVerb`], with the status of the answer (after
+/// kube's own retries) or `0` when none came. Also its own layer (`inner: ()`).
+#[derive(Clone)]
+struct Counting<S> {
+    inner: S,
+    metrics: Option<Metrics>,
+}
+
+impl<S> tower::Layer<S> for Counting<()> {
+    type Service = Counting<S>;
+
+    fn layer(&self, inner: S) -> Counting<S> {
+        Counting {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S, B> tower::Service<Request<kube::client::Body>> for Counting<S>
+where
+    S: tower::Service<Request<kube::client::Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<B>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<kube::client::Body>) -> Self::Future {
+        let counted = self
+            .metrics
+            .clone()
+            .zip(request.extensions().get::<ApiVerb>().copied());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let result = answer.await;
+            if let Some((metrics, ApiVerb(verb))) = counted {
+                let code = result.as_ref().map_or(0, |response| response.status().as_u16());
+                metrics.api_request(verb, code);
+            }
+            result
+        })
+    }
 }
 
 /// Applies Kopf's `settings.networking` timeouts to a configuration: `request_timeout`
@@ -110,6 +180,40 @@ pub(crate) async fn emulated() -> (kopf_testing::EmulatorHandle, kube::Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn counted_clients_count_into_their_own_metrics() {
+        let emu = kopf_testing::Emulator::builder().start().await.unwrap();
+        let config = config_from_yaml(&emu.kubeconfig_yaml()).await.unwrap();
+        let (mine, other) = (Metrics::default(), Metrics::default());
+        let client = counted_client(config.clone(), &mine).unwrap();
+        super::super::patching::get(&client, "/api/v1/namespaces")
+            .await
+            .unwrap();
+        let absent = super::super::patching::get(&client, "/api/v1/namespaces/absent-ns").await;
+        assert!(absent.is_err());
+        // Requests without a verb (listings, watches) are not counted.
+        let request = http::Request::get("/api/v1/namespaces").body(Vec::new()).unwrap();
+        super::super::requests::request_json(&client, request)
+            .await
+            .unwrap();
+        // Nor are those of a client without metrics.
+        let plain = make_client(config).unwrap();
+        super::super::patching::get(&plain, "/api/v1/namespaces")
+            .await
+            .unwrap();
+        let text = mine.render();
+        assert!(
+            text.contains(r#"kopf_api_requests_total{verb="get",code="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kopf_api_requests_total{verb="get",code="404"} 1"#),
+            "{text}"
+        );
+        let text = other.render();
+        assert!(!text.contains("kopf_api_requests_total{"), "{text}");
+    }
     use std::time::Duration;
 
     #[test]

@@ -24,15 +24,15 @@ impl PatchType {
     }
 }
 
-/// Sends a request and records it in the metrics by verb and status code.
-async fn send(client: &Client, verb: &str, request: http::Request<Vec<u8>>) -> Result<Value, ApiError> {
-    let result = super::requests::request_json(client, request).await;
-    let code = match &result {
-        Ok(_) => 200,
-        Err(error) => error.code().unwrap_or(0),
-    };
-    crate::observability::metrics::api_request(verb, code);
-    result
+/// Sends a request, named by its verb for the metrics of counted clients
+/// ([`super::connection::counted_client`]).
+async fn send(
+    client: &Client,
+    verb: &'static str,
+    mut request: http::Request<Vec<u8>>,
+) -> Result<Value, ApiError> {
+    request.extensions_mut().insert(super::connection::ApiVerb(verb));
+    super::requests::request_json(client, request).await
 }
 
 /// Sends one PATCH to `url` (an object's or a subresource's URL) and returns the

@@ -89,6 +89,8 @@ pub struct WatchSettings {
     /// without the feature ignores it (the multiplexer's gate filters then); one that
     /// refuses it gets the request again without it.
     pub shard_selector: Option<String>,
+    /// The operator's metrics (watch restarts).
+    pub metrics: crate::observability::metrics::Metrics,
 }
 
 impl Default for WatchSettings {
@@ -107,6 +109,7 @@ impl Default for WatchSettings {
             client_timeout: None,
             enforce_retry_after: false,
             shard_selector: None,
+            metrics: crate::observability::metrics::Metrics::default(),
         }
     }
 }
@@ -176,7 +179,7 @@ pub async fn watch_continuously(
             }
             Ok(None) => {
                 // 410 Gone or a lost position: re-list from scratch.
-                crate::observability::metrics::watch_restarted(&path.plural);
+                settings.metrics.watch_restarted(&path.plural);
                 backoff.reset();
                 if std::mem::replace(&mut progressed, false) {
                     relists.reset();

@@ -32,6 +32,7 @@ use crate::{
     },
     clients::auth::Fresh,
     contexts::OperatorContext,
+    observability::metrics::Metrics,
     plugin::{HandlerRef, PluginSet},
     settings::{OperatorSettings, seconds},
     structs::pyjson::py_repr_str,
@@ -105,6 +106,7 @@ struct HandlerState {
 /// permanent failures. `settings` is handed to each handler and, for startup handlers,
 /// updated with what they return.
 async fn run_activity(
+    metrics: &Metrics,
     plugins: &PluginSet,
     kind: HandlerKind,
     settings: &mut OperatorSettings,
@@ -150,8 +152,14 @@ async fn run_activity(
                     };
                     let timeout = spec.options.timeout.map(|t| seconds(t - attempt.runtime));
                     let call = Call::new(&state.handler, &invocation).with_timeout(timeout);
-                    let outcome = invoke(plugins, call).await;
-                    let decision = conclude(spec, attempt, &outcome, settings.execution.default_backoff);
+                    let outcome = invoke(metrics, plugins, call).await;
+                    let decision = conclude(
+                        metrics,
+                        spec,
+                        attempt,
+                        &outcome,
+                        settings.execution.default_backoff,
+                    );
                     if decision == Decision::Success
                         && kind == HandlerKind::Startup
                         && let Some(adjusted) = outcome.extra.get("settings")
@@ -237,6 +245,7 @@ pub async fn run_startup(context: &OperatorContext) -> anyhow::Result<OperatorSe
         return Ok(settings);
     }
     run_activity(
+        &context.metrics,
         &context.plugins,
         HandlerKind::Startup,
         &mut settings,
@@ -254,14 +263,26 @@ pub async fn run_cleanup(context: &OperatorContext) {
     let mut settings = context.settings.clone();
     // The operator's own stop token is already cancelled: cleanup gets its own.
     let never = CancellationToken::new();
-    if let Err(error) = run_activity(&context.plugins, HandlerKind::Cleanup, &mut settings, &never).await {
+    if let Err(error) = run_activity(
+        &context.metrics,
+        &context.plugins,
+        HandlerKind::Cleanup,
+        &mut settings,
+        &never,
+    )
+    .await
+    {
         tracing::error!(target: "kopf.activities", "Cleanup {error}");
     }
 }
 
 /// Runs every probe handler once and returns `{handler_id: result}`; a failing probe
 /// yields `{"error": "message"}` under its id. The second value is true when any failed.
-pub async fn run_probes(plugins: &PluginSet, settings: &OperatorSettings) -> (BTreeMap<String, Value>, bool) {
+pub async fn run_probes(
+    metrics: &Metrics,
+    plugins: &PluginSet,
+    settings: &OperatorSettings,
+) -> (BTreeMap<String, Value>, bool) {
     let mut results = BTreeMap::new();
     let mut failed = false;
     let started = jiff::Timestamp::now().to_string();
@@ -274,7 +295,13 @@ pub async fn run_probes(plugins: &PluginSet, settings: &OperatorSettings) -> (BT
             ..Invocation::default()
         };
         let timeout = handler.spec().options.timeout.map(seconds);
-        let value = match invoke(plugins, Call::new(&handler, &invocation).with_timeout(timeout)).await {
+        let value = match invoke(
+            metrics,
+            plugins,
+            Call::new(&handler, &invocation).with_timeout(timeout),
+        )
+        .await
+        {
             Outcome {
                 error: None, result, ..
             } => result.unwrap_or(Value::Null),
@@ -384,12 +411,13 @@ impl ConnectionInfo {
 /// Runs the login handlers, if any, and returns the connection configuration built from
 /// the highest-priority `ConnectionInfo` they returned; without login handlers returns
 /// `config` unchanged. Call it before building the API client.
-pub async fn login(plugins: &PluginSet, config: kube::Config) -> anyhow::Result<Fresh> {
+pub async fn login(metrics: &Metrics, plugins: &PluginSet, config: kube::Config) -> anyhow::Result<Fresh> {
     if handlers_of(plugins, HandlerKind::Login).is_empty() {
         return Ok(config.into());
     }
     let mut settings = OperatorSettings::default();
     let results = run_activity(
+        metrics,
         plugins,
         HandlerKind::Login,
         &mut settings,
@@ -451,15 +479,21 @@ fn parse_expiration(text: &str) -> Result<jiff::Timestamp, jiff::Error> {
 /// login handlers again if there are any (with `base` as the fallback configuration);
 /// else a re-read of the kubeconfig / in-cluster token, unless the configuration was
 /// `fixed` (given by an embedding application or an embedded cluster), which is reused.
-pub fn relogin(plugins: &PluginSet, base: &kube::Config, fixed: bool) -> crate::clients::auth::Relogin {
+pub fn relogin(
+    metrics: &Metrics,
+    plugins: &PluginSet,
+    base: &kube::Config,
+    fixed: bool,
+) -> crate::clients::auth::Relogin {
     use crate::clients::auth::{AuthError, static_relogin};
     if !handlers_of(plugins, HandlerKind::Login).is_empty() {
         let plugins = plugins.clone();
         let base = base.clone();
+        let metrics = metrics.clone();
         return std::sync::Arc::new(move || {
-            let (plugins, base) = (plugins.clone(), base.clone());
+            let (plugins, base, metrics) = (plugins.clone(), base.clone(), metrics.clone());
             Box::pin(async move {
-                login(&plugins, base)
+                login(&metrics, &plugins, base)
                     .await
                     .map_err(|e| AuthError::Login(format!("{e:#}")))
             })

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::events::{self, InvolvedObject, Reporter};
-use crate::observability::metrics;
+use crate::observability::metrics::Metrics;
 use crate::observability::objects::{LinesGuard, LogLines, ObjectLine};
 use kube::Client;
 
@@ -41,6 +41,8 @@ pub struct EventQueue {
     dropped: Arc<AtomicU64>,
     /// The queue is full now (a warning was logged for this episode).
     full: Arc<AtomicBool>,
+    /// The operator's metrics (events dropped).
+    metrics: Metrics,
 }
 
 impl EventQueue {
@@ -51,14 +53,17 @@ impl EventQueue {
             tx,
             dropped: Arc::default(),
             full: Arc::default(),
+            metrics: Metrics::default(),
         };
         (queue, rx)
     }
 
     /// Starts posting the queued events with `client` until `stop`, then flushes what is
     /// queued, briefly, so that events of the last moments are not lost.
-    pub fn start(client: Client, stop: CancellationToken) -> Self {
-        let (queue, mut rx) = EventQueue::new(EVENT_QUEUE_CAPACITY);
+    /// Drops are counted in `metrics`.
+    pub fn start(client: Client, stop: CancellationToken, metrics: Metrics) -> Self {
+        let (mut queue, mut rx) = EventQueue::new(EVENT_QUEUE_CAPACITY);
+        queue.metrics = metrics;
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -88,7 +93,7 @@ impl EventQueue {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::event_dropped();
+                self.metrics.event_dropped();
                 if !self.full.swap(true, Ordering::Relaxed) {
                     tracing::warn!(target: "kopf.objects", "{EVENT_QUEUE_CAPACITY} events wait to be posted; further events are dropped until the queue drains.");
                 }

@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 use crate::{
     contexts::OperatorContext,
     engines::activities,
-    observability::metrics,
+    observability::metrics::{self, Metrics},
     plugin::PluginSet,
     settings::OperatorSettings,
     signals::{PauseToggles, Readiness},
@@ -57,6 +57,8 @@ struct Prober {
     readiness: Arc<Readiness>,
     toggles: PauseToggles,
     checks: Vec<LivenessCheck>,
+    /// This operator's metrics (`/metrics`).
+    metrics: Metrics,
 }
 
 impl Prober {
@@ -67,7 +69,7 @@ impl Prober {
         {
             return (value.clone(), *failed);
         }
-        let (results, failed) = activities::run_probes(&self.plugins, &self.settings).await;
+        let (results, failed) = activities::run_probes(&self.metrics, &self.plugins, &self.settings).await;
         let value = Value::Object(results.into_iter().collect());
         *cache = Some((Instant::now(), value.clone(), failed));
         (value, failed)
@@ -105,9 +107,10 @@ async fn ready(State(prober): State<Arc<Prober>>) -> Response {
 async fn metrics_text(State(prober): State<Arc<Prober>>) -> Response {
     // The plugins' pools are asked when scraped (a cheap control call each).
     for (plugin, stats) in prober.plugins.pool_stats() {
-        metrics::plugin_pool(&plugin, &stats);
+        prober.metrics.plugin_pool(&plugin, &stats);
     }
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render()).into_response()
+    let text = prober.metrics.render();
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// The address and path of a liveness URL (`http://host:port/path`).
@@ -141,6 +144,7 @@ pub fn router(context: &OperatorContext, path: &str, checks: Vec<LivenessCheck>)
         readiness: context.readiness.clone(),
         toggles: context.toggles.clone(),
         checks,
+        metrics: context.metrics.clone(),
     });
     let mut router = Router::new().route(path, get(health));
     if path != "/metrics" {

@@ -1,9 +1,11 @@
 //! Prometheus metrics of the operator, served at `/metrics` on the liveness endpoint.
 //!
-//! Kopf has no metrics; these are an addition. One process-wide registry; the reactor,
-//! the clients and the activities update it through the small functions below (each a
-//! cheap atomic update after the first use of a label set), and
-//! [`render`] produces the OpenMetrics text exposition.
+//! Kopf has no metrics; these are an addition. Each operator owns one [`Metrics`] (a
+//! cheap handle: clones share the registry), built by the operator and handed down in
+//! the contexts of its parts, so that two operators in one process (embedding) count
+//! only their own work. The parts update it through the small methods below (each a
+//! cheap atomic update after the first use of a label set), and [`Metrics::render`]
+//! produces the OpenMetrics text exposition that `/metrics` serves.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -12,7 +14,7 @@
 //! | `kopf_handler_retries_total` | counter | `kind`, `handler` |
 //! | `kopf_queue_depth` | gauge | `resource` (events waiting in per-object queues) |
 //! | `kopf_watch_restarts_total` | counter | `resource` |
-//! | `kopf_api_requests_total` | counter | `verb`, `code` (`0` for no response) |
+//! | `kopf_api_requests_total` | counter | `verb` (`get`, `patch`, `create`), `code` (the HTTP status of the answer, `0` for no response; a request retried after a re-login counts once per attempt) |
 //! | `kopf_objects_watched` | gauge | `resource` |
 //! | `kopf_replica_active` | gauge | none: 1 while this replica processes objects (no pause toggle on) |
 //! | `kopf_replica_paused` | gauge | `reason` (`peering`: a peer of higher priority or a freeze; `lease`: another replica holds the Lease) |
@@ -21,7 +23,7 @@
 //! | `kopf_plugin_pool_threads` | gauge | `plugin`, `state` (`busy`: running a call, abandoned ones included; `queued`: calls waiting for a thread; `max`) |
 //! | `kopf_plugin_pool_saturations` | gauge | `plugin` (how often every thread of the pool was busy with calls waiting) |
 
-use std::sync::LazyLock;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +32,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// The content type of [`render`]'s output.
+/// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,7 +80,7 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
-struct Metrics {
+struct Families {
     registry: Registry,
     invocations: Family<HandlerOutcomeLabels, Counter>,
     durations: Family<HandlerLabels, Histogram, fn() -> Histogram>,
@@ -95,7 +97,7 @@ struct Metrics {
     pool_saturations: Family<PluginLabels, Gauge>,
 }
 
-impl Metrics {
+impl Families {
     fn new() -> Self {
         let mut registry = Registry::default();
         let invocations = Family::<HandlerOutcomeLabels, Counter>::default();
@@ -197,144 +199,165 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// Records one handler invocation: its kind (`create`, `startup`, ...), id, outcome
-/// (`success`, `temporary`, `permanent`, `arbitrary`, `ignored`, `failure`...) and duration.
-pub fn handler_invoked(kind: &str, handler: &str, outcome: &str, seconds: f64) {
-    METRICS
-        .invocations
-        .get_or_create(&HandlerOutcomeLabels {
-            kind: kind.to_owned(),
-            handler: handler.to_owned(),
-            outcome: outcome.to_owned(),
-        })
-        .inc();
-    METRICS
-        .durations
-        .get_or_create(&HandlerLabels {
-            kind: kind.to_owned(),
-            handler: handler.to_owned(),
-        })
-        .observe(seconds.max(0.0));
+/// The metrics of one operator; clones share them. A `default()` handle is a registry of
+/// its own, which nobody serves unless it is handed to the operator's parts.
+#[derive(Clone)]
+pub struct Metrics {
+    families: Arc<Families>,
 }
 
-/// Records that a handler will be retried.
-pub fn handler_retried(kind: &str, handler: &str) {
-    METRICS
-        .retries
-        .get_or_create(&HandlerLabels {
-            kind: kind.to_owned(),
-            handler: handler.to_owned(),
-        })
-        .inc();
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            families: Arc::new(Families::new()),
+        }
+    }
 }
 
-/// Changes the number of events waiting in a resource's per-object queues by `delta`.
-pub fn queue_depth(resource: &str, delta: i64) {
-    METRICS
-        .queue_depth
-        .get_or_create(&ResourceLabels {
-            resource: resource.to_owned(),
-        })
-        .inc_by(delta);
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
-/// Records a restart of a resource's watch stream.
-pub fn watch_restarted(resource: &str) {
-    METRICS
-        .watch_restarts
-        .get_or_create(&ResourceLabels {
-            resource: resource.to_owned(),
-        })
-        .inc();
-}
-
-/// Records one API request: its verb (`list`, `watch`, `patch`, `create`, ...) and the
-/// HTTP status code (`0` when no response arrived).
-pub fn api_request(verb: &str, code: u16) {
-    METRICS
-        .api_requests
-        .get_or_create(&RequestLabels {
-            verb: verb.to_owned(),
-            code: code.to_string(),
-        })
-        .inc();
-}
-
-/// Changes the number of objects known for a resource by `delta`.
-pub fn objects_watched(resource: &str, delta: i64) {
-    METRICS
-        .objects_watched
-        .get_or_create(&ResourceLabels {
-            resource: resource.to_owned(),
-        })
-        .inc_by(delta);
-}
-
-/// Sets the number of objects known for a resource (after a full listing).
-pub fn set_objects_watched(resource: &str, count: i64) {
-    METRICS
-        .objects_watched
-        .get_or_create(&ResourceLabels {
-            resource: resource.to_owned(),
-        })
-        .set(count);
-}
-
-/// Sets whether the replica is paused for `reason` (a pause toggle: `peering`, `lease`);
-/// a reason once seen stays listed, at 0, while it is off.
-pub fn replica_paused(reason: &str, paused: bool) {
-    METRICS
-        .replica_paused
-        .get_or_create(&PauseLabels {
-            reason: reason.to_owned(),
-        })
-        .set(i64::from(paused));
-}
-
-/// Sets whether the replica processes objects (no pause toggle is on).
-pub fn replica_active(active: bool) {
-    METRICS.replica_active.set(i64::from(active));
-}
-
-/// Sets whether this replica holds the Lease of `--lease`.
-pub fn lease_holder(held: bool) {
-    METRICS.lease_holder.set(i64::from(held));
-}
-
-/// Counts an Event dropped because the event queue was full.
-pub fn event_dropped() {
-    METRICS.events_dropped.inc();
-}
-
-/// Sets the state of a plugin's pool for sync handlers, from its `pool` answer.
-pub fn plugin_pool(plugin: &str, stats: &serde_json::Value) {
-    let count = |field: &str| stats.get(field).and_then(serde_json::Value::as_i64).unwrap_or(0);
-    for (state, field) in [("busy", "busy"), ("queued", "queued"), ("max", "max_threads")] {
-        METRICS
-            .pool_threads
-            .get_or_create(&PoolLabels {
-                plugin: plugin.to_owned(),
-                state: state.to_owned(),
+impl Metrics {
+    /// Records one handler invocation: its kind (`create`, `startup`, ...), id, outcome
+    /// (`success`, `temporary`, `permanent`, `arbitrary`, `ignored`, `failure`...) and duration.
+    pub fn handler_invoked(&self, kind: &str, handler: &str, outcome: &str, seconds: f64) {
+        self.families
+            .invocations
+            .get_or_create(&HandlerOutcomeLabels {
+                kind: kind.to_owned(),
+                handler: handler.to_owned(),
+                outcome: outcome.to_owned(),
             })
-            .set(count(field));
+            .inc();
+        self.families
+            .durations
+            .get_or_create(&HandlerLabels {
+                kind: kind.to_owned(),
+                handler: handler.to_owned(),
+            })
+            .observe(seconds.max(0.0));
     }
-    METRICS
-        .pool_saturations
-        .get_or_create(&PluginLabels {
-            plugin: plugin.to_owned(),
-        })
-        .set(count("saturations"));
-}
 
-/// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
-pub fn render() -> String {
-    let mut text = String::new();
-    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &METRICS.registry) {
-        tracing::warn!(target: "kopf.metrics", "Cannot encode the metrics: {error}");
+    /// Records that a handler will be retried.
+    pub fn handler_retried(&self, kind: &str, handler: &str) {
+        self.families
+            .retries
+            .get_or_create(&HandlerLabels {
+                kind: kind.to_owned(),
+                handler: handler.to_owned(),
+            })
+            .inc();
     }
-    text
+
+    /// Changes the number of events waiting in a resource's per-object queues by `delta`.
+    pub fn queue_depth(&self, resource: &str, delta: i64) {
+        self.families
+            .queue_depth
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_owned(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Records a restart of a resource's watch stream.
+    pub fn watch_restarted(&self, resource: &str) {
+        self.families
+            .watch_restarts
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one API request: its verb (`list`, `watch`, `patch`, `create`, ...) and the
+    /// HTTP status code (`0` when no response arrived).
+    pub fn api_request(&self, verb: &str, code: u16) {
+        self.families
+            .api_requests
+            .get_or_create(&RequestLabels {
+                verb: verb.to_owned(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Changes the number of objects known for a resource by `delta`.
+    pub fn objects_watched(&self, resource: &str, delta: i64) {
+        self.families
+            .objects_watched
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_owned(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Sets the number of objects known for a resource (after a full listing).
+    pub fn set_objects_watched(&self, resource: &str, count: i64) {
+        self.families
+            .objects_watched
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_owned(),
+            })
+            .set(count);
+    }
+
+    /// Sets whether the replica is paused for `reason` (a pause toggle: `peering`, `lease`);
+    /// a reason once seen stays listed, at 0, while it is off.
+    pub fn replica_paused(&self, reason: &str, paused: bool) {
+        self.families
+            .replica_paused
+            .get_or_create(&PauseLabels {
+                reason: reason.to_owned(),
+            })
+            .set(i64::from(paused));
+    }
+
+    /// Sets whether the replica processes objects (no pause toggle is on).
+    pub fn replica_active(&self, active: bool) {
+        self.families.replica_active.set(i64::from(active));
+    }
+
+    /// Sets whether this replica holds the Lease of `--lease`.
+    pub fn lease_holder(&self, held: bool) {
+        self.families.lease_holder.set(i64::from(held));
+    }
+
+    /// Counts an Event dropped because the event queue was full.
+    pub fn event_dropped(&self) {
+        self.families.events_dropped.inc();
+    }
+
+    /// Sets the state of a plugin's pool for sync handlers, from its `pool` answer.
+    pub fn plugin_pool(&self, plugin: &str, stats: &serde_json::Value) {
+        let count = |field: &str| stats.get(field).and_then(serde_json::Value::as_i64).unwrap_or(0);
+        for (state, field) in [("busy", "busy"), ("queued", "queued"), ("max", "max_threads")] {
+            self.families
+                .pool_threads
+                .get_or_create(&PoolLabels {
+                    plugin: plugin.to_owned(),
+                    state: state.to_owned(),
+                })
+                .set(count(field));
+        }
+        self.families
+            .pool_saturations
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_owned(),
+            })
+            .set(count("saturations"));
+    }
+
+    /// The OpenMetrics text of all metrics (see [`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.families.registry) {
+            tracing::warn!(target: "kopf.metrics", "Cannot encode the metrics: {error}");
+        }
+        text
+    }
 }
 
 #[cfg(test)]
@@ -343,17 +366,18 @@ mod tests {
 
     #[test]
     fn metrics_follow_the_naming_conventions() {
-        handler_invoked("create", "unit_test_fn", "success", 0.25);
-        handler_retried("create", "unit_test_fn");
-        api_request("patch", 200);
-        watch_restarted("unittests.v1.example.dev");
-        objects_watched("unittests.v1.example.dev", 2);
-        objects_watched("unittests.v1.example.dev", -1);
-        queue_depth("unittests.v1.example.dev", 3);
-        replica_paused("unittest", true);
-        replica_active(false);
-        lease_holder(true);
-        let text = render();
+        let metrics = Metrics::default();
+        metrics.handler_invoked("create", "unit_test_fn", "success", 0.25);
+        metrics.handler_retried("create", "unit_test_fn");
+        metrics.api_request("patch", 200);
+        metrics.watch_restarted("unittests.v1.example.dev");
+        metrics.objects_watched("unittests.v1.example.dev", 2);
+        metrics.objects_watched("unittests.v1.example.dev", -1);
+        metrics.queue_depth("unittests.v1.example.dev", 3);
+        metrics.replica_paused("unittest", true);
+        metrics.replica_active(false);
+        metrics.lease_holder(true);
+        let text = metrics.render();
         assert!(
             text.contains(
                 r#"kopf_handler_invocations_total{kind="create",handler="unit_test_fn",outcome="success"} 1"#
@@ -376,12 +400,26 @@ mod tests {
     }
 
     #[test]
+    fn each_handle_counts_apart_and_clones_share() {
+        let (one, two) = (Metrics::default(), Metrics::default());
+        one.clone().handler_invoked("create", "fn_of_one", "success", 0.1);
+        two.replica_active(false);
+        one.replica_active(true);
+        let (one, two) = (one.render(), two.render());
+        assert!(one.contains(r#"handler="fn_of_one""#), "{one}");
+        assert!(!two.contains("fn_of_one"), "{two}");
+        assert!(one.contains("kopf_replica_active 1"), "{one}");
+        assert!(two.contains("kopf_replica_active 0"), "{two}");
+    }
+
+    #[test]
     fn plugin_pools_are_gauges_by_plugin_and_state() {
-        plugin_pool(
+        let metrics = Metrics::default();
+        metrics.plugin_pool(
             "unit-test-plugin",
             &serde_json::json!({"threads": 3, "busy": 2, "queued": 5, "max_threads": 512, "saturations": 1}),
         );
-        let text = render();
+        let text = metrics.render();
         for line in [
             r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="busy"} 2"#,
             r#"kopf_plugin_pool_threads{plugin="unit-test-plugin",state="queued"} 5"#,

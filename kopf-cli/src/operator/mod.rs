@@ -9,6 +9,7 @@ use crate::{
     clients::{auth, connection},
     contexts::OperatorContext,
     engines::posting,
+    observability::metrics::Metrics,
     options::RunOptions,
     plugin::PluginSet,
     reactor::{indexing::Indices, orchestration::NamespaceScope, shared::Shared, stopping::StopRegistry},
@@ -35,9 +36,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Install the handlers before anything slow, so no early signal is lost.
     let mut signals = control.install()?;
-    let (client, credentials, config) = connect(&plugins, connection).await?;
+    // This operator's own: every part below records into it, `/metrics` serves it.
+    let metrics = Metrics::default();
+    let (client, credentials, config) = connect(&metrics, &plugins, connection).await?;
     let stop = signals.token().child_token();
-    let toggles = PauseToggles::new();
+    let toggles = PauseToggles::new(metrics.clone());
     let mut context = OperatorContext {
         client: client.clone(),
         config,
@@ -48,6 +51,7 @@ pub async fn run(
         toggles: toggles.clone(),
         readiness: Arc::default(),
         stop: stop.clone(),
+        metrics: metrics.clone(),
     };
 
     // Operator-level activities first: startup handlers may adjust the settings.
@@ -73,6 +77,7 @@ pub async fn run(
         stops.clone(),
         indices.clone(),
         credentials.clone(),
+        metrics.clone(),
     ));
     // Object log lines as events (`posting.loggers`), until the operator exits.
     let _log_posting = match (&services.events, settings.posting.loggers) {
@@ -99,6 +104,7 @@ pub async fn run(
         exiting: stop.clone(),
         indices: indices.clone(),
         readiness: context.readiness.clone(),
+        metrics,
     });
     let scope = namespace_scope(&options)?;
     let mut reactor = Reactor::new(client.clone(), shared, scope, &settings, toggles.shards());
@@ -142,6 +148,7 @@ pub async fn run(
 /// Connects: the kubeconfig (or the given `connection`, which cannot be re-read), the
 /// login handlers, and a client that re-authenticates after a 401.
 async fn connect(
+    metrics: &Metrics,
     plugins: &PluginSet,
     connection: Option<kube::Config>,
 ) -> anyhow::Result<(kube::Client, Arc<auth::Credentials>, kube::Config)> {
@@ -150,10 +157,10 @@ async fn connect(
         Some(config) => config,
         None => connection::load_config(None).await?,
     };
-    let relogin = crate::engines::activities::relogin(plugins, &config, fixed_config);
-    let login = crate::engines::activities::login(plugins, config).await?;
+    let relogin = crate::engines::activities::relogin(metrics, plugins, &config, fixed_config);
+    let login = crate::engines::activities::login(metrics, plugins, config).await?;
     let config = login.config;
-    let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin)?;
+    let (client, credentials) = auth::reauthenticating_client(config.clone(), relogin, metrics.clone())?;
     credentials.set_expiration(login.expires);
     Ok((client, credentials, config))
 }

@@ -49,6 +49,7 @@ impl EngineServices {
         stops: Arc<StopRegistry>,
         indices: Arc<Indices>,
         credentials: Arc<auth::Credentials>,
+        metrics: crate::observability::metrics::Metrics,
     ) -> Self {
         let runtime = tokio::runtime::Handle::current();
         let reporter = events::Reporter {
@@ -69,7 +70,7 @@ impl EngineServices {
             };
         }
         Self {
-            events: Some(posting::EventQueue::start(client, stop)),
+            events: Some(posting::EventQueue::start(client, stop, metrics)),
             reporter,
             posting_level,
             stops,

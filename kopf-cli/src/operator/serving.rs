@@ -215,12 +215,14 @@ impl Reactor {
                 .copied()
                 .map(seconds)
                 .collect(),
+            metrics: shared.metrics.clone(),
             ..WatchSettings::default()
         };
         let queue = QueueSettings {
             idle_timeout: seconds(settings.queueing.idle_timeout),
             exit_timeout: seconds(settings.queueing.exit_timeout),
             shards: shards.clone(),
+            metrics: shared.metrics.clone(),
         };
         let orchestrator = Orchestrator::new(
             client.clone(),

@@ -5,12 +5,7 @@
 //! `KopfPeering` in each served namespace (with `-n`). The operator pauses while any
 //! target says so (Kopf's `operator_paused` toggle set).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    future::Future,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, future::Future, sync::Arc, time::Duration};
 
 use kube::Client;
 use parking_lot::Mutex;
@@ -25,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     PEERING_TOGGLE,
     records::{self, Peer},
-    resources::{self, PeeringResource, Scope},
+    resources::{PeeringResource, Scope},
 };
 use crate::structs::backoff::sleep_until_opt;
 use crate::{
@@ -35,13 +30,13 @@ use crate::{
     },
     settings::PeeringSettings,
     signals::PauseToggles,
-    structs::references::{self, NamespacePattern},
+    structs::references::NamespacePattern,
 };
 
 /// How long the exit steps wait for [`super::shutdown`] after the stop (then give up).
 const EXIT_GRACE: Duration = Duration::from_secs(300);
 /// How often namespace patterns are re-listed (for `KopfPeering` per namespace).
-const NAMESPACE_REFRESH: Duration = Duration::from_secs(30);
+pub(super) const NAMESPACE_REFRESH: Duration = Duration::from_secs(30);
 
 /// What the peering tasks need to know.
 #[derive(Debug, Clone)]
@@ -60,7 +55,7 @@ pub struct PeeringConfig {
 }
 
 impl PeeringConfig {
-    fn scope(&self) -> Scope {
+    pub(super) fn scope(&self) -> Scope {
         if self.clusterwide {
             Scope::Cluster
         } else {
@@ -68,7 +63,7 @@ impl PeeringConfig {
         }
     }
 
-    fn patterns(&self) -> Vec<NamespacePattern> {
+    pub(super) fn patterns(&self) -> Vec<NamespacePattern> {
         crate::structs::references::namespace_parts(&self.namespaces)
             .map(NamespacePattern::new)
             .collect()
@@ -127,7 +122,9 @@ pub fn spawn(
 ) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
     let (ready_tx, ready_rx) = oneshot::channel();
     let board = PauseBoard::new(toggles);
-    let task = tokio::spawn(supervise(client, config, board, stop, release, ready_tx));
+    let task = tokio::spawn(super::supervision::supervise(
+        client, config, board, stop, release, ready_tx,
+    ));
     (task, async move {
         let _ = ready_rx.await;
     })
@@ -139,179 +136,6 @@ pub async fn ended(stop: CancellationToken, release: CancellationToken) {
         _ = release.cancelled() => {}
         _ = async { stop.cancelled().await; tokio::time::sleep(EXIT_GRACE).await } => {}
     }
-}
-
-const DETECTION: &str = "<detection>";
-
-#[allow(clippy::too_many_lines)] // split under issue 19
-async fn supervise(
-    client: Client,
-    config: PeeringConfig,
-    board: PauseBoard,
-    stop: CancellationToken,
-    release: CancellationToken,
-    ready_tx: oneshot::Sender<()>,
-) {
-    let mut ready_tx = Some(ready_tx);
-    let mandatory = config.settings.mandatory;
-    if mandatory {
-        board.set(DETECTION, true);
-    }
-    let scope = config.scope();
-    let mut warned = false;
-    let resource = loop {
-        match resources::detect(&client, scope).await {
-            Ok(Some(resource)) => break resource,
-            Ok(None) if mandatory => {
-                if !warned {
-                    tracing::warn!(
-                        target: "kopf.peering",
-                        "The peering resource {} is not served; staying paused until it is \
-                         (mandatory peering {:?}). Install it with `kopf peering install --apply`.",
-                        scope.kind(),
-                        config.settings.name
-                    );
-                    warned = true;
-                }
-            }
-            Ok(None) => {
-                if !warned {
-                    tracing::info!(
-                        target: "kopf.peering",
-                        "The peering resource {} is not served: running standalone.",
-                        scope.kind()
-                    );
-                    warned = true;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(target: "kopf.peering", "Cannot detect the peering resources: {error}")
-            }
-        }
-        if let Some(tx) = ready_tx.take() {
-            let _ = tx.send(());
-        }
-        let retry = if mandatory {
-            Duration::from_secs(3)
-        } else {
-            Duration::from_secs(30)
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(retry) => {}
-        }
-    };
-    tracing::debug!(target: "kopf.peering", "Peering via {}/{}.", resource.group, resource.scope.plural());
-    let config = Arc::new(config);
-    let mut targets: BTreeMap<Option<String>, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
-    let mut first = true;
-    loop {
-        let wanted = match wanted_namespaces(&client, &config).await {
-            Ok(wanted) => wanted,
-            Err(error) => {
-                tracing::warn!(target: "kopf.peering", "Cannot list the namespaces for peering: {error}");
-                targets.keys().cloned().collect()
-            }
-        };
-        let mut readies = Vec::new();
-        for namespace in &wanted {
-            if targets.contains_key(namespace) {
-                continue;
-            }
-            let own_release = CancellationToken::new();
-            let (tx, rx) = oneshot::channel();
-            readies.push(rx);
-            let target = Target {
-                client: client.clone(),
-                resource: resource.clone(),
-                namespace: namespace.clone(),
-                config: config.clone(),
-                board: board.clone(),
-            };
-            let handle = tokio::spawn(target.run(stop.clone(), own_release.clone(), tx));
-            targets.insert(namespace.clone(), (own_release, handle));
-        }
-        let gone: Vec<Option<String>> = targets
-            .keys()
-            .filter(|ns| !wanted.contains(*ns))
-            .cloned()
-            .collect();
-        for namespace in gone {
-            if let Some((own_release, handle)) = targets.remove(&namespace) {
-                own_release.cancel();
-                let _ = handle.await;
-                board.set(&target_key(namespace.as_deref()), false);
-            }
-        }
-        if first {
-            first = false;
-            for rx in readies {
-                let _ = rx.await;
-            }
-            board.set(DETECTION, false);
-            if let Some(tx) = ready_tx.take() {
-                let _ = tx.send(());
-            }
-        }
-        let refresh = if config.clusterwide || literal_names(&config).is_some() {
-            None
-        } else {
-            Some(NAMESPACE_REFRESH)
-        };
-        tokio::select! {
-            _ = ended(stop.clone(), release.clone()) => break,
-            _ = sleep_opt(refresh) => {}
-        }
-    }
-    for (own_release, _) in targets.values() {
-        own_release.cancel();
-    }
-    for (_, (_, handle)) in targets {
-        let _ = handle.await;
-    }
-}
-
-async fn sleep_opt(duration: Option<Duration>) {
-    match duration {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn target_key(namespace: Option<&str>) -> String {
-    namespace.unwrap_or("<cluster>").to_owned()
-}
-
-/// The literal namespace names of `-n`, if all are literal.
-fn literal_names(config: &PeeringConfig) -> Option<BTreeSet<String>> {
-    config
-        .patterns()
-        .iter()
-        .map(|p| p.specific_name().map(str::to_owned))
-        .collect()
-}
-
-async fn wanted_namespaces(
-    client: &Client,
-    config: &PeeringConfig,
-) -> Result<BTreeSet<Option<String>>, ApiError> {
-    if config.clusterwide {
-        return Ok(BTreeSet::from([None]));
-    }
-    if let Some(names) = literal_names(config) {
-        return Ok(names.into_iter().map(Some).collect());
-    }
-    let patterns = config.patterns();
-    let list = patching::get(client, "/api/v1/namespaces").await?;
-    Ok(list
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|ns| ns.pointer("/metadata/name").and_then(Value::as_str))
-        .filter(|name| references::match_namespaces(name, &patterns))
-        .map(|name| Some(name.to_owned()))
-        .collect())
 }
 
 /// Writes (or with `lifetime <= 0`, removes) this operator's record. `Ok(None)` when the
@@ -354,12 +178,12 @@ pub async fn clean(
 }
 
 /// One peering object: keep-alives, watching, decisions.
-struct Target {
-    client: Client,
-    resource: PeeringResource,
-    namespace: Option<String>,
-    config: Arc<PeeringConfig>,
-    board: PauseBoard,
+pub(super) struct Target {
+    pub(super) client: Client,
+    pub(super) resource: PeeringResource,
+    pub(super) namespace: Option<String>,
+    pub(super) config: Arc<PeeringConfig>,
+    pub(super) board: PauseBoard,
 }
 
 /// The state of a target between events.
@@ -378,7 +202,7 @@ struct TargetState {
 
 impl Target {
     fn key(&self) -> String {
-        target_key(self.namespace.as_deref())
+        super::supervision::target_key(self.namespace.as_deref())
     }
 
     fn name(&self) -> &str {
@@ -387,6 +211,37 @@ impl Target {
 
     fn where_(&self) -> String {
         self.resource.describe(self.namespace.as_deref(), self.name())
+    }
+
+    /// Watches the peering object until `stop`.
+    fn watch(&self, stop: &CancellationToken) -> mpsc::Receiver<WatchItem> {
+        let (tx, rx) = mpsc::channel::<WatchItem>(16);
+        // Only the peering object itself: RBAC may grant just that name.
+        let watch = WatchSettings {
+            page_size: 100,
+            field_selector: Some(format!("metadata.name={}", self.name())),
+            metrics: self.board.toggles.metrics().clone(),
+            ..WatchSettings::default()
+        };
+        tokio::spawn(watch_continuously(
+            self.client.clone(),
+            self.resource.path(),
+            self.namespace.clone(),
+            watch,
+            tx,
+            stop.clone(),
+        ));
+        rx
+    }
+
+    /// Runs the target on a task of its own until `stop` or `release`.
+    pub(super) fn spawn(
+        self,
+        stop: CancellationToken,
+        release: CancellationToken,
+        ready: oneshot::Sender<()>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(self.run(stop, release, ready))
     }
 
     async fn run(self, stop: CancellationToken, release: CancellationToken, ready: oneshot::Sender<()>) {
@@ -412,22 +267,8 @@ impl Target {
         self.evaluate(&mut state, true).await;
         let _ = ready.send(());
 
-        let (tx, mut rx) = mpsc::channel::<WatchItem>(16);
         let watch_stop = CancellationToken::new();
-        // Only the peering object itself: RBAC may grant just that name.
-        let watch = WatchSettings {
-            page_size: 100,
-            field_selector: Some(format!("metadata.name={}", self.name())),
-            ..WatchSettings::default()
-        };
-        tokio::spawn(watch_continuously(
-            self.client.clone(),
-            self.resource.path(),
-            self.namespace.clone(),
-            watch,
-            tx,
-            watch_stop.clone(),
-        ));
+        let mut rx = self.watch(&watch_stop);
         let ended = ended(stop, release);
         tokio::pin!(ended);
         let mut listing: Option<Option<Value>> = None;
@@ -559,68 +400,90 @@ impl Target {
 
     /// Decides about pausing from the latest peering object. `first`: the target's first
     /// decision, made while it holds its initial pause (not one to announce the end of).
-    #[allow(clippy::too_many_lines)] // split under issue 19
     async fn evaluate(&self, state: &mut TargetState, first: bool) {
         let key = self.key();
         let was_paused = !first && self.board.is_set(&key);
         let Some(body) = state.body.clone() else {
-            if self.config.settings.mandatory {
-                if !was_paused {
-                    tracing::warn!(
-                        target: "kopf.peering",
-                        "The peering object {} does not exist: pausing until it does (mandatory peering).",
-                        self.where_()
-                    );
-                }
-                self.board.set(&key, true);
-            } else if self.board.is_set(&key) {
-                if was_paused {
-                    tracing::info!(target: "kopf.peering", "The peering object {} is gone: resuming operations.", self.where_());
-                }
-                self.board.set(&key, false);
-            }
+            self.object_absent(&key, was_paused);
             state.recheck = None;
             return;
         };
         let now = jiff::Timestamp::now();
         let peers = records::peers_of(&body);
         let identity = &self.config.identity;
-        let priority = self.config.settings.priority;
-        let decision = records::decide(&peers, identity, priority, now);
+        let decision = records::decide(&peers, identity, self.config.settings.priority, now);
+        self.clean_dead(state, &decision).await;
+        // Our own record missing (removed by someone, or the object re-created): re-add soon.
+        if !peers.iter().any(|p| &p.identity == identity) {
+            let soon = state
+                .last_touch
+                .map_or(Instant::now(), |t| t + Duration::from_secs(1));
+            state.next_touch = state.next_touch.min(soon);
+        }
+        self.pause_or_resume(state, &key, was_paused, &decision, &peers);
+        state.recheck = decision.recheck_at.map(|at| {
+            let wait = now.duration_until(at);
+            let wait = if wait.is_negative() {
+                Duration::ZERO
+            } else {
+                wait.unsigned_abs()
+            };
+            Instant::now() + wait + Duration::from_millis(50)
+        });
+    }
 
+    /// Without a peering object: a mandatory peering pauses, an optional one runs.
+    fn object_absent(&self, key: &str, was_paused: bool) {
+        if self.config.settings.mandatory {
+            if !was_paused {
+                tracing::warn!(
+                    target: "kopf.peering",
+                    "The peering object {} does not exist: pausing until it does (mandatory peering).",
+                    self.where_()
+                );
+            }
+            self.board.set(key, true);
+        } else if self.board.is_set(key) {
+            if was_paused {
+                tracing::info!(target: "kopf.peering", "The peering object {} is gone: resuming operations.", self.where_());
+            }
+            self.board.set(key, false);
+        }
+    }
+
+    /// Removes the expired records of other peers from the peering object.
+    async fn clean_dead(&self, state: &mut TargetState, decision: &records::Decision) {
+        let identity = &self.config.identity;
         let dead: Vec<String> = decision
             .dead
             .iter()
             .map(|p| p.identity.clone())
             .filter(|id| id != identity)
             .collect();
-        if !dead.is_empty() {
-            tracing::debug!(target: "kopf.peering", "Cleaning dead peers in {}: {dead:?}", self.where_());
-            match clean(
-                &self.client,
-                &self.resource,
-                self.namespace.as_deref(),
-                self.name(),
-                &dead,
-            )
-            .await
-            {
-                Ok(Some(body)) => {
-                    self.accept(state, Some(body), false);
-                }
-                Ok(None) => {}
-                Err(error) => tracing::debug!(target: "kopf.peering", "Cannot clean dead peers: {error}"),
+        if dead.is_empty() {
+            return;
+        }
+        tracing::debug!(target: "kopf.peering", "Cleaning dead peers in {}: {dead:?}", self.where_());
+        let namespace = self.namespace.as_deref();
+        match clean(&self.client, &self.resource, namespace, self.name(), &dead).await {
+            Ok(Some(body)) => {
+                self.accept(state, Some(body), false);
             }
+            Ok(None) => {}
+            Err(error) => tracing::debug!(target: "kopf.peering", "Cannot clean dead peers: {error}"),
         }
-        // Our own record missing (removed by someone, or the object re-created): re-add soon.
-        let own_missing = !peers.iter().any(|p| &p.identity == identity);
-        if own_missing {
-            let soon = state
-                .last_touch
-                .map_or(Instant::now(), |t| t + Duration::from_secs(1));
-            state.next_touch = state.next_touch.min(soon);
-        }
+    }
 
+    /// Kopf's rule, logged as Kopf logs it: pause for a higher priority, pause everyone
+    /// for the same priority (warned once per set of peers), else run.
+    fn pause_or_resume(
+        &self,
+        state: &mut TargetState,
+        key: &str,
+        was_paused: bool,
+        decision: &records::Decision,
+        peers: &[Peer],
+    ) {
         if !decision.higher.is_empty() {
             if !was_paused {
                 tracing::info!(
@@ -629,7 +492,7 @@ impl Target {
                     records::describe(&decision.higher)
                 );
             }
-            self.board.set(&key, true);
+            self.board.set(key, true);
             state.warned_same.clear();
         } else if !decision.same.is_empty() {
             let same: BTreeSet<String> = decision.same.iter().map(|p| p.identity.clone()).collect();
@@ -642,9 +505,9 @@ impl Target {
                 state.warned_same = same;
             }
             if !was_paused {
-                tracing::warn!(target: "kopf.peering", "Pausing all operators, including self: {}", records::describe(&peers));
+                tracing::warn!(target: "kopf.peering", "Pausing all operators, including self: {}", records::describe(peers));
             }
-            self.board.set(&key, true);
+            self.board.set(key, true);
         } else {
             if was_paused {
                 tracing::info!(
@@ -652,17 +515,8 @@ impl Target {
                     "Resuming operations after the pause. Conflicting operators with the same priority are gone."
                 );
             }
-            self.board.set(&key, false);
+            self.board.set(key, false);
             state.warned_same.clear();
         }
-        state.recheck = decision.recheck_at.map(|at| {
-            let wait = now.duration_until(at);
-            let wait = if wait.is_negative() {
-                Duration::ZERO
-            } else {
-                wait.unsigned_abs()
-            };
-            Instant::now() + wait + Duration::from_millis(50)
-        });
     }
 }

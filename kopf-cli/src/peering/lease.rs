@@ -346,7 +346,8 @@ pub(super) fn elector_client(credentials: &Credentials, config: &LeaseConfig) ->
     kube_config.connect_timeout = Some(timeout);
     kube_config.read_timeout = Some(timeout);
     kube_config.write_timeout = Some(timeout);
-    connection::make_client(kube_config).map_err(|e| ApiError::Request(e.to_string()))
+    connection::counted_client(kube_config, credentials.metrics())
+        .map_err(|e| ApiError::Request(e.to_string()))
 }
 
 /// Spawns the election loop on a thread of its own: the `"lease"` toggle is on (paused)
@@ -434,11 +435,11 @@ async fn elect(
         if leading && !was_leading {
             tracing::info!(target: "kopf.peering", "Acquired the Lease {where_}: this replica is active.");
             toggles.set(LEASE_TOGGLE, false);
-            crate::observability::metrics::lease_holder(true);
+            toggles.metrics().lease_holder(true);
         } else if !leading && was_leading {
             tracing::warn!(target: "kopf.peering", "Lost the Lease {where_}: pausing operations.");
             toggles.set(LEASE_TOGGLE, true);
-            crate::observability::metrics::lease_holder(false);
+            toggles.metrics().lease_holder(false);
         } else if !leading && ready_tx.is_some() {
             tracing::info!(target: "kopf.peering", "The Lease {where_} is held by another replica: standing by.");
         }
@@ -455,7 +456,7 @@ async fn elect(
             _ = tokio::time::sleep(period.max(Duration::from_millis(100))) => {}
         }
     }
-    crate::observability::metrics::lease_holder(false);
+    toggles.metrics().lease_holder(false);
     let timeout = elector.config.round_timeout();
     let done = format!("Released the Lease {where_}.");
     exit_step(

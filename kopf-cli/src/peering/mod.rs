@@ -15,6 +15,7 @@ pub mod lease;
 pub mod records;
 pub mod resources;
 pub mod sharding;
+mod supervision;
 
 use std::{future::Future, time::Duration};
 

@@ -439,7 +439,7 @@ mod tests {
     fn member(client: &Client, identity: &str, millis: u64) -> (Ring, PauseToggles) {
         let mut lease = LeaseConfig::parse("default/ring", "default", identity).unwrap();
         lease.duration = Duration::from_millis(millis);
-        let toggles = PauseToggles::new();
+        let toggles = PauseToggles::default();
         (
             Ring::new(client.clone(), RingConfig { lease }, toggles.clone()),
             toggles,

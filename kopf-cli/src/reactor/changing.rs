@@ -483,9 +483,17 @@ impl ResourceProcessor {
             .timeout
             .map(|timeout| seconds(timeout - attempt.runtime));
         let call = Call::new(handler, &inv).with_timeout(timeout);
-        let outcome = super::queueing::release_slot_if_slow(invocation::invoke(&shared.plugins, call)).await;
+        let outcome =
+            super::queueing::release_slot_if_slow(invocation::invoke(&shared.metrics, &shared.plugins, call))
+                .await;
         let default_backoff = shared.settings.execution.default_backoff;
-        let mut decision = execution::conclude(handler.spec(), attempt, &outcome, default_backoff);
+        let mut decision = execution::conclude(
+            &shared.metrics,
+            handler.spec(),
+            attempt,
+            &outcome,
+            default_backoff,
+        );
         let mut settled = None;
         if !outcome.children.is_empty() {
             let s = subhandling::settle(
@@ -499,6 +507,7 @@ impl ResourceProcessor {
             );
             for (id, child_decision) in &s.decisions {
                 execution::log_decision(handler.kind(), id, child_decision);
+                execution::count_retry(&shared.metrics, handler.kind(), id, child_decision);
             }
             decision = subhandling::parent_decision(decision, &s);
             settled = Some(s);

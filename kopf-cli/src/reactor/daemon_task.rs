@@ -270,10 +270,16 @@ impl Task {
         };
         self.registry
             .register(call_id, self.stop.clone(), self.live.clone());
-        let outcome = invocation::invoke(&self.shared.plugins, call).await;
+        let outcome = invocation::invoke(&self.shared.metrics, &self.shared.plugins, call).await;
         self.registry.unregister(call_id);
         let default_backoff = self.shared.settings.execution.default_backoff;
-        let decision = execution::conclude(self.handler.spec(), attempt, &outcome, default_backoff);
+        let decision = execution::conclude(
+            &self.shared.metrics,
+            self.handler.spec(),
+            attempt,
+            &outcome,
+            default_backoff,
+        );
         execution::log_decision(self.handler.kind(), self.handler.id(), &decision);
         let mut patch = Patch::new();
         application::collect(

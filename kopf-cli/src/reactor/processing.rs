@@ -209,7 +209,12 @@ impl ResourceProcessor {
                 }
             }
             inv.param = handler.spec().options.param.clone();
-            let outcome = invocation::invoke(&self.shared.plugins, Call::new(handler, &inv)).await;
+            let outcome = invocation::invoke(
+                &self.shared.metrics,
+                &self.shared.plugins,
+                Call::new(handler, &inv),
+            )
+            .await;
             if let Some(error) = &outcome.error {
                 tracing::warn!(target: "kopf.objects", "{} failed with an error (ignored): {}", execution::handler_name(handler.kind(), handler.id()), error.message);
             }
@@ -608,7 +613,12 @@ impl ResourceProcessor {
             }
             let mut inv = self.base_invocation(body);
             inv.param = indexer.spec().options.param.clone();
-            let outcome = invocation::invoke(&self.shared.plugins, Call::new(indexer, &inv)).await;
+            let outcome = invocation::invoke(
+                &self.shared.metrics,
+                &self.shared.plugins,
+                Call::new(indexer, &inv),
+            )
+            .await;
             match &outcome.error {
                 None => self.shared.indices.store(
                     indexer.id(),

@@ -55,6 +55,7 @@ fn bare_processor() -> ResourceProcessor {
         exiting: tokio_util::sync::CancellationToken::new(),
         indices: Arc::default(),
         readiness: Arc::default(),
+        metrics: crate::observability::metrics::Metrics::default(),
     };
     ResourceProcessor::new(Arc::new(shared), Resource::default(), &[])
 }

@@ -30,14 +30,16 @@ use crate::clients::watching::{EventType, WatchItem};
 use crate::signals::shards::Ownership;
 use tracing::Instrument as _;
 
-use crate::observability::{metrics, objects::object_span};
+use crate::observability::{metrics::Metrics, objects::object_span};
 use crate::structs::{backoff::sleep_until_opt, dicts, versions};
 
 /// How long a call may keep its worker slot (see [`release_slot_if_slow`]).
 pub const SLOT_HOLD_LIMIT: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
-    /// The worker slot held by the processing that runs in this task, if any.
+    /// The worker slot held by the processing that runs in this task, if any. Set by each
+    /// worker around its own processing future only, so it is per task, never shared
+    /// between objects or operators (ARCHITECTURE.md, "Process globals").
     static SLOT: RefCell<WorkerSlot>;
 }
 
@@ -164,6 +166,8 @@ pub struct QueueSettings {
     pub exit_timeout: Duration,
     /// The objects this replica owns (`--sharding`; all by default).
     pub shards: crate::signals::shards::ShardGate,
+    /// The operator's metrics (queue depths, objects watched).
+    pub metrics: Metrics,
 }
 
 impl Default for QueueSettings {
@@ -172,6 +176,7 @@ impl Default for QueueSettings {
             idle_timeout: Duration::from_secs(5),
             exit_timeout: Duration::from_secs(2),
             shards: crate::signals::shards::ShardGate::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -281,7 +286,7 @@ pub async fn multiplex<P: ObjectProcessor>(
     loop {
         let now = i64::try_from(mux.workers.len()).unwrap_or(i64::MAX);
         if now != depth {
-            metrics::queue_depth(&mux.stream, now - depth);
+            mux.settings.metrics.queue_depth(&mux.stream, now - depth);
             depth = now;
         }
         tokio::select! {
@@ -305,7 +310,7 @@ pub async fn multiplex<P: ObjectProcessor>(
         tracing::debug!(target: "kopf.reactor", "Stream {}: {received} objects and events received, {mine} of them this replica's, {theirs} other replicas'.", mux.stream);
     }
     // The stream is over (pause or exit): close the queues and let workers finish.
-    metrics::queue_depth(&mux.stream, -depth);
+    mux.settings.metrics.queue_depth(&mux.stream, -depth);
     for (_, entry) in mux.entries.drain() {
         entry.mailbox.end();
     }
@@ -370,8 +375,8 @@ impl<P: ObjectProcessor> Multiplexer<P> {
             }
             WatchItem::Event(kind, body) => {
                 match kind {
-                    EventType::Added => metrics::objects_watched(&self.stream, 1),
-                    EventType::Deleted => metrics::objects_watched(&self.stream, -1),
+                    EventType::Added => self.settings.metrics.objects_watched(&self.stream, 1),
+                    EventType::Deleted => self.settings.metrics.objects_watched(&self.stream, -1),
                     EventType::Modified => {}
                 }
                 if let Some(key) = self.key_of(&body) {
@@ -384,7 +389,9 @@ impl<P: ObjectProcessor> Multiplexer<P> {
     /// Objects we knew but the fresh listing lacks were deleted meanwhile.
     fn list_done(&mut self) {
         let Some(seen) = self.listed.take() else { return };
-        metrics::set_objects_watched(&self.stream, i64::try_from(seen.len()).unwrap_or(i64::MAX));
+        self.settings
+            .metrics
+            .set_objects_watched(&self.stream, i64::try_from(seen.len()).unwrap_or(i64::MAX));
         let gone: Vec<String> = self
             .entries
             .keys()

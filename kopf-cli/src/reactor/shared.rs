@@ -32,4 +32,6 @@ pub struct Shared {
     pub indices: Arc<Indices>,
     /// Which streams have completed their first listing (the readiness endpoint).
     pub readiness: Arc<Readiness>,
+    /// The operator's metrics.
+    pub metrics: crate::observability::metrics::Metrics,
 }

@@ -164,7 +164,8 @@ pub fn settle(
                 result: child.result.clone(),
                 ..Default::default()
             };
-            let decision = execution::conclude(&spec, attempt, &outcome, default_backoff);
+            // Counted by the caller, which has the operator's metrics.
+            let decision = execution::decide(&spec, attempt, &outcome, default_backoff);
             application::collect(patch, &child.id, &outcome, decision == Decision::Success);
             Some(decision)
         } else {

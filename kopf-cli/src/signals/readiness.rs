@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn ready_once_discovered_listed_and_not_paused() {
         let readiness = Readiness::default();
-        let toggles = PauseToggles::new();
+        let toggles = PauseToggles::default();
         assert_eq!(readiness.unready_reasons(&toggles), ["discovering"]);
         readiness.stream_started("kex");
         readiness.discovered();

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use tokio::sync::watch;
 
 use super::shards::ShardGate;
-use crate::observability::metrics;
+use crate::observability::metrics::Metrics;
 
 /// A set of named pause toggles; cheap to clone, all clones share the state.
 #[derive(Debug, Clone)]
@@ -20,23 +20,32 @@ pub struct PauseToggles {
     running: watch::Sender<bool>,
     /// Which objects this replica owns (`--sharding`; all without it).
     shards: ShardGate,
+    /// The operator's metrics: the replica's role follows the toggles.
+    metrics: Metrics,
 }
 
 impl Default for PauseToggles {
+    /// Toggles with metrics of their own (tests, one-shot commands).
     fn default() -> Self {
-        Self::new()
+        Self::new(Metrics::default())
     }
 }
 
 impl PauseToggles {
-    /// No toggle is on: the operator runs.
-    pub fn new() -> Self {
-        metrics::replica_active(true);
+    /// No toggle is on: the operator runs; its role is recorded in `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        metrics.replica_active(true);
         Self {
             sender: watch::Sender::new(BTreeSet::new()),
             running: watch::Sender::new(false),
             shards: ShardGate::default(),
+            metrics,
         }
+    }
+
+    /// The operator's metrics (the parts that pause it record their role there too).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The reactor is about to start its streams: allowed (and recorded) only if no
@@ -85,8 +94,8 @@ impl PauseToggles {
             } else {
                 set.remove(name)
             };
-            metrics::replica_paused(name, paused);
-            metrics::replica_active(set.is_empty());
+            self.metrics.replica_paused(name, paused);
+            self.metrics.replica_active(set.is_empty());
             changed
         });
     }
@@ -120,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn any_toggle_pauses() {
-        let toggles = PauseToggles::new();
+        let toggles = PauseToggles::default();
         let changes = toggles.subscribe();
         assert!(!toggles.is_paused());
         toggles.set("peering", true);
@@ -136,7 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_reactor_may_run_only_while_no_toggle_is_on() {
-        let toggles = PauseToggles::new();
+        let toggles = PauseToggles::default();
         assert!(toggles.is_stopped());
         toggles.set("sharding", true);
         assert!(!toggles.claim_running(), "claimed while paused");
