@@ -134,15 +134,26 @@ pub async fn run(
     }
     stop.cancel();
     reactor.orchestrator.stop_all().await;
+    shut_down(&context, &plugins, admission, peering).await;
+    Ok(())
+}
+
+/// The parts after the reactor, in Kopf's order: the webhooks, the cleanup handlers, then
+/// the peering or the Lease.
+async fn shut_down(
+    context: &OperatorContext,
+    plugins: &PluginSet,
+    admission: crate::admission::Admission,
+    peering: crate::peering::Peering,
+) {
     admission.shutdown().await;
-    crate::engines::activities::run_cleanup(&context).await;
+    crate::engines::activities::run_cleanup(context).await;
     if peering.hands_over() {
         // The stopped workers abandoned their calls, which run on in the plugins: the next
         // leader must not start the same handlers while they do.
-        crate::reactor::processing::settle_plugin_calls(&plugins, "releasing the Lease").await;
+        crate::reactor::processing::settle_plugin_calls(plugins, "releasing the Lease").await;
     }
     peering.shutdown().await;
-    Ok(())
 }
 
 /// Connects: the kubeconfig (or the given `connection`, which cannot be re-read), the
