@@ -162,7 +162,7 @@ impl Default for WatchingSettings {
 
 /// The default of `settings.queueing.worker_limit` (Kopf's is unbounded): bounds the
 /// memory of a burst of objects, not throughput (the API requests in flight are bounded
-/// lower, see `clients::connection::MAX_REQUESTS_IN_FLIGHT`); a handler call that runs
+/// separately, see `clients::connection::MAX_REQUESTS_IN_FLIGHT`); a handler call that runs
 /// longer than `reactor::queueing::SLOT_HOLD_LIMIT` gives its slot back meanwhile.
 pub const DEFAULT_WORKER_LIMIT: usize = 64;
 

@@ -65,11 +65,13 @@ pub async fn config_from_yaml(yaml: &str) -> Result<Config, ConnectionError> {
         .map_err(source)
 }
 
-/// API requests in flight at once per client. A burst of objects then shares a few
-/// pooled connections instead of opening one connection (with its buffers) per object:
-/// that keeps memory flat and spares the API server. A watch holds its slot only until
+/// API requests in flight at once per client. A burst of objects then shares a bounded set
+/// of pooled connections instead of opening one connection (with its buffers) per object:
+/// that keeps memory flat and spares the API server. Above the default worker limit, so
+/// that on a slow server the objects in processing do not queue behind each other's
+/// requests (docs/benchmarks.md compares 32 and 128). A watch holds its slot only until
 /// the response headers arrive, so long-lived streams never starve other requests.
-pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 128;
 
 /// Builds a client from a configuration, with kopf's user agent and at most
 /// [`MAX_REQUESTS_IN_FLIGHT`] requests in flight.
