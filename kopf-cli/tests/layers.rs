@@ -4,8 +4,10 @@
 //!
 //! Every `kopf-cli/src/**/*.rs` is read; comments are skipped (a doc link is no import).
 //! Modules of one layer may not use each other, except for the pairs in [`SIBLINGS`].
+//! Inside a module, its files (other than `mod.rs`, which declares them) may not use each
+//! other in a circle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, top to bottom; each names the top-level modules of `kopf-cli/src`
@@ -241,6 +243,67 @@ fn siblings_are_one_way() {
             "{a} and {b} may not use each other both ways"
         );
     }
+}
+
+/// `file -> sibling files it uses` for the files of every directory of `src` except
+/// `mod.rs` (through `super::x` or `crate::<dir path>::x`, `x` being a sibling's name).
+fn sibling_edges() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    for path in &files {
+        let (Some(dir), Some(stem)) = (path.parent(), path.file_stem()) else {
+            continue;
+        };
+        if dir == src || stem == "mod" {
+            continue;
+        }
+        let module_path: Vec<String> = dir
+            .strip_prefix(&src)
+            .expect("under src")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let code = strip_comments(&std::fs::read_to_string(path).expect("readable source"));
+        // Unit tests (at the end of a file, by the project's habit) may use any sibling.
+        let code = code.split("#[cfg(test)]").next().unwrap_or_default();
+        let through_crate = format!("crate::{}::", module_path.join("::"));
+        for (name, _) in used_modules(code, "super::")
+            .into_iter()
+            .chain(used_modules(code, &through_crate))
+        {
+            let sibling = dir.join(format!("{name}.rs"));
+            if name != stem.to_string_lossy() && files.contains(&sibling) {
+                edges.entry(path.clone()).or_default().insert(sibling);
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn the_files_of_a_module_use_each_other_one_way() {
+    let edges = sibling_edges();
+    // A file that reaches itself again through the uses of its siblings is in a circle.
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&PathBuf> = edges[start].iter().collect();
+        while let Some(file) = todo.pop() {
+            if file == start {
+                circles.push(start.display().to_string());
+                break;
+            }
+            if seen.insert(file) {
+                todo.extend(edges.get(file).into_iter().flatten());
+            }
+        }
+    }
+    assert!(
+        circles.is_empty(),
+        "files in import circles with their siblings (move what they share into one of them): {circles:?}"
+    );
 }
 
 #[test]

@@ -26,8 +26,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use super::renewal::{self, Authority};
-
 /// Errors of certificate generation and loading.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -421,76 +419,6 @@ pub async fn watch_files(
             }
         }
     }
-}
-
-/// Keeps a generated server certificate fresh until `stop`: every
-/// [`renewal::CHECK_EVERY`] (and at once) renews the CA near its expiry (a shared one in its
-/// Secret, where any replica may have renewed it), publishes the bundle through `bundle`
-/// (the configurations are re-applied with it), and re-issues the certificate every
-/// [`REISSUE_EVERY`] or once its CA was replaced (and is trusted by every replica).
-pub async fn reissue_periodically(
-    ca: CaPair,
-    shared: Option<(kube::Client, String, String)>,
-    hosts: Vec<String>,
-    target: Arc<SwappableCert>,
-    bundle: tokio::sync::watch::Sender<String>,
-    stop: CancellationToken,
-) {
-    let mut authority = Authority::of(ca);
-    let mut signed_by = authority.signer.cert_pem.clone();
-    let mut issued_at = tokio::time::Instant::now();
-    loop {
-        let now = jiff::Timestamp::now();
-        match checked(&authority, shared.as_ref(), now).await {
-            Ok(checked) => authority = checked,
-            Err(error) => {
-                tracing::warn!(target: "kopf.admission", "{error}; the known CA signs meanwhile.")
-            }
-        }
-        bundle.send_if_modified(|current| {
-            let fresh = authority.bundle(now);
-            let changed = *current != fresh;
-            *current = fresh;
-            changed
-        });
-        let due = issued_at.elapsed() >= REISSUE_EVERY || signed_by != authority.signer.cert_pem;
-        if due && authority.settled {
-            match issue(&authority.signer, &hosts).and_then(|c| c.certified_key()) {
-                Ok(certified) => {
-                    target.replace(certified);
-                    signed_by.clone_from(&authority.signer.cert_pem);
-                    issued_at = tokio::time::Instant::now();
-                    tracing::info!(target: "kopf.admission", "Re-issued the webhook certificate.");
-                }
-                Err(error) => {
-                    tracing::warn!(target: "kopf.admission", "Cannot re-issue the webhook certificate: {error}")
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(renewal::CHECK_EVERY) => {}
-        }
-    }
-}
-
-/// The CAs to use from now: the shared Secret's (renewed there if due), or this replica's
-/// own, renewed if due.
-async fn checked(
-    authority: &Authority,
-    shared: Option<&(kube::Client, String, String)>,
-    now: jiff::Timestamp,
-) -> Result<Authority, CertError> {
-    if let Some((client, namespace, name)) = shared {
-        return renewal::shared(client, namespace, name, now).await;
-    }
-    Ok(match authority.renewed(now)? {
-        Some(renewed) => {
-            tracing::info!(target: "kopf.admission", "Renewed the webhook CA before it expires.");
-            renewed
-        }
-        None => authority.clone(),
-    })
 }
 
 #[cfg(test)]

@@ -343,7 +343,7 @@ async fn serve_tls(context: &OperatorContext, server: &ServerUrl) -> anyhow::Res
                 (true, Some((namespace, name))) => Some((context.client.clone(), namespace, name)),
                 _ => None,
             };
-            tokio::spawn(certs::reissue_periodically(
+            tokio::spawn(renewal::reissue_periodically(
                 ca,
                 shared,
                 names,

@@ -23,7 +23,11 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use super::certs::{CaPair, CertError, ca_from_secret, generate_ca};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::certs::{CaPair, CertError, REISSUE_EVERY, SwappableCert, ca_from_secret, generate_ca, issue};
 
 /// A CA with fewer days than this left is renewed.
 pub const RENEW_WITHIN_DAYS: i64 = 60;
@@ -216,6 +220,76 @@ pub async fn shared(
     }
 }
 
+/// Keeps a generated server certificate fresh until `stop`: every
+/// [`CHECK_EVERY`] (and at once) renews the CA near its expiry (a shared one in its
+/// Secret, where any replica may have renewed it), publishes the bundle through `bundle`
+/// (the configurations are re-applied with it), and re-issues the certificate every
+/// [`REISSUE_EVERY`] or once its CA was replaced (and is trusted by every replica).
+pub async fn reissue_periodically(
+    ca: CaPair,
+    shared: Option<(kube::Client, String, String)>,
+    hosts: Vec<String>,
+    target: Arc<SwappableCert>,
+    bundle: tokio::sync::watch::Sender<String>,
+    stop: CancellationToken,
+) {
+    let mut authority = Authority::of(ca);
+    let mut signed_by = authority.signer.cert_pem.clone();
+    let mut issued_at = tokio::time::Instant::now();
+    loop {
+        let now = jiff::Timestamp::now();
+        match checked(&authority, shared.as_ref(), now).await {
+            Ok(checked) => authority = checked,
+            Err(error) => {
+                tracing::warn!(target: "kopf.admission", "{error}; the known CA signs meanwhile.")
+            }
+        }
+        bundle.send_if_modified(|current| {
+            let fresh = authority.bundle(now);
+            let changed = *current != fresh;
+            *current = fresh;
+            changed
+        });
+        let due = issued_at.elapsed() >= REISSUE_EVERY || signed_by != authority.signer.cert_pem;
+        if due && authority.settled {
+            match issue(&authority.signer, &hosts).and_then(|c| c.certified_key()) {
+                Ok(certified) => {
+                    target.replace(certified);
+                    signed_by.clone_from(&authority.signer.cert_pem);
+                    issued_at = tokio::time::Instant::now();
+                    tracing::info!(target: "kopf.admission", "Re-issued the webhook certificate.");
+                }
+                Err(error) => {
+                    tracing::warn!(target: "kopf.admission", "Cannot re-issue the webhook certificate: {error}")
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
+
+/// The CAs to use from now: the shared Secret's (renewed there if due), or this replica's
+/// own, renewed if due.
+async fn checked(
+    authority: &Authority,
+    shared: Option<&(kube::Client, String, String)>,
+    now: jiff::Timestamp,
+) -> Result<Authority, CertError> {
+    if let Some((client, namespace, name)) = shared {
+        return self::shared(client, namespace, name, now).await;
+    }
+    Ok(match authority.renewed(now)? {
+        Some(renewed) => {
+            tracing::info!(target: "kopf.admission", "Renewed the webhook CA before it expires.");
+            renewed
+        }
+        None => authority.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +370,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_loop_renews_an_expiring_ca_publishes_both_and_signs_with_the_new_one() {
-        use crate::admission::certs::{SwappableCert, issue, reissue_periodically};
+        use crate::admission::certs::{SwappableCert, issue};
         use std::sync::Arc;
         let old = generate_ca_valid_for(10).unwrap();
         let first = issue(&old, &[]).unwrap().certified_key().unwrap();

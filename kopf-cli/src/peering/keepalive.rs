@@ -5,7 +5,7 @@
 //! `KopfPeering` in each served namespace (with `-n`). The operator pauses while any
 //! target says so (Kopf's `operator_paused` toggle set).
 
-use std::{collections::BTreeSet, future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use kube::Client;
 use parking_lot::Mutex;
@@ -110,26 +110,6 @@ impl PauseBoard {
     }
 }
 
-/// Spawns the peering supervisor. The returned future resolves after the first decision
-/// (or when peering turns out to be unavailable); the task ends after `release` (or
-/// `EXIT_GRACE` after `stop`), having removed this operator's records.
-pub fn spawn(
-    client: Client,
-    config: PeeringConfig,
-    toggles: PauseToggles,
-    stop: CancellationToken,
-    release: CancellationToken,
-) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let board = PauseBoard::new(toggles);
-    let task = tokio::spawn(super::supervision::supervise(
-        client, config, board, stop, release, ready_tx,
-    ));
-    (task, async move {
-        let _ = ready_rx.await;
-    })
-}
-
 /// Completes when the peering/lease tasks must end: on `release`, or some time after `stop`.
 pub async fn ended(stop: CancellationToken, release: CancellationToken) {
     tokio::select! {
@@ -202,7 +182,7 @@ struct TargetState {
 
 impl Target {
     fn key(&self) -> String {
-        super::supervision::target_key(self.namespace.as_deref())
+        target_key(self.namespace.as_deref())
     }
 
     fn name(&self) -> &str {
@@ -519,4 +499,9 @@ impl Target {
             state.warned_same.clear();
         }
     }
+}
+
+/// The pause board's key of a target: its namespace, or `<cluster>`.
+pub(super) fn target_key(namespace: Option<&str>) -> String {
+    namespace.unwrap_or("<cluster>").to_owned()
 }

@@ -167,7 +167,7 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
         namespaces: context.options.namespaces.clone(),
     };
     let release = CancellationToken::new();
-    let (task, ready) = keepalive::spawn(
+    let (task, ready) = supervision::spawn(
         context.client.clone(),
         config,
         context.toggles.clone(),

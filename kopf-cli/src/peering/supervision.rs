@@ -11,12 +11,31 @@ use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::keepalive::{NAMESPACE_REFRESH, PauseBoard, PeeringConfig, Target, ended};
+use super::keepalive::{NAMESPACE_REFRESH, PauseBoard, PeeringConfig, Target, ended, target_key};
 use super::resources::{self, PeeringResource, Scope};
 use crate::clients::{ApiError, patching};
+use crate::signals::PauseToggles;
 use crate::structs::references;
 
 const DETECTION: &str = "<detection>";
+
+/// Spawns the peering supervisor. The returned future resolves after the first decision
+/// (or when peering turns out to be unavailable); the task ends after `release` (or
+/// `EXIT_GRACE` after `stop`), having removed this operator's records.
+pub fn spawn(
+    client: Client,
+    config: PeeringConfig,
+    toggles: PauseToggles,
+    stop: CancellationToken,
+    release: CancellationToken,
+) -> (JoinHandle<()>, impl Future<Output = ()> + Send + 'static) {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let board = PauseBoard::new(toggles);
+    let task = tokio::spawn(supervise(client, config, board, stop, release, ready_tx));
+    (task, async move {
+        let _ = ready_rx.await;
+    })
+}
 
 /// Peers in every wanted namespace (one [`Target`] each) until `stop` or `release`; the
 /// operator stays paused by the detection while a mandatory peering is not served.
@@ -201,10 +220,6 @@ async fn sleep_opt(duration: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
-}
-
-pub(super) fn target_key(namespace: Option<&str>) -> String {
-    namespace.unwrap_or("<cluster>").to_owned()
 }
 
 /// The literal namespace names of `-n`, if all are literal.

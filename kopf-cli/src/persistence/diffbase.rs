@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::conventions::{self, ConventionError, DEFAULT_PREFIX, KeyConvention};
 use super::layouts::Layout;
-use super::progress::{ProgressStorage, remove_empty_stanzas};
+use super::progress_storage::{ProgressStorage, remove_empty_stanzas};
 use crate::structs::bodies::Body;
 use crate::structs::dicts::{self, FieldPath};
 use crate::structs::patches::Patch;

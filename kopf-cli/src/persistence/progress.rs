@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::conventions::ConventionError;
-pub use super::progress_storage::{ProgressStorage, remove_empty_stanzas};
 use super::times::{TimeError, Timestamp};
-use crate::structs::patches::Patch;
 use crate::structs::pyjson::{self, py_eq_exact, py_truthy};
 
 /// Errors of progress storage.
@@ -343,36 +341,6 @@ pub struct State {
 }
 
 impl State {
-    /// Read the stored states of these handlers (all handlers of the resource). A record
-    /// that cannot be read is left out (its handler starts over) and returned with its
-    /// error: one bad record does not reset the others.
-    pub fn from_storage<'a>(
-        storage: &ProgressStorage,
-        body: &Value,
-        handler_ids: impl IntoIterator<Item = &'a str>,
-        now: Timestamp,
-    ) -> (Self, Vec<(String, ProgressError)>) {
-        let mut states = BTreeMap::new();
-        let mut unreadable = Vec::new();
-        for id in handler_ids {
-            let state = storage
-                .fetch(id, body)
-                .and_then(|record| record.map(|r| HandlerState::from_record(&r, now, id)).transpose());
-            match state {
-                Ok(Some(state)) => {
-                    states.insert(id.to_owned(), state);
-                }
-                Ok(None) => {}
-                Err(error) => unreadable.push((id.to_owned(), error)),
-            }
-        }
-        let state = Self {
-            states,
-            purpose: None,
-        };
-        (state, unreadable)
-    }
-
     /// Set the current purpose; re-purpose the given handlers' states.
     pub fn with_purpose<'a>(
         mut self,
@@ -418,38 +386,6 @@ impl State {
             }
         }
         self
-    }
-
-    /// Write the changed states into the patch.
-    pub fn store(&self, storage: &ProgressStorage, body: &Value, patch: &mut Patch) {
-        for (id, state) in &self.states {
-            if state.is_changed() {
-                storage.store(id, state, body, patch);
-            }
-        }
-    }
-
-    /// Purge the records of these handlers (all handlers of the resource), of all states
-    /// known here, and of all their sub-handlers.
-    pub fn purge<'a>(
-        &self,
-        storage: &ProgressStorage,
-        body: &Value,
-        patch: &mut Patch,
-        handler_ids: impl IntoIterator<Item = &'a str>,
-    ) {
-        let ids: BTreeSet<&str> = handler_ids.into_iter().collect();
-        for id in &ids {
-            storage.purge(id, body, patch);
-        }
-        for (id, state) in &self.states {
-            if !ids.contains(id.as_str()) {
-                storage.purge(id, body, patch);
-            }
-            for subref in &state.subrefs {
-                storage.purge(subref, body, patch);
-            }
-        }
     }
 
     /// All active handlers finished (true when there are none).
@@ -507,6 +443,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::persistence::progress_storage::ProgressStorage;
+    use crate::structs::patches::Patch;
     use serde_json::json;
 
     fn t(s: &str) -> Timestamp {

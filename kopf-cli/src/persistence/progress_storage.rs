@@ -2,11 +2,14 @@
 //! read from annotations (V2, then V1) and the legacy status field, write annotations,
 //! purge every location (see [`super::progress`] for the records themselves).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::Value;
 
 use super::conventions::{DEFAULT_PREFIX, KeyConvention};
 use super::layouts::Layout;
-use super::progress::{HandlerState, ProgressError, ProgressRecord, max_record_size};
+use super::progress::{HandlerState, ProgressError, ProgressRecord, State, max_record_size};
+use super::times::Timestamp;
 use crate::structs::dicts;
 use crate::structs::patches::Patch;
 use crate::structs::pyjson::py_truthy;
@@ -205,4 +208,70 @@ fn store_status_progress(
         let _ = patch.set(&path, Value::Object(record));
     }
     storage.layout.annotations
+}
+
+/// Reading and writing an object's handler states through a storage (here, not in
+/// `progress`, so that the records and their storage do not depend on each other).
+impl State {
+    /// Read the stored states of these handlers (all handlers of the resource). A record
+    /// that cannot be read is left out (its handler starts over) and returned with its
+    /// error: one bad record does not reset the others.
+    pub fn from_storage<'a>(
+        storage: &ProgressStorage,
+        body: &Value,
+        handler_ids: impl IntoIterator<Item = &'a str>,
+        now: Timestamp,
+    ) -> (Self, Vec<(String, ProgressError)>) {
+        let mut states = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        for id in handler_ids {
+            let state = storage
+                .fetch(id, body)
+                .and_then(|record| record.map(|r| HandlerState::from_record(&r, now, id)).transpose());
+            match state {
+                Ok(Some(state)) => {
+                    states.insert(id.to_owned(), state);
+                }
+                Ok(None) => {}
+                Err(error) => unreadable.push((id.to_owned(), error)),
+            }
+        }
+        let state = Self {
+            states,
+            purpose: None,
+        };
+        (state, unreadable)
+    }
+
+    /// Write the changed states into the patch.
+    pub fn store(&self, storage: &ProgressStorage, body: &Value, patch: &mut Patch) {
+        for (id, state) in &self.states {
+            if state.is_changed() {
+                storage.store(id, state, body, patch);
+            }
+        }
+    }
+
+    /// Purge the records of these handlers (all handlers of the resource), of all states
+    /// known here, and of all their sub-handlers.
+    pub fn purge<'a>(
+        &self,
+        storage: &ProgressStorage,
+        body: &Value,
+        patch: &mut Patch,
+        handler_ids: impl IntoIterator<Item = &'a str>,
+    ) {
+        let ids: BTreeSet<&str> = handler_ids.into_iter().collect();
+        for id in &ids {
+            storage.purge(id, body, patch);
+        }
+        for (id, state) in &self.states {
+            if !ids.contains(id.as_str()) {
+                storage.purge(id, body, patch);
+            }
+            for subref in &state.subrefs {
+                storage.purge(subref, body, patch);
+            }
+        }
+    }
 }

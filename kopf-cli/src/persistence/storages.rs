@@ -19,7 +19,8 @@
 
 use super::diffbase::{DiffBaseError, DiffBaseStorage};
 pub use super::layouts::Layout;
-use super::progress::{ProgressError, ProgressStorage};
+use super::progress::ProgressError;
+use super::progress_storage::ProgressStorage;
 use crate::settings::PersistenceSettings;
 use crate::structs::dicts::{self, FieldPath};
 

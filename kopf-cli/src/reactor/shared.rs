@@ -6,7 +6,7 @@ use kube::Client;
 
 use super::{indexing::Indices, stopping::StopRegistry};
 use crate::{
-    persistence::{diffbase::DiffBaseStorage, progress::ProgressStorage},
+    persistence::{diffbase::DiffBaseStorage, progress_storage::ProgressStorage},
     plugin::PluginSet,
     settings::OperatorSettings,
     signals::Readiness,

@@ -30,7 +30,8 @@ use crate::actions::{
     execution::{self, Attempt, Decision},
 };
 use crate::persistence::{
-    progress::{HandlerState, ProgressStorage, StepOutcome},
+    progress::{HandlerState, StepOutcome},
+    progress_storage::ProgressStorage,
     times::Timestamp,
 };
 use crate::structs::patches::Patch;
