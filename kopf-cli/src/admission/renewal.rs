@@ -400,7 +400,8 @@ mod tests {
             served.cert[1], new_ca,
             "the served certificate is signed by the new CA"
         );
-        // The new CA has a year: the next checks keep it and the certificate.
+        // The new CA has a year: the next checks keep it and the certificate. Time is
+        // paused (virtual), so this sleep runs exactly three checks, not a wait for one.
         tokio::time::sleep(CHECK_EVERY * 3).await;
         assert!(!rx.has_changed().unwrap());
         assert!(Arc::ptr_eq(&served, &target.current()));
