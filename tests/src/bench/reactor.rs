@@ -29,11 +29,31 @@ use crate::workspace_root;
 #[derive(Default)]
 struct Latencies {
     stored: Mutex<HashMap<String, Instant>>,
+    /// Woken at each first store (the one-by-one pace waits for each object's).
+    changed: tokio::sync::Notify,
 }
 
 impl Latencies {
     fn stored(&self, name: String) {
-        self.stored.lock().entry(name).or_insert_with(Instant::now);
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.stored.lock().entry(name) {
+            entry.insert(Instant::now());
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until `name`'s status is stored, up to `timeout`.
+    async fn wait_stored(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a store between the two is not missed.
+            let changed = self.changed.notified();
+            if self.stored.lock().contains_key(name) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                bail!("{name}: no status.create_fn within {timeout:?}");
+            }
+        }
     }
 }
 
@@ -87,6 +107,16 @@ pub const SLOW_LATENCY: Duration = Duration::from_millis(1);
 /// The random part of a slow server's delay per request.
 pub const SLOW_JITTER: Duration = Duration::from_millis(4);
 
+/// How the objects are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// All at once: the latencies include the queueing of a burst.
+    Burst,
+    /// One at a time, each after the previous one's status was stored: every latency is
+    /// one object's reaction alone (the updates and deletions still go out at once).
+    OneByOne,
+}
+
 /// Which operator runs the scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -97,6 +127,11 @@ pub enum Which {
     /// The hand-written kube-rs controller `src/bin/kube_rs_peer.rs` (its path is the
     /// `kopf` argument of [`run`]).
     KubeRs,
+    /// No operator logic: a task in the benchmark's own process that watches the objects
+    /// and answers each creation with the two writes a create costs at least (the
+    /// finalizer, then the status), over HTTP like the others. Its latency is the server's
+    /// floor; it handles creations only, and its CPU and memory are not measured.
+    Floor,
 }
 
 /// The figures of one run.
@@ -147,20 +182,29 @@ pub fn markdown_table(rows: &[Figures]) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {} |\n",
             r.name,
             r.objects,
-            r.cpu_ms_per_object,
-            r.peak_rss_mib,
+            measured(r.cpu_ms_per_object, 2),
+            measured(r.peak_rss_mib, 1),
             r.p50_ms(),
             r.p95_ms(),
             r.requests_per_object,
             r.patches_per_object,
             r.wall_s,
-            r.start_to_watch_ms
+            measured(r.start_to_watch_ms, 0)
         ));
     }
     out
+}
+
+/// A figure with `precision` decimals, or a dash where it was not measured.
+fn measured(value: f64, precision: usize) -> String {
+    if value.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{value:.precision$}")
+    }
 }
 
 /// The one-line comparison of a kopf run and a Python Kopf run.
@@ -207,6 +251,7 @@ fn display_name(which: Which) -> &'static str {
         Which::Kopf => "kopf (Rust)",
         Which::Python => "Python Kopf 1.45",
         Which::KubeRs => "hand-written kube-rs",
+        Which::Floor => "floor (watch + 2 PATCHes, no logic)",
     }
 }
 
@@ -262,6 +307,7 @@ fn spawn(which: Which, kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path
                 .arg(workspace_root().join("tests/python/lifecycle_basic_operator.py"));
             cmd
         }
+        Which::Floor => bail!("the floor runs in the benchmark's process"),
     };
     Ok(cmd
         .env("KUBECONFIG", kubeconfig)
@@ -273,10 +319,229 @@ fn spawn(which: Which, kubeconfig: &Path, log: &Path, kopf: &Path, plugin: &Path
         .spawn()?)
 }
 
-/// Runs the scenario with `objects` objects on a fresh cluster of `backend`. `kopf` and
-/// `plugin` are only used for [`Which::Kopf`]; `kopf` is the peer's binary for
-/// [`Which::KubeRs`].
-#[allow(clippy::too_many_lines)] // split under issue 19
+/// The finalizer the floor adds (Kopf's).
+const FLOOR_FINALIZER: &str = "kopf.zalando.org/KopfFinalizerMarker";
+
+/// [`Which::Floor`]: every created object gets its finalizer, then its status, at once.
+async fn floor_operator(client: kube::Client) -> Result<()> {
+    use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+    let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        client,
+        "default",
+        &crate::cluster::kopfexamples(),
+    );
+    let version = api
+        .list_metadata(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut events = api.watch(&WatchParams::default(), &version).await?.boxed();
+    while let Some(event) = events.try_next().await? {
+        let WatchEvent::Added(obj) = event else { continue };
+        let Some(name) = obj.metadata.name else { continue };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let params = PatchParams::default();
+            let finalizer = json!({"metadata": {"finalizers": [FLOOR_FINALIZER]}});
+            api.patch(&name, &params, &Patch::Merge(finalizer)).await?;
+            let status = json!({"status": {"create_fn": {"message": "created"}}});
+            api.patch_status(&name, &params, &Patch::Merge(status)).await?;
+            Ok::<_, kube::Error>(())
+        });
+    }
+    Ok(())
+}
+
+/// A fresh cluster with the CRD, watched for the latencies, and a kubeconfig for it.
+struct Bench {
+    dir: tempfile::TempDir,
+    emu: TestCluster,
+    latencies: Arc<Latencies>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bench {
+    async fn start(backend: Backend, server: ServerSpeed) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let emu = match backend {
+            Backend::Emulator => TestCluster::start_emulator().await?,
+            Backend::ApiServer => TestCluster::start_apiserver().await?,
+        };
+        emu.write_kubeconfig(dir.path().join("kubeconfig"))?;
+        emu.apply_yaml(&std::fs::read_to_string(
+            workspace_root().join("examples/crd.yaml"),
+        )?)
+        .await?;
+        let latencies = Arc::new(Latencies::default());
+        let watcher = match emu.emulator() {
+            Some(emulator) => {
+                emulator.add_admission_hook(latencies.clone());
+                if server == ServerSpeed::Slow {
+                    emulator.faults().set_latency(SLOW_LATENCY);
+                    emulator.faults().set_latency_jitter(SLOW_JITTER);
+                }
+                None
+            }
+            None => Some(tokio::spawn(watch_latencies(
+                emu.admin_client().await?,
+                latencies.clone(),
+            ))),
+        };
+        Ok(Self {
+            dir,
+            emu,
+            latencies,
+            watcher,
+        })
+    }
+
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("operator.log")
+    }
+
+    /// Starts the operator process and waits until it watches the resource; returns it
+    /// and the milliseconds from its start to that watch request.
+    async fn spawn_watching(&self, which: Which, kopf: &Path, plugin: &Path) -> Result<(Guard, f64)> {
+        let log = self.log();
+        let mut child = Guard(spawn(which, &self.kubeconfig(), &log, kopf, plugin)?);
+        let start = Instant::now();
+        while self.emu.counters().get("watch", "kopfexamples") == 0 {
+            if let Some(status) = child.0.try_wait()? {
+                bail!(
+                    "the operator exited ({status}):\n{}",
+                    std::fs::read_to_string(&log)?
+                );
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "the operator did not start watching:\n{}",
+                    std::fs::read_to_string(&log)?
+                );
+            }
+            // Polled finely: this wait is also the start → watching figure.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok((child, start.elapsed().as_secs_f64() * 1000.0))
+    }
+
+    /// Creates the objects at `pace`; returns when each creation was sent.
+    async fn create_all(&self, objects: usize, pace: Pace) -> Result<HashMap<String, Instant>> {
+        let object = |i: usize| {
+            let name = format!("kex-bench-{i:05}");
+            let body = json!({
+                "apiVersion": "kopf.dev/v1",
+                "kind": "KopfExample",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"field": "v1"},
+            });
+            (name, body)
+        };
+        let emu = &self.emu;
+        if pace == Pace::OneByOne {
+            let mut created_at = HashMap::new();
+            for i in 0..objects {
+                let (name, body) = object(i);
+                let t0 = Instant::now();
+                emu.create_object(body).await?;
+                self.latencies.wait_stored(&name, Duration::from_secs(60)).await?;
+                created_at.insert(name, t0);
+            }
+            return Ok(created_at);
+        }
+        // The emulator is in this process: its writes are immediate, one after the other.
+        // Over HTTP to a real server, one at a time would trickle the objects in (a round
+        // trip each): the benchmark's writes go out concurrently, as a burst, there too.
+        let concurrency = if emu.is_real() { 32 } else { 1 };
+        futures::stream::iter(0..objects)
+            .map(|i| async move {
+                let (name, body) = object(i);
+                let t0 = Instant::now();
+                emu.create_object(body).await?;
+                Ok::<_, anyhow::Error>((name, t0))
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await
+    }
+
+    /// Updates every object's `spec.field` to `v2` and waits until all are handled.
+    async fn update_all(&self, timeout: Duration) -> Result<()> {
+        let emu = &self.emu;
+        let concurrency = if emu.is_real() { 32 } else { 1 };
+        let updates = emu
+            .list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)?
+            .into_iter()
+            .map(|mut o| {
+                o["spec"]["field"] = json!("v2");
+                if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("resourceVersion");
+                }
+                if let Some(obj) = o.as_object_mut() {
+                    obj.remove("status");
+                }
+                emu.apply_object(o)
+            });
+        futures::stream::iter(updates)
+            .buffer_unordered(concurrency)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
+        wait_all(emu, "all updates handled", timeout, |all| {
+            all.iter().all(|o| {
+                o.pointer("/status/update_fn").is_some()
+                    && diff_base_field(o).as_deref() == Some("v2")
+                    && no_progress(o)
+            })
+        })
+        .await
+    }
+
+    /// Deletes every object and waits until all are gone.
+    async fn delete_all(&self, objects: usize, timeout: Duration) -> Result<()> {
+        let emu = &self.emu;
+        let concurrency = if emu.is_real() { 32 } else { 1 };
+        futures::stream::iter(0..objects)
+            .map(|i| async move {
+                let name = format!("kex-bench-{i:05}");
+                emu.delete_object("kopf.dev/v1", "kopfexamples", Some("default"), &name)
+                    .await
+            })
+            .buffer_unordered(concurrency)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
+        wait_all(emu, "all deletions handled", timeout, |all| all.is_empty()).await
+    }
+
+    /// Every object's creation → status latency in ms, sorted.
+    fn latencies_ms(&self, created_at: &HashMap<String, Instant>) -> Vec<f64> {
+        let stored = self.latencies.stored.lock();
+        let mut lat: Vec<f64> = created_at
+            .iter()
+            .filter_map(|(name, t0)| {
+                stored
+                    .get(name)
+                    .map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        lat
+    }
+
+    async fn shutdown(self) {
+        if let Some(watcher) = self.watcher {
+            watcher.abort();
+        }
+        self.emu.shutdown().await;
+    }
+}
+
+/// Runs the scenario with `objects` objects created at once on a fresh cluster of
+/// `backend`. `kopf` and `plugin` are only used for [`Which::Kopf`]; `kopf` is the peer's
+/// binary for [`Which::KubeRs`].
 pub async fn run(
     backend: Backend,
     server: ServerSpeed,
@@ -285,81 +550,32 @@ pub async fn run(
     kopf: &Path,
     plugin: &Path,
 ) -> Result<Figures> {
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    let log = dir.path().join("operator.log");
-    let emu = match backend {
-        Backend::Emulator => TestCluster::start_emulator().await?,
-        Backend::ApiServer => TestCluster::start_apiserver().await?,
-    };
-    emu.write_kubeconfig(&kubeconfig)?;
-    emu.apply_yaml(&std::fs::read_to_string(
-        workspace_root().join("examples/crd.yaml"),
-    )?)
-    .await?;
-    let latencies = Arc::new(Latencies::default());
-    let watcher = match emu.emulator() {
-        Some(emulator) => {
-            emulator.add_admission_hook(latencies.clone());
-            if server == ServerSpeed::Slow {
-                emulator.faults().set_latency(SLOW_LATENCY);
-                emulator.faults().set_latency_jitter(SLOW_JITTER);
-            }
-            None
-        }
-        None => Some(tokio::spawn(watch_latencies(
-            emu.admin_client().await?,
-            latencies.clone(),
-        ))),
-    };
+    run_paced(backend, server, Pace::Burst, which, objects, kopf, plugin).await
+}
 
-    let mut child = Guard(spawn(which, &kubeconfig, &log, kopf, plugin)?);
-    let pid = child.0.id();
-    let start = Instant::now();
-    while emu.counters().get("watch", "kopfexamples") == 0 {
-        if let Some(status) = child.0.try_wait()? {
-            bail!(
-                "the operator exited ({status}):\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "the operator did not start watching:\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        // Polled finely: this wait is also the start → watching figure.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// [`run`], with the objects created at `pace`.
+pub async fn run_paced(
+    backend: Backend,
+    server: ServerSpeed,
+    pace: Pace,
+    which: Which,
+    objects: usize,
+    kopf: &Path,
+    plugin: &Path,
+) -> Result<Figures> {
+    let bench = Bench::start(backend, server).await?;
+    if which == Which::Floor {
+        return run_floor(bench, pace, objects).await;
     }
-    let start_to_watch_ms = start.elapsed().as_secs_f64() * 1000.0;
-    emu.reset_counters();
+    let (mut child, start_to_watch_ms) = bench.spawn_watching(which, kopf, plugin).await?;
+    let pid = child.0.id();
+    bench.emu.reset_counters();
     let cpu_start = cpu_seconds(pid)?;
     let wall = Instant::now();
     let timeout = Duration::from_secs(600);
 
-    // The emulator is in this process: its writes are immediate, one after the other. Over
-    // HTTP to a real server, one at a time would trickle the objects in (a round trip each):
-    // the benchmark's writes go out concurrently, as a burst, there too.
-    let concurrency = if emu.is_real() { 32 } else { 1 };
-    let emu = &emu;
-    let created_at: HashMap<String, Instant> = futures::stream::iter(0..objects)
-        .map(|i| async move {
-            let name = format!("kex-bench-{i:05}");
-            let t0 = Instant::now();
-            emu.create_object(json!({
-                "apiVersion": "kopf.dev/v1",
-                "kind": "KopfExample",
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {"field": "v1"},
-            }))
-            .await?;
-            Ok::<_, anyhow::Error>((name, t0))
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    wait_all(emu, "all creations handled", timeout, |all| {
+    let created_at = bench.create_all(objects, pace).await?;
+    wait_all(&bench.emu, "all creations handled", timeout, |all| {
         all.len() == objects
             && all.iter().all(|o| {
                 o.pointer("/status/create_fn").is_some()
@@ -368,80 +584,68 @@ pub async fn run(
             })
     })
     .await?;
-    let updates = emu
-        .list_objects("kopf.dev/v1", "kopfexamples", Some("default"), None)?
-        .into_iter()
-        .map(|mut o| {
-            o["spec"]["field"] = json!("v2");
-            if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.remove("resourceVersion");
-            }
-            if let Some(obj) = o.as_object_mut() {
-                obj.remove("status");
-            }
-            emu.apply_object(o)
-        });
-    futures::stream::iter(updates)
-        .buffer_unordered(concurrency)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
-    wait_all(emu, "all updates handled", timeout, |all| {
-        all.iter().all(|o| {
-            o.pointer("/status/update_fn").is_some()
-                && diff_base_field(o).as_deref() == Some("v2")
-                && no_progress(o)
-        })
-    })
-    .await?;
-    futures::stream::iter(0..objects)
-        .map(|i| async move {
-            emu.delete_object(
-                "kopf.dev/v1",
-                "kopfexamples",
-                Some("default"),
-                &format!("kex-bench-{i:05}"),
-            )
-            .await
-        })
-        .buffer_unordered(concurrency)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
-    wait_all(emu, "all deletions handled", timeout, |all| all.is_empty()).await?;
+    bench.update_all(timeout).await?;
+    bench.delete_all(objects, timeout).await?;
     let wall_s = wall.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid)? - cpu_start;
     let rss = peak_rss_mib(pid)?;
-    let counters = emu.counters();
+    let counters = bench.emu.counters();
+    let latencies_ms = bench.latencies_ms(&created_at);
 
-    let stored = latencies.stored.lock().clone();
-    let mut lat: Vec<f64> = created_at
-        .iter()
-        .filter_map(|(name, t0)| {
-            stored
-                .get(name)
-                .map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let stop = Instant::now();
     while child.0.try_wait()?.is_none() && stop.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(child);
-    if let Some(watcher) = watcher {
-        watcher.abort();
-    }
-    emu.shutdown().await;
+    bench.shutdown().await;
     let patches = counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status");
     Ok(Figures {
         name: display_name(which),
         objects,
         cpu_ms_per_object: cpu * 1000.0 / objects as f64,
         peak_rss_mib: rss,
-        latencies_ms: lat,
+        latencies_ms,
         requests_per_object: counters.total as f64 / objects as f64,
         patches_per_object: patches as f64 / objects as f64,
         wall_s,
         start_to_watch_ms,
+    })
+}
+
+/// [`Which::Floor`]: the creations only, answered by [`floor_operator`].
+async fn run_floor(bench: Bench, pace: Pace, objects: usize) -> Result<Figures> {
+    let client = crate::cluster::client_from_yaml(&bench.emu.kubeconfig_yaml()).await?;
+    let operator = tokio::spawn(floor_operator(client));
+    while bench.emu.counters().get("watch", "kopfexamples") == 0 {
+        if operator.is_finished() {
+            bail!("the floor's watch ended: {:?}", operator.await);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bench.emu.reset_counters();
+    let wall = Instant::now();
+    let created_at = bench.create_all(objects, pace).await?;
+    let timeout = Duration::from_secs(600);
+    wait_all(&bench.emu, "all creations answered", timeout, |all| {
+        all.len() == objects && all.iter().all(|o| o.pointer("/status/create_fn").is_some())
+    })
+    .await?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    let counters = bench.emu.counters();
+    let latencies_ms = bench.latencies_ms(&created_at);
+    operator.abort();
+    bench.shutdown().await;
+    let patches = counters.get("patch", "kopfexamples") + counters.get("patch", "kopfexamples/status");
+    Ok(Figures {
+        name: display_name(Which::Floor),
+        objects,
+        cpu_ms_per_object: f64::NAN,
+        peak_rss_mib: f64::NAN,
+        latencies_ms,
+        requests_per_object: counters.total as f64 / objects as f64,
+        patches_per_object: patches as f64 / objects as f64,
+        wall_s,
+        start_to_watch_ms: f64::NAN,
     })
 }
