@@ -164,7 +164,7 @@ impl Default for WatchingSettings {
 /// memory of a burst of objects, not throughput (the API requests in flight are bounded
 /// separately, see `clients::connection::MAX_REQUESTS_IN_FLIGHT`); a handler call that runs
 /// longer than `reactor::queueing::SLOT_HOLD_LIMIT` gives its slot back meanwhile.
-pub const DEFAULT_WORKER_LIMIT: usize = 64;
+pub const DEFAULT_WORKER_LIMIT: usize = 256;
 
 /// `settings.queueing`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
