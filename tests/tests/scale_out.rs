@@ -601,6 +601,21 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
 /// The soak's verdict from the records: no overlap, the final change handled by live
 /// replicas, every replica did some work; the figures on stderr.
 fn check_soak(ring: &Ring, members: &Members, count: usize, run: &str) {
+    // The Leases of killed replicas are deleted by a live member in time (graceful
+    // exits delete their own): one Lease per live replica remains.
+    wait_for(DEADLINE, "the Leases of killed replicas to go", || {
+        let leases = ring
+            .emu
+            .list_objects(
+                "coordination.k8s.io/v1",
+                "leases",
+                Some("default"),
+                Some("kopf.dev/sharding=scale"),
+            )
+            .ok()?;
+        (leases.len() == members.live.len()).then_some(())
+    })
+    .unwrap();
     let mut calls = ring.calls();
     calls.sort_by_key(|c| c.start);
     assert_no_overlap(&calls, &members.killed);
