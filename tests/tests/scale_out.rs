@@ -117,7 +117,7 @@ impl Ring {
             plugin.display().to_string(),
         ];
         let envs = [
-            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("KUBECONFIG", self.kubeconfig_of(identity).display().to_string()),
             ("POD_ID", identity.to_owned()),
             ("KOPF_LEASE_DURATION", lease_seconds.to_owned()),
             ("KOPF_SCALE_OUT_RECORDS", self.records.display().to_string()),
@@ -126,6 +126,21 @@ impl Ring {
         let mut process = KopfProcess::spawn_with_env(args, envs).unwrap();
         process.wait_for_line("The operator is ready", DEADLINE).unwrap();
         process
+    }
+
+    /// The kubeconfig of a replica: on the emulator with a token of its own
+    /// (`replica-IDENTITY`), so that the emulator counts what it sends to each replica.
+    fn kubeconfig_of(&self, identity: &str) -> PathBuf {
+        let Some(emu) = self.emu.emulator() else {
+            return self.kubeconfig.clone();
+        };
+        let path = self.records.with_file_name(format!("kubeconfig-{identity}"));
+        std::fs::write(
+            &path,
+            emu.kubeconfig_yaml_with_token(&format!("replica-{identity}")),
+        )
+        .unwrap();
+        path
     }
 
     fn api(&self) -> Api<DynamicObject> {
@@ -791,6 +806,21 @@ fn each_replica_receives_only_its_share_where_the_server_selects_shards() {
     assert_eq!(per_change.len(), 2 * count);
     assert!(per_change.values().all(|n| *n == 1), "a change handled twice");
     let figures: Vec<(u64, u64, u64)> = replicas.iter().map(received_mine_theirs).collect();
+    // On the emulator: the bytes of lists and watch events sent to each replica (its own
+    // token), counted as they stream.
+    let sent: Vec<(u64, u64)> = ring.emu.emulator().map_or_else(Vec::new, |emu| {
+        let counters = emu.counters();
+        ["r1", "r2", "r3"]
+            .iter()
+            .map(|id| {
+                let user = format!("replica-{id}");
+                (
+                    counters.bytes_of(&user, "list", "kopfexamples"),
+                    counters.bytes_of(&user, "watch", "kopfexamples"),
+                )
+            })
+            .collect()
+    });
     let mine: u64 = figures.iter().map(|f| f.1).sum();
     let bytes = ring.emu.metrics_text().map(|text| {
         let resource = "resource=\"kopfexamples\"";
@@ -805,8 +835,19 @@ fn each_replica_receives_only_its_share_where_the_server_selects_shards() {
     });
     eprintln!(
         "{count} objects, server-side selection {server_side}: (received, this replica's, other replicas') \
-         per replica {figures:?}; server bytes (LIST responses, watch events) {bytes:?}"
+         per replica {figures:?}; server bytes (LIST responses, watch events) {bytes:?}; \
+         bytes sent per replica (lists, watch events) {sent:?}"
     );
+    if !server_side {
+        // Client-side filtering: every replica receives every object and event, about
+        // the same bytes each (not a third each).
+        let totals: Vec<u64> = sent.iter().map(|(list, watch)| list + watch).collect();
+        let (least, most) = (totals.iter().min(), totals.iter().max());
+        assert!(
+            least.zip(most).is_some_and(|(l, m)| *l > 0 && l * 10 >= m * 8),
+            "{sent:?}"
+        );
+    }
     for (_, kept, others) in &figures {
         assert!(*kept > 0, "{figures:?}");
         if server_side {
