@@ -143,6 +143,16 @@ impl Ring {
         path
     }
 
+    /// The ring's member Leases.
+    fn member_leases(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.emu.list_objects(
+            "coordination.k8s.io/v1",
+            "leases",
+            Some("default"),
+            Some("kopf.dev/sharding=scale"),
+        )
+    }
+
     fn api(&self) -> Api<DynamicObject> {
         let client = self.runtime.block_on(self.emu.admin_client()).unwrap();
         Api::namespaced_with(client, "default", &kopfexamples())
@@ -428,7 +438,18 @@ struct Members<'r> {
     exits_waited: usize,
 }
 
-impl Members<'_> {
+impl<'r> Members<'r> {
+    /// No replicas yet.
+    fn of(ring: &'r Ring) -> Self {
+        Self {
+            ring,
+            live: Vec::new(),
+            started: 0,
+            killed: Vec::new(),
+            exits_waited: 0,
+        }
+    }
+
     fn processes(&self) -> Vec<&KopfProcess> {
         self.live.iter().map(|(_, p)| p).collect()
     }
@@ -529,13 +550,7 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
     let replicas = setting("KOPF_SCALE_OUT_REPLICAS", 2).max(2);
     let cycles = setting("KOPF_SCALE_OUT_CYCLES", 1);
     let ring = Ring::start();
-    let mut members = Members {
-        ring: &ring,
-        live: Vec::new(),
-        started: 0,
-        killed: Vec::new(),
-        exits_waited: 0,
-    };
+    let mut members = Members::of(&ring);
     for _ in 0..replicas {
         members.join();
     }
@@ -619,15 +634,7 @@ fn check_soak(ring: &Ring, members: &Members, count: usize, run: &str) {
     // The Leases of killed replicas are deleted by a live member in time (graceful
     // exits delete their own): one Lease per live replica remains.
     wait_for(DEADLINE, "the Leases of killed replicas to go", || {
-        let leases = ring
-            .emu
-            .list_objects(
-                "coordination.k8s.io/v1",
-                "leases",
-                Some("default"),
-                Some("kopf.dev/sharding=scale"),
-            )
-            .ok()?;
+        let leases = ring.member_leases().ok()?;
         (leases.len() == members.live.len()).then_some(())
     })
     .unwrap();
@@ -684,13 +691,7 @@ fn a_replica_exiting_during_a_sync_call_leaves_the_ring_only_after_it_returned()
     let mut ring = Ring::start();
     // Longer than the stopping worker's exit_timeout (2 s): the call is abandoned.
     ring.slow_ms = "5000";
-    let mut members = Members {
-        ring: &ring,
-        live: Vec::new(),
-        started: 0,
-        killed: Vec::new(),
-        exits_waited: 0,
-    };
+    let mut members = Members::of(&ring);
     members.join();
     members.join();
     let object = format!("default/{}", name(0));
@@ -942,15 +943,7 @@ fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
         counters.by_user.get("sa-token").copied().unwrap_or(0) > 0,
         "{counters:?}"
     );
-    let left = ring
-        .emu
-        .list_objects(
-            "coordination.k8s.io/v1",
-            "leases",
-            Some("default"),
-            Some("kopf.dev/sharding=scale"),
-        )
-        .unwrap();
+    let left = ring.member_leases().unwrap();
     assert!(left.is_empty(), "the member's Lease stayed: {left:?}");
 }
 

@@ -521,13 +521,29 @@ mod tests {
     }
 
     fn acked(emu: &EmulatorHandle, ring: &Ring) -> Option<String> {
-        let lease = emu.get_object(
+        let lease = lease_of(emu, ring)?;
+        text(&lease, "/metadata/annotations/kopf.dev~1sharding-view").map(str::to_owned)
+    }
+
+    fn lease_of(emu: &EmulatorHandle, ring: &Ring) -> Option<Value> {
+        emu.get_object(
             "coordination.k8s.io/v1",
             "leases",
             Some("default"),
             &ring.config.member_lease(),
-        )?;
-        text(&lease, "/metadata/annotations/kopf.dev~1sharding-view").map(str::to_owned)
+        )
+    }
+
+    /// Members `a` and `b` (Leases of `millis`), working on a view of both: neither
+    /// runs a reactor, so each stands down, acknowledges and resumes in one round.
+    async fn two_working(client: &Client, millis: u64) -> ((Ring, PauseToggles), (Ring, PauseToggles)) {
+        let (mut a, a_toggles) = member(client, "a", millis);
+        let (mut b, b_toggles) = member(client, "b", millis);
+        assert_eq!(a.round().await.unwrap(), Step::Resumed);
+        assert_eq!(b.round().await.unwrap(), Step::Waiting);
+        assert_eq!(a.round().await.unwrap(), Step::Resumed);
+        assert_eq!(b.round().await.unwrap(), Step::Resumed);
+        ((a, a_toggles), (b, b_toggles))
     }
 
     /// The keys each gate lets through, out of `keys`.
@@ -595,13 +611,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_member_is_counted_out_only_after_its_lease_expired() {
         let (_emu, client) = cluster().await;
-        let (mut a, a_toggles) = member(&client, "a", 1000);
-        let (mut b, _b_toggles) = member(&client, "b", 1000);
-        assert_eq!(a.round().await.unwrap(), Step::Resumed);
-        assert_eq!(b.round().await.unwrap(), Step::Waiting);
-        // No reactor runs in A: it stands down, acknowledges and resumes in one round.
-        assert_eq!(a.round().await.unwrap(), Step::Resumed);
-        assert_eq!(b.round().await.unwrap(), Step::Resumed);
+        let ((mut a, a_toggles), _) = two_working(&client, 1000).await;
         // B dies silently (no rounds): A keeps working with two members for a duration.
         let died = Instant::now();
         loop {
@@ -622,24 +632,10 @@ mod tests {
         assert!(!a_toggles.is_paused());
     }
 
-    fn lease_of(emu: &EmulatorHandle, ring: &Ring) -> Option<Value> {
-        emu.get_object(
-            "coordination.k8s.io/v1",
-            "leases",
-            Some("default"),
-            &ring.config.member_lease(),
-        )
-    }
-
     #[tokio::test]
     async fn the_lowest_member_deletes_leases_of_members_long_gone_never_renewed_ones() {
         let (emu, client) = cluster().await;
-        let (mut a, _) = member(&client, "a", 1000);
-        let (mut b, _) = member(&client, "b", 1000);
-        assert_eq!(a.round().await.unwrap(), Step::Resumed);
-        assert_eq!(b.round().await.unwrap(), Step::Waiting);
-        assert_eq!(a.round().await.unwrap(), Step::Resumed);
-        assert_eq!(b.round().await.unwrap(), Step::Resumed);
+        let ((mut a, _), (b, _)) = two_working(&client, 1000).await;
         // B dies (kill -9): its Lease stays; A counts it out after one duration, and
         // deletes the Lease only after GONE_AFTER_DURATIONS of them.
         let died = Instant::now();
