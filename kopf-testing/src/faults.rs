@@ -437,6 +437,11 @@ pub struct Counters {
     /// (plural): what server-side selectors save.
     #[serde(default)]
     pub objects_sent: BTreeMap<String, u64>,
+    /// Response body bytes sent, by `"user verb resource"` (the user as in `by_user`,
+    /// the verb and resource as in `by_verb_resource`; a watch's bytes as its events
+    /// stream): what each client receives.
+    #[serde(default)]
+    pub bytes_sent: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -451,6 +456,30 @@ impl Counters {
     /// Objects of a resource (plural) sent in lists and watch events.
     pub fn objects(&self, resource: &str) -> u64 {
         self.objects_sent.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Response body bytes sent to `user` about `resource` (plural), all verbs.
+    pub fn bytes(&self, user: &str, resource: &str) -> u64 {
+        let prefix = format!("{user} ");
+        let suffix = format!(" {resource}");
+        self.bytes_sent
+            .iter()
+            .filter(|(key, _)| {
+                key.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(&suffix))
+                    .is_some_and(|verb| !verb.contains(' '))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Response body bytes sent to `user` for `verb` requests (`list`, `watch`, ...)
+    /// about `resource`.
+    pub fn bytes_of(&self, user: &str, verb: &str, resource: &str) -> u64 {
+        self.bytes_sent
+            .get(&format!("{user} {verb} {resource}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Count for a status code.
@@ -489,6 +518,18 @@ impl CounterStore {
                 .objects_sent
                 .entry(resource.to_owned())
                 .or_default() += count as u64;
+        }
+    }
+
+    pub(crate) fn bytes_sent(&self, key: &str, bytes: usize) {
+        if bytes > 0 {
+            let mut c = self.inner.lock();
+            match c.bytes_sent.get_mut(key) {
+                Some(sum) => *sum += bytes as u64,
+                None => {
+                    c.bytes_sent.insert(key.to_owned(), bytes as u64);
+                }
+            }
         }
     }
 

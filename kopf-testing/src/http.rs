@@ -362,6 +362,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     shared
         .counters
         .record(&info, &user_agent, &user, resp.status().as_u16());
+    let resp = count_sent(&shared, resp, &user, &info);
     let retry_after = resp
         .headers()
         .get(header::RETRY_AFTER)
@@ -373,6 +374,28 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         .log_request(&info, arrived, &user_agent, resp.status().as_u16(), retry_after);
     tracing::debug!(%method, %path, status = resp.status().as_u16(), verb = %info.verb, "request");
     resp
+}
+
+/// Counts a response's body bytes per user and resource as they are sent (a watch's as
+/// its events stream).
+fn count_sent(shared: &Arc<Shared>, resp: Response<Body>, user: &str, info: &RequestInfo) -> Response<Body> {
+    if info.resource.is_empty() {
+        return resp;
+    }
+    let shared = shared.clone();
+    let resource = match &info.subresource {
+        Some(sub) => format!("{}/{sub}", info.resource),
+        None => info.resource.clone(),
+    };
+    let key = format!("{user} {} {resource}", info.verb);
+    resp.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                shared.counters.bytes_sent(&key, data.len());
+            }
+            frame
+        }))
+    })
 }
 
 /// RBAC for ServiceAccount tokens (see `rbac.rs`); other requests pass.

@@ -41,6 +41,7 @@ fn setting(variable: &str, default: usize) -> usize {
 struct Call {
     replica: String,
     object: String,
+    handler: String,
     value: String,
     start: u128,
     /// None if the replica died during the call.
@@ -56,6 +57,8 @@ struct Ring {
     _dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     records: PathBuf,
+    /// How long the fixture's sync handler `slow_fn` blocks (objects labelled `slow`).
+    slow_ms: &'static str,
 }
 
 impl Ring {
@@ -91,6 +94,7 @@ impl Ring {
             _dir: dir,
             kubeconfig,
             records,
+            slow_ms: "200",
         }
     }
 
@@ -113,14 +117,40 @@ impl Ring {
             plugin.display().to_string(),
         ];
         let envs = [
-            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("KUBECONFIG", self.kubeconfig_of(identity).display().to_string()),
             ("POD_ID", identity.to_owned()),
             ("KOPF_LEASE_DURATION", lease_seconds.to_owned()),
             ("KOPF_SCALE_OUT_RECORDS", self.records.display().to_string()),
+            ("KOPF_SCALE_OUT_SLOW_MS", self.slow_ms.to_owned()),
         ];
         let mut process = KopfProcess::spawn_with_env(args, envs).unwrap();
         process.wait_for_line("The operator is ready", DEADLINE).unwrap();
         process
+    }
+
+    /// The kubeconfig of a replica: on the emulator with a token of its own
+    /// (`replica-IDENTITY`), so that the emulator counts what it sends to each replica.
+    fn kubeconfig_of(&self, identity: &str) -> PathBuf {
+        let Some(emu) = self.emu.emulator() else {
+            return self.kubeconfig.clone();
+        };
+        let path = self.records.with_file_name(format!("kubeconfig-{identity}"));
+        std::fs::write(
+            &path,
+            emu.kubeconfig_yaml_with_token(&format!("replica-{identity}")),
+        )
+        .unwrap();
+        path
+    }
+
+    /// The ring's member Leases.
+    fn member_leases(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.emu.list_objects(
+            "coordination.k8s.io/v1",
+            "leases",
+            Some("default"),
+            Some("kopf.dev/sharding=scale"),
+        )
     }
 
     fn api(&self) -> Api<DynamicObject> {
@@ -129,12 +159,17 @@ impl Ring {
     }
 
     fn create_all(&self, count: usize, value: &str) {
+        self.create_all_with(count, value, |_| json!({}));
+    }
+
+    /// [`Self::create_all`] with the labels `labels(i)` on object `i`.
+    fn create_all_with(&self, count: usize, value: &str, labels: impl Fn(usize) -> serde_json::Value) {
         self.runtime.block_on(async {
             for i in 0..count {
                 let obj = json!({
                     "apiVersion": "kopf.dev/v1",
                     "kind": "KopfExample",
-                    "metadata": {"name": name(i), "namespace": "default"},
+                    "metadata": {"name": name(i), "namespace": "default", "labels": labels(i)},
                     "spec": {"field": value},
                 });
                 self.emu.create_object(obj).await.unwrap();
@@ -225,36 +260,38 @@ fn name(i: usize) -> String {
     format!("so-{i}")
 }
 
-/// Pairs each `start` with the next `end` or `cut` of the same object (calls of one
-/// object are serial within a replica); a start without either is a call a kill cut
+/// Pairs each `start` with the next `end` or `cut` of the same handler and object (such
+/// calls are serial within a replica); a start without either is a call a kill cut
 /// short. A torn last line (a kill during the write) is ignored.
 fn parse_calls(replica: &str, text: &str) -> Vec<Call> {
-    let mut open: BTreeMap<String, Call> = BTreeMap::new();
+    let mut open: BTreeMap<(String, String), Call> = BTreeMap::new();
     let mut calls = Vec::new();
     for line in text.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
-        let [what, object, value, nanos] = parts.as_slice() else {
+        let [what, object, value, nanos, handler] = parts.as_slice() else {
             continue;
         };
         let Ok(nanos) = nanos.parse::<u128>() else {
             continue;
         };
+        let key = ((*object).to_owned(), (*handler).to_owned());
         match *what {
             "start" => {
                 let call = Call {
                     replica: replica.to_owned(),
                     object: (*object).to_owned(),
+                    handler: (*handler).to_owned(),
                     value: (*value).to_owned(),
                     start: nanos,
                     end: None,
                     cut: false,
                 };
-                if let Some(cut) = open.insert((*object).to_owned(), call) {
+                if let Some(cut) = open.insert(key, call) {
                     calls.push(cut);
                 }
             }
             "end" | "cut" => {
-                if let Some(mut call) = open.remove(*object) {
+                if let Some(mut call) = open.remove(&key) {
                     call.end = Some(nanos);
                     call.cut = *what == "cut";
                     calls.push(call);
@@ -298,12 +335,18 @@ fn assert_no_overlap(calls: &[Call], killed: &[(String, u128)]) {
     }
     for (object, mut spans) in by_object {
         spans.sort();
-        for pair in spans.windows(2) {
-            let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
-            assert!(
-                a == b || end <= start,
-                "{object}: {a} ran until {end}, {b} started at {start}"
-            );
+        // The latest end of each replica's calls so far: a replica's own calls of one
+        // object may nest (handlers of one cycle), another's must start after them all.
+        let mut latest: BTreeMap<&str, u128> = BTreeMap::new();
+        for (start, end, replica) in spans {
+            for (other, until) in &latest {
+                assert!(
+                    *other == replica || *until <= start,
+                    "{object}: {other} ran until {until}, {replica} started at {start}"
+                );
+            }
+            let until = latest.entry(replica).or_default();
+            *until = (*until).max(end);
         }
     }
 }
@@ -391,9 +434,22 @@ struct Members<'r> {
     started: usize,
     /// Replicas killed with `kill -9`, and when.
     killed: Vec<(String, u128)>,
+    /// Graceful exits that waited for handler calls still running in the plugin.
+    exits_waited: usize,
 }
 
-impl Members<'_> {
+impl<'r> Members<'r> {
+    /// No replicas yet.
+    fn of(ring: &'r Ring) -> Self {
+        Self {
+            ring,
+            live: Vec::new(),
+            started: 0,
+            killed: Vec::new(),
+            exits_waited: 0,
+        }
+    }
+
     fn processes(&self) -> Vec<&KopfProcess> {
         self.live.iter().map(|(_, p)| p).collect()
     }
@@ -440,10 +496,18 @@ impl Members<'_> {
     }
 
     fn stop_oldest(&mut self) {
-        let (_, mut process) = self.live.remove(0);
+        self.stop(0);
+    }
+
+    /// Stops the live replica at `index` with SIGTERM; the others re-form without it.
+    fn stop(&mut self, index: usize) -> KopfProcess {
+        let (_, mut process) = self.live.remove(index);
         let before = self.take_ups();
         leave_gracefully(&mut process);
+        let waited = process.lines().iter().any(|l| l.contains(EXIT_WAIT));
+        self.exits_waited += usize::from(waited);
         self.wait_formed(&before);
+        process
     }
 }
 
@@ -466,6 +530,9 @@ fn leave_gracefully(process: &mut KopfProcess) {
     );
 }
 
+/// What an exiting replica logs when handler calls still run in the plugin.
+const EXIT_WAIT: &str = "still running in the plugins before handing the objects over";
+
 /// What a replica logs when it starts working under a view.
 const TAKE_UP: &str = "working on this replica's share of";
 
@@ -483,16 +550,20 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
     let replicas = setting("KOPF_SCALE_OUT_REPLICAS", 2).max(2);
     let cycles = setting("KOPF_SCALE_OUT_CYCLES", 1);
     let ring = Ring::start();
-    let mut members = Members {
-        ring: &ring,
-        live: Vec::new(),
-        started: 0,
-        killed: Vec::new(),
-    };
+    let mut members = Members::of(&ring);
     for _ in 0..replicas {
         members.join();
     }
-    ring.create_all(count, "v0");
+    // Every other object has a sync update handler (200 ms) instead of the async one:
+    // calls that a stopping worker abandons run on in the plugin, and pauses and exits
+    // must wait for them.
+    ring.create_all_with(count, "v0", |i| {
+        if i % 2 == 0 {
+            json!({"slow": "yes"})
+        } else {
+            json!({})
+        }
+    });
     // Objects change all the time from now on, in rounds v1, v2, ...
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicUsize::new(0));
@@ -536,13 +607,37 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
     ring.runtime.block_on(changer).unwrap();
     let last = format!("v{}", rounds.load(Ordering::SeqCst));
     // An object whose creation was processed only after its last change has no update.
-    ring.wait_all_handled(&members.processes(), count, &["create_fn", "update_fn"], &last);
+    let updates = ["update_fn", "slow_fn"];
+    ring.wait_all_handled(
+        &members.processes(),
+        count,
+        &["create_fn", updates[0], updates[1]],
+        &last,
+    );
     ring.set_all(count, "final");
-    ring.wait_all_handled(&members.processes(), count, &["update_fn"], "final");
+    ring.wait_all_handled(&members.processes(), count, &updates, "final");
     if let Some(dir) = std::env::var_os("KOPF_SCALE_OUT_LOGS") {
         keep_logs(&PathBuf::from(dir), &ring, &members.processes());
     }
 
+    check_soak(
+        &ring,
+        &members,
+        count,
+        &format!("{cycles} cycles, change rounds {last}"),
+    );
+}
+
+/// The soak's verdict from the records: no overlap, the final change handled by live
+/// replicas, every replica did some work; the figures on stderr.
+fn check_soak(ring: &Ring, members: &Members, count: usize, run: &str) {
+    // The Leases of killed replicas are deleted by a live member in time (graceful
+    // exits delete their own): one Lease per live replica remains.
+    wait_for(DEADLINE, "the Leases of killed replicas to go", || {
+        let leases = ring.member_leases().ok()?;
+        (leases.len() == members.live.len()).then_some(())
+    })
+    .unwrap();
     let mut calls = ring.calls();
     calls.sort_by_key(|c| c.start);
     assert_no_overlap(&calls, &members.killed);
@@ -572,13 +667,72 @@ fn hand_overs_on_join_kill9_and_exit_never_overlap_and_lose_no_change() {
         *by_replica.entry(&call.replica).or_default() += 1;
     }
     eprintln!(
-        "{count} objects, {cycles} cycles: calls per replica {by_replica:?}; change rounds {last}; \
-         changes handled more than once {again}; calls cut short {cut}"
+        "{count} objects, {run}: calls per replica {by_replica:?}; \
+         changes handled more than once {again}; calls cut short {cut}; graceful exits that \
+         waited for running calls {}",
+        members.exits_waited
     );
     assert!(
         by_replica.len() == members.started,
         "a replica handled nothing: {by_replica:?}"
     );
+}
+
+/// A replica that exits gracefully while a sync handler of one of its objects runs (its
+/// stopping worker abandons the call at `exit_timeout`, but a plugin thread cannot be
+/// stopped) leaves the ring only after that call returned: the object's next owner never
+/// runs its handlers while the old call still runs. Without the wait, the replica left
+/// at once and its process ended the call half-way (no `end`) while the new owner ran it.
+#[test]
+fn a_replica_exiting_during_a_sync_call_leaves_the_ring_only_after_it_returned() {
+    if kopf_e2e::cluster::emulator_only("the ring's hand-overs run on the emulator") {
+        return;
+    }
+    let mut ring = Ring::start();
+    // Longer than the stopping worker's exit_timeout (2 s): the call is abandoned.
+    ring.slow_ms = "5000";
+    let mut members = Members::of(&ring);
+    members.join();
+    members.join();
+    let object = format!("default/{}", name(0));
+    ring.create_all_with(1, "v1", |_| json!({"slow": "yes"}));
+    ring.wait_all_handled(&members.processes(), 1, &["create_fn"], "v1");
+    ring.set_all(1, "v2");
+    let slow_at_v2 = |calls: Vec<Call>| -> Vec<Call> {
+        calls
+            .into_iter()
+            .filter(|c| c.object == object && c.handler == "slow_fn" && c.value == "\"v2\"")
+            .collect()
+    };
+    let owner = wait_for(DEADLINE, "the slow call to start", || {
+        slow_at_v2(ring.calls()).first().map(|c| c.replica.clone())
+    })
+    .unwrap();
+    let index = members.live.iter().position(|(n, _)| *n == owner).unwrap();
+    let left = members.stop(index);
+    let heir = members.processes();
+    ring.wait_all_handled(&heir, 1, &["slow_fn"], "v2");
+    let calls = ring.calls();
+    let slow = slow_at_v2(calls.clone());
+    assert!(
+        slow.iter()
+            .any(|c| c.replica == owner && c.end.is_some() && !c.cut),
+        "the exiting replica's call did not return: {slow:?}"
+    );
+    assert!(
+        slow.iter().any(|c| c.replica != owner),
+        "the next owner did not run the abandoned call again: {slow:?}"
+    );
+    assert_no_overlap(&calls, &[]);
+    assert_eq!(members.exits_waited, 1, "the exit did not wait for the call");
+    let lines = left.lines();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{}", lines.join("\n")))
+    };
+    assert!(position("The handler calls still running have returned") < position("Left the sharding ring"));
 }
 
 /// Keeps the replicas' logs and the call records in `dir` (`KOPF_SCALE_OUT_LOGS`).
@@ -653,6 +807,21 @@ fn each_replica_receives_only_its_share_where_the_server_selects_shards() {
     assert_eq!(per_change.len(), 2 * count);
     assert!(per_change.values().all(|n| *n == 1), "a change handled twice");
     let figures: Vec<(u64, u64, u64)> = replicas.iter().map(received_mine_theirs).collect();
+    // On the emulator: the bytes of lists and watch events sent to each replica (its own
+    // token), counted as they stream.
+    let sent: Vec<(u64, u64)> = ring.emu.emulator().map_or_else(Vec::new, |emu| {
+        let counters = emu.counters();
+        ["r1", "r2", "r3"]
+            .iter()
+            .map(|id| {
+                let user = format!("replica-{id}");
+                (
+                    counters.bytes_of(&user, "list", "kopfexamples"),
+                    counters.bytes_of(&user, "watch", "kopfexamples"),
+                )
+            })
+            .collect()
+    });
     let mine: u64 = figures.iter().map(|f| f.1).sum();
     let bytes = ring.emu.metrics_text().map(|text| {
         let resource = "resource=\"kopfexamples\"";
@@ -667,8 +836,19 @@ fn each_replica_receives_only_its_share_where_the_server_selects_shards() {
     });
     eprintln!(
         "{count} objects, server-side selection {server_side}: (received, this replica's, other replicas') \
-         per replica {figures:?}; server bytes (LIST responses, watch events) {bytes:?}"
+         per replica {figures:?}; server bytes (LIST responses, watch events) {bytes:?}; \
+         bytes sent per replica (lists, watch events) {sent:?}"
     );
+    if !server_side {
+        // Client-side filtering: every replica receives every object and event, about
+        // the same bytes each (not a third each).
+        let totals: Vec<u64> = sent.iter().map(|(list, watch)| list + watch).collect();
+        let (least, most) = (totals.iter().min(), totals.iter().max());
+        assert!(
+            least.zip(most).is_some_and(|(l, m)| *l > 0 && l * 10 >= m * 8),
+            "{sent:?}"
+        );
+    }
     for (_, kept, others) in &figures {
         assert!(*kept > 0, "{figures:?}");
         if server_side {
@@ -763,15 +943,7 @@ fn a_sharded_replica_works_with_exactly_the_generated_rbac() {
         counters.by_user.get("sa-token").copied().unwrap_or(0) > 0,
         "{counters:?}"
     );
-    let left = ring
-        .emu
-        .list_objects(
-            "coordination.k8s.io/v1",
-            "leases",
-            Some("default"),
-            Some("kopf.dev/sharding=scale"),
-        )
-        .unwrap();
+    let left = ring.member_leases().unwrap();
     assert!(left.is_empty(), "the member's Lease stayed: {left:?}");
 }
 

@@ -150,8 +150,10 @@ async fn shut_down(
     crate::engines::activities::run_cleanup(context).await;
     if peering.hands_over() {
         // The stopped workers abandoned their calls, which run on in the plugins: the next
-        // leader must not start the same handlers while they do.
-        crate::reactor::processing::settle_plugin_calls(plugins, "releasing the Lease").await;
+        // leader or owner must not start the same handlers while they do. The Lease loop
+        // renews on its own thread meanwhile, and the reactor is never marked stopped
+        // here, so a ring member cannot acknowledge a new view before it leaves.
+        crate::reactor::processing::settle_plugin_calls(plugins, "handing the objects over").await;
     }
     peering.shutdown().await;
 }

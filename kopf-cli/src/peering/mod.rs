@@ -69,7 +69,8 @@ struct Registered {
 #[must_use = "the operator awaits Peering::shutdown on exit"]
 pub struct Peering {
     registered: Vec<Registered>,
-    /// The Lease of `--lease` hands this replica's objects over on exit.
+    /// The Lease of `--lease` or the ring of `--sharding` hands this replica's objects
+    /// over on exit.
     hands_over: bool,
 }
 
@@ -82,6 +83,7 @@ impl Peering {
         (task, ready): (JoinHandle<()>, impl Future<Output = ()>),
     ) {
         self.registered.push(Registered { release, task });
+        self.hands_over = true;
         let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
     }
 
@@ -147,9 +149,6 @@ pub async fn start(context: &OperatorContext) -> anyhow::Result<Peering> {
         peering_identity = shared;
         peering.hold(release, spawned).await;
     }
-    // Not (yet) for a ring member: its exit waits in the scale-out test made hand-overs
-    // run changes twice (unexplained), so `--sharding` exits as before.
-    peering.hands_over = context.options.lease.is_some();
     if context.settings.peering.standalone {
         tracing::debug!(target: "kopf.peering", "Standalone mode: no peering.");
         return Ok(peering);

@@ -36,6 +36,10 @@ pub const SHARDING_TOGGLE: &str = "sharding";
 pub const RING_LABEL: &str = "kopf.dev/sharding";
 /// The annotation in which a member acknowledges a view (its id).
 pub const VIEW_ANNOTATION: &str = "kopf.dev/sharding-view";
+/// A member Lease unchanged for this many of its durations belongs to a member that is
+/// gone (killed, never back): the lowest live member deletes it. Long past the one
+/// duration after which it is counted out, so a slow member is never mistaken for one.
+const GONE_AFTER_DURATIONS: u32 = 3;
 
 /// Which ring, and this member's Lease in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +91,16 @@ struct Peer {
     view: Option<String>,
 }
 
+/// A member Lease left by a member that is gone: the version seen, so that deleting it
+/// fails if it changes meanwhile.
+#[derive(Debug, Clone)]
+struct Gone {
+    name: String,
+    uid: String,
+    version: String,
+    unchanged: Duration,
+}
+
 /// What one round decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -115,6 +129,8 @@ pub struct Ring {
     last_renew: Option<Instant>,
     /// Whether this replica's Lease exists (so that exit deletes it).
     created: bool,
+    /// Member Leases unchanged for [`GONE_AFTER_DURATIONS`] durations, from the last list.
+    gone: Vec<Gone>,
 }
 
 impl Ring {
@@ -130,6 +146,7 @@ impl Ring {
             active: None,
             last_renew: None,
             created: false,
+            gone: Vec::new(),
         }
     }
 
@@ -198,17 +215,47 @@ impl Ring {
         self.renew(own).await?;
         self.last_renew = Some(started);
         let all_acked = peers.iter().all(|p| p.view.as_deref() == Some(view.id()));
+        let cleans_up = view.members().first() == Some(&self.config.lease.identity);
         if self.active.is_none() && self.acked.as_deref() == Some(view.id()) && all_acked {
             self.take_up(view);
             step = Step::Resumed;
         }
+        if cleans_up {
+            self.delete_gone().await;
+        }
         Ok(step)
+    }
+
+    /// Deletes the Leases of members gone for [`GONE_AFTER_DURATIONS`] durations (done by
+    /// the lowest live member only, to spare requests). Each delete is conditional on the
+    /// version seen, so a Lease renewed meanwhile stays; failures wait for the next round.
+    async fn delete_gone(&mut self) {
+        for gone in std::mem::take(&mut self.gone) {
+            let url = format!("{}/{}", self.config.collection_url(), gone.name);
+            match delete_lease(&self.client, &url, Some((&gone.uid, &gone.version))).await {
+                Ok(true) => tracing::info!(
+                    target: "kopf.peering",
+                    "Sharding ring {}: deleted the Lease {} of a member gone for {}s.",
+                    self.config.describe(),
+                    gone.name,
+                    gone.unchanged.as_secs()
+                ),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(
+                    target: "kopf.peering",
+                    "Sharding ring {}: cannot delete the Lease {} of a member gone: {error}",
+                    self.config.describe(),
+                    gone.name
+                ),
+            }
+        }
     }
 
     /// The other members whose Leases are live (held and changed within their duration).
     fn live_peers(&mut self, items: &[Value], own_name: &str) -> Vec<Peer> {
         let mut peers = Vec::new();
         let mut seen = HashMap::new();
+        self.gone.clear();
         for lease in items {
             let Some(name) = lease_name(lease).filter(|n| *n != own_name) else {
                 continue;
@@ -224,6 +271,14 @@ impl Ring {
                 .and_then(Value::as_u64)
                 .map_or(self.config.lease.duration, Duration::from_secs);
             let holder = text(lease, "/spec/holderIdentity").filter(|h| !h.is_empty());
+            if since.elapsed() >= duration * GONE_AFTER_DURATIONS {
+                self.gone.push(Gone {
+                    name: name.to_owned(),
+                    uid: text(lease, "/metadata/uid").unwrap_or_default().to_owned(),
+                    version: rv.to_owned(),
+                    unchanged: since.elapsed(),
+                });
+            }
             if let Some(identity) = holder
                 && since.elapsed() < duration
             {
@@ -312,15 +367,34 @@ impl Ring {
         if !self.created {
             return Ok(false);
         }
-        let request = http::Request::delete(self.config.member_url())
-            .header(http::header::ACCEPT, "application/json")
-            .body(Vec::new())
-            .map_err(|e| ApiError::Request(e.to_string()))?;
-        match requests::request_json(&self.client, request).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
+        delete_lease(&self.client, &self.config.member_url(), None).await
+    }
+}
+
+/// Deletes a Lease; with `(uid, resourceVersion)`, only if it is still that version
+/// (preconditions). `Ok(false)` if it is gone already or has changed.
+async fn delete_lease(client: &Client, url: &str, version: Option<(&str, &str)>) -> Result<bool, ApiError> {
+    let body = match version {
+        Some((uid, rv)) => {
+            let mut preconditions = json!({"resourceVersion": rv});
+            if !uid.is_empty() {
+                preconditions["uid"] = json!(uid);
+            }
+            let options =
+                json!({"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions});
+            serde_json::to_vec(&options).map_err(|e| ApiError::Request(e.to_string()))?
         }
+        None => Vec::new(),
+    };
+    let request = http::Request::delete(url)
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(|e| ApiError::Request(e.to_string()))?;
+    match requests::request_json(client, request).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -447,13 +521,29 @@ mod tests {
     }
 
     fn acked(emu: &EmulatorHandle, ring: &Ring) -> Option<String> {
-        let lease = emu.get_object(
+        let lease = lease_of(emu, ring)?;
+        text(&lease, "/metadata/annotations/kopf.dev~1sharding-view").map(str::to_owned)
+    }
+
+    fn lease_of(emu: &EmulatorHandle, ring: &Ring) -> Option<Value> {
+        emu.get_object(
             "coordination.k8s.io/v1",
             "leases",
             Some("default"),
             &ring.config.member_lease(),
-        )?;
-        text(&lease, "/metadata/annotations/kopf.dev~1sharding-view").map(str::to_owned)
+        )
+    }
+
+    /// Members `a` and `b` (Leases of `millis`), working on a view of both: neither
+    /// runs a reactor, so each stands down, acknowledges and resumes in one round.
+    async fn two_working(client: &Client, millis: u64) -> ((Ring, PauseToggles), (Ring, PauseToggles)) {
+        let (mut a, a_toggles) = member(client, "a", millis);
+        let (mut b, b_toggles) = member(client, "b", millis);
+        assert_eq!(a.round().await.unwrap(), Step::Resumed);
+        assert_eq!(b.round().await.unwrap(), Step::Waiting);
+        assert_eq!(a.round().await.unwrap(), Step::Resumed);
+        assert_eq!(b.round().await.unwrap(), Step::Resumed);
+        ((a, a_toggles), (b, b_toggles))
     }
 
     /// The keys each gate lets through, out of `keys`.
@@ -521,13 +611,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_member_is_counted_out_only_after_its_lease_expired() {
         let (_emu, client) = cluster().await;
-        let (mut a, a_toggles) = member(&client, "a", 1000);
-        let (mut b, _b_toggles) = member(&client, "b", 1000);
-        assert_eq!(a.round().await.unwrap(), Step::Resumed);
-        assert_eq!(b.round().await.unwrap(), Step::Waiting);
-        // No reactor runs in A: it stands down, acknowledges and resumes in one round.
-        assert_eq!(a.round().await.unwrap(), Step::Resumed);
-        assert_eq!(b.round().await.unwrap(), Step::Resumed);
+        let ((mut a, a_toggles), _) = two_working(&client, 1000).await;
         // B dies silently (no rounds): A keeps working with two members for a duration.
         let died = Instant::now();
         loop {
@@ -546,6 +630,36 @@ mod tests {
         assert!(died.elapsed() >= Duration::from_millis(1000), "counted out early");
         assert_eq!(a.active().map(|v| v.members().len()), Some(1));
         assert!(!a_toggles.is_paused());
+    }
+
+    #[tokio::test]
+    async fn the_lowest_member_deletes_leases_of_members_long_gone_never_renewed_ones() {
+        let (emu, client) = cluster().await;
+        let ((mut a, _), (b, _)) = two_working(&client, 1000).await;
+        // B dies (kill -9): its Lease stays; A counts it out after one duration, and
+        // deletes the Lease only after GONE_AFTER_DURATIONS of them.
+        let died = Instant::now();
+        while lease_of(&emu, &b).is_some() {
+            assert!(died.elapsed() < Duration::from_secs(30), "never deleted");
+            a.round().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            died.elapsed() >= Duration::from_millis(1000) * GONE_AFTER_DURATIONS,
+            "deleted after {:?}",
+            died.elapsed()
+        );
+        assert!(lease_of(&emu, &a).is_some());
+        // A Lease renewed since it was read is never deleted (the precondition).
+        let (mut c, _) = member(&client, "c", 1000);
+        c.round().await.unwrap();
+        let read = lease_of(&emu, &c).unwrap();
+        let version = text(&read, "/metadata/resourceVersion").unwrap().to_owned();
+        let uid = text(&read, "/metadata/uid").unwrap().to_owned();
+        c.round().await.unwrap();
+        let deleted = delete_lease(&client, &c.config.member_url(), Some((&uid, &version))).await;
+        assert!(!deleted.unwrap(), "a renewed Lease was deleted");
+        assert!(lease_of(&emu, &c).is_some());
     }
 
     #[tokio::test]

@@ -412,7 +412,7 @@ const THROTTLE_JITTER: f64 = 0.2;
 
 /// Waits (up to `SETTLE_TIMEOUT`, logged) until the handler calls about objects still
 /// running in the plugins (abandoned by stopped workers) have returned, before `what`
-/// ("pausing", "releasing the Lease"): whoever takes over must never run a handler while
+/// ("pausing", "handing the objects over"): whoever takes over must never run a handler while
 /// this replica's call of it still runs.
 pub(crate) async fn settle_plugin_calls(plugins: &crate::plugin::PluginSet, what: &str) {
     let running = || plugins.running_object_calls();

@@ -449,6 +449,28 @@ mod tests {
         }
     }
 
+    /// What per-slot hand-overs would spare (docs/scale-out.md): the slots that stay with
+    /// their owner when a member joins. Only the others would need to pause.
+    #[test]
+    fn most_slots_stay_with_their_owner_when_a_member_joins() {
+        for n in 1..=5 {
+            let names: Vec<String> = (0..=n).map(|i| format!("replica-{i}")).collect();
+            let small = Assignment::compute(&View::new(names[..n].to_vec())).unwrap();
+            let large = Assignment::compute(&View::new(names.clone())).unwrap();
+            let owner = |a: &Assignment, s: usize| a.view.members[usize::from(a.owners[s])].clone();
+            let kept = (0..SLOTS)
+                .filter(|s| owner(&small, *s) == owner(&large, *s))
+                .count();
+            // The joiner's fair share must move; bounded loads move a little more.
+            let fair = SLOTS * n / (n + 1);
+            eprintln!(
+                "{n} -> {}: {kept} of {SLOTS} slots kept (a fair move keeps {fair})",
+                n + 1
+            );
+            assert!(kept * 10 >= fair * 9, "{n}+1: only {kept} slots kept");
+        }
+    }
+
     #[test]
     fn the_gate_fails_closed_without_an_assignment() {
         let gate = ShardGate::default();
