@@ -3,10 +3,11 @@
 //! work and role, a freeze of one's peering pauses that one only, and each one's events
 //! go to its own emulator.
 //!
-//! Both run `examples/04-events` (a create handler posting four events). The second loads
-//! a copy of the plugin file, so that each operator has its own plugin image: the SDK
-//! keeps the host's callbacks in a static of the plugin image (ARCHITECTURE.md, "Process
-//! globals"), so one image cannot serve two operators.
+//! Both run `examples/04-events` (a create handler posting four events) from the same
+//! file: `dlopen` gives both the same image, whose statics the two `init`s share. Each
+//! call names its operator (`Invocation::host_context`), and the SDK answers the call's
+//! host calls (events, logs, the completion of the call) to that operator, so the objects
+//! both handle at once each get their events and their metrics from their own operator.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use kopf_testing::runner::wait_until;
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// Objects each operator handles at once, both operators together.
+const OBJECTS: usize = 5;
 const NS: &str = "default";
 
 /// One operator on its own emulator, with its liveness endpoint (and `/metrics`).
@@ -132,27 +135,61 @@ const ACTIVE: &str = "kopf_replica_active ";
 async fn two_embedded_operators_do_not_see_each_others_state() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = tokio::task::block_in_place(|| plugin_path("example-04-events")).unwrap();
-    let copy = dir.path().join(plugin.file_name().unwrap());
-    std::fs::copy(&plugin, &copy).unwrap();
     let a = Side::start("a", &plugin, dir.path()).await;
-    let b = Side::start("b", &copy, dir.path()).await;
+    let b = Side::start("b", &plugin, dir.path()).await;
 
-    // Handlers run on each, events go to each one's own emulator.
-    a.create("a1").await;
-    b.create("b1").await;
+    // Handlers run on each at once, events go to each one's own emulator.
+    let names = |side: &Side| {
+        (1..=OBJECTS)
+            .map(|i| format!("{}{i}", side.name))
+            .collect::<Vec<_>>()
+    };
+    let (a_names, b_names) = (names(&a), names(&b));
+    let creations = a_names
+        .iter()
+        .map(|n| a.create(n))
+        .chain(b_names.iter().map(|n| b.create(n)));
+    futures::future::join_all(creations).await;
     tokio::task::block_in_place(|| {
         for side in [&a, &b] {
-            let own = format!("{}1", side.name);
-            wait_until(DEADLINE, &format!("4 events about {own}"), || {
-                (side.events_about().iter().filter(|n| **n == own).count() == 4).then_some(())
-            })
+            wait_until(
+                DEADLINE,
+                &format!("4 events about each of {}'s objects", side.name),
+                || {
+                    let about = side.events_about();
+                    names(side)
+                        .iter()
+                        .all(|own| about.iter().filter(|n| *n == own).count() == 4)
+                        .then_some(())
+                },
+            )
             .unwrap();
-            side.wait_metric(INVOKED, 1.0);
-            side.wait_metric(WATCHED, 1.0);
+            side.wait_metric(INVOKED, OBJECTS as f64);
+            side.wait_metric(WATCHED, OBJECTS as f64);
         }
     });
-    assert_eq!(a.events_about(), ["a1"; 4], "events on a's emulator");
-    assert_eq!(b.events_about(), ["b1"; 4], "events on b's emulator");
+    let sorted = |mut events: Vec<String>| {
+        events.sort();
+        events
+    };
+    let four_each = |names: &[String]| {
+        sorted(
+            names
+                .iter()
+                .flat_map(|n| std::iter::repeat_n(n.clone(), 4))
+                .collect(),
+        )
+    };
+    assert_eq!(
+        sorted(a.events_about()),
+        four_each(&a_names),
+        "events on a's emulator"
+    );
+    assert_eq!(
+        sorted(b.events_about()),
+        four_each(&b_names),
+        "events on b's emulator"
+    );
 
     // A freeze of a's peering pauses a only.
     tokio::task::block_in_place(|| {
@@ -162,30 +199,31 @@ async fn two_embedded_operators_do_not_see_each_others_state() {
     });
     assert_eq!(b.metric(ACTIVE), Some(1.0), "b stays active while a is frozen");
     assert_ne!(b.metric(PAUSED), Some(1.0), "b is not paused by a's freeze");
-    a.create("a2").await;
-    b.create("b2").await;
+    a.create("a9").await;
+    b.create("b9").await;
+    let before = OBJECTS as f64;
     tokio::task::block_in_place(|| {
-        wait_until(DEADLINE, "b handles b2 while a is frozen", || {
-            (b.events_about().iter().filter(|n| *n == "b2").count() == 4).then_some(())
+        wait_until(DEADLINE, "b handles b9 while a is frozen", || {
+            (b.events_about().iter().filter(|n| *n == "b9").count() == 4).then_some(())
         })
         .unwrap();
-        b.wait_metric(INVOKED, 2.0);
+        b.wait_metric(INVOKED, before + 1.0);
     });
     assert!(
-        !a.events_about().contains(&"a2".to_owned()),
-        "a handled a2 while frozen"
+        !a.events_about().contains(&"a9".to_owned()),
+        "a handled a9 while frozen"
     );
-    assert_eq!(a.metric(INVOKED), Some(1.0), "a's handler ran while frozen");
+    assert_eq!(a.metric(INVOKED), Some(before), "a's handler ran while frozen");
 
     // Resumed, a handles its object; nothing ever crossed over.
     tokio::task::block_in_place(|| {
         a.peering(&["resume"]);
         a.wait_metric(ACTIVE, 1.0);
-        wait_until(DEADLINE, "a handles a2 after the resume", || {
-            (a.events_about().iter().filter(|n| *n == "a2").count() == 4).then_some(())
+        wait_until(DEADLINE, "a handles a9 after the resume", || {
+            (a.events_about().iter().filter(|n| *n == "a9").count() == 4).then_some(())
         })
         .unwrap();
-        a.wait_metric(INVOKED, 2.0);
+        a.wait_metric(INVOKED, before + 1.0);
     });
     assert!(
         a.events_about().iter().all(|n| n.starts_with('a')),
@@ -197,8 +235,8 @@ async fn two_embedded_operators_do_not_see_each_others_state() {
         "{:?}",
         b.events_about()
     );
-    assert_eq!(a.metric(WATCHED), Some(2.0));
-    assert_eq!(b.metric(WATCHED), Some(2.0));
+    assert_eq!(a.metric(WATCHED), Some(before + 1.0));
+    assert_eq!(b.metric(WATCHED), Some(before + 1.0));
 
     for side in [&a, &b] {
         side.operator.stop();
