@@ -8,8 +8,10 @@
 //! call names its operator (`Invocation::host_context`), and the SDK answers the call's
 //! host calls (events, logs, the completion of the call) to that operator, so the objects
 //! both handle at once each get their events and their metrics from their own operator.
+//! The second test does the same with handlers of this test binary, served in-process to
+//! both operators (one module, as an application embedding two operators would).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kopf_cli::embedded::{Operator, OperatorHandle};
@@ -23,6 +25,25 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const OBJECTS: usize = 5;
 const NS: &str = "default";
 
+/// The in-process handlers: one event each, a sync handler through its `Context`, an
+/// async one through `kopf::info` (the operator of the task's call).
+#[kopf::on::create("kopf.dev", "v1", "kopfexamples")]
+fn in_process_sync(ctx: &kopf::Context) {
+    ctx.info("Sync", format!("{} handled", ctx.object_ref()));
+}
+
+#[kopf::on::create("kopf.dev", "v1", "kopfexamples")]
+async fn in_process_async(ctx: &kopf::Context) {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    kopf::info(ctx.body(), "Async", format!("{} handled", ctx.object_ref()));
+}
+
+/// Where an operator's handlers come from.
+enum Handlers {
+    File(PathBuf),
+    InProcess,
+}
+
 /// One operator on its own emulator, with its liveness endpoint (and `/metrics`).
 struct Side {
     name: &'static str,
@@ -33,7 +54,7 @@ struct Side {
 }
 
 impl Side {
-    async fn start(name: &'static str, plugin: &Path, dir: &Path) -> Self {
+    async fn start(name: &'static str, handlers: &Handlers, dir: &Path) -> Self {
         let cluster = TestCluster::start_emulator().await.unwrap();
         for file in [
             "examples/crd.yaml",
@@ -50,8 +71,11 @@ impl Side {
             .await
             .unwrap();
         let port = free_port().unwrap();
-        let operator = Operator::builder()
-            .plugin_file(plugin)
+        let builder = match handlers {
+            Handlers::File(plugin) => Operator::builder().plugin_file(plugin),
+            Handlers::InProcess => Operator::builder().module("in-process", kopf::plugin_module()),
+        };
+        let operator = builder
             .clusterwide(true)
             .peering("default")
             .liveness(format!("http://127.0.0.1:{port}/healthz"))
@@ -125,6 +149,36 @@ impl Side {
     }
 }
 
+/// The names of a side's objects.
+fn names(side: &Side) -> Vec<String> {
+    (1..=OBJECTS).map(|i| format!("{}{i}", side.name)).collect()
+}
+
+/// Creates [`OBJECTS`] objects on each side, all at once, and waits until each side's
+/// emulator has `events` events about each of its own objects.
+async fn create_on_both(a: &Side, b: &Side, events: usize) -> (Vec<String>, Vec<String>) {
+    let (a_names, b_names) = (names(a), names(b));
+    let creations = a_names
+        .iter()
+        .map(|n| a.create(n))
+        .chain(b_names.iter().map(|n| b.create(n)));
+    futures::future::join_all(creations).await;
+    tokio::task::block_in_place(|| {
+        for side in [a, b] {
+            let what = format!("{events} events about each of {}'s objects", side.name);
+            wait_until(DEADLINE, &what, || {
+                let about = side.events_about();
+                names(side)
+                    .iter()
+                    .all(|own| about.iter().filter(|n| *n == own).count() == events)
+                    .then_some(())
+            })
+            .unwrap();
+        }
+    });
+    (a_names, b_names)
+}
+
 const INVOKED: &str =
     r#"kopf_handler_invocations_total{kind="create",handler="create_fn",outcome="success"}"#;
 const WATCHED: &str = r#"kopf_objects_watched{resource="kopfexamples"#;
@@ -135,35 +189,14 @@ const ACTIVE: &str = "kopf_replica_active ";
 async fn two_embedded_operators_do_not_see_each_others_state() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = tokio::task::block_in_place(|| plugin_path("example-04-events")).unwrap();
+    let plugin = Handlers::File(plugin);
     let a = Side::start("a", &plugin, dir.path()).await;
     let b = Side::start("b", &plugin, dir.path()).await;
 
     // Handlers run on each at once, events go to each one's own emulator.
-    let names = |side: &Side| {
-        (1..=OBJECTS)
-            .map(|i| format!("{}{i}", side.name))
-            .collect::<Vec<_>>()
-    };
-    let (a_names, b_names) = (names(&a), names(&b));
-    let creations = a_names
-        .iter()
-        .map(|n| a.create(n))
-        .chain(b_names.iter().map(|n| b.create(n)));
-    futures::future::join_all(creations).await;
+    let (a_names, b_names) = create_on_both(&a, &b, 4).await;
     tokio::task::block_in_place(|| {
         for side in [&a, &b] {
-            wait_until(
-                DEADLINE,
-                &format!("4 events about each of {}'s objects", side.name),
-                || {
-                    let about = side.events_about();
-                    names(side)
-                        .iter()
-                        .all(|own| about.iter().filter(|n| *n == own).count() == 4)
-                        .then_some(())
-                },
-            )
-            .unwrap();
             side.wait_metric(INVOKED, OBJECTS as f64);
             side.wait_metric(WATCHED, OBJECTS as f64);
         }
@@ -238,6 +271,33 @@ async fn two_embedded_operators_do_not_see_each_others_state() {
     assert_eq!(a.metric(WATCHED), Some(before + 1.0));
     assert_eq!(b.metric(WATCHED), Some(before + 1.0));
 
+    for side in [&a, &b] {
+        side.operator.stop();
+        tokio::task::block_in_place(|| side.operator.join()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_embedded_operators_share_in_process_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Side::start("a", &Handlers::InProcess, dir.path()).await;
+    let b = Side::start("b", &Handlers::InProcess, dir.path()).await;
+    let (a_names, b_names) = create_on_both(&a, &b, 2).await;
+    let invoked = |handler: &str| {
+        format!(r#"kopf_handler_invocations_total{{kind="create",handler="{handler}",outcome="success"}}"#)
+    };
+    tokio::task::block_in_place(|| {
+        for side in [&a, &b] {
+            side.wait_metric(&invoked("in_process_sync"), OBJECTS as f64);
+            side.wait_metric(&invoked("in_process_async"), OBJECTS as f64);
+        }
+    });
+    for (side, own) in [(&a, &a_names), (&b, &b_names)] {
+        let mut about = side.events_about();
+        about.sort();
+        about.dedup();
+        assert_eq!(&about, own, "events on {}'s emulator", side.name);
+    }
     for side in [&a, &b] {
         side.operator.stop();
         tokio::task::block_in_place(|| side.operator.join()).unwrap();
