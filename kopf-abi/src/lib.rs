@@ -170,7 +170,10 @@ impl LogLevel {
 /// The host's callbacks, handed to the plugin once by [`PluginModule::init`].
 ///
 /// All functions are thread-safe and may be called from any thread of the plugin.
-/// `context` is an opaque value that the plugin passes back unchanged.
+/// `context` is an opaque value that the plugin passes back unchanged. One plugin image
+/// may be initialised by several operators of one process (each with its own table):
+/// each call's [`protocol::Invocation::host_context`] names the table whose `context` the
+/// host calls made for that call pass back.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct HostTable {

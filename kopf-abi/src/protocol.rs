@@ -409,6 +409,53 @@ pub struct Invocation {
     /// cycles, by full id (`parent/child`). Sub-handlers absent here are new (due now).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subhandlers: BTreeMap<String, SubhandlerState>,
+    /// The `context` of the [`crate::HostTable`] of the operator making this call: every
+    /// host call made for this call (logs, events, index lookups, daemon flags, submitted
+    /// calls' completion) passes it back, so that two operators in one process that share
+    /// one plugin image each get their own calls back. The plugin host writes it as the
+    /// payload's first member ([`with_host_context`]), where the plugin finds it without
+    /// decoding the rest ([`peek_host_context`]); callers leave it `None`. Hosts before it
+    /// send none: the plugin then uses the table `init` gave it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_context: Option<u64>,
+}
+
+/// The name of [`Invocation::host_context`] on the wire.
+pub const HOST_CONTEXT_FIELD: &str = "host_context";
+
+/// Puts `"host_context": context` first into an encoded JSON object that has no such
+/// member; `None` if `payload` is not an encoded object.
+pub fn with_host_context(payload: &str, context: u64) -> Option<String> {
+    let inner = payload.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = String::with_capacity(payload.len() + 32);
+    out.push_str("{\"");
+    out.push_str(HOST_CONTEXT_FIELD);
+    out.push_str("\":");
+    out.push_str(&context.to_string());
+    if !inner.trim().is_empty() {
+        out.push(',');
+        out.push_str(inner);
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// The [`Invocation::host_context`] of an encoded invocation whose first member it is (as
+/// [`with_host_context`] writes it), without decoding the rest; `None` otherwise.
+pub fn peek_host_context(payload: &str) -> Option<u64> {
+    let rest = payload.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest.strip_prefix('"')?.strip_prefix(HOST_CONTEXT_FIELD)?;
+    let rest = rest
+        .strip_prefix('"')?
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let after = rest[digits..].trim_start();
+    if !(after.starts_with(',') || after.starts_with('}')) {
+        return None;
+    }
+    rest[..digits].parse().ok()
 }
 
 /// The persisted progress of one sub-handler, as the host hands it to the plugin so that
@@ -618,4 +665,48 @@ pub mod control_methods {
     /// handler calls about objects still running, abandoned ones included). Older
     /// plugins answer "unsupported".
     pub const POOL: &str = "pool";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_context_goes_first_and_is_read_back_without_decoding() {
+        let inv = Invocation {
+            retry: 2,
+            body: Some(serde_json::json!({"metadata": {"name": "n"}})),
+            ..Invocation::default()
+        };
+        let encoded = serde_json::to_string(&inv).unwrap();
+        let payload = with_host_context(&encoded, 17).unwrap();
+        assert!(payload.starts_with(r#"{"host_context":17,"#), "{payload}");
+        assert_eq!(peek_host_context(&payload), Some(17));
+        let decoded: Invocation = serde_json::from_str(&payload).unwrap();
+        assert_eq!(decoded.host_context, Some(17));
+        assert_eq!(decoded.retry, 2);
+        assert_eq!(
+            with_host_context("{}", 0).as_deref(),
+            Some(r#"{"host_context":0}"#)
+        );
+        assert_eq!(peek_host_context(r#"{"host_context":0}"#), Some(0));
+        assert_eq!(with_host_context("[]", 1), None);
+    }
+
+    #[test]
+    fn payloads_of_older_hosts_have_no_host_context() {
+        assert_eq!(peek_host_context(r#"{"retry":0}"#), None);
+        assert_eq!(peek_host_context(r#"{"body":{"host_context":3}}"#), None);
+        assert_eq!(peek_host_context(r#"{"host_context":"3"}"#), None);
+        assert_eq!(peek_host_context(r#"{"host_context":3.5}"#), None);
+        assert_eq!(
+            peek_host_context(r#"{"host_context":99999999999999999999999}"#),
+            None
+        );
+        assert_eq!(peek_host_context(""), None);
+        assert_eq!(
+            peek_host_context(r#" { "host_context" : 4 , "retry":0}"#),
+            Some(4)
+        );
+    }
 }

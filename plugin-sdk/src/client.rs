@@ -45,7 +45,7 @@ use serde::Deserialize;
 
 use crate::context::Context;
 use crate::error::{HostCallError, SdkError};
-use crate::host;
+use crate::host::Host;
 use crate::runtime::runtime;
 
 /// The method name, version and payload of the host call.
@@ -115,8 +115,12 @@ impl ClientConfigDoc {
     }
 }
 
-/// The cached client and the generation of the host's credentials it was built from.
-static CLIENT: Mutex<Option<(kube::Client, Option<u64>)>> = Mutex::new(None);
+/// A cached client: the operator it is for (its host's context), the generation of that
+/// host's credentials it was built from, and the client.
+type Cached = (Option<usize>, Option<u64>, kube::Client);
+
+/// The cached clients, one per operator the plugin serves (each has its own cluster).
+static CLIENTS: Mutex<Vec<Cached>> = Mutex::new(Vec::new());
 
 /// The plugin's Kubernetes client, built from the host's connection settings and shared
 /// (clones are cheap). See the [module docs](self).
@@ -125,10 +129,16 @@ static CLIENT: Mutex<Option<(kube::Client, Option<u64>)>> = Mutex::new(None);
 /// re-authenticated since (after a 401; the answer's `generation` changed), a new client
 /// with the fresh credentials is built. Keep a client for one handler call, not longer.
 pub fn client() -> Result<kube::Client, ClientError> {
-    let doc: ClientConfigDoc = host::call(METHOD, 1, &serde_json::json!({}))?;
-    let mut cached = CLIENT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((client, generation)) = cached.as_ref()
-        && *generation == doc.generation
+    client_for(Host::current())
+}
+
+fn client_for(host: Host) -> Result<kube::Client, ClientError> {
+    let doc: ClientConfigDoc = host.call(METHOD, 1, &serde_json::json!({}))?;
+    let operator = host.context();
+    let mut cached = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, client)) = cached
+        .iter()
+        .find(|(of, generation, _)| *of == operator && *generation == doc.generation)
     {
         return Ok(client.clone());
     }
@@ -137,7 +147,8 @@ pub fn client() -> Result<kube::Client, ClientError> {
     // kube's client spawns its connection worker: do it on the plugin's runtime.
     let _entered = runtime()?.enter();
     let client = kube::Client::try_from(config)?;
-    *cached = Some((client.clone(), generation));
+    cached.retain(|(of, _, _)| *of != operator);
+    cached.push((operator, generation, client.clone()));
     Ok(client)
 }
 
@@ -145,13 +156,16 @@ pub fn client() -> Result<kube::Client, ClientError> {
 /// re-authenticates (unless it did already since the client was built) and the next
 /// [`client()`] has the fresh credentials. Blocks until the re-login ends (bounded).
 pub fn report_unauthorized() -> Result<(), ClientError> {
-    let generation = CLIENT
+    let host = Host::current();
+    let operator = host.context();
+    let generation = CLIENTS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|(_, g)| *g);
+        .iter()
+        .find(|(of, _, _)| *of == operator)
+        .and_then(|(_, generation, _)| *generation);
     let payload = serde_json::json!({ "unauthorized_generation": generation });
-    let _: serde_json::Value = host::call(METHOD, 1, &payload)?;
+    let _: serde_json::Value = host.call(METHOD, 1, &payload)?;
     Ok(())
 }
 
@@ -159,7 +173,7 @@ impl Context {
     /// A Kubernetes client with the operator's credentials (feature `client`): see
     /// [`crate::client`]. Errors are arbitrary handler errors (retried per `errors`).
     pub fn client(&self) -> Result<kube::Client, crate::Error> {
-        client().map_err(crate::Error::from)
+        client_for(self.host()).map_err(crate::Error::from)
     }
 }
 

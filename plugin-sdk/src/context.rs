@@ -495,7 +495,12 @@ impl Context {
 
     /// The logger of this object: lines carry the `[namespace/name]` prefix.
     pub fn logger(&self) -> ObjectLogger {
-        ObjectLogger::new(self.object_ref())
+        ObjectLogger::new(self.object_ref(), self.host())
+    }
+
+    /// The operator that made this call: its host calls go there from any thread or task.
+    pub(crate) fn host(&self) -> host::Host {
+        host::Host::of(self.inner.invocation.host_context)
     }
 
     /// Posts a `Normal` Kubernetes Event about the object (`kopf.info`).
@@ -541,7 +546,10 @@ impl Context {
             recorder.record(payload);
             return;
         }
-        if let Err(e) = host::call::<_, Value>(host_methods::EVENT_POST, 1, &payload) {
+        if let Err(e) = self
+            .host()
+            .call::<_, Value>(host_methods::EVENT_POST, 1, &payload)
+        {
             self.logger().debug(format_args!("Failed to post an event: {e}"));
         }
     }
@@ -585,7 +593,9 @@ impl Context {
             body: Value,
         }
         let fresh = self.inner.invocation.call_id.and_then(|call_id| {
-            host::call::<_, Answer>(host_methods::DAEMON_BODY, 1, &json!({ "call_id": call_id })).ok()
+            self.host()
+                .call::<_, Answer>(host_methods::DAEMON_BODY, 1, &json!({ "call_id": call_id }))
+                .ok()
         });
         fresh.map_or_else(|| self.body().clone(), |answer| answer.body)
     }
@@ -594,6 +604,7 @@ impl Context {
     pub fn stopped(&self) -> DaemonStopped {
         DaemonStopped {
             call_id: self.inner.invocation.call_id,
+            host_context: self.inner.invocation.host_context,
         }
     }
 
@@ -830,6 +841,8 @@ pub struct StopState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DaemonStopped {
     call_id: Option<u64>,
+    /// The operator that runs the daemon (see [`Context::host`]).
+    host_context: Option<u64>,
 }
 
 /// Sleep used by [`DaemonStopped::wait`] when the host cannot wait and no timeout is given.
@@ -846,14 +859,18 @@ impl DaemonStopped {
         let Some(call_id) = self.call_id else {
             return Ok(StopState::default());
         };
-        host::call(host_methods::DAEMON_STOPPED, 1, &json!({ "call_id": call_id }))
+        host::Host::of(self.host_context).call(
+            host_methods::DAEMON_STOPPED,
+            1,
+            &json!({ "call_id": call_id }),
+        )
     }
 
     /// Blocks until the daemon is asked to stop or `timeout` passes; returns whether it was
     /// asked to stop. `None` waits without limit (or one second if the host cannot wait).
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let answer = self.call_id.map(|call_id| {
-            host::call::<_, StopState>(
+            host::Host::of(self.host_context).call::<_, StopState>(
                 host_methods::DAEMON_WAIT,
                 1,
                 &json!({ "call_id": call_id, "timeout": timeout.map(|t| t.as_secs_f64()) }),

@@ -15,6 +15,7 @@ use tokio::task::AbortHandle;
 
 use crate::error::InvokeError;
 use crate::handler::handlers;
+use crate::host::Host;
 use crate::runtime::panic_message;
 use crate::{host, logging, memo, pool, runtime};
 
@@ -101,8 +102,14 @@ extern "C" fn init(host_table: HostTable, config: RStr<'_>) -> RResult<RString, 
     })
 }
 
+/// The host of the operator that made a call (its payload's `host_context`).
+fn host_of(payload: &str) -> Host {
+    Host::of(kopf_abi::protocol::peek_host_context(payload))
+}
+
 extern "C" fn invoke(handler: RStr<'_>, payload: RStr<'_>) -> RResult<RString, Failure> {
     guarded(|| {
+        let _entered = host_of(payload.as_str()).enter();
         let registry = handlers().map_err(internal)?;
         let invocation = parse_invocation(payload.as_str())?;
         let outcome = registry
@@ -112,7 +119,13 @@ extern "C" fn invoke(handler: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
     })
 }
 
-/// A submitted call that has not completed yet.
+/// A submitted call that has not completed yet, with the host to complete it.
+struct Call {
+    running: Running,
+    host: Host,
+}
+
+/// How a submitted call runs.
 enum Running {
     /// An async handler: a task on the plugin's runtime, aborted on cancellation.
     Task(AbortHandle),
@@ -122,24 +135,18 @@ enum Running {
     Blocking,
 }
 
-fn calls() -> &'static Mutex<HashMap<u64, Running>> {
-    static CALLS: OnceLock<Mutex<HashMap<u64, Running>>> = OnceLock::new();
+fn calls() -> &'static Mutex<HashMap<u64, Call>> {
+    static CALLS: OnceLock<Mutex<HashMap<u64, Call>>> = OnceLock::new();
     CALLS.get_or_init(Default::default)
 }
 
-/// Removes a call from [`calls`]; true for the one caller that then completes it.
-fn take_call(call_id: u64) -> bool {
+/// Removes a call from [`calls`]; its host for the one caller that then completes it.
+fn take_call(call_id: u64) -> Option<Host> {
     calls()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&call_id)
-        .is_some()
-}
-
-fn complete(call_id: u64, outcome: RResult<RString, Failure>) {
-    if let Some(h) = host::host() {
-        (h.complete)(h.context, call_id, outcome);
-    }
+        .map(|call| call.host)
 }
 
 /// Completes a submitted call exactly once: with its outcome ([`CallGuard::finish`]), or,
@@ -151,22 +158,22 @@ impl CallGuard {
     fn finish(self, outcome: Result<kopf_abi::protocol::Outcome, Failure>) {
         let call_id = self.0;
         std::mem::forget(self);
-        if take_call(call_id) {
+        if let Some(host) = take_call(call_id) {
             let answer = outcome.and_then(|outcome| serde_json::to_string(&outcome).map_err(internal));
-            complete(call_id, answer.map(RString::from).into());
+            host.complete(call_id, answer.map(RString::from).into());
         }
     }
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if take_call(self.0) {
+        if let Some(host) = take_call(self.0) {
             let failure = if std::thread::panicking() {
                 Failure::new(FailureKind::PANIC, "the call panicked")
             } else {
                 Failure::new(FailureKind::CANCELLED, "the call was cancelled")
             };
-            complete(self.0, RResult::RErr(failure));
+            host.complete(self.0, RResult::RErr(failure));
         }
     }
 }
@@ -186,7 +193,8 @@ fn submitted_invocation(call_id: u64, payload: &str) -> Result<Invocation, Failu
 /// work on the host's thread).
 extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RResult<(), Failure> {
     let started = guarded(|| {
-        if host::host().is_none() {
+        let host = host_of(payload.as_str());
+        if !host.is_attached() {
             return Err(Failure::new(
                 FailureKind::INTERNAL,
                 "submit before init: no host to complete the call",
@@ -201,20 +209,23 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
         // Registered before the work starts (the work's completion removes it), and no
         // lock is held while spawning (a refused spawn drops the work, whose guard
         // then completes the call).
-        calls()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(call_id, Running::Blocking);
+        calls().lock().unwrap_or_else(|e| e.into_inner()).insert(
+            call_id,
+            Call {
+                running: Running::Blocking,
+                host,
+            },
+        );
         let guard = CallGuard(call_id);
         if handler.is_async() {
             let daemon = handler.spec().kind == kopf_abi::protocol::HandlerKind::Daemon;
-            let mut work = Box::pin(async move {
+            let mut work = Box::pin(host.scope(async move {
                 let outcome = match submitted_invocation(call_id, &payload) {
                     Ok(invocation) => Ok(handler.run_async(invocation).await),
                     Err(failure) => Err(failure),
                 };
                 guard.finish(outcome);
-            });
+            }));
             // Most async handlers finish without ever waiting: their first poll runs
             // here, on the caller's thread, and completes the call before `submit`
             // returns (no hand-off to the runtime's threads and back, which cost more
@@ -237,11 +248,12 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(&call_id)
             {
-                *entry = Running::Task(work.abort_handle());
+                entry.running = Running::Task(work.abort_handle());
             }
         } else if handler.spec().kind == kopf_abi::protocol::HandlerKind::Daemon {
             // A daemon holds its thread for the object's lifetime: a thread of its own.
             rt.spawn_blocking(move || {
+                let _entered = host.enter();
                 let outcome = submitted_invocation(call_id, &payload).map(|inv| handler.run(inv));
                 guard.finish(outcome);
             });
@@ -249,7 +261,7 @@ extern "C" fn submit(call_id: u64, handler: RStr<'_>, payload: RStr<'_>) -> RRes
             // Short calls (timer ticks above all) share a pool that wakes few threads.
             pool::sync_pool()
                 .execute(Box::new(move || match submitted_invocation(call_id, &payload) {
-                    Ok(invocation) => run_serially(call_id, handler, invocation, guard),
+                    Ok(invocation) => run_serially(call_id, handler, invocation, guard, host),
                     Err(failure) => guard.finish(Err(failure)),
                 }))
                 .map_err(|e| Failure::new(FailureKind::INTERNAL, format!("no thread for the call: {e}")))?;
@@ -272,13 +284,17 @@ fn run_serially(
     handler: &'static crate::handler::Handler,
     invocation: Invocation,
     guard: CallGuard,
+    host: Host,
 ) {
+    let _entered = host.enter();
     let Some(object) = object_of(&invocation) else {
         guard.finish(Ok(handler.run(invocation)));
         return;
     };
     let key = format!("{}\n{object}", handler.id());
+    // The job may run later on another of the pool's threads.
     let job = Box::new(move || {
+        let _entered = host.enter();
         if call_is_live(call_id) {
             guard.finish(Ok(handler.run(invocation)));
         }
@@ -289,7 +305,7 @@ fn run_serially(
         pool::Started::Waits => "this call waits until it returns",
         pool::Started::Replaced => "this call waits until it returns, instead of an older waiting one",
     };
-    host::log(
+    host.log(
         kopf_abi::LogLevel::WARN,
         "kopf.objects",
         &reference,
@@ -327,7 +343,7 @@ fn call_is_live(call_id: u64) -> bool {
 extern "C" fn cancel(call_id: u64) {
     let _ = catch_unwind(|| {
         let mut running = calls().lock().unwrap_or_else(|e| e.into_inner());
-        match running.get(&call_id) {
+        match running.get(&call_id).map(|call| &call.running) {
             Some(Running::Task(handle)) => {
                 let handle = handle.clone();
                 drop(running);
@@ -335,9 +351,9 @@ extern "C" fn cancel(call_id: u64) {
                 handle.abort();
             }
             Some(Running::Blocking) => {
-                running.remove(&call_id);
+                let host = running.remove(&call_id).map(|call| call.host);
                 drop(running);
-                complete(
+                host.unwrap_or_default().complete(
                     call_id,
                     RResult::RErr(Failure::new(FailureKind::CANCELLED, "the call was cancelled")),
                 );

@@ -806,7 +806,7 @@ impl Handler {
                     let (tx, rx) = std::sync::mpsc::channel();
                     let f = Arc::clone(f);
                     let task_ctx = ctx.clone();
-                    rt.spawn(
+                    rt.spawn(crate::host::with_operator(
                         async move {
                             let result = AssertUnwindSafe(async move { f(task_ctx).await })
                                 .catch_unwind()
@@ -814,7 +814,7 @@ impl Handler {
                             let _ = tx.send(result);
                         }
                         .instrument(span),
-                    );
+                    ));
                     rx.recv()
                         .unwrap_or_else(|_| Ok(Err(Error::msg("the plugin runtime shut down"))))
                 }
@@ -864,7 +864,7 @@ impl Handler {
         if ctx.purpose() == Purpose::Filter {
             let this = self.clone();
             let fctx = ctx.clone();
-            return tokio::task::spawn_blocking(move || this.filter_outcome(&fctx))
+            return crate::host::spawn_blocking(move || this.filter_outcome(&fctx))
                 .await
                 .unwrap_or_else(|e| Outcome {
                     error: Some(panicked(e.to_string())),
@@ -880,7 +880,7 @@ impl Handler {
             Func::Sync(f) => {
                 let f = Arc::clone(f);
                 let task_ctx = ctx.clone();
-                tokio::task::spawn_blocking(move || {
+                crate::host::spawn_blocking(move || {
                     let _quiet = QuietPanics::enter();
                     let _entered = span.enter();
                     catch_unwind(AssertUnwindSafe(|| f(&task_ctx)))
@@ -900,7 +900,7 @@ impl Handler {
         if subhandlers::has_pending(&ctx) {
             // Sub-handlers are synchronous: run them off the runtime's workers.
             let task_ctx = ctx.clone();
-            return tokio::task::spawn_blocking(move || into_outcome(result, &task_ctx))
+            return crate::host::spawn_blocking(move || into_outcome(result, &task_ctx))
                 .await
                 .unwrap_or_else(|e| Outcome {
                     error: Some(panicked(e.to_string())),

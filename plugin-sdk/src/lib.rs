@@ -212,7 +212,7 @@ pub use hierarchies::{
     append_owner_reference_with, build_object_reference, build_owner_reference, build_owner_reference_with,
     harmonize_naming, label, remove_owner_reference,
 };
-pub use host::{call as host_call, is_initialised};
+pub use host::{call as host_call, is_initialised, with_operator};
 pub use index::{IndexRef, IndexSnapshot, Store};
 pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};

@@ -147,13 +147,16 @@ pub(crate) fn install_subscriber() {
 pub struct ObjectLogger {
     object: String,
     target: String,
+    /// The operator whose log the lines go to (the call's, wherever the logger is used).
+    host: host::Host,
 }
 
 impl ObjectLogger {
-    pub(crate) fn new(object: String) -> Self {
+    pub(crate) fn new(object: String, host: host::Host) -> Self {
         Self {
             object,
             target: OBJECTS_TARGET.to_owned(),
+            host,
         }
     }
 
@@ -165,7 +168,8 @@ impl ObjectLogger {
     /// Logs at the given level.
     pub fn log(&self, level: LogLevel, message: impl fmt::Display) {
         if level <= host::max_level() {
-            host::log(level, &self.target, &self.object, &message.to_string());
+            self.host
+                .log(level, &self.target, &self.object, &message.to_string());
         }
     }
 

@@ -124,9 +124,9 @@ impl Drop for CallSpan {
 /// The one process-wide table of the host: a plugin calls back through the frozen
 /// [`HostTable`], whose only handle is a `usize`, so each loaded plugin gets the index of
 /// its own entry. Entries are only appended and indices never reused: the plugins of one
-/// operator cannot reach another operator's context. (The SDK keeps the table it was
-/// given in a static of the plugin image: one image initialised by two operators answers
-/// to the later one; ARCHITECTURE.md, "Process globals".)
+/// operator cannot reach another operator's context. (One plugin image initialised by two
+/// operators keeps both tables; each call names its own in `Invocation::host_context`;
+/// ARCHITECTURE.md, "Process globals".)
 fn registry() -> &'static RwLock<Vec<Arc<HostContext>>> {
     static REGISTRY: OnceLock<RwLock<Vec<Arc<HostContext>>>> = OnceLock::new();
     REGISTRY.get_or_init(|| RwLock::new(Vec::new()))

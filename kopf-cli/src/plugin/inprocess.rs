@@ -81,6 +81,7 @@ impl PluginSet {
                 module,
                 description,
                 context,
+                context_id,
             });
             for spec in &plugin.description.handlers {
                 let key = (spec.kind, spec.selector.clone(), spec.id.clone());

@@ -220,6 +220,7 @@ pub(super) fn load(
         module,
         description,
         context,
+        context_id,
     })
 }
 

@@ -38,6 +38,10 @@ pub struct Plugin {
     module: PluginModuleRef,
     description: PluginDescription,
     context: Arc<HostContext>,
+    /// The `context` of this plugin's [`kopf_abi::HostTable`], sent with every call
+    /// (`Invocation::host_context`): a plugin image that serves several operators of one
+    /// process answers each call's host calls to that call's operator.
+    context_id: usize,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -129,10 +133,33 @@ impl HandlerRef {
         }
     }
 
-    fn encode(&self, inv: &Invocation) -> Result<String, PluginError> {
-        serde_json::to_string(inv).map_err(|source| PluginError::Encode {
+    /// The invocation as JSON, without the host context.
+    fn encode_bare(&self, inv: &Invocation) -> Result<String, PluginError> {
+        let encoded = match inv.host_context {
+            None => serde_json::to_string(inv),
+            // Only the plugin's own context may go out (and once, first).
+            Some(_) => serde_json::to_string(&Invocation {
+                host_context: None,
+                ..inv.clone()
+            }),
+        };
+        encoded.map_err(|source| PluginError::Encode {
             handler: self.spec.id.clone(),
             source,
+        })
+    }
+
+    /// The invocation as JSON, its first member the plugin's host context.
+    fn encode(&self, inv: &Invocation) -> Result<String, PluginError> {
+        self.with_context(&self.encode_bare(inv)?)
+    }
+
+    fn with_context(&self, encoded: &str) -> Result<String, PluginError> {
+        kopf_abi::protocol::with_host_context(encoded, self.plugin.context_id as u64).ok_or_else(|| {
+            PluginError::Encode {
+                handler: self.spec.id.clone(),
+                source: <serde_json::Error as serde::ser::Error>::custom("not a JSON object"),
+            }
         })
     }
 
@@ -463,13 +490,14 @@ impl PluginSet {
         }
         let call_id = inv.call_id.unwrap_or_else(next_call_id);
         let rest = if inv.call_id.is_some() {
-            handler.encode(inv)?
+            handler.encode_bare(inv)?
         } else {
             let mut inv = inv.clone();
             inv.call_id = Some(call_id);
-            handler.encode(&inv)?
+            handler.encode_bare(&inv)?
         };
         let payload = splice_body(&rest, body_json).ok_or_else(|| encode_error("not a JSON object"))?;
+        let payload = handler.with_context(&payload)?;
         self.submit_payload(handler, call_id, &payload, Some(cancel))
             .await
     }
