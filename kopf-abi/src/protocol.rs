@@ -405,8 +405,9 @@ pub struct Invocation {
     /// Extra, kind-specific data; room to grow without a schema change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, Value>,
-    /// Changing handlers: what the host knows of the handler's sub-handlers from earlier
-    /// cycles, by full id (`parent/child`). Sub-handlers absent here are new (due now).
+    /// Changing handlers: what the host knows of the handler's sub-handlers of any depth
+    /// from earlier cycles, by full id (`parent/child`, `parent/child/grandchild`).
+    /// Sub-handlers absent here are new (due now).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subhandlers: BTreeMap<String, SubhandlerState>,
 }
@@ -461,6 +462,11 @@ pub struct SubhandlerOutcome {
     /// Its error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<HandlerError>,
+    /// The sub-handlers this sub-handler registered in turn (Kopf's sub-sub-handlers, ids
+    /// `parent/child/grandchild`), in registration order, with what each did. Hosts
+    /// before it ignore the field; plugins before it never send it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<SubhandlerOutcome>,
 }
 
 /// The resource being served, as discovered by the host.

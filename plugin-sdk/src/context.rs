@@ -45,8 +45,6 @@ struct Inner {
     memo: OnceLock<Memo>,
     /// Sub-handlers registered during this call.
     children: Mutex<Children>,
-    /// This context is a sub-handler's.
-    is_child: bool,
     /// Built by `testing::ContextBuilder`: events are recorded here instead of posted.
     events: Option<EventRecorder>,
 }
@@ -97,7 +95,6 @@ impl Context {
                 settings: Mutex::new(None),
                 memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
-                is_child: false,
                 events: None,
             }),
         }
@@ -121,10 +118,12 @@ impl Context {
     }
 
     /// The context of a sub-handler of this handler: the same object and cause, with the
-    /// sub-handler's own id, attempt counters, param, and patch.
+    /// sub-handler's own id, attempt counters, param, and patch, and the states of its own
+    /// sub-handlers (of any depth).
     pub(crate) fn child(&self, id: &str, state: &SubhandlerState, param: Option<Value>) -> Self {
         let mut invocation = self.inner.invocation.clone();
-        invocation.subhandlers.clear();
+        let prefix = format!("{id}/");
+        invocation.subhandlers.retain(|key, _| key.starts_with(&prefix));
         invocation.retry = state.retry;
         invocation.runtime = state.runtime;
         invocation.started = state.started.clone();
@@ -139,7 +138,6 @@ impl Context {
                 // Resolved again on use: the same object memo as the parent's.
                 memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
-                is_child: true,
                 events: self.inner.events.clone(),
             }),
         }
@@ -158,9 +156,6 @@ impl Context {
     ) -> Result<(), SubhandlerError> {
         if id.is_empty() {
             return Err(SubhandlerError::EmptyId);
-        }
-        if self.inner.is_child {
-            return Err(SubhandlerError::Nested);
         }
         if self.inner.invocation.reason.is_none() {
             return Err(SubhandlerError::NotChanging);

@@ -43,11 +43,16 @@
 //! ([`SubhandlerBuilder::register_async`]), with Kopf's options (errors, timeout, retries,
 //! backoff, param) and a `when` filter ([`SubhandlerBuilder::when`]). All due sub-handlers
 //! run in the same cycle, one after another (Kopf's default lifecycle runs one per cycle).
-//! Registering sub-handlers from a sub-handler (Kopf's sub-sub-handlers) is not supported
-//! yet and returns [`SubhandlerError::Nested`]; label, annotation and field filters on
-//! sub-handlers are not either (check them in `when`).
+//! Label, annotation and field filters on sub-handlers are not supported (check them in
+//! `when`).
+//!
+//! Sub-handlers may register sub-handlers in turn (Kopf's sub-sub-handlers), to any depth:
+//! `create_fn/item-a/step-1`. A sub-handler is then finished only when all its own
+//! sub-handlers are: until then it is called again in each cycle, as its parent is, and
+//! its progress record keeps Kopf's `"message":"None"` and `subrefs`; the top parent's
+//! `subrefs` lists the sub-handlers of all depths, as Kopf's does.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -81,9 +86,6 @@ pub enum SubhandlerError {
         "sub-handlers can be registered only by changing handlers (create, update, delete, resume, field)"
     )]
     NotChanging,
-    /// Sub-handlers of sub-handlers are not supported yet.
-    #[error("sub-handlers of sub-handlers are not supported")]
-    Nested,
 }
 
 /// Returned by [`Context::execute`] when some sub-handlers are not finished yet (Kopf's
@@ -120,10 +122,17 @@ pub(crate) struct Children {
 
 impl Children {
     pub(crate) fn add(&mut self, sub: Subhandler) -> Result<(), SubhandlerError> {
-        if !self.ids.insert(sub.id.clone()) {
-            return Err(SubhandlerError::DuplicateId(sub.id));
-        }
+        self.claim(&sub.id)?;
         self.pending.push(sub);
+        Ok(())
+    }
+
+    /// Reserves a full id for this call: ids are unique among all sub-handlers of a call,
+    /// registered or given to `execute_fns` (they share the object's progress records).
+    pub(crate) fn claim(&mut self, id: &str) -> Result<(), SubhandlerError> {
+        if !self.ids.insert(id.to_owned()) {
+            return Err(SubhandlerError::DuplicateId(id.to_owned()));
+        }
         Ok(())
     }
 
@@ -264,9 +273,21 @@ impl<'a> SubhandlerBuilder<'a> {
     }
 }
 
-/// The error kinds and options that make an attempt final, as the host will decide
-/// (the host has the last word; this only tells [`Context::execute`] what to return).
-fn is_final(outcome: &SubhandlerOutcome, state: &SubhandlerState) -> bool {
+/// Whether a sub-handler is done for this cause, as the host will decide (the host has
+/// the last word; this only tells [`Context::execute`] what to return). A sub-handler
+/// that succeeded is done only when all its own sub-handlers are (Kopf's
+/// `HandlerChildrenRetry` one level up).
+fn is_final(outcome: &SubhandlerOutcome, states: &BTreeMap<String, SubhandlerState>) -> bool {
+    let state = states.get(&outcome.id).cloned().unwrap_or_default();
+    if !own_final(outcome, &state) {
+        return false;
+    }
+    !outcome.invoked || outcome.error.is_some() || outcome.children.iter().all(|c| is_final(c, states))
+}
+
+/// The error kinds and options that make an attempt final, ignoring the sub-handler's own
+/// sub-handlers.
+fn own_final(outcome: &SubhandlerOutcome, state: &SubhandlerState) -> bool {
     let options = &outcome.options;
     if !outcome.invoked {
         return state.finished || exhausted(options, state);
@@ -295,62 +316,95 @@ fn exhausted(options: &HandlerOptions, state: &SubhandlerState) -> bool {
 /// their outcomes in `ctx`. Returns whether all sub-handlers registered so far are final.
 pub(crate) fn execute(ctx: &Context) -> bool {
     let subs = ctx.with_children(Children::take_pending);
+    run(ctx, subs);
+    let states = &ctx.invocation().subhandlers;
+    ctx.with_children(|c| c.done.iter().all(|o| is_final(o, states)))
+}
+
+/// Runs `subs` as sub-handlers of `ctx` (those due; a `when` filter may drop one), records
+/// their outcomes in `ctx`, and returns whether all of them are final.
+pub(crate) fn run(ctx: &Context, subs: Vec<Subhandler>) -> bool {
+    let mut all_final = true;
     for sub in subs {
-        if let Some(when) = &sub.when {
-            let _quiet = QuietPanics::enter();
-            if !catch_unwind(AssertUnwindSafe(|| when(ctx))).unwrap_or(false) {
-                continue;
-            }
+        if let Some(outcome) = run_one(ctx, &sub) {
+            all_final &= is_final(&outcome, &ctx.invocation().subhandlers);
+            ctx.with_children(|c| c.record(outcome));
         }
-        let state = ctx
-            .invocation()
-            .subhandlers
-            .get(&sub.id)
-            .cloned()
-            .unwrap_or_default();
-        let mut outcome = SubhandlerOutcome {
-            id: sub.id.clone(),
-            options: sub.options.clone(),
-            ..Default::default()
-        };
-        if state.is_due() && !exhausted(&sub.options, &state) {
-            let child = ctx.child(&sub.id, &state, sub.options.param.clone());
-            let result = {
-                let _quiet = QuietPanics::enter();
-                catch_unwind(AssertUnwindSafe(|| (sub.func)(&child)))
-            };
-            outcome.invoked = true;
-            match result {
-                Ok(Ok(value)) => outcome.result = value,
-                Ok(Err(error)) => outcome.error = Some(error.to_handler_error()),
-                Err(payload) => {
-                    outcome.error = Some(kopf_abi::protocol::HandlerError {
-                        kind: HandlerErrorKind::Arbitrary,
-                        message: panic_message(payload.as_ref()),
-                        delay: None,
-                        code: None,
-                        panicked: true,
-                    })
-                }
-            }
-            let patch = child.take_patch();
-            if !patch.is_empty() {
-                outcome.patch = Some(patch.into_value());
-            }
-        }
-        ctx.with_children(|c| c.record(outcome));
     }
-    ctx.with_children(|c| {
-        c.done.iter().all(|o| {
-            let state = ctx
-                .invocation()
-                .subhandlers
-                .get(&o.id)
-                .cloned()
-                .unwrap_or_default();
-            is_final(o, &state)
-        })
-    })
+    all_final
+}
+
+/// One sub-handler: filtered, called if due, its own sub-handlers run after it (Kopf's
+/// implicit execution); `None` when its `when` filter drops it.
+fn run_one(ctx: &Context, sub: &Subhandler) -> Option<SubhandlerOutcome> {
+    if let Some(when) = &sub.when {
+        let _quiet = QuietPanics::enter();
+        if !catch_unwind(AssertUnwindSafe(|| when(ctx))).unwrap_or(false) {
+            return None;
+        }
+    }
+    let state = ctx
+        .invocation()
+        .subhandlers
+        .get(&sub.id)
+        .cloned()
+        .unwrap_or_default();
+    let mut outcome = SubhandlerOutcome {
+        id: sub.id.clone(),
+        options: sub.options.clone(),
+        ..Default::default()
+    };
+    if !state.is_due() || exhausted(&sub.options, &state) {
+        return Some(outcome);
+    }
+    let child = ctx.child(&sub.id, &state, sub.options.param.clone());
+    let result = {
+        let _quiet = QuietPanics::enter();
+        catch_unwind(AssertUnwindSafe(|| (sub.func)(&child)))
+    };
+    outcome.invoked = true;
+    let failed = match result {
+        Ok(Ok(value)) => {
+            outcome.result = value;
+            None
+        }
+        Ok(Err(error)) => Some(error),
+        Err(payload) => {
+            outcome.error = Some(kopf_abi::protocol::HandlerError {
+                kind: HandlerErrorKind::Arbitrary,
+                message: panic_message(payload.as_ref()),
+                delay: None,
+                code: None,
+                panicked: true,
+            });
+            Some(Error::msg("panicked"))
+        }
+    };
+    let (pending, children) = conclude(&child, failed.as_ref());
+    if let Some(error) = failed.filter(|_| !pending && outcome.error.is_none()) {
+        outcome.error = Some(error.to_handler_error());
+    }
+    outcome.children = children;
+    let patch = child.take_patch();
+    if !patch.is_empty() {
+        outcome.patch = Some(patch.into_value());
+    }
+    Some(outcome)
+}
+
+/// After a handler or sub-handler function returned: runs the remaining sub-handlers if
+/// it succeeded (Kopf's implicit execution). Returns whether its error is only
+/// [`ChildrenPending`] (not a handler error: the host decides about it from its
+/// children's outcomes), and the outcomes of its sub-handlers.
+fn conclude(ctx: &Context, failed: Option<&Error>) -> (bool, Vec<SubhandlerOutcome>) {
+    let pending = match failed {
+        None => {
+            execute(ctx);
+            false
+        }
+        Some(error) => error.downcast_ref::<ChildrenPending>().is_some(),
+    };
+    (pending, ctx.with_children(Children::take_done))
 }
 
 /// Whether `ctx` has registered sub-handlers not executed yet.
@@ -362,16 +416,11 @@ pub(crate) fn has_pending(ctx: &Context) -> bool {
 /// (Kopf's implicit execution), drops the [`ChildrenPending`] error (the host decides
 /// about the parent from the children's outcomes), and moves the outcomes into `outcome`.
 pub(crate) fn finish(ctx: &Context, outcome: &mut kopf_abi::protocol::Outcome, failed: Option<&Error>) {
-    match failed {
-        None => {
-            execute(ctx);
-        }
-        Some(error) if error.downcast_ref::<ChildrenPending>().is_some() => {
-            outcome.error = None;
-        }
-        Some(_) => {}
+    let (pending, children) = conclude(ctx, failed);
+    if pending {
+        outcome.error = None;
     }
-    outcome.children = ctx.with_children(Children::take_done);
+    outcome.children = children;
 }
 
 #[cfg(test)]
@@ -460,7 +509,11 @@ mod tests {
         let event = Context::from_invocation("ev", Invocation::default());
         assert_eq!(event.register("x", ok), Err(SubhandlerError::NotChanging));
         let child = c.child("create_fn/y", &SubhandlerState::default(), None);
-        assert_eq!(child.register("z", ok), Err(SubhandlerError::Nested));
+        child.register("z", ok).unwrap();
+        assert_eq!(
+            child.with_children(|c| c.take_pending()[0].id.clone()),
+            "create_fn/y/z"
+        );
     }
 
     #[test]
@@ -542,5 +595,49 @@ mod tests {
         let done = c.with_children(Children::take_done);
         assert!(!done[0].invoked);
         assert_eq!(done[0].options.retries, Some(3));
+    }
+
+    #[test]
+    fn grandchildren_report_under_their_parent_and_keep_it_pending() {
+        let mut known = BTreeMap::new();
+        known.insert(
+            "create_fn/a/done".to_owned(),
+            SubhandlerState {
+                finished: true,
+                retry: 1,
+                ..Default::default()
+            },
+        );
+        let c = ctx(known);
+        c.register("a", |ctx: &Context| -> crate::Result<()> {
+            ctx.register("done", |_: &Context| -> crate::Result<()> {
+                panic!("finished already")
+            })?;
+            ctx.register("later", |_: &Context| -> crate::Result<()> {
+                Err(TemporaryError::new("later").delay(3.0).into())
+            })?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(c.execute(), Err(ChildrenPending), "a grandchild is pending");
+        let done = c.with_children(Children::take_done);
+        assert_eq!(done.len(), 1);
+        let a = &done[0];
+        assert!(a.invoked && a.error.is_none(), "{a:?}");
+        let ids: Vec<_> = a.children.iter().map(|g| (g.id.as_str(), g.invoked)).collect();
+        assert_eq!(ids, [("create_fn/a/done", false), ("create_fn/a/later", true)]);
+        // ChildrenPending from a child's own execute() is no error of the child.
+        let c = ctx(BTreeMap::new());
+        c.register("b", |ctx: &Context| -> crate::Result<()> {
+            ctx.register("x", |_: &Context| -> crate::Result<()> {
+                Err(TemporaryError::new("x").into())
+            })?;
+            ctx.execute()?;
+            unreachable!("x is pending");
+        })
+        .unwrap();
+        assert_eq!(c.execute(), Err(ChildrenPending));
+        let b = &c.with_children(Children::take_done)[0];
+        assert_eq!((b.error.as_ref(), b.children.len()), (None, 1), "{b:?}");
     }
 }

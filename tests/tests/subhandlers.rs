@@ -53,6 +53,40 @@ fn record_of(obj: &Value, key: &str) -> Option<Value> {
     serde_json::from_str(text).ok()
 }
 
+/// The progress record of `id` (`parent/child/...`), decoded.
+fn record_of_id(obj: &Value, id: &str) -> Option<Value> {
+    record_of(obj, &format!("kopf.zalando.org/{}", id.replace('/', ".")))
+}
+
+/// The nested child of the hand-over tests (items `a`, `flaky`, `nested`).
+const NESTED: &str = "create_fn/item-nested";
+/// Its grandchildren.
+const STEP_A: &str = "create_fn/item-nested/step-a";
+const STEP_FLAKY: &str = "create_fn/item-nested/step-flaky";
+
+/// The top parent's `subrefs` in the hand-over tests: all depths, sorted (Kopf's order);
+/// the last two are the nested child's own.
+fn all_subrefs() -> [&'static str; 5] {
+    [
+        "create_fn/item-a",
+        "create_fn/item-flaky",
+        NESTED,
+        STEP_A,
+        STEP_FLAKY,
+    ]
+}
+
+/// After a hand-over with `item-nested` waiting for `step-flaky`: the finished grandchild
+/// is not re-run, the pending one runs once, the nested child finishes with its result.
+fn assert_nested_continued(done: &Value, calls: &std::collections::BTreeMap<String, usize>) {
+    assert_eq!(calls.get(STEP_A), None, "step-a is not re-run: {calls:?}");
+    assert_eq!(calls.get(STEP_FLAKY), Some(&1), "retried once: {calls:?}");
+    assert_eq!(calls.get(NESTED), Some(&1), "{calls:?}");
+    assert_eq!(done["status"][STEP_FLAKY], json!({"step": "flaky"}), "{done}");
+    assert_eq!(done["status"][STEP_A], json!({"step": "a"}), "{done}");
+    assert_eq!(done["status"][NESTED], json!({"item": "nested"}), "{done}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_07_children_succeed_in_one_cycle_without_extra_patches() {
     let cluster = Cluster::start().await;
@@ -216,7 +250,7 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
         cluster.path("py.log"),
     );
     let name = "kex-py-sub";
-    create_with_items(&cluster, name, &["a", "flaky"], Some(6.0)).await;
+    create_with_items(&cluster, name, &["a", "flaky", "nested"], Some(6.0)).await;
 
     let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
     let out = std::fs::File::create(&py_log).unwrap();
@@ -237,21 +271,28 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
             let o = o?;
             let flaky = record_of(o, "kopf.zalando.org/create_fn.item-flaky")?;
             let a = record_of(o, "kopf.zalando.org/create_fn.item-a")?;
-            (flaky["retries"] == json!(1) && a["success"] == json!(true)).then(|| o.clone())
+            let step_flaky = record_of_id(o, "create_fn/item-nested/step-flaky")?;
+            let step_a = record_of_id(o, "create_fn/item-nested/step-a")?;
+            let waiting = [flaky["retries"] == json!(1), a["success"] == json!(true)];
+            let nested = [
+                step_flaky["retries"] == json!(1),
+                step_a["success"] == json!(true),
+            ];
+            (waiting == [true; 2] && nested == [true; 2]).then(|| o.clone())
         })
         .await;
     let _ = python.kill();
     let _ = python.wait();
     let parent = record_of(&partway, "kopf.zalando.org/create_fn").expect("Kopf's parent record");
     assert_eq!(parent["message"], json!("None"), "{parent}");
-    assert_eq!(
-        parent["subrefs"],
-        json!(["create_fn/item-a", "create_fn/item-flaky"]),
-        "{parent}"
-    );
+    assert_eq!(parent["subrefs"], json!(all_subrefs()), "{parent}");
+    let nested = record_of_id(&partway, NESTED).expect("Kopf's record of the nested child");
+    assert_eq!(nested["message"], json!("None"), "{nested}");
+    assert_eq!(nested["subrefs"], json!(all_subrefs()[3..]), "{nested}");
     let py_calls = calls(&py_record);
     assert_eq!(py_calls.get("create_fn/item-a"), Some(&1), "{py_calls:?}");
     assert_eq!(py_calls.get("create_fn/item-flaky"), Some(&1), "{py_calls:?}");
+    assert_eq!(py_calls.get(STEP_A), Some(&1), "{py_calls:?}");
 
     let kopf = cluster.spawn_kopf(
         &fixture("fixture-subhandlers"),
@@ -277,7 +318,12 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
         Some(&1),
         "retried once: {rs_calls:?}"
     );
-    assert_eq!(rs_calls.get("create_fn"), Some(&1), "{rs_calls:?}");
+    assert_nested_continued(&done, &rs_calls);
+    // Once per child waking up: item-flaky's and item-nested's delays may end apart.
+    assert!(
+        rs_calls.get("create_fn").is_some_and(|n| (1..=2).contains(n)),
+        "{rs_calls:?}"
+    );
     drop(kopf);
     cluster.emu.shutdown().await;
 }
@@ -302,13 +348,22 @@ async fn python_kopf_continues_kopfs_pending_subhandlers() {
         &fixture("fixture-subhandlers"),
         &[("KOPF_SUBHANDLERS_RECORD", rs_record.display().to_string())],
     );
-    create_with_items(&cluster, name, &["a", "flaky"], Some(3.0)).await;
-    cluster
+    create_with_items(&cluster, name, &["a", "flaky", "nested"], Some(3.0)).await;
+    let partway = cluster
         .wait_obj(name, "kopf partway (item-flaky delayed)", Some(&kopf), |o| {
-            record_of(o?, "kopf.zalando.org/create_fn.item-flaky").map(|_| ())
+            let o = o?;
+            record_of(o, "kopf.zalando.org/create_fn.item-flaky").map(|_| o.clone())
         })
         .await;
     drop(kopf);
+    let parent = record_of_id(&partway, "create_fn").expect("kopf's parent record");
+    assert_eq!(parent["subrefs"], json!(all_subrefs()), "{parent}");
+    let nested = record_of_id(&partway, NESTED).expect("kopf's record of the nested child");
+    assert_eq!(
+        (&nested["message"], &nested["subrefs"]),
+        (&json!("None"), &json!(all_subrefs()[3..])),
+        "{nested}"
+    );
     let rs_calls = calls(&rs_record);
     assert_eq!(rs_calls.get("create_fn/item-a"), Some(&1), "{rs_calls:?}");
     assert_eq!(rs_calls.get("create_fn/item-flaky"), Some(&1), "{rs_calls:?}");
@@ -336,6 +391,7 @@ async fn python_kopf_continues_kopfs_pending_subhandlers() {
             last_handled(o).is_some()
                 && o["status"].get("create_fn").is_some()
                 && o["status"].get("create_fn/item-flaky").is_some()
+                && o["status"].get(NESTED).is_some()
         }) {
             break o.clone();
         }
@@ -371,5 +427,92 @@ async fn python_kopf_continues_kopfs_pending_subhandlers() {
         "retried once: {py_calls:?}"
     );
     assert!(py_calls.get("create_fn").is_some_and(|n| *n >= 1), "{py_calls:?}");
+    assert_nested_continued(&done, &py_calls);
+    cluster.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_subhandlers_keep_kopf_records_until_the_grandchildren_finish() {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    create_with_items(&cluster, "kex-nested", &["nested"], Some(2.0)).await;
+    let (child, flaky, step_a) = (
+        "create_fn/item-nested",
+        "create_fn/item-nested/step-flaky",
+        "create_fn/item-nested/step-a",
+    );
+
+    // While the grandchild waits for its retry: the child waits for it as the parent
+    // waits for the child, both with Kopf's "None" and their subrefs of all depths.
+    let pending = cluster
+        .wait_obj("kex-nested", "the grandchild's record", Some(&kopf), |o| {
+            let o = o?;
+            record_of_id(o, flaky).map(|_| o.clone())
+        })
+        .await;
+    let parent = record_of_id(&pending, "create_fn").expect("the parent's record");
+    assert_eq!(parent["subrefs"], json!([child, step_a, flaky]), "{parent}");
+    let middle = record_of_id(&pending, child).expect("the child's record");
+    assert_eq!(middle["subrefs"], json!([step_a, flaky]), "{middle}");
+    for record in [&parent, &middle] {
+        assert_eq!(
+            (&record["message"], &record["retries"], &record["success"]),
+            (&json!("None"), &json!(1), &json!(false)),
+            "{record}"
+        );
+        assert!(record["delayed"].is_string(), "{record}");
+    }
+    let grand = record_of_id(&pending, flaky).unwrap();
+    assert_eq!(grand["message"], json!("flaky-step is not ready"), "{grand}");
+    assert!(grand.get("subrefs").is_none(), "{grand}");
+    let a = record_of_id(&pending, step_a).unwrap();
+    assert_eq!((&a["success"], &a["retries"]), (&json!(true), &json!(1)), "{a}");
+    assert_eq!(pending["status"][step_a], json!({"step": "a"}), "{pending}");
+    assert!(pending["status"].get(child).is_none(), "{pending}");
+
+    let done = wait_handled(&cluster, "kex-nested", &kopf).await;
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(done["status"][flaky], json!({"step": "flaky"}), "{done}");
+    assert_eq!(done["status"][child], json!({"item": "nested"}), "{done}");
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let calls = calls(&record);
+    let expected = [("create_fn", 2), (child, 2), (step_a, 1), (flaky, 2)];
+    for (id, n) in expected {
+        assert_eq!(calls.get(id), Some(&n), "{id}: {calls:?}");
+    }
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grandchilds_permanent_failure_is_final_and_its_parents_finish_as_in_kopf() {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    create_with_items(&cluster, "kex-nested-fatal", &["nestedfatal"], Some(0.5)).await;
+    let done = wait_handled(&cluster, "kex-nested-fatal", &kopf).await;
+    let child = "create_fn/item-nestedfatal";
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert!(
+        done["status"].get(format!("{child}/step-fatal")).is_none(),
+        "{done}"
+    );
+    assert_eq!(done["status"][child], json!({"item": "nestedfatal"}), "{done}");
+    assert_eq!(done["status"]["create_fn"], json!({"parent": true}), "{done}");
+    let calls = calls(&record);
+    assert_eq!(calls.get(&format!("{child}/step-fatal")), Some(&1), "{calls:?}");
+    assert_eq!(
+        calls.get(child),
+        Some(&2),
+        "re-run once for step-flaky: {calls:?}"
+    );
+    drop(kopf);
     cluster.emu.shutdown().await;
 }

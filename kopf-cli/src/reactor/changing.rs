@@ -506,7 +506,11 @@ impl ResourceProcessor {
                 patch,
             );
             for (id, child_decision) in &s.decisions {
-                execution::log_decision(handler.kind(), id, child_decision);
+                if s.waiting.contains(id) {
+                    tracing::debug!(target: "kopf.objects", "{} has unfinished sub-handlers. Will retry soon.", execution::handler_name(handler.kind(), id));
+                } else {
+                    execution::log_decision(handler.kind(), id, child_decision);
+                }
                 execution::count_retry(&shared.metrics, handler.kind(), id, child_decision);
             }
             decision = subhandling::parent_decision(decision, &s);
