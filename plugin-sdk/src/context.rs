@@ -235,6 +235,40 @@ impl Context {
         }
     }
 
+    /// Runs functions as sub-handlers of this handler now (Kopf's
+    /// `await kopf.execute(fns=...)`): each with the id `<this handler's id>/<key>`, its
+    /// progress kept as a registered sub-handler's. Returns [`ChildrenPending`] (as a
+    /// [`crate::Error`]) while any of them is unfinished; propagate it with `?`. Bad ids
+    /// (empty, twice, a closure without one) are a [`SubhandlerError`] and nothing runs.
+    /// See [`crate::fns`].
+    pub fn execute_fns(&self, fns: crate::Fns) -> crate::Result<()> {
+        if let Some(error) = fns.error {
+            return Err(error.into());
+        }
+        if self.inner.invocation.reason.is_none() {
+            return Err(SubhandlerError::NotChanging.into());
+        }
+        let mut subs = Vec::with_capacity(fns.entries.len());
+        for entry in fns.entries {
+            if entry.id.is_empty() {
+                return Err(SubhandlerError::EmptyId.into());
+            }
+            let id = format!("{}/{}", self.inner.handler_id, entry.id);
+            self.with_children(|c| c.claim(&id))?;
+            subs.push(Subhandler {
+                id,
+                options: entry.options,
+                when: None,
+                func: entry.func,
+            });
+        }
+        if subhandlers::run(self, subs) {
+            Ok(())
+        } else {
+            Err(ChildrenPending.into())
+        }
+    }
+
     /// The raw invocation the host sent.
     pub fn invocation(&self) -> &Invocation {
         &self.inner.invocation

@@ -178,6 +178,7 @@ mod context;
 mod error;
 pub mod events;
 mod export;
+pub mod fns;
 mod handler;
 pub mod hierarchies;
 mod host;
@@ -202,6 +203,7 @@ pub use error::{
 };
 pub use events::{event, exception, info, warn};
 pub use export::{IN_PROCESS_KEY, plugin_module};
+pub use fns::{Fns, fns};
 pub use handler::{
     DelayCallback, Handler, HandlerBuilder, HandlerResult, InitialDelay, IntoInitialDelay, IntoMetaFilter,
     IntoValueFilter, MetaCallback, MetaFilter, Registry, ValueCallback, ValueFilter, WhenCallback, handlers,

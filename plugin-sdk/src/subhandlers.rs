@@ -51,6 +51,9 @@
 //! sub-handlers are: until then it is called again in each cycle, as its parent is, and
 //! its progress record keeps Kopf's `"message":"None"` and `subrefs`; the top parent's
 //! `subrefs` lists the sub-handlers of all depths, as Kopf's does.
+//!
+//! Functions can also be run as sub-handlers on the spot, Kopf's
+//! `await kopf.execute(fns=...)`: [`Context::execute_fns`] with [`crate::Fns`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -86,6 +89,10 @@ pub enum SubhandlerError {
         "sub-handlers can be registered only by changing handlers (create, update, delete, resume, field)"
     )]
     NotChanging,
+    /// A function given to [`crate::Fns::named`] has no name to make its id of (a
+    /// closure): give it an id with [`crate::Fns::add`].
+    #[error("{0} has no name to make a sub-handler id of: give it an id with `Fns::add`")]
+    Unnamed(String),
 }
 
 /// Returned by [`Context::execute`] when some sub-handlers are not finished yet (Kopf's
@@ -639,5 +646,32 @@ mod tests {
         assert_eq!(c.execute(), Err(ChildrenPending));
         let b = &c.with_children(Children::take_done)[0];
         assert_eq!((b.error.as_ref(), b.children.len()), (None, 1), "{b:?}");
+    }
+
+    #[test]
+    fn execute_fns_runs_functions_now_with_prefixed_ids() {
+        fn named_fn(ctx: &Context) -> crate::Result<String> {
+            Ok(ctx.handler_id().to_owned())
+        }
+        let c = ctx(BTreeMap::new());
+        c.execute_fns(
+            crate::fns()
+                .add("a", |_: &Context| -> crate::Result<_> { Ok(1) })
+                .named(named_fn),
+        )
+        .unwrap();
+        let done = c.with_children(Children::take_done);
+        let ids: Vec<_> = done.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["create_fn/a", "create_fn/named_fn"]);
+        assert_eq!(done[1].result, Some(json!("create_fn/named_fn")));
+        let pending = c.execute_fns(crate::fns().add("t", |_: &Context| -> crate::Result<()> {
+            Err(TemporaryError::new("t").into())
+        }));
+        assert!(pending.unwrap_err().downcast_ref::<ChildrenPending>().is_some());
+        let twice = c.execute_fns(crate::fns().add("a", |_: &Context| -> crate::Result<()> { Ok(()) }));
+        assert_eq!(
+            twice.unwrap_err().downcast_ref::<SubhandlerError>(),
+            Some(&SubhandlerError::DuplicateId("create_fn/a".into()))
+        );
     }
 }

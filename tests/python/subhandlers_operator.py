@@ -14,7 +14,12 @@ returning ``{"step": "a"}``, ``step-flaky`` failing once as a ``flaky`` item, th
 return ``{"item": item}``. Every call appends
 ``<handler id> <namespace/name> <uid> <reason>`` to the file named by
 ``KOPF_SUBHANDLERS_RECORD`` (with fsync).
+
+Before that, ``create_fn`` runs ``spec.fns`` with ``await kopf.execute(fns={...})``
+(``fn-<x>``; ``flaky*`` fail once, the others return ``{"fn": x}``), then
+``await kopf.execute(fns=[named_step])``, and records ``create_fn#after-fns``.
 """
+import functools
 import os
 
 import kopf
@@ -30,10 +35,32 @@ def record(handler_id, namespace, name, uid, reason):
         os.fsync(f.fileno())
 
 
+def named_step(namespace, name, uid, reason, **_):
+    record('create_fn/named_step', namespace, name, uid, reason)
+    return {'named': True}
+
+
+async def execute_fns(spec, namespace, name, uid, reason, delay):
+    names = spec.get('fns', [])
+    if not names:
+        return
+
+    def run_fn(fn_name, retry=0, **_):
+        record(f'create_fn/fn-{fn_name}', namespace, name, uid, reason)
+        if fn_name.startswith('flaky') and retry == 0:
+            raise kopf.TemporaryError(f'{fn_name} is not ready', delay=delay)
+        return {'fn': fn_name}
+
+    await kopf.execute(fns={f'fn-{n}': functools.partial(run_fn, n) for n in names})
+    await kopf.execute(fns=[named_step])
+    record('create_fn#after-fns', namespace, name, uid, reason)
+
+
 @kopf.on.create('kopfexamples')
-def create_fn(spec, namespace, name, uid, reason, **_):
+async def create_fn(spec, namespace, name, uid, reason, **_):
     record('create_fn', namespace, name, uid, reason)
     delay = spec.get('delay', 1.0)
+    await execute_fns(spec, namespace, name, uid, reason, delay)
     for item in spec.get('items', []):
 
         def child(item=item, retry=0, **kwargs):

@@ -87,6 +87,30 @@ fn assert_nested_continued(done: &Value, calls: &std::collections::BTreeMap<Stri
     assert_eq!(done["status"][NESTED], json!({"item": "nested"}), "{done}");
 }
 
+/// Python Kopf running `tests/python/subhandlers_operator.py` (the fixture's twin) on
+/// the cluster, its output into `log`.
+fn spawn_python_kopf(
+    cluster: &Cluster,
+    record: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
+    let out = std::fs::File::create(log).unwrap();
+    Command::new("python3")
+        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
+        .arg(&script)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KOPF_SUBHANDLERS_RECORD", record)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_07_children_succeed_in_one_cycle_without_extra_patches() {
     let cluster = Cluster::start().await;
@@ -239,7 +263,6 @@ async fn permanently_failed_child_is_final_and_the_parent_finishes_as_in_kopf() 
 /// `kopf_e2e::python_kopf_available`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kopf_continues_python_kopfs_pending_subhandlers() {
-    use std::process::{Command, Stdio};
     if !kopf_e2e::python_kopf_available() {
         return;
     }
@@ -252,20 +275,7 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
     let name = "kex-py-sub";
     create_with_items(&cluster, name, &["a", "flaky", "nested"], Some(6.0)).await;
 
-    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
-    let out = std::fs::File::create(&py_log).unwrap();
-    let mut python = Command::new("python3")
-        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
-        .arg(&script)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("KOPF_SUBHANDLERS_RECORD", &py_record)
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
+    let mut python = spawn_python_kopf(&cluster, &py_record, &py_log);
     let partway = cluster
         .wait_obj(name, "Python Kopf partway (item-flaky delayed)", None, |o| {
             let o = o?;
@@ -333,7 +343,6 @@ async fn kopf_continues_python_kopfs_pending_subhandlers() {
 /// re-running the finished sub-handler, and purges everything. Needs Python Kopf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kopf_continues_kopfs_pending_subhandlers() {
-    use std::process::{Command, Stdio};
     if !kopf_e2e::python_kopf_available() {
         return;
     }
@@ -368,20 +377,7 @@ async fn python_kopf_continues_kopfs_pending_subhandlers() {
     assert_eq!(rs_calls.get("create_fn/item-a"), Some(&1), "{rs_calls:?}");
     assert_eq!(rs_calls.get("create_fn/item-flaky"), Some(&1), "{rs_calls:?}");
 
-    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
-    let out = std::fs::File::create(&py_log).unwrap();
-    let mut python = Command::new("python3")
-        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
-        .arg(&script)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("KOPF_SUBHANDLERS_RECORD", &py_record)
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
+    let mut python = spawn_python_kopf(&cluster, &py_record, &py_log);
     let start = std::time::Instant::now();
     let done = loop {
         let obj = cluster.get(name);
@@ -514,5 +510,125 @@ async fn a_grandchilds_permanent_failure_is_final_and_its_parents_finish_as_in_k
         "re-run once for step-flaky: {calls:?}"
     );
     drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// An object whose `create_fn` runs `spec.fns` with `execute_fns` (Kopf's
+/// `execute(fns=...)`), then registers `item-i`.
+async fn create_with_fns(cluster: &Cluster, name: &str) {
+    cluster
+        .emu
+        .create_object(json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfExample",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"fns": ["a", "flaky"], "items": ["i"], "delay": 2.0},
+        }))
+        .await
+        .unwrap();
+}
+
+/// What the operator wrote while `fn-flaky` waits for its retry: ids from the keys,
+/// prefixed with the parent's, and nothing past the pending `execute_fns` ran.
+fn assert_fns_pending(pending: &Value) {
+    let parent = record_of_id(pending, "create_fn").expect("the parent's record");
+    assert_eq!(parent["message"], json!("None"), "{parent}");
+    assert_eq!(
+        parent["subrefs"],
+        json!(["create_fn/fn-a", "create_fn/fn-flaky"]),
+        "{parent}"
+    );
+    assert_eq!(
+        pending["status"]["create_fn/fn-a"],
+        json!({"fn": "a"}),
+        "{pending}"
+    );
+    for later in ["create_fn/named_step", "create_fn/item-i"] {
+        assert!(record_of_id(pending, later).is_none(), "{later}: {pending}");
+    }
+}
+
+/// When done: every function ran as a sub-handler (the named one under its name) and the
+/// parent got past them once. `parent_calls`: Kopf's lifecycle runs one sub-handler per
+/// cycle, so its parent runs more often.
+fn assert_fns_done(done: &Value, calls: &std::collections::BTreeMap<String, usize>, parent_calls: usize) {
+    assert_eq!(progress_annotations(done), Vec::<String>::new(), "{done}");
+    assert_eq!(
+        done["status"]["create_fn/fn-flaky"],
+        json!({"fn": "flaky"}),
+        "{done}"
+    );
+    assert_eq!(
+        done["status"]["create_fn/named_step"],
+        json!({"named": true}),
+        "{done}"
+    );
+    assert_eq!(done["status"]["create_fn/item-i"], json!({"item": "i"}), "{done}");
+    let expected = [
+        ("create_fn", parent_calls),
+        ("create_fn/fn-a", 1),
+        ("create_fn/fn-flaky", 2),
+        ("create_fn/named_step", 1),
+        ("create_fn#after-fns", 1),
+        ("create_fn/item-i", 1),
+    ];
+    for (id, n) in expected {
+        assert_eq!(calls.get(id), Some(&n), "{id}: {calls:?}");
+    }
+}
+
+/// The pending state: `fn-flaky` failed once.
+fn fns_pending(o: Option<&Value>) -> Option<Value> {
+    let o = o?;
+    let flaky = record_of_id(o, "create_fn/fn-flaky")?;
+    (flaky["retries"] == json!(1)).then(|| o.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_fns_runs_functions_as_subhandlers_and_the_parent_past_them_once() {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    create_with_fns(&cluster, "kex-fns").await;
+    let pending = cluster
+        .wait_obj("kex-fns", "the pending fn's record", Some(&kopf), fns_pending)
+        .await;
+    assert_fns_pending(&pending);
+    let done = wait_handled(&cluster, "kex-fns", &kopf).await;
+    assert_fns_done(&done, &calls(&record), 2);
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// The same object and the twin operator in Python Kopf (`await kopf.execute(fns=...)`):
+/// the same ids, records and results. Needs Python Kopf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kopfs_execute_fns_gives_the_same_ids_and_records() {
+    if !kopf_e2e::python_kopf_available() {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (record, log) = (cluster.path("py.txt"), cluster.path("py.log"));
+    let mut python = spawn_python_kopf(&cluster, &record, &log);
+    create_with_fns(&cluster, "kex-py-fns").await;
+    let pending = cluster
+        .wait_obj("kex-py-fns", "Python Kopf's pending fn", None, fns_pending)
+        .await;
+    let done = cluster
+        .wait_obj("kex-py-fns", "Python Kopf done", None, |o| {
+            let o = o?;
+            (last_handled(o).is_some() && o["status"].get("create_fn").is_some()).then(|| o.clone())
+        })
+        .await;
+    let _ = python.kill();
+    let _ = python.wait();
+    assert_fns_pending(&pending);
+    let calls = calls(&record);
+    let parent_calls = calls.get("create_fn").copied().unwrap_or(0);
+    assert!(parent_calls >= 2, "{calls:?}");
+    assert_fns_done(&done, &calls, parent_calls);
     cluster.emu.shutdown().await;
 }
