@@ -537,6 +537,13 @@ pub struct Outcome {
     /// with what each did in this call. Empty when it registered none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<SubhandlerOutcome>,
+    /// Kopf's `patch.fns`: body transformations the handler (and its sub-handlers) asked
+    /// for, in order, as tokens of functions the plugin keeps. The host applies them to
+    /// the freshest body with the control method [`control_methods::PATCH_FNS`] and sends
+    /// the difference as a JSON patch; it releases them when done. Hosts before it ignore
+    /// the field (the functions are then never applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patch_fns: Vec<u64>,
 }
 
 /// Kinds of handler errors, as in Kopf.
@@ -619,6 +626,12 @@ pub mod control_methods {
     /// object is gone; answer `{"forgotten": bool}`) or `{"op": "stats"}` (answer
     /// `{"objects": n}`). Plugins without memo support answer "unsupported".
     pub const MEMO: &str = "memo";
+    /// Kopf's `patch.fns` (see [`super::Outcome::patch_fns`]): payload
+    /// `{"op": "apply", "fns": [token, ...], "body": {...}}` answers `{"body": {...}}`, the
+    /// body after the functions, in order (an unknown token or a failing function is an
+    /// error); `{"op": "release", "fns": [token, ...]}` forgets them (answer
+    /// `{"released": n}`). Plugins before it answer "unsupported".
+    pub const PATCH_FNS: &str = "patch.fns";
     /// The SDK's pool for sync handlers: any payload; answer `{"threads", "busy",
     /// "queued", "max_threads", "saturations", "object_calls"}` (counts; `object_calls`:
     /// handler calls about objects still running, abandoned ones included). Older

@@ -18,6 +18,7 @@ use crate::host;
 use crate::index::IndexRef;
 use crate::logging::ObjectLogger;
 use crate::memo::{self, Memo};
+use crate::patch_fns::PatchFns;
 use crate::subhandlers::{
     self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError, WhenFn,
 };
@@ -712,20 +713,27 @@ fn parse_diff_item(v: &Value) -> Option<DiffItem> {
     })
 }
 
-/// A JSON merge patch for the handled object (Kopf's `patch`).
+/// A JSON merge patch for the handled object (Kopf's `patch`), and body transformations
+/// sent as a JSON patch (Kopf's `patch.fns`: [`Patch::fns`]).
 ///
 /// Index it like a JSON value (`patch["metadata"]["labels"]["x"] = json!("y")`), or use the
 /// helpers. Setting a key to `null` removes it from the object.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Patch(Value);
+pub struct Patch(Value, PatchFns);
 
 impl Patch {
     /// An empty patch.
     pub fn new() -> Self {
-        Self(Value::Object(Map::new()))
+        Self(Value::Object(Map::new()), PatchFns::default())
     }
 
-    /// True when the patch changes nothing.
+    /// The body transformations (Kopf's `patch.fns`): `patch.fns().push(|body| ...)`; see
+    /// [`crate::patch_fns`].
+    pub fn fns(&mut self) -> &mut PatchFns {
+        &mut self.1
+    }
+
+    /// True when the merge patch changes nothing (the transformations aside).
     pub fn is_empty(&self) -> bool {
         match &self.0 {
             Value::Object(m) => m.is_empty(),
@@ -909,7 +917,13 @@ impl DaemonStopped {
 
 /// Builds the JSON outcome pieces from a finished context.
 pub(crate) fn finish(ctx: &Context, outcome: &mut protocol::Outcome) {
-    let patch = ctx.take_patch();
+    let mut patch = ctx.take_patch();
+    let fns = std::mem::take(patch.fns());
+    if !fns.is_empty() && ctx.inner.invocation.admission.is_some() {
+        tracing::warn!(target: "kopf", "patch.fns are not applied in admission webhooks yet: {} dropped", fns.len());
+    } else if !fns.is_empty() {
+        outcome.patch_fns = crate::patch_fns::keep(fns);
+    }
     if !patch.is_empty() {
         outcome.patch = Some(patch.into_value());
     }

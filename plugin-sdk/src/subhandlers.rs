@@ -392,7 +392,9 @@ fn run_one(ctx: &Context, sub: &Subhandler) -> Option<SubhandlerOutcome> {
         outcome.error = Some(error.to_handler_error());
     }
     outcome.children = children;
-    let patch = child.take_patch();
+    let mut patch = child.take_patch();
+    // Kopf's sub-handlers share the cause's patch: their transformations join the parent's.
+    ctx.patch().fns().append(patch.fns());
     if !patch.is_empty() {
         outcome.patch = Some(patch.into_value());
     }
