@@ -34,15 +34,12 @@
 //! whose handler objects carry their full ids, the ids here are always relative to the
 //! parent.
 
-use std::sync::Arc;
-
 use kopf_abi::protocol::{ErrorsMode, HandlerOptions};
 use serde::Serialize;
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::handler::to_result_value;
-use crate::subhandlers::{SubFn, SubhandlerError};
+use crate::subhandlers::{SubFn, SubhandlerError, sync_fn};
 
 /// One function of [`Fns`].
 pub(crate) struct FnEntry {
@@ -76,14 +73,10 @@ impl Fns {
         T: Serialize,
         E: Into<Error>,
     {
-        let func: SubFn = Arc::new(move |ctx: &Context| match f(ctx) {
-            Ok(v) => to_result_value(v),
-            Err(e) => Err(e.into()),
-        });
         self.entries.push(FnEntry {
             id: id.into(),
             options: HandlerOptions::default(),
-            func,
+            func: sync_fn(f),
         });
         self
     }

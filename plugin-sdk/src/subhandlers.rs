@@ -272,12 +272,22 @@ impl<'a> SubhandlerBuilder<'a> {
         T: Serialize,
         E: Into<Error>,
     {
-        let func: SubFn = Arc::new(move |ctx: &Context| match f(ctx) {
-            Ok(v) => to_result_value(v),
-            Err(e) => Err(e.into()),
-        });
-        self.ctx.add_subhandler(self.id, self.options, self.when, func)
+        self.ctx
+            .add_subhandler(self.id, self.options, self.when, sync_fn(f))
     }
+}
+
+/// A synchronous sub-handler function, its result turned into the handler result.
+pub(crate) fn sync_fn<F, T, E>(f: F) -> SubFn
+where
+    F: Fn(&Context) -> Result<T, E> + Send + Sync + 'static,
+    T: Serialize,
+    E: Into<Error>,
+{
+    Arc::new(move |ctx: &Context| match f(ctx) {
+        Ok(v) => to_result_value(v),
+        Err(e) => Err(e.into()),
+    })
 }
 
 /// Whether a sub-handler is done for this cause, as the host will decide (the host has

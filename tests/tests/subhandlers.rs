@@ -37,6 +37,18 @@ async fn wait_handled(cluster: &Cluster, name: &str, kopf: &kopf_e2e::KopfProces
         .await
 }
 
+/// A cluster with kopf running `fixture-subhandlers`, its calls recorded in the file
+/// returned.
+async fn start_with_fixture() -> (Cluster, std::path::PathBuf, kopf_e2e::KopfProcess) {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    (cluster, record, kopf)
+}
+
 /// Calls per handler id, from a record file.
 fn calls(path: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
     let mut out = std::collections::BTreeMap::new();
@@ -142,12 +154,7 @@ async fn example_07_children_succeed_in_one_cycle_without_extra_patches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_child_keeps_kopf_records_then_all_are_purged() {
-    let cluster = Cluster::start().await;
-    let record = cluster.path("record.txt");
-    let kopf = cluster.spawn_kopf(
-        &fixture("fixture-subhandlers"),
-        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
-    );
+    let (cluster, record, kopf) = start_with_fixture().await;
     create_with_items(&cluster, "kex-flaky", &["a", "flaky"], Some(2.0)).await;
 
     // While the flaky child waits for its retry: Kopf's records.
@@ -228,12 +235,7 @@ async fn delayed_child_keeps_kopf_records_then_all_are_purged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanently_failed_child_is_final_and_the_parent_finishes_as_in_kopf() {
-    let cluster = Cluster::start().await;
-    let record = cluster.path("record.txt");
-    let kopf = cluster.spawn_kopf(
-        &fixture("fixture-subhandlers"),
-        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
-    );
+    let (cluster, record, kopf) = start_with_fixture().await;
     create_with_items(&cluster, "kex-fatal", &["fatal", "ok"], None).await;
     let done = wait_handled(&cluster, "kex-fatal", &kopf).await;
     assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
@@ -429,12 +431,7 @@ async fn python_kopf_continues_kopfs_pending_subhandlers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_subhandlers_keep_kopf_records_until_the_grandchildren_finish() {
-    let cluster = Cluster::start().await;
-    let record = cluster.path("record.txt");
-    let kopf = cluster.spawn_kopf(
-        &fixture("fixture-subhandlers"),
-        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
-    );
+    let (cluster, record, kopf) = start_with_fixture().await;
     create_with_items(&cluster, "kex-nested", &["nested"], Some(2.0)).await;
     let (child, flaky, step_a) = (
         "create_fn/item-nested",
@@ -486,12 +483,7 @@ async fn nested_subhandlers_keep_kopf_records_until_the_grandchildren_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grandchilds_permanent_failure_is_final_and_its_parents_finish_as_in_kopf() {
-    let cluster = Cluster::start().await;
-    let record = cluster.path("record.txt");
-    let kopf = cluster.spawn_kopf(
-        &fixture("fixture-subhandlers"),
-        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
-    );
+    let (cluster, record, kopf) = start_with_fixture().await;
     create_with_items(&cluster, "kex-nested-fatal", &["nestedfatal"], Some(0.5)).await;
     let done = wait_handled(&cluster, "kex-nested-fatal", &kopf).await;
     let child = "create_fn/item-nestedfatal";
@@ -586,12 +578,7 @@ fn fns_pending(o: Option<&Value>) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_fns_runs_functions_as_subhandlers_and_the_parent_past_them_once() {
-    let cluster = Cluster::start().await;
-    let record = cluster.path("record.txt");
-    let kopf = cluster.spawn_kopf(
-        &fixture("fixture-subhandlers"),
-        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
-    );
+    let (cluster, record, kopf) = start_with_fixture().await;
     create_with_fns(&cluster, "kex-fns").await;
     let pending = cluster
         .wait_obj("kex-fns", "the pending fn's record", Some(&kopf), fns_pending)
