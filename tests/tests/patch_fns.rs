@@ -2,7 +2,8 @@
 //! `fixture-patch-fns` plugin against the emulator: a handler's body transformation is
 //! applied by its plugin on the freshest body after the merge patch and sent as JSON
 //! patches (body and `/status` apart) guarded by a `test` of the resourceVersion; when the
-//! object changed in between (422), it is applied again on the re-read object.
+//! object changed in between (422), it is applied again on the re-read object. Python Kopf
+//! runs the twin operator on the same emulator for comparison.
 
 mod reactor_common;
 
@@ -59,6 +60,49 @@ async fn a_handlers_patch_fns_go_as_json_patches_after_the_merge_patch() {
         assert_eq!(counters.status(422), 0, "{counters:?}");
     }
     drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// Python Kopf (PyPI 1.45) with the twin operator (`tests/python/patch_fns_operator.py`):
+/// the same object and the same PATCH requests as kopf's. Needs Python Kopf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kopfs_patch_fns_make_the_same_object() {
+    if !kopf_e2e::python_kopf_available() {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (record, log) = (cluster.path("record.txt"), cluster.path("py.log"));
+    let mut python = cluster.spawn_python_kopf(
+        "patch_fns_operator.py",
+        &[("KOPF_PATCH_FNS_RECORD", &record)],
+        &log,
+    );
+    create(&cluster, "kex-py").await;
+    let done = cluster
+        .wait_obj(
+            "kex-py",
+            "Python Kopf's transformation and diff-base",
+            None,
+            |o| {
+                let o = o?;
+                let base = last_handled(o)?;
+                (o["status"]["appended"] == json!(2) && base["spec"]["items"] == json!(["a", "added"]))
+                    .then(|| o.clone())
+            },
+        )
+        .await;
+    let counters = cluster.emu.counters();
+    let _ = python.kill();
+    let _ = python.wait();
+    assert_eq!(done["spec"]["items"], json!(["a", "added"]), "{done}");
+    assert_eq!(transform_calls(&record), 1);
+    if !cluster.emu.is_real() {
+        // As kopf: the merge patch, the JSON patch, the next cycle's diff-base; /status: the
+        // JSON patch alone.
+        assert_eq!(counters.get("patch", "kopfexamples"), 3, "{counters:?}");
+        assert_eq!(counters.get("patch", "kopfexamples/status"), 1, "{counters:?}");
+        assert_eq!(counters.status(422), 0, "{counters:?}");
+    }
     cluster.emu.shutdown().await;
 }
 

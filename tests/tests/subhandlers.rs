@@ -106,21 +106,11 @@ fn spawn_python_kopf(
     record: &std::path::Path,
     log: &std::path::Path,
 ) -> std::process::Child {
-    use std::process::{Command, Stdio};
-    let script = kopf_e2e::workspace_root().join("tests/python/subhandlers_operator.py");
-    let out = std::fs::File::create(log).unwrap();
-    Command::new("python3")
-        .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
-        .arg(&script)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("KOPF_SUBHANDLERS_RECORD", record)
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap()
+    cluster.spawn_python_kopf(
+        "subhandlers_operator.py",
+        &[("KOPF_SUBHANDLERS_RECORD", record)],
+        log,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
