@@ -557,6 +557,36 @@ mod tests {
     }
 
     #[test]
+    fn plugin_fns_follow_the_finalizer_and_split_by_status() {
+        let body = json!({"metadata": {"resourceVersion": "7"}, "spec": {"l": [1]}});
+        let mut p = Patch::new();
+        p.push_fn(PatchFn::AddFinalizer("f".into()));
+        p.push_fn(PatchFn::Plugin { plugin: 2, token: 9 });
+        assert_eq!(p.plugin_fns(), [(2, 9)]);
+        let carried = p.plugin_fns_only();
+        assert_eq!(carried.fns(), [PatchFn::Plugin { plugin: 2, token: 9 }]);
+        assert!(carried.merge().is_empty());
+        // The plugin's functions start from the body with the finalizer added.
+        let before = p.with_finalizer_fns(&body);
+        assert_eq!(before["metadata"]["finalizers"], json!(["f"]));
+        let extra = vec![
+            json!({"op": "add", "path": "/spec/l/1", "value": 2}),
+            json!({"op": "add", "path": "/status", "value": {"n": 2}}),
+        ];
+        let (ops, status) = p.json_requests(&body, true, extra);
+        let ops = ops.unwrap();
+        assert_eq!(
+            ops.len(),
+            3,
+            "test, finalizer, then the function's body op: {ops:?}"
+        );
+        assert_eq!(ops[2]["path"], json!("/spec/l/1"));
+        let status = status.unwrap();
+        assert_eq!(status[0]["op"], json!("test"));
+        assert_eq!(status[1]["path"], json!("/status"));
+    }
+
+    #[test]
     fn merge_from_overlays() {
         let mut p = Patch::from_merge(json!({"spec": {"a": 1, "b": {"c": 1}}}));
         p.merge_from(&json!({"spec": {"b": {"d": null}, "l": [1]}}));
