@@ -241,7 +241,7 @@ impl Context {
     /// progress kept as a registered sub-handler's. Returns [`ChildrenPending`] (as a
     /// [`crate::Error`]) while any of them is unfinished; propagate it with `?`. Bad ids
     /// (empty, twice, a closure without one) are a [`SubhandlerError`] and nothing runs.
-    /// See [`crate::fns`].
+    /// See [`crate::fns`](mod@crate::fns).
     pub fn execute_fns(&self, fns: crate::Fns) -> crate::Result<()> {
         if let Some(error) = fns.error {
             return Err(error.into());

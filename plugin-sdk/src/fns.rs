@@ -50,7 +50,7 @@ pub(crate) struct FnEntry {
 }
 
 /// Functions to run as sub-handlers now, with [`Context::execute_fns`]; start with
-/// [`fns`]. See [the module](crate::fns).
+/// [`fns`]. See [the module](mod@crate::fns).
 #[derive(Default)]
 #[must_use = "functions run only when given to `ctx.execute_fns(...)`"]
 pub struct Fns {

@@ -62,7 +62,8 @@
 //!   async handlers alike). The context gives Kopf's kwargs as methods: [`Context::body`],
 //!   [`Context::spec`], [`Context::meta`], [`Context::status`], [`Context::name`],
 //!   [`Context::namespace`], [`Context::uid`], [`Context::labels`],
-//!   [`Context::annotations`], [`Context::patch`], [`Context::logger`],
+//!   [`Context::annotations`], [`Context::patch`] (with Kopf's `patch.fns`:
+//!   [`patch_fns`]), [`Context::logger`],
 //!   [`Context::retry`], [`Context::started`], [`Context::runtime`], [`Context::diff`],
 //!   [`Context::old`], [`Context::new`], [`Context::reason`], [`Context::param`],
 //!   [`Context::spec_as`], [`Context::stopped`], [`Context::index`], webhook details
@@ -70,7 +71,9 @@
 //!   [`Context::headers`], [`Context::add_warning`]...), events
 //!   ([`Context::info`], [`Context::warn`], [`Context::exception`]; about other objects:
 //!   [`info`], [`warn`], [`exception`], [`event`]), and the in-memory [`Context::memo`]
-//!   (see the [`memo`] module).
+//!   (see the [`memo`] module); sub-handlers of any depth ([`Context::register`],
+//!   [`Context::execute`], [`Context::execute_fns`]: the [`subhandlers`] and [`fns`](mod@fns)
+//!   modules).
 //! * **Return types**: `Result<T, E>` with `T: Serialize` (`()`, `serde_json::Value` or your
 //!   own struct; `null` means "no result") and `E: Into<kopf::Error>` (any
 //!   `std::error::Error`, or [`TemporaryError`], [`PermanentError`], [`AdmissionError`]);
