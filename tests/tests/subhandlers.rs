@@ -472,6 +472,36 @@ async fn nested_subhandlers_keep_kopf_records_until_the_grandchildren_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_progress_survives_a_restart_of_kopf() {
+    let (cluster, record, kopf) = start_with_fixture().await;
+    create_with_items(&cluster, "kex-nested-restart", &["nested"], Some(2.0)).await;
+    cluster
+        .wait_obj(
+            "kex-nested-restart",
+            "the grandchild's record",
+            Some(&kopf),
+            |o| record_of_id(o?, STEP_FLAKY).map(|_| ()),
+        )
+        .await;
+    drop(kopf);
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-subhandlers"),
+        &[("KOPF_SUBHANDLERS_RECORD", record.display().to_string())],
+    );
+    let done = wait_handled(&cluster, "kex-nested-restart", &kopf).await;
+    assert_eq!(progress_annotations(&done), Vec::<String>::new(), "{done}");
+    assert_eq!(done["status"][NESTED], json!({"item": "nested"}), "{done}");
+    let calls = calls(&record);
+    // Across both runs, as without the restart: nothing finished is called again.
+    let expected = [("create_fn", 2), (NESTED, 2), (STEP_A, 1), (STEP_FLAKY, 2)];
+    for (id, n) in expected {
+        assert_eq!(calls.get(id), Some(&n), "{id}: {calls:?}");
+    }
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grandchilds_permanent_failure_is_final_and_its_parents_finish_as_in_kopf() {
     let (cluster, record, kopf) = start_with_fixture().await;
     create_with_items(&cluster, "kex-nested-fatal", &["nestedfatal"], Some(0.5)).await;
