@@ -405,8 +405,9 @@ pub struct Invocation {
     /// Extra, kind-specific data; room to grow without a schema change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, Value>,
-    /// Changing handlers: what the host knows of the handler's sub-handlers from earlier
-    /// cycles, by full id (`parent/child`). Sub-handlers absent here are new (due now).
+    /// Changing handlers: what the host knows of the handler's sub-handlers of any depth
+    /// from earlier cycles, by full id (`parent/child`, `parent/child/grandchild`).
+    /// Sub-handlers absent here are new (due now).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subhandlers: BTreeMap<String, SubhandlerState>,
     /// The `context` of the [`crate::HostTable`] of the operator making this call: every
@@ -508,6 +509,11 @@ pub struct SubhandlerOutcome {
     /// Its error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<HandlerError>,
+    /// The sub-handlers this sub-handler registered in turn (Kopf's sub-sub-handlers, ids
+    /// `parent/child/grandchild`), in registration order, with what each did. Hosts
+    /// before it ignore the field; plugins before it never send it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<SubhandlerOutcome>,
 }
 
 /// The resource being served, as discovered by the host.
@@ -578,6 +584,13 @@ pub struct Outcome {
     /// with what each did in this call. Empty when it registered none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<SubhandlerOutcome>,
+    /// Kopf's `patch.fns`: body transformations the handler (and its sub-handlers) asked
+    /// for, in order, as tokens of functions the plugin keeps. The host applies them to
+    /// the freshest body with the control method [`control_methods::PATCH_FNS`] and sends
+    /// the difference as a JSON patch; it releases them when done. Hosts before it ignore
+    /// the field (the functions are then never applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patch_fns: Vec<u64>,
 }
 
 /// Kinds of handler errors, as in Kopf.
@@ -660,6 +673,12 @@ pub mod control_methods {
     /// object is gone; answer `{"forgotten": bool}`) or `{"op": "stats"}` (answer
     /// `{"objects": n}`). Plugins without memo support answer "unsupported".
     pub const MEMO: &str = "memo";
+    /// Kopf's `patch.fns` (see [`super::Outcome::patch_fns`]): payload
+    /// `{"op": "apply", "fns": [token, ...], "body": {...}}` answers `{"body": {...}}`, the
+    /// body after the functions, in order (an unknown token or a failing function is an
+    /// error); `{"op": "release", "fns": [token, ...]}` forgets them (answer
+    /// `{"released": n}`). Plugins before it answer "unsupported".
+    pub const PATCH_FNS: &str = "patch.fns";
     /// The SDK's pool for sync handlers: any payload; answer `{"threads", "busy",
     /// "queued", "max_threads", "saturations", "object_calls"}` (counts; `object_calls`:
     /// handler calls about objects still running, abandoned ones included). Older

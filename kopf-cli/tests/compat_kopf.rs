@@ -502,7 +502,7 @@ fn finalizer_json_patches() {
             "{c}"
         );
         // The JSON-patch request leads with the resourceVersion test (when there are ops).
-        let (body_ops, status_ops) = patch.json_requests(&c["body"], true);
+        let (body_ops, status_ops) = patch.json_requests(&c["body"], true, Vec::new());
         assert!(status_ops.is_none());
         match body_ops {
             None => assert!(c["ops"].as_array().unwrap().is_empty()),
@@ -669,7 +669,7 @@ fn garbage_never_panics() {
         let _ = State::from_storage(&progress, body, ["h", "g"], now());
         patch.push_fn(PatchFn::AddFinalizer("f".into()));
         patch.push_fn(PatchFn::RemoveFinalizer("f".into()));
-        let _ = patch.json_requests(body, true);
+        let _ = patch.json_requests(body, true, Vec::new());
         let _ = patch.inconsistencies(body);
         let mut copy = body.clone();
         let _ = patch.apply_to(&mut copy);

@@ -18,6 +18,7 @@ use crate::host;
 use crate::index::IndexRef;
 use crate::logging::ObjectLogger;
 use crate::memo::{self, Memo};
+use crate::patch_fns::PatchFns;
 use crate::subhandlers::{
     self, Children, ChildrenPending, SubFn, Subhandler, SubhandlerBuilder, SubhandlerError, WhenFn,
 };
@@ -45,8 +46,6 @@ struct Inner {
     memo: OnceLock<Memo>,
     /// Sub-handlers registered during this call.
     children: Mutex<Children>,
-    /// This context is a sub-handler's.
-    is_child: bool,
     /// Built by `testing::ContextBuilder`: events are recorded here instead of posted.
     events: Option<EventRecorder>,
 }
@@ -97,7 +96,6 @@ impl Context {
                 settings: Mutex::new(None),
                 memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
-                is_child: false,
                 events: None,
             }),
         }
@@ -121,10 +119,12 @@ impl Context {
     }
 
     /// The context of a sub-handler of this handler: the same object and cause, with the
-    /// sub-handler's own id, attempt counters, param, and patch.
+    /// sub-handler's own id, attempt counters, param, and patch, and the states of its own
+    /// sub-handlers (of any depth).
     pub(crate) fn child(&self, id: &str, state: &SubhandlerState, param: Option<Value>) -> Self {
         let mut invocation = self.inner.invocation.clone();
-        invocation.subhandlers.clear();
+        let prefix = format!("{id}/");
+        invocation.subhandlers.retain(|key, _| key.starts_with(&prefix));
         invocation.retry = state.retry;
         invocation.runtime = state.runtime;
         invocation.started = state.started.clone();
@@ -139,7 +139,6 @@ impl Context {
                 // Resolved again on use: the same object memo as the parent's.
                 memo: OnceLock::new(),
                 children: Mutex::new(Children::default()),
-                is_child: true,
                 events: self.inner.events.clone(),
             }),
         }
@@ -158,9 +157,6 @@ impl Context {
     ) -> Result<(), SubhandlerError> {
         if id.is_empty() {
             return Err(SubhandlerError::EmptyId);
-        }
-        if self.inner.is_child {
-            return Err(SubhandlerError::Nested);
         }
         if self.inner.invocation.reason.is_none() {
             return Err(SubhandlerError::NotChanging);
@@ -237,6 +233,40 @@ impl Context {
             Ok(())
         } else {
             Err(ChildrenPending)
+        }
+    }
+
+    /// Runs functions as sub-handlers of this handler now (Kopf's
+    /// `await kopf.execute(fns=...)`): each with the id `<this handler's id>/<key>`, its
+    /// progress kept as a registered sub-handler's. Returns [`ChildrenPending`] (as a
+    /// [`crate::Error`]) while any of them is unfinished; propagate it with `?`. Bad ids
+    /// (empty, twice, a closure without one) are a [`SubhandlerError`] and nothing runs.
+    /// See [`crate::fns`](mod@crate::fns).
+    pub fn execute_fns(&self, fns: crate::Fns) -> crate::Result<()> {
+        if let Some(error) = fns.error {
+            return Err(error.into());
+        }
+        if self.inner.invocation.reason.is_none() {
+            return Err(SubhandlerError::NotChanging.into());
+        }
+        let mut subs = Vec::with_capacity(fns.entries.len());
+        for entry in fns.entries {
+            if entry.id.is_empty() {
+                return Err(SubhandlerError::EmptyId.into());
+            }
+            let id = format!("{}/{}", self.inner.handler_id, entry.id);
+            self.with_children(|c| c.claim(&id))?;
+            subs.push(Subhandler {
+                id,
+                options: entry.options,
+                when: None,
+                func: entry.func,
+            });
+        }
+        if subhandlers::run(self, subs) {
+            Ok(())
+        } else {
+            Err(ChildrenPending.into())
         }
     }
 
@@ -694,20 +724,27 @@ fn parse_diff_item(v: &Value) -> Option<DiffItem> {
     })
 }
 
-/// A JSON merge patch for the handled object (Kopf's `patch`).
+/// A JSON merge patch for the handled object (Kopf's `patch`), and body transformations
+/// sent as a JSON patch (Kopf's `patch.fns`: [`Patch::fns`]).
 ///
 /// Index it like a JSON value (`patch["metadata"]["labels"]["x"] = json!("y")`), or use the
 /// helpers. Setting a key to `null` removes it from the object.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Patch(Value);
+pub struct Patch(Value, PatchFns);
 
 impl Patch {
     /// An empty patch.
     pub fn new() -> Self {
-        Self(Value::Object(Map::new()))
+        Self(Value::Object(Map::new()), PatchFns::default())
     }
 
-    /// True when the patch changes nothing.
+    /// The body transformations (Kopf's `patch.fns`): `patch.fns().push(|body| ...)`; see
+    /// [`crate::patch_fns`].
+    pub fn fns(&mut self) -> &mut PatchFns {
+        &mut self.1
+    }
+
+    /// True when the merge patch changes nothing (the transformations aside).
     pub fn is_empty(&self) -> bool {
         match &self.0 {
             Value::Object(m) => m.is_empty(),
@@ -897,7 +934,13 @@ impl DaemonStopped {
 
 /// Builds the JSON outcome pieces from a finished context.
 pub(crate) fn finish(ctx: &Context, outcome: &mut protocol::Outcome) {
-    let patch = ctx.take_patch();
+    let mut patch = ctx.take_patch();
+    let fns = std::mem::take(patch.fns());
+    if !fns.is_empty() && ctx.inner.invocation.admission.is_some() {
+        tracing::warn!(target: "kopf", "patch.fns are not applied in admission webhooks yet: {} dropped", fns.len());
+    } else if !fns.is_empty() {
+        outcome.patch_fns = crate::patch_fns::keep(fns);
+    }
     if !patch.is_empty() {
         outcome.patch = Some(patch.into_value());
     }

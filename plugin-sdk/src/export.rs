@@ -371,6 +371,9 @@ extern "C" fn control(method: RStr<'_>, payload: RStr<'_>) -> RResult<RString, F
             memo::control(payload.as_str()).map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, e))
         }
         control_methods::POOL => to_json(&pool::sync_pool().stats()),
+        control_methods::PATCH_FNS => {
+            crate::patch_fns::control(payload.as_str()).map_err(|e| Failure::new(FailureKind::BAD_PAYLOAD, e))
+        }
         other => Err(Failure::new(
             FailureKind::UNSUPPORTED,
             format!("unknown control method {other:?}"),

@@ -62,7 +62,8 @@
 //!   async handlers alike). The context gives Kopf's kwargs as methods: [`Context::body`],
 //!   [`Context::spec`], [`Context::meta`], [`Context::status`], [`Context::name`],
 //!   [`Context::namespace`], [`Context::uid`], [`Context::labels`],
-//!   [`Context::annotations`], [`Context::patch`], [`Context::logger`],
+//!   [`Context::annotations`], [`Context::patch`] (with Kopf's `patch.fns`:
+//!   [`patch_fns`]), [`Context::logger`],
 //!   [`Context::retry`], [`Context::started`], [`Context::runtime`], [`Context::diff`],
 //!   [`Context::old`], [`Context::new`], [`Context::reason`], [`Context::param`],
 //!   [`Context::spec_as`], [`Context::stopped`], [`Context::index`], webhook details
@@ -70,7 +71,9 @@
 //!   [`Context::headers`], [`Context::add_warning`]...), events
 //!   ([`Context::info`], [`Context::warn`], [`Context::exception`]; about other objects:
 //!   [`info`], [`warn`], [`exception`], [`event`]), and the in-memory [`Context::memo`]
-//!   (see the [`memo`] module).
+//!   (see the [`memo`] module); sub-handlers of any depth ([`Context::register`],
+//!   [`Context::execute`], [`Context::execute_fns`]: the [`subhandlers`] and [`fns`](mod@fns)
+//!   modules).
 //! * **Return types**: `Result<T, E>` with `T: Serialize` (`()`, `serde_json::Value` or your
 //!   own struct; `null` means "no result") and `E: Into<kopf::Error>` (any
 //!   `std::error::Error`, or [`TemporaryError`], [`PermanentError`], [`AdmissionError`]);
@@ -178,12 +181,14 @@ mod context;
 mod error;
 pub mod events;
 mod export;
+pub mod fns;
 mod handler;
 pub mod hierarchies;
 mod host;
 pub mod index;
 mod logging;
 pub mod memo;
+pub mod patch_fns;
 mod pool;
 mod runtime;
 mod selector;
@@ -202,6 +207,7 @@ pub use error::{
 };
 pub use events::{event, exception, info, warn};
 pub use export::{IN_PROCESS_KEY, plugin_module};
+pub use fns::{Fns, fns};
 pub use handler::{
     DelayCallback, Handler, HandlerBuilder, HandlerResult, InitialDelay, IntoInitialDelay, IntoMetaFilter,
     IntoValueFilter, MetaCallback, MetaFilter, Registry, ValueCallback, ValueFilter, WhenCallback, handlers,
@@ -217,6 +223,7 @@ pub use index::{IndexRef, IndexSnapshot, Store};
 pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
 pub use memo::{Memo, MemoError, operator_memo};
+pub use patch_fns::PatchFns;
 pub use runtime::{block_on, runtime};
 pub use selector::{ABSENT, EVERYTHING, Marker, PRESENT, SelectorArg, SelectorKeywords, parse_selector};
 pub use subhandlers::{ChildrenPending, SubhandlerBuilder, SubhandlerError};

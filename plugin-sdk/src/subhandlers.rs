@@ -43,11 +43,19 @@
 //! ([`SubhandlerBuilder::register_async`]), with Kopf's options (errors, timeout, retries,
 //! backoff, param) and a `when` filter ([`SubhandlerBuilder::when`]). All due sub-handlers
 //! run in the same cycle, one after another (Kopf's default lifecycle runs one per cycle).
-//! Registering sub-handlers from a sub-handler (Kopf's sub-sub-handlers) is not supported
-//! yet and returns [`SubhandlerError::Nested`]; label, annotation and field filters on
-//! sub-handlers are not either (check them in `when`).
+//! Label, annotation and field filters on sub-handlers are not supported (check them in
+//! `when`).
+//!
+//! Sub-handlers may register sub-handlers in turn (Kopf's sub-sub-handlers), to any depth:
+//! `create_fn/item-a/step-1`. A sub-handler is then finished only when all its own
+//! sub-handlers are: until then it is called again in each cycle, as its parent is, and
+//! its progress record keeps Kopf's `"message":"None"` and `subrefs`; the top parent's
+//! `subrefs` lists the sub-handlers of all depths, as Kopf's does.
+//!
+//! Functions can also be run as sub-handlers on the spot, Kopf's
+//! `await kopf.execute(fns=...)`: [`Context::execute_fns`] with [`crate::Fns`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -81,9 +89,10 @@ pub enum SubhandlerError {
         "sub-handlers can be registered only by changing handlers (create, update, delete, resume, field)"
     )]
     NotChanging,
-    /// Sub-handlers of sub-handlers are not supported yet.
-    #[error("sub-handlers of sub-handlers are not supported")]
-    Nested,
+    /// A function given to [`crate::Fns::named`] has no name to make its id of (a
+    /// closure): give it an id with [`crate::Fns::add`].
+    #[error("{0} has no name to make a sub-handler id of: give it an id with `Fns::add`")]
+    Unnamed(String),
 }
 
 /// Returned by [`Context::execute`] when some sub-handlers are not finished yet (Kopf's
@@ -120,10 +129,17 @@ pub(crate) struct Children {
 
 impl Children {
     pub(crate) fn add(&mut self, sub: Subhandler) -> Result<(), SubhandlerError> {
-        if !self.ids.insert(sub.id.clone()) {
-            return Err(SubhandlerError::DuplicateId(sub.id));
-        }
+        self.claim(&sub.id)?;
         self.pending.push(sub);
+        Ok(())
+    }
+
+    /// Reserves a full id for this call: ids are unique among all sub-handlers of a call,
+    /// registered or given to `execute_fns` (they share the object's progress records).
+    pub(crate) fn claim(&mut self, id: &str) -> Result<(), SubhandlerError> {
+        if !self.ids.insert(id.to_owned()) {
+            return Err(SubhandlerError::DuplicateId(id.to_owned()));
+        }
         Ok(())
     }
 
@@ -256,17 +272,39 @@ impl<'a> SubhandlerBuilder<'a> {
         T: Serialize,
         E: Into<Error>,
     {
-        let func: SubFn = Arc::new(move |ctx: &Context| match f(ctx) {
-            Ok(v) => to_result_value(v),
-            Err(e) => Err(e.into()),
-        });
-        self.ctx.add_subhandler(self.id, self.options, self.when, func)
+        self.ctx
+            .add_subhandler(self.id, self.options, self.when, sync_fn(f))
     }
 }
 
-/// The error kinds and options that make an attempt final, as the host will decide
-/// (the host has the last word; this only tells [`Context::execute`] what to return).
-fn is_final(outcome: &SubhandlerOutcome, state: &SubhandlerState) -> bool {
+/// A synchronous sub-handler function, its result turned into the handler result.
+pub(crate) fn sync_fn<F, T, E>(f: F) -> SubFn
+where
+    F: Fn(&Context) -> Result<T, E> + Send + Sync + 'static,
+    T: Serialize,
+    E: Into<Error>,
+{
+    Arc::new(move |ctx: &Context| match f(ctx) {
+        Ok(v) => to_result_value(v),
+        Err(e) => Err(e.into()),
+    })
+}
+
+/// Whether a sub-handler is done for this cause, as the host will decide (the host has
+/// the last word; this only tells [`Context::execute`] what to return). A sub-handler
+/// that succeeded is done only when all its own sub-handlers are (Kopf's
+/// `HandlerChildrenRetry` one level up).
+fn is_final(outcome: &SubhandlerOutcome, states: &BTreeMap<String, SubhandlerState>) -> bool {
+    let state = states.get(&outcome.id).cloned().unwrap_or_default();
+    if !own_final(outcome, &state) {
+        return false;
+    }
+    !outcome.invoked || outcome.error.is_some() || outcome.children.iter().all(|c| is_final(c, states))
+}
+
+/// The error kinds and options that make an attempt final, ignoring the sub-handler's own
+/// sub-handlers.
+fn own_final(outcome: &SubhandlerOutcome, state: &SubhandlerState) -> bool {
     let options = &outcome.options;
     if !outcome.invoked {
         return state.finished || exhausted(options, state);
@@ -295,62 +333,97 @@ fn exhausted(options: &HandlerOptions, state: &SubhandlerState) -> bool {
 /// their outcomes in `ctx`. Returns whether all sub-handlers registered so far are final.
 pub(crate) fn execute(ctx: &Context) -> bool {
     let subs = ctx.with_children(Children::take_pending);
+    run(ctx, subs);
+    let states = &ctx.invocation().subhandlers;
+    ctx.with_children(|c| c.done.iter().all(|o| is_final(o, states)))
+}
+
+/// Runs `subs` as sub-handlers of `ctx` (those due; a `when` filter may drop one), records
+/// their outcomes in `ctx`, and returns whether all of them are final.
+pub(crate) fn run(ctx: &Context, subs: Vec<Subhandler>) -> bool {
+    let mut all_final = true;
     for sub in subs {
-        if let Some(when) = &sub.when {
-            let _quiet = QuietPanics::enter();
-            if !catch_unwind(AssertUnwindSafe(|| when(ctx))).unwrap_or(false) {
-                continue;
-            }
+        if let Some(outcome) = run_one(ctx, &sub) {
+            all_final &= is_final(&outcome, &ctx.invocation().subhandlers);
+            ctx.with_children(|c| c.record(outcome));
         }
-        let state = ctx
-            .invocation()
-            .subhandlers
-            .get(&sub.id)
-            .cloned()
-            .unwrap_or_default();
-        let mut outcome = SubhandlerOutcome {
-            id: sub.id.clone(),
-            options: sub.options.clone(),
-            ..Default::default()
-        };
-        if state.is_due() && !exhausted(&sub.options, &state) {
-            let child = ctx.child(&sub.id, &state, sub.options.param.clone());
-            let result = {
-                let _quiet = QuietPanics::enter();
-                catch_unwind(AssertUnwindSafe(|| (sub.func)(&child)))
-            };
-            outcome.invoked = true;
-            match result {
-                Ok(Ok(value)) => outcome.result = value,
-                Ok(Err(error)) => outcome.error = Some(error.to_handler_error()),
-                Err(payload) => {
-                    outcome.error = Some(kopf_abi::protocol::HandlerError {
-                        kind: HandlerErrorKind::Arbitrary,
-                        message: panic_message(payload.as_ref()),
-                        delay: None,
-                        code: None,
-                        panicked: true,
-                    })
-                }
-            }
-            let patch = child.take_patch();
-            if !patch.is_empty() {
-                outcome.patch = Some(patch.into_value());
-            }
-        }
-        ctx.with_children(|c| c.record(outcome));
     }
-    ctx.with_children(|c| {
-        c.done.iter().all(|o| {
-            let state = ctx
-                .invocation()
-                .subhandlers
-                .get(&o.id)
-                .cloned()
-                .unwrap_or_default();
-            is_final(o, &state)
-        })
-    })
+    all_final
+}
+
+/// One sub-handler: filtered, called if due, its own sub-handlers run after it (Kopf's
+/// implicit execution); `None` when its `when` filter drops it.
+fn run_one(ctx: &Context, sub: &Subhandler) -> Option<SubhandlerOutcome> {
+    if let Some(when) = &sub.when {
+        let _quiet = QuietPanics::enter();
+        if !catch_unwind(AssertUnwindSafe(|| when(ctx))).unwrap_or(false) {
+            return None;
+        }
+    }
+    let state = ctx
+        .invocation()
+        .subhandlers
+        .get(&sub.id)
+        .cloned()
+        .unwrap_or_default();
+    let mut outcome = SubhandlerOutcome {
+        id: sub.id.clone(),
+        options: sub.options.clone(),
+        ..Default::default()
+    };
+    if !state.is_due() || exhausted(&sub.options, &state) {
+        return Some(outcome);
+    }
+    let child = ctx.child(&sub.id, &state, sub.options.param.clone());
+    let result = {
+        let _quiet = QuietPanics::enter();
+        catch_unwind(AssertUnwindSafe(|| (sub.func)(&child)))
+    };
+    outcome.invoked = true;
+    let failed = match result {
+        Ok(Ok(value)) => {
+            outcome.result = value;
+            None
+        }
+        Ok(Err(error)) => Some(error),
+        Err(payload) => {
+            outcome.error = Some(kopf_abi::protocol::HandlerError {
+                kind: HandlerErrorKind::Arbitrary,
+                message: panic_message(payload.as_ref()),
+                delay: None,
+                code: None,
+                panicked: true,
+            });
+            Some(Error::msg("panicked"))
+        }
+    };
+    let (pending, children) = conclude(&child, failed.as_ref());
+    if let Some(error) = failed.filter(|_| !pending && outcome.error.is_none()) {
+        outcome.error = Some(error.to_handler_error());
+    }
+    outcome.children = children;
+    let mut patch = child.take_patch();
+    // Kopf's sub-handlers share the cause's patch: their transformations join the parent's.
+    ctx.patch().fns().append(patch.fns());
+    if !patch.is_empty() {
+        outcome.patch = Some(patch.into_value());
+    }
+    Some(outcome)
+}
+
+/// After a handler or sub-handler function returned: runs the remaining sub-handlers if
+/// it succeeded (Kopf's implicit execution). Returns whether its error is only
+/// [`ChildrenPending`] (not a handler error: the host decides about it from its
+/// children's outcomes), and the outcomes of its sub-handlers.
+fn conclude(ctx: &Context, failed: Option<&Error>) -> (bool, Vec<SubhandlerOutcome>) {
+    let pending = match failed {
+        None => {
+            execute(ctx);
+            false
+        }
+        Some(error) => error.downcast_ref::<ChildrenPending>().is_some(),
+    };
+    (pending, ctx.with_children(Children::take_done))
 }
 
 /// Whether `ctx` has registered sub-handlers not executed yet.
@@ -362,16 +435,11 @@ pub(crate) fn has_pending(ctx: &Context) -> bool {
 /// (Kopf's implicit execution), drops the [`ChildrenPending`] error (the host decides
 /// about the parent from the children's outcomes), and moves the outcomes into `outcome`.
 pub(crate) fn finish(ctx: &Context, outcome: &mut kopf_abi::protocol::Outcome, failed: Option<&Error>) {
-    match failed {
-        None => {
-            execute(ctx);
-        }
-        Some(error) if error.downcast_ref::<ChildrenPending>().is_some() => {
-            outcome.error = None;
-        }
-        Some(_) => {}
+    let (pending, children) = conclude(ctx, failed);
+    if pending {
+        outcome.error = None;
     }
-    outcome.children = ctx.with_children(Children::take_done);
+    outcome.children = children;
 }
 
 #[cfg(test)]
@@ -460,7 +528,11 @@ mod tests {
         let event = Context::from_invocation("ev", Invocation::default());
         assert_eq!(event.register("x", ok), Err(SubhandlerError::NotChanging));
         let child = c.child("create_fn/y", &SubhandlerState::default(), None);
-        assert_eq!(child.register("z", ok), Err(SubhandlerError::Nested));
+        child.register("z", ok).unwrap();
+        assert_eq!(
+            child.with_children(|c| c.take_pending()[0].id.clone()),
+            "create_fn/y/z"
+        );
     }
 
     #[test]
@@ -542,5 +614,76 @@ mod tests {
         let done = c.with_children(Children::take_done);
         assert!(!done[0].invoked);
         assert_eq!(done[0].options.retries, Some(3));
+    }
+
+    #[test]
+    fn grandchildren_report_under_their_parent_and_keep_it_pending() {
+        let mut known = BTreeMap::new();
+        known.insert(
+            "create_fn/a/done".to_owned(),
+            SubhandlerState {
+                finished: true,
+                retry: 1,
+                ..Default::default()
+            },
+        );
+        let c = ctx(known);
+        c.register("a", |ctx: &Context| -> crate::Result<()> {
+            ctx.register("done", |_: &Context| -> crate::Result<()> {
+                panic!("finished already")
+            })?;
+            ctx.register("later", |_: &Context| -> crate::Result<()> {
+                Err(TemporaryError::new("later").delay(3.0).into())
+            })?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(c.execute(), Err(ChildrenPending), "a grandchild is pending");
+        let done = c.with_children(Children::take_done);
+        assert_eq!(done.len(), 1);
+        let a = &done[0];
+        assert!(a.invoked && a.error.is_none(), "{a:?}");
+        let ids: Vec<_> = a.children.iter().map(|g| (g.id.as_str(), g.invoked)).collect();
+        assert_eq!(ids, [("create_fn/a/done", false), ("create_fn/a/later", true)]);
+        // ChildrenPending from a child's own execute() is no error of the child.
+        let c = ctx(BTreeMap::new());
+        c.register("b", |ctx: &Context| -> crate::Result<()> {
+            ctx.register("x", |_: &Context| -> crate::Result<()> {
+                Err(TemporaryError::new("x").into())
+            })?;
+            ctx.execute()?;
+            unreachable!("x is pending");
+        })
+        .unwrap();
+        assert_eq!(c.execute(), Err(ChildrenPending));
+        let b = &c.with_children(Children::take_done)[0];
+        assert_eq!((b.error.as_ref(), b.children.len()), (None, 1), "{b:?}");
+    }
+
+    #[test]
+    fn execute_fns_runs_functions_now_with_prefixed_ids() {
+        fn named_fn(ctx: &Context) -> crate::Result<String> {
+            Ok(ctx.handler_id().to_owned())
+        }
+        let c = ctx(BTreeMap::new());
+        c.execute_fns(
+            crate::fns()
+                .add("a", |_: &Context| -> crate::Result<_> { Ok(1) })
+                .named(named_fn),
+        )
+        .unwrap();
+        let done = c.with_children(Children::take_done);
+        let ids: Vec<_> = done.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["create_fn/a", "create_fn/named_fn"]);
+        assert_eq!(done[1].result, Some(json!("create_fn/named_fn")));
+        let pending = c.execute_fns(crate::fns().add("t", |_: &Context| -> crate::Result<()> {
+            Err(TemporaryError::new("t").into())
+        }));
+        assert!(pending.unwrap_err().downcast_ref::<ChildrenPending>().is_some());
+        let twice = c.execute_fns(crate::fns().add("a", |_: &Context| -> crate::Result<()> { Ok(()) }));
+        assert_eq!(
+            twice.unwrap_err().downcast_ref::<SubhandlerError>(),
+            Some(&SubhandlerError::DuplicateId("create_fn/a".into()))
+        );
     }
 }

@@ -3,8 +3,10 @@
 //! [`collect`] puts an outcome's patch and result into the object's [`Patch`]; [`apply`]
 //! sends a patch: merge patches first (**status before body**, so that a crash between
 //! them re-runs a handler whose result is stored rather than marking a handler done whose
-//! result was lost), then the JSON-patch operations computed on the freshest body. A
-//! JSON patch refused because the object changed is answered with the re-read object.
+//! result was lost), then the JSON-patch operations computed on the freshest body: the
+//! finalizer's, then the difference the handlers' functions (Kopf's `patch.fns`, applied
+//! by their plugins) make. A JSON patch refused because the object changed is answered
+//! with the re-read object; the caller carries the functions to the next cycle.
 //! Resource handlers, event handlers, daemons and timers all persist this way.
 
 use kopf_abi::protocol::Outcome;
@@ -13,7 +15,12 @@ use serde_json::Value;
 
 use crate::{
     clients::{ApiError, patching},
-    structs::{bodies::Body, patches::Patch, references::Resource},
+    plugin::PluginSet,
+    structs::{
+        bodies::Body,
+        patches::{Patch, PatchFn},
+        references::Resource,
+    },
 };
 
 /// What sending a patch (or re-reading) produced.
@@ -93,6 +100,38 @@ pub fn collect(patch: &mut Patch, handler_id: &str, outcome: &Outcome, deliver: 
     }
 }
 
+/// Puts the body transformations a handler of plugin `plugin` asked for (Kopf's
+/// `patch.fns`, its sub-handlers' included) into `patch`, after those already there.
+pub fn collect_fns(patch: &mut Patch, plugin: usize, outcome: &Outcome) {
+    for token in &outcome.patch_fns {
+        patch.push_fn(PatchFn::Plugin {
+            plugin,
+            token: *token,
+        });
+    }
+}
+
+/// The JSON-patch operations of the plugins' functions in `patch`, on `base` with the
+/// finalizer's operations done. A function that fails is logged and its change not
+/// sent: the handler that asked for it has finished, and nothing would retry it.
+fn plugin_ops(plugins: &PluginSet, patch: &Patch, base: &Value) -> Vec<Value> {
+    let fns = patch.plugin_fns();
+    if fns.is_empty() {
+        return Vec::new();
+    }
+    let before = patch.with_finalizer_fns(base);
+    match plugins.apply_patch_fns(&fns, before.clone()) {
+        Ok(after) => match serde_json::to_value(json_patch::diff(&before, &after)) {
+            Ok(Value::Array(ops)) => ops,
+            _ => Vec::new(),
+        },
+        Err(error) => {
+            tracing::error!(target: "kopf.objects", "The patch functions could not be applied; their changes are not sent: {error}");
+            Vec::new()
+        }
+    }
+}
+
 /// Kopf's check after merge-patching: fields that did not come back as written (a CRD's
 /// structural schema prunes unknown fields, so results and progress stored there are lost
 /// silently, and handlers would run again) are worth a warning. Only the merge-patch is
@@ -125,6 +164,7 @@ pub async fn reread(client: &Client, resource: &Resource, body: &Value) -> Resul
 /// body, if any request was sent.
 pub async fn apply(
     client: &Client,
+    plugins: &PluginSet,
     resource: &Resource,
     body: &Value,
     patch: &Patch,
@@ -156,9 +196,17 @@ pub async fn apply(
         }
     }
     let base = fresh.as_ref().unwrap_or(body);
-    let (body_ops, status_ops) = patch.json_requests(base, status_sub);
+    let extra = plugin_ops(plugins, patch, base);
+    let (body_ops, status_ops) = patch.json_requests(base, status_sub, extra);
     for (ops, sub) in [(body_ops, None), (status_ops, Some("status"))] {
-        let Some(ops) = ops else { continue };
+        let Some(mut ops) = ops else { continue };
+        // After the body's JSON patch, the status's tests the version that one made (Kopf).
+        if let (Some(test), Some(rv)) = (
+            ops.first_mut(),
+            fresh.as_ref().and_then(|f| Body::new(f).resource_version()),
+        ) {
+            test["value"] = Value::String(rv.to_owned());
+        }
         match patching::patch(client, &url(sub), patching::PatchType::Json, &Value::Array(ops)).await {
             Ok(result) => fresh = Some(result),
             Err(e) if e.is_not_found() => return Ok(Applied::Gone),

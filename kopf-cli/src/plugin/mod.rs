@@ -13,6 +13,7 @@ mod errors;
 mod host;
 mod inprocess;
 mod loader;
+mod patch_fns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -135,7 +135,19 @@ impl ResourceProcessor {
                 }
                 break;
             }
-            match application::apply(&self.shared.client, &self.resource, &body, &patch).await {
+            let plugins = &self.shared.plugins;
+            let applied =
+                application::apply(&self.shared.client, plugins, &self.resource, &body, &patch).await;
+            // A refused JSON patch leaves the handlers' functions undone: they go again on
+            // the re-read body (Kopf's remaining patch); otherwise the plugins forget them.
+            let carried = match &applied {
+                Ok(Applied::Conflicted(_)) if conflicts < MAX_CONFLICTS => patch.plugin_fns_only(),
+                _ => {
+                    plugins.release_patch_fns(&patch.plugin_fns());
+                    Patch::new()
+                }
+            };
+            match applied {
                 Ok(Applied::Unchanged) => memory.errors = 0,
                 Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
@@ -170,14 +182,17 @@ impl ResourceProcessor {
                 // does not purge or store against a state older than the object's.
                 Err(error) => return self.throttle(memory, body, &Stall::Api(error), true),
             }
-            patch = Patch::new();
+            patch = carried;
             if let Some(error) = undecided {
+                self.shared.plugins.release_patch_fns(&patch.plugin_fns());
                 return self.throttle(memory, body, &Stall::Filters(error), false);
             }
             if !cycle.again && !news {
                 break;
             }
         }
+        // Cycles ran out with functions still carried: given up.
+        self.shared.plugins.release_patch_fns(&patch.plugin_fns());
         memory.body = Some(body);
         memory.retry_at = delay.map(|delay| Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
         let mut verdict = self.idle_verdict(memory);
@@ -506,13 +521,18 @@ impl ResourceProcessor {
                 patch,
             );
             for (id, child_decision) in &s.decisions {
-                execution::log_decision(handler.kind(), id, child_decision);
+                if s.waiting.contains(id) {
+                    tracing::debug!(target: "kopf.objects", "{} has unfinished sub-handlers. Will retry soon.", execution::handler_name(handler.kind(), id));
+                } else {
+                    execution::log_decision(handler.kind(), id, child_decision);
+                }
                 execution::count_retry(&shared.metrics, handler.kind(), id, child_decision);
             }
             decision = subhandling::parent_decision(decision, &s);
             settled = Some(s);
         }
         application::collect(patch, handler.id(), &outcome, decision == Decision::Success);
+        application::collect_fns(patch, handler.plugin().index(), &outcome);
         (decision, settled)
     }
 

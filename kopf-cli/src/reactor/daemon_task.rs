@@ -288,8 +288,11 @@ impl Task {
             &outcome,
             decision == Decision::Success,
         );
+        application::collect_fns(&mut patch, self.handler.plugin().index(), &outcome);
         if !patch.is_empty() {
             self.apply(&object, &patch).await;
+            // Applied or refused, not carried to the next attempt (Kopf carries them).
+            self.shared.plugins.release_patch_fns(&patch.plugin_fns());
         }
         decision
     }
@@ -304,7 +307,10 @@ impl Task {
                 return;
             }
         };
-        if let Err(failed) = application::apply(&self.shared.client, &self.resource, &body, patch).await {
+        let plugins = &self.shared.plugins;
+        if let Err(failed) =
+            application::apply(&self.shared.client, plugins, &self.resource, &body, patch).await
+        {
             tracing::warn!(target: "kopf.objects", "Patching after {} failed: {}", execution::handler_name(self.handler.kind(), self.handler.id()), failed.describe(&self.resource));
         }
     }

@@ -219,6 +219,7 @@ impl ResourceProcessor {
                 tracing::warn!(target: "kopf.objects", "{} failed with an error (ignored): {}", execution::handler_name(handler.kind(), handler.id()), error.message);
             }
             application::collect(patch, handler.id(), &outcome, outcome.error.is_none());
+            application::collect_fns(patch, handler.plugin().index(), &outcome);
         }
     }
 }

@@ -16,11 +16,13 @@
 //! - the parent finishes when all children have finished, successfully or not (as in
 //!   Kopf 1.45, a child's permanent failure does not fail the parent);
 //! - when the cause is fully handled, the records of the children are purged together
-//!   with the parent's (through `subrefs`), as in Kopf.
+//!   with the parent's (through `subrefs`), as in Kopf;
+//! - a child may register children in turn (reported in its own `children`): it is then
+//!   a parent as above, and the top parent's `subrefs` lists all depths, as Kopf's.
 //!
 //! [`Invocation::subhandlers`]: kopf_abi::protocol::Invocation::subhandlers
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kopf_abi::protocol::{HandlerSpec, Outcome, SubhandlerOutcome, SubhandlerState};
 use serde_json::Value;
@@ -42,8 +44,8 @@ pub const CHILDREN_RETRY_MESSAGE: &str = "None";
 
 /// The stored states of a parent's children, found through the parent's `subrefs`.
 ///
-/// Only ids under `parent_id/` are returned (sub-sub-handlers are not supported, so these
-/// are the direct children; a child id may itself contain `/`), and only records of the current
+/// Only ids under `parent_id/` are returned (the sub-handlers of all depths: Kopf lists
+/// them all in the top parent's `subrefs`), and only records of the current
 /// `purpose` (records of a superseded cause are treated as absent, so those children start
 /// over). Unreadable records are logged and treated as absent.
 pub fn known_children(
@@ -110,14 +112,28 @@ pub fn invocation_states(
 /// The children's part of a parent's attempt, once settled by [`settle`].
 #[derive(Debug, Default)]
 pub struct Settled {
-    /// Decisions on the children that were called (or failed without a call), in order.
+    /// Decisions on the sub-handlers of any depth that were called (or failed without a
+    /// call), each sub-handler's own sub-handlers before it.
     pub decisions: Vec<(String, Decision)>,
-    /// The new states of all registered children (store the changed ones).
+    /// The sub-handlers whose retry is only a wait for their own sub-handlers (Kopf logs
+    /// these quietly: "has unfinished sub-handlers").
+    pub waiting: BTreeSet<String>,
+    /// The new states of all registered sub-handlers of any depth (store the changed ones).
     pub states: BTreeMap<String, HandlerState>,
-    /// All registered children's ids: the parent's new `subrefs`.
+    /// All registered sub-handlers' ids, of any depth: the parent's new `subrefs`.
     pub subrefs: Vec<String>,
-    /// Seconds until the earliest unfinished child is due; `None` when all finished.
+    /// Seconds until the earliest unfinished direct child is due; `None` when all finished.
     pub pending_delay: Option<f64>,
+}
+
+impl Settled {
+    /// Takes in what a child's own sub-handlers settled.
+    fn absorb(&mut self, grand: Settled) {
+        self.decisions.extend(grand.decisions);
+        self.waiting.extend(grand.waiting);
+        self.states.extend(grand.states);
+        self.subrefs.extend(grand.subrefs);
+    }
 }
 
 fn child_spec(parent: &HandlerSpec, child: &SubhandlerOutcome) -> HandlerSpec {
@@ -131,9 +147,18 @@ fn child_spec(parent: &HandlerSpec, child: &SubhandlerOutcome) -> HandlerSpec {
     }
 }
 
+/// What every level of [`settle`] shares.
+struct Settling<'a> {
+    parent: &'a HandlerSpec,
+    purpose: Option<&'a str>,
+    now: Timestamp,
+    default_backoff: f64,
+}
+
 /// Applies the children's outcomes: decides each (Kopf's retry rules, with each child's
-/// own options), merges their patches, delivers the results of the successful ones into
-/// `patch`, and computes their new states.
+/// own options; a child that registered sub-handlers in turn stays unfinished while any
+/// of those is, as its parent does), merges their patches, delivers the results of the
+/// successful ones into `patch`, and computes their new states.
 pub fn settle(
     parent: &HandlerSpec,
     children: &[SubhandlerOutcome],
@@ -143,6 +168,26 @@ pub fn settle(
     default_backoff: f64,
     patch: &mut Patch,
 ) -> Settled {
+    let settling = Settling {
+        parent,
+        purpose,
+        now,
+        default_backoff,
+    };
+    let mut settled = settle_level(&settling, children, &mut known, patch);
+    settled.subrefs.sort();
+    settled.subrefs.dedup();
+    settled
+}
+
+/// One level of sub-handlers (and, through it, the levels below).
+fn settle_level(
+    settling: &Settling<'_>,
+    children: &[SubhandlerOutcome],
+    known: &mut BTreeMap<String, HandlerState>,
+    patch: &mut Patch,
+) -> Settled {
+    let now = settling.now;
     let mut settled = Settled::default();
     for child in children {
         if child.id.is_empty() || settled.states.contains_key(&child.id) {
@@ -150,31 +195,28 @@ pub fn settle(
         }
         let state = known
             .remove(&child.id)
-            .unwrap_or_else(|| HandlerState::from_scratch(now, purpose));
-        let spec = child_spec(parent, child);
-        let attempt = Attempt {
-            retries: u32::try_from(state.retries.max(0)).unwrap_or(u32::MAX),
-            runtime: state.runtime(&now),
-        };
+            .unwrap_or_else(|| HandlerState::from_scratch(now, settling.purpose));
+        let mut step_subrefs = Vec::new();
         let decision = if state.finished() {
             None
-        } else if child.invoked {
-            let outcome = Outcome {
-                error: child.error.clone(),
-                patch: child.patch.clone(),
-                result: child.result.clone(),
-                ..Default::default()
-            };
-            // Counted by the caller, which has the operator's metrics.
-            let decision = execution::decide(&spec, attempt, &outcome, default_backoff);
-            application::collect(patch, &child.id, &outcome, decision == Decision::Success);
-            Some(decision)
         } else {
-            execution::precheck(&spec, attempt)
+            let (decision, grand) = decide_child(settling, child, &state, known, patch);
+            if let Some(grand) = grand {
+                if is_waiting(decision.as_ref(), &grand) {
+                    settled.waiting.insert(child.id.clone());
+                }
+                step_subrefs.clone_from(&grand.subrefs);
+                settled.absorb(grand);
+            }
+            decision
         };
         let state = match &decision {
             None => state,
-            Some(decision) => state.with_outcome(&step_outcome(decision.clone()), now),
+            Some(decision) => {
+                let mut step = step_outcome(decision.clone());
+                step.subrefs = step_subrefs;
+                state.with_outcome(&step, now)
+            }
         };
         if let Some(decision) = decision {
             settled.decisions.push((child.id.clone(), decision));
@@ -186,8 +228,46 @@ pub fn settle(
         settled.subrefs.push(child.id.clone());
         settled.states.insert(child.id.clone(), state);
     }
-    settled.subrefs.sort();
     settled
+}
+
+/// The decision on one unfinished child, with its own sub-handlers settled first.
+fn decide_child(
+    settling: &Settling<'_>,
+    child: &SubhandlerOutcome,
+    state: &HandlerState,
+    known: &mut BTreeMap<String, HandlerState>,
+    patch: &mut Patch,
+) -> (Option<Decision>, Option<Settled>) {
+    let spec = child_spec(settling.parent, child);
+    let attempt = Attempt {
+        retries: u32::try_from(state.retries.max(0)).unwrap_or(u32::MAX),
+        runtime: state.runtime(&settling.now),
+    };
+    if !child.invoked {
+        return (execution::precheck(&spec, attempt), None);
+    }
+    let outcome = Outcome {
+        error: child.error.clone(),
+        patch: child.patch.clone(),
+        result: child.result.clone(),
+        ..Default::default()
+    };
+    // Counted by the caller, which has the operator's metrics.
+    let mut decision = execution::decide(&spec, attempt, &outcome, settling.default_backoff);
+    let grand = (!child.children.is_empty()).then(|| {
+        let grand = settle_level(settling, &child.children, known, patch);
+        decision = parent_decision(decision.clone(), &grand);
+        grand
+    });
+    application::collect(patch, &child.id, &outcome, decision == Decision::Success);
+    (Some(decision), grand)
+}
+
+/// Whether a child's retry is only the wait for its own sub-handlers.
+fn is_waiting(decision: Option<&Decision>, grand: &Settled) -> bool {
+    grand.pending_delay.is_some()
+        && matches!(decision, Some(Decision::Retry { message, .. }) if message == CHILDREN_RETRY_MESSAGE)
 }
 
 /// The state-level outcome of a decision.
@@ -384,5 +464,53 @@ mod tests {
         assert!(settled.states["create_parent/r"].failure);
         assert_eq!(parent_decision(Decision::Success, &settled), Decision::Success);
         assert!(patch.get(&["status"]).is_none());
+    }
+
+    #[test]
+    fn a_childs_pending_grandchild_keeps_the_child_and_the_parent_pending() {
+        let temporary = HandlerError {
+            kind: HandlerErrorKind::Temporary,
+            message: "later".into(),
+            delay: Some(4.0),
+            code: None,
+            panicked: false,
+        };
+        let mut a = child("create_parent/a", true, None);
+        a.children = vec![
+            child("create_parent/a/x", true, None),
+            child("create_parent/a/y", true, Some(temporary)),
+        ];
+        let mut patch = Patch::new();
+        let settled = settle(
+            &spec(),
+            &[a],
+            BTreeMap::new(),
+            Some("create"),
+            now(),
+            60.0,
+            &mut patch,
+        );
+        assert_eq!(
+            settled.subrefs,
+            ["create_parent/a", "create_parent/a/x", "create_parent/a/y"],
+            "the top parent lists all depths, as Kopf"
+        );
+        assert!(settled.waiting.contains("create_parent/a"), "{settled:?}");
+        let a = &settled.states["create_parent/a"];
+        assert_eq!(a.message.as_deref(), Some("None"));
+        assert_eq!(a.subrefs, ["create_parent/a/x", "create_parent/a/y"]);
+        assert!(!a.finished() && a.delayed.is_some());
+        assert!(settled.states["create_parent/a/x"].success);
+        assert_eq!(settled.pending_delay, Some(4.0));
+        assert!(matches!(
+            parent_decision(Decision::Success, &settled),
+            Decision::Retry { delay, .. } if delay == 4.0
+        ));
+        let status = patch.get(&["status"]).cloned().unwrap();
+        assert_eq!(
+            status,
+            json!({"create_parent/a/x": {"item": "create_parent/a/x"}}),
+            "a waiting child's result is not delivered yet"
+        );
     }
 }

@@ -21,14 +21,23 @@ const KNOWN_INCONSISTENCIES: [[&str; 2]; 3] = [
     ["metadata", "labels"],
 ];
 
-/// A body transformation applied through JSON-patch. Only the finalizer operations exist:
-/// handlers contribute merge-patches only.
+/// A body transformation applied through JSON-patch: the finalizer operations, and
+/// handlers' functions (Kopf's `patch.fns`) kept by their plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatchFn {
     /// Add the finalizer to `metadata.finalizers` unless it is there (Kopf's `block_deletion`).
     AddFinalizer(String),
     /// Remove every occurrence of the finalizer (Kopf's `allow_deletion`).
     RemoveFinalizer(String),
+    /// A handler's function, kept by the plugin of that index under that token; only the
+    /// plugin can apply it (the JSON-patch operations are its difference, computed by the
+    /// caller: [`Patch::json_requests`]'s `extra`).
+    Plugin {
+        /// The plugin's index.
+        plugin: usize,
+        /// The function's token.
+        token: u64,
+    },
 }
 
 /// The accumulated patch of one processing cycle.
@@ -103,6 +112,49 @@ impl Patch {
     /// Take only the transformations out (what remains after the merge-patches were sent).
     pub fn take_fns(&mut self) -> Vec<PatchFn> {
         std::mem::take(&mut self.fns)
+    }
+
+    /// The plugins' functions, in order: `(plugin, token)`.
+    pub fn plugin_fns(&self) -> Vec<(usize, u64)> {
+        self.fns
+            .iter()
+            .filter_map(|f| match f {
+                PatchFn::Plugin { plugin, token } => Some((*plugin, *token)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A patch of only the plugins' functions: what a refused JSON patch carries to the
+    /// next cycle (Kopf's remaining patch; the finalizer is decided again there).
+    pub fn plugin_fns_only(&self) -> Patch {
+        Patch {
+            merge: Map::new(),
+            fns: self
+                .fns
+                .iter()
+                .filter(|f| matches!(f, PatchFn::Plugin { .. }))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// `body` with the finalizer transformations applied (the plugins' functions start
+    /// from it, so that their difference comes after the finalizer operations).
+    pub fn with_finalizer_fns(&self, body: &Value) -> Value {
+        let mut body = body.clone();
+        self.apply_fns(&mut body);
+        body
+    }
+
+    fn apply_fns(&self, body: &mut Value) {
+        for f in &self.fns {
+            match f {
+                PatchFn::AddFinalizer(name) => block_deletion(body, name),
+                PatchFn::RemoveFinalizer(name) => allow_deletion(body, name),
+                PatchFn::Plugin { .. } => {}
+            }
+        }
     }
 
     /// Resolve a field of the merge-patch.
@@ -231,6 +283,7 @@ impl Patch {
             match f {
                 PatchFn::AddFinalizer(name) => add_finalizer_ops(&mut ops, &mut state, name),
                 PatchFn::RemoveFinalizer(name) => remove_finalizer_ops(&mut ops, &mut state, name),
+                PatchFn::Plugin { .. } => {}
             }
         }
         ops
@@ -238,13 +291,16 @@ impl Patch {
 
     /// The JSON-patch requests: `(body_ops, status_ops)`, each prefixed with Kopf's
     /// `{"op":"test","path":"/metadata/resourceVersion","value":<rv of base>}`; `None` when
-    /// there is nothing to send. Status ops exist only with a status subresource.
+    /// there is nothing to send. Status ops exist only with a status subresource. `extra`:
+    /// the operations of the plugins' functions, after the finalizer's.
     pub fn json_requests(
         &self,
         base: &Value,
         status_subresource: bool,
+        extra: Vec<Value>,
     ) -> (Option<Vec<Value>>, Option<Vec<Value>>) {
-        let ops = self.json_ops(base);
+        let mut ops = self.json_ops(base);
+        ops.extend(extra);
         let (status_ops, body_ops): (Vec<Value>, Vec<Value>) = ops.into_iter().partition(|op| {
             status_subresource
                 && op["path"]
@@ -294,12 +350,7 @@ impl Patch {
     pub fn apply_to(&self, body: &mut Value) -> Result<(), DictsError> {
         let mut path = Vec::new();
         apply_merge(body, &mut path, &self.merge)?;
-        for f in &self.fns {
-            match f {
-                PatchFn::AddFinalizer(name) => block_deletion(body, name),
-                PatchFn::RemoveFinalizer(name) => allow_deletion(body, name),
-            }
-        }
+        self.apply_fns(body);
         Ok(())
     }
 }
@@ -493,7 +544,7 @@ mod tests {
         let body = json!({"metadata": {"resourceVersion": "7", "finalizers": ["other"]}});
         let mut p = Patch::new();
         p.push_fn(PatchFn::AddFinalizer("f".into()));
-        let (ops, status) = p.json_requests(&body, true);
+        let (ops, status) = p.json_requests(&body, true, Vec::new());
         assert_eq!(
             ops,
             Some(vec![
@@ -503,6 +554,36 @@ mod tests {
         );
         assert!(status.is_none());
         assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn plugin_fns_follow_the_finalizer_and_split_by_status() {
+        let body = json!({"metadata": {"resourceVersion": "7"}, "spec": {"l": [1]}});
+        let mut p = Patch::new();
+        p.push_fn(PatchFn::AddFinalizer("f".into()));
+        p.push_fn(PatchFn::Plugin { plugin: 2, token: 9 });
+        assert_eq!(p.plugin_fns(), [(2, 9)]);
+        let carried = p.plugin_fns_only();
+        assert_eq!(carried.fns(), [PatchFn::Plugin { plugin: 2, token: 9 }]);
+        assert!(carried.merge().is_empty());
+        // The plugin's functions start from the body with the finalizer added.
+        let before = p.with_finalizer_fns(&body);
+        assert_eq!(before["metadata"]["finalizers"], json!(["f"]));
+        let extra = vec![
+            json!({"op": "add", "path": "/spec/l/1", "value": 2}),
+            json!({"op": "add", "path": "/status", "value": {"n": 2}}),
+        ];
+        let (ops, status) = p.json_requests(&body, true, extra);
+        let ops = ops.unwrap();
+        assert_eq!(
+            ops.len(),
+            3,
+            "test, finalizer, then the function's body op: {ops:?}"
+        );
+        assert_eq!(ops[2]["path"], json!("/spec/l/1"));
+        let status = status.unwrap();
+        assert_eq!(status[0]["op"], json!("test"));
+        assert_eq!(status[1]["path"], json!("/status"));
     }
 
     #[test]

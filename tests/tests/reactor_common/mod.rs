@@ -112,6 +112,27 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
+    /// Python Kopf running `tests/python/<script>` standalone in [`NS`] on this cluster,
+    /// with `envs`, its output into `log`.
+    pub fn spawn_python_kopf(&self, script: &str, envs: &[(&str, &Path)], log: &Path) -> std::process::Child {
+        use std::process::{Command, Stdio};
+        let out = std::fs::File::create(log).unwrap();
+        let mut command = Command::new("python3");
+        command
+            .args(["-m", "kopf", "run", "--standalone", "--namespace", NS])
+            .arg(workspace_root().join("tests/python").join(script))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        command.spawn().unwrap()
+    }
+
     /// Starts `kopf run --standalone -A <plugin>` against this cluster and waits until it
     /// watches.
     pub fn spawn_kopf(&self, plugin: &Path, envs: &[(&str, String)]) -> KopfProcess {
