@@ -330,6 +330,11 @@ pub struct HandlerOptions {
     /// Webhooks: failures allow the request (`failurePolicy: Ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_failures: Option<bool>,
+    /// Event handlers: the kinds of owned children (by `ownerReferences`) whose changes
+    /// also run the handler for their owner (kube-rs's `Controller::owns`). Hosts that
+    /// predate it ignore it: the handler then runs for the owner's own events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owns: Option<Vec<ResourceSelector>>,
 }
 
 impl HandlerOptions {

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use futures::FutureExt as _;
 use kopf_abi::protocol::{
     ErrorsMode, FilterValue, Filters, HandlerError, HandlerErrorKind, HandlerKind, HandlerOptions,
-    HandlerSpec, Invocation, Outcome, PluginDescription, PluginInfo, Purpose,
+    HandlerSpec, Invocation, Outcome, PluginDescription, PluginInfo, Purpose, ResourceSelector,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -255,6 +255,7 @@ pub struct HandlerBuilder {
     func: Option<Func>,
     problems: Vec<String>,
     crd: Option<Value>,
+    owns: Vec<String>,
 }
 
 impl fmt::Debug for HandlerBuilder {
@@ -301,6 +302,7 @@ impl HandlerBuilder {
             func: None,
             problems: Vec::new(),
             crd: None,
+            owns: Vec::new(),
         }
     }
 
@@ -326,6 +328,14 @@ impl HandlerBuilder {
         I::Item: Into<SelectorArg>,
     {
         self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Event handlers: also run for an owner when an owned child of these kinds changes
+    /// (`owns = "pods"`, `owns = ["pods", "v1/configmaps"]`: each a selector as one string,
+    /// `group/version/plural` or a Kopf name); the child is in [`crate::Context::owned`].
+    pub fn owns(mut self, kinds: impl OwnedKinds) -> Self {
+        self.owns.extend(kinds.into_kinds());
         self
     }
 
@@ -560,6 +570,7 @@ impl HandlerBuilder {
             func,
             mut problems,
             crd,
+            owns,
         } = self;
         let option_err = |id: &str, reason: String| SdkError::Option {
             handler: id.to_owned(),
@@ -612,6 +623,8 @@ impl HandlerBuilder {
                     .to_owned(),
             );
         }
+        let mut options = options;
+        options.owns = owned_selectors(kind, &owns, &mut problems);
         if let Some(p) = problems.first() {
             return Err(option_err(&id, p.clone()));
         }
@@ -641,6 +654,70 @@ impl HandlerBuilder {
             crd,
         })
     }
+}
+
+/// The kinds an `owns` option names: one string or several.
+pub trait OwnedKinds {
+    /// The kinds, each a selector in one string.
+    fn into_kinds(self) -> Vec<String>;
+}
+
+impl OwnedKinds for &str {
+    fn into_kinds(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl OwnedKinds for String {
+    fn into_kinds(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl<const N: usize> OwnedKinds for [&str; N] {
+    fn into_kinds(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl OwnedKinds for &[&str] {
+    fn into_kinds(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl OwnedKinds for Vec<String> {
+    fn into_kinds(self) -> Vec<String> {
+        self
+    }
+}
+
+/// Parses `owns` kinds into selectors: `plural`, `plural.group`, `version/plural` or
+/// `group/version/plural`, as a positional selector would be.
+fn owned_selectors(
+    kind: HandlerKind,
+    owns: &[String],
+    problems: &mut Vec<String>,
+) -> Option<Vec<ResourceSelector>> {
+    if owns.is_empty() {
+        return None;
+    }
+    if kind != HandlerKind::Event {
+        problems.push(format!("`owns` is only for event handlers, not {kind}"));
+        return None;
+    }
+    let mut selectors = Vec::new();
+    for owned in owns {
+        let args: Vec<SelectorArg> = match owned.rsplit_once('/') {
+            Some((head, name)) => vec![head.into(), name.into()],
+            None => vec![owned.as_str().into()],
+        };
+        match parse_selector(&args, &SelectorKeywords::default()) {
+            Ok(selector) => selectors.push(selector),
+            Err(reason) => problems.push(format!("`owns` kind {owned:?}: {reason}")),
+        }
+    }
+    Some(selectors)
 }
 
 fn meta_to_wire(f: &MetaFilter) -> FilterValue {

@@ -193,8 +193,8 @@ mod typed;
 
 pub use connection::ConnectionInfo;
 pub use context::{
-    Context, DaemonStopped, DiffItem, DiffOperation, Patch, PatchGuard, SETTINGS_KEY, SettingsGuard,
-    StopState,
+    Context, DaemonStopped, DiffItem, DiffOperation, OwnedChild, Patch, PatchGuard, SETTINGS_KEY,
+    SettingsGuard, StopState,
 };
 pub use error::{
     AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
@@ -204,8 +204,8 @@ pub use events::{event, exception, info, warn};
 pub use export::{IN_PROCESS_KEY, plugin_module};
 pub use handler::{
     DelayCallback, Handler, HandlerBuilder, HandlerResult, InitialDelay, IntoInitialDelay, IntoMetaFilter,
-    IntoValueFilter, MetaCallback, MetaFilter, Registry, ValueCallback, ValueFilter, WhenCallback, handlers,
-    to_result_value,
+    IntoValueFilter, MetaCallback, MetaFilter, OwnedKinds, Registry, ValueCallback, ValueFilter,
+    WhenCallback, handlers, to_result_value,
 };
 pub use hierarchies::{
     AdoptOptions, HierarchyError, Owner, adjust_namespace, adopt, adopt_with, append_owner_reference,

@@ -720,3 +720,37 @@ fn builder_async_closures_share_the_patch() {
     assert_eq!(o.result, Some(json!("kex1")));
     assert_eq!(o.patch, Some(json!({"status": {"done": true}})));
 }
+
+#[test]
+fn owns_takes_kinds_as_selectors_on_event_handlers_only() {
+    use kopf::HandlerBuilder;
+    use kopf_abi::protocol::ResourceSelector;
+    let ok = |_: &kopf::Context| -> kopf::Result<()> { Ok(()) };
+    let handler = HandlerBuilder::new(HandlerKind::Event, "x")
+        .resource(["kopfexamples"])
+        .owns(["v1/configmaps", "kopf.dev/v1/kopfexamples", "pods"])
+        .sync_fn(ok)
+        .build()
+        .unwrap();
+    let sel = |group: Option<&str>, version: Option<&str>, name: &str| ResourceSelector {
+        group: group.map(str::to_owned),
+        version: version.map(str::to_owned),
+        any_name: Some(name.to_owned()),
+        ..ResourceSelector::default()
+    };
+    assert_eq!(
+        handler.spec().options.owns,
+        Some(vec![
+            sel(Some(""), Some("v1"), "configmaps"),
+            sel(Some("kopf.dev"), Some("v1"), "kopfexamples"),
+            sel(None, None, "pods"),
+        ])
+    );
+    let err = HandlerBuilder::new(HandlerKind::Create, "x")
+        .resource(["kopfexamples"])
+        .owns("pods")
+        .sync_fn(ok)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("only for event handlers"), "{err}");
+}

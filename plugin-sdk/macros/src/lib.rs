@@ -127,7 +127,7 @@ impl Kind {
             Kind::Create => &[SELECTOR, RETRYING, FILTERS],
             Kind::Update | Kind::Field => &[SELECTOR, RETRYING, FILTERS, CHANGES],
             Kind::Delete => &[SELECTOR, RETRYING, FILTERS, &["optional"]],
-            Kind::Event => &[SELECTOR, FILTERS],
+            Kind::Event => &[SELECTOR, FILTERS, &["owns"]],
             // Kopf retries failed indexers; the operator here does not (an error drops
             // the object from the index until its next event), so the options that
             // would shape retries are refused rather than ignored.
