@@ -198,6 +198,11 @@ pub struct ResourceSelector {
     /// Kopf's `EVERYTHING` marker: all resources except events.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub everything: bool,
+    /// Kopf's callable selector: the plugin decides per discovered resource (any version
+    /// unless `version` is given; never events), asked with [`Purpose::Filter`], the
+    /// resource in `resource` and `extra.select_resource: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callable: bool,
 }
 
 /// A filter on one value (a label, an annotation, a field): Kopf's literal value,

@@ -204,8 +204,8 @@ pub use events::{event, exception, info, warn};
 pub use export::{IN_PROCESS_KEY, plugin_module};
 pub use handler::{
     DelayCallback, Handler, HandlerBuilder, HandlerResult, InitialDelay, IntoInitialDelay, IntoMetaFilter,
-    IntoValueFilter, MetaCallback, MetaFilter, OwnedKinds, Registry, ValueCallback, ValueFilter,
-    WhenCallback, handlers, to_result_value,
+    IntoValueFilter, MetaCallback, MetaFilter, OwnedKinds, Registry, ResourceCallback, ValueCallback,
+    ValueFilter, WhenCallback, handlers, to_result_value,
 };
 pub use hierarchies::{
     AdoptOptions, HierarchyError, Owner, adjust_namespace, adopt, adopt_with, append_owner_reference,
@@ -214,7 +214,9 @@ pub use hierarchies::{
 };
 pub use host::{call as host_call, is_initialised};
 pub use index::{IndexRef, IndexSnapshot, Store};
-pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
+pub use kopf_abi::protocol::{
+    ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose, ResourceInfo,
+};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
 pub use memo::{Memo, MemoError, operator_memo};
 pub use runtime::{block_on, runtime};

@@ -754,3 +754,53 @@ fn owns_takes_kinds_as_selectors_on_event_handlers_only() {
         .unwrap_err();
     assert!(err.to_string().contains("only for event handlers"), "{err}");
 }
+
+#[test]
+fn callable_resource_selectors_are_asked_per_resource() {
+    use kopf::HandlerBuilder;
+    let ok = |_: &kopf::Context| -> kopf::Result<()> { Ok(()) };
+    let handler = HandlerBuilder::new(HandlerKind::Create, "x")
+        .group("kopf.dev")
+        .resource_fn(|r: &kopf::ResourceInfo| r.plural.starts_with("kopf"))
+        .sync_fn(ok)
+        .build()
+        .unwrap();
+    let selector = handler.spec().selector.clone().unwrap();
+    assert!(selector.callable);
+    assert_eq!(selector.group.as_deref(), Some("kopf.dev"));
+    let ask = |plural: &str, select: bool| {
+        let mut inv = Invocation {
+            purpose: Purpose::Filter,
+            resource: Some(kopf::ResourceInfo {
+                plural: plural.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if select {
+            inv.extra.insert("select_resource".into(), json!(true));
+        }
+        handler.run(inv).matches
+    };
+    assert_eq!(ask("kopfexamples", true), Some(true));
+    assert_eq!(ask("pods", true), Some(false));
+    // Object filters are still the filters (none here: a match).
+    assert_eq!(ask("pods", false), Some(true));
+
+    let err = HandlerBuilder::new(HandlerKind::Validate, "x")
+        .resource_fn(|_: &kopf::ResourceInfo| true)
+        .sync_fn(ok)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("webhook handlers take no callable"),
+        "{err}"
+    );
+    let err = HandlerBuilder::new(HandlerKind::Create, "x")
+        .plural("pods")
+        .resource_fn(|_: &kopf::ResourceInfo| true)
+        .sync_fn(ok)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("no resource name besides it"), "{err}");
+}

@@ -22,7 +22,8 @@
 //! * `leases` `get`, `create`, `update`, `patch` only with `--lease`, by name;
 //! * `leases` `list`, `create`, `update`, `delete` only with `--sharding`, in the ring's
 //!   namespace (members' Leases are named after their identities, unknown in advance);
-//! * EVERYTHING handlers: one rule per resource known at generation time (no `*`), and
+//! * EVERYTHING handlers (and callable selectors, which are not asked offline: every
+//!   resource they may accept): one rule per resource known at generation time (no `*`), and
 //!   no Secrets unless `--include-secrets`; a warning says so, since resources added
 //!   later are not covered.
 //!
@@ -225,11 +226,19 @@ fn handler_needs(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> 
         }
         let Some(sel) = &spec.selector else { continue };
         owned_needs(&mut needs, spec.options.owns.iter().flatten(), catalog)?;
-        if sel.everything {
+        if sel.everything || sel.callable {
             needs.everything = true;
         }
         let resolved = if sel.everything {
             everything_resources(catalog, args.include_secrets)
+        } else if sel.callable {
+            // The callable is not asked offline: every resource it may accept is granted.
+            let candidates: Vec<Resource> = catalog
+                .iter()
+                .filter(|r| references::check(sel, r))
+                .cloned()
+                .collect();
+            everything_resources(&candidates, args.include_secrets)
         } else {
             resolve(sel, catalog)?
         };

@@ -328,7 +328,7 @@ impl Reactor {
             };
             match references::resolve(selector, discovered.iter()) {
                 Ok(found) => {
-                    for resource in found {
+                    for resource in self.ask_callable(handler, selector, found).await {
                         if !resource.is_watchable() {
                             tracing::warn!(target: "kopf.reactor", "Non-watchable resource will not be served: {resource}");
                             continue;
@@ -358,6 +358,36 @@ impl Reactor {
         self.link_owned(&discovered);
         self.reconcile_streams().await;
         Ok(())
+    }
+
+    /// A callable selector's candidates that its plugin accepts (Kopf's callable selectors);
+    /// a resource it cannot decide on is not served (and said so).
+    async fn ask_callable<'r>(
+        &self,
+        handler: &HandlerRef,
+        selector: &kopf_abi::protocol::ResourceSelector,
+        candidates: Vec<&'r Resource>,
+    ) -> Vec<&'r Resource> {
+        if !selector.callable {
+            return candidates;
+        }
+        let mut accepted = Vec::new();
+        for resource in candidates {
+            let mut ask = kopf_abi::protocol::Invocation {
+                purpose: kopf_abi::protocol::Purpose::Filter,
+                resource: Some(resource.info()),
+                ..Default::default()
+            };
+            ask.extra.insert("select_resource".into(), Value::Bool(true));
+            match crate::actions::invocation::check_filters(&self.shared.plugins, handler, &ask).await {
+                Ok(true) => accepted.push(resource),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(target: "kopf.reactor", "{resource} is not served by {:?}: its resource selector failed: {error}", handler.id())
+                }
+            }
+        }
+        accepted
     }
 
     /// Links the kinds that `owns` handlers name to their owners, serving those kinds
