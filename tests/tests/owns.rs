@@ -230,3 +230,33 @@ fn rbac_lists_and_watches_owned_kinds() {
 fn fixture_path(name: &str) -> std::path::PathBuf {
     kopf_e2e::plugin_path(name).unwrap()
 }
+
+/// With `--sharding`, an owner may be another replica's and its wake-up would be lost:
+/// `kopf run` refuses `owns` handlers there (exit 1, one clear line) rather than half-work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owns_is_refused_with_sharding() {
+    let cluster = Cluster::start().await;
+    let plugin = fixture(PLUGIN);
+    let mut kopf = tokio::task::block_in_place(|| {
+        KopfProcess::spawn_with_env(
+            [
+                "run".as_ref(),
+                "-A".as_ref(),
+                "--sharding".as_ref(),
+                "default/ring".as_ref(),
+                plugin.as_os_str(),
+            ],
+            [("KUBECONFIG", cluster.kubeconfig.as_os_str())],
+        )
+    })
+    .unwrap();
+    let status = tokio::task::block_in_place(|| kopf.wait_exit(DEADLINE)).unwrap();
+    assert_eq!(status.code(), Some(1), "{}", kopf.lines().join("\n"));
+    assert!(
+        kopf.lines()
+            .iter()
+            .any(|l| l.contains("`owns` are not supported with --sharding")),
+        "{}",
+        kopf.lines().join("\n")
+    );
+}
