@@ -260,3 +260,17 @@ async fn owns_is_refused_with_sharding() {
         kopf.lines().join("\n")
     );
 }
+
+/// `kopf inspect` shows the owned kinds as selectors.
+#[test]
+fn inspect_shows_owned_kinds() {
+    let plugin = fixture_path(PLUGIN);
+    let out = kopf_e2e::run_kopf(["inspect", plugin.to_str().unwrap()]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("reconcile"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("owns=[configmaps.v1]"), "{text}");
+}
