@@ -3,7 +3,7 @@
 //! An event handler with `owns = "pods"` also runs for its object when a pod whose
 //! `ownerReferences` name that object (by uid) changes. The owners' side remembers the
 //! bodies of its objects as its watch brings them ([`ParentCache`]: no GET per wake-up);
-//! the children's side ([`Owning::wake_owners`]) runs in the child's per-object worker
+//! the children's side ([`Owning::wake`]) runs in the child's per-object worker
 //! and calls the owner's handlers with the owner as the body and the child in
 //! `extra.owned`. Only event handlers take `owns`: they keep no progress records, so a
 //! wake-up from a child cannot disturb a cause's records.
@@ -155,11 +155,6 @@ impl Owning {
         !self.owners.read().is_empty()
     }
 
-    /// Whether the processor serves only to wake owners (no handlers of its own).
-    pub fn only_owners(&self) -> bool {
-        self.only_owners && self.has_owners()
-    }
-
     /// Follows one item of this resource's stream (as an owner).
     pub fn observe(&self, stream: &str, item: &WatchItem) {
         if let Some(parents) = &self.parents {
@@ -168,18 +163,20 @@ impl Owning {
     }
 
     /// Runs the owners' handlers for each child event; errors are logged and ignored
-    /// (as for event handlers), owners that are gone are skipped.
-    pub async fn wake_owners(&self, shared: &Shared, child: &Resource, events: &[RawEvent]) {
+    /// (as for event handlers), owners that are gone are skipped. `true` when the
+    /// processor serves nothing but this.
+    pub async fn wake(&self, shared: &Shared, child: &Resource, events: &[RawEvent]) -> bool {
         if !self.has_owners() {
-            return;
+            return false;
         }
         for event in events {
             for (link, parent) in self.owners_of(&event.body) {
                 let span = crate::observability::objects::object_span(&parent);
                 let owned = owned_info(child, event);
-                tracing::Instrument::instrument(wake(shared, &link, parent, owned), span).await;
+                tracing::Instrument::instrument(wake_one(shared, &link, parent, owned), span).await;
             }
         }
+        self.only_owners
     }
 
     /// The owners (link and body) a child's `ownerReferences` name, as far as known.
@@ -233,7 +230,7 @@ fn owned_info(child: &Resource, event: &RawEvent) -> Value {
 }
 
 /// Runs one owner's handlers for one child event, and applies their patches to the owner.
-async fn wake(shared: &Shared, link: &OwnerLinkView, parent: Value, owned: Value) {
+async fn wake_one(shared: &Shared, link: &OwnerLinkView, parent: Value, owned: Value) {
     let mut inv = Invocation {
         body: Some(parent.clone()),
         resource: Some(link.resource.info()),

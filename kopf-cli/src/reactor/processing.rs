@@ -187,16 +187,12 @@ impl ResourceProcessor {
         }
     }
 
-    /// Runs the event handlers, then wakes the owners of these objects (`owns`); `true`
-    /// when that is all this processor serves.
+    /// Event handlers, then the objects' owners (`owns`); `true`: nothing else to do.
     async fn run_watchers(&self, events: &[RawEvent], patch: &mut Patch) -> bool {
         for event in events {
             self.run_event_handlers(event, patch).await;
         }
-        self.owning
-            .wake_owners(&self.shared, &self.resource, events)
-            .await;
-        self.owning.only_owners()
+        self.owning.wake(&self.shared, &self.resource, events).await
     }
 
     /// Runs the event handlers for one raw event; errors are logged and ignored.
