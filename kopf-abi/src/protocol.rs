@@ -198,6 +198,11 @@ pub struct ResourceSelector {
     /// Kopf's `EVERYTHING` marker: all resources except events.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub everything: bool,
+    /// Kopf's callable selector: the plugin decides per discovered resource (any version
+    /// unless `version` is given; never events), asked with [`Purpose::Filter`], the
+    /// resource in `resource` and `extra.select_resource: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callable: bool,
 }
 
 /// A filter on one value (a label, an annotation, a field): Kopf's literal value,
@@ -330,6 +335,11 @@ pub struct HandlerOptions {
     /// Webhooks: failures allow the request (`failurePolicy: Ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_failures: Option<bool>,
+    /// Event handlers: the kinds of owned children (by `ownerReferences`) whose changes
+    /// also run the handler for their owner (kube-rs's `Controller::owns`). Hosts that
+    /// predate it ignore it: the handler then runs for the owner's own events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owns: Option<Vec<ResourceSelector>>,
 }
 
 impl HandlerOptions {

@@ -371,6 +371,8 @@ fn webhook_options(args: &WebhookArgs) -> WebhookOptions {
         webhook_ca: args.webhook_ca.clone(),
         webhook_cadump: args.webhook_cadump.clone(),
         webhook_managed: args.webhook_managed.clone(),
+        webhook_verify_cafile: args.webhook_verify_cafile.clone(),
+        webhook_verify_mode: args.webhook_verify_mode.clone(),
     }
 }
 

@@ -129,6 +129,10 @@ pub struct WebhookOptions {
     pub webhook_cadump: Option<PathBuf>,
     /// `--webhook-managed`: keep the Validating/MutatingWebhookConfiguration of this name.
     pub webhook_managed: Option<String>,
+    /// `--webhook-verify-cafile`: verify clients' certificates against this CA bundle.
+    pub webhook_verify_cafile: Option<PathBuf>,
+    /// `--webhook-verify-mode`: `required` (the default) or `optional`.
+    pub webhook_verify_mode: Option<String>,
 }
 
 /// This operator's identity: `POD_ID` if set, else `user@host/YYYYmmddHHMMSS/xyz` (or

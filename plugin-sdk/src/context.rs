@@ -380,6 +380,12 @@ impl Context {
         self.inner.invocation.event_type.as_deref()
     }
 
+    /// The owned child whose change runs this event handler (a handler with `owns`);
+    /// `None` when the handler runs for an event of the object itself.
+    pub fn owned(&self) -> Option<OwnedChild<'_>> {
+        self.inner.invocation.extra.get("owned").map(OwnedChild)
+    }
+
     /// The diff, parsed from Kopf's `[operation, [path...], old, new]` tuples.
     pub fn diff(&self) -> Vec<DiffItem> {
         let Some(Value::Array(items)) = &self.inner.invocation.diff else {
@@ -1105,5 +1111,52 @@ mod tests {
         assert!(c.index("idx").get("k").is_err());
         c.info("Reason", "message");
         assert!(!c.stopped().wait(Some(Duration::ZERO)));
+    }
+}
+
+/// An owned child whose change woke its owner's event handler ([`Context::owned`]): the
+/// owner is the context's body; the child is here.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnedChild<'a>(&'a Value);
+
+impl<'a> OwnedChild<'a> {
+    fn text(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).and_then(Value::as_str)
+    }
+
+    /// The child's watch event type (`ADDED`, `MODIFIED`, `DELETED`; `None` for a listing).
+    pub fn event_type(&self) -> Option<&'a str> {
+        self.text("type")
+    }
+
+    /// The child's `apiVersion`.
+    pub fn api_version(&self) -> Option<&'a str> {
+        self.text("apiVersion")
+    }
+
+    /// The child's kind (`Pod`).
+    pub fn kind(&self) -> Option<&'a str> {
+        self.text("kind")
+    }
+
+    /// The child's resource plural (`pods`).
+    pub fn plural(&self) -> Option<&'a str> {
+        self.text("plural")
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> Option<&'a str> {
+        self.text("name")
+    }
+
+    /// The child's namespace (`None` for cluster-scoped children).
+    pub fn namespace(&self) -> Option<&'a str> {
+        self.text("namespace")
+    }
+
+    /// The child's body as the event brought it.
+    pub fn body(&self) -> &'a Value {
+        static NULL: Value = Value::Null;
+        self.0.get("body").unwrap_or(&NULL)
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use futures::FutureExt as _;
 use kopf_abi::protocol::{
     ErrorsMode, FilterValue, Filters, HandlerError, HandlerErrorKind, HandlerKind, HandlerOptions,
-    HandlerSpec, Invocation, Outcome, PluginDescription, PluginInfo, Purpose,
+    HandlerSpec, Invocation, Outcome, PluginDescription, PluginInfo, Purpose, ResourceInfo, ResourceSelector,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -52,6 +52,9 @@ pub type MetaCallback = Arc<dyn Fn(Option<&str>, &Context) -> bool + Send + Sync
 pub type ValueCallback = Arc<dyn Fn(Option<&Value>, &Context) -> bool + Send + Sync>;
 /// A `when=` callback: `fn(ctx) -> bool`.
 pub type WhenCallback = Arc<dyn Fn(&Context) -> bool + Send + Sync>;
+/// A callable resource selector (Kopf's `fn(resource) -> bool`): asked per discovered
+/// resource whether the handler serves it.
+pub type ResourceCallback = Arc<dyn Fn(&ResourceInfo) -> bool + Send + Sync>;
 /// A daemon's callable `initial_delay`: `fn(ctx) -> seconds`.
 pub type DelayCallback = Arc<dyn Fn(&Context) -> f64 + Send + Sync>;
 
@@ -228,6 +231,8 @@ struct Callbacks {
     when: Option<WhenCallback>,
     /// Not a filter: a daemon's callable `initial_delay`.
     initial_delay: Option<DelayCallback>,
+    /// Not a filter: a callable resource selector.
+    resource: Option<ResourceCallback>,
 }
 
 impl Callbacks {
@@ -255,6 +260,7 @@ pub struct HandlerBuilder {
     func: Option<Func>,
     problems: Vec<String>,
     crd: Option<Value>,
+    owns: Vec<String>,
 }
 
 impl fmt::Debug for HandlerBuilder {
@@ -301,6 +307,7 @@ impl HandlerBuilder {
             func: None,
             problems: Vec::new(),
             crd: None,
+            owns: Vec::new(),
         }
     }
 
@@ -326,6 +333,23 @@ impl HandlerBuilder {
         I::Item: Into<SelectorArg>,
     {
         self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Event handlers: also run for an owner when an owned child of these kinds changes
+    /// (`owns = "pods"`, `owns = ["pods", "v1/configmaps"]`: each a selector as one string,
+    /// `group/version/plural` or a Kopf name); the child is in [`crate::Context::owned`].
+    pub fn owns(mut self, kinds: impl OwnedKinds) -> Self {
+        self.owns.extend(kinds.into_kinds());
+        self
+    }
+
+    /// A callable resource selector (Kopf's): `f` decides for each discovered resource
+    /// (any version unless `version` is given; never events) whether the handler serves
+    /// it; `group`/`version` keywords narrow the candidates.
+    pub fn resource_fn(mut self, f: impl Fn(&ResourceInfo) -> bool + Send + Sync + 'static) -> Self {
+        self.args.clear();
+        self.callbacks.resource = Some(Arc::new(f));
         self
     }
 
@@ -560,6 +584,7 @@ impl HandlerBuilder {
             func,
             mut problems,
             crd,
+            owns,
         } = self;
         let option_err = |id: &str, reason: String| SdkError::Option {
             handler: id.to_owned(),
@@ -577,6 +602,8 @@ impl HandlerBuilder {
                 problems.push(format!("{kind} handlers take no object filters"));
             }
             None
+        } else if callbacks.resource.is_some() {
+            Some(callable_selector(kind, &args, &keywords, &mut problems))
         } else {
             match parse_selector(&args, &keywords) {
                 Ok(s) => Some(s),
@@ -612,6 +639,8 @@ impl HandlerBuilder {
                     .to_owned(),
             );
         }
+        let mut options = options;
+        options.owns = owned_selectors(kind, &owns, &mut problems);
         if let Some(p) = problems.first() {
             return Err(option_err(&id, p.clone()));
         }
@@ -641,6 +670,101 @@ impl HandlerBuilder {
             crd,
         })
     }
+}
+
+/// A callable selector's wire form: the group and version keywords narrow it; no name.
+fn callable_selector(
+    kind: HandlerKind,
+    args: &[SelectorArg],
+    keywords: &SelectorKeywords,
+    problems: &mut Vec<String>,
+) -> ResourceSelector {
+    if !args.is_empty() {
+        problems.push("a callable resource selector is the only positional argument".to_owned());
+    }
+    if kind.is_webhook() {
+        problems.push("webhook handlers take no callable resource selector".to_owned());
+    }
+    let named = [
+        &keywords.kind,
+        &keywords.plural,
+        &keywords.singular,
+        &keywords.shortcut,
+        &keywords.category,
+    ];
+    if named.iter().any(|n| n.is_some()) {
+        problems.push("a callable resource selector takes no resource name besides it".to_owned());
+    }
+    ResourceSelector {
+        group: keywords.group.clone(),
+        version: keywords.version.clone(),
+        callable: true,
+        ..ResourceSelector::default()
+    }
+}
+
+/// The kinds an `owns` option names: one string or several.
+pub trait OwnedKinds {
+    /// The kinds, each a selector in one string.
+    fn into_kinds(self) -> Vec<String>;
+}
+
+impl OwnedKinds for &str {
+    fn into_kinds(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl OwnedKinds for String {
+    fn into_kinds(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl<const N: usize> OwnedKinds for [&str; N] {
+    fn into_kinds(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl OwnedKinds for &[&str] {
+    fn into_kinds(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl OwnedKinds for Vec<String> {
+    fn into_kinds(self) -> Vec<String> {
+        self
+    }
+}
+
+/// Parses `owns` kinds into selectors: `plural`, `plural.group`, `version/plural` or
+/// `group/version/plural`, as a positional selector would be.
+fn owned_selectors(
+    kind: HandlerKind,
+    owns: &[String],
+    problems: &mut Vec<String>,
+) -> Option<Vec<ResourceSelector>> {
+    if owns.is_empty() {
+        return None;
+    }
+    if kind != HandlerKind::Event {
+        problems.push(format!("`owns` is only for event handlers, not {kind}"));
+        return None;
+    }
+    let mut selectors = Vec::new();
+    for owned in owns {
+        let args: Vec<SelectorArg> = match owned.rsplit_once('/') {
+            Some((head, name)) => vec![head.into(), name.into()],
+            None => vec![owned.as_str().into()],
+        };
+        match parse_selector(&args, &SelectorKeywords::default()) {
+            Ok(selector) => selectors.push(selector),
+            Err(reason) => problems.push(format!("`owns` kind {owned:?}: {reason}")),
+        }
+    }
+    Some(selectors)
 }
 
 fn meta_to_wire(f: &MetaFilter) -> FilterValue {
@@ -768,7 +892,14 @@ impl Handler {
 
     fn filter_outcome(&self, ctx: &Context) -> Outcome {
         let _quiet = QuietPanics::enter();
-        match catch_unwind(AssertUnwindSafe(|| self.matches(ctx))) {
+        let selecting = ctx.extra("select_resource") == Some(&Value::Bool(true));
+        let decide = || match (&self.callbacks.resource, ctx.resource()) {
+            (Some(select), Some(resource)) if selecting => select(resource),
+            // Asked to select without a callable or a resource: no (fail closed).
+            _ if selecting => false,
+            _ => self.matches(ctx),
+        };
+        match catch_unwind(AssertUnwindSafe(decide)) {
             Ok(m) => Outcome {
                 matches: Some(m),
                 ..Outcome::default()

@@ -198,8 +198,8 @@ mod typed;
 
 pub use connection::ConnectionInfo;
 pub use context::{
-    Context, DaemonStopped, DiffItem, DiffOperation, Patch, PatchGuard, SETTINGS_KEY, SettingsGuard,
-    StopState,
+    Context, DaemonStopped, DiffItem, DiffOperation, OwnedChild, Patch, PatchGuard, SETTINGS_KEY,
+    SettingsGuard, StopState,
 };
 pub use error::{
     AdmissionError, DEFAULT_TEMPORARY_DELAY, Error, HostCallError, InvokeError, PermanentError, Result,
@@ -210,8 +210,8 @@ pub use export::{IN_PROCESS_KEY, plugin_module};
 pub use fns::{Fns, fns};
 pub use handler::{
     DelayCallback, Handler, HandlerBuilder, HandlerResult, InitialDelay, IntoInitialDelay, IntoMetaFilter,
-    IntoValueFilter, MetaCallback, MetaFilter, Registry, ValueCallback, ValueFilter, WhenCallback, handlers,
-    to_result_value,
+    IntoValueFilter, MetaCallback, MetaFilter, OwnedKinds, Registry, ResourceCallback, ValueCallback,
+    ValueFilter, WhenCallback, handlers, to_result_value,
 };
 pub use hierarchies::{
     AdoptOptions, HierarchyError, Owner, adjust_namespace, adopt, adopt_with, append_owner_reference,
@@ -220,7 +220,9 @@ pub use hierarchies::{
 };
 pub use host::{call as host_call, is_initialised, with_operator};
 pub use index::{IndexRef, IndexSnapshot, Store};
-pub use kopf_abi::protocol::{ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose};
+pub use kopf_abi::protocol::{
+    ErrorsMode, ErrorsMode as Errors, HandlerKind, Invocation, Outcome, Purpose, ResourceInfo,
+};
 pub use logging::{OBJECT_SPAN, OBJECTS_TARGET, ObjectLogger};
 pub use memo::{Memo, MemoError, operator_memo};
 pub use patch_fns::PatchFns;

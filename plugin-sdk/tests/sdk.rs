@@ -720,3 +720,87 @@ fn builder_async_closures_share_the_patch() {
     assert_eq!(o.result, Some(json!("kex1")));
     assert_eq!(o.patch, Some(json!({"status": {"done": true}})));
 }
+
+#[test]
+fn owns_takes_kinds_as_selectors_on_event_handlers_only() {
+    use kopf::HandlerBuilder;
+    use kopf_abi::protocol::ResourceSelector;
+    let ok = |_: &kopf::Context| -> kopf::Result<()> { Ok(()) };
+    let handler = HandlerBuilder::new(HandlerKind::Event, "x")
+        .resource(["kopfexamples"])
+        .owns(["v1/configmaps", "kopf.dev/v1/kopfexamples", "pods"])
+        .sync_fn(ok)
+        .build()
+        .unwrap();
+    let sel = |group: Option<&str>, version: Option<&str>, name: &str| ResourceSelector {
+        group: group.map(str::to_owned),
+        version: version.map(str::to_owned),
+        any_name: Some(name.to_owned()),
+        ..ResourceSelector::default()
+    };
+    assert_eq!(
+        handler.spec().options.owns,
+        Some(vec![
+            sel(Some(""), Some("v1"), "configmaps"),
+            sel(Some("kopf.dev"), Some("v1"), "kopfexamples"),
+            sel(None, None, "pods"),
+        ])
+    );
+    let err = HandlerBuilder::new(HandlerKind::Create, "x")
+        .resource(["kopfexamples"])
+        .owns("pods")
+        .sync_fn(ok)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("only for event handlers"), "{err}");
+}
+
+#[test]
+fn callable_resource_selectors_are_asked_per_resource() {
+    use kopf::HandlerBuilder;
+    let ok = |_: &kopf::Context| -> kopf::Result<()> { Ok(()) };
+    let handler = HandlerBuilder::new(HandlerKind::Create, "x")
+        .group("kopf.dev")
+        .resource_fn(|r: &kopf::ResourceInfo| r.plural.starts_with("kopf"))
+        .sync_fn(ok)
+        .build()
+        .unwrap();
+    let selector = handler.spec().selector.clone().unwrap();
+    assert!(selector.callable);
+    assert_eq!(selector.group.as_deref(), Some("kopf.dev"));
+    let ask = |plural: &str, select: bool| {
+        let mut inv = Invocation {
+            purpose: Purpose::Filter,
+            resource: Some(kopf::ResourceInfo {
+                plural: plural.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if select {
+            inv.extra.insert("select_resource".into(), json!(true));
+        }
+        handler.run(inv).matches
+    };
+    assert_eq!(ask("kopfexamples", true), Some(true));
+    assert_eq!(ask("pods", true), Some(false));
+    // Object filters are still the filters (none here: a match).
+    assert_eq!(ask("pods", false), Some(true));
+
+    let err = HandlerBuilder::new(HandlerKind::Validate, "x")
+        .resource_fn(|_: &kopf::ResourceInfo| true)
+        .sync_fn(ok)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("webhook handlers take no callable"),
+        "{err}"
+    );
+    let err = HandlerBuilder::new(HandlerKind::Create, "x")
+        .plural("pods")
+        .resource_fn(|_: &kopf::ResourceInfo| true)
+        .sync_fn(ok)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("no resource name besides it"), "{err}");
+}

@@ -16,6 +16,7 @@ pub mod configs;
 pub mod renewal;
 pub mod review;
 pub mod server;
+pub mod sslpeer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -106,6 +107,25 @@ pub struct WebhookOptions {
         env = "KOPF_RUN_WEBHOOK_MANAGED"
     )]
     pub webhook_managed: Option<String>,
+    /// Verify clients' certificates against this CA bundle (PEM); handlers see a
+    /// verified client's certificate as `ctx.sslpeer()` (Kopf's `verify_cafile`).
+    #[arg(
+        long = "webhook-verify-cafile",
+        value_name = "PATH",
+        env = "KOPF_RUN_WEBHOOK_VERIFY_CAFILE"
+    )]
+    pub webhook_verify_cafile: Option<PathBuf>,
+    /// With --webhook-verify-cafile: `required` (default; clients without a valid
+    /// certificate are refused at the handshake) or `optional` (they are served, with an
+    /// empty `sslpeer`); Kopf's `verify_mode` CERT_REQUIRED / CERT_OPTIONAL.
+    #[arg(
+        long = "webhook-verify-mode",
+        value_name = "MODE",
+        env = "KOPF_RUN_WEBHOOK_VERIFY_MODE",
+        value_parser = ["required", "optional"],
+        requires = "webhook_verify_cafile"
+    )]
+    pub webhook_verify_mode: Option<String>,
 }
 
 /// Parses `--webhook-server`: an `https://` URL with a host (an address to listen on).
@@ -358,7 +378,7 @@ async fn serve_tls(context: &OperatorContext, server: &ServerUrl) -> anyhow::Res
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .context("TLS setup")?
-            .with_no_client_auth()
+            .with_client_cert_verifier(client_verifier(args)?)
             .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Tls {
@@ -366,6 +386,36 @@ async fn serve_tls(context: &OperatorContext, server: &ServerUrl) -> anyhow::Res
         ca_pem: cert.ca_pem,
         bundle,
     })
+}
+
+/// Who may connect: anyone (no client certificate asked), or with
+/// `--webhook-verify-cafile` clients whose certificates that CA verifies (required, or
+/// optional with `--webhook-verify-mode optional`).
+fn client_verifier(
+    args: &crate::options::WebhookOptions,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let Some(path) = &args.webhook_verify_cafile else {
+        return Ok(Arc::new(rustls::server::NoClientAuth));
+    };
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the client CA {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls_pki_types::CertificateDer<'_> as rustls_pki_types::pem::PemObject>::pem_slice_iter(&pem)
+    {
+        let cert = cert.with_context(|| format!("a malformed certificate in {}", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("an unusable CA certificate in {}", path.display()))?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "no CA certificate in {}", path.display());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match args.webhook_verify_mode.as_deref() {
+        Some("optional") => builder.allow_unauthenticated(),
+        _ => builder,
+    };
+    let verifier = builder.build().context("the client certificate verifier")?;
+    Ok(verifier)
 }
 
 /// The CA that issues the server's certificates, and whether it is the replicas' shared one

@@ -94,9 +94,13 @@ impl WebhookApp {
     }
 
     /// Answers one HTTP request within [`REQUEST_TIMEOUT`]; never fails (errors are HTTP
-    /// statuses).
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.handle_unbounded(request)).await {
+    /// statuses). `sslpeer`: the connection's client certificate (Kopf's kwarg).
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        sslpeer: &serde_json::Value,
+    ) -> Response<Full<Bytes>> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.handle_unbounded(request, sslpeer)).await {
             Ok(response) => response,
             Err(_) => plain(
                 StatusCode::REQUEST_TIMEOUT,
@@ -105,7 +109,11 @@ impl WebhookApp {
         }
     }
 
-    async fn handle_unbounded(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle_unbounded(
+        &self,
+        request: Request<Incoming>,
+        sslpeer: &serde_json::Value,
+    ) -> Response<Full<Bytes>> {
         let announced = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -148,7 +156,7 @@ impl WebhookApp {
         };
         let transport = Transport {
             headers,
-            sslpeer: json!({}),
+            sslpeer: sslpeer.clone(),
         };
         let discovered = self.discovered.read().clone();
         let answer = review::review(
@@ -257,9 +265,18 @@ pub async fn serve(
                     return;
                 }
             };
+            // Verified by the TLS layer when present; `{}` without one, as in Kopf.
+            let sslpeer = Arc::new(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .map_or_else(|| json!({}), |cert| super::sslpeer::describe(cert)),
+            );
             let service = service_fn(move |request| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(request).await) }
+                let sslpeer = sslpeer.clone();
+                async move { Ok::<_, Infallible>(app.handle(request, &sslpeer).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {

@@ -107,6 +107,12 @@ pub fn options_summary(spec: &HandlerSpec) -> String {
     map.iter()
         .map(|(k, v)| match v {
             Value::String(s) => format!("{k}={s}"),
+            // Owned kinds as selectors are shown (`owns=[configmaps.v1]`), not as JSON.
+            _ if k == "owns" => {
+                let owned = spec.options.owns.iter().flatten();
+                let owned: Vec<String> = owned.map(|s| crate::plugin::render_selector(Some(s))).collect();
+                format!("owns=[{}]", owned.join(" "))
+            }
             other => format!("{k}={other}"),
         })
         .collect::<Vec<_>>()

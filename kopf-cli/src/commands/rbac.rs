@@ -7,6 +7,7 @@
 //!   `<plural>/status` when the resource has a status subresource, or when that is unknown)
 //!   unless the resource is served only by index handlers: the engine re-reads an object
 //!   with `get` after a patch that was refused (the object changed) or failed;
+//! * kinds that `owns` handlers own: `list`, `watch` (their changes wake the owners);
 //! * `customresourcedefinitions` `list`, `watch` (the operator observes CRDs);
 //! * `namespaces` `list`, `watch` only for `-n` glob patterns;
 //! * `events` `create` where objects live;
@@ -21,7 +22,8 @@
 //! * `leases` `get`, `create`, `update`, `patch` only with `--lease`, by name;
 //! * `leases` `list`, `create`, `update`, `delete` only with `--sharding`, in the ring's
 //!   namespace (members' Leases are named after their identities, unknown in advance);
-//! * EVERYTHING handlers: one rule per resource known at generation time (no `*`), and
+//! * EVERYTHING handlers (and callable selectors, which are not asked offline: every
+//!   resource they may accept): one rule per resource known at generation time (no `*`), and
 //!   no Secrets unless `--include-secrets`; a warning says so, since resources added
 //!   later are not covered.
 //!
@@ -223,11 +225,20 @@ fn handler_needs(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> 
             continue;
         }
         let Some(sel) = &spec.selector else { continue };
-        if sel.everything {
+        owned_needs(&mut needs, spec.options.owns.iter().flatten(), catalog)?;
+        if sel.everything || sel.callable {
             needs.everything = true;
         }
         let resolved = if sel.everything {
             everything_resources(catalog, args.include_secrets)
+        } else if sel.callable {
+            // The callable is not asked offline: every resource it may accept is granted.
+            let candidates: Vec<Resource> = catalog
+                .iter()
+                .filter(|r| references::check(sel, r))
+                .cloned()
+                .collect();
+            everything_resources(&candidates, args.include_secrets)
         } else {
             resolve(sel, catalog)?
         };
@@ -250,6 +261,29 @@ fn handler_needs(args: &RbacArgs, plugins: &PluginSet, catalog: &[Resource]) -> 
         }
     }
     Ok(needs)
+}
+
+/// Owned kinds (`owns`) are listed and watched, nothing more: their changes only wake
+/// the owners' handlers, which patch the owners.
+fn owned_needs<'a>(
+    needs: &mut Needs,
+    owned: impl Iterator<Item = &'a ResourceSelector>,
+    catalog: &[Resource],
+) -> Result<()> {
+    for sel in owned {
+        for res in resolve(sel, catalog)? {
+            let need = needs
+                .resources
+                .entry((res.group.clone(), res.plural.clone()))
+                .or_insert_with(|| Need {
+                    status: Some(false),
+                    ..Need::default()
+                });
+            need.namespaced = res.namespaced;
+            need.verbs.extend(["list", "watch"]);
+        }
+    }
+    Ok(())
 }
 
 /// The namespaces that get a Role (literal `-n` names only; cluster-wide or globs need a

@@ -66,6 +66,7 @@ pub async fn run(
         .indexing_timeout
         .unwrap_or(crate::reactor::indexing::INDEXING_TIMEOUT);
     crate::engines::probing::start(&context, vec![indexing_check(&indices, indexing_timeout)]).await?;
+    refuse_owns_with_sharding(&options, &plugins)?;
     let peering = crate::peering::start(&context).await?;
     let admission = crate::admission::start(&context).await?;
 
@@ -229,4 +230,18 @@ fn namespace_scope(options: &RunOptions) -> anyhow::Result<NamespaceScope> {
         Some(names) => NamespaceScope::Names(names),
         None => NamespaceScope::Patterns(parts),
     })
+}
+
+/// A child's owner may be another replica's, so its wake-up would be lost: refused (fail
+/// closed) rather than half-working.
+fn refuse_owns_with_sharding(options: &RunOptions, plugins: &PluginSet) -> anyhow::Result<()> {
+    if options.sharding.is_some()
+        && plugins
+            .handlers()
+            .iter()
+            .any(crate::reactor::owning::owns_children)
+    {
+        anyhow::bail!("handlers with `owns` are not supported with --sharding (yet)");
+    }
+    Ok(())
 }

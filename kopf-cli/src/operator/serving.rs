@@ -21,6 +21,7 @@ use crate::{
     plugin::HandlerRef,
     reactor::{
         orchestration::{NamespaceScope, Orchestrator, wanted_streams},
+        owning::OwnerLink,
         processing::ResourceProcessor,
         queueing::QueueSettings,
         shared::Shared,
@@ -305,7 +306,10 @@ impl Reactor {
         let handlers = self.resource_handlers();
         let groups: Option<BTreeSet<String>> = handlers
             .iter()
-            .map(|h| h.spec().selector.as_ref().and_then(|s| s.group.clone()))
+            .flat_map(|h| {
+                let owned = h.spec().options.owns.iter().flatten();
+                h.spec().selector.iter().chain(owned).map(|s| s.group.clone())
+            })
             .collect();
         let filter = match groups {
             Some(groups) => GroupFilter::Only(groups),
@@ -324,7 +328,7 @@ impl Reactor {
             };
             match references::resolve(selector, discovered.iter()) {
                 Ok(found) => {
-                    for resource in found {
+                    for resource in self.ask_callable(handler, selector, found).await {
                         if !resource.is_watchable() {
                             tracing::warn!(target: "kopf.reactor", "Non-watchable resource will not be served: {resource}");
                             continue;
@@ -351,8 +355,77 @@ impl Reactor {
             ));
             self.served.insert(key, (resource, processor));
         }
+        self.link_owned(&discovered);
         self.reconcile_streams().await;
         Ok(())
+    }
+
+    /// A callable selector's candidates that its plugin accepts (Kopf's callable selectors);
+    /// a resource it cannot decide on is not served (and said so).
+    async fn ask_callable<'r>(
+        &self,
+        handler: &HandlerRef,
+        selector: &kopf_abi::protocol::ResourceSelector,
+        candidates: Vec<&'r Resource>,
+    ) -> Vec<&'r Resource> {
+        if !selector.callable {
+            return candidates;
+        }
+        let mut accepted = Vec::new();
+        for resource in candidates {
+            let mut ask = kopf_abi::protocol::Invocation {
+                purpose: kopf_abi::protocol::Purpose::Filter,
+                resource: Some(resource.info()),
+                ..Default::default()
+            };
+            ask.extra.insert("select_resource".into(), Value::Bool(true));
+            match crate::actions::invocation::check_filters(&self.shared.plugins, handler, &ask).await {
+                Ok(true) => accepted.push(resource),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(target: "kopf.reactor", "{resource} is not served by {:?}: its resource selector failed: {error}", handler.id())
+                }
+            }
+        }
+        accepted
+    }
+
+    /// Links the kinds that `owns` handlers name to their owners, serving those kinds
+    /// (with no handlers of their own) where no handler selects them.
+    fn link_owned(&mut self, discovered: &[Resource]) {
+        let owners: Vec<_> = self
+            .served
+            .values()
+            .filter_map(|(r, p)| Some((r.clone(), p.owning.parents()?, p.owning.handlers().to_vec())))
+            .collect();
+        for (owner, parents, handlers) in owners {
+            let mut by_child: BTreeMap<String, (Resource, Vec<HandlerRef>)> = BTreeMap::new();
+            for handler in &handlers {
+                for selector in handler.spec().options.owns.iter().flatten() {
+                    match references::resolve(selector, discovered.iter()) {
+                        Ok(found) => {
+                            for child in found.into_iter().filter(|r| r.is_watchable()) {
+                                let entry = by_child.entry(child.to_string());
+                                let entry = entry.or_insert_with(|| (child.clone(), Vec::new()));
+                                entry.1.push(handler.clone());
+                            }
+                        }
+                        Err(error) => tracing::warn!(target: "kopf.reactor", "{error}"),
+                    }
+                }
+            }
+            for (key, (child, handlers)) in by_child {
+                let (_, processor) = self.served.entry(key).or_insert_with(|| {
+                    let processor = ResourceProcessor::new(self.shared.clone(), child.clone(), &[]);
+                    (child, Arc::new(processor))
+                });
+                processor.owning.link(OwnerLink {
+                    resource: owner.clone(),
+                    parents: parents.clone(),
+                    handlers,
+                });
+            }
+        }
     }
 
     /// Starts the streams that should run and stops those that should not.

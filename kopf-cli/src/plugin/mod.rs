@@ -575,11 +575,16 @@ pub fn render_selector(selector: Option<&ResourceSelector>) -> String {
     if s.everything {
         return "EVERYTHING".to_owned();
     }
-    let name = [&s.plural, &s.kind, &s.singular, &s.shortcut, &s.any_name]
+    let callable = s.callable.then(|| "<callable>".to_owned());
+    let name = callable
         .into_iter()
-        .flatten()
+        .chain(
+            [&s.plural, &s.kind, &s.singular, &s.shortcut, &s.any_name]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        )
         .next()
-        .cloned()
         .or_else(|| s.category.as_ref().map(|c| format!("category={c}")))
         .unwrap_or_else(|| "?".to_owned());
     let mut parts = vec![name];

@@ -213,6 +213,17 @@ impl Mailbox {
     }
 }
 
+/// While the indices are not ready, an object keeps only its newest waiting event (which
+/// counts as having seen the older ones): memory stays bounded however long they wait.
+pub(super) fn coalesce(pending: &mut Vec<RawEvent>) {
+    let Some(mut newest) = pending.pop() else { return };
+    for older in pending.drain(..).rev() {
+        let version = older.resource_version().map(str::to_owned);
+        newest.absorb(older, version);
+    }
+    pending.push(newest);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod indexing;
 mod mailbox;
 pub mod memory;
 pub mod orchestration;
+pub mod owning;
 pub mod processing;
 pub mod queueing;
 pub mod shared;

@@ -49,7 +49,9 @@ use tokio::time::Instant;
 use super::{
     daemons::Background,
     indexing,
+    mailbox::coalesce,
     memory::ObjectMemory,
+    owning::Owning,
     queueing::{ObjectProcessor, RawEvent, Verdict, Wakeup},
     shared::Shared,
     stopping::StopReason,
@@ -97,6 +99,8 @@ pub struct ResourceProcessor {
     /// Uids of objects fully handled once in this process: listings (after a relist or a
     /// pause) do not make them "initial" again, so resume handlers run once per process.
     handled: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Owners remembered for their children, children waking their owners (`owns`).
+    pub owning: Owning,
 }
 
 impl ResourceProcessor {
@@ -138,6 +142,7 @@ impl ResourceProcessor {
             indexers,
             label_selector,
             handled: Default::default(),
+            owning: Owning::new(handlers),
         }
     }
 
@@ -180,6 +185,14 @@ impl ResourceProcessor {
             resource: Some(self.resource.info()),
             ..Default::default()
         }
+    }
+
+    /// Event handlers, then the objects' owners (`owns`); `true`: nothing else to do.
+    async fn run_watchers(&self, events: &[RawEvent], patch: &mut Patch) -> bool {
+        for event in events {
+            self.run_event_handlers(event, patch).await;
+        }
+        self.owning.wake(&self.shared, &self.resource, events).await
     }
 
     /// Runs the event handlers for one raw event; errors are logged and ignored.
@@ -237,6 +250,7 @@ impl ObjectProcessor for ResourceProcessor {
 
     fn observe(&self, stream: &str, item: &crate::clients::watching::WatchItem) {
         use crate::clients::watching::WatchItem;
+        self.owning.observe(stream, item);
         if matches!(item, WatchItem::ListDone) {
             self.shared.readiness.listed(stream);
         }
@@ -255,7 +269,7 @@ impl ObjectProcessor for ResourceProcessor {
     }
 
     fn label_selector(&self) -> Option<LabelSelector> {
-        self.label_selector.clone()
+        self.label_selector.clone().filter(|_| !self.owning.has_owners())
     }
 
     fn known_version(memory: &ObjectMemory) -> Option<Box<str>> {
@@ -279,7 +293,7 @@ impl ObjectProcessor for ResourceProcessor {
 
     fn needs_every_event(&self) -> bool {
         // Event handlers see every event; indexers track listings event by event.
-        !self.watching.is_empty() || !self.indexers.is_empty()
+        !self.watching.is_empty() || !self.indexers.is_empty() || self.owning.has_owners()
     }
 
     fn stream_started(&self, stream: &str) {
@@ -322,8 +336,8 @@ impl ObjectProcessor for ResourceProcessor {
         }
         let mut events = std::mem::take(&mut memory.pending);
         let mut patch = Patch::new();
-        for event in &events {
-            self.run_event_handlers(event, &mut patch).await;
+        if self.run_watchers(&events, &mut patch).await {
+            return Verdict::default();
         }
         if let Some(last) = events.last_mut()
             && last.is_deletion()
@@ -438,17 +452,6 @@ pub(crate) async fn settle_plugin_calls(plugins: &crate::plugin::PluginSet, what
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often it looks.
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// While the indices are not ready, an object keeps only its newest waiting event (which
-/// counts as having seen the older ones): memory stays bounded however long they wait.
-fn coalesce(pending: &mut Vec<RawEvent>) {
-    let Some(mut newest) = pending.pop() else { return };
-    for older in pending.drain(..).rev() {
-        let version = older.resource_version().map(str::to_owned);
-        newest.absorb(older, version);
-    }
-    pending.push(newest);
-}
 
 /// The throttle's pause after `errors` failures in a row: Kopf's `queueing.error_delays`
 /// (or the server's Retry-After), and that plus its jitter.

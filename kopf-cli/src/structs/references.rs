@@ -240,7 +240,8 @@ pub fn check(sel: &ResourceSelector, res: &Resource) -> bool {
     let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
     eq(&sel.group, &res.group)
         && match &sel.version {
-            None => res.preferred,
+            // A callable sees every version (Kopf's callable selectors).
+            None => res.preferred || sel.callable,
             Some(v) => *v == res.version,
         }
         && eq(&sel.kind, &res.kind)
@@ -251,7 +252,7 @@ pub fn check(sel: &ResourceSelector, res: &Resource) -> bool {
         && sel.any_name.as_ref().is_none_or(|n| {
             *n == res.kind || *n == res.plural || *n == res.singular || res.shortcuts.contains(n)
         })
-        && (!sel.everything || !is_event_resource(res))
+        && (!(sel.everything || sel.callable) || !is_event_resource(res))
 }
 
 /// Core `v1/events` or (preferred-version) `events.k8s.io` events: never served by

@@ -127,7 +127,7 @@ impl Kind {
             Kind::Create => &[SELECTOR, RETRYING, FILTERS],
             Kind::Update | Kind::Field => &[SELECTOR, RETRYING, FILTERS, CHANGES],
             Kind::Delete => &[SELECTOR, RETRYING, FILTERS, &["optional"]],
-            Kind::Event => &[SELECTOR, FILTERS],
+            Kind::Event => &[SELECTOR, FILTERS, &["owns"]],
             // Kopf retries failed indexers; the operator here does not (an error drops
             // the object from the index until its next event), so the options that
             // would shape retries are refused rather than ignored.
@@ -198,6 +198,23 @@ fn type_path(expr: &Expr) -> Option<&syn::Path> {
     (p.qself.is_none() && camel).then_some(&p.path)
 }
 
+/// A positional argument that is a function (`is_mine`, `module::is_mine`: its last
+/// segment in snake_case) or a closure: Kopf's callable resource selector.
+fn is_callable(expr: &Expr) -> bool {
+    match expr {
+        Expr::Closure(_) => true,
+        Expr::Path(p) => {
+            p.qself.is_none()
+                && p.path.segments.last().is_some_and(|s| {
+                    let name = s.ident.to_string();
+                    name.chars().any(|c| c.is_ascii_lowercase())
+                        && !name.chars().any(|c| c.is_ascii_uppercase())
+                })
+        }
+        _ => false,
+    }
+}
+
 fn is_everything(expr: &Expr) -> bool {
     matches!(expr, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "EVERYTHING"))
 }
@@ -241,6 +258,7 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
 
     let mut positional: Vec<TokenStream2> = Vec::new();
     let mut typed: Option<TokenStream2> = None;
+    let mut callable: Option<TokenStream2> = None;
     let mut everything = false;
     let mut calls: Vec<TokenStream2> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
@@ -268,6 +286,9 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
                 }
                 if is_everything(&expr) {
                     everything = true;
+                }
+                if is_callable(&expr) {
+                    callable = Some(quote_spanned! {expr.span()=> .resource_fn(#expr) });
                 }
                 if let Some(path) = type_path(&expr) {
                     typed = Some(quote_spanned! {expr.span()=> .custom_resource::<#path>() });
@@ -362,7 +383,15 @@ fn generate(kind: Kind, args: Args, func: &ItemFn) -> syn::Result<TokenStream2> 
             "a resource type is the whole selector: no other positional arguments beside it",
         ));
     }
-    let selector = if let Some(typed) = typed {
+    if callable.is_some() && positional.len() > 1 {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "a callable resource selector is the only positional argument (narrow it with group = / version =)",
+        ));
+    }
+    let selector = if let Some(callable) = callable {
+        callable
+    } else if let Some(typed) = typed {
         typed
     } else if everything && positional.len() == 1 {
         quote!(.everything())
