@@ -567,6 +567,10 @@ pub struct AdmissionInfo {
     /// The client certificate's fields, or empty.
     #[serde(default)]
     pub sslpeer: Value,
+    /// Whether the host applies a mutating handler's body functions (`patch.fns`) to its
+    /// response; hosts that predate it do not send it, and the SDK then drops them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub applies_patch_fns: bool,
 }
 
 /// What a handler call returns, as JSON.

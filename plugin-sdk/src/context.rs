@@ -942,8 +942,9 @@ impl DaemonStopped {
 pub(crate) fn finish(ctx: &Context, outcome: &mut protocol::Outcome) {
     let mut patch = ctx.take_patch();
     let fns = std::mem::take(patch.fns());
-    if !fns.is_empty() && ctx.inner.invocation.admission.is_some() {
-        tracing::warn!(target: "kopf", "patch.fns are not applied in admission webhooks yet: {} dropped", fns.len());
+    let admission = ctx.inner.invocation.admission.as_ref();
+    if !fns.is_empty() && admission.is_some_and(|a| !a.applies_patch_fns) {
+        tracing::warn!(target: "kopf", "patch.fns are not applied in admission webhooks by this kopf: {} dropped", fns.len());
     } else if !fns.is_empty() {
         outcome.patch_fns = crate::patch_fns::keep(fns);
     }

@@ -238,6 +238,21 @@ fn webhooks_validate_mutate_and_survive_panics() {
     assert_eq!(stored["spec"]["replicas"], 1, "{stored}");
     assert_eq!(stored["metadata"]["labels"]["defaulted-by"], "kopf", "{stored}");
     assert_eq!(stored["spec"]["field"], "ok");
+    assert!(stored["spec"].get("tags").is_none(), "{stored}");
+
+    // The mutating handler's body function (Kopf's `patch.fns`) appends to a list, which
+    // a merge patch cannot: it goes into the same response, after the merge patch.
+    let tagged = example("tagged", json!({"field": "ok", "tags": ["a"]}), json!({}));
+    let out = setup.apply(&tagged, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = setup.get("kex", "tagged").unwrap();
+    assert_eq!(
+        stored["spec"]["tags"],
+        json!(["a", "defaulted"]),
+        "{stored}\n{}",
+        setup.logs()
+    );
+    assert_eq!(stored["spec"]["replicas"], 1, "{stored}");
     // An update to an invalid spec is rejected as well (operations CREATE and UPDATE).
     let out = setup.apply(&example("good", json!({"field": "wrong"}), json!({})), &[]);
     assert!(!out.status.success(), "the invalid update was accepted");

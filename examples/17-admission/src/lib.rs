@@ -56,6 +56,16 @@ pub fn defaults(ctx: &kopf::Context) {
     if ctx.dryrun() {
         patch.meta()["annotations"]["kopf.dev/dryrun"] = json!("true");
     }
+    // What a merge patch cannot say (Kopf's `patch.fns`): append to a list.
+    if body.pointer("/spec/tags").is_some_and(Value::is_array) {
+        patch.fns().push(|body: &mut Value| {
+            if let Some(tags) = body.pointer_mut("/spec/tags").and_then(Value::as_array_mut)
+                && !tags.contains(&json!("defaulted"))
+            {
+                tags.push(json!("defaulted"));
+            }
+        });
+    }
 }
 
 /// Stamps the operation on objects labelled `stamp` (never called for deletions).

@@ -228,10 +228,28 @@ fn merge_into(target: &mut Value, patch: &Value) {
 
 /// Converts a merge patch into a JSONPatch against `body`: the difference between the
 /// body and the body with the merge patch applied.
-pub fn to_json_patch(body: &Value, merge: &Value) -> json_patch::Patch {
+fn to_json_patch(body: &Value, merge: &Value) -> json_patch::Patch {
     let mut patched = body.clone();
     json_patch::merge(&mut patched, merge);
     json_patch::diff(body, &patched)
+}
+
+/// The mutating handlers' changes as one JSONPatch against `body`: their merge patches,
+/// then their functions (Kopf's `patch.fns`, run by their plugins) on the merged body. A
+/// function that fails is logged and its change left out, as when the operator writes.
+fn mutations(plugins: &PluginSet, body: &Value, merge: &Value, fns: &[(usize, u64)]) -> json_patch::Patch {
+    if fns.is_empty() {
+        return to_json_patch(body, merge);
+    }
+    let mut merged = body.clone();
+    json_patch::merge(&mut merged, merge);
+    match plugins.apply_patch_fns(fns, merged.clone()) {
+        Ok(after) => json_patch::diff(body, &after),
+        Err(error) => {
+            tracing::error!(target: "kopf.admission", "The patch functions could not be applied; their changes are not sent: {error}");
+            json_patch::diff(body, &merged)
+        }
+    }
 }
 
 /// Runs the handlers (already selected for the URL) that match the request, and builds the
@@ -257,7 +275,11 @@ pub async fn review(
             verdicts.record(handler, request, outcome);
         }
     }
-    verdicts.response(request, &body)
+    let response = verdicts.response(plugins, request, &body);
+    // The plugins keep the functions until told: each request's go, applied or not.
+    plugins.release_patch_fns(&verdicts.fns);
+    plugins.release_patch_fns(&verdicts.unused_fns);
+    response
 }
 
 /// What every handler of the request gets: the body, resource, diff, old/new and the
@@ -295,6 +317,7 @@ fn base_invocation(
             userinfo: request.userinfo.clone(),
             headers: transport.headers.clone(),
             sslpeer: transport.sslpeer.clone(),
+            applies_patch_fns: true,
         }),
         ..Invocation::default()
     }
@@ -348,6 +371,10 @@ async fn call_if_selected(
 struct Verdicts {
     /// The mutating handlers' patches, merged.
     merge: Value,
+    /// The successful mutating handlers' body functions (plugin, token), in order.
+    fns: Vec<(usize, u64)>,
+    /// The other handlers' functions: never applied, only released.
+    unused_fns: Vec<(usize, u64)>,
     mutated: bool,
     warnings: Vec<String>,
     failures: Vec<Failure>,
@@ -357,6 +384,8 @@ impl Default for Verdicts {
     fn default() -> Self {
         Self {
             merge: json!({}),
+            fns: Vec::new(),
+            unused_fns: Vec::new(),
             mutated: false,
             warnings: Vec::new(),
             failures: Vec::new(),
@@ -368,6 +397,14 @@ impl Verdicts {
     /// Takes one handler's outcome: its warnings, its failure or its patch.
     fn record(&mut self, handler: &HandlerRef, request: &ReviewRequest, outcome: Outcome) {
         self.warnings.extend(outcome.warnings.iter().cloned());
+        let plugin = handler.plugin().index();
+        let fns = outcome.patch_fns.iter().map(|token| (plugin, *token));
+        if outcome.error.is_none() && handler.kind() == HandlerKind::Mutate {
+            self.mutated |= !outcome.patch_fns.is_empty();
+            self.fns.extend(fns);
+        } else {
+            self.unused_fns.extend(fns);
+        }
         // `ignore_failures` is the configuration's `failurePolicy: Ignore` (the API server
         // admits when the webhook cannot be called), as in Kopf: a handler's own failure
         // still denies.
@@ -391,7 +428,7 @@ impl Verdicts {
     }
 
     /// The AdmissionReview response document.
-    fn response(&self, request: &ReviewRequest, body: &Value) -> Value {
+    fn response(&self, plugins: &PluginSet, request: &ReviewRequest, body: &Value) -> Value {
         let mut response = serde_json::Map::new();
         response.insert("uid".into(), json!(request.uid));
         // The first failure of the highest priority decides.
@@ -418,7 +455,7 @@ impl Verdicts {
             response.insert("warnings".into(), json!(self.warnings));
         }
         if self.mutated {
-            let patch = to_json_patch(body, &self.merge);
+            let patch = mutations(plugins, body, &self.merge, &self.fns);
             if !patch.0.is_empty() {
                 let text = serde_json::to_vec(&patch).unwrap_or_default();
                 response.insert(
