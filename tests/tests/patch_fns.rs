@@ -35,8 +35,18 @@ async fn wait_transformed(cluster: &Cluster, name: &str, kopf: &kopf_e2e::KopfPr
         .await
 }
 
+/// How often the fixture's functions ran: `transform` (the create handler's) or `tick`
+/// (the timer's).
+fn calls(path: &std::path::Path, which: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| *line == which)
+        .count()
+}
+
 fn transform_calls(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path).unwrap_or_default().lines().count()
+    calls(path, "transform")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +152,65 @@ async fn patch_fns_refused_for_a_changed_object_are_applied_again_on_the_fresh_o
             1,
             "the test of the resourceVersion failed once: {counters:?}"
         );
+    }
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}
+
+/// A timer's refused transformation goes again with its next tick (Kopf carries a
+/// daemon's or timer's remaining patch over); the timer asks for it on its first tick only,
+/// so without the carry-over the item never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timers_refused_patch_fns_go_again_with_its_next_tick() {
+    let cluster = Cluster::start().await;
+    let (record, gate) = (cluster.path("record.txt"), cluster.path("tick-gate"));
+    std::fs::create_dir_all(&gate).unwrap();
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-patch-fns"),
+        &[
+            ("KOPF_PATCH_FNS_RECORD", record.display().to_string()),
+            ("KOPF_PATCH_FNS_TICK_GATE", gate.display().to_string()),
+        ],
+    );
+    cluster
+        .emu
+        .create_object(json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfExample",
+            "metadata": {"name": "kex-tick", "namespace": NS, "labels": {"timer": "yes"}},
+            "spec": {"items": ["a"], "field": "initial"},
+        }))
+        .await
+        .unwrap();
+    // The first tick's transformation runs: change the object under it.
+    cluster
+        .wait_until("the timer's transformation to start", DEADLINE, || {
+            gate.join("called").exists()
+        })
+        .await;
+    cluster.set_field("kex-tick", "changed meanwhile").await;
+    std::fs::write(gate.join("go"), b"").unwrap();
+
+    let done = cluster
+        .wait_obj("kex-tick", "the timer's item", Some(&kopf), |o| {
+            let o = o?;
+            o["spec"]["items"]
+                .as_array()?
+                .contains(&json!("ticked"))
+                .then(|| o.clone())
+        })
+        .await;
+    let items = done["spec"]["items"].as_array().unwrap();
+    assert_eq!(
+        items.iter().filter(|i| **i == json!("ticked")).count(),
+        1,
+        "applied once: {done}"
+    );
+    assert_eq!(done["spec"]["field"], "changed meanwhile", "{done}");
+    assert!(calls(&record, "tick") >= 2, "refused, then run again: {done}");
+    if !cluster.emu.is_real() {
+        let counters = cluster.emu.counters();
+        assert!(counters.status(422) >= 1, "the refused JSON patch: {counters:?}");
     }
     drop(kopf);
     cluster.emu.shutdown().await;

@@ -16,14 +16,17 @@ use super::{
 };
 use crate::{
     actions::{
-        application,
+        application::{self, Applied},
         execution::{self, Attempt, Decision},
         invocation::{self, Call},
     },
     persistence::times::Timestamp,
-    plugin::{HandlerRef, next_call_id},
+    plugin::{HandlerRef, PluginSet, next_call_id},
     settings::seconds,
-    structs::{patches::Patch, references::Resource},
+    structs::{
+        patches::{Patch, PatchFn},
+        references::Resource,
+    },
 };
 
 /// The grid that timer ticks of long intervals are aligned to (see [`tick_deadline`]).
@@ -104,6 +107,41 @@ pub(super) struct Progress {
     retries: u32,
     started: Box<str>,
     started_at: Instant,
+    carried: CarriedFns,
+}
+
+/// Body functions (Kopf's `patch.fns`) whose JSON patch was refused (the object changed
+/// meanwhile): they go again with the next attempt's patch, as in Kopf. Their plugins
+/// forget them when this is dropped (the daemon or timer ended).
+#[derive(Default)]
+struct CarriedFns {
+    fns: Vec<(usize, u64)>,
+    plugins: Option<PluginSet>,
+    /// The object as re-read after the refusal, and the live body's JSON then: the next
+    /// attempt patches the re-read object while the live body is still that one (the
+    /// operator's own patches do not always reach the live body, and a stale
+    /// resourceVersion would be refused again).
+    reread: Option<(Value, Arc<Snapshot>)>,
+}
+
+impl CarriedFns {
+    /// The re-read object, if the live body has not moved on since.
+    fn reread_for(&mut self, live: &Arc<Snapshot>) -> Option<Value> {
+        match self.reread.take() {
+            Some((fresh, then)) if Arc::ptr_eq(&then, live) || then.json == live.json => Some(fresh),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for CarriedFns {
+    fn drop(&mut self) {
+        if let Some(plugins) = &self.plugins
+            && !self.fns.is_empty()
+        {
+            plugins.release_patch_fns(&self.fns);
+        }
+    }
 }
 
 impl Progress {
@@ -112,6 +150,7 @@ impl Progress {
             retries: 0,
             started: Timestamp::now().to_string().into_boxed_str(),
             started_at: Instant::now(),
+            carried: CarriedFns::default(),
         }
     }
 }
@@ -197,7 +236,7 @@ impl Task {
             Some(decision) => decision,
             // Boxed: the call's state exists only during the call, so a daemon's
             // long-lived future stays small.
-            None => Box::pin(self.invoke(attempt, &progress.started)).await,
+            None => Box::pin(self.invoke(attempt, progress)).await,
         };
         let delay = match decision {
             Decision::Success if is_timer => {
@@ -249,7 +288,8 @@ impl Task {
         }
     }
 
-    async fn invoke(&self, attempt: Attempt, started: &str) -> Decision {
+    async fn invoke(&self, attempt: Attempt, progress: &mut Progress) -> Decision {
+        let started = &*progress.started;
         let object = self.live.get().object;
         let call_id = next_call_id();
         let inv = Invocation {
@@ -282,6 +322,10 @@ impl Task {
         );
         execution::log_decision(self.handler.kind(), self.handler.id(), &decision);
         let mut patch = Patch::new();
+        let reread = progress.carried.reread_for(&object);
+        for (plugin, token) in std::mem::take(&mut progress.carried.fns) {
+            patch.push_fn(PatchFn::Plugin { plugin, token });
+        }
         application::collect(
             &mut patch,
             self.handler.id(),
@@ -290,28 +334,43 @@ impl Task {
         );
         application::collect_fns(&mut patch, self.handler.plugin().index(), &outcome);
         if !patch.is_empty() {
-            self.apply(&object, &patch).await;
-            // Applied or refused, not carried to the next attempt (Kopf carries them).
-            self.shared.plugins.release_patch_fns(&patch.plugin_fns());
+            match self.apply(&object, reread, &patch).await {
+                Some(fresh) => {
+                    progress.carried = CarriedFns {
+                        fns: patch.plugin_fns(),
+                        plugins: Some(self.shared.plugins.clone()),
+                        reread: Some((fresh, object)),
+                    };
+                }
+                None => self.shared.plugins.release_patch_fns(&patch.plugin_fns()),
+            }
         }
         decision
     }
 
     /// Persists a daemon's or timer's patch and result the one way outcomes are applied
-    /// (status first; nothing is sent when nothing would change).
-    async fn apply(&self, object: &Snapshot, patch: &Patch) {
-        let body: Value = match serde_json::from_str(&object.json) {
-            Ok(body) => body,
-            Err(error) => {
-                tracing::warn!(target: "kopf.objects", "Cannot read the object back for patching after {}: {error}", execution::handler_name(self.handler.kind(), self.handler.id()));
-                return;
-            }
+    /// (status first; nothing is sent when nothing would change), to `reread` if given,
+    /// else to the live `object`. The object as re-read when its JSON patch was refused
+    /// because the object changed meanwhile.
+    async fn apply(&self, object: &Snapshot, reread: Option<Value>, patch: &Patch) -> Option<Value> {
+        let body: Value = match reread {
+            Some(body) => body,
+            None => match serde_json::from_str(&object.json) {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::warn!(target: "kopf.objects", "Cannot read the object back for patching after {}: {error}", execution::handler_name(self.handler.kind(), self.handler.id()));
+                    return None;
+                }
+            },
         };
         let plugins = &self.shared.plugins;
-        if let Err(failed) =
-            application::apply(&self.shared.client, plugins, &self.resource, &body, patch).await
-        {
-            tracing::warn!(target: "kopf.objects", "Patching after {} failed: {}", execution::handler_name(self.handler.kind(), self.handler.id()), failed.describe(&self.resource));
+        match application::apply(&self.shared.client, plugins, &self.resource, &body, patch).await {
+            Ok(Applied::Conflicted(fresh)) => Some(fresh),
+            Ok(_) => None,
+            Err(failed) => {
+                tracing::warn!(target: "kopf.objects", "Patching after {} failed: {}", execution::handler_name(self.handler.kind(), self.handler.id()), failed.describe(&self.resource));
+                None
+            }
         }
     }
 }
