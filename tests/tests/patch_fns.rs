@@ -215,3 +215,45 @@ async fn a_timers_refused_patch_fns_go_again_with_its_next_tick() {
     drop(kopf);
     cluster.emu.shutdown().await;
 }
+
+/// The operator's own writes (here the create handler's JSON patch of `status.appended`,
+/// whose echo the reactor skips) reach a timer's live body, as Kopf's live body follows
+/// every event; nothing else changes the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timers_body_follows_the_operators_own_writes() {
+    let cluster = Cluster::start().await;
+    let record = cluster.path("record.txt");
+    let kopf = cluster.spawn_kopf(
+        &fixture("fixture-patch-fns"),
+        &[("KOPF_PATCH_FNS_RECORD", record.display().to_string())],
+    );
+    cluster
+        .emu
+        .create_object(json!({
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfExample",
+            "metadata": {"name": "kex-live", "namespace": NS, "labels": {"timer": "yes"}},
+            "spec": {"items": ["a"], "field": "initial"},
+        }))
+        .await
+        .unwrap();
+    wait_transformed(&cluster, "kex-live", &kopf).await;
+    // The ticks after the write landed (the first may have begun before) see it.
+    let ticks = |r: &std::path::Path| calls(r, "sees-appended") + calls(r, "not-appended");
+    let before = ticks(&record);
+    cluster
+        .wait_until("three more ticks", DEADLINE, || ticks(&record) >= before + 3)
+        .await;
+    let lines: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with("appended"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        lines[before + 1..].iter().all(|l| l == "sees-appended"),
+        "ticks after the operator's write still saw the body before it: {lines:?}"
+    );
+    drop(kopf);
+    cluster.emu.shutdown().await;
+}

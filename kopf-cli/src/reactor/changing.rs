@@ -120,6 +120,7 @@ impl ResourceProcessor {
     ) -> Verdict {
         let mut delay = None;
         let mut conflicts = 0;
+        let mut patched = false;
         for _ in 0..MAX_CYCLES {
             let (cycle, undecided) = match self.changing_cycle(memory, &body, &mut patch).await {
                 Ok(cycle) => (cycle, None),
@@ -151,6 +152,7 @@ impl ResourceProcessor {
                 Ok(Applied::Unchanged) => memory.errors = 0,
                 Ok(Applied::Fresh(fresh)) => {
                     memory.errors = 0;
+                    patched = true;
                     news = !cycle.again && self.brings_news(&body, cycle.essence.as_ref(), &fresh);
                     adopt_patched(memory, &mut body, fresh, &self.shared.settings);
                 }
@@ -193,6 +195,9 @@ impl ResourceProcessor {
         }
         // Cycles ran out with functions still carried: given up.
         self.shared.plugins.release_patch_fns(&patch.plugin_fns());
+        if patched {
+            self.background.refresh(&body);
+        }
         memory.body = Some(body);
         memory.retry_at = delay.map(|delay| Instant::now() + Duration::from_secs_f64(delay.max(0.0)));
         let mut verdict = self.idle_verdict(memory);

@@ -224,6 +224,18 @@ impl Background {
         !tasks.running.is_empty()
     }
 
+    /// Puts the operator's own writes (the body its patches returned) into the live body
+    /// of the object's daemons and timers: the echoes of those patches are skipped, and
+    /// the tasks would otherwise see the object as it was before them (Kopf's live body
+    /// follows every event). Not a change for idle timers. Nothing for objects without tasks.
+    pub fn refresh(&self, body: &Value) {
+        let Some(uid) = uid_of(body) else { return };
+        let objects = self.objects.lock();
+        if let Some(live) = objects.get(uid).and_then(|tasks| tasks.live.as_ref()) {
+            live.state.lock().object = Arc::new(Snapshot::of(body));
+        }
+    }
+
     /// Forgets an object that is gone (its tasks were stopped before).
     pub fn forget(&self, body: &Value) {
         if let Some(uid) = uid_of(body) {
